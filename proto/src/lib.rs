@@ -1,0 +1,13 @@
+//! Bulwark's shared API crate: the protobuf messages of the control-plane protocols and the
+//! policy model (`UpstreamPolicy`, `ServicePolicy`) with its parsing and validation.
+//!
+//! Every part of Bulwark — the sidecar, the control plane and `meshctl` — reads policies through
+//! this crate, so a policy means the same thing everywhere and is validated by the same code.
+
+pub mod policy;
+
+/// Generated protobuf and gRPC code for `bulwark.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("bulwark.v1");
+}

@@ -1,0 +1,1 @@
+//! Bulwark end-to-end test kit.
