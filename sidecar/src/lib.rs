@@ -1,1 +1,196 @@
-//! Bulwark sidecar.
+//! The Bulwark sidecar: an outbound proxy for the app's calls to upstreams, an inbound proxy
+//! for calls to the app, and an admin listener; policies come from a [`source`] and are applied
+//! as whole immutable snapshots.
+//!
+//! [`run`] is the whole program; `main.rs` only reads flags, sets up logging and waits for a
+//! signal.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod errors;
+pub mod headers;
+pub mod identity;
+pub mod metrics;
+pub mod observe;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod source;
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Target;
+use crate::route::{Identity, Snapshot};
+use crate::server::{ConnLimits, Connections, Listener};
+use crate::source::PolicySet;
+
+/// State every request and the admin listener read.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub identity: Identity,
+    /// Set on shutdown: readiness fails so the pod is taken out of rotation.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    /// Builds and swaps in the snapshot for `set`; on failure the current one stays.
+    pub fn apply(&self, set: &PolicySet) -> Result<(), String> {
+        let current = self.snapshot.load_full();
+        match Snapshot::build(set, &current, &self.identity, &self.metrics) {
+            Ok(next) => {
+                tracing::info!(
+                    version = %next.version,
+                    source = %next.source,
+                    upstreams = next.upstream_count(),
+                    inbound_app = next.inbound.is_some(),
+                    "policy snapshot applied"
+                );
+                self.snapshot.store(Arc::new(next));
+                self.metrics.reload(true);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(version = %set.version, error = %e, "policy snapshot rejected; keeping the one in force");
+                self.metrics.reload(false);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs the sidecar until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let identity = Identity {
+        namespace: config.namespace.clone(),
+        service: config.service.clone(),
+        app_port: config.app_port,
+    };
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
+        metrics: Arc::new(Metrics::new()),
+        identity,
+        draining: AtomicBool::new(false),
+    });
+
+    let (initial, fingerprint) = source::file::load(&config.policies).map_err(|errors| {
+        anyhow::anyhow!(
+            "policies in {} are invalid:\n  {}",
+            config.policies.display(),
+            errors.join("\n  ")
+        )
+    })?;
+    shared
+        .apply(&initial)
+        .map_err(|e| anyhow::anyhow!("cannot apply policies: {e}"))?;
+
+    let admin = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
+    let mut listeners = vec![
+        Listener::bind("outbound", config.outbound, Target::ByAuthority).await?,
+        Listener::bind("inbound", config.inbound, Target::App).await?,
+    ];
+    let mut ports = BTreeMap::new();
+    for (addr, name) in &config.upstream_ports {
+        let l = Listener::bind(
+            "upstream-port",
+            *addr,
+            Target::Fixed(Arc::from(name.as_str())),
+        )
+        .await?;
+        ports.insert(name.clone(), l.local_addr().to_string());
+        listeners.push(l);
+    }
+    let admin_addr = admin.local_addr()?;
+    let bound = serde_json::json!({
+        "admin": admin_addr.to_string(),
+        "outbound": listeners[0].local_addr().to_string(),
+        "inbound": listeners[1].local_addr().to_string(),
+        "ports": ports,
+    });
+    tracing::info!(listeners = %bound, "sidecar listening");
+    if let Some(path) = &config.ready_file {
+        write_atomically(path, &bound.to_string())
+            .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    }
+
+    // Policy reloads: the file watcher offers sets; each is applied whole.
+    let (tx, mut rx) = watch::channel(initial);
+    let watcher_metrics = shared.metrics.clone();
+    tokio::spawn(source::file::watch(
+        config.policies.clone(),
+        config.reload_interval,
+        fingerprint,
+        tx,
+        move || watcher_metrics.reload(false),
+    ));
+    let applier = shared.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let set = rx.borrow_and_update().clone();
+            let _ = applier.apply(&set);
+        }
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let builder = Arc::new(server::connection_builder(ConnLimits {
+        max_header_bytes: config.max_header_bytes,
+        header_read_timeout: config.header_read_timeout,
+    }));
+    let connections = Connections::default();
+    let mut accept_loops = Vec::new();
+    for l in listeners {
+        accept_loops.push(tokio::spawn(server::serve(
+            l,
+            shared.clone(),
+            builder.clone(),
+            connections.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), admin_stop_rx));
+
+    shutdown.await;
+    tracing::info!(
+        open_connections = connections.count(),
+        drain_timeout = ?config.drain_timeout,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    shared.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    let left = connections.drained(config.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "drain timeout passed; closing the remaining connections"
+        );
+    } else {
+        tracing::info!("drained; exiting");
+    }
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// Writes `path` through a temporary file and a rename, so readers never see half of it.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,120 @@
+//! The admin listener (default 127.0.0.1:15000): liveness and readiness probes, Prometheus
+//! metrics, and the applied policies with their version.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Shared;
+
+/// Serves admin requests until `stop` turns true.
+pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = crate::server::stopped(&mut stop) => return,
+            accepted = tcp.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served here\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/health/live" => text(StatusCode::OK, "live\n".into()),
+        "/health/ready" => ready(shared),
+        "/metrics" => {
+            let mut rsp = text(StatusCode::OK, shared.metrics.encode());
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            rsp
+        }
+        "/config" => config(shared),
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no admin endpoint {other}; try /health/live, /health/ready, /metrics, /config\n"
+            ),
+        ),
+    }
+}
+
+fn ready(shared: &Shared) -> Response<Full<Bytes>> {
+    if shared.draining.load(Ordering::Relaxed) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining for shutdown\n".into(),
+        );
+    }
+    if !shared.snapshot.load().is_loaded() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no policies applied yet\n".into(),
+        );
+    }
+    text(StatusCode::OK, "ready\n".into())
+}
+
+fn config(shared: &Shared) -> Response<Full<Bytes>> {
+    let snapshot = shared.snapshot.load();
+    let body = serde_json::json!({
+        "version": snapshot.version,
+        "source": snapshot.source,
+        "namespace": shared.identity.namespace,
+        "service": shared.identity.service,
+        "resources": snapshot.resources,
+    });
+    let text_body =
+        serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut rsp = text(StatusCode::OK, text_body + "\n");
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    rsp
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(Bytes::from(body)));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}

@@ -1,0 +1,79 @@
+//! The one body type that flows through the sidecar: a streamed hyper body from a peer, or a
+//! small body the sidecar made itself (error pages, admin answers). An enum rather than a boxed
+//! trait object so the hot path does not allocate for it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::UpstreamBody;
+
+/// Errors of a streamed body: the peer's connection failed mid-body.
+pub type BodyError = hyper::Error;
+
+#[derive(Debug, Default)]
+pub enum Body {
+    /// Streamed from a client or an upstream, frame by frame (data and trailers).
+    Incoming(Incoming),
+    /// Streamed from an upstream, releasing its connection when it ends.
+    Upstream(UpstreamBody),
+    /// A complete body held in memory (taken on first poll).
+    Full(Option<Bytes>),
+    #[default]
+    Empty,
+}
+
+impl Body {
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(bytes))
+        }
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(b: Incoming) -> Self {
+        Body::Incoming(b)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Incoming(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
+            Body::Full(b) => b.is_none(),
+            Body::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Incoming(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
+            Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) | Body::Empty => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The sidecar's command line and environment (the names Kubernetes' downward API gives).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bulwark_proto::policy::units::parse_duration;
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Bulwark sidecar: applies resilience policies to an app's outbound and inbound calls.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sidecar", version)]
+pub struct Config {
+    /// Policy file or directory (standalone mode): YAML or JSON, reloaded when it changes.
+    #[arg(long, env = "BULWARK_POLICIES")]
+    pub policies: PathBuf,
+
+    /// This pod's namespace: bare upstream names resolve here first.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// The service this sidecar sits beside (selects its ServicePolicy).
+    #[arg(long, env = "BULWARK_SERVICE")]
+    pub service: Option<String>,
+
+    /// This pod's name (for reports and logs).
+    #[arg(long, env = "POD_NAME")]
+    pub pod: Option<String>,
+
+    /// Outbound listener: the app calls upstreams through it.
+    #[arg(long, env = "BULWARK_OUTBOUND", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+
+    /// Inbound listener: callers reach the app through it.
+    #[arg(long, env = "BULWARK_INBOUND", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+
+    /// Admin listener: probes, metrics, applied config.
+    #[arg(long, env = "BULWARK_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// The app's port on 127.0.0.1 for inbound traffic (overrides the ServicePolicy's app.port).
+    #[arg(long, env = "BULWARK_APP_PORT")]
+    pub app_port: Option<u16>,
+
+    /// A local listener bound to one upstream, as ADDR=NAME (e.g. 127.0.0.1:9001=payments).
+    #[arg(long = "upstream-port", env = "BULWARK_UPSTREAM_PORTS", value_delimiter = ',', value_parser = parse_port_binding)]
+    pub upstream_ports: Vec<(SocketAddr, String)>,
+
+    /// Largest request head accepted (HTTP/1.1 answers 431 past it).
+    #[arg(long, env = "BULWARK_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// How long a client may take to send a request head.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    pub header_read_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "BULWARK_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration_arg)]
+    pub drain_timeout: Duration,
+
+    /// How often the policy files are checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration_arg)]
+    pub reload_interval: Duration,
+
+    /// Log format.
+    #[arg(long, env = "BULWARK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
+    #[arg(long, env = "BULWARK_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "BULWARK_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Written (JSON with the bound addresses) once every listener is bound.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn parse_port_binding(s: &str) -> Result<(SocketAddr, String), String> {
+    let (addr, name) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ADDR=NAME (e.g. 127.0.0.1:9001=payments), got {s:?}"))?;
+    let addr = addr
+        .trim()
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("{addr:?} is not an ip:port address: {e}"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("missing upstream name in {s:?}"));
+    }
+    Ok((addr, name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_bindings() {
+        assert_eq!(
+            parse_port_binding("127.0.0.1:9001=payments"),
+            Ok(("127.0.0.1:9001".parse().unwrap(), "payments".to_string()))
+        );
+        assert_eq!(
+            parse_port_binding("9001"),
+            Err("expected ADDR=NAME (e.g. 127.0.0.1:9001=payments), got \"9001\"".to_string())
+        );
+        assert!(parse_port_binding("localhost:1=x").is_err());
+        assert!(parse_port_binding("127.0.0.1:1=").is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! Why a proxied call failed, decided where the failure happens, and the ONE place
+//! ([`rescue`]) that turns a failure into the HTTP or gRPC answer the caller sees.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bulwark_proto::policy::GrpcCode;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::Body;
+
+/// A failure of the sidecar's own making or of the upstream, before a response began.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no UpstreamPolicy matches authority {authority:?}")]
+    NoRoute { authority: String },
+    #[error("request has no authority: set the Host header or :authority")]
+    NoAuthority,
+    #[error("upstream {upstream} has no endpoints: {reason}")]
+    NoEndpoints { upstream: String, reason: String },
+    #[error("upstream {upstream}: connect to {endpoint} failed: {source}")]
+    Connect {
+        upstream: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upstream {upstream}: connect to {endpoint} timed out after {timeout:?}")]
+    ConnectTimeout {
+        upstream: String,
+        endpoint: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("upstream {upstream}: HTTP handshake with {endpoint} failed: {source}")]
+    Handshake {
+        upstream: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("upstream {upstream}: {endpoint} reset the request: {source}")]
+    Reset {
+        upstream: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("deadline of {timeout:?} exceeded before {upstream} answered")]
+    DeadlineExceeded { upstream: String, timeout: Duration },
+    #[error(
+        "no local app port is configured for inbound traffic (set --app-port or spec.app.port of ServicePolicy {service})"
+    )]
+    NoApp { service: String },
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The short error kind sent in `x-bulwark-error` and used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::NoAuthority => "no-authority",
+            ProxyError::NoEndpoints { .. } => "no-endpoints",
+            ProxyError::Connect { .. } => "connect-failure",
+            ProxyError::ConnectTimeout { .. } => "connect-timeout",
+            ProxyError::Handshake { .. } => "handshake-failure",
+            ProxyError::Reset { .. } => "reset",
+            ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
+            ProxyError::NoApp { .. } => "no-app",
+            ProxyError::BadRequest(_) => "bad-request",
+        }
+    }
+
+    fn http_status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. }
+            | ProxyError::NoEndpoints { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::NoApp { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Handshake { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn grpc_code(&self) -> GrpcCode {
+        match self {
+            ProxyError::DeadlineExceeded { .. } => GrpcCode::DeadlineExceeded,
+            ProxyError::NoAuthority | ProxyError::BadRequest(_) => GrpcCode::Internal,
+            _ => GrpcCode::Unavailable,
+        }
+    }
+}
+
+/// Turns a failure into the caller's answer: an HTTP status with a one-line text body, or for
+/// gRPC callers a trailers-only response (HTTP 200, `grpc-status`, `grpc-message`).
+pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
+    let message = err.to_string();
+    let kind = HeaderValue::from_static(err.kind());
+    if grpc {
+        return grpc_status_response(err.grpc_code(), &message, kind);
+    }
+    let mut rsp = Response::new(Body::full(format!("{message}\n")));
+    *rsp.status_mut() = err.http_status();
+    let h = rsp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("x-bulwark-error", kind);
+    rsp
+}
+
+/// A gRPC trailers-only response carrying `code` and `message`.
+pub fn grpc_status_response(code: GrpcCode, message: &str, kind: HeaderValue) -> Response<Body> {
+    let mut rsp = Response::new(Body::Empty);
+    let h = rsp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code.code()));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode_grpc_message(message)) {
+        h.insert("grpc-message", v);
+    }
+    h.insert("x-bulwark-error", kind);
+    rsp
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec asks (printable ASCII except `%`
+/// is kept; everything else becomes `%XX` of its UTF-8 bytes).
+pub fn percent_encode_grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_route_answers_503_naming_the_authority() {
+        let err = ProxyError::NoRoute {
+            authority: "nowhere:8080".into(),
+        };
+        let rsp = rescue(&err, false);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()["x-bulwark-error"], "no-route");
+        let Body::Full(Some(b)) = rsp.into_body() else {
+            panic!("expected a full body")
+        };
+        assert_eq!(
+            &b[..],
+            b"no UpstreamPolicy matches authority \"nowhere:8080\"\n"
+        );
+    }
+
+    #[test]
+    fn grpc_callers_get_trailers_only_status() {
+        let err = ProxyError::DeadlineExceeded {
+            upstream: "echo".into(),
+            timeout: Duration::from_millis(100),
+        };
+        let rsp = rescue(&err, true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "4");
+        assert_eq!(
+            rsp.headers()["grpc-message"],
+            "deadline of 100ms exceeded before echo answered"
+        );
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(
+            percent_encode_grpc_message("a%b\ncafé"),
+            "a%25b%0Acaf%C3%A9"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Every metric of the sidecar, registered in one place. Labels come from configuration
+//! (direction, upstream name, listener) and from small closed sets (protocol, status class) —
+//! never from raw request data. Per-upstream handles are resolved once, so the hot path only
+//! touches atomics.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    pub protocol: &'static str,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+type HistogramFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// The sidecar's metric registry and families.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily,
+    connections: Family<ListenerLabels, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("bulwark");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests proxied, by direction, upstream, protocol and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to the end of its response",
+            durations.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Open downstream connections, by listener",
+            connections.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy snapshots offered to the sidecar, by result (applied or rejected)",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            connections,
+            reloads,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn connections(&self, listener: &'static str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// Handles for one upstream (or the inbound app) in one direction.
+    pub fn upstream(self: &Arc<Self>, direction: &'static str, upstream: &str) -> UpstreamMetrics {
+        let duration = self
+            .durations
+            .get_or_create(&DurationLabels {
+                direction,
+                upstream: upstream.to_string(),
+            })
+            .clone();
+        UpstreamMetrics {
+            metrics: self.clone(),
+            direction,
+            upstream: upstream.to_string(),
+            counters: Default::default(),
+            duration,
+        }
+    }
+}
+
+/// The protocol label of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolLabel {
+    Http1 = 0,
+    Http2 = 1,
+    Grpc = 2,
+}
+
+impl ProtocolLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolLabel::Http1 => "http1",
+            ProtocolLabel::Http2 => "http2",
+            ProtocolLabel::Grpc => "grpc",
+        }
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Pre-resolved metric handles of one upstream.
+pub struct UpstreamMetrics {
+    metrics: Arc<Metrics>,
+    direction: &'static str,
+    upstream: String,
+    counters: [[OnceLock<Counter>; 5]; 3],
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamMetrics")
+            .field("direction", &self.direction)
+            .field("upstream", &self.upstream)
+            .finish()
+    }
+}
+
+impl UpstreamMetrics {
+    pub fn record(&self, protocol: ProtocolLabel, status: u16, elapsed: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        let counter = self.counters[protocol as usize][class].get_or_init(|| {
+            self.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    direction: self.direction,
+                    upstream: self.upstream.clone(),
+                    protocol: protocol.as_str(),
+                    status_class: STATUS_CLASSES[class],
+                })
+                .clone()
+        });
+        counter.inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
