@@ -62,14 +62,25 @@ pub(crate) fn resource_from_value(doc: usize, value: Value) -> Result<Resource, 
         message,
     };
     let Value::Object(map) = &value else {
-        return Err(field(".", "must be a mapping with apiVersion, kind, metadata and spec".into()));
+        return Err(field(
+            ".",
+            "must be a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
     };
     match map.get("apiVersion") {
         Some(Value::String(v)) if v == API_VERSION => {}
         Some(Value::String(v)) => {
-            return Err(field("apiVersion", format!("must be {API_VERSION:?}, got {v:?}")));
+            return Err(field(
+                "apiVersion",
+                format!("must be {API_VERSION:?}, got {v:?}"),
+            ));
         }
-        Some(_) => return Err(field("apiVersion", format!("must be the string {API_VERSION:?}"))),
+        Some(_) => {
+            return Err(field(
+                "apiVersion",
+                format!("must be the string {API_VERSION:?}"),
+            ));
+        }
         None => return Err(field("apiVersion", "is required".into())),
     }
     let kind = match map.get("kind") {

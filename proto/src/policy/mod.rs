@@ -5,6 +5,7 @@
 //! field and reports all problems with their paths, and the `units` parsers turn the textual
 //! values into numbers. Defaults live in [`defaults`] so that code and docs agree.
 
+pub mod capability;
 pub mod defaults;
 mod load;
 pub mod units;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use capability::CapabilityExpr;
 pub use load::{LoadError, parse_documents, parse_json, parse_yaml};
 pub use units::{Condition, Duration, GrpcCode, Percent};
 pub use validate::{FieldError, ValidationErrors};
@@ -22,6 +24,9 @@ pub use validate::{FieldError, ValidationErrors};
 pub const API_VERSION: &str = "bulwark/v1";
 
 /// One policy resource of either kind.
+// Not boxed: resources are parsed a handful at a time, and every consumer matches on the
+// plain variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Resource {

@@ -19,7 +19,7 @@ impl Duration {
 
     pub fn from_std(d: std::time::Duration) -> Self {
         let ms = d.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             Duration(format!("{}s", ms / 1000))
         } else {
             Duration(format!("{ms}ms"))
@@ -61,7 +61,10 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Duration(scalar_text(d, "a duration such as \"250ms\" or \"10s\"")?))
+        Ok(Duration(scalar_text(
+            d,
+            "a duration such as \"250ms\" or \"10s\"",
+        )?))
     }
 }
 
@@ -72,7 +75,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be a duration such as \"250ms\" or \"10s\", got an empty string".into());
     }
     let bad = || {
-        format!("must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got {text:?}")
+        format!(
+            "must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got {text:?}"
+        )
     };
     let mut total = 0f64;
     let mut rest = t;
@@ -304,7 +309,9 @@ impl Condition {
             if (100..=599).contains(&status) {
                 return Ok(Condition::Status(status));
             }
-            return Err(format!("status code must be between 100 and 599, got {status}"));
+            return Err(format!(
+                "status code must be between 100 and 599, got {status}"
+            ));
         }
         Err(format!(
             "unknown condition {text:?}; expected connect-failure, reset, 5xx, gateway-error, timeout, a status code such as \"429\", or grpc-<code> such as grpc-unavailable"
@@ -348,7 +355,10 @@ mod tests {
         assert!(ms("10 s").is_err());
         assert!(ms("-1s").is_err());
         assert!(ms("10d").is_err());
-        assert_eq!(ms("9000h"), Err("must be at most one year, got \"9000h\"".into()));
+        assert_eq!(
+            ms("9000h"),
+            Err("must be at most one year, got \"9000h\"".into())
+        );
     }
 
     #[test]
@@ -387,7 +397,13 @@ mod tests {
     fn grpc_codes() {
         assert_eq!(GrpcCode::from_i32(14), Some(GrpcCode::Unavailable));
         assert_eq!(GrpcCode::from_i32(17), None);
-        assert_eq!(GrpcCode::from_name("UNAVAILABLE"), Some(GrpcCode::Unavailable));
-        assert_eq!(GrpcCode::from_name("deadline_exceeded"), Some(GrpcCode::DeadlineExceeded));
+        assert_eq!(
+            GrpcCode::from_name("UNAVAILABLE"),
+            Some(GrpcCode::Unavailable)
+        );
+        assert_eq!(
+            GrpcCode::from_name("deadline_exceeded"),
+            Some(GrpcCode::DeadlineExceeded)
+        );
     }
 }

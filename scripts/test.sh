@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian/Ubuntu machine: installs what the build and
+# the tests need (protoc for etcd-client's build), builds the binaries the end-to-end tests start,
+# then runs unit, integration and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (https://rustup.rs, 1.89 or newer) and run this again" >&2
+  exit 1
+fi
+
+packages=()
+command -v protoc >/dev/null 2>&1 || packages+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || packages+=(libprotobuf-dev)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "==> installing ${packages[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
+fi
+
+echo "==> building binaries (the end-to-end tests start them)"
+cargo build --workspace --bins --locked
+echo "==> running tests"
+cargo test --workspace --locked "$@"
