@@ -13,6 +13,7 @@ pub mod headers;
 pub mod identity;
 pub mod metrics;
 pub mod observe;
+pub mod policy_stack;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -28,6 +28,13 @@ pub struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: &'static str,
 }
@@ -50,6 +57,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily,
     connections: Family<ListenerLabels, Gauge>,
+    upstream_connects: Family<ConnectLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -72,6 +80,7 @@ impl Metrics {
         let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let connections = Family::<ListenerLabels, Gauge>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let upstream_connects = Family::<ConnectLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests proxied, by direction, upstream, protocol and status class",
@@ -88,6 +97,11 @@ impl Metrics {
             connections.clone(),
         );
         registry.register(
+            "upstream_connections",
+            "Connections opened to upstream endpoints, by upstream and protocol",
+            upstream_connects.clone(),
+        );
+        registry.register(
             "policy_reloads",
             "Policy snapshots offered to the sidecar, by result (applied or rejected)",
             reloads.clone(),
@@ -97,6 +111,7 @@ impl Metrics {
             requests,
             durations,
             connections,
+            upstream_connects,
             reloads,
         }
     }
@@ -130,7 +145,18 @@ impl Metrics {
                 upstream: upstream.to_string(),
             })
             .clone();
+        let connects = |protocol| {
+            self.upstream_connects
+                .get_or_create(&ConnectLabels {
+                    direction,
+                    upstream: upstream.to_string(),
+                    protocol,
+                })
+                .clone()
+        };
         UpstreamMetrics {
+            connects_http1: connects("http1"),
+            connects_http2: connects("http2"),
             metrics: self.clone(),
             direction,
             upstream: upstream.to_string(),
@@ -167,6 +193,9 @@ pub struct UpstreamMetrics {
     upstream: String,
     counters: [[OnceLock<Counter>; 5]; 3],
     duration: Histogram,
+    /// Connections opened to this upstream's endpoints.
+    pub connects_http1: Counter,
+    pub connects_http2: Counter,
 }
 
 impl std::fmt::Debug for UpstreamMetrics {

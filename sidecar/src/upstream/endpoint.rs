@@ -36,6 +36,8 @@ pub enum Wire {
 pub struct ConnectSettings {
     pub upstream: Arc<str>,
     pub connect_timeout: Duration,
+    pub connects_http1: prometheus_client::metrics::counter::Counter,
+    pub connects_http2: prometheus_client::metrics::counter::Counter,
 }
 
 pub struct Endpoint {
@@ -157,6 +159,7 @@ impl Endpoint {
             .handshake(io)
             .await
             .map_err(|e| self.handshake_error(settings, e))?;
+        settings.connects_http1.inc();
         let upstream = settings.upstream.clone();
         let addr = self.addr;
         tokio::spawn(async move {
@@ -202,6 +205,7 @@ impl Endpoint {
             .handshake(io)
             .await
             .map_err(|e| self.handshake_error(settings, e))?;
+        settings.connects_http2.inc();
         let upstream = settings.upstream.clone();
         let addr = self.addr;
         tokio::spawn(async move {

@@ -83,6 +83,7 @@ impl Upstream {
             .unwrap_or(defaults::CONNECT_TIMEOUT);
         let request_timeout = timeouts.and_then(|t| t.request.as_ref()).map(|d| d.get());
         let name: Arc<str> = Arc::from(policy.metadata.name.as_str());
+        let upstream_metrics = Arc::new(metrics.upstream(direction, &name));
         Ok(Arc::new(Upstream {
             namespace: Arc::from(policy.metadata.namespace.as_str()),
             policy: policy.clone(),
@@ -93,8 +94,10 @@ impl Upstream {
             connect: ConnectSettings {
                 upstream: name.clone(),
                 connect_timeout,
+                connects_http1: upstream_metrics.connects_http1.clone(),
+                connects_http2: upstream_metrics.connects_http2.clone(),
             },
-            metrics: Arc::new(metrics.upstream(direction, &name)),
+            metrics: upstream_metrics,
             name,
         }))
     }

@@ -1,0 +1,6 @@
+//! The per-upstream resilience stack: what each layer decides and in which order they apply.
+//! Pure decision logic (schedules, windows, state machines) lives in one file per concern and is
+//! unit-tested with explicit clocks.
+
+pub mod outcome;
+pub mod replay;

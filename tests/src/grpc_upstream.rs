@@ -1,0 +1,315 @@
+//! The gRPC test upstream: the `Echo` service of `proto/echo.proto`, counting calls and
+//! cancellations, echoing selected request metadata back in the response metadata.
+//!
+//! It runs tonic's generated `EchoServer` on the kit's own hyper accept loop rather than on
+//! `tonic::transport::Server`, because tonic's server enforces the caller's `grpc-timeout`
+//! itself (answering CANCELLED): the deadline tests must see the *sidecar* end a call, so this
+//! upstream waits for as long as the handler says.
+//!
+//! Echoed metadata: `x-request-id`, `traceparent`, `x-bulwark-attempt`, and `x-seen-authority`
+//! (the `:authority`, or `Host`, this upstream received).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Request};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status, Streaming};
+use tower::ServiceExt;
+
+use crate::counters::{CancelGuard, FailurePlan, Record};
+use crate::pb::echo_server::{Echo, EchoServer};
+use crate::pb::{EchoReply, EchoRequest, StreamRequest};
+use crate::serve::{self, Serving};
+
+/// A running gRPC test upstream; stops (and drops every open call) when dropped.
+#[derive(Debug)]
+pub struct GrpcUpstream {
+    record: Arc<Record>,
+    serving: Serving,
+}
+
+/// Where and how a [`GrpcUpstream`] runs.
+#[derive(Debug, Clone)]
+pub struct GrpcUpstreamBuilder {
+    bind: SocketAddr,
+    failures: FailurePlan,
+}
+
+impl GrpcUpstream {
+    /// An upstream on a free port of 127.0.0.1 that never fails on purpose.
+    pub async fn start() -> Self {
+        GrpcUpstream::builder()
+            .start()
+            .await
+            .expect("the gRPC test upstream binds 127.0.0.1:0")
+    }
+
+    pub fn builder() -> GrpcUpstreamBuilder {
+        GrpcUpstreamBuilder {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            failures: FailurePlan::default(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.serving.addr()
+    }
+
+    /// Calls received, injected failures included.
+    pub fn requests(&self) -> u64 {
+        self.record.requests()
+    }
+
+    /// Calls received for this method path, e.g. `/bulwark.test.v1.Echo/Unary`.
+    pub fn requests_to(&self, path: &str) -> u64 {
+        self.record.requests_to(path)
+    }
+
+    /// Calls the caller abandoned: a dropped `Hold`, a stream reset before it finished.
+    pub fn cancelled(&self) -> u64 {
+        self.record.cancelled()
+    }
+
+    /// The HTTP/2 headers of the last call received.
+    pub fn last_headers(&self) -> Option<HeaderMap> {
+        self.record.last_headers()
+    }
+}
+
+impl GrpcUpstreamBuilder {
+    /// Listen here instead of a free port of 127.0.0.1.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// Answer the first `n` calls with UNAVAILABLE.
+    pub fn fail_first(mut self, n: u64) -> Self {
+        self.failures.first = n;
+        self
+    }
+
+    /// Answer this share (0–100) of the calls after those with UNAVAILABLE, evenly spread.
+    pub fn fail_percent(mut self, percent: u32) -> Self {
+        self.failures.percent = percent;
+        self
+    }
+
+    pub async fn start(self) -> std::io::Result<GrpcUpstream> {
+        let listener = TcpListener::bind(self.bind).await?;
+        let record = Record::new(self.failures);
+        let echo = EchoServer::new(EchoService {
+            record: record.clone(),
+        });
+        let handler_record = record.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let record = handler_record.clone();
+            let echo = echo.clone();
+            async move {
+                if record.observe(req.uri().path(), req.headers()) {
+                    return Ok::<_, Infallible>(
+                        Status::unavailable("injected failure").into_http(),
+                    );
+                }
+                let authority = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| {
+                        req.headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_default();
+                req.extensions_mut().insert(SeenAuthority(authority));
+                echo.oneshot(req).await
+            }
+        });
+        let serving = serve::spawn(listener, service)?;
+        Ok(GrpcUpstream { record, serving })
+    }
+}
+
+/// The `:authority` the upstream received, handed from the HTTP layer to the handlers.
+#[derive(Debug, Clone)]
+struct SeenAuthority(String);
+
+#[derive(Debug, Clone)]
+struct EchoService {
+    record: Arc<Record>,
+}
+
+const ECHOED: [&str; 3] = ["x-request-id", "traceparent", "x-bulwark-attempt"];
+
+/// The response metadata: selected request metadata and the authority seen.
+fn echoed<T>(req: &tonic::Request<T>) -> MetadataMap {
+    let mut out = MetadataMap::new();
+    for key in ECHOED {
+        if let Some(v) = req.metadata().get(key) {
+            out.insert(key, v.clone());
+        }
+    }
+    if let Some(SeenAuthority(a)) = req.extensions().get::<SeenAuthority>()
+        && let Ok(v) = MetadataValue::try_from(a.as_str())
+    {
+        out.insert("x-seen-authority", v);
+    }
+    out
+}
+
+fn respond<T>(metadata: MetadataMap, message: T) -> tonic::Response<T> {
+    let mut res = tonic::Response::new(message);
+    *res.metadata_mut() = metadata;
+    res
+}
+
+/// The status a request asks for, if any.
+fn requested_failure(req: &EchoRequest) -> Option<Status> {
+    (req.fail_with_code != 0)
+        .then(|| Status::new(Code::from(req.fail_with_code), req.fail_message.clone()))
+}
+
+fn reply_to(req: EchoRequest, count: u64) -> EchoReply {
+    EchoReply {
+        total_bytes: req.payload.len() as u64,
+        message: req.message,
+        payload: req.payload,
+        count,
+    }
+}
+
+type ReplyStream = ReceiverStream<Result<EchoReply, Status>>;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn unary(
+        &self,
+        req: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoReply>, Status> {
+        let metadata = echoed(&req);
+        let req = req.into_inner();
+        if let Some(status) = requested_failure(&req) {
+            return Err(status);
+        }
+        if req.delay_ms > 0 {
+            let guard = CancelGuard::new(&self.record);
+            tokio::time::sleep(Duration::from_millis(req.delay_ms.into())).await;
+            guard.disarm();
+        }
+        Ok(respond(metadata, reply_to(req, 1)))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(
+        &self,
+        req: tonic::Request<StreamRequest>,
+    ) -> Result<tonic::Response<ReplyStream>, Status> {
+        let metadata = echoed(&req);
+        let req = req.into_inner();
+        // A small channel: the sender waits for the caller, so flow control reaches it.
+        let (tx, rx) = mpsc::channel(4);
+        let guard = CancelGuard::new(&self.record);
+        tokio::spawn(async move {
+            let payload = vec![b'x'; req.payload_size as usize];
+            for i in 1..=u64::from(req.count) {
+                if req.delay_ms > 0 {
+                    tokio::select! {
+                        // The response body was dropped: the caller went away.
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(req.delay_ms.into())) => {}
+                    }
+                }
+                let reply = EchoReply {
+                    message: format!("reply {i}"),
+                    payload: payload.clone(),
+                    count: i,
+                    total_bytes: payload.len() as u64,
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+            guard.disarm();
+        });
+        Ok(respond(metadata, ReceiverStream::new(rx)))
+    }
+
+    async fn client_stream(
+        &self,
+        req: tonic::Request<Streaming<EchoRequest>>,
+    ) -> Result<tonic::Response<EchoReply>, Status> {
+        let metadata = echoed(&req);
+        let mut stream = req.into_inner();
+        let guard = CancelGuard::new(&self.record);
+        let (mut count, mut total_bytes) = (0u64, 0u64);
+        // An error here is the caller resetting the stream: the guard counts it.
+        while let Some(msg) = stream.message().await? {
+            if let Some(status) = requested_failure(&msg) {
+                guard.disarm();
+                return Err(status);
+            }
+            count += 1;
+            total_bytes += msg.payload.len() as u64;
+        }
+        guard.disarm();
+        Ok(respond(
+            metadata,
+            EchoReply {
+                message: format!("received {count}"),
+                payload: Vec::new(),
+                count,
+                total_bytes,
+            },
+        ))
+    }
+
+    type BidiStream = ReplyStream;
+
+    async fn bidi(
+        &self,
+        req: tonic::Request<Streaming<EchoRequest>>,
+    ) -> Result<tonic::Response<ReplyStream>, Status> {
+        let metadata = echoed(&req);
+        let mut stream = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let guard = CancelGuard::new(&self.record);
+        tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(_reset) => return,
+                };
+                if let Some(status) = requested_failure(&msg) {
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+                count += 1;
+                if tx.send(Ok(reply_to(msg, count))).await.is_err() {
+                    return;
+                }
+            }
+            guard.disarm();
+        });
+        Ok(respond(metadata, ReceiverStream::new(rx)))
+    }
+
+    async fn hold(
+        &self,
+        _req: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoReply>, Status> {
+        let _guard = CancelGuard::new(&self.record);
+        std::future::pending::<()>().await;
+        unreachable!("a pending future never completes")
+    }
+}

@@ -1,0 +1,70 @@
+//! The accept loop of the test upstreams: hyper-util's auto builder (HTTP/1.1 and h2c prior
+//! knowledge on one port), one task per connection, all stopped when the handle drops.
+
+use std::net::SocketAddr;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::BoxError;
+
+/// A running accept loop. Dropping it aborts the loop, which drops the set of connection tasks
+/// and so aborts every connection (and the request futures in them) at once.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    addr: SocketAddr,
+    accept: AbortHandle,
+}
+
+impl Serving {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Serves `service` on every connection `listener` accepts.
+pub(crate) fn spawn<S, B>(listener: TcpListener, service: S) -> std::io::Result<Serving>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _peer)) = accepted else { continue };
+                    // Small echo replies must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    let service = service.clone();
+                    connections.spawn(async move {
+                        let builder = auto::Builder::new(TokioExecutor::new());
+                        // A connection error ends only that connection; the peer sees it.
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    });
+                }
+                // Reap finished connections so the set does not grow without bound.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    });
+    Ok(Serving {
+        addr,
+        accept: task.abort_handle(),
+    })
+}

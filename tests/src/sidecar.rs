@@ -1,0 +1,386 @@
+//! The real `sidecar` binary as a child process: policies in a private temp directory, every
+//! listener on a free port (read back from the ready file), output captured line by line, and
+//! the process killed when the handle drops.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::client::{self, Collected};
+use crate::counters::lock;
+use crate::poll::try_eventually;
+
+/// How long the sidecar may take to bind its listeners and load its policies.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the sidecar binary is: `$BULWARK_SIDECAR_BIN`, else `target/<profile>/sidecar` next
+/// to the `deps/` directory the test executable runs from.
+pub fn sidecar_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BULWARK_SIDECAR_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("the test executable's directory");
+    dir.join("..").join("sidecar")
+}
+
+/// What the ready file says: where each listener is bound.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ready {
+    pub admin: SocketAddr,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    #[serde(default)]
+    pub ports: BTreeMap<String, SocketAddr>,
+}
+
+/// Captured output lines, stdout and stderr interleaved as they arrived.
+pub type Logs = Arc<Mutex<Vec<String>>>;
+
+/// How a [`Sidecar`] is started.
+#[derive(Debug, Clone)]
+pub struct SidecarBuilder {
+    policies: String,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    reload_interval: String,
+}
+
+/// A running sidecar process.
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Mutex<Child>,
+    pid: u32,
+    dir: PathBuf,
+    policy_path: PathBuf,
+    ready: Ready,
+    logs: Logs,
+}
+
+impl Sidecar {
+    pub fn builder() -> SidecarBuilder {
+        SidecarBuilder {
+            policies: String::new(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            reload_interval: "100ms".to_string(),
+        }
+    }
+
+    pub fn outbound(&self) -> SocketAddr {
+        self.ready.outbound
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        self.ready.inbound
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.ready.admin
+    }
+
+    /// The local port bound with `--upstream-port ...=NAME`.
+    pub fn port(&self, name: &str) -> SocketAddr {
+        *self
+            .ready
+            .ports
+            .get(name)
+            .unwrap_or_else(|| panic!("no port for {name:?} in the ready file: {:?}", self.ready))
+    }
+
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The policy file the sidecar watches.
+    pub fn policy_path(&self) -> &Path {
+        &self.policy_path
+    }
+
+    /// Replaces the policy file in one step (write aside, then rename), so the sidecar never
+    /// reads half a file.
+    pub fn write_policies(&self, yaml: &str) {
+        let aside = self.dir.join("policies.yaml.next");
+        std::fs::write(&aside, yaml).expect("write the next policy file");
+        std::fs::rename(&aside, &self.policy_path).expect("swap the policy file in");
+    }
+
+    /// Every output line so far.
+    pub fn logs(&self) -> Vec<String> {
+        lock(&self.logs).clone()
+    }
+
+    /// The output lines that are JSON objects.
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(serde_json::Value::is_object)
+            .collect()
+    }
+
+    /// Whether any output line contains `text`, either as written or inside a JSON string
+    /// value of the line (where quotes and backslashes are escaped).
+    pub fn logs_contain(&self, text: &str) -> bool {
+        self.logs().iter().any(|line| {
+            line.contains(text)
+                || serde_json::from_str::<serde_json::Value>(line)
+                    .is_ok_and(|v| json_strings_contain(&v, text))
+        })
+    }
+
+    /// The access-log line of the request with this `x-request-id` (its `fields` object).
+    pub fn access_log(&self, request_id: &str) -> Option<serde_json::Value> {
+        self.json_logs()
+            .into_iter()
+            .map(|line| line.get("fields").cloned().unwrap_or(line))
+            .find(|fields| {
+                fields.get("request_id").and_then(|v| v.as_str()) == Some(request_id)
+                    && fields.get("status").is_some()
+            })
+    }
+
+    /// The process's peak resident memory (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("read /proc/PID/status of the sidecar");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// `GET http://ADMIN{path}`.
+    pub async fn admin_get(&self, path: &str) -> Collected {
+        let admin = self.admin();
+        client::get(
+            &client::http1_client(admin),
+            &format!("http://{admin}{path}"),
+        )
+        .await
+    }
+
+    /// Sends SIGTERM.
+    pub fn signal_term(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed: {status}", self.pid);
+    }
+
+    /// The exit status, once the process has exited; `None` if it still runs after `timeout`.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        try_eventually(timeout, || async {
+            lock(&self.child)
+                .try_wait()
+                .expect("poll the sidecar process")
+        })
+        .await
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&self) -> bool {
+        matches!(lock(&self.child).try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let mut child = lock(&self.child);
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(child);
+        if std::thread::panicking() {
+            dump_logs(&self.logs);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn json_strings_contain(value: &serde_json::Value, text: &str) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains(text),
+        serde_json::Value::Array(items) => items.iter().any(|v| json_strings_contain(v, text)),
+        serde_json::Value::Object(map) => map.values().any(|v| json_strings_contain(v, text)),
+        _ => false,
+    }
+}
+
+/// A failing test shows what the sidecar said.
+fn dump_logs(logs: &Logs) {
+    let logs = lock(logs);
+    let from = logs.len().saturating_sub(200);
+    eprintln!(
+        "---- sidecar output (last {} lines) ----",
+        logs.len() - from
+    );
+    for line in &logs[from..] {
+        eprintln!("{line}");
+    }
+    eprintln!("---- end of sidecar output ----");
+}
+
+impl SidecarBuilder {
+    /// The content of the policy file (default: empty, no policies).
+    pub fn policies_yaml(mut self, text: impl Into<String>) -> Self {
+        self.policies = text.into();
+        self
+    }
+
+    /// Another command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// `--reload-interval` (default `100ms`, so reload tests stay quick).
+    pub fn reload_interval(mut self, interval: &str) -> Self {
+        self.reload_interval = interval.to_string();
+        self
+    }
+
+    /// Starts the process and waits (at most [`READY_TIMEOUT`]) for its ready file.
+    pub async fn start(self) -> Sidecar {
+        let bin = sidecar_bin();
+        assert!(
+            bin.is_file(),
+            "sidecar binary not found at {}: run `cargo build --workspace --bins` first",
+            bin.display()
+        );
+        let dir = unique_temp_dir();
+        std::fs::create_dir_all(&dir).expect("create the sidecar's temp directory");
+        let policy_path = dir.join("policies.yaml");
+        std::fs::write(&policy_path, &self.policies).expect("write the policy file");
+        let ready_path = dir.join("ready.json");
+
+        let mut cmd = Command::new(&bin);
+        // The sidecar reads its flags from the environment too: keep the test's own settings
+        // from leaking in from the shell that runs the tests.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if (k.starts_with("BULWARK_") && k != "BULWARK_SIDECAR_BIN") || k.starts_with("POD_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.arg("--policies")
+            .arg(&policy_path)
+            .args(["--outbound", "127.0.0.1:0"])
+            .args(["--inbound", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready_path)
+            .args(["--log-format", "json"])
+            .arg("--reload-interval")
+            .arg(&self.reload_interval)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let logs: Logs = Arc::default();
+        let capturing: Vec<_> = [
+            child.stdout.take().map(|out| capture(out, logs.clone())),
+            child.stderr.take().map(|err| capture(err, logs.clone())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let pid = child.id();
+        let child = Mutex::new(child);
+
+        let ready = try_eventually(READY_TIMEOUT, || async {
+            if let Ok(Some(status)) = lock(&child).try_wait() {
+                return Some(Err(status));
+            }
+            let text = std::fs::read_to_string(&ready_path).ok()?;
+            serde_json::from_str::<Ready>(&text).ok().map(Ok)
+        })
+        .await;
+        match ready {
+            Some(Ok(ready)) => Sidecar {
+                child,
+                pid,
+                dir,
+                policy_path,
+                ready,
+                logs,
+            },
+            Some(Err(status)) => {
+                // The process is gone, so its pipes are closed: the capture threads end once
+                // they have stored its last words.
+                for thread in capturing {
+                    let _ = thread.join();
+                }
+                dump_logs(&logs);
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("the sidecar exited with {status} before it was ready")
+            }
+            None => {
+                let mut child = lock(&child);
+                let _ = child.kill();
+                let _ = child.wait();
+                dump_logs(&logs);
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("the sidecar wrote no valid ready file within {READY_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
+/// A directory no other test (or test process) uses.
+fn unique_temp_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "bulwark-e2e-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+/// Copies a pipe into `logs` line by line on a thread of its own (it ends at EOF, when the
+/// process exits).
+fn capture(pipe: impl Read + Send + 'static, logs: Logs) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            lock(&logs).push(line);
+        }
+    })
+}

@@ -1,0 +1,130 @@
+//! Callers that misbehave: oversized headers get 431, malformed requests get 400 or a closed
+//! connection, garbage after the HTTP/2 preface closes only that connection — and the sidecar
+//! keeps serving everyone else.
+
+use bulwark_tests::client;
+use bulwark_tests::raw::RawConn;
+use bulwark_tests::{HttpUpstream, Sidecar, policy};
+use http::StatusCode;
+
+const MAX_HEADER_BYTES: usize = 8192;
+
+async fn setup() -> (HttpUpstream, Sidecar) {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
+        .args(["--max-header-bytes", &MAX_HEADER_BYTES.to_string()])
+        .start()
+        .await;
+    (upstream, sidecar)
+}
+
+/// A keep-alive request on `conn` that must still be answered 200 by the upstream.
+async fn still_served(conn: &mut RawConn) {
+    assert!(
+        conn.write(b"GET /status/200 HTTP/1.1\r\nHost: echo\r\n\r\n")
+            .await
+    );
+    let head = conn.read_head().await.expect("an answer");
+    assert_eq!(head.status, 200);
+    assert_eq!(conn.read_body(&head).await, b"status 200");
+}
+
+/// 400, or the connection closed without an answer: both are acceptable for garbage.
+async fn rejected(conn: &mut RawConn) {
+    if let Some(head) = conn.read_head().await {
+        assert_eq!(head.status, 400, "{}", head.status_line);
+    }
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_others_are_unaffected() {
+    let (upstream, sidecar) = setup().await;
+    let mut bystander = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut bystander).await;
+
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    let big = "a".repeat(2 * MAX_HEADER_BYTES);
+    let req = format!("GET /status/200 HTTP/1.1\r\nHost: echo\r\nX-Big: {big}\r\n\r\n");
+    // The sidecar may answer and close before it has read everything we send.
+    let _ = conn.write(req.as_bytes()).await;
+    let head = conn.read_head().await.expect("an answer, not just a close");
+    assert_eq!(head.status, 431, "{}", head.status_line);
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "the oversized request never reached the upstream"
+    );
+
+    // Under the limit is fine.
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    let medium = "b".repeat(MAX_HEADER_BYTES / 4);
+    let req = format!("GET /status/200 HTTP/1.1\r\nHost: echo\r\nX-Medium: {medium}\r\n\r\n");
+    assert!(conn.write(req.as_bytes()).await);
+    assert_eq!(conn.read_head().await.expect("answer").status, 200);
+
+    still_served(&mut bystander).await;
+    let http = client::http1_client(sidecar.outbound());
+    assert_eq!(
+        client::get(&http, "http://echo/status/200").await.status,
+        StatusCode::OK
+    );
+    assert!(!sidecar.has_exited());
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_or_a_close() {
+    let (upstream, sidecar) = setup().await;
+    let mut bystander = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut bystander).await;
+
+    let garbage: [&[u8]; 4] = [
+        b"THIS IS NOT HTTP\r\n\r\n",
+        b"GET /status/200 HTTP/1.1\r\nHost: echo\r\nNo-Colon-Here\r\n\r\n",
+        b"GET /status/200 HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"\x00\x01\x02\x03\xff\xfe\r\n\r\n",
+    ];
+    for bytes in garbage {
+        let mut conn = RawConn::connect(sidecar.outbound()).await;
+        let _ = conn.write(bytes).await;
+        rejected(&mut conn).await;
+    }
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "no malformed request reached the upstream"
+    );
+
+    still_served(&mut bystander).await;
+    let mut fresh = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut fresh).await;
+    assert!(!sidecar.has_exited());
+}
+
+#[tokio::test]
+async fn garbage_after_the_http2_preface_closes_only_that_connection() {
+    let (upstream, sidecar) = setup().await;
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    let _ = conn
+        .write(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nthis is not an HTTP/2 frame at all, not even close",
+        )
+        .await;
+    // HTTP/2 answers with a GOAWAY frame (binary) and closes: read until the close.
+    let mut closed = false;
+    for _ in 0..64 {
+        if conn.closed_by_peer().await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the connection is closed");
+
+    let h2 = client::h2c_client(sidecar.outbound());
+    assert_eq!(
+        client::get(&h2, "http://echo/status/200").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.requests(), 1);
+    assert!(!sidecar.has_exited());
+}
