@@ -11,7 +11,12 @@ use clap::Parser;
 #[command(name = "control-plane", version)]
 struct Args {
     /// etcd client URLs, comma-separated.
-    #[arg(long, env = "BULWARK_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "BULWARK_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     etcd_endpoints: Vec<String>,
 
     /// Key prefix of every key Bulwark stores.
@@ -41,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
     let policies = client
         .get(
             format!("{}/policies/", args.etcd_prefix),
-            Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
         )
         .await
         .context("cannot read the policy prefix from etcd")?;

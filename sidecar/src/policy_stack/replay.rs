@@ -97,7 +97,7 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> ReplayBody<B> {
             source: None,
             trailers_sent: false,
             ended: shared.complete && shared.chunks.is_empty() && shared.trailers.is_none(),
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         })
     }
 
@@ -113,10 +113,10 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> ReplayBody<B> {
 impl<B> Drop for ReplayBody<B> {
     fn drop(&mut self) {
         // Hand the caller's body back so the next attempt can continue reading it.
-        if let Some(source) = self.source.take() {
-            if let Ok(mut shared) = self.shared.lock() {
-                shared.source = Some(source);
-            }
+        if let Some(source) = self.source.take()
+            && let Ok(mut shared) = self.shared.lock()
+        {
+            shared.source = Some(source);
         }
     }
 }
@@ -213,13 +213,14 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for ReplayBody<B>
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
     use http_body_util::BodyExt;
 
     use std::convert::Infallible;

@@ -174,10 +174,10 @@ impl Endpoint {
         if conn.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.h1_idle.lock() {
-            if idle.len() < MAX_IDLE_H1 {
-                idle.push(conn);
-            }
+        if let Ok(mut idle) = self.h1_idle.lock()
+            && idle.len() < MAX_IDLE_H1
+        {
+            idle.push(conn);
         }
     }
 
@@ -185,17 +185,17 @@ impl Endpoint {
         &self,
         settings: &ConnectSettings,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        if let Some(conn) = self.h2.load().as_deref() {
-            if !conn.is_closed() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = self.h2.load().as_deref()
+            && !conn.is_closed()
+        {
+            return Ok(conn.clone());
         }
         // One caller connects; the others wait for it and share the connection.
         let _connecting = self.h2_connect.lock().await;
-        if let Some(conn) = self.h2.load().as_deref() {
-            if !conn.is_closed() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = self.h2.load().as_deref()
+            && !conn.is_closed()
+        {
+            return Ok(conn.clone());
         }
         let io = self.connect(settings).await?;
         let (conn, task) = http2::Builder::new(TokioExecutor::new())
@@ -270,10 +270,10 @@ impl UpstreamBody {
     }
 
     fn finish(&mut self, clean: bool) {
-        if let Some(mut lease) = self.lease.take() {
-            if clean {
-                lease.release_clean();
-            }
+        if let Some(mut lease) = self.lease.take()
+            && clean
+        {
+            lease.release_clean();
         }
     }
 }

@@ -49,12 +49,20 @@ async fn main() -> anyhow::Result<()> {
     let seen = res.json();
     println!("   status {} ({:?})", res.status, res.version);
     for name in ["host", "x-request-id", "traceparent", "x-bulwark-attempt"] {
-        println!("   upstream saw {name}: {}", seen["headers"][name][0].as_str().unwrap_or("-"));
+        println!(
+            "   upstream saw {name}: {}",
+            seen["headers"][name][0].as_str().unwrap_or("-")
+        );
     }
 
     step("HTTP/2 (h2c prior knowledge) on the same port: GET http://catalog.shop/headers");
     let res = client::get(&h2, "http://catalog.shop/headers").await;
-    println!("   status {} ({:?}); upstream saw {}", res.status, res.version, res.json()["version"]);
+    println!(
+        "   status {} ({:?}); upstream saw {}",
+        res.status,
+        res.version,
+        res.json()["version"]
+    );
 
     step("gRPC through the sidecar: dispatch (protocol: grpc)");
     let mut grpc = client::grpc_client_for(args.outbound, "dispatch").await;
@@ -88,7 +96,11 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
         .expect_err("the upstream answers NOT_FOUND");
-    println!("   upstream error passed through: {:?} {:?}", failed.code(), failed.message());
+    println!(
+        "   upstream error passed through: {:?} {:?}",
+        failed.code(),
+        failed.message()
+    );
     let deadline = grpc
         .unary(EchoRequest {
             delay_ms: 3000,
@@ -108,7 +120,11 @@ async fn main() -> anyhow::Result<()> {
 
     step("A per-upstream local port (--upstream-port 127.0.0.1:15101=catalog)");
     let port_client = client::http1_client(args.catalog_port);
-    let res = client::get(&port_client, &format!("http://{}/status/200", args.catalog_port)).await;
+    let res = client::get(
+        &port_client,
+        &format!("http://{}/status/200", args.catalog_port),
+    )
+    .await;
     println!("   status {}: {}", res.status, res.text());
 
     step("Streaming 50 MB up through the sidecar (never buffered whole)");
@@ -118,7 +134,11 @@ async fn main() -> anyhow::Result<()> {
         .context("build the upload")?;
     let res = client::send(&http1, upload).await;
     let secs = started.elapsed().as_secs_f64();
-    println!("   upstream received {} ({:.0} MB/s)", res.text().trim_end(), 50.0 / secs);
+    println!(
+        "   upstream received {} ({:.0} MB/s)",
+        res.text().trim_end(),
+        50.0 / secs
+    );
 
     step("Hot reload: add an UpstreamPolicy `inventory` to the watched directory");
     let before = config_version(&admin).await?;
@@ -136,7 +156,10 @@ async fn main() -> anyhow::Result<()> {
     println!("   /config version {before} -> {after}");
     let res = client::get(&http1, "http://inventory/status/200").await;
     println!("   GET http://inventory/status/200: {}", res.status);
-    write_atomically(&args.policies.join("broken.yaml"), "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: { name: broken }\nspec: { endpoints: {} }\n")?;
+    write_atomically(
+        &args.policies.join("broken.yaml"),
+        "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: { name: broken }\nspec: { endpoints: {} }\n",
+    )?;
     try_eventually(Duration::from_secs(10), || async {
         (rejected_reloads(&admin).await >= 1.0).then_some(())
     })
@@ -145,7 +168,11 @@ async fn main() -> anyhow::Result<()> {
     let still = config_version(&admin).await?;
     println!(
         "   an invalid file was written: version still {still} ({})",
-        if still == after { "rejected, old policies kept" } else { "unexpected change" }
+        if still == after {
+            "rejected, old policies kept"
+        } else {
+            "unexpected change"
+        }
     );
     std::fs::remove_file(args.policies.join("broken.yaml")).context("remove broken.yaml")?;
 
@@ -168,13 +195,21 @@ async fn main() -> anyhow::Result<()> {
 
 async fn rejected_reloads(admin: &HttpClient) -> f64 {
     let text = client::get(admin, "http://admin/metrics").await.text();
-    metrics::value(&text, "bulwark_policy_reloads_total", &[("result", "rejected")]).unwrap_or(0.0)
+    metrics::value(
+        &text,
+        "bulwark_policy_reloads_total",
+        &[("result", "rejected")],
+    )
+    .unwrap_or(0.0)
 }
 
 async fn config_version(admin: &HttpClient) -> anyhow::Result<String> {
-    let res = client::try_send(admin, client::request(Method::GET, "http://admin/config").body(client::empty())?)
-        .await
-        .map_err(|e| anyhow::anyhow!("GET /config: {e}"))?;
+    let res = client::try_send(
+        admin,
+        client::request(Method::GET, "http://admin/config").body(client::empty())?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("GET /config: {e}"))?;
     match res.json()["version"].as_str() {
         Some(v) => Ok(v.to_string()),
         None => bail!("/config has no version"),
