@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bulwark_proto::policy::parse_documents;
 
 /// Resources expected in each example file. A new example must be added here, so that a file
 /// that silently parses to fewer documents than written is caught.
-const EXPECTED: [(&str, usize); 4] = [
+const EXPECTED: [(&str, usize); 5] = [
+    ("demo/catalog.yaml", 2),
     ("dispatch.yaml", 1),
     ("notifications.yaml", 3),
     ("order-orchestrator.yaml", 1),
@@ -20,11 +21,11 @@ fn every_example_parses_and_validates() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut counts = BTreeMap::new();
     let mut problems = Vec::new();
-    for entry in fs::read_dir(&dir).expect("examples/ is readable") {
-        let path = entry.expect("directory entry").path();
+    for path in example_files(&dir) {
         let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
+            .strip_prefix(&dir)
+            .expect("under examples/")
+            .to_str()
             .expect("UTF-8 file name")
             .to_string();
         let text = fs::read_to_string(&path).expect("example is readable");
@@ -52,4 +53,18 @@ fn every_example_parses_and_validates() {
         .map(|&(name, n)| (name.to_string(), n))
         .collect();
     assert_eq!(counts, expected, "resources per example file");
+}
+
+/// Every file under `dir`, subdirectories included.
+fn example_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).expect("examples/ is readable") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            files.extend(example_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

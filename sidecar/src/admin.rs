@@ -65,10 +65,11 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             rsp
         }
         "/config" => config(shared),
+        "/breakers" => breakers(shared),
         other => text(
             StatusCode::NOT_FOUND,
             format!(
-                "no admin endpoint {other}; try /health/live, /health/ready, /metrics, /config\n"
+                "no admin endpoint {other}; try /health/live, /health/ready, /metrics, /config, /breakers\n"
             ),
         ),
     }
@@ -99,6 +100,46 @@ fn config(shared: &Shared) -> Response<Full<Bytes>> {
         "service": shared.identity.service,
         "resources": snapshot.resources,
     });
+    let text_body =
+        serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut rsp = text(StatusCode::OK, text_body + "\n");
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    rsp
+}
+
+/// Breaker and outlier state of every upstream.
+fn breakers(shared: &Shared) -> Response<Full<Bytes>> {
+    let snapshot = shared.snapshot.load();
+    let now = tokio::time::Instant::now();
+    let upstreams: Vec<serde_json::Value> = snapshot
+        .upstreams()
+        .into_iter()
+        .map(|u| {
+            let breaker = u
+                .breaker
+                .as_ref()
+                .and_then(|b| b.lock().ok().map(|b| b.snapshot(now)));
+            let outlier = u
+                .outlier
+                .as_ref()
+                .and_then(|o| o.lock().ok().map(|o| o.snapshot(now)));
+            serde_json::json!({
+                "name": u.name.as_ref(),
+                "namespace": u.namespace.as_ref(),
+                "breaker": breaker,
+                "outlier": outlier,
+                "bulkhead": u.bulkhead.as_ref().map(|b| serde_json::json!({
+                    "inFlight": b.in_flight(),
+                    "maxConcurrent": b.max_concurrent,
+                    "maxPending": b.max_pending,
+                })),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "upstreams": upstreams });
     let text_body =
         serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     let mut rsp = text(StatusCode::OK, text_body + "\n");

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::policy_stack::replay::ReplayBody;
 use crate::upstream::UpstreamBody;
 
 /// Errors of a streamed body: the peer's connection failed mid-body.
@@ -20,6 +21,10 @@ pub enum Body {
     Incoming(Incoming),
     /// Streamed from an upstream, releasing its connection when it ends.
     Upstream(UpstreamBody),
+    /// A request body that retries and failover can send again.
+    Replay(ReplayBody),
+    /// A body that holds something (a bulkhead permit, a breaker admission) until it ends.
+    Guarded(Box<Guarded>),
     /// A complete body held in memory (taken on first poll).
     Full(Option<Bytes>),
     #[default]
@@ -34,6 +39,30 @@ impl Body {
         } else {
             Body::Full(Some(bytes))
         }
+    }
+}
+
+/// A body and what it keeps alive until it is dropped.
+pub struct Guarded {
+    pub inner: Body,
+    pub guard: Box<dyn std::any::Any + Send>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body {
+    /// Keeps `guard` alive until this body is dropped.
+    pub fn guarded(self, guard: impl std::any::Any + Send) -> Body {
+        Body::Guarded(Box::new(Guarded {
+            inner: self,
+            guard: Box::new(guard),
+        }))
     }
 }
 
@@ -54,6 +83,8 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Incoming(b) => Pin::new(b).poll_frame(cx),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Replay(b) => Pin::new(b).poll_frame(cx),
+            Body::Guarded(g) => Pin::new(&mut g.inner).poll_frame(cx),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Empty => Poll::Ready(None),
         }
@@ -63,6 +94,8 @@ impl http_body::Body for Body {
         match self {
             Body::Incoming(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
+            Body::Replay(b) => b.is_end_stream(),
+            Body::Guarded(g) => g.inner.is_end_stream(),
             Body::Full(b) => b.is_none(),
             Body::Empty => true,
         }
@@ -72,6 +105,8 @@ impl http_body::Body for Body {
         match self {
             Body::Incoming(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
+            Body::Replay(b) => b.size_hint(),
+            Body::Guarded(g) => g.inner.size_hint(),
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) | Body::Empty => SizeHint::with_exact(0),
         }

@@ -45,8 +45,23 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
-    #[error("deadline of {timeout:?} exceeded before {upstream} answered")]
+    #[error("deadline of {} exceeded before {upstream} answered", fmt_duration(*timeout))]
     DeadlineExceeded { upstream: String, timeout: Duration },
+    #[error("upstream \"{upstream}\": attempt timed out after {}", fmt_duration(*timeout))]
+    AttemptTimeout { upstream: String, timeout: Duration },
+    #[error("circuit breaker of upstream \"{upstream}\" is open: {reason}")]
+    BreakerOpen {
+        upstream: String,
+        reason: std::sync::Arc<str>,
+    },
+    #[error(
+        "upstream \"{upstream}\" is at its concurrency limit (maxConcurrent {max_concurrent}, maxPending {max_pending})"
+    )]
+    BulkheadFull {
+        upstream: String,
+        max_concurrent: u32,
+        max_pending: u32,
+    },
     #[error(
         "no local app port is configured for inbound traffic (set --app-port or spec.app.port of ServicePolicy {service})"
     )]
@@ -67,6 +82,9 @@ impl ProxyError {
             ProxyError::Handshake { .. } => "handshake-failure",
             ProxyError::Reset { .. } => "reset",
             ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
+            ProxyError::AttemptTimeout { .. } => "attempt-timeout",
+            ProxyError::BreakerOpen { .. } => "breaker-open",
+            ProxyError::BulkheadFull { .. } => "bulkhead-full",
             ProxyError::NoApp { .. } => "no-app",
             ProxyError::BadRequest(_) => "bad-request",
         }
@@ -78,16 +96,23 @@ impl ProxyError {
             | ProxyError::NoEndpoints { .. }
             | ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
-            | ProxyError::NoApp { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::NoApp { .. }
+            | ProxyError::BreakerOpen { .. }
+            | ProxyError::BulkheadFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Handshake { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::DeadlineExceeded { .. } | ProxyError::AttemptTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
     fn grpc_code(&self) -> GrpcCode {
         match self {
-            ProxyError::DeadlineExceeded { .. } => GrpcCode::DeadlineExceeded,
+            ProxyError::DeadlineExceeded { .. } | ProxyError::AttemptTimeout { .. } => {
+                GrpcCode::DeadlineExceeded
+            }
+            ProxyError::BulkheadFull { .. } => GrpcCode::ResourceExhausted,
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => GrpcCode::Internal,
             _ => GrpcCode::Unavailable,
         }
@@ -99,11 +124,21 @@ impl ProxyError {
 pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
     let message = err.to_string();
     let kind = HeaderValue::from_static(err.kind());
-    if grpc {
-        return grpc_status_response(err.grpc_code(), &message, kind);
+    let mut rsp = if grpc {
+        grpc_status_response(err.grpc_code(), &message, kind)
+    } else {
+        http_error_response(err.http_status(), &message, kind)
+    };
+    if matches!(err, ProxyError::BreakerOpen { .. }) {
+        rsp.headers_mut()
+            .insert("x-bulwark-breaker", HeaderValue::from_static("open"));
     }
+    rsp
+}
+
+fn http_error_response(status: StatusCode, message: &str, kind: HeaderValue) -> Response<Body> {
     let mut rsp = Response::new(Body::full(format!("{message}\n")));
-    *rsp.status_mut() = err.http_status();
+    *rsp.status_mut() = status;
     let h = rsp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -111,6 +146,23 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
     );
     h.insert("x-bulwark-error", kind);
     rsp
+}
+
+/// Durations in policy notation: `300ms`, `2s`, `1.5s`, `1m30s`.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if !ms.is_multiple_of(1000) {
+        return format!("{}s", d.as_secs_f64());
+    }
+    let secs = d.as_secs();
+    match (secs / 60, secs % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
 }
 
 /// A gRPC trailers-only response carrying `code` and `message`.
@@ -177,6 +229,27 @@ mod tests {
             rsp.headers()["grpc-message"],
             "deadline of 100ms exceeded before echo answered"
         );
+    }
+
+    #[test]
+    fn durations_print_as_policies_write_them() {
+        assert_eq!(fmt_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(fmt_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(fmt_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(fmt_duration(Duration::from_secs(1800)), "30m");
+    }
+
+    #[test]
+    fn breaker_open_is_marked() {
+        let err = ProxyError::BreakerOpen {
+            upstream: "echo".into(),
+            reason: "failure rate 100% >= 50% over 4 requests in 10s".into(),
+        };
+        let rsp = rescue(&err, false);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()["x-bulwark-breaker"], "open");
+        assert_eq!(rsp.headers()["x-bulwark-error"], "breaker-open");
     }
 
     #[test]

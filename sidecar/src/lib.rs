@@ -40,6 +40,8 @@ use crate::source::PolicySet;
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// Breaker state changes, for whoever reports health.
+    pub events: tokio::sync::broadcast::Sender<upstream::BreakerEvent>,
     pub identity: Identity,
     /// Set on shutdown: readiness fails so the pod is taken out of rotation.
     pub draining: AtomicBool,
@@ -49,7 +51,12 @@ impl Shared {
     /// Builds and swaps in the snapshot for `set`; on failure the current one stays.
     pub fn apply(&self, set: &PolicySet) -> Result<(), String> {
         let current = self.snapshot.load_full();
-        match Snapshot::build(set, &current, &self.identity, &self.metrics) {
+        let env = upstream::BuildEnv {
+            metrics: self.metrics.clone(),
+            events: self.events.clone(),
+            max_attempts_cap: None,
+        };
+        match Snapshot::build(set, &current, &self.identity, &env) {
             Ok(next) => {
                 tracing::info!(
                     version = %next.version,
@@ -81,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
         metrics: Arc::new(Metrics::new()),
+        events: tokio::sync::broadcast::channel(256).0,
         identity,
         draining: AtomicBool::new(false),
     });

@@ -35,6 +35,20 @@ pub struct ConnectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: &'static str,
 }
@@ -59,6 +73,15 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Gauge>,
     upstream_connects: Family<ConnectLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    attempts: Family<DurationLabels, Counter>,
+    retries: Family<DurationLabels, Counter>,
+    budget_exhausted: Family<DurationLabels, Counter>,
+    breaker_rejections: Family<DurationLabels, Counter>,
+    bulkhead_rejections: Family<DurationLabels, Counter>,
+    ejections: Family<DurationLabels, Counter>,
+    breaker_state: Family<DurationLabels, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,6 +124,59 @@ impl Metrics {
             "Connections opened to upstream endpoints, by upstream and protocol",
             upstream_connects.clone(),
         );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<DurationLabels, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let attempts = counter(
+            &mut registry,
+            "attempts",
+            "Attempts sent to an upstream, retries included",
+        );
+        let retries = counter(
+            &mut registry,
+            "retries",
+            "Retries made (attempts after the first)",
+        );
+        let budget_exhausted = counter(
+            &mut registry,
+            "retry_budget_exhausted",
+            "Failed attempts not retried because the retry budget was spent",
+        );
+        let breaker_rejections = counter(
+            &mut registry,
+            "breaker_rejections",
+            "Attempts failed fast by an open circuit breaker",
+        );
+        let bulkhead_rejections = counter(
+            &mut registry,
+            "bulkhead_rejections",
+            "Requests refused because the upstream's concurrency limit and queue were full",
+        );
+        let ejections = counter(
+            &mut registry,
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+        );
+        let breaker_state = Family::<DurationLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes, by the state entered",
+            breaker_transitions.clone(),
+        );
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "fallbacks",
+            "Requests answered by a failover upstream or the static fallback response",
+            fallbacks.clone(),
+        );
         registry.register(
             "policy_reloads",
             "Policy snapshots offered to the sidecar, by result (applied or rejected)",
@@ -113,6 +189,15 @@ impl Metrics {
             connections,
             upstream_connects,
             reloads,
+            attempts,
+            retries,
+            budget_exhausted,
+            breaker_rejections,
+            bulkhead_rejections,
+            ejections,
+            breaker_state,
+            breaker_transitions,
+            fallbacks,
         }
     }
 
@@ -154,7 +239,18 @@ impl Metrics {
                 })
                 .clone()
         };
+        let labels = DurationLabels {
+            direction,
+            upstream: upstream.to_string(),
+        };
         UpstreamMetrics {
+            attempts: self.attempts.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            retry_budget_exhausted: self.budget_exhausted.get_or_create(&labels).clone(),
+            breaker_rejections: self.breaker_rejections.get_or_create(&labels).clone(),
+            bulkhead_rejections: self.bulkhead_rejections.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
+            breaker_state: self.breaker_state.get_or_create(&labels).clone(),
             connects_http1: connects("http1"),
             connects_http2: connects("http2"),
             metrics: self.clone(),
@@ -196,6 +292,13 @@ pub struct UpstreamMetrics {
     /// Connections opened to this upstream's endpoints.
     pub connects_http1: Counter,
     pub connects_http2: Counter,
+    pub attempts: Counter,
+    pub retries: Counter,
+    pub retry_budget_exhausted: Counter,
+    pub breaker_rejections: Counter,
+    pub bulkhead_rejections: Counter,
+    pub ejections: Counter,
+    breaker_state: Gauge,
 }
 
 impl std::fmt::Debug for UpstreamMetrics {
@@ -208,6 +311,37 @@ impl std::fmt::Debug for UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
+    /// A breaker transition into `to`.
+    pub fn breaker_transition(&self, to: crate::policy_stack::breaker::BreakerState) {
+        use crate::policy_stack::breaker::BreakerState;
+        let (value, name) = match to {
+            BreakerState::Closed => (0, "closed"),
+            BreakerState::Open => (1, "open"),
+            BreakerState::HalfOpen => (2, "half-open"),
+        };
+        self.breaker_state.set(value);
+        self.metrics
+            .breaker_transitions
+            .get_or_create(&TransitionLabels {
+                direction: self.direction,
+                upstream: self.upstream.clone(),
+                to: name,
+            })
+            .inc();
+    }
+
+    /// A request answered by a failover upstream (`failover`) or the static response.
+    pub fn fallback(&self, kind: &'static str) {
+        self.metrics
+            .fallbacks
+            .get_or_create(&FallbackLabels {
+                direction: self.direction,
+                upstream: self.upstream.clone(),
+                kind,
+            })
+            .inc();
+    }
+
     pub fn record(&self, protocol: ProtocolLabel, status: u16, elapsed: Duration) {
         let class = usize::from((status / 100).clamp(1, 5) - 1);
         let counter = self.counters[protocol as usize][class].get_or_init(|| {

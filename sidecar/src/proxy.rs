@@ -12,13 +12,13 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::body::Body;
 use crate::errors::{ProxyError, rescue};
-use crate::headers::{grpc_timeout, is_grpc, strip_hop_by_hop};
+use crate::headers::{is_grpc, strip_hop_by_hop};
 use crate::identity;
 use crate::metrics::ProtocolLabel;
 use crate::observe::{Completion, ObservedBody};
-use crate::upstream::Upstream;
-
-pub const ATTEMPT_HEADER: &str = "x-bulwark-attempt";
+use crate::policy_stack::CallState;
+use crate::upstream::{TargetAuthority, Upstream};
+use tower::ServiceExt;
 
 /// Which upstream a listener's requests go to.
 #[derive(Debug, Clone)]
@@ -58,11 +58,6 @@ pub async fn handle(
     let authority = request_authority(&parts);
     strip_hop_by_hop(&mut parts.headers);
     let request_id = identity::ensure(&mut parts.headers);
-    let caller_deadline = if grpc {
-        grpc_timeout(&parts.headers)
-    } else {
-        None
-    };
 
     let mut completion = Completion {
         direction: target.direction(),
@@ -126,30 +121,20 @@ pub async fn handle(
         },
     };
 
+    let state = Arc::new(CallState::default());
     let result = match routed {
         Err(e) => Err(e),
         Ok((upstream, authority)) => {
             completion.upstream = Some(upstream.name.clone());
             completion.metrics = Some(upstream.metrics.clone());
-            completion.attempts = 1;
-            parts
-                .headers
-                .insert(ATTEMPT_HEADER, HeaderValue::from_static("1"));
+            parts.extensions.insert(TargetAuthority(authority));
+            parts.extensions.insert(state.clone());
+            parts.extensions.insert(snapshot.clone());
             let req = Request::from_parts(parts, Body::Incoming(body));
-            let deadline = upstream.deadline(caller_deadline);
-            let call = upstream.send(req, &authority);
-            match deadline {
-                None => call.await,
-                Some(limit) => match tokio::time::timeout(limit, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ProxyError::DeadlineExceeded {
-                        upstream: upstream.name.to_string(),
-                        timeout: limit,
-                    }),
-                },
-            }
+            upstream.stack.clone().oneshot(req).await
         }
     };
+    completion.attempts = state.attempts();
 
     let rsp = match result {
         Ok(mut rsp) => {

@@ -11,9 +11,8 @@ use bulwark_proto::policy::{
 };
 
 use crate::headers::host_of;
-use crate::metrics::Metrics;
 use crate::source::PolicySet;
-use crate::upstream::Upstream;
+use crate::upstream::{BuildEnv, Upstream};
 
 /// What a snapshot is built for: who this sidecar is.
 #[derive(Debug, Clone)]
@@ -73,22 +72,20 @@ impl Snapshot {
         set: &PolicySet,
         previous: &Snapshot,
         identity: &Identity,
-        metrics: &Arc<Metrics>,
+        env: &BuildEnv,
     ) -> Result<Snapshot, String> {
         let mut upstreams: HashMap<String, HashMap<String, Arc<Upstream>>> = HashMap::new();
         let mut service = None;
         for resource in &set.resources {
             match resource {
                 Resource::UpstreamPolicy(p) => {
-                    let reused = previous
+                    let old = previous
                         .upstreams
                         .get(&p.metadata.name)
-                        .and_then(|by_ns| by_ns.get(&p.metadata.namespace))
-                        .filter(|u| u.policy == *p)
-                        .cloned();
-                    let upstream = match reused {
-                        Some(u) => u,
-                        None => Upstream::build(p, "outbound", metrics)
+                        .and_then(|by_ns| by_ns.get(&p.metadata.namespace));
+                    let upstream = match old {
+                        Some(u) if u.policy == *p => u.clone(),
+                        _ => Upstream::build(p, "outbound", env, old.map(|u| &**u))
                             .map_err(|e| format!("{}: {e}", resource.id()))?,
                     };
                     upstreams
@@ -122,7 +119,7 @@ impl Snapshot {
                 let policy = app_policy(identity, port, app_protocol);
                 match &previous.inbound {
                     Some(u) if u.policy == policy => Some(u.clone()),
-                    _ => Some(Upstream::build(&policy, "inbound", metrics)?),
+                    old => Some(Upstream::build(&policy, "inbound", env, old.as_deref())?),
                 }
             }
         };
@@ -157,6 +154,23 @@ impl Snapshot {
             Some((name, ns)) if !ns.contains('.') => self.upstreams.get(name)?.get(ns),
             Some(_) => None,
         }
+    }
+
+    /// A failover target named by an upstream in `namespace`: `name` means that namespace,
+    /// `name.namespace` another.
+    pub fn route_from(&self, name: &str, namespace: &str) -> Option<&Arc<Upstream>> {
+        match name.split_once('.') {
+            Some((n, ns)) => self.upstreams.get(n)?.get(ns),
+            None => self.upstreams.get(name)?.get(namespace),
+        }
+    }
+
+    /// Every outbound upstream, sorted by namespace and name (admin views).
+    pub fn upstreams(&self) -> Vec<&Arc<Upstream>> {
+        let mut all: Vec<&Arc<Upstream>> =
+            self.upstreams.values().flat_map(|m| m.values()).collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
     }
 
     /// A bare name resolves in the sidecar's own namespace first, then in the one namespace
@@ -196,6 +210,7 @@ fn app_policy(identity: &Identity, port: u16, protocol: Protocol) -> UpstreamPol
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use bulwark_proto::policy::parse_yaml;
 
     fn upstream(name: &str, ns: &str, port: u16) -> String {
@@ -215,13 +230,15 @@ mod tests {
             source: "test".into(),
             resources: parse_yaml(yaml).unwrap(),
         };
-        Snapshot::build(
-            &set,
-            &Snapshot::empty(&identity),
-            &identity,
-            &Arc::new(Metrics::new()),
-        )
-        .unwrap()
+        Snapshot::build(&set, &Snapshot::empty(&identity), &identity, &env()).unwrap()
+    }
+
+    fn env() -> BuildEnv {
+        BuildEnv {
+            metrics: Arc::new(Metrics::new()),
+            events: tokio::sync::broadcast::channel(16).0,
+            max_attempts_cap: None,
+        }
     }
 
     #[tokio::test]
@@ -260,7 +277,7 @@ mod tests {
             service: None,
             app_port: None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let env = env();
         let set = |yaml: &str| PolicySet {
             version: "v".into(),
             source: "test".into(),
@@ -270,14 +287,14 @@ mod tests {
             &set(&(upstream("a", "default", 1) + &upstream("b", "default", 2))),
             &Snapshot::empty(&identity),
             &identity,
-            &metrics,
+            &env,
         )
         .unwrap();
         let second = Snapshot::build(
             &set(&(upstream("a", "default", 1) + &upstream("b", "default", 3))),
             &first,
             &identity,
-            &metrics,
+            &env,
         )
         .unwrap();
         assert!(Arc::ptr_eq(

@@ -1,12 +1,152 @@
 //! The per-upstream resilience stack: what each layer decides and in which order they apply.
 //! Pure decision logic (schedules, windows, state machines) lives in one file per concern and is
-//! unit-tested with explicit clocks.
+//! unit-tested with explicit clocks; the layers here apply it to requests.
+//!
+//! The order is written once, in [`build`], with why each layer stands where it does.
 
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+mod bulkhead;
+pub mod circuit;
 pub mod config;
+mod deadline;
+mod failover;
 pub mod outcome;
 pub mod outlier;
+mod per_try;
 pub mod replay;
+mod retry;
 pub mod retry_policy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_proto::policy::GrpcCode;
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+pub use bulkhead::Bulkhead;
+
+use crate::body::Body;
+use crate::errors::ProxyError;
+use crate::upstream::{Balance, UpstreamCore};
+use outcome::Outcome;
+
+pub type Req = Request<Body>;
+pub type Rsp = Response<Body>;
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send>>;
+/// A whole stack, type-erased so upstreams can hold each other's (failover).
+pub type Stack = BoxCloneSyncService<Req, Rsp, ProxyError>;
+
+/// An upstream's two entry points: `full` is what a request routed to it goes through;
+/// `attempts` is what a failover from another upstream goes through (that upstream's own
+/// retries, timeouts, breaker and limits, inside the caller's deadline).
+pub fn build(core: &Arc<UpstreamCore>) -> (Stack, Stack) {
+    let attempts = ServiceBuilder::new()
+        // Retry: classifies each attempt's outcome, spends the retry budget, waits the
+        // backoff, replays the request body. Above the per-try timeout so a timed-out attempt
+        // can be retried; below failover so each upstream retries with its own policy.
+        .layer(retry::RetryLayer::new(core.clone()))
+        // Per-try timeout: gives each attempt its deadline (never past the overall one) and
+        // tells the upstream its budget in `grpc-timeout`. The timer itself fires at the
+        // bottom, so the breaker and outlier detector see a timeout as an outcome.
+        .layer(per_try::PerTryLayer::new(core.clone()))
+        // Circuit breaker: fails fast without touching the upstream while open; every
+        // attempt is one outcome. Above the bulkhead so an open breaker queues nothing.
+        .layer(circuit::BreakerLayer::new(core.clone()))
+        // Bulkhead: bounds concurrent and waiting requests to this upstream; a permit is held
+        // until the response body ends.
+        .layer(bulkhead::BulkheadLayer::new(core.clone()))
+        // Balancer: power of two choices over endpoints not ejected as outliers, preferring
+        // endpoints this request has not tried; the connection pool is below it.
+        .service(Balance::new(core.clone()));
+    let attempts = Stack::new(attempts);
+    let full = ServiceBuilder::new()
+        // Overall deadline: the policy's timeouts.request shortened by the caller's
+        // grpc-timeout; bounds retries and failover together.
+        .layer(deadline::DeadlineLayer::new(core.clone()))
+        // Failover: the primary with its retries, then each fallback upstream's own attempts
+        // stack, then the static fallback response.
+        .layer(failover::FailoverLayer::new(core.clone()))
+        .service(attempts.clone());
+    (Stack::new(full), attempts)
+}
+
+/// The overall deadline of a request (request extension, set by the deadline layer).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+/// The deadline of the current attempt and the per-try limit it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptDeadline {
+    pub at: Instant,
+    pub limit: Duration,
+}
+
+/// What one request's layers share: attempts made and endpoints tried.
+#[derive(Debug, Default)]
+pub struct CallState {
+    attempts: AtomicU32,
+    tried: Mutex<Vec<SocketAddr>>,
+}
+
+impl CallState {
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn attempt_started(&self, endpoint: SocketAddr) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut tried) = self.tried.lock() {
+            tried.push(endpoint);
+        }
+    }
+
+    pub(crate) fn tried(&self, endpoint: SocketAddr) -> bool {
+        self.tried
+            .lock()
+            .map(|t| t.contains(&endpoint))
+            .unwrap_or(false)
+    }
+
+    /// The endpoints tried, when some were (empty `Vec` allocates nothing).
+    pub(crate) fn tried_any(&self) -> bool {
+        self.tried.lock().map(|t| !t.is_empty()).unwrap_or(false)
+    }
+}
+
+/// What an attempt came to, as far as its response headers (or its error) tell; `None` for
+/// failures that are not the upstream's (deadline, breaker open, bulkhead full).
+pub fn classify(result: &Result<Rsp, ProxyError>) -> Option<Outcome> {
+    match result {
+        Ok(rsp) => Some(Outcome::Response {
+            status: rsp.status().as_u16(),
+            grpc: rsp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .and_then(GrpcCode::from_i32),
+        }),
+        Err(e) => match e {
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::NoEndpoints { .. } => Some(Outcome::ConnectFailure),
+            ProxyError::Reset { .. } | ProxyError::Handshake { .. } => Some(Outcome::Reset),
+            ProxyError::AttemptTimeout { .. } => Some(Outcome::Timeout),
+            _ => None,
+        },
+    }
+}
+
+/// Whether a request is gRPC (by content-type), for layers that must answer in kind.
+pub(crate) fn is_grpc(req: &Req) -> bool {
+    crate::headers::is_grpc(req.headers())
+}

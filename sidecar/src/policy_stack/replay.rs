@@ -18,7 +18,7 @@ use crate::body::Body;
 
 struct Shared<B> {
     /// The caller's body, held by whichever attempt is reading it (taken while polled).
-    source: Option<B>,
+    source: Option<Box<B>>,
     /// Every data chunk read from the caller so far (empty once capped).
     chunks: Vec<Bytes>,
     buffered: u64,
@@ -40,7 +40,7 @@ pub struct ReplayBody<B = Body> {
     /// Chunks this attempt replays before reading on (a snapshot of the copy at its start).
     replay: VecDeque<Bytes>,
     /// The source while this attempt is reading it.
-    source: Option<B>,
+    source: Option<Box<B>>,
     trailers_sent: bool,
     ended: bool,
     size_hint: SizeHint,
@@ -62,7 +62,7 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> ReplayBody<B> {
         // A body announced larger than the cap can never be replayed: do not copy any of it.
         let capped = size_hint.lower() > cap;
         let shared = Shared {
-            source: Some(body),
+            source: Some(Box::new(body)),
             chunks: Vec::new(),
             buffered: 0,
             trailers: None,
@@ -170,7 +170,7 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for ReplayBody<B>
             return Poll::Ready(None);
         };
         drop(shared);
-        let polled = Pin::new(source).poll_frame(cx);
+        let polled = Pin::new(&mut **source).poll_frame(cx);
         let Ok(mut shared) = this.shared.lock() else {
             return polled;
         };

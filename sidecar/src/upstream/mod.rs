@@ -1,18 +1,22 @@
-//! An upstream as the sidecar runs it: compiled once from its `UpstreamPolicy` (endpoints,
-//! protocol, connection settings, metric handles) and reused across policy reloads while the
-//! policy is unchanged, so its connections and counters survive.
+//! An upstream as the sidecar runs it: compiled once from its `UpstreamPolicy` into an
+//! [`UpstreamCore`] (settings, endpoints, breaker, outlier detector, retry budget, bulkhead,
+//! metric handles) and the [`policy_stack`](crate::policy_stack) built over it. A policy change
+//! rebuilds the upstream but carries over each piece of state whose settings did not change, so
+//! connections, breaker and outlier state and the retry budget survive unrelated edits.
 
 mod balance;
 mod discovery;
 mod endpoint;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use bulwark_proto::policy::{Protocol, UpstreamPolicy, defaults};
+use bulwark_proto::policy::{Protocol, StaticResponse, UpstreamPolicy, defaults};
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Request, Uri, Version, header};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 pub use discovery::EndpointSet;
 pub use endpoint::{ConnectSettings, Endpoint, UpstreamBody, Wire};
@@ -20,24 +24,57 @@ pub use endpoint::{ConnectSettings, Endpoint, UpstreamBody, Wire};
 use crate::body::Body;
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::policy_stack::breaker::{Breaker, BreakerConfig, default_failure_on};
+use crate::policy_stack::budget::{BudgetConfig, RetryBudget};
+use crate::policy_stack::config::UpstreamRoutes;
+use crate::policy_stack::outcome::ConditionSet;
+use crate::policy_stack::outlier::{OutlierConfig, OutlierDetector};
+use crate::policy_stack::{
+    self, AttemptDeadline, Bulkhead, CallState, Req, ResponseFuture, Rsp, Stack, classify,
+};
 
-pub struct Upstream {
-    /// `name` of the policy (what callers put in `:authority`).
-    pub name: Arc<str>,
-    pub namespace: Arc<str>,
-    /// The policy this upstream was compiled from; compared on reload.
-    pub policy: UpstreamPolicy,
-    protocol: Protocol,
-    host_rewrite: bool,
-    request_timeout: Option<Duration>,
-    endpoints: Arc<EndpointSet>,
-    connect: ConnectSettings,
-    pub metrics: Arc<UpstreamMetrics>,
+pub use crate::policy_stack::circuit::BreakerEvent;
+
+/// The authority a request is sent with (request extension): the caller's, or the failover
+/// target's name.
+#[derive(Debug, Clone)]
+pub struct TargetAuthority(pub Authority);
+
+/// What an upstream needs from the sidecar when it is built.
+#[derive(Clone)]
+pub struct BuildEnv {
+    pub metrics: Arc<Metrics>,
+    pub events: broadcast::Sender<BreakerEvent>,
+    /// The degradation level's cap on attempts (none until the health issue sets one).
+    pub max_attempts_cap: Option<u32>,
 }
 
-impl std::fmt::Debug for Upstream {
+/// An upstream's settings and state, shared by its layers.
+pub struct UpstreamCore {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub policy: UpstreamPolicy,
+    pub routes: UpstreamRoutes,
+    protocol: Protocol,
+    host_rewrite: bool,
+    pub endpoints: Arc<EndpointSet>,
+    connect: ConnectSettings,
+    pub breaker: Option<Arc<Mutex<Breaker>>>,
+    pub outlier: Option<Arc<Mutex<OutlierDetector>>>,
+    /// What counts as the upstream failing (the breaker's `failureOn`, or its default).
+    pub failure_on: ConditionSet,
+    pub budget: Arc<RetryBudget>,
+    pub bulkhead: Option<Arc<Bulkhead>>,
+    pub failover: Vec<String>,
+    pub fallback_response: Option<StaticResponse>,
+    pub metrics: Arc<UpstreamMetrics>,
+    pub events: broadcast::Sender<BreakerEvent>,
+    max_attempts_cap: Option<u32>,
+}
+
+impl std::fmt::Debug for UpstreamCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
+        f.debug_struct("UpstreamCore")
             .field("name", &self.name)
             .field("namespace", &self.namespace)
             .field("endpoints", &self.endpoints)
@@ -45,69 +82,12 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-impl Upstream {
-    /// Compiles a validated policy. Must run inside a tokio runtime (DNS refresh task).
-    pub fn build(
-        policy: &UpstreamPolicy,
-        direction: &'static str,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Arc<Upstream>, String> {
-        let spec = &policy.spec;
-        let refresh = spec
-            .endpoints
-            .dns_refresh
-            .as_ref()
-            .map(|d| d.get())
-            .unwrap_or(defaults::DNS_REFRESH);
-        let endpoints = match (&spec.endpoints.static_addrs, &spec.endpoints.dns) {
-            (Some(addrs), _) => {
-                let parsed = addrs
-                    .iter()
-                    .map(|a| {
-                        a.parse::<SocketAddr>()
-                            .map_err(|e| format!("endpoint {a:?}: {e}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                EndpointSet::fixed(&parsed)
-            }
-            (None, Some(target)) => match target.parse::<SocketAddr>() {
-                Ok(addr) => EndpointSet::fixed(&[addr]),
-                Err(_) => EndpointSet::dns(target, refresh),
-            },
-            (None, None) => return Err("spec.endpoints: one of dns or static is required".into()),
-        };
-        let timeouts = spec.timeouts.as_ref();
-        let connect_timeout = timeouts
-            .and_then(|t| t.connect.as_ref())
-            .map(|d| d.get())
-            .unwrap_or(defaults::CONNECT_TIMEOUT);
-        let request_timeout = timeouts.and_then(|t| t.request.as_ref()).map(|d| d.get());
-        let name: Arc<str> = Arc::from(policy.metadata.name.as_str());
-        let upstream_metrics = Arc::new(metrics.upstream(direction, &name));
-        Ok(Arc::new(Upstream {
-            namespace: Arc::from(policy.metadata.namespace.as_str()),
-            policy: policy.clone(),
-            protocol: spec.protocol,
-            host_rewrite: spec.host_rewrite.unwrap_or(false),
-            request_timeout,
-            endpoints,
-            connect: ConnectSettings {
-                upstream: name.clone(),
-                connect_timeout,
-                connects_http1: upstream_metrics.connects_http1.clone(),
-                connects_http2: upstream_metrics.connects_http2.clone(),
-            },
-            metrics: upstream_metrics,
-            name,
-        }))
-    }
-
-    /// The overall time limit of a call: the policy's `timeouts.request`, shortened by the
-    /// caller's own deadline (`grpc-timeout`).
-    pub fn deadline(&self, caller: Option<Duration>) -> Option<Duration> {
-        match (self.request_timeout, caller) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+impl UpstreamCore {
+    /// Attempts allowed for a route, under the degradation level's cap.
+    pub fn attempt_cap(&self, route_attempts: u32) -> u32 {
+        match self.max_attempts_cap {
+            Some(cap) => route_attempts.min(cap.max(1)),
+            None => route_attempts,
         }
     }
 
@@ -121,31 +101,294 @@ impl Upstream {
         }
     }
 
-    /// Sends one attempt of `req` to an endpoint chosen by the balancer.
-    pub async fn send(
-        &self,
-        mut req: Request<Body>,
-        authority: &Authority,
-    ) -> Result<Response<Body>, ProxyError> {
-        let wait = self.connect.connect_timeout;
-        let endpoint =
-            self.endpoints
-                .pick(wait)
-                .await
-                .map_err(|reason| ProxyError::NoEndpoints {
-                    upstream: self.name.to_string(),
-                    reason,
-                })?;
-        let wire = self.wire_for(req.version());
-        let target = if self.host_rewrite {
-            Authority::try_from(endpoint.addr.to_string().as_str())
-                .map_err(|e| ProxyError::BadRequest(format!("endpoint address: {e}")))?
-        } else {
-            authority.clone()
+    /// Picks an endpoint: endpoints ejected as outliers are skipped (unless all are: panic
+    /// mode), endpoints this request already tried are avoided when others remain.
+    async fn pick(&self, state: Option<&CallState>) -> Result<Arc<Endpoint>, ProxyError> {
+        let no_endpoints = |reason| ProxyError::NoEndpoints {
+            upstream: self.name.to_string(),
+            reason,
         };
-        prepare_for_wire(&mut req, wire, &target)?;
-        let rsp = endpoint.send(wire, req, &self.connect).await?;
-        Ok(rsp.map(Body::Upstream))
+        let first = self
+            .endpoints
+            .pick(self.connect.connect_timeout)
+            .await
+            .map_err(no_endpoints)?;
+        let retrying = state.is_some_and(CallState::tried_any);
+        if self.outlier.is_none() && !retrying {
+            return Ok(first);
+        }
+        let all = self.endpoints.endpoints();
+        let now = Instant::now();
+        let mut candidates: Vec<Arc<Endpoint>> = match &self.outlier {
+            Some(outlier) => match outlier.lock() {
+                Ok(mut detector) => {
+                    let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
+                    detector.set_endpoints(addrs.iter().copied());
+                    let available = detector.available(&addrs, now);
+                    if available.panic {
+                        tracing::warn!(upstream = %self.name, "every endpoint is ejected: balancing over all of them (panic mode)");
+                    }
+                    all.iter()
+                        .filter(|e| available.contains(e.addr))
+                        .cloned()
+                        .collect()
+                }
+                Err(_) => all.to_vec(),
+            },
+            None => all.to_vec(),
+        };
+        if let Some(state) = state {
+            let untried: Vec<Arc<Endpoint>> = candidates
+                .iter()
+                .filter(|e| !state.tried(e.addr))
+                .cloned()
+                .collect();
+            if !untried.is_empty() {
+                candidates = untried;
+            }
+        }
+        Ok(balance::p2c(&candidates).unwrap_or(first))
+    }
+
+    fn record_outlier(&self, endpoint: SocketAddr, result: &Result<Rsp, ProxyError>) {
+        let Some(outlier) = &self.outlier else { return };
+        let Some(outcome) = classify(result) else {
+            return;
+        };
+        let failed = self.failure_on.matches(&outcome);
+        let ejection = match outlier.lock() {
+            Ok(mut d) => d.record(endpoint, failed, Instant::now()),
+            Err(_) => None,
+        };
+        if let Some(e) = ejection {
+            self.metrics.ejections.inc();
+            tracing::info!(upstream = %self.name, endpoint = %e.addr, times = e.times, reason = %e.reason, "endpoint ejected as an outlier");
+        }
+    }
+}
+
+/// A compiled upstream: its core and its stacks.
+pub struct Upstream {
+    pub core: Arc<UpstreamCore>,
+    /// What a request routed to this upstream goes through.
+    pub stack: Stack,
+    /// What a failover from another upstream goes through.
+    pub attempts: Stack,
+}
+
+impl std::ops::Deref for Upstream {
+    type Target = UpstreamCore;
+    fn deref(&self) -> &UpstreamCore {
+        &self.core
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl Upstream {
+    /// Compiles a validated policy, keeping `previous`'s state where its settings are
+    /// unchanged. Must run inside a tokio runtime (DNS refresh task).
+    pub fn build(
+        policy: &UpstreamPolicy,
+        direction: &'static str,
+        env: &BuildEnv,
+        previous: Option<&Upstream>,
+    ) -> Result<Arc<Upstream>, String> {
+        let spec = &policy.spec;
+        let prev = previous.map(|p| &p.core);
+        let endpoints = match prev {
+            Some(p) if p.policy.spec.endpoints == spec.endpoints => p.endpoints.clone(),
+            _ => endpoint_set(policy)?,
+        };
+        let routes = UpstreamRoutes::compile(spec);
+        let name: Arc<str> = Arc::from(policy.metadata.name.as_str());
+        let metrics = match prev {
+            Some(p) => p.metrics.clone(),
+            None => Arc::new(env.metrics.upstream(direction, &name)),
+        };
+        let now = Instant::now();
+        let breaker_cfg = BreakerConfig::from_policy(spec.circuit_breaker.as_ref());
+        let breaker = match (&breaker_cfg, prev.and_then(|p| p.breaker.as_ref())) {
+            (None, _) => None,
+            (Some(cfg), Some(old)) if old.lock().map(|b| b.config() == cfg).unwrap_or(false) => {
+                Some(old.clone())
+            }
+            (Some(cfg), _) => Some(Arc::new(Mutex::new(Breaker::new(cfg.clone(), now)))),
+        };
+        let failure_on = breaker_cfg
+            .as_ref()
+            .map(|c| c.failure_on.clone())
+            .unwrap_or_else(default_failure_on);
+        let outlier = match (
+            OutlierConfig::from_policy(spec.outlier_detection.as_ref()),
+            prev.and_then(|p| p.outlier.as_ref()),
+        ) {
+            (None, _) => None,
+            (Some(cfg), Some(old)) if old.lock().map(|d| *d.config() == cfg).unwrap_or(false) => {
+                Some(old.clone())
+            }
+            (Some(cfg), _) => {
+                let addrs: Vec<SocketAddr> = endpoints.endpoints().iter().map(|e| e.addr).collect();
+                Some(Arc::new(Mutex::new(OutlierDetector::new(cfg, addrs))))
+            }
+        };
+        let budget_cfg: BudgetConfig = routes.budget();
+        let budget = match prev {
+            Some(p) if *p.budget.config() == budget_cfg => p.budget.clone(),
+            _ => Arc::new(RetryBudget::new(budget_cfg, now)),
+        };
+        let limits = spec.limits.as_ref();
+        let bulkhead = match limits.and_then(|l| l.max_concurrent) {
+            None => None,
+            Some(max) => {
+                let pending = limits.and_then(|l| l.max_pending).unwrap_or(0);
+                match prev.and_then(|p| p.bulkhead.as_ref()) {
+                    Some(b) if b.max_concurrent == max && b.max_pending == pending => {
+                        Some(b.clone())
+                    }
+                    _ => Some(Arc::new(Bulkhead::new(max, pending))),
+                }
+            }
+        };
+        let fallback = spec.fallback.as_ref();
+        let core = Arc::new(UpstreamCore {
+            namespace: Arc::from(policy.metadata.namespace.as_str()),
+            policy: policy.clone(),
+            protocol: spec.protocol,
+            host_rewrite: spec.host_rewrite.unwrap_or(false),
+            connect: ConnectSettings {
+                upstream: name.clone(),
+                connect_timeout: routes.connect_timeout(),
+                connects_http1: metrics.connects_http1.clone(),
+                connects_http2: metrics.connects_http2.clone(),
+            },
+            routes,
+            endpoints,
+            breaker,
+            outlier,
+            failure_on,
+            budget,
+            bulkhead,
+            failover: fallback.map(|f| f.failover.clone()).unwrap_or_default(),
+            fallback_response: fallback.and_then(|f| f.response.clone()),
+            metrics,
+            events: env.events.clone(),
+            max_attempts_cap: env.max_attempts_cap,
+            name,
+        });
+        let (stack, attempts) = policy_stack::build(&core);
+        Ok(Arc::new(Upstream {
+            core,
+            stack,
+            attempts,
+        }))
+    }
+}
+
+fn endpoint_set(policy: &UpstreamPolicy) -> Result<Arc<EndpointSet>, String> {
+    let e = &policy.spec.endpoints;
+    let refresh = e
+        .dns_refresh
+        .as_ref()
+        .map(|d| d.get())
+        .unwrap_or(defaults::DNS_REFRESH);
+    match (&e.static_addrs, &e.dns) {
+        (Some(addrs), _) => {
+            let parsed = addrs
+                .iter()
+                .map(|a| {
+                    a.parse::<SocketAddr>()
+                        .map_err(|err| format!("endpoint {a:?}: {err}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(EndpointSet::fixed(&parsed))
+        }
+        (None, Some(target)) => Ok(match target.parse::<SocketAddr>() {
+            Ok(addr) => EndpointSet::fixed(&[addr]),
+            Err(_) => EndpointSet::dns(target, refresh),
+        }),
+        (None, None) => Err("spec.endpoints: one of dns or static is required".into()),
+    }
+}
+
+/// The bottom of the stack: picks an endpoint and sends one attempt over its pool, within the
+/// attempt's deadline; records the outcome for outlier detection.
+#[derive(Clone)]
+pub struct Balance {
+    core: Arc<UpstreamCore>,
+}
+
+impl Balance {
+    pub fn new(core: Arc<UpstreamCore>) -> Self {
+        Balance { core }
+    }
+}
+
+impl tower::Service<Req> for Balance {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let core = self.core.clone();
+        Box::pin(async move {
+            let state = req.extensions().get::<Arc<CallState>>().cloned();
+            let deadline = req.extensions().get::<AttemptDeadline>().copied();
+            let authority = match req.extensions_mut().remove::<TargetAuthority>() {
+                Some(a) => a.0,
+                None => Authority::try_from(core.name.as_ref())
+                    .map_err(|e| ProxyError::BadRequest(format!("authority: {e}")))?,
+            };
+            let pick = core.pick(state.as_deref());
+            let endpoint = match deadline {
+                Some(d) => tokio::time::timeout_at(d.at, pick).await.map_err(|_| {
+                    ProxyError::AttemptTimeout {
+                        upstream: core.name.to_string(),
+                        timeout: d.limit,
+                    }
+                })??,
+                None => pick.await?,
+            };
+            if let Some(s) = &state {
+                s.attempt_started(endpoint.addr);
+            }
+            let wire = core.wire_for(req.version());
+            let target = if core.host_rewrite {
+                Authority::try_from(endpoint.addr.to_string().as_str())
+                    .map_err(|e| ProxyError::BadRequest(format!("endpoint address: {e}")))?
+            } else {
+                authority
+            };
+            prepare_for_wire(&mut req, wire, &target)?;
+            let send = endpoint.send(wire, req, &core.connect);
+            let result = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.at, send).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProxyError::AttemptTimeout {
+                        upstream: core.name.to_string(),
+                        timeout: d.limit,
+                    }),
+                },
+                None => send.await,
+            };
+            let result = result.map(|rsp| {
+                let mut rsp = rsp.map(Body::Upstream);
+                if let Ok(v) = HeaderValue::from_str(&core.name) {
+                    rsp.headers_mut().insert("x-bulwark-upstream", v);
+                }
+                rsp
+            });
+            core.record_outlier(endpoint.addr, &result);
+            result
+        })
     }
 }
 

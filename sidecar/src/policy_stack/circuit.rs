@@ -1,0 +1,148 @@
+//! The circuit-breaker layer: asks the upstream's [`Breaker`](super::breaker::Breaker) before
+//! each attempt (an open breaker fails the attempt at once, without touching the upstream),
+//! records each attempt's outcome, and logs, counts and publishes every state change.
+
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::breaker::{Admission, Breaker, BreakerState, Transition};
+use super::{Req, ResponseFuture, Rsp, classify};
+use crate::errors::ProxyError;
+use crate::upstream::UpstreamCore;
+
+/// A breaker state change, offered to whoever listens (the health reporter).
+#[derive(Debug, Clone)]
+pub struct BreakerEvent {
+    pub upstream: Arc<str>,
+    pub namespace: Arc<str>,
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// Logs, counts and publishes one transition.
+pub(crate) fn announce(core: &UpstreamCore, t: Transition) {
+    tracing::info!(
+        upstream = %core.name,
+        namespace = %core.namespace,
+        from = %t.from,
+        to = %t.to,
+        reason = %t.reason,
+        "circuit breaker changed state"
+    );
+    core.metrics.breaker_transition(t.to);
+    let _ = core.events.send(BreakerEvent {
+        upstream: core.name.clone(),
+        namespace: core.namespace.clone(),
+        from: t.from,
+        to: t.to,
+        reason: t.reason,
+        at: SystemTime::now(),
+    });
+}
+
+#[derive(Clone)]
+pub struct BreakerLayer {
+    core: Arc<UpstreamCore>,
+}
+
+impl BreakerLayer {
+    pub fn new(core: Arc<UpstreamCore>) -> Self {
+        BreakerLayer { core }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = BreakerService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BreakerService {
+            core: self.core.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BreakerService<S> {
+    core: Arc<UpstreamCore>,
+    inner: S,
+}
+
+/// Gives a half-open probe slot back if the attempt is abandoned before its outcome is known.
+struct AdmissionGuard {
+    breaker: Arc<Mutex<Breaker>>,
+    admission: Option<Admission>,
+}
+
+impl Drop for AdmissionGuard {
+    fn drop(&mut self) {
+        if let (Some(a), Ok(mut b)) = (self.admission.take(), self.breaker.lock()) {
+            b.release(a);
+        }
+    }
+}
+
+impl<S> Service<Req> for BreakerService<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let Some(breaker) = self.core.breaker.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let started = Instant::now();
+        let admitted = match breaker.lock() {
+            Ok(mut b) => b.try_acquire(started),
+            Err(_) => return Box::pin(self.inner.call(req)),
+        };
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(rejected) => {
+                self.core.metrics.breaker_rejections.inc();
+                let err = ProxyError::BreakerOpen {
+                    upstream: self.core.name.to_string(),
+                    reason: rejected.reason,
+                };
+                return Box::pin(async move { Err(err) });
+            }
+        };
+        if let Some(t) = admitted.transition {
+            announce(&self.core, t);
+        }
+        let mut guard = AdmissionGuard {
+            breaker,
+            admission: Some(admitted.admission),
+        };
+        let call = self.inner.call(req);
+        let core = self.core.clone();
+        Box::pin(async move {
+            let result = call.await;
+            if let Some(outcome) = classify(&result) {
+                let now = Instant::now();
+                let admission = guard.admission.take();
+                let transition = match (admission, guard.breaker.lock()) {
+                    (Some(a), Ok(mut b)) => b.record(a, &outcome, now - started, now),
+                    _ => None,
+                };
+                if let Some(t) = transition {
+                    announce(&core, t);
+                }
+            }
+            result
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! Failover: when the primary upstream fails after its retries (or its breaker is open, or its
+//! bulkhead is full), each `fallback.failover` upstream is tried in order with that upstream's
+//! own attempts stack, inside the same deadline; when every one fails and `fallback.response`
+//! is set, that static response is the answer.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bulwark_proto::policy::GrpcCode;
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use tower::{Layer, Service, ServiceExt};
+
+use super::replay::ReplayBody;
+use super::{Req, ResponseFuture, Rsp, classify, is_grpc};
+use crate::body::Body;
+use crate::errors::{ProxyError, grpc_status_response};
+use crate::route::Snapshot;
+use crate::upstream::{TargetAuthority, UpstreamCore};
+
+#[derive(Clone)]
+pub struct FailoverLayer {
+    core: Arc<UpstreamCore>,
+}
+
+impl FailoverLayer {
+    pub fn new(core: Arc<UpstreamCore>) -> Self {
+        FailoverLayer { core }
+    }
+}
+
+impl<S> Layer<S> for FailoverLayer {
+    type Service = FailoverService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        FailoverService {
+            core: self.core.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FailoverService<S> {
+    core: Arc<UpstreamCore>,
+    inner: S,
+}
+
+/// Whether a final result counts as the upstream having failed: any error, or a response its
+/// failure conditions (`circuitBreaker.failureOn`, default 5xx and transport failures) name.
+fn failed(core: &UpstreamCore, result: &Result<Rsp, ProxyError>) -> bool {
+    match result {
+        Err(_) => true,
+        Ok(_) => classify(result).is_some_and(|o| core.failure_on.matches(&o)),
+    }
+}
+
+impl<S> Service<Req> for FailoverService<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if self.core.failover.is_empty() && self.core.fallback_response.is_none() {
+            return Box::pin(self.inner.call(req));
+        }
+        let core = self.core.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let grpc = is_grpc(&req);
+            let (parts, body) = req.into_parts();
+            let cap = core.routes.default_route().retry.replay_buffer_bytes;
+            let origin = ReplayBody::new(body, cap);
+            let rebuild = |body: ReplayBody| {
+                let mut req = Request::new(Body::Replay(body));
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.version_mut() = parts.version;
+                *req.headers_mut() = parts.headers.clone();
+                *req.extensions_mut() = parts.extensions.clone();
+                req
+            };
+            let first = match origin.try_clone() {
+                Some(b) => b,
+                None => {
+                    // Too large to replay: the primary only.
+                    return inner.call(rebuild(origin)).await;
+                }
+            };
+            let mut result = inner.call(rebuild(first)).await;
+            if !failed(&core, &result) {
+                return result;
+            }
+            let snapshot = parts.extensions.get::<Arc<Snapshot>>().cloned();
+            for name in &core.failover {
+                let Some(target) = snapshot
+                    .as_ref()
+                    .and_then(|s| s.route_from(name, &core.namespace))
+                else {
+                    tracing::warn!(upstream = %core.name, failover = %name, "failover target has no UpstreamPolicy; skipping it");
+                    continue;
+                };
+                let Some(body) = origin.try_clone() else {
+                    break;
+                };
+                tracing::debug!(upstream = %core.name, failover = %name, "failing over");
+                let mut req = rebuild(body);
+                if let Ok(a) = Authority::try_from(target.name.as_ref()) {
+                    req.extensions_mut().insert(TargetAuthority(a));
+                }
+                result = target.attempts.clone().oneshot(req).await;
+                if !failed(&target.core, &result) {
+                    core.metrics.fallback("failover");
+                    return result;
+                }
+            }
+            match &core.fallback_response {
+                Some(fallback) => {
+                    core.metrics.fallback("response");
+                    tracing::debug!(upstream = %core.name, "answering with the static fallback response");
+                    Ok(static_response(fallback, grpc))
+                }
+                None => result,
+            }
+        })
+    }
+}
+
+/// The policy's `fallback.response`, in HTTP or gRPC form.
+fn static_response(fallback: &bulwark_proto::policy::StaticResponse, grpc: bool) -> Rsp {
+    let marker = HeaderValue::from_static("response");
+    let mut rsp = if grpc {
+        let code = fallback
+            .grpc_status
+            .as_deref()
+            .and_then(GrpcCode::from_name)
+            .unwrap_or(GrpcCode::Unavailable);
+        let message = fallback
+            .grpc_message
+            .as_deref()
+            .or(fallback.body.as_deref())
+            .unwrap_or("");
+        grpc_status_response(code, message, HeaderValue::from_static("fallback"))
+    } else {
+        let mut rsp = Response::new(Body::full(fallback.body.clone().unwrap_or_default()));
+        *rsp.status_mut() = fallback
+            .status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        rsp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        rsp
+    };
+    for (name, value) in &fallback.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            rsp.headers_mut().insert(n, v);
+        }
+    }
+    rsp.headers_mut().insert("x-bulwark-fallback", marker);
+    rsp
+}

@@ -1,0 +1,87 @@
+//! Per-try timeout: each attempt gets `timeouts.perTry` of the route, never past the overall
+//! deadline. The deadline travels down as a request extension and the balancer's send fires it,
+//! so the breaker and outlier detector record a timed-out attempt like any other outcome. gRPC
+//! upstreams are told their budget in `grpc-timeout`.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::{AttemptDeadline, Deadline, Req, Rsp, is_grpc};
+use crate::errors::ProxyError;
+use crate::upstream::UpstreamCore;
+
+#[derive(Clone)]
+pub struct PerTryLayer {
+    core: Arc<UpstreamCore>,
+}
+
+impl PerTryLayer {
+    pub fn new(core: Arc<UpstreamCore>) -> Self {
+        PerTryLayer { core }
+    }
+}
+
+impl<S> Layer<S> for PerTryLayer {
+    type Service = PerTryService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PerTryService {
+            core: self.core.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PerTryService<S> {
+    core: Arc<UpstreamCore>,
+    inner: S,
+}
+
+impl<S> Service<Req> for PerTryService<S>
+where
+    S: Service<Req, Response = Rsp, Error = ProxyError>,
+{
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let grpc = is_grpc(&req);
+        let now = Instant::now();
+        let per_try = self
+            .core
+            .routes
+            .select(req.method(), req.uri().path(), grpc)
+            .timeouts
+            .per_try;
+        let overall = req.extensions().get::<Deadline>().map(|d| d.0);
+        let attempt = match (per_try, overall) {
+            (Some(limit), Some(end)) => Some(((now + limit).min(end), limit)),
+            (Some(limit), None) => Some((now + limit, limit)),
+            (None, Some(end)) => Some((end, end.saturating_duration_since(now))),
+            (None, None) => None,
+        };
+        if let Some((at, limit)) = attempt {
+            req.extensions_mut().insert(AttemptDeadline { at, limit });
+            if grpc {
+                // gRPC's TimeoutValue has at most 8 digits.
+                let ms = at
+                    .saturating_duration_since(now)
+                    .as_millis()
+                    .clamp(1, 99_999_999);
+                if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+                    req.headers_mut().insert("grpc-timeout", v);
+                }
+            }
+        }
+        self.inner.call(req)
+    }
+}
