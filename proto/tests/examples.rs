@@ -8,8 +8,9 @@ use bulwark_proto::policy::parse_documents;
 
 /// Resources expected in each example file. A new example must be added here, so that a file
 /// that silently parses to fewer documents than written is caught.
-const EXPECTED: [(&str, usize); 5] = [
+const EXPECTED: [(&str, usize); 6] = [
     ("demo/catalog.yaml", 2),
+    ("demo/resilience.yaml", 2),
     ("dispatch.yaml", 1),
     ("notifications.yaml", 3),
     ("order-orchestrator.yaml", 1),

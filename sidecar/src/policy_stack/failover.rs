@@ -12,11 +12,12 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service, ServiceExt};
 
 use super::replay::ReplayBody;
-use super::{Req, ResponseFuture, Rsp, classify, is_grpc};
+use super::{Deadline, Req, ResponseFuture, Rsp, classify, is_grpc};
 use crate::body::Body;
 use crate::errors::{ProxyError, grpc_status_response};
 use crate::route::Snapshot;
 use crate::upstream::{TargetAuthority, UpstreamCore};
+use tokio::time::Instant;
 
 #[derive(Clone)]
 pub struct FailoverLayer {
@@ -87,19 +88,28 @@ where
                 *req.extensions_mut() = parts.extensions.clone();
                 req
             };
-            let first = match origin.try_clone() {
+            // A body too large to replay goes to the primary only (no failover target), but
+            // the static response can still answer for it.
+            let mut origin = Some(origin);
+            let first = match origin.as_ref().and_then(ReplayBody::try_clone) {
                 Some(b) => b,
-                None => {
-                    // Too large to replay: the primary only.
-                    return inner.call(rebuild(origin)).await;
-                }
+                None => match origin.take() {
+                    Some(o) => o,
+                    None => return Err(ProxyError::BadRequest("request body lost".into())),
+                },
             };
             let mut result = inner.call(rebuild(first)).await;
             if !failed(&core, &result) {
                 return result;
             }
             let snapshot = parts.extensions.get::<Arc<Snapshot>>().cloned();
+            let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
             for name in &core.failover {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    // No time left: a failover attempt could only time out (and count against
+                    // the target's breaker).
+                    break;
+                }
                 let Some(target) = snapshot
                     .as_ref()
                     .and_then(|s| s.route_from(name, &core.namespace))
@@ -107,7 +117,7 @@ where
                     tracing::warn!(upstream = %core.name, failover = %name, "failover target has no UpstreamPolicy; skipping it");
                     continue;
                 };
-                let Some(body) = origin.try_clone() else {
+                let Some(body) = origin.as_ref().and_then(ReplayBody::try_clone) else {
                     break;
                 };
                 tracing::debug!(upstream = %core.name, failover = %name, "failing over");

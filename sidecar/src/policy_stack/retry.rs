@@ -12,6 +12,7 @@ use http::{HeaderValue, Request};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::outcome::Outcome;
 use super::replay::ReplayBody;
 use super::retry_policy::{next_delay, pushback, request_retryable};
 use super::{Deadline, Req, ResponseFuture, Rsp, classify, is_grpc};
@@ -142,7 +143,9 @@ where
                     .map(|d| d.0.saturating_duration_since(now));
                 let stop = if attempt >= max_attempts {
                     Some(Stop::AttemptsExhausted)
-                } else if retryable.is_err() {
+                } else if retryable.is_err() && outcome != Outcome::ConnectFailure {
+                    // A request that never reached the upstream is safe to send again, whatever
+                    // its method.
                     Some(Stop::NotRetryable)
                 } else if origin.as_ref().is_none_or(ReplayBody::is_capped) {
                     Some(Stop::BodyNotReplayable)
