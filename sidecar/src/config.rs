@@ -18,8 +18,31 @@ pub enum LogFormat {
 #[command(name = "sidecar", version)]
 pub struct Config {
     /// Policy file or directory (standalone mode): YAML or JSON, reloaded when it changes.
-    #[arg(long, env = "BULWARK_POLICIES")]
-    pub policies: PathBuf,
+    #[arg(
+        long,
+        env = "BULWARK_POLICIES",
+        required_unless_present = "control_plane",
+        conflicts_with = "control_plane"
+    )]
+    pub policies: Option<PathBuf>,
+
+    /// Control-plane addresses (e.g. http://bulwark-control-plane.bulwark:8081), tried in turn.
+    #[arg(
+        long = "control-plane",
+        env = "BULWARK_CONTROL_PLANE",
+        value_delimiter = ','
+    )]
+    pub control_plane: Vec<String>,
+
+    /// Where the last applied control-plane snapshot is kept, to boot from when the control
+    /// plane does not answer.
+    #[arg(long, env = "BULWARK_SNAPSHOT_FILE")]
+    pub snapshot_file: Option<PathBuf>,
+
+    /// How long start-up waits for the control plane's first snapshot before booting from the
+    /// snapshot file.
+    #[arg(long, env = "BULWARK_CONTROL_PLANE_TIMEOUT", default_value = "3s", value_parser = parse_duration_arg)]
+    pub control_plane_timeout: Duration,
 
     /// This pod's namespace: bare upstream names resolve here first.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]

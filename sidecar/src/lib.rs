@@ -93,16 +93,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         draining: AtomicBool::new(false),
     });
 
-    let (initial, fingerprint) = source::file::load(&config.policies).map_err(|errors| {
-        anyhow::anyhow!(
-            "policies in {} are invalid:\n  {}",
-            config.policies.display(),
-            errors.join("\n  ")
-        )
-    })?;
-    shared
-        .apply(&initial)
-        .map_err(|e| anyhow::anyhow!("cannot apply policies: {e}"))?;
+    // Policies: from files (standalone), or from the control plane with the persisted
+    // snapshot as the fallback. Listeners start either way; readiness waits for policies.
+    let file_source = match &config.policies {
+        Some(path) => {
+            let (initial, fingerprint) = source::file::load(path).map_err(|errors| {
+                anyhow::anyhow!(
+                    "policies in {} are invalid:\n  {}",
+                    path.display(),
+                    errors.join("\n  ")
+                )
+            })?;
+            shared
+                .apply(&initial)
+                .map_err(|e| anyhow::anyhow!("cannot apply policies: {e}"))?;
+            Some((path.clone(), initial, fingerprint))
+        }
+        None => {
+            start_control_plane_source(&config, &shared).await;
+            None
+        }
+    };
 
     let admin = tokio::net::TcpListener::bind(config.admin)
         .await
@@ -136,22 +147,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 
     // Policy reloads: the file watcher offers sets; each is applied whole.
-    let (tx, mut rx) = watch::channel(initial);
-    let watcher_metrics = shared.metrics.clone();
-    tokio::spawn(source::file::watch(
-        config.policies.clone(),
-        config.reload_interval,
-        fingerprint,
-        tx,
-        move || watcher_metrics.reload(false),
-    ));
-    let applier = shared.clone();
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let set = rx.borrow_and_update().clone();
-            let _ = applier.apply(&set);
-        }
-    });
+    if let Some((path, initial, fingerprint)) = file_source {
+        let (tx, mut rx) = watch::channel(initial);
+        let watcher_metrics = shared.metrics.clone();
+        tokio::spawn(source::file::watch(
+            path,
+            config.reload_interval,
+            fingerprint,
+            tx,
+            move || watcher_metrics.reload(false),
+        ));
+        let applier = shared.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let set = rx.borrow_and_update().clone();
+                let _ = applier.apply(&set);
+            }
+        });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let builder = Arc::new(server::connection_builder(ConnLimits {
@@ -195,6 +208,53 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())
+}
+
+/// Starts following the control plane; waits up to `--control-plane-timeout` for its first
+/// snapshot, and boots from the snapshot file when none came.
+async fn start_control_plane_source(config: &Config, shared: &Arc<Shared>) {
+    let who = source::control_plane::Registration {
+        namespace: config.namespace.clone(),
+        service: config.service.clone().unwrap_or_default(),
+        pod: config
+            .pod
+            .clone()
+            .unwrap_or_else(|| format!("pid-{}", std::process::id())),
+    };
+    let (applied_tx, mut applied_rx) = watch::channel(0i64);
+    tokio::spawn(source::control_plane::follow(
+        shared.clone(),
+        config.control_plane.clone(),
+        who,
+        config.snapshot_file.clone(),
+        applied_tx.clone(),
+    ));
+    let first = tokio::time::timeout(
+        config.control_plane_timeout,
+        applied_rx.wait_for(|v| *v > 0),
+    )
+    .await;
+    if matches!(first, Ok(Ok(_))) {
+        return;
+    }
+    let Some(path) = &config.snapshot_file else {
+        tracing::warn!(
+            "no snapshot from the control plane yet and no --snapshot-file: serving nothing until one arrives"
+        );
+        return;
+    };
+    match source::control_plane::load_persisted(path) {
+        Ok((version, set)) => {
+            // Only a newer snapshot from the control plane replaces this one.
+            if *applied_tx.borrow() == 0 && shared.apply(&set).is_ok() {
+                applied_tx.send_replace(version);
+                tracing::info!(path = %path.display(), version, "control plane not answering: booted from the persisted snapshot");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "control plane not answering and no usable snapshot file")
+        }
+    }
 }
 
 /// Writes `path` through a temporary file and a rename, so readers never see half of it.

@@ -1,7 +1,8 @@
 //! Where policies come from. Every source produces whole [`PolicySet`]s, already parsed and
-//! validated, on a watch channel; the sidecar applies each one atomically. Standalone mode reads
-//! files ([`file`]); a control-plane stream is the other source.
+//! validated; the sidecar applies each one atomically. Standalone mode reads files ([`file`]);
+//! otherwise a control-plane stream ([`control_plane`]) delivers them.
 
+pub mod control_plane;
 pub mod file;
 
 use bulwark_proto::policy::Resource;

@@ -1,0 +1,296 @@
+//! Policies from the control plane: one `Discovery.Stream` per sidecar. The sidecar says who
+//! it is, applies every snapshot it receives atomically (validated again here; a snapshot it
+//! cannot apply is NACKed with the reason and the policies in force stay), persists each
+//! applied snapshot to disk, and reconnects with jittered exponential backoff across the
+//! control-plane addresses. Traffic never waits for the control plane.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_proto::policy::{Resource, parse_json};
+use bulwark_proto::v1::discovery_client::DiscoveryClient;
+use bulwark_proto::v1::{
+    Ack, Hello, SidecarMessage, Snapshot, control_plane_message, sidecar_message,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::PolicySet;
+use crate::Shared;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Who this sidecar is, as the control plane needs to know.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub namespace: String,
+    pub service: String,
+    pub pod: String,
+}
+
+/// An applied snapshot as persisted on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct Persisted {
+    version: i64,
+    source: String,
+    resources: Vec<Resource>,
+}
+
+/// Turns a received snapshot into a validated policy set; `Err` is the NACK reason.
+pub fn to_policy_set(snapshot: &Snapshot, source: &str) -> Result<PolicySet, String> {
+    let mut resources = Vec::with_capacity(snapshot.resources.len());
+    let mut errors = Vec::new();
+    for r in &snapshot.resources {
+        match parse_json(&r.json) {
+            Ok(mut parsed) => resources.append(&mut parsed),
+            Err(e) => errors.push(format!("{}/{}/{}: {e}", r.kind, r.namespace, r.name)),
+        }
+    }
+    for r in &resources {
+        if let Err(e) = r.validate() {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        Ok(PolicySet {
+            version: snapshot.version.to_string(),
+            source: source.to_string(),
+            resources,
+        })
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// The last applied snapshot from `path`, if there is a readable one.
+pub fn load_persisted(path: &Path) -> Result<(i64, PolicySet), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let p: Persisted =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for r in &p.resources {
+        r.validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok((
+        p.version,
+        PolicySet {
+            version: p.version.to_string(),
+            source: format!("snapshot-file:{} ({})", path.display(), p.source),
+            resources: p.resources,
+        },
+    ))
+}
+
+/// Writes the snapshot through a temporary file, fsync and rename: a crash leaves either the
+/// old file or the new one, never half of one.
+fn persist(path: &Path, version: i64, set: &PolicySet) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let body = serde_json::to_vec(&Persisted {
+        version,
+        source: set.source.clone(),
+        resources: set.resources.clone(),
+    })?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&body)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The rename is durable once the directory is.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Follows the control plane forever: connect, stream, apply, ACK; reconnect on any failure.
+/// `applied` carries the last applied version (0: none) and tells the caller when the first
+/// snapshot is in.
+pub async fn follow(
+    shared: Arc<Shared>,
+    addrs: Vec<String>,
+    who: Registration,
+    snapshot_file: Option<PathBuf>,
+    applied: watch::Sender<i64>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut next = 0usize;
+    loop {
+        let addr = &addrs[next % addrs.len()];
+        next += 1;
+        match stream_once(&shared, addr, &who, snapshot_file.as_deref(), &applied).await {
+            Ok(()) => {
+                tracing::warn!(control_plane = %addr, "control-plane stream ended; reconnecting");
+                backoff = BACKOFF_MIN;
+            }
+            Err(e) => {
+                tracing::warn!(control_plane = %addr, error = %e, retry_in = ?backoff, "control plane unreachable; serving with the policies in force");
+            }
+        }
+        // Full jitter: spreads a fleet's reconnects after a control-plane restart.
+        let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn stream_once(
+    shared: &Arc<Shared>,
+    addr: &str,
+    who: &Registration,
+    snapshot_file: Option<&Path>,
+    applied: &watch::Sender<i64>,
+) -> Result<(), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("bad control-plane address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = DiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
+    let hello = SidecarMessage {
+        message: Some(sidecar_message::Message::Hello(Hello {
+            namespace: who.namespace.clone(),
+            service: who.service.clone(),
+            pod: who.pod.clone(),
+            last_applied_version: *applied.borrow(),
+        })),
+    };
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("{}: {}", e.code(), e.message()))?
+        .into_inner();
+    tracing::info!(control_plane = %addr, "connected to the control plane");
+    let source = format!("control-plane:{addr}");
+    while let Some(msg) = inbound
+        .message()
+        .await
+        .map_err(|e| format!("{}: {}", e.code(), e.message()))?
+    {
+        let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message else {
+            continue;
+        };
+        let ack = receive(shared, &snapshot, &source, snapshot_file, applied);
+        let reply = SidecarMessage {
+            message: Some(sidecar_message::Message::Ack(ack)),
+        };
+        tx.send(reply).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Applies one snapshot; the answer is its ACK (empty error) or NACK.
+fn receive(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    source: &str,
+    snapshot_file: Option<&Path>,
+    applied: &watch::Sender<i64>,
+) -> Ack {
+    let current = *applied.borrow();
+    if snapshot.version <= current && current != 0 {
+        tracing::debug!(
+            version = snapshot.version,
+            current,
+            "ignoring a snapshot not newer than the one in force"
+        );
+        return Ack {
+            version: snapshot.version,
+            error: String::new(),
+        };
+    }
+    let result = to_policy_set(snapshot, source).and_then(|set| {
+        shared.apply(&set)?;
+        Ok(set)
+    });
+    match result {
+        Ok(set) => {
+            if let Some(path) = snapshot_file
+                && let Err(e) = persist(path, snapshot.version, &set)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot persist the applied snapshot");
+            }
+            applied.send_replace(snapshot.version);
+            Ack {
+                version: snapshot.version,
+                error: String::new(),
+            }
+        }
+        Err(reason) => {
+            shared.metrics.reload(false);
+            tracing::error!(version = snapshot.version, %reason, "snapshot refused (NACK); keeping the policies in force");
+            Ack {
+                version: snapshot.version,
+                error: reason,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_proto::v1::Resource as WireResource;
+
+    fn wire(json: &str) -> WireResource {
+        WireResource {
+            kind: "UpstreamPolicy".into(),
+            namespace: "default".into(),
+            name: "echo".into(),
+            resource_version: 7,
+            json: json.into(),
+        }
+    }
+
+    const GOOD: &str = r#"{"apiVersion":"bulwark/v1","kind":"UpstreamPolicy","metadata":{"name":"echo"},"spec":{"endpoints":{"static":["127.0.0.1:1"]}}}"#;
+
+    #[test]
+    fn snapshots_are_validated_again() {
+        let ok = Snapshot {
+            version: 7,
+            resources: vec![wire(GOOD)],
+        };
+        let set = to_policy_set(&ok, "test").unwrap();
+        assert_eq!(set.version, "7");
+        assert_eq!(set.resources.len(), 1);
+
+        let bad = Snapshot {
+            version: 8,
+            resources: vec![wire(&GOOD.replace("127.0.0.1:1", "nowhere"))],
+        };
+        let reason = to_policy_set(&bad, "test").unwrap_err();
+        assert!(
+            reason.starts_with("UpstreamPolicy/default/echo is invalid: spec.endpoints.static[0]"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn persisted_snapshots_round_trip() {
+        let dir = std::env::temp_dir().join(format!("bulwark-cp-{}", std::process::id()));
+        let path = dir.join("snapshot.json");
+        let set = to_policy_set(
+            &Snapshot {
+                version: 9,
+                resources: vec![wire(GOOD)],
+            },
+            "control-plane:x",
+        )
+        .unwrap();
+        persist(&path, 9, &set).unwrap();
+        let (version, loaded) = load_persisted(&path).unwrap();
+        assert_eq!(version, 9);
+        assert_eq!(loaded.resources, set.resources);
+        assert!(!path.with_extension("tmp").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
