@@ -35,8 +35,10 @@ trap cleanup EXIT
 cp examples/demo/*.yaml "$work/"
 mkdir -p "$work/policies" && mv "$work"/*.yaml "$work/policies/"
 
-echo "==> starting bulwark-upstream (HTTP 127.0.0.1:18081, gRPC 127.0.0.1:19091)"
+echo "==> starting bulwark-upstream (HTTP 127.0.0.1:18081, gRPC 127.0.0.1:19091) and a flaky one (18082, every other request fails)"
 target/debug/bulwark-upstream --http 127.0.0.1:18081 --grpc 127.0.0.1:19091 >"$work/upstream.log" 2>&1 &
+pids+=($!)
+target/debug/bulwark-upstream --http 127.0.0.1:18082 --grpc 127.0.0.1:19092 --fail-percent 50 >"$work/flaky.log" 2>&1 &
 pids+=($!)
 
 echo "==> starting the sidecar: outbound 127.0.0.1:15001, admin 127.0.0.1:15000, policies from examples/demo/"

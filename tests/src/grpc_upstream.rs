@@ -8,8 +8,16 @@
 //!
 //! Echoed metadata: `x-request-id`, `traceparent`, `x-bulwark-attempt`, and `x-seen-authority`
 //! (the `:authority`, or `Host`, this upstream received).
+//!
+//! A method outside `bulwark.test.v1.Echo` (e.g. `/bbd.v1.Dispatch/CreateOrder` of an example
+//! policy) is served as `Unary`, so policies written for real services can be exercised; it is
+//! counted under the path it was called with.
+//!
+//! Before that, a call may be failed on purpose: by the builder's plan (`fail_first`,
+//! `fail_percent`: UNAVAILABLE), or by a [`Fault`] from its `x-fault-*` metadata or the
+//! builder's `fault` / `always_fail` (see [`crate::fault`]): `x-fault-grpc` answers that code
+//! trailers-only, `x-fault-status` answers that HTTP status without any `grpc-status`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +31,9 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status, Streaming};
 use tower::ServiceExt;
 
-use crate::counters::{CancelGuard, FailurePlan, Record};
+use crate::BoxError;
+use crate::counters::{self, CancelGuard, FailurePlan, Record, Seen, Verdict};
+use crate::fault::{self, Fault};
 use crate::pb::echo_server::{Echo, EchoServer};
 use crate::pb::{EchoReply, EchoRequest, StreamRequest};
 use crate::serve::{self, Serving};
@@ -40,6 +50,7 @@ pub struct GrpcUpstream {
 pub struct GrpcUpstreamBuilder {
     bind: SocketAddr,
     failures: FailurePlan,
+    fault: Option<Fault>,
 }
 
 impl GrpcUpstream {
@@ -55,6 +66,7 @@ impl GrpcUpstream {
         GrpcUpstreamBuilder {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             failures: FailurePlan::default(),
+            fault: None,
         }
     }
 
@@ -81,6 +93,33 @@ impl GrpcUpstream {
     pub fn last_headers(&self) -> Option<HeaderMap> {
         self.record.last_headers()
     }
+
+    /// Calls received with `x-fault-key: key` (the attempts of one call, when a test gives
+    /// each call its own key).
+    pub fn attempts_for(&self, key: &str) -> u64 {
+        self.record.attempts_for(key)
+    }
+
+    /// When each call with `x-fault-key: key` arrived, in order.
+    pub fn arrivals_for(&self, key: &str) -> Vec<tokio::time::Instant> {
+        self.record.seen_for(key).iter().map(|s| s.at).collect()
+    }
+
+    /// The calls with `x-fault-key: key`, in order of arrival.
+    pub fn seen_for(&self, key: &str) -> Vec<Seen> {
+        self.record.seen_for(key)
+    }
+
+    /// Every call received (the last [`crate::SEEN_LIMIT`]), in order of arrival.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.record.seen()
+    }
+
+    /// Calls with `x-fault-key: key` dropped before they were answered (during a fault's delay,
+    /// a `Unary` with `delay_ms`, `Hold`).
+    pub fn cancelled_for(&self, key: &str) -> u64 {
+        self.record.cancelled_for(key)
+    }
 }
 
 impl GrpcUpstreamBuilder {
@@ -102,9 +141,21 @@ impl GrpcUpstreamBuilder {
         self
     }
 
+    /// Inject `fault` into every call whose metadata asks for no fault of its own.
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+
+    /// Answer every call with `code` (message `injected failure`), unless its metadata asks
+    /// for another fault.
+    pub fn always_fail(self, code: Code) -> Self {
+        self.fault(Fault::new().grpc(code))
+    }
+
     pub async fn start(self) -> std::io::Result<GrpcUpstream> {
         let listener = TcpListener::bind(self.bind).await?;
-        let record = Record::new(self.failures);
+        let record = Record::new(self.failures, self.fault);
         let echo = EchoServer::new(EchoService {
             record: record.clone(),
         });
@@ -113,10 +164,25 @@ impl GrpcUpstreamBuilder {
             let record = handler_record.clone();
             let echo = echo.clone();
             async move {
-                if record.observe(req.uri().path(), req.headers()) {
-                    return Ok::<_, Infallible>(
-                        Status::unavailable("injected failure").into_http(),
-                    );
+                match record.observe(req.method(), req.uri().path(), req.headers()) {
+                    Verdict::Serve => {}
+                    Verdict::Planned => {
+                        return Ok(Status::unavailable(fault::INJECTED).into_http());
+                    }
+                    Verdict::BadFault(e) => return Ok(Status::invalid_argument(e).into_http()),
+                    Verdict::Fault(fault) => {
+                        counters::fault_delay(&record, &fault, req.headers()).await;
+                        if fault.reset {
+                            // An error from the service makes hyper reset the stream.
+                            return Err(BoxError::from("injected reset"));
+                        }
+                        if let Some(res) = injected_answer(&fault) {
+                            return Ok(res);
+                        }
+                    }
+                }
+                if !req.uri().path().starts_with(ECHO_SERVICE) {
+                    serve_as_unary(&mut req);
                 }
                 let authority = req
                     .uri()
@@ -130,12 +196,57 @@ impl GrpcUpstreamBuilder {
                     })
                     .unwrap_or_default();
                 req.extensions_mut().insert(SeenAuthority(authority));
-                echo.oneshot(req).await
+                echo.oneshot(req).await.map_err(|never| match never {})
             }
         });
         let serving = serve::spawn(listener, service)?;
         Ok(GrpcUpstream { record, serving })
     }
+}
+
+/// The path prefix of the methods [`EchoServer`] serves.
+const ECHO_SERVICE: &str = "/bulwark.test.v1.Echo/";
+
+/// Points a call of any other method at `Unary`, keeping the rest of its URI.
+fn serve_as_unary(req: &mut Request<Incoming>) {
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static(
+        "/bulwark.test.v1.Echo/Unary",
+    ));
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// The answer a fault asks for, if it asks for one: a gRPC status trailers-only, or a bare
+/// HTTP status; with `Retry-After` / `grpc-retry-pushback-ms` as asked.
+fn injected_answer(fault: &Fault) -> Option<http::Response<tonic::body::Body>> {
+    let mut res = if let Some(code) = fault.grpc {
+        Status::new(Code::from(code), fault::INJECTED).into_http()
+    } else {
+        let status = http::StatusCode::from_u16(fault.status?).ok()?;
+        let mut res = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(format!("{}\n", fault::INJECTED)),
+        )));
+        *res.status_mut() = status;
+        res
+    };
+    let headers = res.headers_mut();
+    if let Some(v) = fault
+        .retry_after
+        .as_deref()
+        .and_then(|v| http::HeaderValue::from_str(v).ok())
+    {
+        headers.insert(http::header::RETRY_AFTER, v);
+    }
+    if let Some(v) = fault
+        .pushback_ms
+        .as_deref()
+        .and_then(|v| http::HeaderValue::from_str(v).ok())
+    {
+        headers.insert("grpc-retry-pushback-ms", v);
+    }
+    Some(res)
 }
 
 /// The `:authority` the upstream received, handed from the HTTP layer to the handlers.
@@ -163,6 +274,15 @@ fn echoed<T>(req: &tonic::Request<T>) -> MetadataMap {
         out.insert("x-seen-authority", v);
     }
     out
+}
+
+/// The call's `x-fault-key` (empty when absent), so that cancellations count per key.
+fn fault_key<T>(req: &tonic::Request<T>) -> String {
+    req.metadata()
+        .get(fault::KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn respond<T>(metadata: MetadataMap, message: T) -> tonic::Response<T> {
@@ -195,12 +315,13 @@ impl Echo for EchoService {
         req: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<EchoReply>, Status> {
         let metadata = echoed(&req);
+        let key = fault_key(&req);
         let req = req.into_inner();
         if let Some(status) = requested_failure(&req) {
             return Err(status);
         }
         if req.delay_ms > 0 {
-            let guard = CancelGuard::new(&self.record);
+            let guard = CancelGuard::for_key(&self.record, key);
             tokio::time::sleep(Duration::from_millis(req.delay_ms.into())).await;
             guard.disarm();
         }
@@ -306,9 +427,9 @@ impl Echo for EchoService {
 
     async fn hold(
         &self,
-        _req: tonic::Request<EchoRequest>,
+        req: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<EchoReply>, Status> {
-        let _guard = CancelGuard::new(&self.record);
+        let _guard = CancelGuard::for_key(&self.record, fault_key(&req));
         std::future::pending::<()>().await;
         unreachable!("a pending future never completes")
     }

@@ -13,10 +13,14 @@
 //! | `/gate` | 200 `gate opened` once the test calls [`HttpUpstream::open_gate`] |
 //! | `/trailers` | body `payload` then the trailer `x-checksum: abc` |
 //! | `/no-content` | 204 · `/not-modified`: 304 |
+//! | `/health/live`, `/health/ready` | 200 `ok` (for policies that probe an app's health) |
 //! | anything else | 404 `no route {path}` |
+//!
+//! Before routing, a request may be failed on purpose: by the builder's plan (`fail_first`,
+//! `fail_percent`: 503), or by a [`Fault`] from its `x-fault-*` headers or the builder's
+//! `fault` / `always_fail` (see [`crate::fault`]).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +32,8 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::counters::{CancelGuard, FailurePlan, Record};
+use crate::counters::{self, CancelGuard, FailurePlan, Record, Seen, Verdict};
+use crate::fault::{self, Fault};
 use crate::pattern::{PatternBody, PatternCheck};
 use crate::serve::{self, Serving};
 use crate::{Body, BoxError};
@@ -46,6 +51,7 @@ pub struct HttpUpstream {
 pub struct HttpUpstreamBuilder {
     bind: SocketAddr,
     failures: FailurePlan,
+    fault: Option<Fault>,
 }
 
 impl HttpUpstream {
@@ -61,6 +67,7 @@ impl HttpUpstream {
         HttpUpstreamBuilder {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             failures: FailurePlan::default(),
+            fault: None,
         }
     }
 
@@ -88,6 +95,33 @@ impl HttpUpstream {
         self.record.last_headers()
     }
 
+    /// Requests received with `x-fault-key: key` (the attempts of one request, when a test
+    /// gives each request its own key).
+    pub fn attempts_for(&self, key: &str) -> u64 {
+        self.record.attempts_for(key)
+    }
+
+    /// When each request with `x-fault-key: key` arrived, in order.
+    pub fn arrivals_for(&self, key: &str) -> Vec<tokio::time::Instant> {
+        self.record.seen_for(key).iter().map(|s| s.at).collect()
+    }
+
+    /// The requests with `x-fault-key: key`, in order of arrival.
+    pub fn seen_for(&self, key: &str) -> Vec<Seen> {
+        self.record.seen_for(key)
+    }
+
+    /// Every request received (the last [`crate::SEEN_LIMIT`]), in order of arrival.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.record.seen()
+    }
+
+    /// Requests with `x-fault-key: key` dropped before they were answered (during a fault's
+    /// delay, `/hold`, `/slow/...`, `/gate`).
+    pub fn cancelled_for(&self, key: &str) -> u64 {
+        self.record.cancelled_for(key)
+    }
+
     /// Lets every `/gate` request (waiting or future) answer.
     pub fn open_gate(&self) {
         self.gate.send_replace(true);
@@ -113,16 +147,28 @@ impl HttpUpstreamBuilder {
         self
     }
 
+    /// Inject `fault` into every request whose headers ask for no fault of their own.
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+
+    /// Answer every request with `status` (body `injected failure`), unless its headers ask
+    /// for another fault.
+    pub fn always_fail(self, status: u16) -> Self {
+        self.fault(Fault::new().status(status))
+    }
+
     pub async fn start(self) -> std::io::Result<HttpUpstream> {
         let listener = TcpListener::bind(self.bind).await?;
-        let record = Record::new(self.failures);
+        let record = Record::new(self.failures, self.fault);
         let handler_record = record.clone();
         let gate = Arc::new(tokio::sync::watch::Sender::new(false));
         let handler_gate = gate.clone();
         let service = hyper::service::service_fn(move |req| {
             let record = handler_record.clone();
             let gate = handler_gate.subscribe();
-            async move { Ok::<_, Infallible>(handle(record, gate, req).await) }
+            handle(record, gate, req)
         });
         let serving = serve::spawn(listener, service)?;
         Ok(HttpUpstream {
@@ -133,15 +179,78 @@ impl HttpUpstreamBuilder {
     }
 }
 
+/// An injected reset: returned as the service's error, which makes hyper close an HTTP/1.1
+/// connection without answering and reset an HTTP/2 stream (`RST_STREAM`).
+#[derive(Debug)]
+struct InjectedReset;
+
+impl std::fmt::Display for InjectedReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected reset")
+    }
+}
+
+impl std::error::Error for InjectedReset {}
+
 async fn handle(
+    record: Arc<Record>,
+    gate: tokio::sync::watch::Receiver<bool>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, BoxError> {
+    let path = req.uri().path().to_string();
+    match record.observe(req.method(), &path, req.headers()) {
+        Verdict::Serve => {}
+        Verdict::Planned => {
+            return Ok(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}\n", fault::INJECTED),
+            ));
+        }
+        Verdict::BadFault(e) => return Ok(text(StatusCode::BAD_REQUEST, format!("{e}\n"))),
+        Verdict::Fault(fault) => {
+            counters::fault_delay(&record, &fault, req.headers()).await;
+            if fault.reset {
+                return Err(InjectedReset.into());
+            }
+            if let Some(status) = fault.status {
+                // Read the body first, as an application that failed after reading the request
+                // would, so that a proxy still sending it sees an answer and not a reset.
+                let _ = req.into_body().collect().await;
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                let mut res = text(status, format!("{}\n", fault::INJECTED));
+                add_pushback(res.headers_mut(), &fault);
+                return Ok(res);
+            }
+        }
+    }
+    Ok(route(record, gate, req, path).await)
+}
+
+/// `Retry-After` / `grpc-retry-pushback-ms` on an injected failure, as the fault asks.
+fn add_pushback(headers: &mut HeaderMap, fault: &Fault) {
+    if let Some(v) = fault
+        .retry_after
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    if let Some(v) = fault
+        .pushback_ms
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert("grpc-retry-pushback-ms", v);
+    }
+}
+
+async fn route(
     record: Arc<Record>,
     mut gate: tokio::sync::watch::Receiver<bool>,
     req: Request<Incoming>,
+    path: String,
 ) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    if record.observe(&path, req.headers()) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "injected failure\n");
-    }
+    let key = fault::request_key(req.headers());
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["echo"] => echo(req),
@@ -160,13 +269,13 @@ async fn handle(
         },
         ["headers"] => headers(&req),
         ["hold"] => {
-            let _guard = CancelGuard::new(&record);
+            let _guard = CancelGuard::for_key(&record, key);
             std::future::pending::<()>().await;
             unreachable!("a pending future never completes")
         }
         ["slow", ms] => match ms.parse::<u64>() {
             Ok(ms) => {
-                let guard = CancelGuard::new(&record);
+                let guard = CancelGuard::for_key(&record, key);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 guard.disarm();
                 text(StatusCode::OK, format!("slept {ms}ms"))
@@ -174,12 +283,13 @@ async fn handle(
             Err(_) => text(StatusCode::BAD_REQUEST, format!("bad delay {ms:?}\n")),
         },
         ["gate"] => {
-            let guard = CancelGuard::new(&record);
+            let guard = CancelGuard::for_key(&record, key);
             let _ = gate.wait_for(|open| *open).await;
             guard.disarm();
             text(StatusCode::OK, "gate opened")
         }
         ["trailers"] => trailers(),
+        ["health", "live" | "ready"] => text(StatusCode::OK, "ok\n"),
         ["no-content"] => empty(StatusCode::NO_CONTENT),
         ["not-modified"] => {
             let mut res = empty(StatusCode::NOT_MODIFIED);

@@ -20,6 +20,7 @@
 
 pub mod client;
 mod counters;
+pub mod fault;
 pub mod grpc_upstream;
 pub mod grpc_wire;
 pub mod http_upstream;
@@ -36,6 +37,8 @@ pub mod pb {
     tonic::include_proto!("bulwark.test.v1");
 }
 
+pub use counters::{SEEN_LIMIT, Seen};
+pub use fault::Fault;
 pub use grpc_upstream::GrpcUpstream;
 pub use http_upstream::HttpUpstream;
 pub use poll::{eventually, try_eventually};

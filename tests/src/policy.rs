@@ -103,9 +103,103 @@ where
         .join("---\n")
 }
 
+/// The workspace's `examples/` directory.
+pub fn examples_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+}
+
+/// The names of the policy files in `examples/` (`*.yaml`), sorted.
+pub fn example_files() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(examples_dir())
+        .expect("read examples/")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The text of `examples/{file}`.
+pub fn example(file: &str) -> String {
+    let path = examples_dir().join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// `yaml` with every `dns: HOST:PORT` endpoint replaced by `static: ["ADDR"]`, the address
+/// given for that host: `targets` pairs a host, or its first DNS label, with an address.
+/// Panics when a `dns:` endpoint has no target, or a target matches no endpoint, so an edited
+/// example cannot silently keep pointing at a cluster name.
+pub fn static_endpoints(yaml: &str, targets: &[(&str, SocketAddr)]) -> String {
+    let mut used = vec![false; targets.len()];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.split_inclusive('\n') {
+        let Some(at) = line.find("dns: ") else {
+            out.push_str(line);
+            continue;
+        };
+        let value_start = at + "dns: ".len();
+        let value_len = line[value_start..]
+            .find(|c: char| c.is_whitespace() || c == ',' || c == '}')
+            .unwrap_or(line.len() - value_start);
+        let value = &line[value_start..value_start + value_len];
+        let host = value.rsplit_once(':').map_or(value, |(h, _)| h);
+        let first_label = host.split('.').next().unwrap_or(host);
+        let Some(i) = targets
+            .iter()
+            .position(|(name, _)| *name == host || *name == first_label)
+        else {
+            panic!("no target address for the endpoint {value:?} in: {line}");
+        };
+        used[i] = true;
+        out.push_str(&line[..at]);
+        let _ = write!(out, "static: [\"{}\"]", targets[i].1);
+        out.push_str(&line[value_start + value_len..]);
+    }
+    for (i, used) in used.iter().enumerate() {
+        assert!(
+            used,
+            "no dns endpoint matches the target {:?}",
+            targets[i].0
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_endpoints_rewrite_dns_names() {
+        let yaml = "spec:\n  endpoints: { dns: midtrans-proxy.payments.svc.cluster.local:8080 }\n\
+                    ---\nspec:\n  endpoints:\n    dns: xendit:80\n    dnsRefresh: 5s\n";
+        let a: SocketAddr = "127.0.0.1:4000".parse().expect("address");
+        let b: SocketAddr = "127.0.0.1:4001".parse().expect("address");
+        assert_eq!(
+            static_endpoints(yaml, &[("midtrans-proxy", a), ("xendit", b)]),
+            "spec:\n  endpoints: { static: [\"127.0.0.1:4000\"] }\n\
+             ---\nspec:\n  endpoints:\n    static: [\"127.0.0.1:4001\"]\n    dnsRefresh: 5s\n"
+        );
+    }
+
+    /// The examples are where the e2e tests look for them, and they are valid policy.
+    #[test]
+    fn examples_are_found() {
+        let files = example_files();
+        assert!(files.len() >= 4, "{files:?}");
+        for file in files {
+            let text = example(&file);
+            let resources =
+                bulwark_proto::policy::parse_yaml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for r in &resources {
+                r.validate().unwrap_or_else(|e| panic!("{file}: {e:?}"));
+            }
+        }
+    }
 
     /// The YAML the tests hand the sidecar must be valid policy, or a failing test would blame
     /// the sidecar for the kit's mistake.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 use crate::client::{self, Collected};
 use crate::counters::lock;
+use crate::metrics;
 use crate::poll::try_eventually;
 
 /// How long the sidecar may take to bind its listeners and load its policies.
@@ -172,6 +174,134 @@ impl Sidecar {
             &format!("http://{admin}{path}"),
         )
         .await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let res = self.admin_get("/metrics").await;
+        assert_eq!(res.status, 200, "GET /metrics: {}", res.text());
+        res.text()
+    }
+
+    /// One sample of `/metrics` (see [`metrics::value`]); `None` when absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metrics::value(&self.metrics_text().await, name, labels)
+    }
+
+    /// Waits (at most `timeout`) until the sample `name{labels}` equals `want` — counters may
+    /// be updated just after the response that caused them — and returns it. A sample that
+    /// never appears counts as 0.
+    #[track_caller]
+    pub fn await_metric<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+        want: f64,
+        timeout: Duration,
+    ) -> impl Future<Output = ()> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let last = std::cell::Cell::new(None);
+            let met = try_eventually(timeout, || async {
+                let text = self.metrics_text().await;
+                let have = metrics::value(&text, name, labels).unwrap_or(0.0);
+                last.set(Some(have));
+                (have == want).then_some(())
+            })
+            .await;
+            assert!(
+                met.is_some(),
+                "{caller}: {name}{labels:?} is {:?}, want {want} (waited {timeout:?})\n{}",
+                last.get(),
+                self.metrics_text().await
+            );
+        }
+    }
+
+    /// `GET /breakers` as JSON: `{"upstreams": [{"name", "namespace", "breaker", "outlier"}]}`.
+    pub async fn breakers(&self) -> serde_json::Value {
+        let res = self.admin_get("/breakers").await;
+        assert_eq!(res.status, 200, "GET /breakers: {}", res.text());
+        res.json()
+    }
+
+    /// The `/breakers` entry of the upstream `name` (any namespace), if listed.
+    pub async fn breaker_entry(&self, name: &str) -> Option<serde_json::Value> {
+        let all = self.breakers().await;
+        all["upstreams"]
+            .as_array()?
+            .iter()
+            .find(|u| u["name"] == name)
+            .cloned()
+    }
+
+    /// The breaker state `/breakers` shows for `name`: `closed`, `open` or `half-open`.
+    pub async fn breaker_state(&self, name: &str) -> Option<String> {
+        self.breaker_entry(name)
+            .await
+            .and_then(|u| u["breaker"]["state"].as_str().map(str::to_string))
+    }
+
+    /// Waits (at most `timeout`) until `/breakers` shows `name`'s breaker in `state`.
+    #[track_caller]
+    pub fn await_breaker_state<'a>(
+        &'a self,
+        name: &'a str,
+        state: &'a str,
+        timeout: Duration,
+    ) -> impl Future<Output = ()> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let met = try_eventually(timeout, || async {
+                (self.breaker_state(name).await.as_deref() == Some(state)).then_some(())
+            })
+            .await;
+            assert!(
+                met.is_some(),
+                "{caller}: the breaker of {name:?} is not {state:?} within {timeout:?}: {}",
+                self.breakers().await
+            );
+        }
+    }
+
+    /// Waits (at most `timeout`) until `name`'s open breaker is due to let probes through: the
+    /// breaker moves to half-open lazily, on the first request after `openFor`, so `/breakers`
+    /// may still say `open` then; it is due when it says `half-open`, or `open` with
+    /// `openUntilSecondsFromNow` at 0 (or, if that field is absent, `openedSecondsAgo` at least
+    /// `open_for`). Returns the `/breakers` entry that showed it.
+    #[track_caller]
+    pub fn await_breaker_due<'a>(
+        &'a self,
+        name: &'a str,
+        open_for: Duration,
+        timeout: Duration,
+    ) -> impl Future<Output = serde_json::Value> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let due = try_eventually(timeout, || async {
+                let entry = self.breaker_entry(name).await?;
+                let b = &entry["breaker"];
+                let due = match b["state"].as_str()? {
+                    "half-open" => true,
+                    "open" => match b["openUntilSecondsFromNow"].as_f64() {
+                        Some(left) => left <= 0.0,
+                        None => b["openedSecondsAgo"]
+                            .as_f64()
+                            .is_some_and(|ago| ago >= open_for.as_secs_f64()),
+                    },
+                    _ => false,
+                };
+                due.then_some(entry)
+            })
+            .await;
+            match due {
+                Some(entry) => entry,
+                None => panic!(
+                    "{caller}: the breaker of {name:?} is not due for probes within {timeout:?}: {}",
+                    self.breakers().await
+                ),
+            }
+        }
     }
 
     /// Sends SIGTERM.

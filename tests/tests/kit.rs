@@ -1,18 +1,19 @@
-//! Tests of the kit itself: the test upstreams answer as documented when called directly,
-//! and the `bulwark-upstream` binary starts, serves and stops.
+//! Tests of the kit itself: the test upstreams answer as documented when called directly
+//! (fault injection included), and the `bulwark-upstream` binary starts, serves and stops.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bulwark_tests::client::{self, empty, full, request};
-use bulwark_tests::grpc_wire;
 use bulwark_tests::pattern::{CHUNK, PatternBody, PatternCheck};
-use bulwark_tests::pb::{EchoRequest, StreamRequest};
-use bulwark_tests::{GrpcUpstream, HttpUpstream, eventually};
+use bulwark_tests::pb::{EchoReply, EchoRequest, StreamRequest};
+use bulwark_tests::{Fault, GrpcUpstream, HttpUpstream, eventually, fault, grpc_wire};
 use futures_util::StreamExt;
 use http::{Method, StatusCode, Version};
 use http_body_util::BodyExt;
+use prost::Message;
+use tokio::time::Instant;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -450,4 +451,245 @@ async fn pattern_body_streams_through_echo_without_buffering_it_all() {
         }
     }
     assert_eq!((check.len(), check.first_mismatch()), (n, None));
+}
+
+#[tokio::test]
+async fn http_faults_follow_the_request_headers() {
+    let upstream = HttpUpstream::start().await;
+    let http = client::http1_client(upstream.addr());
+
+    // A status with pushback headers, only for the first two requests of key "a".
+    let fault = Fault::new()
+        .status(503)
+        .retry_after("2")
+        .pushback_ms(150)
+        .first(2)
+        .key("a");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let req = fault
+            .apply(request(Method::GET, "http://echo/status/200"))
+            .header("x-bulwark-attempt", "7")
+            .header("grpc-timeout", "250m")
+            .body(empty())
+            .expect("request");
+        let res = client::send(&http, req).await;
+        seen.push((
+            res.status.as_u16(),
+            res.header("retry-after").map(str::to_string),
+            res.header("grpc-retry-pushback-ms").map(str::to_string),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            (503, Some("2".into()), Some("150".into())),
+            (503, Some("2".into()), Some("150".into())),
+            (200, None, None),
+        ]
+    );
+    assert_eq!(upstream.attempts_for("a"), 3);
+    assert_eq!(upstream.attempts_for("b"), 0);
+    let records = upstream.seen_for("a");
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].attempt, Some(7));
+    assert_eq!(records[0].grpc_timeout.as_deref(), Some("250m"));
+    assert_eq!(records[0].path, "/status/200");
+    assert_eq!(upstream.arrivals_for("a").len(), 3);
+
+    // Another key counts on its own; a request without fault headers is served.
+    let req = Fault::new()
+        .status(429)
+        .first(1)
+        .key("b")
+        .apply(request(Method::GET, "http://echo/status/201"))
+        .body(empty())
+        .expect("request");
+    assert_eq!(client::send(&http, req).await.status, 429);
+    assert_eq!(
+        client::get(&http, "http://echo/status/201").await.status,
+        201
+    );
+    assert_eq!(upstream.requests(), 5);
+
+    // A typo in a fault header is answered 400, not ignored.
+    let req = request(Method::GET, "http://echo/status/200")
+        .header(fault::STATUS, "five hundred")
+        .body(empty())
+        .expect("request");
+    assert_eq!(client::send(&http, req).await.status, 400);
+}
+
+#[tokio::test]
+async fn http_fault_delay_then_serve_and_count_cancellations() {
+    let upstream = HttpUpstream::start().await;
+    let http = client::http1_client(upstream.addr());
+    let started = Instant::now();
+    let req = Fault::new()
+        .delay_ms(150)
+        .key("slow")
+        .apply(request(Method::GET, "http://echo/status/200"))
+        .body(empty())
+        .expect("request");
+    let res = client::send(&http, req).await;
+    assert_eq!(res.status, 200, "a delay alone delays, then serves");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    let http2 = http.clone();
+    let call = tokio::spawn(async move {
+        let req = Fault::new()
+            .delay_ms(60_000)
+            .key("dropped")
+            .apply(request(Method::GET, "http://echo/status/200"))
+            .body(empty())
+            .expect("request");
+        client::send(&http2, req).await
+    });
+    eventually(WAIT, || async {
+        (upstream.attempts_for("dropped") == 1).then_some(())
+    })
+    .await;
+    call.abort();
+    let _ = call.await;
+    eventually(WAIT, || async {
+        (upstream.cancelled_for("dropped") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(upstream.cancelled_for("slow"), 0);
+}
+
+#[tokio::test]
+async fn http_fault_reset_drops_http1_connections_and_resets_h2_streams() {
+    let upstream = HttpUpstream::start().await;
+    for http in [
+        client::http1_client(upstream.addr()),
+        client::h2c_client(upstream.addr()),
+    ] {
+        let req = Fault::new()
+            .reset()
+            .apply(request(Method::GET, "http://echo/status/200"))
+            .body(empty())
+            .expect("request");
+        let err = client::try_send(&http, req)
+            .await
+            .expect_err("no answer to a reset request");
+        drop(err);
+        // The client (and, for h2, its connection) still works.
+        assert_eq!(
+            client::get(&http, "http://echo/status/200").await.status,
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn http_always_fail_answers_every_request() {
+    let upstream = HttpUpstream::builder()
+        .always_fail(502)
+        .start()
+        .await
+        .expect("start");
+    let http = client::http1_client(upstream.addr());
+    for _ in 0..3 {
+        let res = client::get(&http, "http://echo/headers").await;
+        assert_eq!(
+            (res.status.as_u16(), res.text().as_str()),
+            (502, "injected failure\n")
+        );
+    }
+    // The request's own fault wins.
+    let req = Fault::new()
+        .status(504)
+        .apply(request(Method::GET, "http://echo/headers"))
+        .body(empty())
+        .expect("request");
+    assert_eq!(client::send(&http, req).await.status, 504);
+    assert_eq!(upstream.requests(), 4);
+}
+
+#[tokio::test]
+async fn grpc_faults_follow_the_metadata() {
+    let upstream = GrpcUpstream::start().await;
+    let h2 = client::h2c_client(upstream.addr());
+    let call = |fault: &Fault| {
+        let mut req = grpc_wire::unary(
+            "echo",
+            "/bulwark.test.v1.Echo/Unary",
+            &EchoRequest {
+                message: "hi".into(),
+                ..Default::default()
+            },
+            &[("grpc-timeout", "99m")],
+        );
+        fault.insert_into(req.headers_mut());
+        req
+    };
+    let fault = Fault::new()
+        .grpc(Code::Unavailable)
+        .pushback_ms(-1)
+        .first(1)
+        .key("g");
+    let res = client::send(&h2, call(&fault)).await;
+    assert!(grpc_wire::is_trailers_only(&res), "{res:?}");
+    assert_eq!(
+        grpc_wire::status(&res),
+        Some((Code::Unavailable as i32, "injected failure".to_string()))
+    );
+    assert_eq!(res.header("grpc-retry-pushback-ms"), Some("-1"));
+    let res = client::send(&h2, call(&fault)).await;
+    assert_eq!(grpc_wire::status(&res), Some((0, String::new())));
+    assert_eq!(upstream.attempts_for("g"), 2);
+    assert_eq!(
+        upstream.seen_for("g")[0].grpc_timeout.as_deref(),
+        Some("99m")
+    );
+
+    // An HTTP status without grpc-status, and a reset stream.
+    let res = client::send(&h2, call(&Fault::new().status(503))).await;
+    assert_eq!(res.status, 503);
+    assert_eq!(grpc_wire::status(&res), None);
+    client::try_send(&h2, call(&Fault::new().reset()))
+        .await
+        .expect_err("a reset stream");
+
+    // Through tonic: the same metadata.
+    let mut echo = client::grpc_client(upstream.addr()).await;
+    let mut req = tonic::Request::new(EchoRequest::default());
+    Fault::new()
+        .grpc(Code::ResourceExhausted)
+        .insert_into_metadata(req.metadata_mut());
+    let status = echo.unary(req).await.expect_err("injected");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn grpc_upstream_serves_other_methods_as_unary() {
+    let upstream = GrpcUpstream::builder()
+        .fault(Fault::new().grpc(Code::Unavailable).first(1))
+        .start()
+        .await
+        .expect("start");
+    let h2 = client::h2c_client(upstream.addr());
+    let call = || {
+        grpc_wire::unary(
+            "bbd",
+            "/bbd.v1.Dispatch/CreateOrder",
+            &EchoRequest {
+                message: "order 1".into(),
+                ..Default::default()
+            },
+            &[],
+        )
+    };
+    let res = client::send(&h2, call()).await;
+    assert_eq!(
+        grpc_wire::status(&res).map(|(code, _)| code),
+        Some(Code::Unavailable as i32),
+        "the builder's fault, first call only"
+    );
+    let res = client::send(&h2, call()).await;
+    assert_eq!(grpc_wire::status(&res), Some((0, String::new())));
+    let reply = EchoReply::decode(res.body.slice(5..)).expect("an EchoReply");
+    assert_eq!(reply.message, "order 1");
+    assert_eq!(upstream.requests_to("/bbd.v1.Dispatch/CreateOrder"), 2);
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use bulwark_tests::client::{self, HttpClient};
 use bulwark_tests::pattern::PatternBody;
 use bulwark_tests::pb::{EchoRequest, StreamRequest};
-use bulwark_tests::{metrics, try_eventually};
+use bulwark_tests::{HttpUpstream, metrics, try_eventually};
 use clap::Parser;
 use http::Method;
 
@@ -31,6 +31,9 @@ struct Args {
     /// The test upstream's HTTP address (the reloaded policy points at it).
     #[arg(long, default_value = "127.0.0.1:18081")]
     upstream_http: SocketAddr,
+    /// Where `ledger` lives (down until the demo starts it).
+    #[arg(long, default_value = "127.0.0.1:18083")]
+    ledger: SocketAddr,
 }
 
 fn step(title: &str) {
@@ -176,9 +179,83 @@ async fn main() -> anyhow::Result<()> {
     );
     std::fs::remove_file(args.policies.join("broken.yaml")).context("remove broken.yaml")?;
 
+    step(
+        "Retries: `flaky` fails every other request with 503 (retry: maxAttempts 3, retryOn [5xx])",
+    );
+    for _ in 0..3 {
+        let res = client::get(&http1, "http://flaky/headers").await;
+        let attempt = res.json()["headers"]["x-bulwark-attempt"][0]
+            .as_str()
+            .unwrap_or("-")
+            .to_string();
+        println!(
+            "   GET http://flaky/headers: {} — answered on attempt {attempt}",
+            res.status
+        );
+    }
+
+    step("Circuit breaker and failover: `ledger` is down (connection refused)");
+    for i in 1..=5 {
+        let res = client::get(&http1, "http://ledger/status/200").await;
+        println!(
+            "   call {i}: {} served by {} {}",
+            res.status,
+            res.header("x-bulwark-upstream").unwrap_or("-"),
+            match breaker_state(&admin, "ledger").await.as_str() {
+                "open" => "(ledger's breaker is now open: calls fail over without trying ledger)"
+                    .to_string(),
+                s => format!("(ledger's breaker: {s})"),
+            }
+        );
+    }
+    println!(
+        "   ledger comes back; after openFor (2s) one probe goes through and closes the breaker"
+    );
+    let _ledger = HttpUpstream::builder()
+        .bind(args.ledger)
+        .start()
+        .await
+        .with_context(|| format!("start ledger on {}", args.ledger))?;
+    try_eventually(Duration::from_secs(10), || async {
+        let breakers = client::get(&admin, "http://admin/breakers").await.json();
+        let due = breakers["upstreams"]
+            .as_array()
+            .and_then(|all| all.iter().find(|u| u["name"] == "ledger"))
+            .and_then(|u| u["breaker"]["openUntilSecondsFromNow"].as_f64())
+            .is_none_or(|left| left <= 0.0);
+        due.then_some(())
+    })
+    .await
+    .context("ledger's breaker did not finish its open period within 10 s")?;
+    let served = client::get(&http1, "http://ledger/status/200").await;
+    println!(
+        "   {} served by ledger; ledger's breaker: {}",
+        served.status,
+        breaker_state(&admin, "ledger").await
+    );
+
     step("What the sidecar counted (GET 127.0.0.1:15000/metrics)");
     let text = client::get(&admin, "http://admin/metrics").await.text();
     for sample in metrics::parse(&text) {
+        let interesting = [
+            "bulwark_retries_total",
+            "bulwark_breaker_transitions_total",
+            "bulwark_breaker_rejections_total",
+            "bulwark_fallbacks_total",
+        ];
+        if interesting.contains(&sample.name.as_str()) && sample.value > 0.0 {
+            let extra = ["to", "kind"]
+                .iter()
+                .filter_map(|k| sample.labels.get(*k).map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!(
+                "   {} {{upstream={} {extra}}} = {}",
+                sample.name,
+                sample.labels.get("upstream").map_or("", String::as_str),
+                sample.value
+            );
+        }
         if sample.name == "bulwark_requests_total" {
             println!(
                 "   {:<9} {:<10} {:<6} {} = {}",
@@ -191,6 +268,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn breaker_state(admin: &HttpClient, upstream: &str) -> String {
+    let breakers = client::get(admin, "http://admin/breakers").await.json();
+    breakers["upstreams"]
+        .as_array()
+        .and_then(|all| all.iter().find(|u| u["name"] == upstream))
+        .and_then(|u| u["breaker"]["state"].as_str())
+        .unwrap_or("-")
+        .to_string()
 }
 
 async fn rejected_reloads(admin: &HttpClient) -> f64 {
