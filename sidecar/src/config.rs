@@ -92,6 +92,15 @@ pub struct Config {
     #[arg(long, default_value = "1s", value_parser = parse_duration_arg)]
     pub reload_interval: Duration,
 
+    /// Header in which HTTP callers give their deadline in milliseconds (gRPC callers use
+    /// `grpc-timeout`); the remaining budget is sent upstream in it. Empty disables it.
+    #[arg(
+        long,
+        env = "BULWARK_DEADLINE_HEADER",
+        default_value = "x-bulwark-timeout-ms"
+    )]
+    pub deadline_header: String,
+
     /// Log format.
     #[arg(long, env = "BULWARK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -45,6 +45,8 @@ pub struct Shared {
     pub identity: Identity,
     /// Set on shutdown: readiness fails so the pod is taken out of rotation.
     pub draining: AtomicBool,
+    /// The header HTTP callers give their deadline in.
+    pub deadline_header: Option<http::HeaderName>,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             metrics: self.metrics.clone(),
             events: self.events.clone(),
             max_attempts_cap: None,
+            deadline_header: self.deadline_header.clone(),
         };
         match Snapshot::build(set, &current, &self.identity, &env) {
             Ok(next) => {
@@ -91,6 +94,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         events: tokio::sync::broadcast::channel(256).0,
         identity,
         draining: AtomicBool::new(false),
+        deadline_header: match config.deadline_header.trim() {
+            "" => None,
+            name => Some(
+                http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                    .with_context(|| format!("--deadline-header {name:?} is not a header name"))?,
+            ),
+        },
     });
 
     // Policies: from files (standalone), or from the control plane with the persisted

@@ -238,6 +238,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             events: tokio::sync::broadcast::channel(16).0,
             max_attempts_cap: None,
+            deadline_header: None,
         }
     }
 

@@ -269,3 +269,47 @@ async fn grpc_deadlines_answer_deadline_exceeded_and_propagate_the_budget() {
         "the attempt's own time left: {sent}"
     );
 }
+
+#[tokio::test]
+async fn an_http_callers_deadline_header_shortens_the_deadline_and_travels_upstream() {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = sidecar(&[policy::upstream("echo", upstream.addr())
+        .spec("timeouts: { request: 5s }")
+        .to_yaml()])
+    .await;
+    let http = client::http1_client(sidecar.outbound());
+
+    // In time: the upstream is told what is left of the caller's 800 ms.
+    let mut req = Fault::new().get("http://echo/headers");
+    req.headers_mut().insert(
+        "x-bulwark-timeout-ms",
+        http::HeaderValue::from_static("800"),
+    );
+    let res = client::send(&http, req).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let budget: u64 = res.json()["headers"]["x-bulwark-timeout-ms"][0]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("the upstream sees the remaining budget");
+    assert!(budget > 0 && budget <= 800, "{budget}");
+
+    // Too slow for the caller's 300 ms, though the policy allows 5 s.
+    let started = Instant::now();
+    let mut req = Fault::new()
+        .delay_ms(3000)
+        .key("slow")
+        .get("http://echo/status/200");
+    req.headers_mut().insert(
+        "x-bulwark-timeout-ms",
+        http::HeaderValue::from_static("300"),
+    );
+    let res = client::send(&http, req).await;
+    let took = started.elapsed();
+    assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.header("x-bulwark-error"), Some("deadline-exceeded"));
+    assert_eq!(
+        res.text(),
+        "deadline of 300ms exceeded before echo answered\n"
+    );
+    assert!(took >= ms(300) - TICK && took < ms(300) + SLACK, "{took:?}");
+}

@@ -1,5 +1,5 @@
 //! The overall deadline: `timeouts.request` of the request's route, shortened by the caller's
-//! own `grpc-timeout`. It bounds every attempt, backoff and failover of the call; when it
+//! own deadline (`grpc-timeout`, or the configured HTTP deadline header in milliseconds). It bounds every attempt, backoff and failover of the call; when it
 //! passes, whatever is running is cancelled and the caller gets 504 / DEADLINE_EXCEEDED.
 
 use std::sync::Arc;
@@ -62,7 +62,13 @@ where
         let caller = if grpc {
             grpc_timeout(req.headers())
         } else {
-            None
+            self.core
+                .deadline_header
+                .as_ref()
+                .and_then(|h| req.headers().get(h))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(std::time::Duration::from_millis)
         };
         let limit = match (route.timeouts.request, caller) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -1,7 +1,7 @@
 //! Per-try timeout: each attempt gets `timeouts.perTry` of the route, never past the overall
 //! deadline. The deadline travels down as a request extension and the balancer's send fires it,
 //! so the breaker and outlier detector record a timed-out attempt like any other outcome. gRPC
-//! upstreams are told their budget in `grpc-timeout`.
+//! upstreams are told their budget in `grpc-timeout`, HTTP upstreams in the deadline header.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -71,15 +71,17 @@ where
         };
         if let Some((at, limit)) = attempt {
             req.extensions_mut().insert(AttemptDeadline { at, limit });
+            let ms = at.saturating_duration_since(now).as_millis().max(1);
             if grpc {
                 // gRPC's TimeoutValue has at most 8 digits.
-                let ms = at
-                    .saturating_duration_since(now)
-                    .as_millis()
-                    .clamp(1, 99_999_999);
-                if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+                if let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999))) {
                     req.headers_mut().insert("grpc-timeout", v);
                 }
+            } else if let Some(name) = &self.core.deadline_header {
+                // The next hop's sidecar shortens its own deadline by it.
+                let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                req.headers_mut()
+                    .insert(name.clone(), HeaderValue::from(ms));
             }
         }
         self.inner.call(req)

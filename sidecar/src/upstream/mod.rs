@@ -47,6 +47,8 @@ pub struct BuildEnv {
     pub events: broadcast::Sender<BreakerEvent>,
     /// The degradation level's cap on attempts (none until the health issue sets one).
     pub max_attempts_cap: Option<u32>,
+    /// The header HTTP callers give their deadline in (milliseconds), if any.
+    pub deadline_header: Option<http::HeaderName>,
 }
 
 /// An upstream's settings and state, shared by its layers.
@@ -70,6 +72,7 @@ pub struct UpstreamCore {
     pub metrics: Arc<UpstreamMetrics>,
     pub events: broadcast::Sender<BreakerEvent>,
     max_attempts_cap: Option<u32>,
+    pub deadline_header: Option<http::HeaderName>,
 }
 
 impl std::fmt::Debug for UpstreamCore {
@@ -278,6 +281,7 @@ impl Upstream {
             metrics,
             events: env.events.clone(),
             max_attempts_cap: env.max_attempts_cap,
+            deadline_header: env.deadline_header.clone(),
             name,
         });
         let (stack, attempts) = policy_stack::build(&core);
