@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian/Ubuntu machine: installs what the build and
-# the tests need (protoc for etcd-client's build), builds the binaries the end-to-end tests start,
-# then runs unit, integration and end-to-end tests.
+# the tests need (protoc for etcd-client's build; etcd, which the control-plane tests start on
+# loopback), builds the binaries the end-to-end tests start, then runs unit, integration and
+# end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ fi
 packages=()
 command -v protoc >/dev/null 2>&1 || packages+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || packages+=(libprotobuf-dev)
+command -v etcd >/dev/null 2>&1 || packages+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || packages+=(etcd-client)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -83,10 +83,31 @@ impl Shared {
 
 /// Runs the sidecar until `shutdown` resolves, then drains in-flight requests.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Bind first: a port taken is a start-up error, and the inbound port must be known to
+    // refuse a policy that would send inbound traffic back to the sidecar itself.
+    let admin = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
+    let mut listeners = vec![
+        Listener::bind("outbound", config.outbound, Target::ByAuthority).await?,
+        Listener::bind("inbound", config.inbound, Target::App).await?,
+    ];
+    let mut ports = BTreeMap::new();
+    for (addr, name) in &config.upstream_ports {
+        let l = Listener::bind(
+            "upstream-port",
+            *addr,
+            Target::Fixed(Arc::from(name.as_str())),
+        )
+        .await?;
+        ports.insert(name.clone(), l.local_addr().to_string());
+        listeners.push(l);
+    }
     let identity = Identity {
         namespace: config.namespace.clone(),
         service: config.service.clone(),
         app_port: config.app_port,
+        inbound_port: Some(listeners[1].local_addr().port()),
     };
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
@@ -125,24 +146,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
 
-    let admin = tokio::net::TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
-    let mut listeners = vec![
-        Listener::bind("outbound", config.outbound, Target::ByAuthority).await?,
-        Listener::bind("inbound", config.inbound, Target::App).await?,
-    ];
-    let mut ports = BTreeMap::new();
-    for (addr, name) in &config.upstream_ports {
-        let l = Listener::bind(
-            "upstream-port",
-            *addr,
-            Target::Fixed(Arc::from(name.as_str())),
-        )
-        .await?;
-        ports.insert(name.clone(), l.local_addr().to_string());
-        listeners.push(l);
-    }
     let admin_addr = admin.local_addr()?;
     let bound = serde_json::json!({
         "admin": admin_addr.to_string(),

@@ -21,6 +21,8 @@ pub struct Identity {
     pub service: Option<String>,
     /// `--app-port`: overrides the ServicePolicy's `spec.app.port`.
     pub app_port: Option<u16>,
+    /// The sidecar's own inbound port: an app port equal to it would loop.
+    pub inbound_port: Option<u16>,
 }
 
 /// The policies in force; requests hold the snapshot they started with.
@@ -115,6 +117,13 @@ impl Snapshot {
             .unwrap_or(Protocol::Auto);
         let inbound = match app_port {
             None => None,
+            Some(port) if identity.inbound_port == Some(port) => {
+                return Err(format!(
+                    "ServicePolicy {}/{}: spec.app.port {port} is this sidecar's own inbound port; inbound requests would loop",
+                    identity.namespace,
+                    identity.service.as_deref().unwrap_or("")
+                ));
+            }
             Some(port) => {
                 let policy = app_policy(identity, port, app_protocol);
                 match &previous.inbound {
@@ -224,6 +233,7 @@ mod tests {
             namespace: ns.into(),
             service: None,
             app_port: None,
+            inbound_port: None,
         };
         let set = PolicySet {
             version: "1".into(),
@@ -272,11 +282,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_app_port_equal_to_the_inbound_port_is_refused() {
+        let identity = Identity {
+            namespace: "shop".into(),
+            service: Some("orders".into()),
+            app_port: None,
+            inbound_port: Some(15006),
+        };
+        let set = PolicySet {
+            version: "1".into(),
+            source: "test".into(),
+            resources: parse_yaml(
+                "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: { name: orders, namespace: shop }\nspec: { app: { port: 15006 } }\n",
+            )
+            .unwrap(),
+        };
+        let err =
+            Snapshot::build(&set, &Snapshot::empty(&identity), &identity, &env()).unwrap_err();
+        assert_eq!(
+            err,
+            "ServicePolicy shop/orders: spec.app.port 15006 is this sidecar's own inbound port; inbound requests would loop"
+        );
+    }
+
+    #[tokio::test]
     async fn unchanged_upstreams_are_reused() {
         let identity = Identity {
             namespace: "default".into(),
             service: None,
             app_port: None,
+            inbound_port: None,
         };
         let env = env();
         let set = |yaml: &str| PolicySet {

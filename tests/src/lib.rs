@@ -19,6 +19,8 @@
 //! ```
 
 pub mod client;
+pub mod control_plane;
+pub mod etcd;
 mod counters;
 pub mod fault;
 pub mod grpc_upstream;
@@ -39,6 +41,8 @@ pub mod pb {
 
 pub use counters::{SEEN_LIMIT, Seen};
 pub use fault::Fault;
+pub use control_plane::ControlPlane;
+pub use etcd::Etcd;
 pub use grpc_upstream::GrpcUpstream;
 pub use http_upstream::HttpUpstream;
 pub use poll::{eventually, try_eventually};

@@ -51,6 +51,10 @@ pub type Logs = Arc<Mutex<Vec<String>>>;
 #[derive(Debug, Clone)]
 pub struct SidecarBuilder {
     policies: String,
+    /// Control-plane mode: these addresses instead of a policy file.
+    control_plane: Option<String>,
+    /// Control-plane mode: the snapshot file (default: in the sidecar's temp directory).
+    snapshot_file: Option<PathBuf>,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     reload_interval: String,
@@ -71,6 +75,8 @@ impl Sidecar {
     pub fn builder() -> SidecarBuilder {
         SidecarBuilder {
             policies: String::new(),
+            control_plane: None,
+            snapshot_file: None,
             args: Vec::new(),
             envs: Vec::new(),
             reload_interval: "100ms".to_string(),
@@ -367,6 +373,18 @@ fn dump_logs(logs: &Logs) {
 }
 
 impl SidecarBuilder {
+    /// Follow the control plane at `addrs` (comma-separated gRPC URLs) instead of a policy file.
+    pub fn control_plane(mut self, addrs: impl Into<String>) -> Self {
+        self.control_plane = Some(addrs.into());
+        self
+    }
+
+    /// Keep the control-plane snapshot here (to restart a sidecar on the same file).
+    pub fn snapshot_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.snapshot_file = Some(path.into());
+        self
+    }
+
     /// The content of the policy file (default: empty, no policies).
     pub fn policies_yaml(mut self, text: impl Into<String>) -> Self {
         self.policies = text.into();
@@ -422,9 +440,23 @@ impl SidecarBuilder {
                 cmd.env_remove(&key);
             }
         }
-        cmd.arg("--policies")
-            .arg(&policy_path)
-            .args(["--outbound", "127.0.0.1:0"])
+        match &self.control_plane {
+            None => {
+                cmd.arg("--policies").arg(&policy_path);
+            }
+            Some(addrs) => {
+                let snapshot = self
+                    .snapshot_file
+                    .clone()
+                    .unwrap_or_else(|| dir.join("snapshot.json"));
+                cmd.arg("--control-plane")
+                    .arg(addrs)
+                    .arg("--snapshot-file")
+                    .arg(snapshot)
+                    .args(["--control-plane-timeout", "2s"]);
+            }
+        }
+        cmd.args(["--outbound", "127.0.0.1:0"])
             .args(["--inbound", "127.0.0.1:0"])
             .args(["--admin", "127.0.0.1:0"])
             .arg("--ready-file")
@@ -491,7 +523,7 @@ impl SidecarBuilder {
 }
 
 /// A directory no other test (or test process) uses.
-fn unique_temp_dir() -> PathBuf {
+pub(crate) fn unique_temp_dir() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -506,7 +538,10 @@ fn unique_temp_dir() -> PathBuf {
 
 /// Copies a pipe into `logs` line by line on a thread of its own (it ends at EOF, when the
 /// process exits).
-fn capture(pipe: impl Read + Send + 'static, logs: Logs) -> std::thread::JoinHandle<()> {
+pub(crate) fn capture(
+    pipe: impl Read + Send + 'static,
+    logs: Logs,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };

@@ -1,0 +1,137 @@
+//! The real `control-plane` binary as a child process over a test etcd: REST and gRPC on free
+//! ports (read back from its ready file), output captured, killed when the handle drops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::counters::lock;
+use crate::poll::try_eventually;
+use crate::sidecar::{Logs, capture, unique_temp_dir};
+
+pub const CONTROL_PLANE_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `$BULWARK_CONTROL_PLANE_BIN`, else `target/<profile>/control-plane` beside the sidecar.
+pub fn control_plane_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BULWARK_CONTROL_PLANE_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("the test executable's directory");
+    dir.join("..").join("control-plane")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Ready {
+    http: SocketAddr,
+    grpc: SocketAddr,
+}
+
+/// A running control-plane replica.
+#[derive(Debug)]
+pub struct ControlPlane {
+    child: Mutex<Option<Child>>,
+    dir: PathBuf,
+    ready: Ready,
+    logs: Logs,
+}
+
+impl ControlPlane {
+    /// Starts a replica over `etcd_endpoints` and waits for its ready file.
+    pub async fn start(etcd_endpoints: &str, replica: &str) -> ControlPlane {
+        let bin = control_plane_bin();
+        assert!(
+            bin.is_file(),
+            "control-plane binary not found at {}: run `cargo build --workspace --bins` first",
+            bin.display()
+        );
+        let dir = unique_temp_dir();
+        std::fs::create_dir_all(&dir).expect("create the control plane's directory");
+        let ready_path = dir.join("ready.json");
+        let mut child = Command::new(&bin)
+            .env_remove("BULWARK_ETCD_ENDPOINTS")
+            .env_remove("BULWARK_ETCD_PREFIX")
+            .args(["--etcd-endpoints", etcd_endpoints])
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(["--replica-id", replica])
+            .arg("--ready-file")
+            .arg(&ready_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let logs: Logs = Arc::default();
+        if let Some(out) = child.stdout.take() {
+            capture(out, logs.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            capture(err, logs.clone());
+        }
+        let child = Mutex::new(Some(child));
+        let ready = try_eventually(CONTROL_PLANE_READY_TIMEOUT, || async {
+            if let Some(c) = lock(&child).as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                return Some(Err(status));
+            }
+            let text = std::fs::read_to_string(&ready_path).ok()?;
+            serde_json::from_str::<Ready>(&text).ok().map(Ok)
+        })
+        .await;
+        match ready {
+            Some(Ok(ready)) => ControlPlane {
+                child,
+                dir,
+                ready,
+                logs,
+            },
+            Some(Err(status)) => panic!(
+                "the control plane exited ({status}) before it was ready:\n{}",
+                lock(&logs).join("\n")
+            ),
+            None => panic!(
+                "the control plane wrote no ready file within {CONTROL_PLANE_READY_TIMEOUT:?}:\n{}",
+                lock(&logs).join("\n")
+            ),
+        }
+    }
+
+    /// The REST API's address.
+    pub fn http(&self) -> SocketAddr {
+        self.ready.http
+    }
+
+    /// The gRPC URL sidecars and gRPC clients use (`http://127.0.0.1:PORT`).
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.ready.grpc)
+    }
+
+    /// `http://127.0.0.1:PORT` of the REST API, for meshctl's `--server`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.ready.http)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        lock(&self.logs).clone()
+    }
+
+    /// Kills the replica at once (SIGKILL).
+    pub fn kill(&self) {
+        if let Some(mut child) = lock(&self.child).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
