@@ -78,13 +78,22 @@ impl Etcd {
             .arg("--initial-cluster")
             .arg(format!("test=http://{}", self.peer))
             .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "error"])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "error",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("start etcd ({bin:?}): {e}; install Debian's etcd-server (scripts/test.sh does)")
+                panic!(
+                    "start etcd ({bin:?}): {e}; install Debian's etcd-server (scripts/test.sh does)"
+                )
             });
         *lock(&self.child) = Some(child);
         let healthy = try_eventually(ETCD_READY_TIMEOUT, || async {

@@ -20,8 +20,8 @@
 
 pub mod client;
 pub mod control_plane;
-pub mod etcd;
 mod counters;
+pub mod etcd;
 pub mod fault;
 pub mod grpc_upstream;
 pub mod grpc_wire;
@@ -39,10 +39,10 @@ pub mod pb {
     tonic::include_proto!("bulwark.test.v1");
 }
 
-pub use counters::{SEEN_LIMIT, Seen};
-pub use fault::Fault;
 pub use control_plane::ControlPlane;
+pub use counters::{SEEN_LIMIT, Seen};
 pub use etcd::Etcd;
+pub use fault::Fault;
 pub use grpc_upstream::GrpcUpstream;
 pub use http_upstream::HttpUpstream;
 pub use poll::{eventually, try_eventually};

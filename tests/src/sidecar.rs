@@ -538,10 +538,7 @@ pub(crate) fn unique_temp_dir() -> PathBuf {
 
 /// Copies a pipe into `logs` line by line on a thread of its own (it ends at EOF, when the
 /// process exits).
-pub(crate) fn capture(
-    pipe: impl Read + Send + 'static,
-    logs: Logs,
-) -> std::thread::JoinHandle<()> {
+pub(crate) fn capture(pipe: impl Read + Send + 'static, logs: Logs) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
