@@ -1,7 +1,7 @@
 //! Compiles `bulwark/v1/*.proto` with protox (pure Rust, no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["bulwark/v1/discovery.proto"];
+    let files = ["bulwark/v1/discovery.proto", "bulwark/v1/operator.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,12 +1,15 @@
-//! `control-plane`: Bulwark's control plane. This release checks its etcd connection and reports
-//! the cluster it would serve from; the policy API and sidecar distribution build on it.
+//! `control-plane`: flags and environment → [`Config`]; logging; one replica until SIGTERM or
+//! SIGINT.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use bulwark_control_plane::Config;
+use clap::{Parser, ValueEnum};
 
-/// Bulwark control plane.
+/// Bulwark control plane: the policy API over etcd and policy snapshots for sidecars.
 #[derive(Debug, Parser)]
 #[command(name = "control-plane", version)]
 struct Args {
@@ -19,47 +22,114 @@ struct Args {
     )]
     etcd_endpoints: Vec<String>,
 
-    /// Key prefix of every key Bulwark stores.
+    /// Key prefix of everything Bulwark stores in etcd.
     #[arg(long, env = "BULWARK_ETCD_PREFIX", default_value = "/bulwark/v1")]
     etcd_prefix: String,
+
+    /// Listen address of the REST/JSON operator API.
+    #[arg(long = "http", env = "BULWARK_HTTP", default_value = "0.0.0.0:8080")]
+    http: SocketAddr,
+
+    /// Listen address of gRPC: the operator API and the sidecars' Discovery stream.
+    #[arg(long = "grpc", env = "BULWARK_GRPC", default_value = "0.0.0.0:8081")]
+    grpc: SocketAddr,
+
+    /// This replica's name in ack records and logs [default: hostname/pid].
+    #[arg(long, env = "BULWARK_REPLICA_ID")]
+    replica_id: Option<String>,
+
+    /// Write {"http": "ip:port", "grpc": "ip:port"} here once listening.
+    #[arg(long, env = "BULWARK_READY_FILE")]
+    ready_file: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "BULWARK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// The most one etcd operation may take, retries across endpoints included (e.g. 5s,
+    /// 500ms).
+    #[arg(long, env = "BULWARK_ETCD_TIMEOUT", default_value = "5s", value_parser = duration)]
+    etcd_timeout: Duration,
+
+    /// TTL of the lease that binds the pods' ack records to this replica.
+    #[arg(long, env = "BULWARK_ACK_LEASE_TTL", default_value = "15s", value_parser = duration)]
+    ack_lease_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = bulwark_proto::policy::units::parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than 0".into());
+    }
+    Ok(d)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "control-plane".into())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(5));
-    let mut client = etcd_client::Client::connect(&args.etcd_endpoints, Some(options))
+    init_logging(args.log_format);
+    let config = Config {
+        replica_id: args
+            .replica_id
+            .unwrap_or_else(|| format!("{}/{}", hostname(), std::process::id())),
+        etcd_endpoints: args
+            .etcd_endpoints
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        etcd_prefix: args.etcd_prefix,
+        http: args.http,
+        grpc: args.grpc,
+        ready_file: args.ready_file,
+        etcd_timeout: args.etcd_timeout,
+        ack_lease_ttl: args.ack_lease_ttl,
+    };
+    bulwark_control_plane::run(config, shutdown_signal())
         .await
-        .with_context(|| format!("cannot reach etcd at {}", args.etcd_endpoints.join(",")))?;
-    let status = client
-        .status()
-        .await
-        .with_context(|| format!("etcd at {} did not answer", args.etcd_endpoints.join(",")))?;
-    let policies = client
-        .get(
-            format!("{}/policies/", args.etcd_prefix),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
-        .await
-        .context("cannot read the policy prefix from etcd")?;
-    tracing::info!(
-        etcd_version = status.version(),
-        revision = status.header().map(|h| h.revision()).unwrap_or_default(),
-        prefix = %args.etcd_prefix,
-        policies = policies.count(),
-        "etcd reachable"
-    );
-    Ok(())
+        .context("control plane")
 }

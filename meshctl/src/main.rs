@@ -1,5 +1,17 @@
-//! `meshctl`, Bulwark's operator command line: parses the flags and runs one subcommand.
+//! `meshctl`, Bulwark's operator command line: parses the flags, runs one subcommand, prints
+//! what it produced and exits 0 (ok), 1 (input rejected) or 2 (control plane unreachable).
 
+mod api;
+mod apply;
+mod client;
+mod config;
+mod delete;
+mod errors;
+mod get;
+mod history;
+mod output;
+mod status;
+mod table;
 mod validate;
 
 use std::io::Write;
@@ -8,15 +20,80 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::Client;
+use crate::errors::CliError;
+use crate::get::{Format, Query, Scope};
+use crate::output::Output;
+
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version, about = "Operate a Bulwark mesh")]
 struct Cli {
+    /// The control plane's REST address; otherwise `server:` in $BULWARK_CONFIG or
+    /// ~/.config/bulwark/meshctl.yaml, otherwise http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "BULWARK_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The namespace of the resource(s) named on the command line.
+    #[arg(short = 'n', long, global = true, default_value = "default")]
+    namespace: String,
+    /// Who makes a change, recorded in the history (default: $USER).
+    #[arg(long, global = true, value_name = "WHO")]
+    by: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create or update policies: checked locally, then applied all-or-nothing.
+    ///
+    /// Prints `Kind/namespace/name created|updated|unchanged (version N)` per resource.
+    Apply {
+        /// A policy file (YAML or JSON, several documents allowed), a directory whose
+        /// *.yaml, *.yml and *.json files are read in name order, or `-` for standard input.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE_OR_DIR",
+            required = true
+        )]
+        files: Vec<PathBuf>,
+        /// Show what would change (the server's diff per resource) and store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show one resource or list them.
+    Get {
+        /// upstreampolicy (upstreampolicies, up) or servicepolicy (servicepolicies, svc).
+        kind: String,
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// List across all namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Only resources with these labels: `key=value`, repeatable or comma-separated.
+        #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+    },
+    /// Delete one resource.
+    Delete {
+        kind: String,
+        name: String,
+        /// Delete only if the stored resource is still at this version.
+        #[arg(long, value_name = "VERSION")]
+        resource_version: Option<String>,
+    },
+    /// List a resource's recorded changes, newest first.
+    History { kind: String, name: String },
+    /// Restore a resource as it was at a revision listed by `history`.
+    Rollback {
+        kind: String,
+        name: String,
+        /// The revision to go back to.
+        #[arg(long = "to", value_name = "REVISION")]
+        to: u64,
+    },
     /// Check policy files offline: parse every resource and validate every field.
     ///
     /// Prints `ok: Kind/namespace/name` for each valid resource; otherwise prints every
@@ -32,27 +109,122 @@ enum Command {
         )]
         files: Vec<PathBuf>,
     },
+    /// Convergence per resource, and every pod that refused a snapshot and why.
+    Status,
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Validate { files } => {
-            let report = validate::run(&files);
-            let mut out = std::io::stdout().lock();
-            for id in &report.valid {
-                writeln!(out, "ok: {id}")?;
-            }
-            out.flush()?;
-            let mut err = std::io::stderr().lock();
-            for problem in &report.problems {
-                writeln!(err, "{problem}")?;
-            }
-            Ok(if report.problems.is_empty() {
-                ExitCode::SUCCESS
+fn main() -> ExitCode {
+    // Usage errors are rejected input (exit 1); exit 2 is kept for "server unreachable".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
             } else {
-                ExitCode::FAILURE
-            })
+                ExitCode::SUCCESS
+            };
         }
+    };
+    if let Command::Validate { files } = &cli.command {
+        let report = validate::run(files);
+        let mut out = Output::default();
+        for id in &report.valid {
+            out.line(format_args!("ok: {id}"));
+        }
+        let problems = if report.problems.is_empty() {
+            None
+        } else {
+            Some(CliError::Invalid(report.problems))
+        };
+        return finish(out, problems);
     }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let error = CliError::Usage(format!("cannot start the async runtime: {e}"));
+            return finish(Output::default(), Some(error));
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(out) => finish(out, None),
+        Err(error) => finish(Output::default(), Some(error)),
+    }
+}
+
+/// Runs a command that talks to the control plane.
+async fn run(cli: Cli) -> Result<Output, CliError> {
+    let server = config::server(cli.server.as_deref())?;
+    let client = Client::new(server);
+    let by = config::by(cli.by.as_deref());
+    let namespace = cli.namespace.as_str();
+    match cli.command {
+        Command::Apply { files, dry_run } => apply::run(&client, &files, dry_run, &by).await,
+        Command::Get {
+            kind,
+            name,
+            output,
+            all_namespaces,
+            selector,
+        } => {
+            let query = Query {
+                kind: api::parse_kind(&kind)?,
+                name: name.as_deref(),
+                scope: if all_namespaces {
+                    Scope::All
+                } else {
+                    Scope::Namespace(namespace)
+                },
+                selector: &selector,
+                format: output,
+            };
+            get::run(&client, &query).await
+        }
+        Command::Delete {
+            kind,
+            name,
+            resource_version,
+        } => {
+            let kind = api::parse_kind(&kind)?;
+            let version = resource_version.as_deref();
+            delete::run(&client, kind, namespace, &name, version, &by).await
+        }
+        Command::History { kind, name } => {
+            history::history(&client, api::parse_kind(&kind)?, namespace, &name).await
+        }
+        Command::Rollback { kind, name, to } => {
+            let kind = api::parse_kind(&kind)?;
+            history::rollback(&client, kind, namespace, &name, to, &by).await
+        }
+        Command::Status => status::run(&client).await,
+        // Handled in `main` before any runtime or server is set up.
+        Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),
+    }
+}
+
+/// Prints a command's output, then its error if any, and picks the exit status.
+fn finish(out: Output, error: Option<CliError>) -> ExitCode {
+    let written = write_all(&out);
+    let error = error.or_else(|| written.err().map(CliError::Output));
+    let Some(error) = error else {
+        return ExitCode::SUCCESS;
+    };
+    let mut stderr = std::io::stderr().lock();
+    for line in error.lines() {
+        // Nothing sensible is left to do when stderr itself is gone.
+        let _ = writeln!(stderr, "{line}");
+    }
+    error.exit_code()
+}
+
+fn write_all(out: &Output) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.stdout.as_bytes())?;
+    stdout.flush()?;
+    let mut stderr = std::io::stderr().lock();
+    stderr.write_all(out.stderr.as_bytes())?;
+    stderr.flush()
 }

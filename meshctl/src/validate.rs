@@ -1,13 +1,13 @@
-//! `meshctl validate`: reads policy files and directories, parses and validates every
-//! resource with `bulwark-proto` (the same code the control plane and the sidecar run), and
-//! reports each problem prefixed by its file.
+//! `meshctl validate` (and the local check before `apply`): reads policy files and
+//! directories, parses and validates every resource with `bulwark-proto` (the same code the
+//! control plane and the sidecar run), and reports each problem prefixed by its file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use bulwark_proto::policy::parse_documents;
+use bulwark_proto::policy::{Resource, parse_documents};
 
 /// Extensions read from a directory; files named explicitly are read whatever their name.
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -17,6 +17,8 @@ const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 pub struct Report {
     /// `Kind/namespace/name` of each valid resource, in input order.
     pub valid: Vec<String>,
+    /// The valid resources themselves, in input order (what `apply` sends).
+    pub resources: Vec<Resource>,
     /// One line per problem: `FILE: document N: path: message` when a document does not
     /// parse, `FILE: Kind/namespace/name: path: message` when a resource is invalid.
     pub problems: Vec<String>,
@@ -115,9 +117,10 @@ fn check_file(file: &Path, report: &mut Report, seen: &mut BTreeMap<String, Stri
             );
             valid = false;
         }
+        seen.entry(id.clone()).or_insert_with(|| name.clone());
         if valid {
-            report.valid.push(id.clone());
+            report.valid.push(id);
+            report.resources.push(resource);
         }
-        seen.entry(id).or_insert_with(|| name.clone());
     }
 }

@@ -228,7 +228,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 async fn start_control_plane_source(config: &Config, shared: &Arc<Shared>) {
     let who = source::control_plane::Registration {
         namespace: config.namespace.clone(),
-        service: config.service.clone().unwrap_or_default(),
+        service: config.service.clone().unwrap_or_default(), // required by clap in this mode
         pod: config
             .pod
             .clone()

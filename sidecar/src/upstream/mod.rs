@@ -9,6 +9,7 @@ mod discovery;
 mod endpoint;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -73,6 +74,10 @@ pub struct UpstreamCore {
     pub events: broadcast::Sender<BreakerEvent>,
     max_attempts_cap: Option<u32>,
     pub deadline_header: Option<http::HeaderName>,
+    /// Identity of the endpoint list the outlier detector last saw.
+    outlier_endpoints: AtomicUsize,
+    /// Whether the last pick was in panic mode (every endpoint ejected).
+    outlier_panic: AtomicBool,
 }
 
 impl std::fmt::Debug for UpstreamCore {
@@ -105,52 +110,66 @@ impl UpstreamCore {
     }
 
     /// Picks an endpoint: endpoints ejected as outliers are skipped (unless all are: panic
-    /// mode), endpoints this request already tried are avoided when others remain.
+    /// mode), endpoints this request already tried are avoided when others remain. Power of two
+    /// choices among the eligible ones, without allocating.
     async fn pick(&self, state: Option<&CallState>) -> Result<Arc<Endpoint>, ProxyError> {
-        let no_endpoints = |reason| ProxyError::NoEndpoints {
-            upstream: self.name.to_string(),
-            reason,
-        };
         let first = self
             .endpoints
             .pick(self.connect.connect_timeout)
             .await
-            .map_err(no_endpoints)?;
+            .map_err(|reason| ProxyError::NoEndpoints {
+                upstream: self.name.to_string(),
+                reason,
+            })?;
         let retrying = state.is_some_and(CallState::tried_any);
         if self.outlier.is_none() && !retrying {
             return Ok(first);
         }
         let all = self.endpoints.endpoints();
         let now = Instant::now();
-        let mut candidates: Vec<Arc<Endpoint>> = match &self.outlier {
-            Some(outlier) => match outlier.lock() {
-                Ok(mut detector) => {
-                    let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
-                    detector.set_endpoints(addrs.iter().copied());
-                    let available = detector.available(&addrs, now);
-                    if available.panic {
-                        tracing::warn!(upstream = %self.name, "every endpoint is ejected: balancing over all of them (panic mode)");
-                    }
-                    all.iter()
-                        .filter(|e| available.contains(e.addr))
-                        .cloned()
-                        .collect()
-                }
-                Err(_) => all.to_vec(),
-            },
-            None => all.to_vec(),
+        let detector = match &self.outlier {
+            Some(o) => o.lock().ok(),
+            None => None,
         };
-        if let Some(state) = state {
-            let untried: Vec<Arc<Endpoint>> = candidates
-                .iter()
-                .filter(|e| !state.tried(e.addr))
-                .cloned()
-                .collect();
-            if !untried.is_empty() {
-                candidates = untried;
+        let mut detector = detector;
+        if let Some(d) = detector.as_mut() {
+            // Resync the detector only when discovery replaced the endpoint list.
+            let id = Arc::as_ptr(&all) as usize;
+            if self.outlier_endpoints.swap(id, Ordering::Relaxed) != id {
+                d.set_endpoints(all.iter().map(|e| e.addr));
             }
         }
-        Ok(balance::p2c(&candidates).unwrap_or(first))
+        let ejected = |e: &Endpoint| detector.as_ref().is_some_and(|d| d.is_ejected(e.addr, now));
+        let tried = |e: &Endpoint| state.is_some_and(|s| s.tried(e.addr));
+        // Widen the choice step by step: healthy and untried, healthy, then everything.
+        let rules: [&dyn Fn(&Endpoint) -> bool; 3] =
+            [&|e| !ejected(e) && !tried(e), &|e| !ejected(e), &|_| true];
+        for (step, eligible) in rules.iter().enumerate() {
+            let n = all.iter().filter(|e| eligible(e)).count();
+            if n == 0 {
+                continue;
+            }
+            let panic = step == 2 && detector.is_some();
+            if self.outlier_panic.swap(panic, Ordering::Relaxed) != panic && panic {
+                tracing::warn!(upstream = %self.name, "every endpoint is ejected: balancing over all of them (panic mode)");
+            }
+            let nth = |k: usize| all.iter().filter(|e| eligible(e)).nth(k);
+            let a = fastrand::usize(..n);
+            let chosen = if n == 1 {
+                nth(a)
+            } else {
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                match (nth(a), nth(b)) {
+                    (Some(x), Some(y)) => Some(if y.in_flight() < x.in_flight() { y } else { x }),
+                    (x, y) => x.or(y),
+                }
+            };
+            return Ok(chosen.cloned().unwrap_or(first));
+        }
+        Ok(first)
     }
 
     fn record_outlier(&self, endpoint: SocketAddr, result: &Result<Rsp, ProxyError>) {
@@ -282,6 +301,8 @@ impl Upstream {
             events: env.events.clone(),
             max_attempts_cap: env.max_attempts_cap,
             deadline_header: env.deadline_header.clone(),
+            outlier_endpoints: AtomicUsize::new(0),
+            outlier_panic: AtomicBool::new(false),
             name,
         });
         let (stack, attempts) = policy_stack::build(&core);

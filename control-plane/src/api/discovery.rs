@@ -1,0 +1,202 @@
+//! The sidecar stream (`bulwark.v1.Discovery/Stream`): Hello, then a snapshot whenever the
+//! content the pod needs changes — never one not newer than the last sent on the stream, and
+//! none when the pod already applied the current version — and each ACK/NACK recorded. A
+//! stream depends only on the index and the ack recorder, so it stays up while etcd is away.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bulwark_proto::v1 as pb;
+use bulwark_proto::v1::discovery_server::Discovery;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::acks::AckRecorder;
+use crate::index::{SharedIndex, Snapshot};
+use crate::store::keys::{PodKey, check_segment};
+
+/// How long a new stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stream waits for this replica's index to reach a pod's `last_applied_version`
+/// (the pod came from a replica that was ahead) before sending what it has anyway.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The Discovery service.
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    index: SharedIndex,
+    acks: AckRecorder,
+    shutdown: watch::Receiver<bool>,
+    streams: Arc<AtomicUsize>,
+}
+
+impl DiscoveryService {
+    pub fn new(index: SharedIndex, acks: AckRecorder, shutdown: watch::Receiver<bool>) -> Self {
+        DiscoveryService {
+            index,
+            acks,
+            shutdown,
+            streams: Arc::default(),
+        }
+    }
+}
+
+type Outbound =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ControlPlaneMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    type StreamStream = Outbound;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::SidecarMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let inbound = request.into_inner();
+        // Snapshots supersede each other; a small buffer is enough.
+        let (tx, rx) = mpsc::channel(2);
+        let session = Session {
+            index: self.index.clone(),
+            acks: self.acks.clone(),
+            shutdown: self.shutdown.clone(),
+            streams: self.streams.clone(),
+        };
+        tokio::spawn(session.run(inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One sidecar's stream.
+struct Session {
+    index: SharedIndex,
+    acks: AckRecorder,
+    shutdown: watch::Receiver<bool>,
+    streams: Arc<AtomicUsize>,
+}
+
+type Tx = mpsc::Sender<Result<pb::ControlPlaneMessage, Status>>;
+
+/// Reads the Hello; the error is what the stream ends with.
+async fn hello(inbound: &mut Streaming<pb::SidecarMessage>) -> Result<(PodKey, i64), Status> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Hello within 30s"))??;
+    let hello = match first.and_then(|m| m.message) {
+        Some(pb::sidecar_message::Message::Hello(hello)) => hello,
+        Some(_) => return Err(Status::invalid_argument("the first message must be Hello")),
+        None => return Err(Status::cancelled("the stream ended before Hello")),
+    };
+    for (field, value) in [
+        ("namespace", &hello.namespace),
+        ("service", &hello.service),
+        ("pod", &hello.pod),
+    ] {
+        check_segment(value)
+            .map_err(|e| Status::invalid_argument(format!("Hello.{field} {value:?}: {e}")))?;
+    }
+    let pod = PodKey {
+        namespace: hello.namespace,
+        service: hello.service,
+        pod: hello.pod,
+    };
+    Ok((pod, hello.last_applied_version.max(0)))
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::SidecarMessage>, tx: Tx) {
+        let (pod, last_applied) = match hello(&mut inbound).await {
+            Ok(who) => who,
+            Err(status) => {
+                tracing::debug!(%status, "sidecar stream refused");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        let open = self.streams.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(%pod, last_applied, streams = open, "sidecar connected");
+        let stream = self.acks.connect(&pod, last_applied);
+        let (mut snapshots, mut state) = {
+            let mut index = self.index.lock();
+            (index.subscribe(&pod.service_key()), index.watch_state())
+        };
+        let catch_up_until = Instant::now() + CATCH_UP;
+        let mut last_sent = 0i64;
+        let reason = loop {
+            if *self.shutdown.borrow() {
+                break "shutting down";
+            }
+            // Send what there is to send first, then wait for something to happen.
+            let ready = {
+                let s = state.borrow_and_update();
+                // Never from an index that was never loaded (it would empty the pod), and
+                // not before the index reached what the pod has, for a while.
+                s.loaded && (s.revision >= last_applied || Instant::now() >= catch_up_until)
+            };
+            if ready {
+                let snapshot = snapshots.borrow_and_update().clone();
+                if snapshot.version != last_applied && snapshot.version > last_sent {
+                    let message = to_message(&snapshot);
+                    tokio::select! {
+                        sent = tx.send(Ok(message)) => if sent.is_err() {
+                            break "the sidecar went away";
+                        },
+                        _ = self.shutdown.changed() => break "shutting down",
+                    }
+                    last_sent = snapshot.version;
+                    tracing::debug!(%pod, version = snapshot.version, resources = snapshot.resources.len(), "snapshot sent");
+                }
+            }
+            let waiting_for_catch_up = !ready && state.borrow().loaded;
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(pb::SidecarMessage { message: Some(pb::sidecar_message::Message::Ack(ack)) })) => {
+                        if ack.error.is_empty() {
+                            tracing::debug!(%pod, version = ack.version, "ACK");
+                        } else {
+                            tracing::warn!(%pod, version = ack.version, error = %ack.error, "NACK: the sidecar refused a snapshot");
+                        }
+                        self.acks.answer(&pod, stream, ack.version, &ack.error);
+                    }
+                    Ok(Some(_)) => tracing::debug!(%pod, "ignoring a message that is not an Ack"),
+                    Ok(None) => break "the sidecar closed the stream",
+                    Err(_) => break "the stream broke",
+                },
+                changed = snapshots.changed() => if changed.is_err() {
+                    break "the index went away";
+                },
+                changed = state.changed() => if changed.is_err() {
+                    break "the index went away";
+                },
+                _ = tokio::time::sleep_until(catch_up_until), if waiting_for_catch_up => {}
+                _ = self.shutdown.changed() => break "shutting down",
+                _ = tx.closed() => break "the sidecar went away",
+            }
+        };
+        self.acks.disconnect(&pod, stream);
+        let open = self.streams.fetch_sub(1, Ordering::Relaxed) - 1;
+        tracing::info!(%pod, reason, streams = open, "sidecar disconnected");
+    }
+}
+
+fn to_message(snapshot: &Snapshot) -> pb::ControlPlaneMessage {
+    pb::ControlPlaneMessage {
+        message: Some(pb::control_plane_message::Message::Snapshot(pb::Snapshot {
+            version: snapshot.version,
+            resources: snapshot
+                .resources
+                .iter()
+                .map(|r| pb::Resource {
+                    kind: r.key.kind.to_string(),
+                    namespace: r.key.namespace.clone(),
+                    name: r.key.name.clone(),
+                    resource_version: r.mod_revision,
+                    json: r.json.clone(),
+                })
+                .collect(),
+        })),
+    }
+}

@@ -1,0 +1,322 @@
+//! The gRPC operator API (`bulwark.v1.Operator`): the REST operations over protobuf, through
+//! the same [`ops`](super::ops), with the one mapping of [`OpError`] to gRPC statuses.
+
+use std::sync::Arc;
+
+use bulwark_proto::v1 as pb;
+use bulwark_proto::v1::operator_server::Operator;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::ops::{self, OpError, Ops, Served};
+
+/// The metadata key that marks a read served from an index that may be behind etcd.
+pub const STALE_METADATA: &str = "x-bulwark-stale";
+/// The metadata key carrying REST's error kind.
+pub const ERROR_METADATA: &str = "x-bulwark-error";
+
+/// The gRPC face of [`Ops`].
+#[derive(Debug, Clone)]
+pub struct OperatorService {
+    ops: Arc<Ops>,
+}
+
+impl OperatorService {
+    pub fn new(ops: Arc<Ops>) -> Self {
+        OperatorService { ops }
+    }
+}
+
+/// The one mapping of operation errors to gRPC statuses.
+pub fn rescue(e: OpError) -> Status {
+    let code = match &e {
+        OpError::Invalid { .. } => tonic::Code::InvalidArgument,
+        OpError::Conflict(_) => tonic::Code::Aborted,
+        OpError::NotFound(_) => tonic::Code::NotFound,
+        OpError::Unavailable(_) => tonic::Code::Unavailable,
+        OpError::Internal(_) => tonic::Code::Internal,
+    };
+    let message = match e.details() {
+        [] => e.to_string(),
+        details => format!("{e}: {}", details.join("; ")),
+    };
+    let mut status = Status::new(code, message);
+    status
+        .metadata_mut()
+        .insert(ERROR_METADATA, MetadataValue::from_static(e.kind()));
+    status
+}
+
+fn served<T>(served: Served<T>) -> Response<T> {
+    let mut response = Response::new(served.value);
+    if served.stale {
+        response
+            .metadata_mut()
+            .insert(STALE_METADATA, MetadataValue::from_static("true"));
+    }
+    response
+}
+
+fn apply_response(r: ops::ApplyResponse) -> pb::ApplyResponse {
+    pb::ApplyResponse {
+        results: r
+            .results
+            .into_iter()
+            .map(|r| pb::ApplyResult {
+                id: r.id,
+                action: r.action.as_str().to_string(),
+                resource_version: r.resource_version,
+                diff: r.diff,
+            })
+            .collect(),
+        revision: r.revision,
+    }
+}
+
+fn by(by: String) -> Option<String> {
+    Some(by).filter(|b| !b.is_empty())
+}
+
+fn expected(resource_version: i64) -> Option<i64> {
+    (resource_version != 0).then_some(resource_version)
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let request = request.into_inner();
+        let mut resources = Vec::with_capacity(request.resources.len());
+        let mut details = Vec::new();
+        for (i, text) in request.resources.iter().enumerate() {
+            match serde_json::from_str(text) {
+                Ok(value) => resources.push(value),
+                Err(e) => details.push(format!("resources[{i}]: invalid JSON: {e}")),
+            }
+        }
+        if !details.is_empty() {
+            return Err(rescue(OpError::Invalid {
+                message: "resources must be JSON documents; nothing was stored".into(),
+                details,
+            }));
+        }
+        let response = self
+            .ops
+            .apply(ops::ApplyRequest {
+                resources,
+                dry_run: request.dry_run,
+                by: by(request.by),
+            })
+            .await
+            .map_err(rescue)?;
+        Ok(Response::new(apply_response(response)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let r = request.into_inner();
+        let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
+        let found = self.ops.get(&key).map_err(rescue)?;
+        let resource_version = found
+            .value
+            .metadata()
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        Ok(served(Served {
+            value: pb::GetResponse {
+                resource: ops::resource_json(&found.value),
+                resource_version,
+            },
+            stale: found.stale,
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let r = request.into_inner();
+        let kind = ops::parse_kind(&r.kind).map_err(rescue)?;
+        let listed = self
+            .ops
+            .list(
+                kind,
+                Some(r.namespace.as_str()).filter(|ns| !ns.is_empty()),
+                Some(r.selector.as_str()),
+            )
+            .map_err(rescue)?;
+        Ok(served(Served {
+            value: pb::ListResponse {
+                items: listed.value.items.iter().map(ops::resource_json).collect(),
+                revision: listed.value.revision,
+            },
+            stale: listed.stale,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
+        let deleted = self
+            .ops
+            .delete(&key, expected(r.resource_version), by(r.by))
+            .await
+            .map_err(rescue)?;
+        Ok(Response::new(pb::DeleteResponse {
+            id: deleted.id,
+            revision: deleted.revision,
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = request.into_inner();
+        let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
+        let history = self.ops.history(&key).map_err(rescue)?;
+        Ok(served(Served {
+            value: pb::HistoryResponse {
+                items: history
+                    .value
+                    .items
+                    .into_iter()
+                    .map(|item| pb::HistoryEntry {
+                        revision: item.revision,
+                        op: item.op.as_str().to_string(),
+                        by: item.by,
+                        at: item.at,
+                        resource: item.resource.map(|r| r.to_string()).unwrap_or_default(),
+                    })
+                    .collect(),
+            },
+            stale: history.stale,
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
+        let response = self
+            .ops
+            .rollback(
+                &key,
+                ops::RollbackRequest {
+                    to_revision: r.to_revision,
+                    by: by(r.by),
+                    resource_version: expected(r.resource_version),
+                },
+            )
+            .await
+            .map_err(rescue)?;
+        Ok(Response::new(apply_response(response)))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.ops.status().map_err(rescue)?;
+        let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(served(Served {
+            value: pb::StatusResponse {
+                revision: status.value.revision,
+                resources: status
+                    .value
+                    .resources
+                    .into_iter()
+                    .map(|r| pb::ResourceStatus {
+                        id: r.id,
+                        resource_version: r.resource_version,
+                        pods: Some(pb::PodCounts {
+                            applied: to_i64(r.pods.applied),
+                            total: to_i64(r.pods.total),
+                            nacks: r
+                                .pods
+                                .nacks
+                                .into_iter()
+                                .map(|n| pb::PodNack {
+                                    pod: n.pod,
+                                    version: n.version,
+                                    error: n.error,
+                                })
+                                .collect(),
+                        }),
+                    })
+                    .collect(),
+            },
+            stale: status.stale,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_their_codes_once() {
+        let cases = [
+            (
+                OpError::invalid("x"),
+                tonic::Code::InvalidArgument,
+                "invalid",
+            ),
+            (
+                OpError::Conflict("x".into()),
+                tonic::Code::Aborted,
+                "conflict",
+            ),
+            (
+                OpError::NotFound("x".into()),
+                tonic::Code::NotFound,
+                "not-found",
+            ),
+            (
+                OpError::Unavailable("x".into()),
+                tonic::Code::Unavailable,
+                "unavailable",
+            ),
+            (
+                OpError::Internal("x".into()),
+                tonic::Code::Internal,
+                "internal",
+            ),
+        ];
+        for (e, code, kind) in cases {
+            let status = rescue(e);
+            assert_eq!(status.code(), code);
+            assert_eq!(
+                status
+                    .metadata()
+                    .get(ERROR_METADATA)
+                    .and_then(|v| v.to_str().ok()),
+                Some(kind)
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_statuses_carry_every_detail() {
+        let status = rescue(OpError::Invalid {
+            message: "2 problems found; nothing was stored".into(),
+            details: vec!["A/b/c: spec.x: bad".into(), "A/b/d: spec.y: bad".into()],
+        });
+        assert_eq!(
+            status.message(),
+            "2 problems found; nothing was stored: A/b/c: spec.x: bad; A/b/d: spec.y: bad"
+        );
+    }
+}

@@ -1,0 +1,333 @@
+//! The REST/JSON operator API (axum): routes onto [`ops`](super::ops), JSON in and out, the
+//! `x-bulwark-stale` header on reads served while etcd is away, and the one mapping of
+//! [`OpError`] to HTTP statuses. `GET /openapi.json` describes it all.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::ops::{self, OpError, Ops, Served};
+
+/// The header that marks a read served from an index that may be behind etcd.
+pub const STALE_HEADER: &str = "x-bulwark-stale";
+
+/// The hand-written OpenAPI 3.0 document of the routes below.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route (method, path) — the OpenAPI document lists exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/apply"),
+    ("get", "/v1/status"),
+    ("get", "/v1/{kind}"),
+    ("get", "/v1/{kind}/{namespace}/{name}"),
+    ("delete", "/v1/{kind}/{namespace}/{name}"),
+    ("get", "/v1/{kind}/{namespace}/{name}/history"),
+    ("post", "/v1/{kind}/{namespace}/{name}/rollback"),
+    ("get", "/openapi.json"),
+    ("get", "/health/live"),
+    ("get", "/health/ready"),
+];
+
+/// The REST API over `ops`.
+pub fn router(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/v1/apply", post(apply))
+        .route("/v1/status", get(status))
+        .route("/v1/{kind}", get(list))
+        .route("/v1/{kind}/{namespace}/{name}", get(read).delete(delete))
+        .route("/v1/{kind}/{namespace}/{name}/history", get(history))
+        .route("/v1/{kind}/{namespace}/{name}/rollback", post(rollback))
+        .route("/openapi.json", get(openapi))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(ops)
+}
+
+/// An [`OpError`] on its way out as JSON.
+#[derive(Debug)]
+pub struct ApiError(OpError);
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            OpError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            OpError::Conflict(_) => StatusCode::CONFLICT,
+            OpError::NotFound(_) => StatusCode::NOT_FOUND,
+            OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self.0, "request failed");
+        } else {
+            tracing::debug!(error = %self.0, "request refused");
+        }
+        error_body(status, self.0.kind(), &self.0.to_string(), self.0.details())
+    }
+}
+
+/// The error document: `{"error", "message", "details"}`.
+#[derive(Debug, serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+    details: &'a [String],
+}
+
+fn error_body(status: StatusCode, kind: &str, message: &str, details: &[String]) -> Response {
+    let body = ErrorBody {
+        error: kind,
+        message,
+        details,
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+type Answer = Result<Response, ApiError>;
+
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    axum::Json(value).into_response()
+}
+
+/// A read's answer, marked when it may be stale.
+fn served<T: serde::Serialize>(served: Served<T>) -> Response {
+    let mut response = json(&served.value);
+    if served.stale {
+        response
+            .headers_mut()
+            .insert(STALE_HEADER, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError(OpError::invalid(format!(
+            "the request body is not valid: {e}"
+        )))
+    })
+}
+
+fn path<T>(extracted: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    extracted
+        .map(|Path(p)| p)
+        .map_err(|e| ApiError(OpError::invalid(format!("bad path: {e}"))))
+}
+
+fn query<T>(extracted: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    extracted
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError(OpError::invalid(format!("bad query: {e}"))))
+}
+
+type ResourcePath = Result<Path<(String, String, String)>, PathRejection>;
+
+async fn apply(State(ops): State<Arc<Ops>>, bytes: Bytes) -> Answer {
+    let request: ops::ApplyRequest = body(&bytes)?;
+    Ok(json(&ops.apply(request).await?))
+}
+
+async fn read(State(ops): State<Arc<Ops>>, p: ResourcePath) -> Answer {
+    let (kind, namespace, name) = path(p)?;
+    let key = ops::resource_key(&kind, &namespace, &name)?;
+    Ok(served(ops.get(&key)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    namespace: Option<String>,
+    selector: Option<String>,
+}
+
+async fn list(
+    State(ops): State<Arc<Ops>>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Answer {
+    let kind = ops::parse_kind(&path(p)?)?;
+    let q = query(q)?;
+    Ok(served(ops.list(
+        kind,
+        q.namespace.as_deref(),
+        q.selector.as_deref(),
+    )?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DeleteQuery {
+    resource_version: Option<String>,
+    by: Option<String>,
+}
+
+async fn delete(
+    State(ops): State<Arc<Ops>>,
+    p: ResourcePath,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Answer {
+    let (kind, namespace, name) = path(p)?;
+    let key = ops::resource_key(&kind, &namespace, &name)?;
+    let q = query(q)?;
+    let expected = match q.resource_version.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(v) => Some(v.parse::<i64>().map_err(|_| {
+            ApiError(OpError::invalid(format!(
+                "resourceVersion must be a resource version (an integer), got {v:?}"
+            )))
+        })?),
+    };
+    Ok(json(&ops.delete(&key, expected, q.by).await?))
+}
+
+async fn history(State(ops): State<Arc<Ops>>, p: ResourcePath) -> Answer {
+    let (kind, namespace, name) = path(p)?;
+    let key = ops::resource_key(&kind, &namespace, &name)?;
+    Ok(served(ops.history(&key)?))
+}
+
+async fn rollback(State(ops): State<Arc<Ops>>, p: ResourcePath, bytes: Bytes) -> Answer {
+    let (kind, namespace, name) = path(p)?;
+    let key = ops::resource_key(&kind, &namespace, &name)?;
+    let request: ops::RollbackRequest = body(&bytes)?;
+    Ok(json(&ops.rollback(&key, request).await?))
+}
+
+async fn status(State(ops): State<Arc<Ops>>) -> Answer {
+    Ok(served(ops.status()?))
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn live() -> Response {
+    json(&serde_json::json!({"live": true}))
+}
+
+/// Ready once the index was loaded: this replica can serve reads and snapshots (stale ones
+/// while etcd is away, which every replica then shares).
+async fn ready(State(ops): State<Arc<Ops>>) -> Response {
+    match ops.status() {
+        Ok(s) => served(Served {
+            value: serde_json::json!({"ready": true, "revision": s.value.revision, "stale": s.stale}),
+            stale: s.stale,
+        }),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    ApiError(OpError::NotFound(format!(
+        "no route for {method} {}",
+        uri.path()
+    )))
+    .into_response()
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    error_body(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        &format!("{method} is not allowed on {}", uri.path()),
+        &[],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .expect("path item")
+                    .keys()
+                    .filter(|k| *k != "parameters")
+                    .map(move |method| (method.clone(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn every_reference_in_the_openapi_document_resolves() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        assert!(!refs.is_empty());
+        for r in refs {
+            let pointer = r.strip_prefix('#').expect("local reference");
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
+
+    fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("$ref", serde_json::Value::String(s)) => out.push(s.clone()),
+                        _ => collect_refs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn errors_map_to_their_statuses_once() {
+        let cases = [
+            (OpError::invalid("x"), StatusCode::BAD_REQUEST),
+            (OpError::Conflict("x".into()), StatusCode::CONFLICT),
+            (OpError::NotFound("x".into()), StatusCode::NOT_FOUND),
+            (
+                OpError::Unavailable("x".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                OpError::Internal("x".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (e, status) in cases {
+            assert_eq!(ApiError(e).into_response().status(), status);
+        }
+    }
+}

@@ -1,0 +1,712 @@
+//! The index: this replica's synchronous, in-memory state of the world (resources with their
+//! `mod_revision`, their history, the pods' acks), fed by the etcd watch; it computes each
+//! service's snapshot and publishes changes to the streams that subscribed.
+//!
+//! A snapshot's version is the revision of the newest change relevant to it: the last change
+//! (write or deletion, known from the history written with every change) of its
+//! ServicePolicy and of any UpstreamPolicy. It depends only on what etcd holds, so every
+//! replica computes the same version for the same content — a sidecar that reconnects
+//! elsewhere with `last_applied_version` equal to it has nothing to receive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bulwark_proto::policy::{Kind, Resource};
+use tokio::sync::watch;
+
+use crate::store::keys::{PodKey, ResourceKey, ServiceKey};
+use crate::store::values::{AckRecord, HistoryOp};
+
+/// A resource as stored, with its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    pub key: ResourceKey,
+    /// With `metadata.resourceVersion` set to `mod_revision`.
+    pub resource: Resource,
+    pub mod_revision: i64,
+    /// `resource` as compact JSON, the way snapshots carry it.
+    pub json: String,
+}
+
+impl StoredResource {
+    /// Sets `metadata.resourceVersion` and renders the JSON.
+    pub fn new(key: ResourceKey, mut resource: Resource, mod_revision: i64) -> Self {
+        resource.metadata_mut().resource_version = Some(mod_revision.to_string());
+        // Serializing the model's own types cannot fail (string keys, no custom errors).
+        let json = serde_json::to_string(&resource).unwrap_or_default();
+        StoredResource {
+            key,
+            resource,
+            mod_revision,
+            json,
+        }
+    }
+}
+
+/// One entry of a resource's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// The revision of the change (the history key's `mod_revision`).
+    pub revision: i64,
+    pub op: HistoryOp,
+    pub by: String,
+    pub at: String,
+    /// The resource after the change, as stored (no `resourceVersion`); `None` if deleted.
+    pub resource: Option<serde_json::Value>,
+}
+
+/// A change to apply to the index, decoded from an etcd event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Policy(Arc<StoredResource>),
+    PolicyDeleted {
+        key: ResourceKey,
+        revision: i64,
+    },
+    History {
+        key: ResourceKey,
+        seq: u64,
+        entry: HistoryEntry,
+    },
+    HistoryDeleted {
+        key: ResourceKey,
+        seq: u64,
+    },
+    Ack {
+        pod: PodKey,
+        record: AckRecord,
+    },
+    AckDeleted {
+        pod: PodKey,
+    },
+}
+
+/// What a service's pods need: its ServicePolicy and every UpstreamPolicy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The revision of the newest change relevant to this content; 0 when there never was one.
+    pub version: i64,
+    /// Sorted by kind, namespace and name.
+    pub resources: Vec<Arc<StoredResource>>,
+}
+
+impl Snapshot {
+    /// Same resources at the same versions.
+    fn same_content(&self, other: &Snapshot) -> bool {
+        self.resources.len() == other.resources.len()
+            && self
+                .resources
+                .iter()
+                .zip(&other.resources)
+                .all(|(a, b)| a.key == b.key && a.mod_revision == b.mod_revision)
+    }
+}
+
+/// How current the index is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexState {
+    /// The etcd revision the index reflects.
+    pub revision: i64,
+    /// A first listing was loaded: reads and snapshots can be served.
+    pub loaded: bool,
+    /// The watch is down: what the index holds may be behind etcd.
+    pub stale: bool,
+    /// Why, when stale: the last error talking to etcd.
+    pub problem: Option<String>,
+}
+
+/// The state of the world, as the watch delivered it.
+#[derive(Debug)]
+pub struct Index {
+    state: IndexState,
+    resources: BTreeMap<ResourceKey, Arc<StoredResource>>,
+    history: HashMap<ResourceKey, BTreeMap<u64, HistoryEntry>>,
+    /// Per resource, the revision of its last write or deletion seen.
+    last_change: HashMap<ResourceKey, i64>,
+    /// The newest `last_change` of any UpstreamPolicy: every snapshot includes them all.
+    upstreams_version: i64,
+    acks: BTreeMap<PodKey, AckRecord>,
+    groups: HashMap<ServiceKey, watch::Sender<Arc<Snapshot>>>,
+    state_tx: watch::Sender<IndexState>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new()
+    }
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Index {
+            state: IndexState {
+                stale: true,
+                ..IndexState::default()
+            },
+            resources: BTreeMap::new(),
+            history: HashMap::new(),
+            last_change: HashMap::new(),
+            upstreams_version: 0,
+            acks: BTreeMap::new(),
+            groups: HashMap::new(),
+            state_tx: watch::channel(IndexState {
+                stale: true,
+                ..IndexState::default()
+            })
+            .0,
+        }
+    }
+
+    /// Replaces everything with a fresh listing taken at `revision`.
+    pub fn reset(&mut self, revision: i64, changes: Vec<Change>) {
+        self.resources.clear();
+        self.history.clear();
+        self.last_change.clear();
+        self.upstreams_version = 0;
+        self.acks.clear();
+        for change in changes {
+            self.change(change);
+        }
+        self.state.revision = revision;
+        self.state.loaded = true;
+        self.state.stale = false;
+        self.state.problem = None;
+        self.publish(true);
+    }
+
+    /// Applies the changes the watch delivered up to `revision`.
+    pub fn apply(&mut self, revision: i64, changes: Vec<Change>) {
+        for change in changes {
+            self.change(change);
+        }
+        self.state.revision = self.state.revision.max(revision);
+        self.publish(false);
+    }
+
+    /// The watch is down; reads go on from what the index holds.
+    pub fn mark_stale(&mut self, problem: String) {
+        self.state.stale = true;
+        self.state.problem = Some(problem);
+        self.state_tx.send_replace(self.state.clone());
+    }
+
+    /// The watch is back (and resumed where it stopped).
+    pub fn mark_fresh(&mut self) {
+        if self.state.loaded {
+            self.state.stale = false;
+            self.state.problem = None;
+            self.state_tx.send_replace(self.state.clone());
+        }
+    }
+
+    pub fn state(&self) -> IndexState {
+        self.state.clone()
+    }
+
+    /// Follows [`IndexState`] changes (to wait for a revision, or for the first load).
+    pub fn watch_state(&self) -> watch::Receiver<IndexState> {
+        self.state_tx.subscribe()
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Option<Arc<StoredResource>> {
+        self.resources.get(key).cloned()
+    }
+
+    /// Resources of `kind`, of one namespace or all, sorted by namespace and name.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Arc<StoredResource>> {
+        self.resources
+            .values()
+            .filter(|r| r.key.kind == kind)
+            .filter(|r| namespace.is_none_or(|ns| r.key.namespace == ns))
+            .cloned()
+            .collect()
+    }
+
+    /// Every resource, sorted by kind, namespace and name.
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<StoredResource>> {
+        self.resources.values()
+    }
+
+    /// A resource's history, newest first.
+    pub fn history(&self, key: &ResourceKey) -> Vec<HistoryEntry> {
+        let mut entries: Vec<HistoryEntry> = self
+            .history
+            .get(key)
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.revision));
+        entries
+    }
+
+    pub fn acks(&self) -> &BTreeMap<PodKey, AckRecord> {
+        &self.acks
+    }
+
+    /// The snapshot for `service` as the index stands.
+    pub fn snapshot(&self, service: &ServiceKey) -> Snapshot {
+        let policy = ResourceKey::new(
+            Kind::ServicePolicy,
+            service.namespace.clone(),
+            service.service.clone(),
+        );
+        let resources = self
+            .resources
+            .values()
+            .filter(|r| r.key.kind == Kind::UpstreamPolicy || r.key == policy)
+            .cloned()
+            .collect();
+        Snapshot {
+            version: self.version(service),
+            resources,
+        }
+    }
+
+    /// Follows the snapshot of `service`: the receiver sees the current one and every change.
+    pub fn subscribe(&mut self, service: &ServiceKey) -> watch::Receiver<Arc<Snapshot>> {
+        self.groups.retain(|_, tx| tx.receiver_count() > 0);
+        if let Some(tx) = self.groups.get(service) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(self.snapshot(service)));
+        self.groups.insert(service.clone(), tx);
+        rx
+    }
+
+    fn version(&self, service: &ServiceKey) -> i64 {
+        let policy = ResourceKey::new(
+            Kind::ServicePolicy,
+            service.namespace.clone(),
+            service.service.clone(),
+        );
+        let own = self.last_change.get(&policy).copied().unwrap_or_default();
+        own.max(self.upstreams_version)
+    }
+
+    fn changed(&mut self, key: &ResourceKey, revision: i64) {
+        let last = self.last_change.entry(key.clone()).or_default();
+        *last = (*last).max(revision);
+        if key.kind == Kind::UpstreamPolicy {
+            self.upstreams_version = self.upstreams_version.max(revision);
+        }
+    }
+
+    fn change(&mut self, change: Change) {
+        match change {
+            Change::Policy(stored) => {
+                self.changed(&stored.key, stored.mod_revision);
+                self.resources.insert(stored.key.clone(), stored);
+            }
+            Change::PolicyDeleted { key, revision } => {
+                self.changed(&key, revision);
+                self.resources.remove(&key);
+            }
+            Change::History { key, seq, entry } => {
+                self.changed(&key, entry.revision);
+                self.history.entry(key).or_default().insert(seq, entry);
+            }
+            // Trimming old entries does not change what the resource is, nor when it changed.
+            Change::HistoryDeleted { key, seq } => {
+                if let Some(entries) = self.history.get_mut(&key) {
+                    entries.remove(&seq);
+                    if entries.is_empty() {
+                        self.history.remove(&key);
+                    }
+                }
+            }
+            Change::Ack { pod, record } => {
+                self.acks.insert(pod, record);
+            }
+            Change::AckDeleted { pod } => {
+                self.acks.remove(&pod);
+            }
+        }
+    }
+
+    /// Sends every subscribed service whose snapshot changed its new snapshot. After a
+    /// re-list (`full`) the content is compared too: a change etcd no longer shows (a
+    /// deletion made around the API, then compacted) still reaches the streams, under the
+    /// listing's revision so that versions only grow.
+    fn publish(&mut self, full: bool) {
+        self.groups.retain(|_, tx| tx.receiver_count() > 0);
+        let services: Vec<ServiceKey> = self.groups.keys().cloned().collect();
+        for service in services {
+            let version = self.version(&service);
+            let Some(tx) = self.groups.get(&service) else {
+                continue;
+            };
+            let published = tx.borrow().clone();
+            if version > published.version {
+                let snapshot = self.snapshot(&service);
+                if let Some(tx) = self.groups.get(&service) {
+                    tx.send_replace(Arc::new(snapshot));
+                }
+            } else if full {
+                let mut snapshot = self.snapshot(&service);
+                if !snapshot.same_content(&published) && self.state.revision > published.version {
+                    snapshot.version = self.state.revision;
+                    if let Some(tx) = self.groups.get(&service) {
+                        tx.send_replace(Arc::new(snapshot));
+                    }
+                }
+            }
+        }
+        self.state_tx.send_replace(self.state.clone());
+    }
+}
+
+/// The index shared by the watch (writer) and the API (readers). The lock is never held
+/// across an `.await`.
+#[derive(Debug, Clone, Default)]
+pub struct SharedIndex(Arc<Mutex<Index>>);
+
+impl SharedIndex {
+    pub fn new() -> Self {
+        SharedIndex::default()
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding the lock leaves a consistent index (every method finishes
+        // its mutation before publishing): keep serving.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the index reflects `revision` (a write of ours reached it through the
+    /// watch), at most `timeout`; `false` when it did not in time.
+    pub async fn wait_for_revision(&self, revision: i64, timeout: Duration) -> bool {
+        let mut state = self.lock().watch_state();
+        tokio::time::timeout(timeout, state.wait_for(|s| s.revision >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_proto::policy::parse_json;
+
+    fn upstream(name: &str, addr: &str) -> Resource {
+        let json = format!(
+            r#"{{"apiVersion":"bulwark/v1","kind":"UpstreamPolicy","metadata":{{"name":"{name}","namespace":"default"}},"spec":{{"endpoints":{{"static":["{addr}"]}}}}}}"#
+        );
+        parse_json(&json).unwrap().remove(0)
+    }
+
+    fn service(ns: &str, name: &str) -> Resource {
+        let json = format!(
+            r#"{{"apiVersion":"bulwark/v1","kind":"ServicePolicy","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{{"app":{{"port":8080}}}}}}"#
+        );
+        parse_json(&json).unwrap().remove(0)
+    }
+
+    fn put(resource: Resource, revision: i64) -> Change {
+        let m = resource.metadata();
+        let key = ResourceKey::new(resource.kind(), m.namespace.clone(), m.name.clone());
+        Change::Policy(Arc::new(StoredResource::new(key, resource, revision)))
+    }
+
+    fn history(key: &ResourceKey, revision: i64, op: HistoryOp) -> Change {
+        Change::History {
+            key: key.clone(),
+            seq: revision as u64,
+            entry: HistoryEntry {
+                revision,
+                op,
+                by: "test".into(),
+                at: "2025-11-22T03:12:00.000Z".into(),
+                resource: None,
+            },
+        }
+    }
+
+    fn svc(ns: &str, name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: ns.into(),
+            service: name.into(),
+        }
+    }
+
+    fn names(snapshot: &Snapshot) -> Vec<String> {
+        snapshot
+            .resources
+            .iter()
+            .map(|r| r.key.to_string())
+            .collect()
+    }
+
+    fn loaded() -> Index {
+        let mut index = Index::new();
+        index.reset(
+            10,
+            vec![
+                put(upstream("payments", "10.0.0.1:80"), 4),
+                put(upstream("smtp", "10.0.0.2:25"), 6),
+                put(service("shop", "orders"), 8),
+                put(service("shop", "billing"), 9),
+            ],
+        );
+        index
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_own_service_policy_and_every_upstream() {
+        let index = loaded();
+        let snapshot = index.snapshot(&svc("shop", "orders"));
+        assert_eq!(
+            names(&snapshot),
+            [
+                "UpstreamPolicy/default/payments",
+                "UpstreamPolicy/default/smtp",
+                "ServicePolicy/shop/orders"
+            ]
+        );
+        assert_eq!(snapshot.version, 8);
+        // No ServicePolicy: upstreams only.
+        let other = index.snapshot(&svc("shop", "cart"));
+        assert_eq!(other.resources.len(), 2);
+        assert_eq!(other.version, 6);
+        // Nothing at all: version 0, nothing to send.
+        assert_eq!(Index::new().snapshot(&svc("a", "b")), Snapshot::default());
+    }
+
+    #[test]
+    fn snapshot_json_carries_the_resource_version() {
+        let index = loaded();
+        let snapshot = index.snapshot(&svc("shop", "orders"));
+        let first = &snapshot.resources[0];
+        let parsed = parse_json(&first.json).unwrap().remove(0);
+        assert_eq!(parsed.metadata().resource_version.as_deref(), Some("4"));
+        assert_eq!(parsed, first.resource);
+    }
+
+    #[test]
+    fn subscribers_see_relevant_changes_only() {
+        let mut index = loaded();
+        let mut orders = index.subscribe(&svc("shop", "orders"));
+        let mut billing = index.subscribe(&svc("shop", "billing"));
+        assert_eq!(orders.borrow_and_update().version, 8);
+        assert_eq!(billing.borrow_and_update().version, 9);
+
+        // Another service's policy: orders hears nothing.
+        index.apply(11, vec![put(service("shop", "billing"), 11)]);
+        assert!(!orders.has_changed().unwrap());
+        assert!(billing.has_changed().unwrap());
+        assert_eq!(billing.borrow_and_update().version, 11);
+
+        // An upstream: everyone.
+        index.apply(12, vec![put(upstream("payments", "10.0.0.9:80"), 12)]);
+        assert!(orders.has_changed().unwrap());
+        assert!(billing.has_changed().unwrap());
+        let seen = orders.borrow_and_update().clone();
+        assert_eq!(seen.version, 12);
+        assert_eq!(
+            seen.resources[0].resource,
+            StoredResource::new(
+                seen.resources[0].key.clone(),
+                upstream("payments", "10.0.0.9:80"),
+                12
+            )
+            .resource
+        );
+
+        // Acks and history trims are not snapshot content.
+        let pod = PodKey {
+            namespace: "shop".into(),
+            service: "orders".into(),
+            pod: "p1".into(),
+        };
+        let record = AckRecord {
+            version: 12,
+            error: String::new(),
+            replica: "r".into(),
+            at: "t".into(),
+            applied: 12,
+        };
+        let key = ResourceKey::new(Kind::UpstreamPolicy, "default", "payments");
+        index.apply(13, vec![Change::Ack { pod, record }]);
+        index.apply(14, vec![Change::HistoryDeleted { key, seq: 4 }]);
+        assert!(!orders.has_changed().unwrap());
+        assert_eq!(index.state().revision, 14);
+    }
+
+    #[test]
+    fn a_deletion_is_a_newer_version() {
+        let mut index = loaded();
+        let mut orders = index.subscribe(&svc("shop", "orders"));
+        orders.borrow_and_update();
+        let key = ResourceKey::new(Kind::UpstreamPolicy, "default", "smtp");
+        index.apply(
+            15,
+            vec![
+                Change::PolicyDeleted {
+                    key: key.clone(),
+                    revision: 15,
+                },
+                history(&key, 15, HistoryOp::Deleted),
+            ],
+        );
+        let seen = orders.borrow_and_update().clone();
+        assert_eq!(seen.version, 15);
+        assert_eq!(names(&seen).len(), 2);
+    }
+
+    #[test]
+    fn versions_are_the_same_on_every_replica() {
+        // Replica A followed the changes; replica B listed afterwards. The deletion's history
+        // entry gives B the same version as A.
+        let mut a = loaded();
+        let smtp = ResourceKey::new(Kind::UpstreamPolicy, "default", "smtp");
+        a.apply(
+            15,
+            vec![
+                Change::PolicyDeleted {
+                    key: smtp.clone(),
+                    revision: 15,
+                },
+                history(&smtp, 15, HistoryOp::Deleted),
+            ],
+        );
+        // Unrelated writes move the revision but not the version.
+        a.apply(20, vec![]);
+
+        let mut b = Index::new();
+        b.reset(
+            20,
+            vec![
+                put(upstream("payments", "10.0.0.1:80"), 4),
+                history(&smtp, 6, HistoryOp::Created),
+                history(&smtp, 15, HistoryOp::Deleted),
+                put(service("shop", "orders"), 8),
+                put(service("shop", "billing"), 9),
+            ],
+        );
+        let service = svc("shop", "orders");
+        assert_eq!(a.snapshot(&service), b.snapshot(&service));
+        assert_eq!(b.snapshot(&service).version, 15);
+    }
+
+    #[test]
+    fn a_relist_that_finds_a_silent_change_publishes_a_newer_version() {
+        let mut index = loaded();
+        let mut orders = index.subscribe(&svc("shop", "orders"));
+        orders.borrow_and_update();
+        // smtp vanished without a trace (deleted around the API, history included).
+        index.reset(
+            30,
+            vec![
+                put(upstream("payments", "10.0.0.1:80"), 4),
+                put(service("shop", "orders"), 8),
+            ],
+        );
+        let seen = orders.borrow_and_update().clone();
+        assert_eq!(seen.version, 30);
+        assert_eq!(names(&seen).len(), 2);
+
+        // The same listing again: nothing new.
+        index.reset(
+            31,
+            vec![
+                put(upstream("payments", "10.0.0.1:80"), 4),
+                put(service("shop", "orders"), 8),
+            ],
+        );
+        assert!(!orders.has_changed().unwrap());
+    }
+
+    #[test]
+    fn unused_groups_are_dropped() {
+        let mut index = loaded();
+        let rx = index.subscribe(&svc("shop", "orders"));
+        let rx2 = index.subscribe(&svc("shop", "orders"));
+        assert_eq!(index.groups.len(), 1);
+        drop(rx);
+        drop(rx2);
+        index.apply(11, vec![]);
+        assert!(index.groups.is_empty());
+    }
+
+    #[test]
+    fn history_is_newest_first_and_trims() {
+        let mut index = Index::new();
+        let key = ResourceKey::new(Kind::UpstreamPolicy, "default", "echo");
+        index.reset(
+            5,
+            vec![
+                history(&key, 3, HistoryOp::Created),
+                history(&key, 5, HistoryOp::Updated),
+                history(&key, 4, HistoryOp::Updated),
+            ],
+        );
+        let revisions: Vec<i64> = index.history(&key).iter().map(|e| e.revision).collect();
+        assert_eq!(revisions, [5, 4, 3]);
+        index.apply(
+            6,
+            vec![Change::HistoryDeleted {
+                key: key.clone(),
+                seq: 3,
+            }],
+        );
+        assert_eq!(index.history(&key).len(), 2);
+    }
+
+    #[test]
+    fn state_follows_the_watch() {
+        let mut index = Index::new();
+        let mut state = index.watch_state();
+        assert!(!index.state().loaded);
+        assert!(index.state().stale);
+        index.reset(3, vec![]);
+        assert!(state.has_changed().unwrap());
+        assert_eq!(
+            *state.borrow_and_update(),
+            IndexState {
+                revision: 3,
+                loaded: true,
+                stale: false,
+                problem: None
+            }
+        );
+        index.mark_stale("etcd is unreachable".into());
+        assert!(index.state().stale);
+        assert_eq!(
+            index.state().problem.as_deref(),
+            Some("etcd is unreachable")
+        );
+        index.mark_fresh();
+        assert!(!index.state().stale);
+        // Older revisions never move it back.
+        index.apply(2, vec![]);
+        assert_eq!(index.state().revision, 3);
+    }
+
+    #[test]
+    fn list_filters_by_kind_and_namespace() {
+        let index = loaded();
+        let all: Vec<String> = index
+            .list(Kind::ServicePolicy, None)
+            .iter()
+            .map(|r| r.key.to_string())
+            .collect();
+        assert_eq!(
+            all,
+            ["ServicePolicy/shop/billing", "ServicePolicy/shop/orders"]
+        );
+        assert!(index.list(Kind::ServicePolicy, Some("other")).is_empty());
+        assert_eq!(index.list(Kind::UpstreamPolicy, Some("default")).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_revision() {
+        let shared = SharedIndex::new();
+        shared.lock().reset(3, vec![]);
+        assert!(shared.wait_for_revision(3, Duration::from_millis(1)).await);
+        assert!(!shared.wait_for_revision(4, Duration::from_millis(1)).await);
+        let writer = shared.clone();
+        let waiter =
+            tokio::spawn(async move { shared.wait_for_revision(7, Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        writer.lock().apply(7, vec![]);
+        assert!(waiter.await.unwrap());
+    }
+}

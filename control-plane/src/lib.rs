@@ -1,0 +1,226 @@
+//! Bulwark's control plane: the operator API (REST and gRPC) over etcd, and the distribution
+//! of policy snapshots to sidecars. Replicas are stateless: etcd is the only source of truth;
+//! each replica keeps an index fed by one watch (`sync`), serves reads from it, writes through
+//! guarded etcd transactions (`api::ops`) and streams snapshots (`api::discovery`).
+//! See `docs/control-plane.md`.
+
+pub mod acks;
+pub mod api;
+pub mod diff;
+pub mod index;
+pub mod status;
+pub mod store;
+pub mod sync;
+pub mod timestamp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_proto::v1::discovery_server::DiscoveryServer;
+use bulwark_proto::v1::operator_server::OperatorServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::acks::AckRecorder;
+use crate::api::discovery::DiscoveryService;
+use crate::api::operator::OperatorService;
+use crate::api::ops::Ops;
+use crate::index::SharedIndex;
+use crate::store::keys::{BadPrefix, Keys};
+use crate::store::{EtcdStore, StoreError, StoreOptions};
+
+/// How long shutdown waits for connections and streams to end.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Everything a replica needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of everything Bulwark stores.
+    pub etcd_prefix: String,
+    /// REST listen address.
+    pub http: SocketAddr,
+    /// gRPC listen address (operator API and sidecar streams).
+    pub grpc: SocketAddr,
+    /// This replica's name in ack records and logs.
+    pub replica_id: String,
+    /// Where to write `{"http": "ip:port", "grpc": "ip:port"}` once listening.
+    pub ready_file: Option<PathBuf>,
+    /// The most one etcd operation may take, retries included.
+    pub etcd_timeout: Duration,
+    /// TTL of the lease the pods' ack records are bound to.
+    pub ack_lease_ttl: Duration,
+}
+
+/// Why the control plane could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Prefix(#[from] BadPrefix),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write the ready file {path}: {source}")]
+    ReadyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the {what} server failed: {message}")]
+    Serve { what: &'static str, message: String },
+}
+
+/// Runs a replica until `shutdown` completes, then drains: streams close, servers stop, the
+/// ack lease is revoked.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let keys = Keys::new(&config.etcd_prefix)?;
+    let store = Arc::new(
+        EtcdStore::connect(
+            &config.etcd_endpoints,
+            StoreOptions {
+                op_timeout: config.etcd_timeout,
+                ..StoreOptions::default()
+            },
+        )
+        .await?,
+    );
+    let index = SharedIndex::new();
+    let (stop_tx, stop) = watch::channel(false);
+
+    let http = bind(config.http, "the REST API").await?;
+    let grpc = bind(config.grpc, "gRPC").await?;
+    let http_addr = local_addr(&http, config.http, "the REST API")?;
+    let grpc_addr = local_addr(&grpc, config.grpc, "gRPC")?;
+
+    let sync = tokio::spawn(sync::run(
+        store.clone(),
+        keys.clone(),
+        index.clone(),
+        stop.clone(),
+    ));
+    let acks = AckRecorder::new(&config.replica_id);
+    let ack_writer = tokio::spawn(acks.clone().run(
+        store.clone(),
+        keys.clone(),
+        config.ack_lease_ttl,
+        stop.clone(),
+    ));
+    let ops = Arc::new(Ops::new(store.clone(), keys.clone(), index.clone()));
+
+    let rest = axum::serve(http, api::rest::router(ops.clone()))
+        .with_graceful_shutdown(stopped(stop.clone()));
+    let rest = tokio::spawn(async move { rest.await });
+    let grpc_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Finds sidecars that vanished without closing their stream.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(DiscoveryServer::new(DiscoveryService::new(
+            index.clone(),
+            acks,
+            stop.clone(),
+        )))
+        .add_service(OperatorServer::new(OperatorService::new(ops)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            stopped(stop.clone()),
+        );
+    let grpc_server = tokio::spawn(grpc_server);
+
+    tracing::info!(
+        http = %http_addr,
+        grpc = %grpc_addr,
+        etcd = %store.endpoints(),
+        prefix = %keys.prefix(),
+        replica = %config.replica_id,
+        "control plane listening"
+    );
+    if let Some(path) = &config.ready_file {
+        write_ready_file(path, http_addr, grpc_addr).map_err(|source| RunError::ReadyFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+
+    // Run until asked to stop, or until a server fails.
+    let mut rest = rest;
+    let mut grpc_server = grpc_server;
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        r = &mut rest => Some(RunError::Serve { what: "REST", message: joined(r.map(|r| r.map_err(|e| e.to_string()))) }),
+        r = &mut grpc_server => Some(RunError::Serve { what: "gRPC", message: joined(r.map(|r| r.map_err(|e| e.to_string()))) }),
+    };
+    tracing::info!("shutting down: closing streams and servers");
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(DRAIN, async {
+        let _ = (&mut rest).await;
+        tracing::debug!("REST server stopped");
+        let _ = (&mut grpc_server).await;
+        tracing::debug!("gRPC server stopped");
+        let _ = ack_writer.await;
+        let _ = sync.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(after = ?DRAIN, "connections did not drain in time; stopping anyway");
+        rest.abort();
+        grpc_server.abort();
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+fn joined(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "stopped unexpectedly".into(),
+        Ok(Err(e)) => e,
+        Err(e) => e.to_string(),
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Listen { what, addr, source })
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<SocketAddr, RunError> {
+    listener
+        .local_addr()
+        .map_err(|source| RunError::Listen { what, addr, source })
+}
+
+/// Writes the ready file through a temporary file and a rename, so a reader never sees half.
+fn write_ready_file(
+    path: &std::path::Path,
+    http: SocketAddr,
+    grpc: SocketAddr,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(&tmp, path)
+}

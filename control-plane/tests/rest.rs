@@ -1,0 +1,626 @@
+//! The operator API over REST (and gRPC), against a real etcd and the real binary: apply, get,
+//! list, delete, history, rollback, dry-run, validation, optimistic concurrency, all-or-nothing.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{ControlPlane, Etcd, service, upstream};
+
+const PREFIX: &str = "/bulwark/v1/";
+
+async fn setup() -> (Etcd, ControlPlane) {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&[etcd.endpoint()]).await;
+    cp.wait_fresh().await;
+    (etcd, cp)
+}
+
+/// The diff of a new `echo` upstream pointing at `addr`.
+fn created_diff(addr: &str) -> String {
+    format!(
+        "--- /dev/null\n+++ UpstreamPolicy/default/echo\n@@ -0,0 +1,16 @@\n+{{\n+  \"kind\": \"UpstreamPolicy\",\n+  \"apiVersion\": \"bulwark/v1\",\n+  \"metadata\": {{\n+    \"name\": \"echo\",\n+    \"namespace\": \"default\"\n+  }},\n+  \"spec\": {{\n+    \"endpoints\": {{\n+      \"static\": [\n+        \"{addr}\"\n+      ]\n+    }},\n+    \"protocol\": \"auto\"\n+  }}\n+}}\n"
+    )
+}
+
+fn stored_echo(addr: &str, version: i64) -> Value {
+    json!({"kind": "UpstreamPolicy", "apiVersion": "bulwark/v1",
+        "metadata": {"name": "echo", "namespace": "default", "resourceVersion": version.to_string()},
+        "spec": {"endpoints": {"static": [addr]}, "protocol": "auto"}})
+}
+
+#[tokio::test]
+async fn apply_get_list_delete_history_rollback() {
+    let (etcd, cp) = setup().await;
+
+    // Create.
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("echo", "127.0.0.1:8080")], "by": "alice"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let v1 = reply.json["revision"].as_i64().unwrap();
+    assert_eq!(
+        reply.json,
+        json!({"results": [{"id": "UpstreamPolicy/default/echo", "action": "created",
+            "resourceVersion": v1, "diff": created_diff("127.0.0.1:8080")}], "revision": v1})
+    );
+
+    // Read back, from this replica's index, at once.
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-bulwark-stale"), None);
+    assert_eq!(reply.json, stored_echo("127.0.0.1:8080", v1));
+
+    // The same again: unchanged, nothing written.
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("echo", "127.0.0.1:8080")]}),
+        )
+        .await;
+    assert_eq!(
+        reply.json,
+        json!({"results": [{"id": "UpstreamPolicy/default/echo", "action": "unchanged",
+            "resourceVersion": v1, "diff": ""}], "revision": v1})
+    );
+
+    // Update, naming the version it replaces.
+    let mut changed = upstream("echo", "127.0.0.1:9090");
+    changed["metadata"]["resourceVersion"] = json!(v1.to_string());
+    let reply = cp
+        .post("/v1/apply", json!({"resources": [changed], "by": "bob"}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let v2 = reply.json["revision"].as_i64().unwrap();
+    assert!(v2 > v1);
+    assert_eq!(
+        reply.json,
+        json!({"results": [{"id": "UpstreamPolicy/default/echo", "action": "updated",
+            "resourceVersion": v2,
+            "diff": format!("--- UpstreamPolicy/default/echo@{v1}\n+++ UpstreamPolicy/default/echo\n@@ -8,7 +8,7 @@\n   \"spec\": {{\n     \"endpoints\": {{\n       \"static\": [\n-        \"127.0.0.1:8080\"\n+        \"127.0.0.1:9090\"\n       ]\n     }},\n     \"protocol\": \"auto\"\n")}],
+            "revision": v2})
+    );
+
+    // List, with namespace and selector filters.
+    cp.apply(vec![service("shop", "orders", 8080)]).await;
+    let mut labelled = service("shop", "billing", 8081);
+    labelled["metadata"]["labels"] = json!({"team": "pay"});
+    cp.apply(vec![labelled]).await;
+    let reply = cp.get("/v1/UpstreamPolicy").await;
+    assert_eq!(
+        reply.json["items"],
+        json!([stored_echo("127.0.0.1:9090", v2)])
+    );
+    assert!(reply.json["revision"].as_i64().unwrap() > v2);
+    let names = |reply: &support::Reply| -> Vec<String> {
+        reply.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&cp.get("/v1/ServicePolicy").await),
+        ["billing", "orders"]
+    );
+    assert_eq!(
+        names(
+            &cp.get("/v1/ServicePolicy?namespace=shop&selector=team=pay")
+                .await
+        ),
+        ["billing"]
+    );
+    assert!(names(&cp.get("/v1/ServicePolicy?namespace=other").await).is_empty());
+    let reply = cp.get("/v1/ServicePolicy?selector=team").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json["error"], "invalid");
+
+    // History, newest first.
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo/history").await;
+    assert_eq!(reply.status, 200);
+    let items = reply.json["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        (
+            items[0]["revision"].as_i64(),
+            &items[0]["op"],
+            &items[0]["by"]
+        ),
+        (Some(v2), &json!("updated"), &json!("bob"))
+    );
+    assert_eq!(
+        (
+            items[1]["revision"].as_i64(),
+            &items[1]["op"],
+            &items[1]["by"]
+        ),
+        (Some(v1), &json!("created"), &json!("alice"))
+    );
+    assert_eq!(
+        items[1]["resource"]["spec"]["endpoints"]["static"],
+        json!(["127.0.0.1:8080"])
+    );
+    assert_eq!(
+        items[1]["resource"]["metadata"]["resourceVersion"],
+        json!(v1.to_string())
+    );
+    assert!(items[0]["at"].as_str().unwrap().ends_with('Z'));
+
+    // Roll back to the first version.
+    let reply = cp
+        .post(
+            "/v1/UpstreamPolicy/default/echo/rollback",
+            json!({"toRevision": v1, "by": "carol"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let v3 = reply.json["revision"].as_i64().unwrap();
+    assert_eq!(reply.json["results"][0]["action"], "updated");
+    assert_eq!(reply.json["results"][0]["resourceVersion"], v3);
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo").await;
+    assert_eq!(reply.json, stored_echo("127.0.0.1:8080", v3));
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo/history").await;
+    assert_eq!(reply.json["items"][0]["op"], "rolled-back");
+    assert_eq!(reply.json["items"][0]["by"], "carol");
+
+    // Rolling back to a revision the history does not hold.
+    let reply = cp
+        .post(
+            "/v1/UpstreamPolicy/default/echo/rollback",
+            json!({"toRevision": 1}),
+        )
+        .await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.json,
+        json!({"error": "not-found", "message": "UpstreamPolicy/default/echo has no history entry at revision 1", "details": []})
+    );
+
+    // Delete with a stale version: conflict; with none: gone.
+    let reply = cp
+        .delete(&format!(
+            "/v1/UpstreamPolicy/default/echo?resourceVersion={v1}"
+        ))
+        .await;
+    assert_eq!(reply.status, 409);
+    assert_eq!(
+        reply.json["message"],
+        format!(
+            "UpstreamPolicy/default/echo: resourceVersion {v1} does not match the current resourceVersion {v3}"
+        )
+    );
+    let reply = cp.delete("/v1/UpstreamPolicy/default/echo?by=dave").await;
+    assert_eq!(reply.status, 200);
+    let v4 = reply.json["revision"].as_i64().unwrap();
+    assert_eq!(
+        reply.json,
+        json!({"id": "UpstreamPolicy/default/echo", "revision": v4})
+    );
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.json,
+        json!({"error": "not-found", "message": "UpstreamPolicy/default/echo not found", "details": []})
+    );
+    assert_eq!(
+        cp.delete("/v1/UpstreamPolicy/default/echo").await.status,
+        404
+    );
+
+    // The deletion is in the history; rolling back to it is refused, to before it works.
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo/history").await;
+    assert_eq!(reply.json["items"][0]["op"], "deleted");
+    assert_eq!(reply.json["items"][0]["resource"], Value::Null);
+    assert_eq!(reply.json["items"][0]["by"], "dave");
+    let reply = cp
+        .post(
+            "/v1/UpstreamPolicy/default/echo/rollback",
+            json!({"toRevision": v4}),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.json["details"],
+        json!([format!(
+            "UpstreamPolicy/default/echo: toRevision: revision {v4} is a deletion"
+        )])
+    );
+    let reply = cp
+        .post(
+            "/v1/UpstreamPolicy/default/echo/rollback",
+            json!({"toRevision": v2}),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json["results"][0]["action"], "created");
+
+    // What etcd holds: the resources and their history.
+    let keys = etcd.keys(PREFIX);
+    assert!(keys.contains(&"/bulwark/v1/policies/UpstreamPolicy/default/echo".to_string()));
+    assert!(keys.contains(&format!(
+        "/bulwark/v1/history/UpstreamPolicy/default/echo/{v1:020}"
+    )));
+}
+
+#[tokio::test]
+async fn invalid_resources_are_refused_with_every_field_path_and_nothing_is_stored() {
+    let (etcd, cp) = setup().await;
+    let mut bad = upstream("bad", "nowhere");
+    bad["spec"]["retry"] = json!({"maxAttempts": 0});
+    let mut typo = upstream("typo", "127.0.0.1:1");
+    typo["spec"]["timeout"] = json!({"request": "1s"});
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("fine", "127.0.0.1:1"), bad, typo]}),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.json,
+        json!({"error": "invalid", "message": "3 problems found; nothing was stored", "details": [
+            "UpstreamPolicy/default/bad: spec.endpoints.static[0]: must be ip:port such as \"10.0.0.5:8080\" or \"[fd00::5]:8080\", got \"nowhere\"",
+            "UpstreamPolicy/default/bad: spec.retry.maxAttempts: must be >= 1, got 0",
+            "UpstreamPolicy/default/typo: spec.timeout: unknown field `timeout`, expected one of `endpoints`, `protocol`, `hostRewrite`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `fallback`, `routes`"
+        ]})
+    );
+    // Not even the valid one.
+    assert_eq!(cp.get("/v1/UpstreamPolicy/default/fine").await.status, 404);
+    assert!(etcd.keys(PREFIX).is_empty());
+
+    // A body that is not an apply request.
+    let reply = cp.post("/v1/apply", json!({"resource": []})).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json["error"], "invalid");
+    assert!(
+        reply.json["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the request body is not valid: unknown field `resource`"),
+        "{}",
+        reply.json
+    );
+    let reply = cp.post("/v1/apply", json!({"resources": []})).await;
+    assert_eq!(
+        reply.json,
+        json!({"error": "invalid", "message": "nothing to apply: resources is empty", "details": []})
+    );
+    let reply = cp.get("/v1/Gateway").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.json["message"],
+        "no such kind: unknown kind \"Gateway\", expected UpstreamPolicy or ServicePolicy"
+    );
+    assert!(etcd.keys(PREFIX).is_empty());
+}
+
+#[tokio::test]
+async fn resource_version_conflicts_name_the_current_version() {
+    let (_etcd, cp) = setup().await;
+    let v1 = cp.apply(vec![upstream("echo", "127.0.0.1:1")]).await["revision"]
+        .as_i64()
+        .unwrap();
+    let v2 = cp.apply(vec![upstream("echo", "127.0.0.1:2")]).await["revision"]
+        .as_i64()
+        .unwrap();
+
+    let mut stale = upstream("echo", "127.0.0.1:3");
+    stale["metadata"]["resourceVersion"] = json!(v1.to_string());
+    let reply = cp.post("/v1/apply", json!({"resources": [stale]})).await;
+    assert_eq!(reply.status, 409);
+    assert_eq!(
+        reply.json,
+        json!({"error": "conflict", "details": [], "message": format!(
+            "UpstreamPolicy/default/echo: resourceVersion {v1} does not match the current resourceVersion {v2}")})
+    );
+    // "0" means create-only.
+    let mut create = upstream("echo", "127.0.0.1:3");
+    create["metadata"]["resourceVersion"] = json!("0");
+    let reply = cp
+        .post("/v1/apply", json!({"resources": [create.clone()]}))
+        .await;
+    assert_eq!(reply.status, 409);
+    create["metadata"]["name"] = json!("other");
+    assert_eq!(
+        cp.post("/v1/apply", json!({"resources": [create]}))
+            .await
+            .status,
+        200
+    );
+
+    // Nothing changed.
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo").await;
+    assert_eq!(
+        reply.json["spec"]["endpoints"]["static"],
+        json!(["127.0.0.1:2"])
+    );
+}
+
+#[tokio::test]
+async fn a_multi_resource_apply_is_all_or_nothing() {
+    let (etcd, cp) = setup().await;
+    let v1 = cp.apply(vec![upstream("a", "127.0.0.1:1")]).await["revision"]
+        .as_i64()
+        .unwrap();
+    let va2 = cp.apply(vec![upstream("a", "127.0.0.1:2")]).await["revision"]
+        .as_i64()
+        .unwrap();
+
+    // One stale version among three: nothing is written.
+    let mut stale = upstream("a", "127.0.0.1:3");
+    stale["metadata"]["resourceVersion"] = json!(v1.to_string());
+    let before = etcd.revision();
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("b", "127.0.0.1:1"), stale, service("shop", "orders", 80)]}),
+        )
+        .await;
+    assert_eq!(reply.status, 409, "{}", reply.json);
+    assert_eq!(etcd.revision(), before);
+    assert_eq!(cp.get("/v1/UpstreamPolicy/default/b").await.status, 404);
+    assert_eq!(cp.get("/v1/ServicePolicy/shop/orders").await.status, 404);
+
+    // All valid: one transaction, one revision for all.
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("b", "127.0.0.1:1"), upstream("a", "127.0.0.1:2"), service("shop", "orders", 80)]}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let revision = reply.json["revision"].as_i64().unwrap();
+    let results: Vec<(Value, Value)> = reply.json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["action"].clone(), r["resourceVersion"].clone()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            (json!("created"), json!(revision)),
+            (json!("unchanged"), json!(va2)),
+            (json!("created"), json!(revision)),
+        ]
+    );
+    assert_eq!(etcd.revision(), revision);
+}
+
+#[tokio::test]
+async fn dry_run_diffs_without_storing() {
+    let (etcd, cp) = setup().await;
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("echo", "127.0.0.1:8080")], "dryRun": true}),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let revision = reply.json["revision"].as_i64().unwrap();
+    assert_eq!(
+        reply.json,
+        json!({"results": [{"id": "UpstreamPolicy/default/echo", "action": "created",
+            "resourceVersion": 0, "diff": created_diff("127.0.0.1:8080")}], "revision": revision})
+    );
+    assert!(etcd.keys(PREFIX).is_empty());
+    assert_eq!(cp.get("/v1/UpstreamPolicy/default/echo").await.status, 404);
+
+    // Invalid resources fail a dry run just the same.
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("echo", "nowhere")], "dryRun": true}),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_health_are_served() {
+    let (_etcd, cp) = setup().await;
+    let reply = cp.get("/openapi.json").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.json["openapi"], "3.0.3");
+    assert!(reply.json["paths"]["/v1/apply"]["post"].is_object());
+    assert_eq!(cp.get("/health/live").await.json, json!({"live": true}));
+    let ready = cp.get("/health/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json["ready"], true);
+    let reply = cp.get("/nowhere").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json["error"], "not-found");
+}
+
+#[tokio::test]
+async fn the_grpc_operator_api_does_the_same() {
+    use bulwark_proto::v1::operator_client::OperatorClient;
+    use bulwark_proto::v1::{
+        ApplyRequest, DeleteRequest, GetRequest, HistoryRequest, ListRequest, StatusRequest,
+    };
+
+    let (_etcd, cp) = setup().await;
+    let mut client = OperatorClient::connect(cp.grpc_url()).await.unwrap();
+
+    let applied = client
+        .apply(ApplyRequest {
+            resources: vec![upstream("echo", "127.0.0.1:8080").to_string()],
+            dry_run: false,
+            by: "grpc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let v1 = applied.revision;
+    assert_eq!(applied.results.len(), 1);
+    assert_eq!(applied.results[0].id, "UpstreamPolicy/default/echo");
+    assert_eq!(applied.results[0].action, "created");
+    assert_eq!(applied.results[0].resource_version, v1);
+    assert_eq!(applied.results[0].diff, created_diff("127.0.0.1:8080"));
+
+    let got = client
+        .get(GetRequest {
+            kind: "UpstreamPolicy".into(),
+            namespace: "default".into(),
+            name: "echo".into(),
+        })
+        .await
+        .unwrap();
+    assert!(got.metadata().get("x-bulwark-stale").is_none());
+    let got = got.into_inner();
+    assert_eq!(got.resource_version, v1);
+    assert_eq!(
+        serde_json::from_str::<Value>(&got.resource).unwrap(),
+        stored_echo("127.0.0.1:8080", v1)
+    );
+
+    let listed = client
+        .list(ListRequest {
+            kind: "UpstreamPolicy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.items.len(), 1);
+
+    // Errors: the same kinds, as gRPC codes.
+    let mut stale = upstream("echo", "127.0.0.1:1");
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let status = client
+        .apply(ApplyRequest {
+            resources: vec![stale.to_string()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted);
+    assert_eq!(
+        status.message(),
+        format!(
+            "UpstreamPolicy/default/echo: resourceVersion 1 does not match the current resourceVersion {v1}"
+        )
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-bulwark-error")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "conflict"
+    );
+    let status = client
+        .apply(ApplyRequest {
+            resources: vec![upstream("bad", "nowhere").to_string(), "{".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("resources[1]: invalid JSON"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .apply(ApplyRequest {
+            resources: vec![upstream("bad", "nowhere").to_string()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("1 problem found; nothing was stored: UpstreamPolicy/default/bad: spec.endpoints.static[0]: "),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .get(GetRequest {
+            kind: "UpstreamPolicy".into(),
+            namespace: "default".into(),
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    let history = client
+        .history(HistoryRequest {
+            kind: "UpstreamPolicy".into(),
+            namespace: "default".into(),
+            name: "echo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.items.len(), 1);
+    assert_eq!(
+        (history.items[0].revision, history.items[0].op.as_str()),
+        (v1, "created")
+    );
+    assert_eq!(history.items[0].by, "grpc");
+
+    let deleted = client
+        .delete(DeleteRequest {
+            kind: "UpstreamPolicy".into(),
+            namespace: "default".into(),
+            name: "echo".into(),
+            resource_version: v1,
+            by: "grpc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.id, "UpstreamPolicy/default/echo");
+    assert!(deleted.revision > v1);
+
+    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.resources.is_empty());
+    assert_eq!(status.revision, deleted.revision);
+}
+
+#[tokio::test]
+async fn history_keeps_the_last_twenty_changes() {
+    let (etcd, cp) = setup().await;
+    let mut revisions = Vec::new();
+    for port in 1..=23 {
+        let reply = cp
+            .apply(vec![upstream("echo", &format!("127.0.0.1:{port}"))])
+            .await;
+        revisions.push(reply["revision"].as_i64().unwrap());
+    }
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo/history").await;
+    let listed: Vec<i64> = reply.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["revision"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = revisions.iter().rev().take(20).copied().collect();
+    assert_eq!(listed, expected);
+    assert_eq!(etcd.keys("/bulwark/v1/history/").len(), 20);
+    // The oldest kept one can be rolled back to; a trimmed one cannot.
+    let reply = cp
+        .post(
+            "/v1/UpstreamPolicy/default/echo/rollback",
+            json!({"toRevision": expected[19]}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let reply = cp
+        .post(
+            "/v1/UpstreamPolicy/default/echo/rollback",
+            json!({"toRevision": revisions[0]}),
+        )
+        .await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(etcd.keys("/bulwark/v1/history/").len(), 20);
+}

@@ -1,0 +1,122 @@
+//! The HTTP client to the control plane's REST API: plain HTTP/1.1 through hyper-util's
+//! pooled client, JSON in and out, bounded by a connect and a whole-request timeout. Failures
+//! are handed to [`CliError`]'s classifiers; nothing here decides an exit status.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::Server;
+use crate::errors::CliError;
+
+/// A control plane that does not accept a connection in this time is treated as down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds a whole exchange, body included: an apply is one etcd transaction, never slow.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Set on reads served from a replica's index while it cannot reach etcd.
+const STALE_HEADER: &str = "x-bulwark-stale";
+
+/// A decoded 2xx answer.
+#[derive(Debug)]
+pub struct Reply<T> {
+    pub body: T,
+    /// The answer came from a replica that cannot reach etcd and may be out of date.
+    pub stale: bool,
+}
+
+/// One control plane's API.
+pub struct Client {
+    server: Server,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    pub fn new(server: Server) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        Client { server, http }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, CliError> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Reply<T>, CliError> {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| CliError::Usage(format!("cannot encode the request: {e}")))?;
+        self.send(Method::POST, path, Some(json)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, CliError> {
+        self.send(Method::DELETE, path, None).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply<T>, CliError> {
+        let server = self.server.url.as_str();
+        let what = format!("{method} {path}");
+        let mut request = Request::builder()
+            .method(method)
+            .uri(self.server.uri(path)?)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("meshctl/", env!("CARGO_PKG_VERSION"))),
+            );
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CliError::Usage(format!("cannot build the request: {e}")))?;
+
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| CliError::from_transport(server, &e))?;
+            let (parts, body) = response.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| CliError::from_transport(server, &e))?
+                .to_bytes();
+            Ok::<_, CliError>((parts, bytes))
+        };
+        let (parts, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| CliError::timed_out(server, REQUEST_TIMEOUT))??;
+
+        if !parts.status.is_success() {
+            return Err(CliError::from_response(server, &what, parts.status, &bytes));
+        }
+        let stale = parts
+            .headers
+            .get(STALE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let body = serde_json::from_slice(&bytes)
+            .map_err(|e| CliError::bad_answer(server, format!("{path}: {e}")))?;
+        Ok(Reply { body, stale })
+    }
+}

@@ -1,0 +1,267 @@
+//! Every way a `meshctl` command fails, what it prints and its exit status — decided here
+//! and nowhere else: transport failures and HTTP answers are classified in this file.
+//!
+//! Exit status: 0 ok, 1 the input was rejected (locally or by the control plane), 2 the
+//! control plane cannot be reached or cannot serve (connection refused, timeout, 502/503/504).
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::io;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use crate::api::ApiError;
+
+/// A command's failure. `lines()` is what reaches stderr, `exit_code()` the status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Policy files failed local parsing or validation; each line is already
+    /// `FILE: Kind/namespace/name: path: message`.
+    #[error("{} problem(s) in the input", .0.len())]
+    Invalid(Vec<String>),
+    /// A flag, argument or the config file makes no sense.
+    #[error("{0}")]
+    Usage(String),
+    /// The control plane answered with an error that is the request's fault (400, 404, 409,
+    /// or anything else that is not an outage).
+    #[error("the control plane answered {status} to {request}")]
+    Refused {
+        /// `METHOD /path`, named when the answer itself says nothing.
+        request: String,
+        status: StatusCode,
+        body: ApiError,
+    },
+    /// No answer, or an answer saying the control plane cannot serve right now.
+    #[error("cannot reach the control plane at {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+    /// A 2xx answer whose body does not follow the API contract.
+    #[error("unexpected answer from the control plane at {server}: {reason}")]
+    BadAnswer { server: String, reason: String },
+    /// Writing to stdout or stderr failed (a closed pipe, a full disk).
+    #[error("cannot write output: {0}")]
+    Output(#[from] io::Error),
+}
+
+impl CliError {
+    /// Classifies a failure to get any answer: connect errors, resets, closed connections.
+    pub fn from_transport(server: &str, error: &(dyn StdError + 'static)) -> Self {
+        CliError::Unreachable {
+            server: server.to_string(),
+            reason: transport_reason(error),
+        }
+    }
+
+    /// No answer within the request timeout.
+    pub fn timed_out(server: &str, after: Duration) -> Self {
+        CliError::Unreachable {
+            server: server.to_string(),
+            reason: format!("no answer within {}s", after.as_secs()),
+        }
+    }
+
+    /// Classifies a non-2xx answer. Gateway errors and 503 (the control plane cannot reach
+    /// etcd) mean "try again later", not "your input is wrong".
+    pub fn from_response(server: &str, request: &str, status: StatusCode, body: &[u8]) -> Self {
+        let body = ApiError::parse(status, body);
+        match status {
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => {
+                let mut reason = status.to_string();
+                if !body.message.is_empty() {
+                    let _ = write!(reason, ": {}", body.message);
+                }
+                CliError::Unreachable {
+                    server: server.to_string(),
+                    reason,
+                }
+            }
+            _ => CliError::Refused {
+                request: request.to_string(),
+                status,
+                body,
+            },
+        }
+    }
+
+    pub fn bad_answer(server: &str, reason: impl Into<String>) -> Self {
+        CliError::BadAnswer {
+            server: server.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The process exit status for this failure.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Unreachable { .. } => ExitCode::from(2),
+            CliError::Invalid(_)
+            | CliError::Usage(_)
+            | CliError::Refused { .. }
+            | CliError::BadAnswer { .. }
+            | CliError::Output(_) => ExitCode::FAILURE,
+        }
+    }
+
+    /// The lines printed on stderr, without trailing newlines.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            CliError::Invalid(problems) => problems.clone(),
+            CliError::Refused {
+                request,
+                status,
+                body,
+            } => refused_lines(request, *status, body),
+            // Nobody reads a message about a pipe that was closed on purpose (`| head`).
+            CliError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => Vec::new(),
+            other => vec![format!("meshctl: {other}")],
+        }
+    }
+}
+
+fn refused_lines(request: &str, status: StatusCode, body: &ApiError) -> Vec<String> {
+    let with_message = |prefix: &str| {
+        if body.message.is_empty() {
+            // A bare "not found" from whatever listens there (a wrong port, a proxy).
+            format!("meshctl: {prefix}: {request}")
+        } else {
+            format!("meshctl: {prefix}: {}", body.message)
+        }
+    };
+    match status {
+        StatusCode::BAD_REQUEST => {
+            std::iter::once(with_message("the control plane rejected the request"))
+                .chain(body.details.iter().cloned())
+                .collect()
+        }
+        StatusCode::CONFLICT => vec![with_message("conflict")],
+        StatusCode::NOT_FOUND => vec![with_message("not found")],
+        _ => std::iter::once(with_message(&format!(
+            "the control plane answered {status}"
+        )))
+        .chain(body.details.iter().cloned())
+        .collect(),
+    }
+}
+
+/// A short reason for a transport failure: the common cases in plain words, otherwise the
+/// error's causes joined (hyper-util's outer "client error (Connect)" says nothing).
+fn transport_reason(error: &(dyn StdError + 'static)) -> String {
+    let mut chain = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::ConnectionRefused => return "connection refused".to_string(),
+                io::ErrorKind::TimedOut => {
+                    return format!(
+                        "no connection within {}s",
+                        crate::client::CONNECT_TIMEOUT.as_secs()
+                    );
+                }
+                _ => {}
+            }
+        }
+        chain.push(e.to_string());
+        next = e.source();
+    }
+    if chain.len() > 1 {
+        chain.remove(0);
+    }
+    // Causes often repeat their source's text; keep each piece once.
+    chain.dedup();
+    chain.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_exit_2_and_rejections_exit_1() {
+        let server = "http://cp:8080";
+        let unavailable = CliError::from_response(
+            server,
+            "POST /v1/apply",
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"error":"unavailable","message":"etcd is unreachable"}"#,
+        );
+        assert_eq!(unavailable.exit_code(), ExitCode::from(2));
+        assert_eq!(
+            unavailable.lines(),
+            [
+                "meshctl: cannot reach the control plane at http://cp:8080: 503 Service Unavailable: etcd is unreachable"
+            ]
+        );
+
+        let invalid = CliError::from_response(
+            server,
+            "POST /v1/apply",
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"invalid","message":"1 invalid resource","details":["UpstreamPolicy/a/b: spec: bad"]}"#,
+        );
+        assert_eq!(invalid.exit_code(), ExitCode::FAILURE);
+        assert_eq!(
+            invalid.lines(),
+            [
+                "meshctl: the control plane rejected the request: 1 invalid resource",
+                "UpstreamPolicy/a/b: spec: bad"
+            ]
+        );
+
+        let plain = CliError::from_response(
+            server,
+            "GET /v1/status",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"boom\n",
+        );
+        assert_eq!(plain.exit_code(), ExitCode::FAILURE);
+        assert_eq!(
+            plain.lines(),
+            ["meshctl: the control plane answered 500 Internal Server Error: boom"]
+        );
+
+        let bare = CliError::from_response(server, "GET /v1/status", StatusCode::NOT_FOUND, b"");
+        assert_eq!(bare.exit_code(), ExitCode::FAILURE);
+        assert_eq!(bare.lines(), ["meshctl: not found: GET /v1/status"]);
+    }
+
+    #[test]
+    fn transport_reasons_are_short() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(transport_reason(&refused), "connection refused");
+        let slow = io::Error::new(io::ErrorKind::TimedOut, "deadline has elapsed");
+        assert_eq!(transport_reason(&slow), "no connection within 3s");
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(transport_reason(&reset), "reset by peer");
+        // The outer wrapper's text is dropped, its causes kept.
+        let wrapped = Wrapped::new(
+            "client error (Connect)",
+            Some(Wrapped::new("dns error", None)),
+        );
+        assert_eq!(transport_reason(&wrapped), "dns error");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Option<Box<Wrapped>>);
+
+    impl Wrapped {
+        fn new(text: &'static str, source: Option<Wrapped>) -> Self {
+            Wrapped(text, source.map(Box::new))
+        }
+    }
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Wrapped {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The control plane end to end, as users run it: a real etcd, real control-plane replicas and
+//! real sidecars following them. A policy applied through the API is enforced by a running
+//! sidecar (observed through its traffic), updates, deletes and rollbacks likewise; sidecars
+//! keep enforcing when the control plane dies, boot from their snapshot when it is away, move
+//! between replicas without losing an update, and a snapshot a sidecar cannot apply shows as a
+//! NACK in `meshctl status`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bulwark_proto::policy::parse_yaml;
+use bulwark_tests::client::{self, Collected, HttpClient};
+use bulwark_tests::{ControlPlane, Etcd, HttpUpstream, Sidecar, eventually, policy};
+use http::{Method, StatusCode};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// POSTs `yaml`'s resources to `/v1/apply`.
+async fn apply(cp: &ControlPlane, yaml: &str) -> Collected {
+    let resources = parse_yaml(yaml).expect("test policies parse");
+    let body = serde_json::json!({ "resources": resources, "by": "e2e" }).to_string();
+    let http = client::http1_client(cp.http());
+    let req = client::request(Method::POST, "http://control-plane/v1/apply")
+        .header("content-type", "application/json")
+        .body(client::full(body))
+        .expect("apply request");
+    client::send(&http, req).await
+}
+
+async fn rest(
+    cp: &ControlPlane,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Collected {
+    let http = client::http1_client(cp.http());
+    let req = client::request(method, &format!("http://control-plane{path}"))
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(b) => client::full(b.to_string()),
+            None => client::empty(),
+        })
+        .expect("request");
+    client::send(&http, req).await
+}
+
+/// Which test upstream answered `http://echo/...` through the sidecar (by request counts).
+async fn served_by(http: &HttpClient, a: &HttpUpstream, b: &HttpUpstream) -> Option<&'static str> {
+    let (before_a, before_b) = (a.requests(), b.requests());
+    let res = client::get(http, "http://echo/status/200").await;
+    if res.status != StatusCode::OK {
+        return None;
+    }
+    match (a.requests() > before_a, b.requests() > before_b) {
+        (true, false) => Some("a"),
+        (false, true) => Some("b"),
+        _ => None,
+    }
+}
+
+async fn await_served_by(http: &HttpClient, a: &HttpUpstream, b: &HttpUpstream, who: &str) {
+    eventually(WAIT, || async {
+        (served_by(http, a, b).await == Some(who)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn applied_policies_are_enforced_by_a_running_sidecar() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&etcd.endpoint(), "cp-1").await;
+    let (a, b) = (HttpUpstream::start().await, HttpUpstream::start().await);
+    let sidecar = Sidecar::builder()
+        .control_plane(cp.grpc_url())
+        .args(["--service", "web"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+
+    // Nothing applied yet: no route.
+    let res = client::get(&http, "http://echo/status/200").await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Create: routed to a.
+    let res = apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(
+        res.json()["results"][0]["action"],
+        "created",
+        "{}",
+        res.text()
+    );
+    let first_version = res.json()["results"][0]["resourceVersion"].clone();
+    await_served_by(&http, &a, &b, "a").await;
+
+    // Update: routed to b.
+    let res = apply(&cp, &policy::upstream("echo", b.addr()).to_yaml()).await;
+    assert_eq!(
+        res.json()["results"][0]["action"],
+        "updated",
+        "{}",
+        res.text()
+    );
+    await_served_by(&http, &a, &b, "b").await;
+
+    // Rollback to the first version: a again.
+    let to: i64 = match &first_version {
+        serde_json::Value::String(s) => s.parse().expect("numeric version"),
+        v => v.as_i64().expect("numeric version"),
+    };
+    let res = rest(
+        &cp,
+        Method::POST,
+        "/v1/UpstreamPolicy/default/echo/rollback",
+        Some(serde_json::json!({ "toRevision": to, "by": "e2e" })),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    await_served_by(&http, &a, &b, "a").await;
+
+    // Delete: no route again.
+    let res = rest(&cp, Method::DELETE, "/v1/UpstreamPolicy/default/echo", None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    eventually(WAIT, || async {
+        let res = client::get(&http, "http://echo/status/200").await;
+        (res.header("x-bulwark-error") == Some("no-route")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_rejected_and_the_sidecar_keeps_its_policies() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&etcd.endpoint(), "cp-1").await;
+    let a = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .control_plane(cp.grpc_url())
+        .args(["--service", "web"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    eventually(WAIT, || async {
+        (client::get(&http, "http://echo/status/200").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    let bad = policy::upstream("echo", a.addr())
+        .spec("retry: { maxAttempts: 0, backoff: { multiplier: 0.5 } }")
+        .to_yaml();
+    // Parsing succeeds; validation is the server's to report.
+    let res = apply(&cp, &bad).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.text());
+    let body = res.json();
+    assert_eq!(body["error"], "invalid");
+    let details: Vec<String> = body["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_string))
+        .collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("spec.retry.backoff.multiplier: must be >= 1.0, got 0.5")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains("spec.retry.maxAttempts")),
+        "{details:?}"
+    );
+    // Nothing stored: the sidecar still routes to a with the old policy.
+    assert_eq!(
+        client::get(&http, "http://echo/status/200").await.status,
+        StatusCode::OK
+    );
+    let stored = rest(&cp, Method::GET, "/v1/UpstreamPolicy/default/echo", None).await;
+    assert!(
+        stored.json()["spec"].get("retry").is_none(),
+        "{}",
+        stored.text()
+    );
+}
+
+#[tokio::test]
+async fn sidecars_keep_enforcing_without_the_control_plane_and_boot_from_their_snapshot() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&etcd.endpoint(), "cp-1").await;
+    let a = HttpUpstream::start().await;
+    let snapshot_dir = std::env::temp_dir().join(format!("bulwark-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&snapshot_dir).expect("snapshot dir");
+    let snapshot = snapshot_dir.join("snapshot.json");
+    let sidecar = Sidecar::builder()
+        .control_plane(cp.grpc_url())
+        .snapshot_file(&snapshot)
+        .args(["--service", "web"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    eventually(WAIT, || async {
+        (client::get(&http, "http://echo/status/200").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(snapshot.is_file(), "the applied snapshot is persisted");
+
+    // The control plane dies: traffic goes on.
+    cp.kill();
+    for _ in 0..5 {
+        assert_eq!(
+            client::get(&http, "http://echo/status/200").await.status,
+            StatusCode::OK
+        );
+    }
+
+    // The sidecar restarts while the control plane is still away: it boots from the file.
+    drop(sidecar);
+    let restarted = Sidecar::builder()
+        .control_plane(cp.grpc_url())
+        .snapshot_file(&snapshot)
+        .args(["--service", "web"])
+        .start()
+        .await;
+    let http = client::http1_client(restarted.outbound());
+    eventually(WAIT, || async {
+        (client::get(&http, "http://echo/status/200").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(
+        restarted.admin_get("/health/ready").await.status,
+        StatusCode::OK
+    );
+    let _ = std::fs::remove_dir_all(snapshot_dir);
+}
+
+#[tokio::test]
+async fn a_sidecar_moved_between_replicas_loses_no_update() {
+    let etcd = Etcd::start().await;
+    let cp1 = ControlPlane::start(&etcd.endpoint(), "cp-1").await;
+    let cp2 = ControlPlane::start(&etcd.endpoint(), "cp-2").await;
+    let (a, b) = (HttpUpstream::start().await, HttpUpstream::start().await);
+    let sidecar = Sidecar::builder()
+        .control_plane(format!("{},{}", cp1.grpc_url(), cp2.grpc_url()))
+        .args(["--service", "web"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    apply(&cp1, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    await_served_by(&http, &a, &b, "a").await;
+
+    // Its replica dies; an update goes through the other replica while it reconnects.
+    cp1.kill();
+    let res = apply(&cp2, &policy::upstream("echo", b.addr()).to_yaml()).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    await_served_by(&http, &a, &b, "b").await;
+}
+
+#[tokio::test]
+async fn a_snapshot_the_sidecar_cannot_apply_shows_as_a_nack_in_meshctl_status() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&etcd.endpoint(), "cp-1").await;
+    let a = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .control_plane(cp.grpc_url())
+        .args([
+            "--service",
+            "orders",
+            "--namespace",
+            "shop",
+            "--pod",
+            "orders-7d9f",
+        ])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    eventually(WAIT, || async {
+        (client::get(&http, "http://echo/status/200").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    // Valid for the mesh, but this pod's app port is its sidecar's own inbound port.
+    let inbound = sidecar.inbound().port();
+    let res = apply(&cp, &policy::service("orders", "shop", inbound)).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    let reason = format!(
+        "ServicePolicy shop/orders: spec.app.port {inbound} is this sidecar's own inbound port; inbound requests would loop"
+    );
+    let meshctl = std::env::current_exe()
+        .expect("test executable")
+        .parent()
+        .expect("deps dir")
+        .join("../meshctl");
+    let out = eventually(WAIT, || async {
+        let out = Command::new(&meshctl)
+            .env_remove("RUST_BACKTRACE")
+            .args(["--server", &cp.http_url(), "status"])
+            .output()
+            .expect("run meshctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains(&reason).then_some(text)
+    })
+    .await;
+    assert!(
+        out.contains("pod shop/orders/orders-7d9f at version"),
+        "{out}"
+    );
+    // The sidecar kept the policies it had.
+    assert_eq!(
+        client::get(&http, "http://echo/status/200").await.status,
+        StatusCode::OK
+    );
+}
