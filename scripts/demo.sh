@@ -13,6 +13,7 @@ fi
 packages=()
 command -v protoc >/dev/null 2>&1 || packages+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || packages+=(libprotobuf-dev)
+command -v etcd >/dev/null 2>&1 || packages+=(etcd-server)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -22,7 +23,7 @@ if [ ${#packages[@]} -gt 0 ]; then
 fi
 
 echo "==> building the sidecar and the demo tools"
-cargo build --quiet --locked -p bulwark-sidecar -p bulwark-tests --bins
+cargo build --quiet --locked -p bulwark-sidecar -p bulwark-control-plane -p meshctl -p bulwark-tests --bins
 
 work=$(mktemp -d)
 pids=()
@@ -67,3 +68,41 @@ kill -TERM "$sidecar"
 status=0
 wait "$sidecar" || status=$?
 echo "   exit status $status"
+
+echo
+echo "══ With the control plane: a local etcd, one control-plane replica, a sidecar following it"
+etcd --name demo --data-dir "$work/etcd" \
+  --listen-client-urls http://127.0.0.1:12379 --advertise-client-urls http://127.0.0.1:12379 \
+  --listen-peer-urls http://127.0.0.1:12380 --initial-advertise-peer-urls http://127.0.0.1:12380 \
+  --initial-cluster demo=http://127.0.0.1:12380 --initial-cluster-state new \
+  --logger zap --log-outputs stderr --log-level error >"$work/etcd.log" 2>&1 &
+pids+=($!)
+target/debug/control-plane --etcd-endpoints http://127.0.0.1:12379 --http 127.0.0.1:18080 \
+  --grpc 127.0.0.1:18090 --ready-file "$work/cp-ready.json" >"$work/control-plane.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 150); do [ -f "$work/cp-ready.json" ] && break; sleep 0.1; done
+[ -f "$work/cp-ready.json" ] || { echo "the control plane did not start"; cat "$work/control-plane.log"; exit 1; }
+echo "   control plane: REST 127.0.0.1:18080, gRPC 127.0.0.1:18090 (etcd on 127.0.0.1:12379)"
+target/debug/sidecar --control-plane http://127.0.0.1:18090 --namespace shop --service storefront \
+  --pod storefront-0 --snapshot-file "$work/snapshot.json" \
+  --outbound 127.0.0.1:16001 --inbound 127.0.0.1:16006 --admin 127.0.0.1:16000 \
+  --ready-file "$work/ready2.json" >"$work/sidecar2.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -f "$work/ready2.json" ] && break; sleep 0.1; done
+export BULWARK_SERVER=http://127.0.0.1:18080
+
+echo
+echo "── meshctl apply -f examples/ (the production examples) and examples/demo/ (local upstreams)"
+target/debug/meshctl apply -f examples/ -f examples/demo/ | sed 's/^/   /'
+
+echo
+echo "── meshctl get upstreampolicies -A"
+target/debug/meshctl get upstreampolicies -A | sed 's/^/   /'
+
+echo
+echo "── The sidecar following the control plane routes what was pushed"
+target/debug/bulwark-demo --outbound 127.0.0.1:16001 --probe catalog.shop
+
+echo
+echo "── meshctl status: which pods run which version"
+target/debug/meshctl status | sed 's/^/   /'

@@ -26,14 +26,35 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:15101")]
     catalog_port: SocketAddr,
     /// The policy directory the sidecar watches (the demo adds a policy to it).
-    #[arg(long)]
-    policies: PathBuf,
+    #[arg(long, required_unless_present = "probe")]
+    policies: Option<PathBuf>,
     /// The test upstream's HTTP address (the reloaded policy points at it).
     #[arg(long, default_value = "127.0.0.1:18081")]
     upstream_http: SocketAddr,
     /// Where `ledger` lives (down until the demo starts it).
     #[arg(long, default_value = "127.0.0.1:18083")]
     ledger: SocketAddr,
+    /// Only wait until `http://HOST/` through `--outbound` is served by an upstream, print
+    /// who served it, and exit (the control-plane part of the demo).
+    #[arg(long, value_name = "HOST")]
+    probe: Option<String>,
+}
+
+/// Waits (at most 15 s) until HOST routes through the sidecar, then prints the answer.
+async fn probe(outbound: SocketAddr, host: &str) -> anyhow::Result<()> {
+    let http = client::http1_client(outbound);
+    let res = try_eventually(Duration::from_secs(15), || async {
+        let res = client::get(&http, &format!("http://{host}/status/200")).await;
+        (res.status == http::StatusCode::OK).then_some(res)
+    })
+    .await
+    .with_context(|| format!("http://{host}/ was not routed within 15 s"))?;
+    println!(
+        "   GET http://{host}/status/200 through {outbound}: {} (served by {})",
+        res.status,
+        res.header("x-bulwark-upstream").unwrap_or("-")
+    );
+    Ok(())
 }
 
 fn step(title: &str) {
@@ -43,6 +64,9 @@ fn step(title: &str) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(host) = &args.probe {
+        return probe(args.outbound, host).await;
+    }
     let http1 = client::http1_client(args.outbound);
     let h2 = client::h2c_client(args.outbound);
     let admin = client::http1_client(args.admin);
@@ -149,7 +173,8 @@ async fn main() -> anyhow::Result<()> {
         "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: {{ name: inventory, namespace: shop }}\nspec:\n  endpoints: {{ static: [\"{}\"] }}\n",
         args.upstream_http
     );
-    write_atomically(&args.policies.join("inventory.yaml"), &policy)?;
+    let dir = args.policies.clone().unwrap_or_default();
+    write_atomically(&dir.join("inventory.yaml"), &policy)?;
     let after = try_eventually(Duration::from_secs(10), || async {
         let v = config_version(&admin).await.ok()?;
         (v != before).then_some(v)
@@ -160,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     let res = client::get(&http1, "http://inventory/status/200").await;
     println!("   GET http://inventory/status/200: {}", res.status);
     write_atomically(
-        &args.policies.join("broken.yaml"),
+        &dir.join("broken.yaml"),
         "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: { name: broken }\nspec: { endpoints: {} }\n",
     )?;
     try_eventually(Duration::from_secs(10), || async {
@@ -177,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
             "unexpected change"
         }
     );
-    std::fs::remove_file(args.policies.join("broken.yaml")).context("remove broken.yaml")?;
+    std::fs::remove_file(dir.join("broken.yaml")).context("remove broken.yaml")?;
 
     step(
         "Retries: `flaky` fails every other request with 503 (retry: maxAttempts 3, retryOn [5xx])",
