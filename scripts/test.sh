@@ -16,6 +16,9 @@ command -v protoc >/dev/null 2>&1 || packages+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || packages+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || packages+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || packages+=(etcd-client)
+# deploy/validate.sh installs kubernetes-validate from PyPI into a venv.
+command -v python3 >/dev/null 2>&1 || packages+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -28,3 +31,6 @@ echo "==> building binaries (the end-to-end tests start them)"
 cargo build --workspace --bins --locked
 echo "==> running tests"
 cargo test --workspace --locked "$@"
+
+echo "==> Kubernetes manifests, injector output and Dockerfiles (deploy/validate.sh)"
+bash deploy/validate.sh

@@ -9,6 +9,7 @@ mod delete;
 mod errors;
 mod get;
 mod history;
+mod inject;
 mod output;
 mod status;
 mod table;
@@ -111,6 +112,26 @@ enum Command {
     },
     /// Convergence per resource, and every pod that refused a snapshot and why.
     Status,
+    /// Add the Bulwark sidecar to Kubernetes manifests, offline.
+    ///
+    /// Reads Deployments, StatefulSets, DaemonSets, Jobs, CronJobs and Pods (several
+    /// documents allowed) and writes every document to stdout, the workloads with the sidecar
+    /// injected, everything else unchanged: `meshctl inject -f app.yaml | kubectl apply -f -`.
+    /// Per-pod settings come from the pod template's bulwark.dev/* annotations. Any document
+    /// that cannot be injected is reported on stderr, nothing is written, and the exit status
+    /// is 1.
+    Inject {
+        /// A manifest file (YAML, several documents allowed), or `-` for standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// The control plane's gRPC address(es) the sidecars connect to, comma-separated
+        /// [default: http://bulwark-control-plane.bulwark.svc:8081].
+        #[arg(long, value_name = "URL")]
+        control_plane: Option<String>,
+        /// The sidecar image [default: ghcr.io/bulwark-mesh/sidecar:<meshctl's version>].
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -138,6 +159,19 @@ fn main() -> ExitCode {
             Some(CliError::Invalid(report.problems))
         };
         return finish(out, problems);
+    }
+    if let Command::Inject {
+        files,
+        control_plane,
+        image,
+    } = &cli.command
+    {
+        let flags = inject::Flags {
+            control_plane: control_plane.as_deref(),
+            image: image.as_deref(),
+        };
+        let (out, error) = inject::run(files, &flags);
+        return finish(out, error);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -202,6 +236,7 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Status => status::run(&client).await,
         // Handled in `main` before any runtime or server is set up.
         Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),
+        Command::Inject { .. } => Err(CliError::Usage("inject runs offline".into())),
     }
 }
 

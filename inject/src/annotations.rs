@@ -1,0 +1,292 @@
+//! Per-pod overrides: the `bulwark.dev/*` annotations of a pod (template) read, checked and
+//! laid over the caller's [`InjectOptions`], giving the [`Settings`] one sidecar is built from.
+//! Every value is checked here, so that a bad one is refused by name instead of producing a
+//! pod the API server or the sidecar would reject later.
+
+use serde_json::{Map, Value};
+
+use crate::quantity;
+use crate::{InjectError, InjectOptions, Ports, Resources};
+
+/// Opt in (`enabled`) or out (`disabled`) of injection; on the pod, or as a namespace label.
+pub const INJECT: &str = "bulwark.dev/inject";
+/// Set by injection on the pod (template): the version that injected it.
+pub const INJECTED: &str = "bulwark.dev/injected";
+/// The service the pod belongs to (selects its ServicePolicy); else the label
+/// `app.kubernetes.io/name`, else the workload's name.
+pub const SERVICE: &str = "bulwark.dev/service";
+/// Control-plane gRPC address(es), comma-separated.
+pub const CONTROL_PLANE: &str = "bulwark.dev/control-plane";
+/// The sidecar's admin port (probes, metrics).
+pub const ADMIN_PORT: &str = "bulwark.dev/admin-port";
+/// The sidecar's inbound port.
+pub const INBOUND_PORT: &str = "bulwark.dev/inbound-port";
+/// The sidecar's outbound port (where the app sends its calls).
+pub const OUTBOUND_PORT: &str = "bulwark.dev/outbound-port";
+/// The sidecar's CPU request.
+pub const CPU_REQUEST: &str = "bulwark.dev/cpu-request";
+/// The sidecar's memory request.
+pub const MEMORY_REQUEST: &str = "bulwark.dev/memory-request";
+/// The sidecar's memory limit.
+pub const MEMORY_LIMIT: &str = "bulwark.dev/memory-limit";
+/// The sidecar's log level.
+pub const LOG_LEVEL: &str = "bulwark.dev/log-level";
+/// The sidecar's image.
+pub const IMAGE: &str = "bulwark.dev/image";
+
+/// Label injection puts on the pod (template) so that NetworkPolicies can select the pods
+/// that carry a sidecar (the control plane admits their gRPC streams).
+pub const SIDECAR_LABEL: &str = "bulwark.dev/sidecar";
+/// The well-known label naming the application, used as the service name.
+pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
+
+pub(crate) const PORT_PROBLEM: &str = "must be a port number from 1 to 65535";
+pub(crate) const QUANTITY_PROBLEM: &str = "must be a Kubernetes quantity such as 100m or 128Mi";
+pub(crate) const CONTROL_PLANE_PROBLEM: &str =
+    "must be http:// or https:// addresses, comma-separated";
+pub(crate) const IMAGE_PROBLEM: &str = "must be a non-empty image reference without spaces";
+pub(crate) const LOG_LEVEL_PROBLEM: &str = "must be one of trace, debug, info, warn, error, off";
+pub(crate) const LOG_FORMAT_PROBLEM: &str = "must be text or json";
+pub(crate) const SWITCH_PROBLEM: &str = "must be enabled or disabled";
+pub(crate) const DNS_LABEL_PROBLEM: &str = "must be a DNS-1123 label (at most 63 lowercase letters, digits or \"-\", starting and ending with a letter or digit)";
+const NOT_STRING_PROBLEM: &str = "must be a string (quote it in YAML)";
+
+/// What one sidecar is built from: the options with the pod's overrides applied.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    pub image: String,
+    pub control_plane: String,
+    pub ports: Ports,
+    pub resources: Resources,
+    pub log_level: String,
+    pub log_format: String,
+}
+
+impl Settings {
+    /// The options overridden by the annotations in `meta` (a pod's or template's metadata).
+    pub(crate) fn new(
+        meta: &Map<String, Value>,
+        opts: &InjectOptions,
+    ) -> Result<Self, InjectError> {
+        let text = |key| annotation(meta, key);
+        let checked =
+            |key: &'static str, check: fn(&str) -> Result<(), &'static str>, default: &str| {
+                match text(key)? {
+                    Some(value) => {
+                        check(value).map_err(|problem| bad(key, value, problem))?;
+                        Ok::<_, InjectError>(value.to_string())
+                    }
+                    None => Ok(default.to_string()),
+                }
+            };
+        let port = |key: &'static str, default: u16| match text(key)? {
+            Some(value) => parse_port(value).map_err(|problem| bad(key, value, problem)),
+            None => Ok(default),
+        };
+        let settings = Settings {
+            image: checked(IMAGE, check_image, &opts.image)?,
+            control_plane: checked(CONTROL_PLANE, check_control_plane, &opts.control_plane)?,
+            ports: Ports {
+                admin: port(ADMIN_PORT, opts.ports.admin)?,
+                inbound: port(INBOUND_PORT, opts.ports.inbound)?,
+                outbound: port(OUTBOUND_PORT, opts.ports.outbound)?,
+            },
+            resources: Resources {
+                cpu_request: checked(CPU_REQUEST, check_quantity, &opts.resources.cpu_request)?,
+                memory_request: checked(
+                    MEMORY_REQUEST,
+                    check_quantity,
+                    &opts.resources.memory_request,
+                )?,
+                memory_limit: checked(MEMORY_LIMIT, check_quantity, &opts.resources.memory_limit)?,
+            },
+            log_level: checked(LOG_LEVEL, check_log_level, &opts.log_level)?,
+            log_format: opts.log_format.clone(),
+        };
+        settings.ports.check_distinct()?;
+        settings.resources.check_request_within_limit()?;
+        Ok(settings)
+    }
+}
+
+impl Ports {
+    /// The three ports differ (the sidecar binds each).
+    pub(crate) fn check_distinct(&self) -> Result<(), InjectError> {
+        let named = self.named();
+        for (i, (first, a)) in named.iter().enumerate() {
+            for (second, b) in &named[i + 1..] {
+                if a == b {
+                    return Err(InjectError::PortsCollide {
+                        first,
+                        second,
+                        port: *a,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each port with the annotation that overrides it.
+    pub(crate) fn named(&self) -> [(&'static str, u16); 3] {
+        [
+            (ADMIN_PORT, self.admin),
+            (INBOUND_PORT, self.inbound),
+            (OUTBOUND_PORT, self.outbound),
+        ]
+    }
+}
+
+impl Resources {
+    fn check_request_within_limit(&self) -> Result<(), InjectError> {
+        let request = quantity::parse(&self.memory_request);
+        let limit = quantity::parse(&self.memory_limit);
+        match (request, limit) {
+            (Some(request), Some(limit)) if request > limit => {
+                Err(InjectError::RequestAboveLimit {
+                    request: self.memory_request.clone(),
+                    limit: self.memory_limit.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The annotation `key` of `meta`, if set; a value that is not a string is refused.
+pub(crate) fn annotation<'a>(
+    meta: &'a Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<&'a str>, InjectError> {
+    string_entry(meta, "annotations", key)
+}
+
+/// The label `key` of `meta`, if set; a value that is not a string is refused.
+pub(crate) fn label<'a>(
+    meta: &'a Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<&'a str>, InjectError> {
+    string_entry(meta, "labels", key)
+}
+
+fn string_entry<'a>(
+    meta: &'a Map<String, Value>,
+    field: &str,
+    key: &'static str,
+) -> Result<Option<&'a str>, InjectError> {
+    match meta.get(field).and_then(|m| m.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(bad_entry(field, key, other, NOT_STRING_PROBLEM)),
+    }
+}
+
+fn bad_entry(field: &str, key: &'static str, value: &Value, problem: &'static str) -> InjectError {
+    let value = value.to_string();
+    if field == "labels" {
+        InjectError::BadLabel {
+            label: key,
+            value,
+            problem,
+        }
+    } else {
+        InjectError::BadAnnotation {
+            annotation: key,
+            value,
+            problem,
+        }
+    }
+}
+
+/// The opt-in switch of `meta`: its `bulwark.dev/inject` annotation (`enabled` → true,
+/// `disabled` → false), else its label, else `None`.
+pub(crate) fn switch(meta: &Map<String, Value>) -> Result<Option<bool>, InjectError> {
+    for field in ["annotations", "labels"] {
+        if let Some(value) = string_entry(meta, field, INJECT)? {
+            return match value {
+                "enabled" => Ok(Some(true)),
+                "disabled" => Ok(Some(false)),
+                other => Err(bad_entry(
+                    field,
+                    INJECT,
+                    &Value::String(other.to_string()),
+                    SWITCH_PROBLEM,
+                )),
+            };
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn bad(annotation: &'static str, value: &str, problem: &'static str) -> InjectError {
+    InjectError::BadAnnotation {
+        annotation,
+        value: Value::String(value.to_string()).to_string(),
+        problem,
+    }
+}
+
+pub(crate) fn parse_port(text: &str) -> Result<u16, &'static str> {
+    match text.parse::<u16>() {
+        Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        _ => Err(PORT_PROBLEM),
+    }
+}
+
+pub(crate) fn check_quantity(text: &str) -> Result<(), &'static str> {
+    quantity::parse(text).map(|_| ()).ok_or(QUANTITY_PROBLEM)
+}
+
+pub(crate) fn check_control_plane(text: &str) -> Result<(), &'static str> {
+    let ok = text.split(',').all(|address| {
+        let address = address.trim();
+        let rest = address
+            .strip_prefix("http://")
+            .or_else(|| address.strip_prefix("https://"));
+        rest.is_some_and(|host| !host.is_empty() && !host.contains(char::is_whitespace))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(CONTROL_PLANE_PROBLEM)
+    }
+}
+
+pub(crate) fn check_image(text: &str) -> Result<(), &'static str> {
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        Err(IMAGE_PROBLEM)
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn check_log_level(text: &str) -> Result<(), &'static str> {
+    match text {
+        "trace" | "debug" | "info" | "warn" | "error" | "off" => Ok(()),
+        _ => Err(LOG_LEVEL_PROBLEM),
+    }
+}
+
+pub(crate) fn check_log_format(text: &str) -> Result<(), &'static str> {
+    match text {
+        "text" | "json" => Ok(()),
+        _ => Err(LOG_FORMAT_PROBLEM),
+    }
+}
+
+/// RFC 1123 label as Kubernetes uses it for names, as ServicePolicy names must be.
+pub(crate) fn check_dns_label(text: &str) -> Result<(), &'static str> {
+    let bytes = text.as_bytes();
+    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(inner)
+        && edge(bytes.first())
+        && edge(bytes.last())
+    {
+        Ok(())
+    } else {
+        Err(DNS_LABEL_PROBLEM)
+    }
+}

@@ -1,0 +1,236 @@
+//! Injection into one pod (template): checks what would clash with the sidecar, then adds — or
+//! replaces in place — the sidecar init container and its volume, and marks the pod. Every
+//! workload kind and the admission webhook end here.
+
+use serde_json::{Map, Value, json};
+
+use crate::annotations::{
+    self, APP_NAME_LABEL, INJECTED, SERVICE, SIDECAR_LABEL, Settings, check_dns_label,
+};
+use crate::sidecar::{self, SIDECAR_NAME, SNAPSHOT_VOLUME, ServiceName};
+use crate::{InjectError, InjectOptions};
+
+/// Adds the sidecar to `template`: a Pod, or a workload's pod template (both have `metadata`
+/// and `spec`). `path` is where the template sits in its object (`spec.template`, or empty for
+/// a Pod), for error messages; `workload` the name used when no label or annotation names the
+/// service.
+pub(crate) fn inject_template(
+    template: &mut Value,
+    path: &str,
+    workload: Option<&str>,
+    opts: &InjectOptions,
+) -> Result<(), InjectError> {
+    let at = |field: &str| {
+        if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
+    let Value::Object(template) = template else {
+        return Err(InjectError::malformed(
+            if path.is_empty() { "." } else { path },
+            "must be a mapping with the pod's metadata and spec",
+        ));
+    };
+    let meta = match template.get("metadata") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(meta)) => meta.clone(),
+        Some(_) => return Err(InjectError::malformed(at("metadata"), "must be a mapping")),
+    };
+    let settings = Settings::new(&meta, opts)?;
+    let service = service_name(&meta, workload)?;
+
+    let Some(Value::Object(spec)) = template.get_mut("spec") else {
+        return Err(InjectError::malformed(
+            at("spec"),
+            "must be a mapping with the pod's containers",
+        ));
+    };
+    check_spec(spec, &settings, &at)?;
+
+    let sidecar = sidecar::container(&settings, &service);
+    let init = list(spec, "initContainers", &at)?;
+    match init.iter().position(|c| name_of(c) == Some(SIDECAR_NAME)) {
+        Some(i) => init[i] = sidecar,
+        // First, so that it also serves the init containers that follow.
+        None => init.insert(0, sidecar),
+    }
+    let volumes = list(spec, "volumes", &at)?;
+    let existing = volumes
+        .iter()
+        .position(|v| name_of(v) == Some(SNAPSHOT_VOLUME));
+    match existing {
+        Some(i) if volumes[i].get("emptyDir").is_some() => volumes[i] = sidecar::snapshot_volume(),
+        Some(_) => {
+            return Err(InjectError::VolumeNameTaken {
+                list: at("spec.volumes"),
+            });
+        }
+        None => volumes.push(sidecar::snapshot_volume()),
+    }
+
+    let meta = template
+        .entry("metadata")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| InjectError::malformed(at("metadata"), "must be a mapping"))?;
+    entry(meta, "annotations", &at)?.insert(INJECTED.into(), json!(opts.version));
+    entry(meta, "labels", &at)?.insert(SIDECAR_LABEL.into(), json!("true"));
+    Ok(())
+}
+
+/// What the pod does that the sidecar cannot live with.
+fn check_spec(
+    spec: &Map<String, Value>,
+    settings: &Settings,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), InjectError> {
+    if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
+        return Err(InjectError::HostNetwork);
+    }
+    let containers = match spec.get("containers") {
+        Some(Value::Array(containers)) if !containers.is_empty() => containers,
+        _ => {
+            return Err(InjectError::malformed(
+                at("spec.containers"),
+                "must be a non-empty list of containers",
+            ));
+        }
+    };
+    if containers.iter().any(|c| name_of(c) == Some(SIDECAR_NAME)) {
+        return Err(InjectError::ContainerNameTaken {
+            list: at("spec.containers"),
+        });
+    }
+    let init = match spec.get("initContainers") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(init)) => init.as_slice(),
+        Some(_) => {
+            return Err(InjectError::malformed(
+                at("spec.initContainers"),
+                "must be a list of containers",
+            ));
+        }
+    };
+    // The app's init containers run (or, as sidecars, keep running) beside the sidecar in the
+    // same network namespace: their ports clash just as the app's do.
+    let others = init
+        .iter()
+        .filter(|c| name_of(c) != Some(SIDECAR_NAME))
+        .chain(containers);
+    for container in others {
+        let name = name_of(container).unwrap_or("");
+        let ports = container.get("ports").and_then(Value::as_array);
+        for port in ports.into_iter().flatten() {
+            let Some(number) = port.get("containerPort").and_then(Value::as_u64) else {
+                continue;
+            };
+            for (annotation, taken) in settings.ports.named() {
+                if number == u64::from(taken) {
+                    return Err(InjectError::PortInUse {
+                        container: name.to_string(),
+                        port: taken,
+                        annotation,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The service the sidecar serves: the `bulwark.dev/service` annotation, else the
+/// `app.kubernetes.io/name` label — both read through the downward API, so the container does
+/// not repeat them — else the workload's name.
+fn service_name(
+    meta: &Map<String, Value>,
+    workload: Option<&str>,
+) -> Result<ServiceName, InjectError> {
+    if let Some(service) = annotations::annotation(meta, SERVICE)? {
+        check_dns_label(service).map_err(|problem| annotations::bad(SERVICE, service, problem))?;
+        return Ok(ServiceName::Field(format!(
+            "metadata.annotations['{SERVICE}']"
+        )));
+    }
+    if annotations::label(meta, APP_NAME_LABEL)?.is_some_and(|name| !name.is_empty()) {
+        return Ok(ServiceName::Field(format!(
+            "metadata.labels['{APP_NAME_LABEL}']"
+        )));
+    }
+    match workload {
+        Some(name) if !name.is_empty() => Ok(ServiceName::Literal(name.to_string())),
+        _ => Err(InjectError::NoService),
+    }
+}
+
+/// The name of the workload a pod belongs to, as the admission webhook sees it: its
+/// controller's name — a ReplicaSet's without the `pod-template-hash`, i.e. the Deployment's —
+/// else its own name, else its `generateName` prefix.
+pub(crate) fn pod_workload_name(pod: &Value) -> Option<String> {
+    let meta = pod.get("metadata")?;
+    let owners = meta.get("ownerReferences").and_then(Value::as_array);
+    let controller = owners
+        .into_iter()
+        .flatten()
+        .find(|o| o.get("controller") == Some(&Value::Bool(true)));
+    if let Some(owner) = controller {
+        let name = owner.get("name").and_then(Value::as_str).unwrap_or("");
+        let hash = meta
+            .get("labels")
+            .and_then(|l| l.get("pod-template-hash"))
+            .and_then(Value::as_str);
+        let deployment = match (owner.get("kind").and_then(Value::as_str), hash) {
+            (Some("ReplicaSet"), Some(hash)) => name.strip_suffix(&format!("-{hash}")),
+            _ => None,
+        };
+        let name = deployment.unwrap_or(name);
+        if !name.is_empty() {
+            return Some(name.to_string());
+        }
+    }
+    let own = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty());
+    let generated = meta
+        .get("generateName")
+        .and_then(Value::as_str)
+        .map(|g| g.trim_end_matches('-'))
+        .filter(|g| !g.is_empty());
+    own.or(generated).map(str::to_string)
+}
+
+fn name_of(item: &Value) -> Option<&str> {
+    item.get("name").and_then(Value::as_str)
+}
+
+/// The list `field` of `spec`, created empty when missing.
+fn list<'a>(
+    spec: &'a mut Map<String, Value>,
+    field: &'static str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<&'a mut Vec<Value>, InjectError> {
+    let value = spec.entry(field).or_insert_with(|| json!([]));
+    if value.is_null() {
+        *value = json!([]);
+    }
+    value
+        .as_array_mut()
+        .ok_or_else(|| InjectError::malformed(at(&format!("spec.{field}")), "must be a list"))
+}
+
+/// The mapping `field` of `meta`, created empty when missing.
+fn entry<'a>(
+    meta: &'a mut Map<String, Value>,
+    field: &'static str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
+    let value = meta.entry(field).or_insert_with(|| json!({}));
+    if value.is_null() {
+        *value = json!({});
+    }
+    value.as_object_mut().ok_or_else(|| {
+        InjectError::malformed(at(&format!("metadata.{field}")), "must be a mapping")
+    })
+}

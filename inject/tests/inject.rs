@@ -1,0 +1,413 @@
+//! `inject_object` beyond the golden files: what is skipped, how re-injection replaces the
+//! sidecar in place, per-pod overrides, and every refusal with its exact message.
+
+use bulwark_inject::{InjectError, InjectOptions, Injected, SIDECAR_NAME, Skip, inject_object};
+use serde_json::{Value, json};
+
+fn deployment(template: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "checkout", "namespace": "shop"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "checkout"}},
+            "template": template,
+        },
+    })
+}
+
+fn web(ports: &[u16]) -> Value {
+    let ports: Vec<Value> = ports.iter().map(|p| json!({"containerPort": p})).collect();
+    json!({"name": "web", "image": "shop/checkout:1", "ports": ports})
+}
+
+fn with_annotations(annotations: Value) -> Value {
+    deployment(json!({
+        "metadata": {"labels": {"app": "checkout"}, "annotations": annotations},
+        "spec": {"containers": [web(&[8080])]},
+    }))
+}
+
+fn inject(obj: &Value) -> Result<Injected, InjectError> {
+    inject_object(obj, &InjectOptions::default())
+}
+
+fn injected(obj: &Value) -> Value {
+    match inject(obj) {
+        Ok(Injected::Injected(value)) => value,
+        other => panic!("expected an injected object, got {other:?}"),
+    }
+}
+
+/// The refusal's message.
+fn refusal(obj: &Value) -> String {
+    match inject(obj) {
+        Err(e) => e.to_string(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn sidecar(obj: &Value) -> &Value {
+    let init = obj
+        .pointer("/spec/template/spec/initContainers")
+        .and_then(Value::as_array)
+        .expect("initContainers");
+    init.iter()
+        .find(|c| c["name"] == SIDECAR_NAME)
+        .expect("the sidecar init container")
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("env {name}"))
+}
+
+#[test]
+fn other_kinds_and_opted_out_pods_are_skipped() {
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}});
+    assert_eq!(
+        inject(&service),
+        Ok(Injected::Skipped(Skip::NotAWorkload("v1/Service".into())))
+    );
+    // Same kind name, another API group: not ours to touch.
+    let custom = json!({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": {}});
+    assert_eq!(
+        inject(&custom),
+        Ok(Injected::Skipped(Skip::NotAWorkload(
+            "example.com/v1/Deployment".into()
+        )))
+    );
+    let disabled = with_annotations(json!({"bulwark.dev/inject": "disabled"}));
+    assert_eq!(inject(&disabled), Ok(Injected::Skipped(Skip::OptedOut)));
+}
+
+#[test]
+fn the_sidecar_is_a_native_sidecar_started_first() {
+    let obj = deployment(json!({
+        "metadata": {"labels": {"app": "checkout"}},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "shop/migrate:1"}],
+            "containers": [web(&[8080])],
+        },
+    }));
+    let out = injected(&obj);
+    let init = out["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("initContainers");
+    assert_eq!(init.len(), 2);
+    assert_eq!(init[0]["name"], SIDECAR_NAME);
+    assert_eq!(init[0]["restartPolicy"], "Always");
+    assert_eq!(init[1]["name"], "migrate");
+    // The app's containers and probes are left exactly as they were.
+    assert_eq!(
+        out["spec"]["template"]["spec"]["containers"],
+        obj["spec"]["template"]["spec"]["containers"]
+    );
+    // No label or annotation names the service: the Deployment's name does.
+    assert_eq!(
+        env(&init[0], "BULWARK_SERVICE"),
+        &json!({"name": "BULWARK_SERVICE", "value": "checkout"})
+    );
+    assert_eq!(
+        out["spec"]["template"]["metadata"]["annotations"]["bulwark.dev/injected"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        out["spec"]["template"]["metadata"]["labels"]["bulwark.dev/sidecar"],
+        "true"
+    );
+}
+
+#[test]
+fn reinjection_replaces_the_sidecar_in_place() {
+    let first = injected(&deployment(json!({
+        "metadata": {"labels": {"app": "checkout"}},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "shop/migrate:1"}],
+            "containers": [web(&[8080])],
+        },
+    })));
+    // Someone moved the sidecar after the other init container and it went stale.
+    let mut moved = first.clone();
+    let init = moved["spec"]["template"]["spec"]["initContainers"]
+        .as_array_mut()
+        .expect("initContainers");
+    init.swap(0, 1);
+    init[1]["image"] = json!("ghcr.io/bulwark-mesh/sidecar:0.0.1");
+    let again = injected(&moved);
+    let init = again["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("initContainers");
+    assert_eq!(init.len(), 2, "no second sidecar");
+    assert_eq!(
+        init[1],
+        first["spec"]["template"]["spec"]["initContainers"][0]
+    );
+    let volumes = again["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    assert_eq!(volumes.len(), 1, "no second snapshot volume");
+
+    // A changed annotation changes the sidecar on the next injection.
+    let mut annotated = first.clone();
+    annotated["spec"]["template"]["metadata"]["annotations"]["bulwark.dev/log-level"] =
+        json!("debug");
+    let updated = injected(&annotated);
+    assert_eq!(env(sidecar(&updated), "BULWARK_LOG")["value"], "debug");
+    assert_eq!(injected(&updated), updated);
+}
+
+#[test]
+fn annotations_override_every_setting() {
+    let obj = with_annotations(json!({
+        "bulwark.dev/service": "payments-api",
+        "bulwark.dev/control-plane": "https://cp.bulwark:8081",
+        "bulwark.dev/admin-port": "16000",
+        "bulwark.dev/inbound-port": "16006",
+        "bulwark.dev/outbound-port": "16001",
+        "bulwark.dev/cpu-request": "250m",
+        "bulwark.dev/memory-request": "128Mi",
+        "bulwark.dev/memory-limit": "1Gi",
+        "bulwark.dev/log-level": "warn",
+        "bulwark.dev/image": "mirror.example.com/bulwark/sidecar:9",
+    }));
+    let out = injected(&obj);
+    let sidecar = sidecar(&out);
+    assert_eq!(sidecar["image"], "mirror.example.com/bulwark/sidecar:9");
+    assert_eq!(
+        env(sidecar, "BULWARK_SERVICE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.annotations['bulwark.dev/service']"
+    );
+    assert_eq!(
+        env(sidecar, "BULWARK_CONTROL_PLANE")["value"],
+        "https://cp.bulwark:8081"
+    );
+    assert_eq!(env(sidecar, "BULWARK_ADMIN")["value"], "0.0.0.0:16000");
+    assert_eq!(env(sidecar, "BULWARK_INBOUND")["value"], "0.0.0.0:16006");
+    assert_eq!(env(sidecar, "BULWARK_OUTBOUND")["value"], "127.0.0.1:16001");
+    assert_eq!(env(sidecar, "BULWARK_LOG")["value"], "warn");
+    let ports: Vec<&Value> = sidecar["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| &p["containerPort"])
+        .collect();
+    assert_eq!(ports, [&json!(16000), &json!(16006), &json!(16001)]);
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(sidecar[probe]["httpGet"]["port"], 16000, "{probe}");
+    }
+    assert_eq!(
+        sidecar["resources"],
+        json!({"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}})
+    );
+}
+
+#[test]
+fn options_are_the_defaults_annotations_override() {
+    let opts = InjectOptions {
+        image: "mirror.example.com/sidecar:1".into(),
+        control_plane: "http://cp.elsewhere:8081".into(),
+        ..InjectOptions::default()
+    };
+    let Ok(Injected::Injected(out)) = inject_object(&with_annotations(json!({})), &opts) else {
+        panic!("injected");
+    };
+    assert_eq!(sidecar(&out)["image"], "mirror.example.com/sidecar:1");
+    assert_eq!(
+        env(sidecar(&out), "BULWARK_CONTROL_PLANE")["value"],
+        "http://cp.elsewhere:8081"
+    );
+    let bad = InjectOptions {
+        control_plane: "cp.elsewhere:8081".into(),
+        ..InjectOptions::default()
+    };
+    assert_eq!(
+        inject_object(&with_annotations(json!({})), &bad)
+            .expect_err("refused")
+            .to_string(),
+        "invalid control-plane address: must be http:// or https:// addresses, comma-separated, \
+         got \"cp.elsewhere:8081\""
+    );
+}
+
+#[test]
+fn a_port_the_sidecar_needs_is_refused_with_the_annotation_to_change() {
+    let app = deployment(json!({
+        "spec": {"containers": [web(&[8080, 15001])]},
+    }));
+    assert_eq!(
+        refusal(&app),
+        "container \"web\" already uses port 15001, which the Bulwark sidecar needs; \
+         set bulwark.dev/outbound-port to another port"
+    );
+    let init = deployment(json!({
+        "spec": {
+            "initContainers": [{"name": "agent", "image": "a:1", "ports": [{"containerPort": 15000}]}],
+            "containers": [web(&[8080])],
+        },
+    }));
+    assert_eq!(
+        refusal(&init),
+        "container \"agent\" already uses port 15000, which the Bulwark sidecar needs; \
+         set bulwark.dev/admin-port to another port"
+    );
+    let inbound = deployment(json!({"spec": {"containers": [web(&[15006])]}}));
+    assert_eq!(
+        refusal(&inbound),
+        "container \"web\" already uses port 15006, which the Bulwark sidecar needs; \
+         set bulwark.dev/inbound-port to another port"
+    );
+    // Moving the sidecar off the port fixes it.
+    let mut moved = app.clone();
+    moved["spec"]["template"]["metadata"] =
+        json!({"annotations": {"bulwark.dev/outbound-port": "15101"}});
+    assert!(matches!(inject(&moved), Ok(Injected::Injected(_))));
+}
+
+#[test]
+fn bad_annotation_values_are_refused_by_name() {
+    let cases = [
+        (
+            json!({"bulwark.dev/admin-port": "abc"}),
+            "annotation bulwark.dev/admin-port: must be a port number from 1 to 65535, got \"abc\"",
+        ),
+        (
+            json!({"bulwark.dev/inbound-port": "0"}),
+            "annotation bulwark.dev/inbound-port: must be a port number from 1 to 65535, got \"0\"",
+        ),
+        (
+            json!({"bulwark.dev/outbound-port": "70000"}),
+            "annotation bulwark.dev/outbound-port: must be a port number from 1 to 65535, got \"70000\"",
+        ),
+        (
+            json!({"bulwark.dev/admin-port": 16000}),
+            "annotation bulwark.dev/admin-port: must be a string (quote it in YAML), got 16000",
+        ),
+        (
+            json!({"bulwark.dev/cpu-request": "lots"}),
+            "annotation bulwark.dev/cpu-request: must be a Kubernetes quantity such as 100m or 128Mi, got \"lots\"",
+        ),
+        (
+            json!({"bulwark.dev/memory-request": "64MB"}),
+            "annotation bulwark.dev/memory-request: must be a Kubernetes quantity such as 100m or 128Mi, got \"64MB\"",
+        ),
+        (
+            json!({"bulwark.dev/memory-limit": "-1Gi"}),
+            "annotation bulwark.dev/memory-limit: must be a Kubernetes quantity such as 100m or 128Mi, got \"-1Gi\"",
+        ),
+        (
+            json!({"bulwark.dev/log-level": "loud"}),
+            "annotation bulwark.dev/log-level: must be one of trace, debug, info, warn, error, off, got \"loud\"",
+        ),
+        (
+            json!({"bulwark.dev/control-plane": "bulwark-control-plane:8081"}),
+            "annotation bulwark.dev/control-plane: must be http:// or https:// addresses, comma-separated, got \"bulwark-control-plane:8081\"",
+        ),
+        (
+            json!({"bulwark.dev/image": "sidecar :1"}),
+            "annotation bulwark.dev/image: must be a non-empty image reference without spaces, got \"sidecar :1\"",
+        ),
+        (
+            json!({"bulwark.dev/service": "Checkout_API"}),
+            "annotation bulwark.dev/service: must be a DNS-1123 label (at most 63 lowercase letters, digits or \"-\", starting and ending with a letter or digit), got \"Checkout_API\"",
+        ),
+        (
+            json!({"bulwark.dev/inject": "yes"}),
+            "annotation bulwark.dev/inject: must be enabled or disabled, got \"yes\"",
+        ),
+        (
+            json!({"bulwark.dev/admin-port": "15001"}),
+            "bulwark.dev/admin-port and bulwark.dev/outbound-port are both 15001; the sidecar needs three different ports",
+        ),
+        (
+            json!({"bulwark.dev/memory-request": "512Mi"}),
+            "bulwark.dev/memory-request (512Mi) is larger than bulwark.dev/memory-limit (256Mi)",
+        ),
+    ];
+    for (annotations, message) in cases {
+        assert_eq!(refusal(&with_annotations(annotations)), message);
+    }
+    let labelled = deployment(json!({
+        "metadata": {"labels": {"bulwark.dev/inject": "on"}},
+        "spec": {"containers": [web(&[8080])]},
+    }));
+    assert_eq!(
+        refusal(&labelled),
+        "label bulwark.dev/inject: must be enabled or disabled, got \"on\""
+    );
+}
+
+#[test]
+fn pods_the_sidecar_cannot_join_are_refused() {
+    let host = deployment(json!({
+        "spec": {"hostNetwork": true, "containers": [web(&[8080])]},
+    }));
+    assert_eq!(
+        refusal(&host),
+        "the pod uses the host's network (spec.hostNetwork: true), where the sidecar's ports \
+         would collide with other pods on the node; annotate it with bulwark.dev/inject: disabled"
+    );
+    let named = deployment(json!({
+        "spec": {"containers": [web(&[8080]), {"name": "bulwark-sidecar", "image": "x"}]},
+    }));
+    assert_eq!(
+        refusal(&named),
+        "spec.template.spec.containers already has a container named \"bulwark-sidecar\", the \
+         name the Bulwark sidecar needs; rename that container"
+    );
+    let volume = deployment(json!({
+        "spec": {
+            "containers": [web(&[8080])],
+            "volumes": [{"name": "bulwark-snapshot", "configMap": {"name": "x"}}],
+        },
+    }));
+    assert_eq!(
+        refusal(&volume),
+        "spec.template.spec.volumes already has a volume named \"bulwark-snapshot\" that is not \
+         an emptyDir; rename that volume, the Bulwark sidecar needs the name"
+    );
+    let nameless = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {},
+        "spec": {"containers": [web(&[8080])]},
+    });
+    assert_eq!(
+        refusal(&nameless),
+        "cannot tell which service this pod belongs to: set the label app.kubernetes.io/name or \
+         the annotation bulwark.dev/service"
+    );
+}
+
+#[test]
+fn malformed_objects_are_refused_with_the_path() {
+    let no_template = json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 2 * * *"},
+    });
+    assert_eq!(
+        refusal(&no_template),
+        "spec.jobTemplate.spec.template: must be a mapping with the pod's metadata and spec"
+    );
+    let no_containers = deployment(json!({"spec": {"containers": []}}));
+    assert_eq!(
+        refusal(&no_containers),
+        "spec.template.spec.containers: must be a non-empty list of containers"
+    );
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": "x"});
+    assert_eq!(
+        refusal(&pod),
+        "spec: must be a mapping with the pod's containers"
+    );
+    let bad_volumes = deployment(json!({
+        "spec": {"containers": [web(&[8080])], "volumes": {"a": 1}},
+    }));
+    assert_eq!(
+        refusal(&bad_volumes),
+        "spec.template.spec.volumes: must be a list"
+    );
+}
