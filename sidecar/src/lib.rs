@@ -47,6 +47,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The header HTTP callers give their deadline in.
     pub deadline_header: Option<http::HeaderName>,
+    /// Requests whose response has not ended, both directions (shutdown waits for them).
+    pub in_flight: Arc<server::InFlight>,
 }
 
 impl Shared {
@@ -115,6 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         events: tokio::sync::broadcast::channel(256).0,
         identity,
         draining: AtomicBool::new(false),
+        in_flight: Arc::default(),
         deadline_header: match config.deadline_header.trim() {
             "" => None,
             name => Some(
@@ -179,37 +182,69 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         });
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Two stop signals: inbound stops first (callers go elsewhere), outbound keeps serving the
+    // app while it drains, and stops once no request is in flight.
+    let (stop_inbound_tx, stop_inbound_rx) = watch::channel(false);
+    let (stop_outbound_tx, stop_outbound_rx) = watch::channel(false);
     let builder = Arc::new(server::connection_builder(ConnLimits {
         max_header_bytes: config.max_header_bytes,
         header_read_timeout: config.header_read_timeout,
     }));
     let connections = Connections::default();
-    let mut accept_loops = Vec::new();
+    let mut inbound_loops = Vec::new();
+    let mut outbound_loops = Vec::new();
     for l in listeners {
-        accept_loops.push(tokio::spawn(server::serve(
+        let inbound = matches!(l.target, Target::App);
+        let stop = if inbound {
+            stop_inbound_rx.clone()
+        } else {
+            stop_outbound_rx.clone()
+        };
+        let task = tokio::spawn(server::serve(
             l,
             shared.clone(),
             builder.clone(),
             connections.clone(),
-            stop_rx.clone(),
-        )));
+            stop,
+        ));
+        if inbound {
+            inbound_loops.push(task);
+        } else {
+            outbound_loops.push(task);
+        }
     }
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), admin_stop_rx));
 
     shutdown.await;
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
     tracing::info!(
         open_connections = connections.count(),
+        in_flight = shared.in_flight.count(),
         drain_timeout = ?config.drain_timeout,
-        "shutting down: no new connections, draining in-flight requests"
+        "shutting down: inbound closed; outbound serves the app until no request is in flight"
     );
     shared.draining.store(true, Ordering::Relaxed);
-    let _ = stop_tx.send(true);
-    for l in accept_loops {
+    let _ = stop_inbound_tx.send(true);
+    for l in inbound_loops {
         let _ = l.await;
     }
-    let left = connections.drained(config.drain_timeout).await;
+    if tokio::time::timeout_at(deadline, shared.in_flight.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = shared.in_flight.count(),
+            "drain timeout passed with requests in flight"
+        );
+    }
+    let _ = stop_outbound_tx.send(true);
+    for l in outbound_loops {
+        let _ = l.await;
+    }
+    let left = connections
+        .drained(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     if left > 0 {
         tracing::warn!(
             connections = left,

@@ -28,6 +28,8 @@ pub struct Completion {
     pub status: StatusCode,
     pub grpc_status: Option<HeaderValue>,
     pub error: Option<&'static str>,
+    /// Keeps the request counted as in flight until its response ends.
+    pub in_flight: crate::server::InFlightGuard,
 }
 
 impl Completion {

@@ -75,6 +75,7 @@ pub async fn handle(
         status: http::StatusCode::OK,
         grpc_status: None,
         error: None,
+        in_flight: shared.in_flight.start(),
     };
 
     let snapshot = shared.snapshot.load_full();

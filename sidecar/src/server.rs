@@ -68,6 +68,57 @@ impl Listener {
     }
 }
 
+/// Requests whose response has not ended. An atomic on the hot path; the `Notify` is only
+/// awaited during shutdown.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Counts one request until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves once no request is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One request in flight.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// Counts open connections so shutdown can wait for them to drain.
 #[derive(Debug, Clone)]
 pub struct Connections(Arc<watch::Sender<usize>>);

@@ -64,7 +64,7 @@ async fn inbound_finds_the_app_port_in_the_service_policy() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_in_flight_requests_then_exits_0() {
+async fn sigterm_closes_inbound_keeps_outbound_until_in_flight_work_ends_then_exits_0() {
     let upstream = HttpUpstream::start().await;
     let sidecar = Sidecar::builder()
         .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
@@ -80,13 +80,21 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     .await;
 
     sidecar.signal_term();
-    // Stop accepting: the listener closes while the request is still in flight.
-    let outbound = sidecar.outbound();
+    // Inbound closes at once: callers go to other pods.
+    let inbound = sidecar.inbound();
     eventually(WAIT, || async {
-        TcpStream::connect(outbound).await.is_err().then_some(())
+        TcpStream::connect(inbound).await.is_err().then_some(())
     })
     .await;
+    assert_eq!(
+        sidecar.admin_get("/health/ready").await.text(),
+        "not ready: draining for shutdown\n"
+    );
+    // Outbound keeps serving the app while it finishes its work, on new connections too.
     assert!(!in_flight.is_finished(), "the gate is still closed");
+    let fresh = client::http1_client(sidecar.outbound());
+    let res = client::get(&fresh, "http://echo/status/200").await;
+    assert_eq!(res.status, StatusCode::OK);
 
     upstream.open_gate();
     let res = tokio::time::timeout(WAIT, in_flight)
@@ -97,12 +105,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert_eq!(res.text(), "gate opened");
     assert_eq!(upstream.cancelled(), 0);
 
+    // No request in flight any more: the sidecar exits well before its 10 s drain timeout.
     let status = sidecar
         .wait_exit(WAIT)
         .await
-        .expect("the sidecar exits after draining");
+        .expect("the sidecar exits once nothing is in flight");
     assert_eq!(status.code(), Some(0), "{status}");
-    assert!(TcpStream::connect(outbound).await.is_err());
+    assert!(TcpStream::connect(sidecar.outbound()).await.is_err());
 }
 
 #[tokio::test]
