@@ -1,7 +1,8 @@
 //! Bulwark's control plane: the operator API (REST and gRPC) over etcd, and the distribution
 //! of policy snapshots to sidecars. Replicas are stateless: etcd is the only source of truth;
 //! each replica keeps an index fed by one watch (`sync`), serves reads from it, writes through
-//! guarded etcd transactions (`api::ops`) and streams snapshots (`api::discovery`).
+//! guarded etcd transactions (`api::ops`) and streams snapshots (`api::discovery`). Optionally
+//! it also answers the API server's sidecar-injection reviews over HTTPS (`webhook`).
 //! See `docs/control-plane.md`.
 
 pub mod acks;
@@ -12,6 +13,7 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod timestamp;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +32,8 @@ use crate::api::ops::Ops;
 use crate::index::SharedIndex;
 use crate::store::keys::{BadPrefix, Keys};
 use crate::store::{EtcdStore, StoreError, StoreOptions};
+use crate::webhook::WebhookConfig;
+use crate::webhook::certs::CertReloader;
 
 /// How long shutdown waits for connections and streams to end.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -47,12 +51,15 @@ pub struct Config {
     pub grpc: SocketAddr,
     /// This replica's name in ack records and logs.
     pub replica_id: String,
-    /// Where to write `{"http": "ip:port", "grpc": "ip:port"}` once listening.
+    /// Where to write `{"http": "ip:port", "grpc": "ip:port"}` (and `"webhook"` when it is on)
+    /// once listening.
     pub ready_file: Option<PathBuf>,
     /// The most one etcd operation may take, retries included.
     pub etcd_timeout: Duration,
     /// TTL of the lease the pods' ack records are bound to.
     pub ack_lease_ttl: Duration,
+    /// The sidecar-injection webhook; off when `None`.
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -73,6 +80,10 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid sidecar-injection options")]
+    Inject(#[from] bulwark_inject::InjectError),
+    #[error("cannot set up the webhook's TLS")]
+    Tls(#[from] rustls::Error),
     #[error("the {what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -84,6 +95,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let keys = Keys::new(&config.etcd_prefix)?;
+    if let Some(webhook) = &config.webhook {
+        webhook.inject.validate()?;
+    }
     let store = Arc::new(
         EtcdStore::connect(
             &config.etcd_endpoints,
@@ -101,6 +115,11 @@ pub async fn run(
     let grpc = bind(config.grpc, "gRPC").await?;
     let http_addr = local_addr(&http, config.http, "the REST API")?;
     let grpc_addr = local_addr(&grpc, config.grpc, "gRPC")?;
+    let webhook_server = match &config.webhook {
+        Some(webhook) => Some(webhook_server(webhook).await?),
+        None => None,
+    };
+    let webhook_addr = webhook_server.as_ref().map(|(_, addr, _, _)| *addr);
 
     let sync = tokio::spawn(sync::run(
         store.clone(),
@@ -136,25 +155,32 @@ pub async fn run(
             stopped(stop.clone()),
         );
     let grpc_server = tokio::spawn(grpc_server);
+    let webhook = webhook_server.map(|(listener, _, tls, app)| {
+        tokio::spawn(webhook::serve(listener, tls, app, stop.clone()))
+    });
 
     tracing::info!(
         http = %http_addr,
         grpc = %grpc_addr,
+        webhook = webhook_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         etcd = %store.endpoints(),
         prefix = %keys.prefix(),
         replica = %config.replica_id,
         "control plane listening"
     );
     if let Some(path) = &config.ready_file {
-        write_ready_file(path, http_addr, grpc_addr).map_err(|source| RunError::ReadyFile {
-            path: path.clone(),
-            source,
+        write_ready_file(path, http_addr, grpc_addr, webhook_addr).map_err(|source| {
+            RunError::ReadyFile {
+                path: path.clone(),
+                source,
+            }
         })?;
     }
 
     // Run until asked to stop, or until a server fails.
     let mut rest = rest;
     let mut grpc_server = grpc_server;
+    let mut webhook = webhook;
     let failure = tokio::select! {
         _ = shutdown => None,
         r = &mut rest => Some(RunError::Serve { what: "REST", message: joined(r.map(|r| r.map_err(|e| e.to_string()))) }),
@@ -167,6 +193,10 @@ pub async fn run(
         tracing::debug!("REST server stopped");
         let _ = (&mut grpc_server).await;
         tracing::debug!("gRPC server stopped");
+        if let Some(webhook) = &mut webhook {
+            let _ = webhook.await;
+            tracing::debug!("webhook stopped");
+        }
         let _ = ack_writer.await;
         let _ = sync.await;
     })
@@ -175,6 +205,9 @@ pub async fn run(
         tracing::warn!(after = ?DRAIN, "connections did not drain in time; stopping anyway");
         rest.abort();
         grpc_server.abort();
+        if let Some(webhook) = &webhook {
+            webhook.abort();
+        }
     }
     match failure {
         Some(e) => Err(e),
@@ -183,6 +216,33 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// The webhook's listener, its address, TLS set-up and routes.
+async fn webhook_server(
+    config: &WebhookConfig,
+) -> Result<
+    (
+        TcpListener,
+        SocketAddr,
+        Arc<rustls::ServerConfig>,
+        axum::Router,
+    ),
+    RunError,
+> {
+    let listener = bind(config.listen, "the webhook").await?;
+    let addr = local_addr(&listener, config.listen, "the webhook")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = Arc::new(CertReloader::new(
+        config.cert.clone(),
+        config.key.clone(),
+        provider.clone(),
+    ));
+    // Says at start-up whether the certificate is there; handshakes look again later.
+    certs.refresh_now();
+    let tls = webhook::tls_config(provider, certs)?;
+    let app = webhook::router(Arc::new(config.inject.clone()));
+    Ok((listener, addr, tls, app))
 }
 
 fn joined(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
@@ -218,8 +278,12 @@ fn write_ready_file(
     path: &std::path::Path,
     http: SocketAddr,
     grpc: SocketAddr,
+    webhook: Option<SocketAddr>,
 ) -> std::io::Result<()> {
-    let body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
+    let mut body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
+    if let Some(webhook) = webhook {
+        body["webhook"] = webhook.to_string().into();
+    }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body.to_string())?;
     std::fs::rename(&tmp, path)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bulwark_control_plane::Config;
+use bulwark_control_plane::webhook::WebhookConfig;
 use clap::{Parser, ValueEnum};
 
 /// Bulwark control plane: the policy API over etcd and policy snapshots for sidecars.
@@ -38,7 +39,8 @@ struct Args {
     #[arg(long, env = "BULWARK_REPLICA_ID")]
     replica_id: Option<String>,
 
-    /// Write {"http": "ip:port", "grpc": "ip:port"} here once listening.
+    /// Write {"http": "ip:port", "grpc": "ip:port"} here once listening (with "webhook":
+    /// "ip:port" when the webhook is on).
     #[arg(long, env = "BULWARK_READY_FILE")]
     ready_file: Option<PathBuf>,
 
@@ -54,6 +56,36 @@ struct Args {
     /// TTL of the lease that binds the pods' ack records to this replica.
     #[arg(long, env = "BULWARK_ACK_LEASE_TTL", default_value = "15s", value_parser = duration)]
     ack_lease_ttl: Duration,
+
+    /// Listen address of the sidecar-injection webhook (HTTPS, POST /inject); off when unset.
+    #[arg(
+        long = "webhook",
+        env = "BULWARK_WEBHOOK",
+        value_name = "ADDR",
+        requires_all = ["webhook_cert", "webhook_key"]
+    )]
+    webhook: Option<SocketAddr>,
+
+    /// The webhook's PEM certificate chain; read again when it changes.
+    #[arg(long, env = "BULWARK_WEBHOOK_CERT", value_name = "PATH")]
+    webhook_cert: Option<PathBuf>,
+
+    /// The webhook's PEM private key; read again when it changes.
+    #[arg(long, env = "BULWARK_WEBHOOK_KEY", value_name = "PATH")]
+    webhook_key: Option<PathBuf>,
+
+    /// Image of the sidecars the webhook injects (pods override it with bulwark.dev/image).
+    #[arg(long, env = "BULWARK_SIDECAR_IMAGE", default_value = bulwark_inject::DEFAULT_IMAGE)]
+    sidecar_image: String,
+
+    /// Control-plane gRPC address(es) injected sidecars connect to, comma-separated (pods
+    /// override it with bulwark.dev/control-plane).
+    #[arg(
+        long,
+        env = "BULWARK_SIDECAR_CONTROL_PLANE",
+        default_value = bulwark_inject::DEFAULT_CONTROL_PLANE
+    )]
+    sidecar_control_plane: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -124,6 +156,23 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
+    // The one crypto provider of the process (two would make rustls panic): the webhook's
+    // server and etcd's TLS clients use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let webhook = match (args.webhook, args.webhook_cert, args.webhook_key) {
+        (Some(listen), Some(cert), Some(key)) => Some(WebhookConfig {
+            listen,
+            cert,
+            key,
+            inject: bulwark_inject::InjectOptions {
+                image: args.sidecar_image,
+                control_plane: args.sidecar_control_plane,
+                ..Default::default()
+            },
+        }),
+        // clap requires the certificate and key with --webhook.
+        _ => None,
+    };
     let config = Config {
         replica_id: args
             .replica_id
@@ -140,6 +189,7 @@ async fn run() -> anyhow::Result<()> {
         ready_file: args.ready_file,
         etcd_timeout: args.etcd_timeout,
         ack_lease_ttl: args.ack_lease_ttl,
+        webhook,
     };
     bulwark_control_plane::run(config, shutdown_signal())
         .await

@@ -368,6 +368,8 @@ pub struct ControlPlane {
     dir: TempDir,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// The webhook's HTTPS address, when started with `--webhook`.
+    pub webhook: Option<SocketAddr>,
 }
 
 impl ControlPlane {
@@ -399,6 +401,7 @@ impl ControlPlane {
             dir,
             http: SocketAddr::from(([0, 0, 0, 0], 0)),
             grpc: SocketAddr::from(([0, 0, 0, 0], 0)),
+            webhook: None,
         };
         let addrs: Value = eventually("the ready file", || {
             let ready = ready.clone();
@@ -410,6 +413,9 @@ impl ControlPlane {
         .await;
         cp.http = addrs["http"].as_str().unwrap().parse().unwrap();
         cp.grpc = addrs["grpc"].as_str().unwrap().parse().unwrap();
+        cp.webhook = addrs
+            .get("webhook")
+            .map(|w| w.as_str().unwrap().parse().unwrap());
         cp
     }
 
