@@ -1,26 +1,15 @@
 #!/usr/bin/env bash
-# The local demo: builds the sidecar and the test upstream, starts the upstream (HTTP on
-# 127.0.0.1:18081, gRPC on 127.0.0.1:19091) and the sidecar in standalone mode with the policies
-# in examples/demo/, sends HTTP/1.1, HTTP/2 and gRPC traffic through it, reloads a policy, and
-# prints what happened. Everything stops at the end.
+# The local demo: builds everything, starts the test upstreams (HTTP on 127.0.0.1:18081, gRPC on
+# 127.0.0.1:19091, a flaky one on 18082) and the sidecar in standalone mode with the policies in
+# examples/demo/, sends HTTP/1.1, HTTP/2 and gRPC traffic through it (retries, a breaker, a
+# failover), reloads a policy; then starts etcd, the control plane and a sidecar following it,
+# pushes examples/ with meshctl and shows convergence. Everything stops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo not found: install Rust (https://rustup.rs, 1.89 or newer) and run this again" >&2
-  exit 1
-fi
-packages=()
-command -v protoc >/dev/null 2>&1 || packages+=(protobuf-compiler)
-[ -f /usr/include/google/protobuf/descriptor.proto ] || packages+=(libprotobuf-dev)
-command -v etcd >/dev/null 2>&1 || packages+=(etcd-server)
-if [ ${#packages[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "==> installing ${packages[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
-fi
+# shellcheck source=scripts/prerequisites.sh
+. scripts/prerequisites.sh
+install_prerequisites
 
 echo "==> building the sidecar and the demo tools"
 cargo build --quiet --locked -p bulwark-sidecar -p bulwark-control-plane -p meshctl -p bulwark-tests --bins

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::sync::Semaphore;
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::{AttemptDeadline, Req, ResponseFuture, Rsp};
+use super::{AttemptDeadline, Req, ResponseFuture, Rsp, Stage};
 use crate::errors::ProxyError;
 use crate::upstream::UpstreamCore;
 
@@ -48,34 +48,11 @@ impl Drop for Waiting<'_> {
     }
 }
 
-#[derive(Clone)]
-pub struct BulkheadLayer {
-    core: Arc<UpstreamCore>,
-}
+/// Marks the bulkhead stage in [`Stage`](super::Stage).
+#[derive(Debug, Clone, Copy)]
+pub struct BulkheadStage;
 
-impl BulkheadLayer {
-    pub fn new(core: Arc<UpstreamCore>) -> Self {
-        BulkheadLayer { core }
-    }
-}
-
-impl<S> Layer<S> for BulkheadLayer {
-    type Service = BulkheadService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        BulkheadService {
-            core: self.core.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct BulkheadService<S> {
-    core: Arc<UpstreamCore>,
-    inner: S,
-}
-
-impl<S> Service<Req> for BulkheadService<S>
+impl<S> Service<Req> for Stage<BulkheadStage, S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,

@@ -7,10 +7,10 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::breaker::{Admission, Breaker, BreakerState, Transition};
-use super::{Req, ResponseFuture, Rsp, classify};
+use super::{Req, ResponseFuture, Rsp, Stage, classify};
 use crate::errors::ProxyError;
 use crate::upstream::UpstreamCore;
 
@@ -46,32 +46,9 @@ pub(crate) fn announce(core: &UpstreamCore, t: Transition) {
     });
 }
 
-#[derive(Clone)]
-pub struct BreakerLayer {
-    core: Arc<UpstreamCore>,
-}
-
-impl BreakerLayer {
-    pub fn new(core: Arc<UpstreamCore>) -> Self {
-        BreakerLayer { core }
-    }
-}
-
-impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
-            core: self.core.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct BreakerService<S> {
-    core: Arc<UpstreamCore>,
-    inner: S,
-}
+/// Marks the breaker stage in [`Stage`](super::Stage).
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerStage;
 
 /// Gives a half-open probe slot back if the attempt is abandoned before its outcome is known.
 struct AdmissionGuard {
@@ -87,7 +64,7 @@ impl Drop for AdmissionGuard {
     }
 }
 
-impl<S> Service<Req> for BreakerService<S>
+impl<S> Service<Req> for Stage<BreakerStage, S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError> + Send + 'static,
     S::Future: Send + 'static,

@@ -2,45 +2,20 @@
 //! own deadline (`grpc-timeout`, or the configured HTTP deadline header in milliseconds). It bounds every attempt, backoff and failover of the call; when it
 //! passes, whatever is running is cancelled and the caller gets 504 / DEADLINE_EXCEEDED.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::{Deadline, Req, ResponseFuture, Rsp, is_grpc};
+use super::{Deadline, Req, ResponseFuture, Rsp, Stage, is_grpc};
 use crate::errors::ProxyError;
 use crate::headers::grpc_timeout;
-use crate::upstream::UpstreamCore;
 
-#[derive(Clone)]
-pub struct DeadlineLayer {
-    core: Arc<UpstreamCore>,
-}
+/// Marks the deadline stage in [`Stage`](super::Stage).
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineStage;
 
-impl DeadlineLayer {
-    pub fn new(core: Arc<UpstreamCore>) -> Self {
-        DeadlineLayer { core }
-    }
-}
-
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService {
-            core: self.core.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct DeadlineService<S> {
-    core: Arc<UpstreamCore>,
-    inner: S,
-}
-
-impl<S> Service<Req> for DeadlineService<S>
+impl<S> Service<Req> for Stage<DeadlineStage, S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,

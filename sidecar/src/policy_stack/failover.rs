@@ -9,42 +9,19 @@ use std::task::{Context, Poll};
 use bulwark_proto::policy::GrpcCode;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 use super::replay::ReplayBody;
-use super::{Deadline, Req, ResponseFuture, Rsp, classify, is_grpc};
+use super::{Deadline, Req, ResponseFuture, Rsp, Stage, classify, is_grpc};
 use crate::body::Body;
 use crate::errors::{ProxyError, grpc_status_response};
 use crate::route::Snapshot;
 use crate::upstream::{TargetAuthority, UpstreamCore};
 use tokio::time::Instant;
 
-#[derive(Clone)]
-pub struct FailoverLayer {
-    core: Arc<UpstreamCore>,
-}
-
-impl FailoverLayer {
-    pub fn new(core: Arc<UpstreamCore>) -> Self {
-        FailoverLayer { core }
-    }
-}
-
-impl<S> Layer<S> for FailoverLayer {
-    type Service = FailoverService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        FailoverService {
-            core: self.core.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct FailoverService<S> {
-    core: Arc<UpstreamCore>,
-    inner: S,
-}
+/// Marks the failover stage in [`Stage`](super::Stage).
+#[derive(Debug, Clone, Copy)]
+pub struct FailoverStage;
 
 /// Whether a final result counts as the upstream having failed: any error, or a response its
 /// failure conditions (`circuitBreaker.failureOn`, default 5xx and transport failures) name.
@@ -55,7 +32,7 @@ fn failed(core: &UpstreamCore, result: &Result<Rsp, ProxyError>) -> bool {
     }
 }
 
-impl<S> Service<Req> for FailoverService<S>
+impl<S> Service<Req> for Stage<FailoverStage, S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,

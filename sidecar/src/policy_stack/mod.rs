@@ -20,6 +20,7 @@ mod retry;
 pub mod retry_policy;
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,8 +30,8 @@ use std::time::Duration;
 use bulwark_proto::policy::GrpcCode;
 use http::{Request, Response};
 use tokio::time::Instant;
-use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder};
 
 pub use bulkhead::Bulkhead;
 
@@ -53,17 +54,17 @@ pub fn build(core: &Arc<UpstreamCore>) -> (Stack, Stack) {
         // Retry: classifies each attempt's outcome, spends the retry budget, waits the
         // backoff, replays the request body. Above the per-try timeout so a timed-out attempt
         // can be retried; below failover so each upstream retries with its own policy.
-        .layer(retry::RetryLayer::new(core.clone()))
+        .layer(StageLayer::<retry::RetryStage>::new(core))
         // Per-try timeout: gives each attempt its deadline (never past the overall one) and
         // tells the upstream its budget in `grpc-timeout`. The timer itself fires at the
         // bottom, so the breaker and outlier detector see a timeout as an outcome.
-        .layer(per_try::PerTryLayer::new(core.clone()))
+        .layer(StageLayer::<per_try::PerTryStage>::new(core))
         // Circuit breaker: fails fast without touching the upstream while open; every
         // attempt is one outcome. Above the bulkhead so an open breaker queues nothing.
-        .layer(circuit::BreakerLayer::new(core.clone()))
+        .layer(StageLayer::<circuit::BreakerStage>::new(core))
         // Bulkhead: bounds concurrent and waiting requests to this upstream; a permit is held
         // until the response body ends.
-        .layer(bulkhead::BulkheadLayer::new(core.clone()))
+        .layer(StageLayer::<bulkhead::BulkheadStage>::new(core))
         // Balancer: power of two choices over endpoints not ejected as outliers, preferring
         // endpoints this request has not tried; the connection pool is below it.
         .service(Balance::new(core.clone()));
@@ -71,12 +72,57 @@ pub fn build(core: &Arc<UpstreamCore>) -> (Stack, Stack) {
     let full = ServiceBuilder::new()
         // Overall deadline: the policy's timeouts.request shortened by the caller's
         // grpc-timeout; bounds retries and failover together.
-        .layer(deadline::DeadlineLayer::new(core.clone()))
+        .layer(StageLayer::<deadline::DeadlineStage>::new(core))
         // Failover: the primary with its retries, then each fallback upstream's own attempts
         // stack, then the static fallback response.
-        .layer(failover::FailoverLayer::new(core.clone()))
+        .layer(StageLayer::<failover::FailoverStage>::new(core))
         .service(attempts.clone());
     (Stack::new(full), attempts)
+}
+
+/// One stage of an upstream's stack: the upstream's core (settings and state) and the next
+/// service. The marker `M` says which stage's `Service` implementation applies, so every stage
+/// shares this one layer type and each file holds only its stage's logic.
+pub struct Stage<M, S> {
+    core: Arc<UpstreamCore>,
+    inner: S,
+    _stage: PhantomData<fn() -> M>,
+}
+
+impl<M, S: Clone> Clone for Stage<M, S> {
+    fn clone(&self) -> Self {
+        Stage {
+            core: self.core.clone(),
+            inner: self.inner.clone(),
+            _stage: PhantomData,
+        }
+    }
+}
+
+/// Builds [`Stage`]s of kind `M` over an upstream's core.
+pub struct StageLayer<M> {
+    core: Arc<UpstreamCore>,
+    _stage: PhantomData<fn() -> M>,
+}
+
+impl<M> StageLayer<M> {
+    pub fn new(core: &Arc<UpstreamCore>) -> Self {
+        StageLayer {
+            core: core.clone(),
+            _stage: PhantomData,
+        }
+    }
+}
+
+impl<M, S> Layer<S> for StageLayer<M> {
+    type Service = Stage<M, S>;
+    fn layer(&self, inner: S) -> Stage<M, S> {
+        Stage {
+            core: self.core.clone(),
+            inner,
+            _stage: PhantomData,
+        }
+    }
 }
 
 /// The overall deadline of a request (request extension, set by the deadline layer).

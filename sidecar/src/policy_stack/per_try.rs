@@ -3,45 +3,20 @@
 //! so the breaker and outlier detector record a timed-out attempt like any other outcome. gRPC
 //! upstreams are told their budget in `grpc-timeout`, HTTP upstreams in the deadline header.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::HeaderValue;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::{AttemptDeadline, Deadline, Req, Rsp, is_grpc};
+use super::{AttemptDeadline, Deadline, Req, Rsp, Stage, is_grpc};
 use crate::errors::ProxyError;
-use crate::upstream::UpstreamCore;
 
-#[derive(Clone)]
-pub struct PerTryLayer {
-    core: Arc<UpstreamCore>,
-}
+/// Marks the pertry stage in [`Stage`](super::Stage).
+#[derive(Debug, Clone, Copy)]
+pub struct PerTryStage;
 
-impl PerTryLayer {
-    pub fn new(core: Arc<UpstreamCore>) -> Self {
-        PerTryLayer { core }
-    }
-}
-
-impl<S> Layer<S> for PerTryLayer {
-    type Service = PerTryService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        PerTryService {
-            core: self.core.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct PerTryService<S> {
-    core: Arc<UpstreamCore>,
-    inner: S,
-}
-
-impl<S> Service<Req> for PerTryService<S>
+impl<S> Service<Req> for Stage<PerTryStage, S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError>,
 {

@@ -4,50 +4,25 @@
 //! Decisions are made on response headers only: once a response is returned its body streams
 //! to the caller and is never retried.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use http::{HeaderValue, Request};
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::outcome::Outcome;
 use super::replay::ReplayBody;
 use super::retry_policy::{next_delay, pushback, request_retryable};
-use super::{Deadline, Req, ResponseFuture, Rsp, classify, is_grpc};
+use super::{Deadline, Req, ResponseFuture, Rsp, Stage, classify, is_grpc};
 use crate::body::Body;
 use crate::errors::ProxyError;
-use crate::upstream::UpstreamCore;
 
 pub const ATTEMPT_HEADER: &str = "x-bulwark-attempt";
 
-#[derive(Clone)]
-pub struct RetryLayer {
-    core: Arc<UpstreamCore>,
-}
-
-impl RetryLayer {
-    pub fn new(core: Arc<UpstreamCore>) -> Self {
-        RetryLayer { core }
-    }
-}
-
-impl<S> Layer<S> for RetryLayer {
-    type Service = RetryService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            core: self.core.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RetryService<S> {
-    core: Arc<UpstreamCore>,
-    inner: S,
-}
+/// Marks the retry stage in [`Stage`](super::Stage).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryStage;
 
 /// Why a failed attempt was not retried (a metric label).
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +34,7 @@ enum Stop {
     BudgetExhausted,
 }
 
-impl<S> Service<Req> for RetryService<S>
+impl<S> Service<Req> for Stage<RetryStage, S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
