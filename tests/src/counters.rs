@@ -75,7 +75,8 @@ impl FailurePlan {
 
 /// Shared between an upstream's handle and its handlers.
 #[derive(Debug, Default)]
-pub(crate) struct Record {
+/// What a test upstream saw; both upstream handles dereference to it for their queries.
+pub struct Record {
     total: AtomicU64,
     cancelled: AtomicU64,
     per_path: Mutex<HashMap<String, u64>>,
@@ -147,35 +148,49 @@ impl Record {
         }
     }
 
-    pub(crate) fn requests(&self) -> u64 {
+    /// Requests (gRPC: calls) received, injected failures included.
+    pub fn requests(&self) -> u64 {
         self.total.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn requests_to(&self, path: &str) -> u64 {
+    /// Requests received for exactly this path (no query; gRPC: the method path).
+    pub fn requests_to(&self, path: &str) -> u64 {
         lock(&self.per_path).get(path).copied().unwrap_or(0)
     }
 
-    pub(crate) fn cancelled(&self) -> u64 {
+    /// Requests dropped by the caller before they were answered.
+    pub fn cancelled(&self) -> u64 {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn last_headers(&self) -> Option<HeaderMap> {
+    /// The headers of the last request received.
+    pub fn last_headers(&self) -> Option<HeaderMap> {
         lock(&self.last_headers).clone()
     }
 
-    pub(crate) fn attempts_for(&self, key: &str) -> u64 {
+    /// Requests received with `x-fault-key: key` (the attempts of one call, when a test gives
+    /// each call its own key).
+    pub fn attempts_for(&self, key: &str) -> u64 {
         lock(&self.per_key).get(key).map_or(0, |c| c.requests)
     }
 
-    pub(crate) fn cancelled_for(&self, key: &str) -> u64 {
+    /// Requests with `x-fault-key: key` dropped before they were answered.
+    pub fn cancelled_for(&self, key: &str) -> u64 {
         lock(&self.per_key).get(key).map_or(0, |c| c.cancelled)
     }
 
-    pub(crate) fn seen(&self) -> Vec<Seen> {
+    /// Every request received (the last [`SEEN_LIMIT`]), in order of arrival.
+    pub fn seen(&self) -> Vec<Seen> {
         lock(&self.seen).iter().cloned().collect()
     }
 
-    pub(crate) fn seen_for(&self, key: &str) -> Vec<Seen> {
+    /// The requests with `x-fault-key: key`, in order of arrival.
+    /// When each request with `x-fault-key: key` arrived, in order.
+    pub fn arrivals_for(&self, key: &str) -> Vec<tokio::time::Instant> {
+        self.seen_for(key).iter().map(|s| s.at).collect()
+    }
+
+    pub fn seen_for(&self, key: &str) -> Vec<Seen> {
         lock(&self.seen)
             .iter()
             .filter(|s| s.key.as_deref().unwrap_or("") == key)

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Request};
+use http::Request;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -32,7 +32,7 @@ use tonic::{Code, Status, Streaming};
 use tower::ServiceExt;
 
 use crate::BoxError;
-use crate::counters::{self, CancelGuard, FailurePlan, Record, Seen, Verdict};
+use crate::counters::{self, CancelGuard, FailurePlan, Record, Verdict};
 use crate::fault::{self, Fault};
 use crate::pb::echo_server::{Echo, EchoServer};
 use crate::pb::{EchoReply, EchoRequest, StreamRequest};
@@ -73,52 +73,14 @@ impl GrpcUpstream {
     pub fn addr(&self) -> SocketAddr {
         self.serving.addr()
     }
+}
 
-    /// Calls received, injected failures included.
-    pub fn requests(&self) -> u64 {
-        self.record.requests()
-    }
+impl std::ops::Deref for GrpcUpstream {
+    type Target = Record;
 
-    /// Calls received for this method path, e.g. `/bulwark.test.v1.Echo/Unary`.
-    pub fn requests_to(&self, path: &str) -> u64 {
-        self.record.requests_to(path)
-    }
-
-    /// Calls the caller abandoned: a dropped `Hold`, a stream reset before it finished.
-    pub fn cancelled(&self) -> u64 {
-        self.record.cancelled()
-    }
-
-    /// The HTTP/2 headers of the last call received.
-    pub fn last_headers(&self) -> Option<HeaderMap> {
-        self.record.last_headers()
-    }
-
-    /// Calls received with `x-fault-key: key` (the attempts of one call, when a test gives
-    /// each call its own key).
-    pub fn attempts_for(&self, key: &str) -> u64 {
-        self.record.attempts_for(key)
-    }
-
-    /// When each call with `x-fault-key: key` arrived, in order.
-    pub fn arrivals_for(&self, key: &str) -> Vec<tokio::time::Instant> {
-        self.record.seen_for(key).iter().map(|s| s.at).collect()
-    }
-
-    /// The calls with `x-fault-key: key`, in order of arrival.
-    pub fn seen_for(&self, key: &str) -> Vec<Seen> {
-        self.record.seen_for(key)
-    }
-
-    /// Every call received (the last [`crate::SEEN_LIMIT`]), in order of arrival.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.record.seen()
-    }
-
-    /// Calls with `x-fault-key: key` dropped before they were answered (during a fault's delay,
-    /// a `Unary` with `delay_ms`, `Hold`).
-    pub fn cancelled_for(&self, key: &str) -> u64 {
-        self.record.cancelled_for(key)
+    /// The request counters and records: `requests()`, `attempts_for(key)`, `seen()`, …
+    fn deref(&self) -> &Record {
+        &self.record
     }
 }
 

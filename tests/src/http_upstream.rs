@@ -32,7 +32,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::counters::{self, CancelGuard, FailurePlan, Record, Seen, Verdict};
+use crate::counters::{self, CancelGuard, FailurePlan, Record, Verdict};
 use crate::fault::{self, Fault};
 use crate::pattern::{PatternBody, PatternCheck};
 use crate::serve::{self, Serving};
@@ -75,56 +75,18 @@ impl HttpUpstream {
         self.serving.addr()
     }
 
-    /// Requests received, injected failures included.
-    pub fn requests(&self) -> u64 {
-        self.record.requests()
-    }
-
-    /// Requests received for exactly this path (no query).
-    pub fn requests_to(&self, path: &str) -> u64 {
-        self.record.requests_to(path)
-    }
-
-    /// Requests dropped before they were answered (`/hold`, an abandoned `/slow/...`).
-    pub fn cancelled(&self) -> u64 {
-        self.record.cancelled()
-    }
-
-    /// The headers of the last request received.
-    pub fn last_headers(&self) -> Option<HeaderMap> {
-        self.record.last_headers()
-    }
-
-    /// Requests received with `x-fault-key: key` (the attempts of one request, when a test
-    /// gives each request its own key).
-    pub fn attempts_for(&self, key: &str) -> u64 {
-        self.record.attempts_for(key)
-    }
-
-    /// When each request with `x-fault-key: key` arrived, in order.
-    pub fn arrivals_for(&self, key: &str) -> Vec<tokio::time::Instant> {
-        self.record.seen_for(key).iter().map(|s| s.at).collect()
-    }
-
-    /// The requests with `x-fault-key: key`, in order of arrival.
-    pub fn seen_for(&self, key: &str) -> Vec<Seen> {
-        self.record.seen_for(key)
-    }
-
-    /// Every request received (the last [`crate::SEEN_LIMIT`]), in order of arrival.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.record.seen()
-    }
-
-    /// Requests with `x-fault-key: key` dropped before they were answered (during a fault's
-    /// delay, `/hold`, `/slow/...`, `/gate`).
-    pub fn cancelled_for(&self, key: &str) -> u64 {
-        self.record.cancelled_for(key)
-    }
-
     /// Lets every `/gate` request (waiting or future) answer.
     pub fn open_gate(&self) {
         self.gate.send_replace(true);
+    }
+}
+
+impl std::ops::Deref for HttpUpstream {
+    type Target = Record;
+
+    /// The request counters and records: `requests()`, `attempts_for(key)`, `seen()`, …
+    fn deref(&self) -> &Record {
+        &self.record
     }
 }
 

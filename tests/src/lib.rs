@@ -40,7 +40,7 @@ pub mod pb {
 }
 
 pub use control_plane::ControlPlane;
-pub use counters::{SEEN_LIMIT, Seen};
+pub use counters::{Record, SEEN_LIMIT, Seen};
 pub use etcd::Etcd;
 pub use fault::Fault;
 pub use grpc_upstream::GrpcUpstream;

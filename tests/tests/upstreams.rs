@@ -39,7 +39,7 @@ async fn a_dns_name_is_resolved_and_served() {
         let res = client::get(&http, "http://named/status/200").await;
         assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     }
-    let served = v4.requests() + v6.as_ref().map_or(0, HttpUpstream::requests);
+    let served = v4.requests() + v6.as_ref().map_or(0, |u| u.requests());
     assert_eq!(served, 5);
 }
 
