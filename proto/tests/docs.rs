@@ -84,7 +84,9 @@ spec:
   capabilities: { c: d }
   actions: { SEVERE: { shedPriorities: [low], maxRetryAttempts: 1, ready: false } }
   inbound: { priorityHeader: x-p, shedRetryAfter: 1s, maxConcurrent: 1 }
-  alerts: { webhook: "http://a/" }
+  alerts: { webhook: "http://a/", maxPerMinute: 1 }
+  lowerAfter: 1s
+  maxUnreadyPercent: 1%
 "#;
 
 /// Maps whose keys are user data; the docs name them by a placeholder.
@@ -185,6 +187,7 @@ fn documented_defaults_are_the_models() {
             defaults::HEALTH_CHECK_TIMEOUT,
         ),
         ("spec.inbound.shedRetryAfter", defaults::SHED_RETRY_AFTER),
+        ("spec.lowerAfter", defaults::LOWER_AFTER),
     ];
     for (path, expected) in durations {
         assert_eq!(parse_duration(default(path)), Ok(expected), "{path}");
@@ -212,6 +215,7 @@ fn documented_defaults_are_the_models() {
             "spec.outlierDetection.maxEjectedPercent",
             defaults::OUTLIER_MAX_EJECTED_PERCENT,
         ),
+        ("spec.alerts.maxPerMinute", defaults::ALERTS_MAX_PER_MINUTE),
     ];
     for (path, expected) in integers {
         assert_eq!(default(path).parse::<u32>(), Ok(expected), "{path}");
@@ -234,6 +238,7 @@ fn documented_defaults_are_the_models() {
             "spec.circuitBreaker.failureRate",
             defaults::BREAKER_FAILURE_RATE_PERCENT,
         ),
+        ("spec.maxUnreadyPercent", defaults::MAX_UNREADY_PERCENT),
     ];
     for (path, expected) in percents {
         assert_eq!(Percent::new(default(path)).parse(), Ok(expected), "{path}");

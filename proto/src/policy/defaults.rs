@@ -34,3 +34,6 @@ pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PRIORITY_HEADER: &str = "x-priority";
 pub const SHED_RETRY_AFTER: Duration = Duration::from_secs(30);
+pub const LOWER_AFTER: Duration = Duration::from_secs(30);
+pub const MAX_UNREADY_PERCENT: f64 = 30.0;
+pub const ALERTS_MAX_PER_MINUTE: u32 = 10;

@@ -403,6 +403,14 @@ pub struct ServiceSpec {
     pub inbound: Option<Inbound>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Alerts>,
+    /// How long a lower level must keep holding before the service is moved down to it
+    /// (raising is immediate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_after: Option<Duration>,
+    /// The most of the service's pods that degradation may take out of rotation at once
+    /// (`ready: false`, a critical dependency down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unready_percent: Option<Percent>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -485,4 +493,7 @@ pub struct Inbound {
 pub struct Alerts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// Alerts sent for this service per minute at most; more are dropped and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_minute: Option<u32>,
 }

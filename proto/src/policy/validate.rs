@@ -723,6 +723,15 @@ fn validate_service(p: &ServicePolicy, v: &mut Validator) {
     if let Some(i) = &s.inbound {
         inbound(v, "spec.inbound", i);
     }
+    if let Some(d) = &s.lower_after {
+        v.positive_duration("spec.lowerAfter", d);
+    }
+    if let Some(p) = &s.max_unready_percent {
+        v.percent("spec.maxUnreadyPercent", p);
+    }
+    if let Some(0) = s.alerts.as_ref().and_then(|a| a.max_per_minute) {
+        v.error("spec.alerts.maxPerMinute", "must be >= 1, got 0");
+    }
     if let Some(url) = s.alerts.as_ref().and_then(|a| a.webhook.as_ref()) {
         let rest = url
             .strip_prefix("http://")
