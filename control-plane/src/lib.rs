@@ -7,6 +7,7 @@
 
 pub mod acks;
 pub mod api;
+pub mod degrade;
 pub mod diff;
 pub mod index;
 pub mod status;

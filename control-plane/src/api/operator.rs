@@ -83,6 +83,34 @@ fn expected(resource_version: i64) -> Option<i64> {
 
 #[tonic::async_trait]
 impl Operator for OperatorService {
+    async fn levels(
+        &self,
+        _request: Request<pb::LevelsRequest>,
+    ) -> Result<Response<pb::LevelsResponse>, Status> {
+        Err(Status::unimplemented("TODO"))
+    }
+
+    async fn events(
+        &self,
+        _request: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsResponse>, Status> {
+        Err(Status::unimplemented("TODO"))
+    }
+
+    async fn degrade(
+        &self,
+        _request: Request<pb::DegradeRequest>,
+    ) -> Result<Response<pb::DegradeResponse>, Status> {
+        Err(Status::unimplemented("TODO"))
+    }
+
+    async fn clear_degrade(
+        &self,
+        _request: Request<pb::ClearDegradeRequest>,
+    ) -> Result<Response<pb::DegradeResponse>, Status> {
+        Err(Status::unimplemented("TODO"))
+    }
+
     async fn apply(
         &self,
         request: Request<pb::ApplyRequest>,

@@ -1,5 +1,5 @@
-//! The values stored under `history/` and `acks/` (docs/control-plane.md, "etcd keys"), as
-//! JSON. Resources under `policies/` are the policy model's own JSON, without
+//! The values stored under `history/`, `acks/`, `health/`, `overrides/` and `events/`
+//! (docs/control-plane.md, "etcd keys"), as JSON. Resources under `policies/` are the policy model's own JSON, without
 //! `metadata.resourceVersion` (the key's `mod_revision` is the version).
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,123 @@ pub struct AckRecord {
     /// leaves the pod on its previous version, and convergence needs that one).
     #[serde(default)]
     pub applied: i64,
+}
+
+/// `health/{namespace}/{service}/{pod}`: the pod's latest health report, bound to a lease of
+/// about three report intervals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthRecord {
+    /// When the replica received the report (unix milliseconds).
+    pub at: i64,
+    pub interval_ms: u32,
+    pub applied_version: i64,
+    pub replica: String,
+    pub app: AppHealth,
+    pub upstreams: Vec<UpstreamHealth>,
+}
+
+/// The sidecar's last probe of its app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppHealth {
+    pub probed: bool,
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// One upstream as one pod saw it during its last report interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamHealth {
+    pub namespace: String,
+    pub name: String,
+    pub requests: u64,
+    pub failures: u64,
+    pub slow: u64,
+    pub breaker: BreakerState,
+    pub endpoints: u32,
+    pub ejected: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl HealthRecord {
+    /// The record of a report received now.
+    pub fn from_report(report: &bulwark_proto::v1::HealthReport, replica: &str, at: i64) -> Self {
+        use bulwark_proto::v1 as pb;
+        let app = report.app.as_ref();
+        HealthRecord {
+            at,
+            interval_ms: report.interval_ms,
+            applied_version: report.applied_version,
+            replica: replica.to_string(),
+            app: AppHealth {
+                probed: app.is_some_and(|a| a.probed),
+                healthy: app.is_none_or(|a| a.healthy || !a.probed),
+                detail: app.map(|a| a.detail.clone()).unwrap_or_default(),
+            },
+            upstreams: report
+                .upstreams
+                .iter()
+                .map(|u| UpstreamHealth {
+                    namespace: u.namespace.clone(),
+                    name: u.name.clone(),
+                    requests: u.requests,
+                    failures: u.failures.min(u.requests),
+                    slow: u.slow.min(u.requests),
+                    breaker: match u.breaker() {
+                        pb::BreakerState::Closed => BreakerState::Closed,
+                        pb::BreakerState::Open => BreakerState::Open,
+                        pb::BreakerState::HalfOpen => BreakerState::HalfOpen,
+                    },
+                    endpoints: u.endpoints,
+                    ejected: u.ejected.min(u.endpoints),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `overrides/mesh` or `overrides/service/{namespace}/{service}`: a level forced by an
+/// operator, bound to a lease of its TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideRecord {
+    /// `NORMAL`, `DEGRADED`, `SEVERE` or `EMERGENCY`.
+    pub level: String,
+    pub reason: String,
+    pub by: String,
+    /// Unix milliseconds.
+    pub expires: i64,
+    #[serde(default)]
+    pub mesh: bool,
+}
+
+/// `events/{unix ms:013}-{seq}`: a level change, a breaker transition or an override, kept
+/// for a day (leased).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Unix milliseconds.
+    pub time: i64,
+    /// RFC 3339.
+    pub at: String,
+    /// `namespace/service`, or `*` for the mesh.
+    pub service: String,
+    /// `level`, `breaker` or `override`.
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    #[serde(default)]
+    pub by: String,
+    /// One line, as alerts carry it.
+    pub text: String,
 }
 
 #[cfg(test)]
