@@ -314,10 +314,7 @@ pub fn evaluate(policy: &ServicePolicy, inputs: Inputs<'_>) -> (ServiceStatus, V
     });
     if let Some(o) = &r#override {
         let scope = if o.mesh { "mesh-wide " } else { "" };
-        reasons.insert(
-            0,
-            format!("{scope}override by {}: {}", o.by, o.reason),
-        );
+        reasons.insert(0, format!("{scope}override by {}: {}", o.by, o.reason));
     }
     if let Some(p) = &pending {
         reasons.push(format!(
@@ -551,7 +548,11 @@ fn transitions(previous: Option<&ServiceStatus>, now: &ServiceStatus) -> Vec<Tra
                 ),
             )
         } else {
-            ("open", "closed", format!("{} breaker closed on every pod", dep.name))
+            (
+                "open",
+                "closed",
+                format!("{} breaker closed on every pod", dep.name),
+            )
         };
         out.push(Transition {
             kind: "breaker",

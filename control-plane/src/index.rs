@@ -15,8 +15,9 @@ use std::time::Duration;
 use bulwark_proto::policy::{Kind, Resource};
 use tokio::sync::watch;
 
-use crate::store::keys::{PodKey, ResourceKey, ServiceKey};
-use crate::store::values::{AckRecord, HistoryOp};
+use crate::degrade::ServiceStatus;
+use crate::store::keys::{OverrideTarget, PodKey, ResourceKey, ServiceKey};
+use crate::store::values::{AckRecord, HealthRecord, HistoryOp, OverrideRecord};
 
 /// A resource as stored, with its version.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +81,27 @@ pub enum Change {
     AckDeleted {
         pod: PodKey,
     },
+    Health {
+        pod: PodKey,
+        record: Arc<HealthRecord>,
+    },
+    HealthDeleted {
+        pod: PodKey,
+    },
+    Status {
+        service: ServiceKey,
+        status: Arc<ServiceStatus>,
+    },
+    StatusDeleted {
+        service: ServiceKey,
+    },
+    Override {
+        target: OverrideTarget,
+        record: OverrideRecord,
+    },
+    OverrideDeleted {
+        target: OverrideTarget,
+    },
 }
 
 /// What a service's pods need: its ServicePolicy and every UpstreamPolicy.
@@ -129,6 +151,17 @@ pub struct Index {
     acks: BTreeMap<PodKey, AckRecord>,
     groups: HashMap<ServiceKey, watch::Sender<Arc<Snapshot>>>,
     state_tx: watch::Sender<IndexState>,
+    /// The pods' live health reports.
+    health: BTreeMap<PodKey, Arc<HealthRecord>>,
+    /// What the elected replica computed, per service.
+    statuses: BTreeMap<ServiceKey, Arc<ServiceStatus>>,
+    overrides: BTreeMap<OverrideTarget, OverrideRecord>,
+    /// Counts changes to what levels are computed from (reports, overrides, ServicePolicies).
+    inputs_tx: watch::Sender<u64>,
+    /// Counts changes to `statuses`.
+    levels_tx: watch::Sender<u64>,
+    inputs_changed: bool,
+    levels_changed: bool,
 }
 
 impl Default for Index {
@@ -155,6 +188,13 @@ impl Index {
                 ..IndexState::default()
             })
             .0,
+            health: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+            inputs_tx: watch::channel(0).0,
+            levels_tx: watch::channel(0).0,
+            inputs_changed: false,
+            levels_changed: false,
         }
     }
 
@@ -165,6 +205,11 @@ impl Index {
         self.last_change.clear();
         self.upstreams_version = 0;
         self.acks.clear();
+        self.health.clear();
+        self.statuses.clear();
+        self.overrides.clear();
+        self.inputs_changed = true;
+        self.levels_changed = true;
         for change in changes {
             self.change(change);
         }
@@ -243,6 +288,60 @@ impl Index {
         &self.acks
     }
 
+    /// Live health reports, by pod (sorted, so one service's pods are adjacent).
+    pub fn health(&self) -> &BTreeMap<PodKey, Arc<HealthRecord>> {
+        &self.health
+    }
+
+    /// The reports of one service's pods.
+    pub fn health_of(&self, service: &ServiceKey) -> Vec<(String, Arc<HealthRecord>)> {
+        let from = PodKey {
+            namespace: service.namespace.clone(),
+            service: service.service.clone(),
+            pod: String::new(),
+        };
+        self.health
+            .range(from..)
+            .take_while(|(p, _)| p.namespace == service.namespace && p.service == service.service)
+            .map(|(p, r)| (p.pod.clone(), r.clone()))
+            .collect()
+    }
+
+    pub fn statuses(&self) -> &BTreeMap<ServiceKey, Arc<ServiceStatus>> {
+        &self.statuses
+    }
+
+    pub fn overrides(&self) -> &BTreeMap<OverrideTarget, OverrideRecord> {
+        &self.overrides
+    }
+
+    /// Follows changes to what levels are computed from.
+    pub fn watch_inputs(&self) -> watch::Receiver<u64> {
+        self.inputs_tx.subscribe()
+    }
+
+    /// Follows changes to the computed statuses.
+    pub fn watch_levels(&self) -> watch::Receiver<u64> {
+        self.levels_tx.subscribe()
+    }
+
+    /// The levels a pod of `service` acts on: its own service's status and the statuses of
+    /// the services it calls (those named like one of its UpstreamPolicies), sorted.
+    pub fn levels_for(&self, service: &ServiceKey) -> Vec<Arc<ServiceStatus>> {
+        self.statuses
+            .iter()
+            .filter(|(key, _)| {
+                *key == service
+                    || self.resources.contains_key(&ResourceKey::new(
+                        Kind::UpstreamPolicy,
+                        key.namespace.clone(),
+                        key.service.clone(),
+                    ))
+            })
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
     /// The snapshot for `service` as the index stands.
     pub fn snapshot(&self, service: &ServiceKey) -> Snapshot {
         let policy = ResourceKey::new(
@@ -295,10 +394,15 @@ impl Index {
         match change {
             Change::Policy(stored) => {
                 self.changed(&stored.key, stored.mod_revision);
+                self.inputs_changed = true;
+                // Which services a pod calls may have changed.
+                self.levels_changed = true;
                 self.resources.insert(stored.key.clone(), stored);
             }
             Change::PolicyDeleted { key, revision } => {
                 self.changed(&key, revision);
+                self.inputs_changed = true;
+                self.levels_changed = true;
                 self.resources.remove(&key);
             }
             Change::History { key, seq, entry } => {
@@ -319,6 +423,30 @@ impl Index {
             }
             Change::AckDeleted { pod } => {
                 self.acks.remove(&pod);
+            }
+            Change::Health { pod, record } => {
+                self.health.insert(pod, record);
+                self.inputs_changed = true;
+            }
+            Change::HealthDeleted { pod } => {
+                self.health.remove(&pod);
+                self.inputs_changed = true;
+            }
+            Change::Status { service, status } => {
+                self.statuses.insert(service, status);
+                self.levels_changed = true;
+            }
+            Change::StatusDeleted { service } => {
+                self.statuses.remove(&service);
+                self.levels_changed = true;
+            }
+            Change::Override { target, record } => {
+                self.overrides.insert(target, record);
+                self.inputs_changed = true;
+            }
+            Change::OverrideDeleted { target } => {
+                self.overrides.remove(&target);
+                self.inputs_changed = true;
             }
         }
     }
@@ -350,6 +478,12 @@ impl Index {
                     }
                 }
             }
+        }
+        if std::mem::take(&mut self.inputs_changed) {
+            self.inputs_tx.send_modify(|n| *n += 1);
+        }
+        if std::mem::take(&mut self.levels_changed) {
+            self.levels_tx.send_modify(|n| *n += 1);
         }
         self.state_tx.send_replace(self.state.clone());
     }

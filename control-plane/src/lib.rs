@@ -2,14 +2,22 @@
 //! of policy snapshots to sidecars. Replicas are stateless: etcd is the only source of truth;
 //! each replica keeps an index fed by one watch (`sync`), serves reads from it, writes through
 //! guarded etcd transactions (`api::ops`) and streams snapshots (`api::discovery`). Optionally
-//! it also answers the API server's sidecar-injection reviews over HTTPS (`webhook`).
+//! it also answers the API server's sidecar-injection reviews over HTTPS (`webhook`). The
+//! sidecars' health reports go to etcd (`health`); the replica elected through etcd
+//! (`leader`) turns them into levels (`degrade`, `levels`), events and alerts.
 //! See `docs/control-plane.md`.
 
 pub mod acks;
+pub mod alerts;
 pub mod api;
 pub mod degrade;
 pub mod diff;
+pub mod events;
+pub mod health;
 pub mod index;
+pub mod leader;
+pub mod levels;
+pub mod metrics;
 pub mod status;
 pub mod store;
 pub mod sync;
@@ -30,7 +38,10 @@ use crate::acks::AckRecorder;
 use crate::api::discovery::DiscoveryService;
 use crate::api::operator::OperatorService;
 use crate::api::ops::Ops;
+use crate::health::HealthRecorder;
 use crate::index::SharedIndex;
+use crate::levels::{Levels, LevelsConfig};
+use crate::metrics::Metrics;
 use crate::store::keys::{BadPrefix, Keys};
 use crate::store::{EtcdStore, StoreError, StoreOptions};
 use crate::webhook::WebhookConfig;
@@ -59,6 +70,10 @@ pub struct Config {
     pub etcd_timeout: Duration,
     /// TTL of the lease the pods' ack records are bound to.
     pub ack_lease_ttl: Duration,
+    /// TTL of the election lease.
+    pub leader_ttl: Duration,
+    /// How often the elected replica computes levels.
+    pub levels: LevelsConfig,
     /// The sidecar-injection webhook; off when `None`.
     pub webhook: Option<WebhookConfig>,
 }
@@ -135,7 +150,41 @@ pub async fn run(
         config.ack_lease_ttl,
         stop.clone(),
     ));
-    let ops = Arc::new(Ops::new(store.clone(), keys.clone(), index.clone()));
+    let health = HealthRecorder::new(&config.replica_id);
+    let health_writer = tokio::spawn(
+        health
+            .clone()
+            .run(store.clone(), keys.clone(), stop.clone()),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (leading_tx, leading) = watch::channel(None);
+    let election = tokio::spawn(leader::run(
+        store.clone(),
+        keys.clone(),
+        config.replica_id.clone(),
+        config.leader_ttl,
+        leading_tx,
+        stop.clone(),
+    ));
+    let (alerts, alert_worker) = alerts::channel(metrics.clone());
+    let alert_worker = tokio::spawn(alert_worker.run(stop.clone()));
+    let levels = tokio::spawn(
+        Levels {
+            store: store.clone(),
+            keys: keys.clone(),
+            index: index.clone(),
+            alerts,
+            metrics: metrics.clone(),
+            config: config.levels,
+        }
+        .run(leading, stop.clone()),
+    );
+    let ops = Arc::new(Ops::new(
+        store.clone(),
+        keys.clone(),
+        index.clone(),
+        metrics.clone(),
+    ));
 
     let rest = axum::serve(http, api::rest::router(ops.clone()))
         .with_graceful_shutdown(stopped(stop.clone()));
@@ -148,6 +197,7 @@ pub async fn run(
         .add_service(DiscoveryServer::new(DiscoveryService::new(
             index.clone(),
             acks,
+            health,
             stop.clone(),
         )))
         .add_service(OperatorServer::new(OperatorService::new(ops)))
@@ -199,6 +249,10 @@ pub async fn run(
             tracing::debug!("webhook stopped");
         }
         let _ = ack_writer.await;
+        let _ = health_writer.await;
+        let _ = levels.await;
+        let _ = election.await;
+        let _ = alert_worker.await;
         let _ = sync.await;
     })
     .await;

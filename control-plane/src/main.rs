@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bulwark_control_plane::Config;
+use bulwark_control_plane::levels::LevelsConfig;
 use bulwark_control_plane::webhook::WebhookConfig;
 use clap::{Parser, ValueEnum};
 
@@ -56,6 +57,20 @@ struct Args {
     /// TTL of the lease that binds the pods' ack records to this replica.
     #[arg(long, env = "BULWARK_ACK_LEASE_TTL", default_value = "15s", value_parser = duration)]
     ack_lease_ttl: Duration,
+
+    /// TTL of the election lease: when the elected replica dies or loses etcd, another takes
+    /// over within about this long.
+    #[arg(long, env = "BULWARK_LEADER_TTL", default_value = "10s", value_parser = duration)]
+    leader_ttl: Duration,
+
+    /// The elected replica recomputes levels at least this often (damping and override
+    /// expiry need time to pass), and at once when reports or policies change.
+    #[arg(long, env = "BULWARK_LEVELS_INTERVAL", default_value = "1s", value_parser = duration)]
+    levels_interval: Duration,
+
+    /// The shortest time between two level computations (a burst of reports makes one).
+    #[arg(long, env = "BULWARK_LEVELS_MIN_GAP", default_value = "100ms", value_parser = duration)]
+    levels_min_gap: Duration,
 
     /// Listen address of the sidecar-injection webhook (HTTPS, POST /inject); off when unset.
     #[arg(
@@ -189,6 +204,11 @@ async fn run() -> anyhow::Result<()> {
         ready_file: args.ready_file,
         etcd_timeout: args.etcd_timeout,
         ack_lease_ttl: args.ack_lease_ttl,
+        leader_ttl: args.leader_ttl,
+        levels: LevelsConfig {
+            interval: args.levels_interval,
+            min_gap: args.levels_min_gap,
+        },
         webhook,
     };
     bulwark_control_plane::run(config, shutdown_signal())

@@ -8,9 +8,10 @@ use std::time::Duration;
 use bulwark_proto::policy::parse_json;
 use tokio::sync::watch;
 
+use crate::degrade::ServiceStatus;
 use crate::index::{Change, HistoryEntry, SharedIndex, StoredResource};
 use crate::store::keys::{Keys, ParsedKey};
-use crate::store::values::{AckRecord, HistoryRecord};
+use crate::store::values::{AckRecord, HealthRecord, HistoryRecord, OverrideRecord};
 use crate::store::{Entry, EtcdStore, StoreError, WatchEvent, WatchMessage};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -80,6 +81,34 @@ pub fn decode(keys: &Keys, entry: &Entry) -> Option<Change> {
                 None
             }
         },
+        ParsedKey::Health(pod) => match serde_json::from_str::<HealthRecord>(text) {
+            Ok(record) => Some(Change::Health {
+                pod,
+                record: Arc::new(record),
+            }),
+            Err(e) => {
+                tracing::warn!(key = %entry.key, error = %e, "skipping a health report that does not parse");
+                None
+            }
+        },
+        ParsedKey::Status(service) => match serde_json::from_str::<ServiceStatus>(text) {
+            Ok(status) => Some(Change::Status {
+                service,
+                status: Arc::new(status),
+            }),
+            Err(e) => {
+                tracing::warn!(key = %entry.key, error = %e, "skipping a status that does not parse");
+                None
+            }
+        },
+        ParsedKey::Override(target) => match serde_json::from_str::<OverrideRecord>(text) {
+            Ok(record) => Some(Change::Override { target, record }),
+            Err(e) => {
+                tracing::warn!(key = %entry.key, error = %e, "skipping an override that does not parse");
+                None
+            }
+        },
+        ParsedKey::Event => None,
     }
 }
 
@@ -89,6 +118,10 @@ pub fn decode_delete(keys: &Keys, key: &str, revision: i64) -> Option<Change> {
         ParsedKey::Policy(key) => Change::PolicyDeleted { key, revision },
         ParsedKey::History(key, seq) => Change::HistoryDeleted { key, seq },
         ParsedKey::Ack(pod) => Change::AckDeleted { pod },
+        ParsedKey::Health(pod) => Change::HealthDeleted { pod },
+        ParsedKey::Status(service) => Change::StatusDeleted { service },
+        ParsedKey::Override(target) => Change::OverrideDeleted { target },
+        ParsedKey::Event => return None,
     })
 }
 

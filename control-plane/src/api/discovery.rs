@@ -1,7 +1,9 @@
 //! The sidecar stream (`bulwark.v1.Discovery/Stream`): Hello, then a snapshot whenever the
 //! content the pod needs changes — never one not newer than the last sent on the stream, and
-//! none when the pod already applied the current version — and each ACK/NACK recorded. A
-//! stream depends only on the index and the ack recorder, so it stays up while etcd is away.
+//! none when the pod already applied the current version — and each ACK/NACK recorded; the
+//! levels of the pod's service and of the services it calls whenever they change; and the
+//! pod's health reports handed to the health recorder. A stream depends only on the index and
+//! the recorders, so it stays up while etcd is away.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::acks::AckRecorder;
+use crate::health::HealthRecorder;
 use crate::index::{SharedIndex, Snapshot};
+use crate::levels::unix_ms;
 use crate::store::keys::{PodKey, check_segment};
 
 /// How long a new stream may take to say Hello.
@@ -30,15 +34,22 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 pub struct DiscoveryService {
     index: SharedIndex,
     acks: AckRecorder,
+    health: HealthRecorder,
     shutdown: watch::Receiver<bool>,
     streams: Arc<AtomicUsize>,
 }
 
 impl DiscoveryService {
-    pub fn new(index: SharedIndex, acks: AckRecorder, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        index: SharedIndex,
+        acks: AckRecorder,
+        health: HealthRecorder,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         DiscoveryService {
             index,
             acks,
+            health,
             shutdown,
             streams: Arc::default(),
         }
@@ -62,6 +73,7 @@ impl Discovery for DiscoveryService {
         let session = Session {
             index: self.index.clone(),
             acks: self.acks.clone(),
+            health: self.health.clone(),
             shutdown: self.shutdown.clone(),
             streams: self.streams.clone(),
         };
@@ -74,6 +86,7 @@ impl Discovery for DiscoveryService {
 struct Session {
     index: SharedIndex,
     acks: AckRecorder,
+    health: HealthRecorder,
     shutdown: watch::Receiver<bool>,
     streams: Arc<AtomicUsize>,
 }
@@ -119,10 +132,17 @@ impl Session {
         let open = self.streams.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(%pod, last_applied, streams = open, "sidecar connected");
         let stream = self.acks.connect(&pod, last_applied);
-        let (mut snapshots, mut state) = {
+        let service = pod.service_key();
+        let (mut snapshots, mut state, mut levels) = {
             let mut index = self.index.lock();
-            (index.subscribe(&pod.service_key()), index.watch_state())
+            (
+                index.subscribe(&service),
+                index.watch_state(),
+                index.watch_levels(),
+            )
         };
+        // Levels go out once the index is loaded, then on every change that concerns the pod.
+        let mut levels_sent: Option<pb::Levels> = None;
         let catch_up_until = Instant::now() + CATCH_UP;
         let mut last_sent = 0i64;
         let reason = loop {
@@ -150,6 +170,22 @@ impl Session {
                     tracing::debug!(%pod, version = snapshot.version, resources = snapshot.resources.len(), "snapshot sent");
                 }
             }
+            if state.borrow().loaded {
+                let current = self.levels(&service);
+                if levels_sent.as_ref() != Some(&current) {
+                    let message = pb::ControlPlaneMessage {
+                        message: Some(pb::control_plane_message::Message::Levels(current.clone())),
+                    };
+                    tokio::select! {
+                        sent = tx.send(Ok(message)) => if sent.is_err() {
+                            break "the sidecar went away";
+                        },
+                        _ = self.shutdown.changed() => break "shutting down",
+                    }
+                    tracing::debug!(%pod, services = current.services.len(), "levels sent");
+                    levels_sent = Some(current);
+                }
+            }
             let waiting_for_catch_up = !ready && state.borrow().loaded;
             tokio::select! {
                 message = inbound.message() => match message {
@@ -161,7 +197,10 @@ impl Session {
                         }
                         self.acks.answer(&pod, stream, ack.version, &ack.error);
                     }
-                    Ok(Some(_)) => tracing::debug!(%pod, "ignoring a message that is not an Ack"),
+                    Ok(Some(pb::SidecarMessage { message: Some(pb::sidecar_message::Message::Health(report)) })) => {
+                        self.health.report(&pod, &report, unix_ms());
+                    }
+                    Ok(Some(_)) => tracing::debug!(%pod, "ignoring a message that is neither an Ack nor a report"),
                     Ok(None) => break "the sidecar closed the stream",
                     Err(_) => break "the stream broke",
                 },
@@ -169,6 +208,9 @@ impl Session {
                     break "the index went away";
                 },
                 changed = state.changed() => if changed.is_err() {
+                    break "the index went away";
+                },
+                changed = levels.changed() => if changed.is_err() {
                     break "the index went away";
                 },
                 _ = tokio::time::sleep_until(catch_up_until), if waiting_for_catch_up => {}
@@ -179,6 +221,16 @@ impl Session {
         self.acks.disconnect(&pod, stream);
         let open = self.streams.fetch_sub(1, Ordering::Relaxed) - 1;
         tracing::info!(%pod, reason, streams = open, "sidecar disconnected");
+    }
+}
+
+impl Session {
+    /// The levels the pod acts on, as the index holds them.
+    fn levels(&self, service: &crate::store::keys::ServiceKey) -> pb::Levels {
+        let statuses = self.index.lock().levels_for(service);
+        pb::Levels {
+            services: statuses.iter().map(|s| s.to_pb()).collect(),
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use bulwark_proto::v1::operator_server::Operator;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use super::degradation::{self, DegradeRequest};
 use super::ops::{self, OpError, Ops, Served};
+use crate::store::keys::OverrideTarget;
 
 /// The metadata key that marks a read served from an index that may be behind etcd.
 pub const STALE_METADATA: &str = "x-bulwark-stale";
@@ -73,6 +75,14 @@ fn apply_response(r: ops::ApplyResponse) -> pb::ApplyResponse {
     }
 }
 
+/// The mesh, or one service.
+fn override_target(mesh: bool, namespace: &str, service: &str) -> Result<OverrideTarget, Status> {
+    if mesh {
+        return Ok(OverrideTarget::Mesh);
+    }
+    degradation::parse_target(namespace, service).map_err(rescue)
+}
+
 fn by(by: String) -> Option<String> {
     Some(by).filter(|b| !b.is_empty())
 }
@@ -85,30 +95,101 @@ fn expected(resource_version: i64) -> Option<i64> {
 impl Operator for OperatorService {
     async fn levels(
         &self,
-        _request: Request<pb::LevelsRequest>,
+        request: Request<pb::LevelsRequest>,
     ) -> Result<Response<pb::LevelsResponse>, Status> {
-        Err(Status::unimplemented("TODO"))
+        let r = request.into_inner();
+        let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
+        let levels = self.ops.levels(namespace).map_err(rescue)?;
+        Ok(served(Served {
+            value: pb::LevelsResponse {
+                computed_unix_ms: levels.value.computed_at,
+                services: levels
+                    .value
+                    .services
+                    .iter()
+                    .map(|s| pb::ServiceStatus {
+                        level: Some(s.to_pb()),
+                        unhealthy: s.unhealthy.clone(),
+                        reporting_pods: i64::try_from(s.reporting_pods).unwrap_or(i64::MAX),
+                        summary: s.summary.clone(),
+                        computed: s.computed.to_pb().into(),
+                    })
+                    .collect(),
+            },
+            stale: levels.stale,
+        }))
     }
 
     async fn events(
         &self,
-        _request: Request<pb::EventsRequest>,
+        request: Request<pb::EventsRequest>,
     ) -> Result<Response<pb::EventsResponse>, Status> {
-        Err(Status::unimplemented("TODO"))
+        let r = request.into_inner();
+        let service = (!r.service.is_empty()).then_some(r.service.as_str());
+        let limit = (r.limit != 0).then_some(r.limit as usize);
+        let events = self.ops.events(service, limit).await.map_err(rescue)?;
+        Ok(Response::new(pb::EventsResponse {
+            events: events
+                .events
+                .into_iter()
+                .map(|e| pb::Event {
+                    time_unix_ms: e.time,
+                    service: e.service,
+                    kind: e.kind,
+                    from: e.from,
+                    to: e.to,
+                    reasons: e.reasons,
+                    by: e.by,
+                    text: e.text,
+                })
+                .collect(),
+        }))
     }
 
     async fn degrade(
         &self,
-        _request: Request<pb::DegradeRequest>,
+        request: Request<pb::DegradeRequest>,
     ) -> Result<Response<pb::DegradeResponse>, Status> {
-        Err(Status::unimplemented("TODO"))
+        let r = request.into_inner();
+        let target = override_target(r.mesh, &r.namespace, &r.service)?;
+        let level = crate::degrade::Level::from_pb(r.level());
+        let answer = self
+            .ops
+            .degrade(
+                target,
+                DegradeRequest {
+                    level: level.to_string(),
+                    ttl: r.ttl,
+                    reason: r.reason,
+                    by: by(r.by),
+                },
+            )
+            .await
+            .map_err(rescue)?;
+        let o = answer.r#override;
+        Ok(Response::new(pb::DegradeResponse {
+            r#override: Some(pb::Override {
+                level: level.to_pb().into(),
+                reason: o.reason,
+                by: o.by,
+                expires_unix_ms: o.expires,
+                mesh: o.mesh,
+            }),
+        }))
     }
 
     async fn clear_degrade(
         &self,
-        _request: Request<pb::ClearDegradeRequest>,
+        request: Request<pb::ClearDegradeRequest>,
     ) -> Result<Response<pb::DegradeResponse>, Status> {
-        Err(Status::unimplemented("TODO"))
+        let r = request.into_inner();
+        let target = override_target(r.mesh, &r.namespace, &r.service)?;
+        let who = by(r.by);
+        self.ops
+            .clear_degrade(target, who.clone())
+            .await
+            .map_err(rescue)?;
+        Ok(Response::new(pb::DegradeResponse { r#override: None }))
     }
 
     async fn apply(

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diff;
+use crate::events::EventLease;
 use crate::index::{IndexState, SharedIndex};
+use crate::metrics::Metrics;
 use crate::status::{self, Status};
 use crate::store::keys::{HISTORY_LIMIT, Keys, ResourceKey};
 use crate::store::values::{HistoryOp, HistoryRecord};
@@ -191,20 +193,30 @@ struct Desired {
 /// The operations, over one store and one index.
 #[derive(Debug)]
 pub struct Ops {
-    store: Arc<EtcdStore>,
-    keys: Keys,
-    index: SharedIndex,
+    pub(crate) store: Arc<EtcdStore>,
+    pub(crate) keys: Keys,
+    pub(crate) index: SharedIndex,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The lease events recorded by this API are written under.
+    pub(crate) event_lease: tokio::sync::Mutex<EventLease>,
     /// How long a write waits for its change to reach the index, so that a read right after
     /// it on this replica sees it.
     settle: Duration,
 }
 
 impl Ops {
-    pub fn new(store: Arc<EtcdStore>, keys: Keys, index: SharedIndex) -> Self {
+    pub fn new(
+        store: Arc<EtcdStore>,
+        keys: Keys,
+        index: SharedIndex,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Ops {
             store,
             keys,
             index,
+            metrics,
+            event_lease: tokio::sync::Mutex::default(),
             settle: Duration::from_secs(3),
         }
     }
@@ -415,7 +427,7 @@ impl Ops {
     }
 
     /// The index's state, if reads can be served from it.
-    fn readable(&self, state: &IndexState) -> Result<IndexState, OpError> {
+    pub(crate) fn readable(&self, state: &IndexState) -> Result<IndexState, OpError> {
         if state.loaded {
             return Ok(state.clone());
         }
@@ -610,7 +622,7 @@ fn pretty(resource: &Resource) -> String {
     serde_json::to_string_pretty(resource).unwrap_or_default()
 }
 
-fn author(by: Option<String>) -> String {
+pub(crate) fn author(by: Option<String>) -> String {
     by.map(|b| b.trim().to_string())
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| ANONYMOUS.to_string())

@@ -10,11 +10,13 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::degradation::{self, DegradeRequest};
 use super::ops::{self, OpError, Ops, Served};
+use crate::store::keys::{OverrideTarget, ServiceKey};
 
 /// The header that marks a read served from an index that may be behind etcd.
 pub const STALE_HEADER: &str = "x-bulwark-stale";
@@ -26,6 +28,14 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/apply"),
     ("get", "/v1/status"),
+    ("get", "/v1/levels"),
+    ("get", "/v1/levels/{namespace}/{service}"),
+    ("get", "/v1/events"),
+    ("put", "/v1/degrade/mesh"),
+    ("delete", "/v1/degrade/mesh"),
+    ("put", "/v1/degrade/{namespace}/{service}"),
+    ("delete", "/v1/degrade/{namespace}/{service}"),
+    ("get", "/metrics"),
     ("get", "/v1/{kind}"),
     ("get", "/v1/{kind}/{namespace}/{name}"),
     ("delete", "/v1/{kind}/{namespace}/{name}"),
@@ -41,6 +51,15 @@ pub fn router(ops: Arc<Ops>) -> Router {
     Router::new()
         .route("/v1/apply", post(apply))
         .route("/v1/status", get(status))
+        .route("/v1/levels", get(levels))
+        .route("/v1/levels/{namespace}/{service}", get(level))
+        .route("/v1/events", get(events))
+        .route("/v1/degrade/mesh", put(degrade_mesh).delete(clear_mesh))
+        .route(
+            "/v1/degrade/{namespace}/{service}",
+            put(degrade_service).delete(clear_service),
+        )
+        .route("/metrics", get(metrics))
         .route("/v1/{kind}", get(list))
         .route("/v1/{kind}/{namespace}/{name}", get(read).delete(delete))
         .route("/v1/{kind}/{namespace}/{name}/history", get(history))
@@ -210,6 +229,90 @@ async fn rollback(State(ops): State<Arc<Ops>>, p: ResourcePath, bytes: Bytes) ->
 
 async fn status(State(ops): State<Arc<Ops>>) -> Answer {
     Ok(served(ops.status()?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelsQuery {
+    namespace: Option<String>,
+}
+
+async fn levels(
+    State(ops): State<Arc<Ops>>,
+    q: Result<Query<LevelsQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    Ok(served(ops.levels(q.namespace.as_deref())?))
+}
+
+type ServicePath = Result<Path<(String, String)>, PathRejection>;
+
+async fn level(State(ops): State<Arc<Ops>>, p: ServicePath) -> Answer {
+    let (namespace, service) = path(p)?;
+    Ok(served(ops.level(&ServiceKey { namespace, service })?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    service: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(ops): State<Arc<Ops>>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    Ok(json(&ops.events(q.service.as_deref(), q.limit).await?))
+}
+
+async fn degrade_mesh(State(ops): State<Arc<Ops>>, bytes: Bytes) -> Answer {
+    let request: DegradeRequest = body(&bytes)?;
+    Ok(json(&ops.degrade(OverrideTarget::Mesh, request).await?))
+}
+
+async fn degrade_service(State(ops): State<Arc<Ops>>, p: ServicePath, bytes: Bytes) -> Answer {
+    let (namespace, service) = path(p)?;
+    let target = degradation::parse_target(&namespace, &service)?;
+    let request: DegradeRequest = body(&bytes)?;
+    Ok(json(&ops.degrade(target, request).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearQuery {
+    by: Option<String>,
+}
+
+async fn clear_mesh(
+    State(ops): State<Arc<Ops>>,
+    q: Result<Query<ClearQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    Ok(json(&ops.clear_degrade(OverrideTarget::Mesh, q.by).await?))
+}
+
+async fn clear_service(
+    State(ops): State<Arc<Ops>>,
+    p: ServicePath,
+    q: Result<Query<ClearQuery>, QueryRejection>,
+) -> Answer {
+    let (namespace, service) = path(p)?;
+    let target = degradation::parse_target(&namespace, &service)?;
+    let q = query(q)?;
+    Ok(json(&ops.clear_degrade(target, q.by).await?))
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        ops.metrics.render(&ops.index),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

@@ -213,7 +213,10 @@ fn lowering_waits_for_the_lower_level_to_hold() {
     run.step(20_000, &four(4, &["sendgrid"]));
     let t = run.step(31_000, &four(0, &[]));
     assert_eq!(run.status().level, Level::Degraded);
-    assert_eq!(t[0].text, "mrg/order-orchestrator SEVERE -> DEGRADED: lowering to NORMAL once it has held for 30s");
+    assert_eq!(
+        t[0].text,
+        "mrg/order-orchestrator SEVERE -> DEGRADED: lowering to NORMAL once it has held for 30s"
+    );
     run.step(60_999, &four(0, &[]));
     assert_eq!(run.status().level, Level::Degraded);
     run.step(61_000, &four(0, &[]));
@@ -260,12 +263,11 @@ fn at_most_maxunreadypercent_of_the_pods_go_unready_and_the_choice_sticks() {
 #[test]
 fn ready_false_at_emergency_takes_pods_out_even_without_a_critical_dependency() {
     let mut run = Run::new();
-    let ten: Vec<(&str, HealthRecord)> = [
-        "p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9",
-    ]
-    .iter()
-    .map(|p| (*p, report(&["sendgrid", "whatsapp", "user-service"], &[])))
-    .collect();
+    let ten: Vec<(&str, HealthRecord)> =
+        ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"]
+            .iter()
+            .map(|p| (*p, report(&["sendgrid", "whatsapp", "user-service"], &[])))
+            .collect();
     run.step(0, &ten);
     assert_eq!(run.status().level, Level::Emergency);
     assert_eq!(run.status().unready_pods, ["p0", "p1", "p2"]);
@@ -294,7 +296,11 @@ fn an_override_forces_the_level_and_its_end_returns_to_the_computed_one() {
     assert_eq!(run.status().unready_pods, ["pod-a"]);
 
     let t = run.step(2_000, &four(0, &[]));
-    assert_eq!(run.status().level, Level::Normal, "no damping after an override");
+    assert_eq!(
+        run.status().level,
+        Level::Normal,
+        "no damping after an override"
+    );
     assert_eq!(t[0].text, "mrg/order-orchestrator EMERGENCY -> NORMAL");
 }
 
@@ -339,7 +345,12 @@ fn no_reports_means_every_dependency_healthy() {
     run.step(0, &[]);
     assert_eq!(run.status().level, Level::Normal);
     assert_eq!(run.status().reporting_pods, 0);
-    assert!(run.status().dependencies.iter().all(|d| d.healthy && d.pods == 0));
+    assert!(
+        run.status()
+            .dependencies
+            .iter()
+            .all(|d| d.healthy && d.pods == 0)
+    );
 }
 
 #[test]

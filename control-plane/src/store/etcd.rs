@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::time::Instant;
 
@@ -391,6 +391,111 @@ impl EtcdStore {
         })
         .await
         .map(|r| r.succeeded())
+    }
+}
+
+impl EtcdStore {
+    /// Creates `key` = `value` bound to `lease` if the key does not exist (an election
+    /// campaign); `Ok(false)` when another holder has it.
+    pub async fn create_leased(
+        &self,
+        key: &str,
+        value: &str,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.call("an election campaign", |mut c| {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value.as_str(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map(|r| r.succeeded())
+    }
+
+    /// Applies puts (each optionally bound to a lease) and deletes only while `fence` holds
+    /// `fence_value` (the writer still leads); `Ok(false)` when it does not.
+    pub async fn fenced_write(
+        &self,
+        fence: &str,
+        fence_value: &str,
+        puts: &[(String, Vec<u8>, Option<i64>)],
+        deletes: &[String],
+    ) -> Result<bool, StoreError> {
+        let compare = Compare::value(fence, CompareOp::Equal, fence_value);
+        let mut ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v, lease)| {
+                let options = lease.map(|l| PutOptions::new().with_lease(l));
+                TxnOp::put(k.as_str(), v.clone(), options)
+            })
+            .collect();
+        ops.extend(deletes.iter().map(|k| TxnOp::delete(k.as_str(), None)));
+        self.call("a leader's write", |mut c| {
+            let txn = Txn::new().when([compare.clone()]).and_then(ops.clone());
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map(|r| r.succeeded())
+    }
+
+    /// Puts `key` bound to `lease`, or without one.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.call("a write", |mut c| {
+            let options = lease.map(|l| PutOptions::new().with_lease(l));
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, options).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes `key`; `Ok(false)` when it did not exist.
+    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        self.call("a delete", |mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })
+        .await
+        .map(|r| r.deleted() > 0)
+    }
+
+    /// The last `limit` keys under `prefix` in key order (newest last for time-ordered keys),
+    /// returned newest first.
+    pub async fn last_under(&self, prefix: &str, limit: i64) -> Result<Vec<Entry>, StoreError> {
+        let prefix = prefix.to_string();
+        let response = self
+            .call("a range read", |c| {
+                let prefix = prefix.clone();
+                async move {
+                    c.kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .get(
+                            prefix,
+                            Some(
+                                GetOptions::new()
+                                    .with_prefix()
+                                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                                    .with_limit(limit),
+                            ),
+                        )
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.kvs().iter().filter_map(entry).collect())
     }
 }
 

@@ -73,6 +73,34 @@ pub enum ParsedKey {
     /// A history entry; `seq` is the zero-padded number at the end of the key.
     History(ResourceKey, u64),
     Ack(PodKey),
+    Health(PodKey),
+    Status(ServiceKey),
+    Override(OverrideTarget),
+    /// Events are read with a range request, not kept in the index.
+    Event,
+}
+
+/// What an operator's override applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OverrideTarget {
+    Mesh,
+    Service(ServiceKey),
+}
+
+impl fmt::Display for OverrideTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OverrideTarget::Mesh => f.write_str("*"),
+            OverrideTarget::Service(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Formats as `namespace/service`.
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.service)
+    }
 }
 
 /// A prefix that cannot hold Bulwark's keys.
@@ -190,6 +218,48 @@ impl Keys {
         )
     }
 
+    pub fn health(&self) -> String {
+        format!("{}/health/", self.prefix)
+    }
+
+    pub fn health_of(&self, pod: &PodKey) -> String {
+        format!(
+            "{}/health/{}/{}/{}",
+            self.prefix, pod.namespace, pod.service, pod.pod
+        )
+    }
+
+    pub fn status(&self, service: &ServiceKey) -> String {
+        format!(
+            "{}/status/{}/{}",
+            self.prefix, service.namespace, service.service
+        )
+    }
+
+    pub fn override_of(&self, target: &OverrideTarget) -> String {
+        match target {
+            OverrideTarget::Mesh => format!("{}/overrides/mesh", self.prefix),
+            OverrideTarget::Service(s) => format!(
+                "{}/overrides/service/{}/{}",
+                self.prefix, s.namespace, s.service
+            ),
+        }
+    }
+
+    pub fn events(&self) -> String {
+        format!("{}/events/", self.prefix)
+    }
+
+    /// One event: the time is zero-padded so that keys sort by it.
+    pub fn event(&self, unix_ms: i64, seq: u64) -> String {
+        format!("{}/events/{unix_ms:013}-{seq:010}", self.prefix)
+    }
+
+    /// The election key.
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+
     /// Parses a key read from etcd; `None` for keys that are not Bulwark's (or not this
     /// release's), which callers skip.
     pub fn parse(&self, key: &str) -> Option<ParsedKey> {
@@ -219,6 +289,23 @@ impl Keys {
                 service: service.to_string(),
                 pod: pod.to_string(),
             })),
+            ("health", [namespace, service, pod]) => Some(ParsedKey::Health(PodKey {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+                pod: pod.to_string(),
+            })),
+            ("status", [namespace, service]) => Some(ParsedKey::Status(ServiceKey {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+            })),
+            ("overrides", ["mesh"]) => Some(ParsedKey::Override(OverrideTarget::Mesh)),
+            ("overrides", ["service", namespace, service]) => {
+                Some(ParsedKey::Override(OverrideTarget::Service(ServiceKey {
+                    namespace: namespace.to_string(),
+                    service: service.to_string(),
+                })))
+            }
+            ("events", [_]) => Some(ParsedKey::Event),
             _ => None,
         }
     }
@@ -313,10 +400,50 @@ mod tests {
             "/bulwark/v1/history/UpstreamPolicy/a/b/0000000000000000001x",
             "/bulwark/v1/acks/a/b",
             "/bulwark/v1/leader",
-            "/bulwark/v1/status/a/b",
+            "/bulwark/v1/status/a",
+            "/bulwark/v1/health/a/b",
+            "/bulwark/v1/overrides/service/a",
+            "/bulwark/v1/overrides/everything",
         ] {
             assert_eq!(keys.parse(key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn degradation_keys_parse_back() {
+        let keys = Keys::new("/bulwark/v1").unwrap();
+        let service = ServiceKey {
+            namespace: "mrg".into(),
+            service: "orders".into(),
+        };
+        assert_eq!(keys.status(&service), "/bulwark/v1/status/mrg/orders");
+        assert_eq!(
+            keys.parse(&keys.status(&service)),
+            Some(ParsedKey::Status(service.clone()))
+        );
+        assert_eq!(
+            keys.parse(&keys.health_of(&pod())),
+            Some(ParsedKey::Health(pod()))
+        );
+        let target = OverrideTarget::Service(service);
+        assert_eq!(
+            keys.override_of(&target),
+            "/bulwark/v1/overrides/service/mrg/orders"
+        );
+        assert_eq!(
+            keys.parse(&keys.override_of(&target)),
+            Some(ParsedKey::Override(target))
+        );
+        assert_eq!(
+            keys.parse(&keys.override_of(&OverrideTarget::Mesh)),
+            Some(ParsedKey::Override(OverrideTarget::Mesh))
+        );
+        assert_eq!(
+            keys.event(1_700_000_000_000, 7),
+            "/bulwark/v1/events/1700000000000-0000000007"
+        );
+        assert_eq!(keys.parse(&keys.event(1, 2)), Some(ParsedKey::Event));
+        assert_eq!(keys.leader(), "/bulwark/v1/leader");
     }
 
     #[test]

@@ -1,0 +1,247 @@
+//! The degradation operations, once for REST and gRPC: levels (from the index, as the elected
+//! replica stored them), events (from etcd, newest first), and the operators' overrides — a
+//! forced level for a service or the mesh, stored under a lease of its TTL so that it ends by
+//! itself, and recorded as an event with who and why.
+
+use std::time::Duration;
+
+use bulwark_proto::policy::Kind;
+use bulwark_proto::policy::units::parse_duration;
+use serde::{Deserialize, Serialize};
+
+use super::ops::{OpError, Ops, Served, author};
+use crate::degrade::{Level, ServiceStatus};
+use crate::events;
+use crate::levels::unix_ms;
+use crate::store::keys::{OverrideTarget, ResourceKey, ServiceKey};
+use crate::store::values::{EventRecord, OverrideRecord};
+
+/// The longest an override may last.
+pub const MAX_OVERRIDE: Duration = Duration::from_secs(24 * 3600);
+/// Events listed when a request names no limit, and the most it may ask for.
+pub const DEFAULT_EVENTS: usize = 100;
+pub const MAX_EVENTS: usize = 1000;
+
+/// `GET /v1/levels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelsResponse {
+    /// When the elected replica last computed one of these (unix ms; 0: never).
+    pub computed_at: i64,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventsResponse {
+    pub events: Vec<EventRecord>,
+}
+
+/// `PUT /v1/degrade/...`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradeRequest {
+    pub level: String,
+    pub ttl: String,
+    pub reason: String,
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DegradeResponse {
+    pub r#override: OverrideRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClearResponse {
+    pub cleared: bool,
+}
+
+impl Ops {
+    /// Every service's status, of one namespace or all.
+    pub fn levels(&self, namespace: Option<&str>) -> Result<Served<LevelsResponse>, OpError> {
+        let index = self.index.lock();
+        let state = self.readable(&index.state())?;
+        let services: Vec<ServiceStatus> = index
+            .statuses()
+            .values()
+            .filter(|s| namespace.is_none_or(|ns| s.namespace == ns))
+            .map(|s| s.as_ref().clone())
+            .collect();
+        Ok(Served {
+            value: LevelsResponse {
+                computed_at: services.iter().map(|s| s.computed_at).max().unwrap_or(0),
+                services,
+            },
+            stale: state.stale,
+        })
+    }
+
+    /// One service's status.
+    pub fn level(&self, service: &ServiceKey) -> Result<Served<ServiceStatus>, OpError> {
+        let index = self.index.lock();
+        let state = self.readable(&index.state())?;
+        let status = index.statuses().get(service).ok_or_else(|| {
+            let policy =
+                ResourceKey::new(Kind::ServicePolicy, &service.namespace, &service.service);
+            if index.get(&policy).is_some() {
+                OpError::NotFound(format!(
+                    "{service} has no level yet: no replica has computed it"
+                ))
+            } else {
+                OpError::NotFound(format!(
+                    "{service} has no level: levels are computed for services with a ServicePolicy"
+                ))
+            }
+        })?;
+        Ok(Served {
+            value: status.as_ref().clone(),
+            stale: state.stale,
+        })
+    }
+
+    /// The newest events, of one service (`namespace/service`) or all.
+    pub async fn events(
+        &self,
+        service: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<EventsResponse, OpError> {
+        let limit = limit.unwrap_or(DEFAULT_EVENTS);
+        if limit == 0 || limit > MAX_EVENTS {
+            return Err(OpError::invalid(format!(
+                "limit must be between 1 and {MAX_EVENTS}, got {limit}"
+            )));
+        }
+        let events = events::list(&self.store, &self.keys, service, limit).await?;
+        Ok(EventsResponse { events })
+    }
+
+    /// Forces a level until the TTL runs out.
+    pub async fn degrade(
+        &self,
+        target: OverrideTarget,
+        request: DegradeRequest,
+    ) -> Result<DegradeResponse, OpError> {
+        let level = Level::parse(&request.level).ok_or_else(|| {
+            OpError::invalid(format!(
+                "level must be NORMAL, DEGRADED, SEVERE or EMERGENCY, got {:?}",
+                request.level
+            ))
+        })?;
+        let ttl =
+            parse_duration(&request.ttl).map_err(|e| OpError::invalid(format!("ttl: {e}")))?;
+        if ttl.is_zero() || ttl > MAX_OVERRIDE {
+            return Err(OpError::invalid(format!(
+                "ttl must be more than 0 and at most 24h, got {:?}",
+                request.ttl
+            )));
+        }
+        let reason = request.reason.trim();
+        if reason.is_empty() {
+            return Err(OpError::invalid(
+                "reason must say why the level is forced (it is recorded with the override)",
+            ));
+        }
+        if let OverrideTarget::Service(service) = &target {
+            let policy =
+                ResourceKey::new(Kind::ServicePolicy, &service.namespace, &service.service);
+            if self.index.lock().get(&policy).is_none() {
+                return Err(OpError::NotFound(format!(
+                    "no ServicePolicy {service}: levels are computed for services with a ServicePolicy"
+                )));
+            }
+        }
+        let by = author(request.by);
+        let now = unix_ms();
+        let record = OverrideRecord {
+            level: level.to_string(),
+            reason: reason.to_string(),
+            by: by.clone(),
+            expires: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            mesh: target == OverrideTarget::Mesh,
+        };
+        // Whole seconds, never shorter than asked.
+        let lease = self
+            .store
+            .grant_lease(Duration::from_secs(ttl.as_millis().div_ceil(1000) as u64))
+            .await?;
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        self.store
+            .put(&self.keys.override_of(&target), value, Some(lease))
+            .await?;
+        let text = format!(
+            "{target} forced to {level} by {by} for {}: {reason}",
+            request.ttl.trim()
+        );
+        self.record_event(events::record(
+            now,
+            target.to_string(),
+            "override",
+            String::new(),
+            level.to_string(),
+            vec![reason.to_string()],
+            by,
+            text,
+        ))
+        .await;
+        Ok(DegradeResponse { r#override: record })
+    }
+
+    /// Ends an override before its TTL.
+    pub async fn clear_degrade(
+        &self,
+        target: OverrideTarget,
+        by: Option<String>,
+    ) -> Result<ClearResponse, OpError> {
+        let key = self.keys.override_of(&target);
+        let before = self.index.lock().overrides().get(&target).cloned();
+        if !self.store.delete(&key).await? {
+            return Err(OpError::NotFound(format!("no override for {target}")));
+        }
+        let by = author(by);
+        let from = before.map(|o| o.level).unwrap_or_default();
+        let text = format!("{target} override cleared by {by}");
+        self.record_event(events::record(
+            unix_ms(),
+            target.to_string(),
+            "override",
+            from,
+            "cleared".into(),
+            Vec::new(),
+            by,
+            text,
+        ))
+        .await;
+        Ok(ClearResponse { cleared: true })
+    }
+
+    /// Stores an event; the operation it records already happened, so a failure is logged.
+    async fn record_event(&self, event: EventRecord) {
+        let mut lease = self.event_lease.lock().await;
+        let stored = async {
+            let id = lease.get(&self.store).await?;
+            let value = serde_json::to_vec(&event).unwrap_or_default();
+            self.store
+                .put(&events::key(&self.keys, &event), value, Some(id))
+                .await
+        }
+        .await;
+        if let Err(e) = stored {
+            lease.forget();
+            tracing::warn!(error = %e, text = %event.text, "cannot record an event");
+        }
+    }
+}
+
+/// `namespace/service` or `*` → the override's target.
+pub fn parse_target(namespace: &str, service: &str) -> Result<OverrideTarget, OpError> {
+    for (what, value) in [("namespace", namespace), ("service", service)] {
+        crate::store::keys::check_segment(value)
+            .map_err(|e| OpError::invalid(format!("{what} {value:?} {e}")))?;
+    }
+    Ok(OverrideTarget::Service(ServiceKey {
+        namespace: namespace.to_string(),
+        service: service.to_string(),
+    }))
+}

@@ -1,0 +1,93 @@
+//! Events: level changes, breaker transitions and overrides, stored under
+//! `events/{unix ms}-{random}` for a day. Keys sort by time, so the newest are one descending
+//! range read away. Events share leases: one 24-hour lease per hour of writing, so an event
+//! lives between 23 and 24 hours.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::keys::Keys;
+use crate::store::values::EventRecord;
+use crate::store::{EtcdStore, StoreError};
+use crate::timestamp;
+
+const LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const LEASE_REUSE: Duration = Duration::from_secs(3600);
+/// The most events one listing scans when filtering by service.
+const SCAN: i64 = 2000;
+
+/// The lease events are written under, renewed every hour.
+#[derive(Debug, Default)]
+pub struct EventLease {
+    current: Option<(i64, Instant)>,
+}
+
+impl EventLease {
+    pub async fn get(&mut self, store: &EtcdStore) -> Result<i64, StoreError> {
+        match self.current {
+            Some((id, granted)) if granted.elapsed() < LEASE_REUSE => Ok(id),
+            _ => {
+                let id = store.grant_lease(LIFETIME).await?;
+                self.current = Some((id, Instant::now()));
+                Ok(id)
+            }
+        }
+    }
+
+    /// The lease was refused (expired or revoked): take a new one next time.
+    pub fn forget(&mut self) {
+        self.current = None;
+    }
+}
+
+/// An event happening at `now` (unix ms).
+pub fn record(
+    now: i64,
+    service: String,
+    kind: &str,
+    from: String,
+    to: String,
+    reasons: Vec<String>,
+    by: String,
+    text: String,
+) -> EventRecord {
+    EventRecord {
+        time: now,
+        at: timestamp::format_unix_millis(now),
+        service,
+        kind: kind.to_string(),
+        from,
+        to,
+        reasons,
+        by,
+        text,
+    }
+}
+
+/// The key of an event.
+pub fn key(keys: &Keys, event: &EventRecord) -> String {
+    keys.event(event.time, u64::from(fastrand::u32(..)))
+}
+
+/// The newest events, of one service (`namespace/service`) or all, newest first.
+pub async fn list(
+    store: &EtcdStore,
+    keys: &Keys,
+    service: Option<&str>,
+    limit: usize,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let want = i64::try_from(limit).unwrap_or(i64::MAX);
+    let scan = if service.is_some() {
+        SCAN.max(want)
+    } else {
+        want
+    };
+    let entries = store.last_under(&keys.events(), scan).await?;
+    Ok(entries
+        .iter()
+        .filter_map(|e| serde_json::from_slice::<EventRecord>(&e.value).ok())
+        .filter(|e| service.is_none_or(|s| e.service == s))
+        .take(limit)
+        .collect())
+}

@@ -1,0 +1,104 @@
+//! The control plane's Prometheus metrics (`GET /metrics` on the REST port): the level and
+//! capabilities of every service as this replica's index holds them, whether this replica
+//! leads, and what became of alerts.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::index::SharedIndex;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    alerts: Family<Labels, Counter>,
+    levels: Family<Labels, Gauge>,
+    capabilities: Family<Labels, Gauge>,
+    leader: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bulwark");
+        let alerts = Family::<Labels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts by result: sent, failed (after retries), dropped (queue full), rate-limited",
+            alerts.clone(),
+        );
+        let levels = Family::<Labels, Gauge>::default();
+        registry.register(
+            "service_level",
+            "Degradation level per service: 0 NORMAL, 1 DEGRADED, 2 SEVERE, 3 EMERGENCY",
+            levels.clone(),
+        );
+        let capabilities = Family::<Labels, Gauge>::default();
+        registry.register(
+            "service_capability",
+            "1 while the service's capability holds, else 0",
+            capabilities.clone(),
+        );
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the elected one (computes levels, sends alerts)",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            alerts,
+            levels,
+            capabilities,
+            leader,
+        }
+    }
+
+    pub fn alert(&self, result: &'static str) {
+        self.alerts
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The text exposition, with levels and capabilities as the index holds them now.
+    pub fn render(&self, index: &SharedIndex) -> String {
+        self.levels.clear();
+        self.capabilities.clear();
+        {
+            let index = index.lock();
+            for status in index.statuses().values() {
+                let service = vec![
+                    ("namespace", status.namespace.clone()),
+                    ("service", status.service.clone()),
+                ];
+                self.levels.get_or_create(&service).set(status.level as i64);
+                for (name, holds) in &status.capabilities {
+                    let mut labels = service.clone();
+                    labels.push(("capability", name.clone()));
+                    self.capabilities
+                        .get_or_create(&labels)
+                        .set(i64::from(*holds));
+                }
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
