@@ -99,7 +99,6 @@ pub fn forced_line(target: &Target, degraded: &Degraded) -> String {
 /// (with the control plane's message) or `"cleared": false` means there was nothing to clear.
 pub async fn clear(client: &Client, target: &Target, by: &str) -> Result<Output, CliError> {
     let path = format!("{}{}", api::degrade_path(target), api::query(&[("by", by)]));
-    let no_override = || CliError::NotFound(format!("no override for {target}"));
     let cleared = match client.delete::<Cleared>(&path).await {
         Ok(reply) => reply.body.cleared,
         // A bare 404 comes from something that is not the control plane; keep it as it is.
@@ -111,7 +110,7 @@ pub async fn clear(client: &Client, target: &Target, by: &str) -> Result<Output,
         Err(e) => return Err(e),
     };
     if !cleared {
-        return Err(no_override());
+        return Err(CliError::NotFound(format!("no override for {target}")));
     }
     let mut out = Output::default();
     out.line(format_args!("{target} override cleared"));
