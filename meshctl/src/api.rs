@@ -32,6 +32,16 @@ pub struct RollbackRequest<'a> {
     pub by: &'a str,
 }
 
+/// `PUT /v1/degrade/{namespace}/{service}` and `PUT /v1/degrade/mesh`.
+#[derive(Debug, Serialize)]
+pub struct DegradeRequest<'a> {
+    pub level: Level,
+    /// As the user wrote it (`15m`), already checked to lie in (0, 24h].
+    pub ttl: &'a str,
+    pub reason: &'a str,
+    pub by: &'a str,
+}
+
 // ───────────────────────────── answers ─────────────────────────────
 
 /// An etcd revision or a `resourceVersion`: the contract does not fix whether it travels as a
@@ -148,6 +158,97 @@ pub struct Nack {
     pub error: String,
 }
 
+/// `GET /v1/levels`: every service with a ServicePolicy. Capabilities, `since` and the
+/// per-dependency detail are not shown by `meshctl` and so not read.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Levels {
+    /// Unix milliseconds of the elected replica's last computation; 0 when none yet.
+    #[serde(default)]
+    pub computed_at: i64,
+    pub services: Vec<ServiceLevel>,
+}
+
+/// One service's degradation. Levels stay text so that a level added later still shows.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceLevel {
+    pub namespace: String,
+    pub service: String,
+    /// The level in force (an override's, or the computed one once `lowerAfter` has passed).
+    pub level: String,
+    /// The level the health rules give right now.
+    #[serde(default)]
+    pub computed: String,
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// `SEVERE: midtrans unhealthy (...), bbd unhealthy (...)`.
+    #[serde(default)]
+    pub summary: String,
+    /// Dependencies judged unhealthy, in the ServicePolicy's order.
+    #[serde(default)]
+    pub unhealthy: Vec<String>,
+    #[serde(default)]
+    pub reporting_pods: u64,
+    #[serde(default)]
+    pub unready_pods: Vec<String>,
+    #[serde(default, rename = "override")]
+    pub forced: Option<Override>,
+}
+
+/// A level forced by an operator until `expires`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Override {
+    pub level: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub by: String,
+    /// Unix milliseconds.
+    pub expires: i64,
+    /// Forced for the whole mesh rather than for this service alone.
+    #[serde(default)]
+    pub mesh: bool,
+}
+
+/// `GET /v1/events`, newest first.
+#[derive(Debug, Deserialize)]
+pub struct Events {
+    pub events: Vec<Event>,
+}
+
+/// A level change, breaker transition or override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Event {
+    /// RFC 3339 UTC, as the server wrote it.
+    pub at: String,
+    /// `namespace/service`, or `*` for the mesh-wide override.
+    pub service: String,
+    /// `level`, `breaker` or `override`.
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    pub reasons: Vec<String>,
+    /// Who, for overrides; empty otherwise.
+    pub by: String,
+    /// The one-line text alerts carry.
+    pub text: String,
+}
+
+/// The answer to `PUT /v1/degrade/...`.
+#[derive(Debug, Deserialize)]
+pub struct Degraded {
+    #[serde(rename = "override")]
+    pub forced: Override,
+}
+
+/// The answer to `DELETE /v1/degrade/...`.
+#[derive(Debug, Deserialize)]
+pub struct Cleared {
+    pub cleared: bool,
+}
+
 /// The error body: `{"error": "<kind>", "message": "...", "details": [...]}`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -185,6 +286,108 @@ pub fn parse_kind(text: &str) -> Result<Kind, CliError> {
         _ => Err(CliError::Usage(format!(
             "unknown kind {text:?}; expected upstreampolicy (up) or servicepolicy (svc)"
         ))),
+    }
+}
+
+/// A degradation level, from the least to the most degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    Normal,
+    Degraded,
+    Severe,
+    Emergency,
+}
+
+impl Level {
+    pub const ALL: [Level; 4] = [
+        Level::Normal,
+        Level::Degraded,
+        Level::Severe,
+        Level::Emergency,
+    ];
+
+    /// The name as the contract spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Normal => "NORMAL",
+            Level::Degraded => "DEGRADED",
+            Level::Severe => "SEVERE",
+            Level::Emergency => "EMERGENCY",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses `--level` in any case: `emergency`, `Severe`, `DEGRADED`, `normal`.
+pub fn parse_level(text: &str) -> Result<Level, CliError> {
+    Level::ALL
+        .into_iter()
+        .find(|level| level.as_str().eq_ignore_ascii_case(text.trim()))
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "unknown level {text:?}; expected NORMAL, DEGRADED, SEVERE or EMERGENCY"
+            ))
+        })
+}
+
+/// What a degradation command is about: one service, or the whole mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Service { namespace: String, name: String },
+    Mesh,
+}
+
+impl Target {
+    /// `namespace/service` or `*`, as the contract names services in events.
+    pub fn id(&self) -> String {
+        match self {
+            Target::Service { namespace, name } => format!("{namespace}/{name}"),
+            Target::Mesh => "*".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Service { namespace, name } => write!(f, "{namespace}/{name}"),
+            Target::Mesh => f.write_str("mesh"),
+        }
+    }
+}
+
+/// Parses a service argument: `NAME` (in `namespace`), `NAMESPACE/NAME` as `status` and
+/// `events` print it, or `*` for the whole mesh.
+pub fn parse_target(text: &str, namespace: &str) -> Result<Target, CliError> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(Target::Mesh);
+    }
+    let (namespace, name) = text.split_once('/').unwrap_or((namespace, text));
+    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+        return Err(CliError::Usage(format!(
+            "invalid service {text:?}; expected NAME, NAMESPACE/NAME or *"
+        )));
+    }
+    Ok(Target::Service {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// `/v1/degrade/{namespace}/{service}` or `/v1/degrade/mesh`.
+pub fn degrade_path(target: &Target) -> String {
+    match target {
+        Target::Service { namespace, name } => {
+            format!("/v1/degrade/{}/{}", encode(namespace, ""), encode(name, ""))
+        }
+        Target::Mesh => "/v1/degrade/mesh".to_string(),
     }
 }
 
@@ -257,6 +460,57 @@ mod tests {
             "?namespace=payments&selector=team=pay,tier=1%26x"
         );
         assert_eq!(query(&[]), "");
+    }
+
+    #[test]
+    fn services_are_named_alone_with_their_namespace_or_as_the_mesh() {
+        let service = |namespace: &str, name: &str| Target::Service {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        assert_eq!(
+            parse_target("checkout", "payments").ok(),
+            Some(service("payments", "checkout"))
+        );
+        assert_eq!(
+            parse_target("mrg/order-orchestrator", "default").ok(),
+            Some(service("mrg", "order-orchestrator"))
+        );
+        assert_eq!(parse_target("*", "default").ok(), Some(Target::Mesh));
+        for bad in ["", "/x", "mrg/", "a/b/c"] {
+            assert!(
+                matches!(parse_target(bad, "default"), Err(CliError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            degrade_path(&service("pay ments", "a.b")),
+            "/v1/degrade/pay%20ments/a.b"
+        );
+        assert_eq!(degrade_path(&Target::Mesh), "/v1/degrade/mesh");
+        assert_eq!(service("mrg", "x").to_string(), "mrg/x");
+        assert_eq!(Target::Mesh.to_string(), "mesh");
+        assert_eq!(Target::Mesh.id(), "*");
+    }
+
+    #[test]
+    fn levels_and_events_tolerate_missing_optional_fields() {
+        let levels: Levels = serde_json::from_str(
+            r#"{"services": [{"namespace": "mrg", "service": "a", "level": "DEGRADED", "future": 1}]}"#,
+        )
+        .expect("levels parse");
+        assert_eq!(levels.computed_at, 0);
+        let a = &levels.services[0];
+        assert_eq!((a.level.as_str(), a.computed.as_str()), ("DEGRADED", ""));
+        assert_eq!(a.forced, None);
+        assert!(a.unhealthy.is_empty() && a.unready_pods.is_empty());
+
+        let events: Events = serde_json::from_str(
+            r#"{"events": [{"service": "*", "kind": "override", "by": "bob"}]}"#,
+        )
+        .expect("events parse");
+        assert_eq!(events.events[0].service, "*");
+        assert_eq!(events.events[0].at, "");
     }
 
     #[test]

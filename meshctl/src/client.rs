@@ -57,9 +57,15 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<Reply<T>, CliError> {
-        let json = serde_json::to_vec(body)
-            .map_err(|e| CliError::Usage(format!("cannot encode the request: {e}")))?;
-        self.send(Method::POST, path, Some(json)).await
+        self.send(Method::POST, path, Some(encode(body)?)).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Reply<T>, CliError> {
+        self.send(Method::PUT, path, Some(encode(body)?)).await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, CliError> {
@@ -119,4 +125,8 @@ impl Client {
             .map_err(|e| CliError::bad_answer(server, format!("{path}: {e}")))?;
         Ok(Reply { body, stale })
     }
+}
+
+fn encode<B: Serialize>(body: &B) -> Result<Vec<u8>, CliError> {
+    serde_json::to_vec(body).map_err(|e| CliError::Usage(format!("cannot encode the request: {e}")))
 }

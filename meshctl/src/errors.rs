@@ -33,6 +33,10 @@ pub enum CliError {
         status: StatusCode,
         body: ApiError,
     },
+    /// What the command acts on is not there (an override to clear); the control plane said
+    /// 404 with a message, and this says it in the command's terms.
+    #[error("{0}")]
+    NotFound(String),
     /// No answer, or an answer saying the control plane cannot serve right now.
     #[error("cannot reach the control plane at {server}: {reason}")]
     Unreachable { server: String, reason: String },
@@ -100,6 +104,7 @@ impl CliError {
             CliError::Invalid(_)
             | CliError::Usage(_)
             | CliError::Refused { .. }
+            | CliError::NotFound(_)
             | CliError::BadAnswer { .. }
             | CliError::Output(_) => ExitCode::FAILURE,
         }

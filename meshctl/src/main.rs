@@ -5,14 +5,17 @@ mod api;
 mod apply;
 mod client;
 mod config;
+mod degrade;
 mod delete;
 mod errors;
+mod events;
 mod get;
 mod history;
 mod inject;
 mod output;
 mod status;
 mod table;
+mod timestamp;
 mod validate;
 
 use std::io::Write;
@@ -110,8 +113,56 @@ enum Command {
         )]
         files: Vec<PathBuf>,
     },
-    /// Convergence per resource, and every pod that refused a snapshot and why.
+    /// Degradation level per service, then convergence per resource.
+    ///
+    /// First a table of every service with a ServicePolicy: its level (`(forced)` under an
+    /// override, `(computed X)` while a lower level waits out `lowerAfter`), the dependencies
+    /// judged unhealthy, the pods reporting (and how many are taken out of rotation) and the
+    /// reasons. Then, after a blank line, each resource's version, how many pods applied it,
+    /// and every pod that refused a snapshot and why.
     Status,
+    /// Level changes, breaker transitions and overrides, newest first.
+    ///
+    /// Prints TIME, SERVICE (`*` for the mesh-wide override), KIND (level, breaker or
+    /// override), CHANGE (`from -> to`), BY and REASONS.
+    Events {
+        /// Only this service's events: NAME (in -n's namespace), NAMESPACE/NAME, or `*` for
+        /// the mesh-wide override.
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// At most this many events.
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Force a degradation level on a service or the whole mesh until a TTL runs out, or
+    /// clear that override.
+    ///
+    /// `meshctl degrade order-orchestrator -n mrg --level emergency --ttl 15m --reason
+    /// "payment provider outage"` prints `mrg/order-orchestrator forced to EMERGENCY until
+    /// 2026-11-22T10:15:00Z (payment provider outage)`; `--clear` prints
+    /// `mrg/order-orchestrator override cleared`, or fails with `no override for
+    /// mrg/order-orchestrator` when there is none. The change is recorded with --by.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["service", "mesh"])))]
+    Degrade {
+        /// The service: NAME (in -n's namespace) or NAMESPACE/NAME.
+        service: Option<String>,
+        /// Every service in the mesh instead of one.
+        #[arg(long)]
+        mesh: bool,
+        /// NORMAL, DEGRADED, SEVERE or EMERGENCY, in any case.
+        #[arg(long, value_name = "LEVEL", required_unless_present = "clear")]
+        level: Option<String>,
+        /// How long the override holds, at most 24h: `15m`, `1h30m`.
+        #[arg(long, value_name = "DURATION", required_unless_present = "clear")]
+        ttl: Option<String>,
+        /// Why, recorded with the override and shown by status and events.
+        #[arg(long, value_name = "TEXT", required_unless_present = "clear")]
+        reason: Option<String>,
+        /// Remove the override now instead of forcing one.
+        #[arg(long, conflicts_with_all = ["level", "ttl", "reason"])]
+        clear: bool,
+    },
     /// Add the Bulwark sidecar to Kubernetes manifests, offline.
     ///
     /// Reads Deployments, StatefulSets, DaemonSets, Jobs, CronJobs and Pods (several
@@ -234,6 +285,37 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             history::rollback(&client, kind, namespace, &name, to, &by).await
         }
         Command::Status => status::run(&client).await,
+        Command::Events { service, limit } => {
+            let service = service
+                .as_deref()
+                .map(|s| api::parse_target(s, namespace))
+                .transpose()?;
+            events::run(&client, service.as_ref(), limit).await
+        }
+        Command::Degrade {
+            service,
+            mesh,
+            level,
+            ttl,
+            reason,
+            clear,
+        } => {
+            let target = match (mesh, service.as_deref()) {
+                (true, _) => api::Target::Mesh,
+                (false, Some(service)) => api::parse_target(service, namespace)?,
+                // clap requires one of the two.
+                (false, None) => return Err(CliError::Usage("name a SERVICE or --mesh".into())),
+            };
+            if clear {
+                return degrade::clear(&client, &target, &by).await;
+            }
+            let force = degrade::Force::parse(
+                level.as_deref().unwrap_or_default(),
+                ttl.as_deref().unwrap_or_default(),
+                reason.as_deref().unwrap_or_default(),
+            )?;
+            degrade::force(&client, &target, &force, &by).await
+        }
         // Handled in `main` before any runtime or server is set up.
         Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),
         Command::Inject { .. } => Err(CliError::Usage("inject runs offline".into())),

@@ -7,31 +7,75 @@ use serde_json::json;
 use support::{FakeControlPlane, Reply, meshctl};
 
 #[test]
-fn status_shows_convergence_and_every_nack_with_its_reason() {
-    let cp = FakeControlPlane::start(&[(
-        "GET /v1/status",
-        Reply::ok(json!({
-            "revision": 40,
-            "resources": [
-                {"id": "UpstreamPolicy/payments/midtrans", "resourceVersion": "40",
-                 "pods": {"applied": 37, "total": 40, "nacks": [
-                     {"pod": "checkout-7f9c-x2", "version": 40, "error": "spec.retry.retryOn[2]: unknown condition \"4xx\""},
-                     {"pod": "checkout-7f9c-k8", "version": "40", "error": "snapshot too large"}
-                 ]}},
-                {"id": "ServicePolicy/mrg/order-orchestrator", "resourceVersion": 12,
-                 "pods": {"applied": 3, "total": 3, "nacks": []}}
-            ]
-        })),
-    )]);
+fn status_shows_levels_then_convergence_and_every_nack_with_its_reason() {
+    let cp = FakeControlPlane::start(&[
+        (
+            "GET /v1/levels",
+            Reply::ok(json!({
+                "computedAt": 1795341600000_i64,
+                "services": [
+                    {"namespace": "mrg", "service": "order-orchestrator", "level": "SEVERE",
+                     "computed": "SEVERE", "since": 1795341600000_i64,
+                     "capabilities": {"acceptOrders": false, "sendNotifications": true},
+                     "reasons": ["midtrans unhealthy (breaker open on 3/4 pods)"],
+                     "summary": "SEVERE: midtrans unhealthy (breaker open on 3/4 pods)",
+                     "unhealthy": ["midtrans"], "reportingPods": 4, "unreadyPods": ["pod-a"],
+                     "override": null, "dependencies": []}
+                ]
+            })),
+        ),
+        (
+            "GET /v1/status",
+            Reply::ok(json!({
+                "revision": 40,
+                "resources": [
+                    {"id": "UpstreamPolicy/payments/midtrans", "resourceVersion": "40",
+                     "pods": {"applied": 37, "total": 40, "nacks": [
+                         {"pod": "checkout-7f9c-x2", "version": 40, "error": "spec.retry.retryOn[2]: unknown condition \"4xx\""},
+                         {"pod": "checkout-7f9c-k8", "version": "40", "error": "snapshot too large"}
+                     ]}},
+                    {"id": "ServicePolicy/mrg/order-orchestrator", "resourceVersion": 12,
+                     "pods": {"applied": 3, "total": 3, "nacks": []}}
+                ]
+            })),
+        ),
+    ]);
     let run = meshctl(&["--server", &cp.url, "status"], &[]);
     assert_eq!(run.stderr, "");
     assert_eq!(
         run.stdout,
-        "RESOURCE                               VERSION   APPLIED\n\
+        "SERVICE                  LEVEL    UNHEALTHY   PODS           REASONS\n\
+         mrg/order-orchestrator   SEVERE   midtrans    4, 1 unready   midtrans unhealthy (breaker open on 3/4 pods)\n\
+         \n\
+         RESOURCE                               VERSION   APPLIED\n\
          UpstreamPolicy/payments/midtrans       40        37/40\n  \
          pod checkout-7f9c-x2 at version 40: spec.retry.retryOn[2]: unknown condition \"4xx\"\n  \
          pod checkout-7f9c-k8 at version 40: snapshot too large\n\
          ServicePolicy/mrg/order-orchestrator   12        3/3\n"
+    );
+    assert_eq!(run.code, Some(0));
+    let requests: Vec<String> = cp.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(requests, ["/v1/levels", "/v1/status"]);
+}
+
+#[test]
+fn status_goes_on_without_levels_from_a_control_plane_that_has_none() {
+    let cp = FakeControlPlane::start(&[(
+        "GET /v1/status",
+        Reply::ok(json!({"resources": [
+            {"id": "UpstreamPolicy/payments/midtrans", "resourceVersion": "40",
+             "pods": {"applied": 2, "total": 2, "nacks": []}}
+        ]})),
+    )]);
+    let run = meshctl(&["--server", &cp.url, "status"], &[]);
+    assert_eq!(
+        run.stderr,
+        "(no degradation levels: the control plane does not serve /v1/levels)\n"
+    );
+    assert_eq!(
+        run.stdout,
+        "RESOURCE                           VERSION   APPLIED\n\
+         UpstreamPolicy/payments/midtrans   40        2/2\n"
     );
     assert_eq!(run.code, Some(0));
 }

@@ -72,7 +72,13 @@ fn the_config_file_names_the_server_when_no_flag_or_env_does() {
 
 #[test]
 fn the_default_config_file_lives_under_home() {
-    let cp = FakeControlPlane::start(&[("GET /v1/status", Reply::ok(json!({"resources": []})))]);
+    let cp = FakeControlPlane::start(&[
+        (
+            "GET /v1/levels",
+            Reply::ok(json!({"computedAt": 1795341600000_i64, "services": []})),
+        ),
+        ("GET /v1/status", Reply::ok(json!({"resources": []}))),
+    ]);
     let home = scratch_dir("home-with-config");
     fs::create_dir_all(home.join(".config/bulwark")).expect("config dir");
     fs::write(
@@ -82,9 +88,12 @@ fn the_default_config_file_lives_under_home() {
     .expect("config written");
     let home = home.display().to_string();
     let run = meshctl(&["status"], &[("HOME", &home)]);
-    assert_eq!(run.stderr, "no resources\n");
+    assert_eq!(
+        run.stderr,
+        "no services with a ServicePolicy\nno resources\n"
+    );
     assert_eq!(run.code, Some(0));
-    assert_eq!(cp.requests().len(), 1);
+    assert_eq!(cp.requests().len(), 2);
 }
 
 #[test]
