@@ -43,6 +43,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a replica over `etcd_endpoints` and waits for its ready file.
     pub async fn start(etcd_endpoints: &str, replica: &str) -> ControlPlane {
+        ControlPlane::start_with(etcd_endpoints, replica, &[]).await
+    }
+
+    /// Starts a replica with extra command-line arguments.
+    pub async fn start_with(etcd_endpoints: &str, replica: &str, extra: &[&str]) -> ControlPlane {
         let bin = control_plane_bin();
         assert!(
             bin.is_file(),
@@ -60,6 +65,7 @@ impl ControlPlane {
             .args(["--replica-id", replica])
             .arg("--ready-file")
             .arg(&ready_path)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -33,6 +33,7 @@ pub mod poll;
 pub mod raw;
 mod serve;
 pub mod sidecar;
+pub mod webhook_receiver;
 
 /// The generated code of `proto/echo.proto`.
 pub mod pb {
@@ -47,6 +48,7 @@ pub use grpc_upstream::GrpcUpstream;
 pub use http_upstream::HttpUpstream;
 pub use poll::{eventually, try_eventually};
 pub use sidecar::Sidecar;
+pub use webhook_receiver::WebhookReceiver;
 
 /// The error type of the kit's bodies and clients.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
