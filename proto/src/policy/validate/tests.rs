@@ -453,7 +453,9 @@ fn service_policy_checks_every_block() {
     NORMAL: { ready: true }
     SEVERE: { shedPriorities: [low, urgent, low], maxRetryAttempts: 0 }
   inbound: { priorityHeader: X-Priority, shedRetryAfter: 0s, maxConcurrent: 0 }
-  alerts: { webhook: alertmanager:9093/hook }
+  alerts: { webhook: alertmanager:9093/hook, maxPerMinute: 0 }
+  lowerAfter: 0s
+  maxUnreadyPercent: 130%
 "#;
     assert_eq!(
         service(spec),
@@ -481,6 +483,9 @@ fn service_policy_checks_every_block() {
             "spec.inbound.priorityHeader: must be a lowercase header name such as x-priority, got \"X-Priority\"",
             "spec.inbound.shedRetryAfter: must be greater than 0, got 0s",
             "spec.inbound.maxConcurrent: must be >= 1, got 0",
+            "spec.lowerAfter: must be greater than 0, got 0s",
+            "spec.maxUnreadyPercent: must be between 0% and 100%, got \"130%\"",
+            "spec.alerts.maxPerMinute: must be >= 1, got 0",
             "spec.alerts.webhook: must be an http:// or https:// URL, got \"alertmanager:9093/hook\"",
         ]
     );
