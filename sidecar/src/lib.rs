@@ -57,6 +57,35 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of a sidecar that has applied no policy yet: NORMAL, no levels known.
+    pub fn new(
+        identity: Identity,
+        pod: String,
+        deadline_header: Option<http::HeaderName>,
+    ) -> Shared {
+        let shared = Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
+            metrics: Arc::new(Metrics::new()),
+            events: tokio::sync::broadcast::channel(256).0,
+            identity,
+            draining: AtomicBool::new(false),
+            in_flight: Arc::default(),
+            health: health::Health::new(pod),
+            deadline_header,
+        };
+        if let Some(service) = &shared.identity.service {
+            // NORMAL until the control plane says otherwise (a file-source sidecar stays so).
+            shared.metrics.degradation(
+                &shared.identity.namespace,
+                service,
+                health::levels::Level::Normal,
+                &BTreeMap::new(),
+                None,
+            );
+        }
+        shared
+    }
+
     /// Builds and swaps in the snapshot for `set`; on failure the current one stays.
     pub fn apply(&self, set: &PolicySet) -> Result<(), String> {
         let current = self.snapshot.load_full();
@@ -169,33 +198,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .pod
         .clone()
         .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
-        metrics: Arc::new(Metrics::new()),
-        events: tokio::sync::broadcast::channel(256).0,
-        identity,
-        draining: AtomicBool::new(false),
-        in_flight: Arc::default(),
-        health: health::Health::new(pod),
-        deadline_header: match config.deadline_header.trim() {
-            "" => None,
-            name => Some(
-                http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    .with_context(|| format!("--deadline-header {name:?} is not a header name"))?,
-            ),
-        },
-    });
-
-    if let Some(service) = &shared.identity.service {
-        // NORMAL until the control plane says otherwise (a file-source sidecar stays there).
-        shared.metrics.degradation(
-            &shared.identity.namespace,
-            service,
-            health::levels::Level::Normal,
-            &BTreeMap::new(),
-            None,
-        );
-    }
+    let deadline_header = match config.deadline_header.trim() {
+        "" => None,
+        name => Some(
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .with_context(|| format!("--deadline-header {name:?} is not a header name"))?,
+        ),
+    };
+    let shared = Arc::new(Shared::new(identity, pod, deadline_header));
     tokio::spawn(health::probe::run(
         shared.clone(),
         shared.health.probe.subscribe(),

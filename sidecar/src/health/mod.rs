@@ -154,4 +154,105 @@ mod tests {
             Err("not ready: no policies applied yet".into())
         );
     }
+
+    fn shared() -> crate::Shared {
+        let identity = crate::route::Identity {
+            namespace: "shop".into(),
+            service: Some("orders".into()),
+            app_port: None,
+            inbound_port: None,
+        };
+        crate::Shared::new(identity, "orders-1".into(), None)
+    }
+
+    fn policy(spec: &str) -> crate::source::PolicySet {
+        let yaml = format!(
+            "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec: {spec}\n"
+        );
+        crate::source::PolicySet {
+            version: "1".into(),
+            source: "test".into(),
+            resources: bulwark_proto::policy::parse_yaml(&yaml).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_probe_target_follows_the_service_policy() {
+        let shared = shared();
+        let mut targets = shared.health.probe.subscribe();
+        shared
+            .apply(&policy(
+                "{ app: { port: 8080, healthCheck: { http: /health } } }",
+            ))
+            .unwrap();
+        assert!(targets.has_changed().unwrap());
+        assert_eq!(
+            targets
+                .borrow_and_update()
+                .as_ref()
+                .map(|t| t.check.clone()),
+            Some(probe::Check::Http {
+                path: "/health".into()
+            })
+        );
+        // The same target again does not restart the probe.
+        shared
+            .apply(&policy(
+                "{ app: { port: 8080, healthCheck: { http: /health } } }",
+            ))
+            .unwrap();
+        assert!(!targets.has_changed().unwrap());
+        shared.apply(&policy("{ app: { port: 8080 } }")).unwrap();
+        assert!(targets.has_changed().unwrap());
+        assert_eq!(*targets.borrow_and_update(), None);
+    }
+
+    #[tokio::test]
+    async fn levels_set_the_level_and_capability_metrics() {
+        let shared = shared();
+        let metrics = shared.metrics.encode();
+        assert!(
+            metrics
+                .contains("bulwark_degradation_level{namespace=\"shop\",service=\"orders\"} 0\n"),
+            "{metrics}"
+        );
+        let mut own = pb::ServiceLevel {
+            namespace: "shop".into(),
+            service: "orders".into(),
+            level: pb::Level::Severe as i32,
+            ..Default::default()
+        };
+        own.capabilities.insert("acceptOrders".into(), false);
+        own.capabilities.insert("sendNotifications".into(), true);
+        shared.apply_levels(&pb::Levels {
+            services: vec![own.clone()],
+        });
+        let metrics = shared.metrics.encode();
+        assert!(
+            metrics
+                .contains("bulwark_degradation_level{namespace=\"shop\",service=\"orders\"} 2\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("bulwark_capability{name=\"acceptOrders\"} 0\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("bulwark_capability{name=\"sendNotifications\"} 1\n"),
+            "{metrics}"
+        );
+
+        own.capabilities.remove("acceptOrders");
+        own.level = pb::Level::Normal as i32;
+        shared.apply_levels(&pb::Levels {
+            services: vec![own],
+        });
+        let metrics = shared.metrics.encode();
+        assert!(
+            metrics
+                .contains("bulwark_degradation_level{namespace=\"shop\",service=\"orders\"} 0\n"),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("acceptOrders"), "{metrics}");
+    }
 }

@@ -422,4 +422,90 @@ mod tests {
         );
         drop(listener);
     }
+
+    /// A gRPC server answering every call: `Some(status)` with a HealthCheckResponse of that
+    /// ServingStatus, `None` with a trailers-only UNIMPLEMENTED. Records the service names
+    /// asked for.
+    async fn grpc_app(status: Option<u8>) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+        use futures_util::stream;
+        use http_body::Frame;
+        use http_body_util::{BodyExt, StreamBody};
+        use prost::Message;
+
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let record = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            assert_eq!(req.uri().path(), GRPC_CHECK);
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let asked = HealthCheckRequest::decode(&body[5..]).unwrap();
+                            record.lock().unwrap().push(asked.service);
+                            let mut trailers = http::HeaderMap::new();
+                            let mut frames = Vec::new();
+                            let mut rsp = http::Response::builder()
+                                .header(header::CONTENT_TYPE, "application/grpc");
+                            match status {
+                                Some(s) => {
+                                    frames.push(Frame::data(Bytes::from(vec![
+                                        0, 0, 0, 0, 2, 0x08, s,
+                                    ])));
+                                    trailers.insert("grpc-status", "0".parse().unwrap());
+                                    frames.push(Frame::trailers(trailers));
+                                }
+                                None => {
+                                    rsp = rsp
+                                        .header("grpc-status", "12")
+                                        .header("grpc-message", "unknown service");
+                                }
+                            }
+                            let body = StreamBody::new(stream::iter(
+                                frames.into_iter().map(Ok::<_, Infallible>),
+                            ));
+                            Ok::<_, Infallible>(rsp.body(body).unwrap())
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (port, asked)
+    }
+
+    fn grpc_target(port: u16, service: &str) -> ProbeTarget {
+        ProbeTarget {
+            port,
+            check: Check::Grpc {
+                service: service.into(),
+            },
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_want_serving() {
+        let (port, asked) = grpc_app(Some(1)).await;
+        assert_eq!(probe(&grpc_target(port, "orders.v1.Orders")).await, Ok(()));
+        assert_eq!(*asked.lock().unwrap(), ["orders.v1.Orders"]);
+
+        let (port, _) = grpc_app(Some(2)).await;
+        assert_eq!(
+            probe(&grpc_target(port, "")).await,
+            Err("grpc.health.v1.Health/Check answered NOT_SERVING".into())
+        );
+        let (port, _) = grpc_app(None).await;
+        assert_eq!(
+            probe(&grpc_target(port, "")).await,
+            Err("grpc.health.v1.Health/Check answered grpc-status 12 (unimplemented): unknown service".into())
+        );
+    }
 }

@@ -110,6 +110,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Shared;
     use crate::metrics::Metrics;
     use crate::route::Identity;
     use crate::source::PolicySet;
@@ -227,5 +228,71 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
         let payments = second.route("payments").unwrap();
         assert!(!Arc::ptr_eq(payments, first.route("payments").unwrap()));
         assert_eq!(payments.stats.take().failures, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_go_out_every_interval_and_never_wait_for_room() {
+        let identity = Identity {
+            namespace: "shop".into(),
+            service: None,
+            app_port: None,
+            inbound_port: None,
+        };
+        let shared = Arc::new(Shared::new(identity, "p".into(), None));
+        shared
+            .apply(&PolicySet {
+                version: "1".into(),
+                source: "test".into(),
+                resources: parse_yaml(POLICIES).unwrap(),
+            })
+            .unwrap();
+        let stats = shared
+            .snapshot
+            .load()
+            .route("payments")
+            .unwrap()
+            .stats
+            .clone();
+        let payments = |m: pb::SidecarMessage| match m.message {
+            Some(pb::sidecar_message::Message::Health(r)) => r.upstreams[1].clone(),
+            other => panic!("expected a report, got {other:?}"),
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let (_applied, applied_rx) = tokio::sync::watch::channel(9i64);
+        let start = Instant::now();
+        let task = tokio::spawn(run(shared.clone(), Duration::from_secs(5), tx, applied_rx));
+
+        stats.record(true, false);
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(5),
+            "one interval after the start"
+        );
+        let first = payments(first);
+        assert_eq!((first.requests, first.failures), (1, 1));
+
+        // Nobody takes the 10 s report off the stream: the 15 s one is skipped, not queued,
+        // and its counts go into the next report that fits.
+        stats.record(false, false);
+        tokio::time::sleep_until(start + Duration::from_secs(16)).await;
+        let metrics = shared.metrics.encode();
+        assert!(
+            metrics.contains("bulwark_health_reports_total{result=\"skipped\"} 1\n"),
+            "{metrics}"
+        );
+        stats.record(true, false);
+        assert_eq!(
+            payments(rx.recv().await.unwrap()).requests,
+            1,
+            "the 10 s report"
+        );
+        let third = payments(rx.recv().await.unwrap());
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
+        assert_eq!((third.requests, third.failures), (1, 1));
+
+        // The reporter ends with its stream.
+        drop(rx);
+        task.await.unwrap();
     }
 }
