@@ -1,5 +1,6 @@
 //! The admin listener (default 127.0.0.1:15000): liveness and readiness probes, Prometheus
-//! metrics, and the applied policies with their version.
+//! metrics, the applied policies with their version, breaker state, and the own service's
+//! degradation level and capabilities.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Shared;
+use crate::health::readiness;
 
 /// Serves admin requests until `stop` turns true.
 pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -66,29 +68,39 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/config" => config(shared),
         "/breakers" => breakers(shared),
+        "/capabilities" => json(&shared.health.degradation.levels().capabilities_json()),
         other => text(
             StatusCode::NOT_FOUND,
             format!(
-                "no admin endpoint {other}; try /health/live, /health/ready, /metrics, /config, /breakers\n"
+                "no admin endpoint {other}; try /health/live, /health/ready, /metrics, /config, /breakers, /capabilities\n"
             ),
         ),
     }
 }
 
 fn ready(shared: &Shared) -> Response<Full<Bytes>> {
-    if shared.draining.load(Ordering::Relaxed) {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: draining for shutdown\n".into(),
-        );
+    let verdict = readiness(
+        shared.draining.load(Ordering::Relaxed),
+        shared.snapshot.load().is_loaded(),
+        &shared.health.pod,
+        &shared.health.degradation.levels(),
+        &shared.health.app.load(),
+    );
+    match verdict {
+        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why + "\n"),
     }
-    if !shared.snapshot.load().is_loaded() {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no policies applied yet\n".into(),
-        );
-    }
-    text(StatusCode::OK, "ready\n".into())
+}
+
+fn json(body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let text_body =
+        serde_json::to_string_pretty(body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut rsp = text(StatusCode::OK, text_body + "\n");
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    rsp
 }
 
 fn config(shared: &Shared) -> Response<Full<Bytes>> {
@@ -100,14 +112,7 @@ fn config(shared: &Shared) -> Response<Full<Bytes>> {
         "service": shared.identity.service,
         "resources": snapshot.resources,
     });
-    let text_body =
-        serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    let mut rsp = text(StatusCode::OK, text_body + "\n");
-    rsp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    rsp
+    json(&body)
 }
 
 /// Breaker and outlier state of every upstream.
@@ -140,14 +145,7 @@ fn breakers(shared: &Shared) -> Response<Full<Bytes>> {
         })
         .collect();
     let body = serde_json::json!({ "upstreams": upstreams });
-    let text_body =
-        serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    let mut rsp = text(StatusCode::OK, text_body + "\n");
-    rsp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    rsp
+    json(&body)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -101,6 +101,10 @@ pub struct Config {
     )]
     pub deadline_header: String,
 
+    /// How often a health report is sent to the control plane.
+    #[arg(long, env = "BULWARK_REPORT_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub report_interval: Duration,
+
     /// Log format.
     #[arg(long, env = "BULWARK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -120,6 +124,13 @@ pub struct Config {
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
+        d => Ok(d),
+    }
 }
 
 fn parse_port_binding(s: &str) -> Result<(SocketAddr, String), String> {
@@ -153,5 +164,24 @@ mod tests {
         );
         assert!(parse_port_binding("localhost:1=x").is_err());
         assert!(parse_port_binding("127.0.0.1:1=").is_err());
+    }
+
+    #[test]
+    fn report_interval_defaults_to_five_seconds_and_must_be_positive() {
+        let c = Config::try_parse_from(["sidecar", "--policies", "p.yaml"]).unwrap();
+        assert_eq!(c.report_interval, Duration::from_secs(5));
+        let c = Config::try_parse_from([
+            "sidecar",
+            "--policies",
+            "p.yaml",
+            "--report-interval",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(c.report_interval, Duration::from_millis(250));
+        assert_eq!(
+            parse_positive_duration("0s"),
+            Err("\"0s\" must be longer than zero".into())
+        );
     }
 }

@@ -8,6 +8,7 @@ use bulwark_proto::policy::GrpcCode;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
+use crate::health::levels::{DEGRADATION_HEADER, Level, Priority, retry_after_secs};
 
 /// A failure of the sidecar's own making or of the upstream, before a response began.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,17 @@ pub enum ProxyError {
         "no local app port is configured for inbound traffic (set --app-port or spec.app.port of ServicePolicy {service})"
     )]
     NoApp { service: String },
+    #[error("shed by {service} at {level}: priority {priority} is shed at this level")]
+    Shed {
+        /// `namespace/service` of the app the request was for.
+        service: String,
+        level: Level,
+        priority: Priority,
+        /// When the caller may come back (`Retry-After`, `grpc-retry-pushback-ms`).
+        retry_after: Duration,
+    },
+    #[error("upstream {upstream} is at EMERGENCY: low-priority calls fail fast")]
+    UpstreamEmergency { upstream: String },
     #[error("invalid request: {0}")]
     BadRequest(String),
 }
@@ -86,6 +98,8 @@ impl ProxyError {
             ProxyError::BreakerOpen { .. } => "breaker-open",
             ProxyError::BulkheadFull { .. } => "bulkhead-full",
             ProxyError::NoApp { .. } => "no-app",
+            ProxyError::Shed { .. } => "shed",
+            ProxyError::UpstreamEmergency { .. } => "upstream-emergency",
             ProxyError::BadRequest(_) => "bad-request",
         }
     }
@@ -98,7 +112,9 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::NoApp { .. }
             | ProxyError::BreakerOpen { .. }
-            | ProxyError::BulkheadFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::BulkheadFull { .. }
+            | ProxyError::Shed { .. }
+            | ProxyError::UpstreamEmergency { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Handshake { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::DeadlineExceeded { .. } | ProxyError::AttemptTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -129,9 +145,31 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
     } else {
         http_error_response(err.http_status(), &message, kind)
     };
-    if matches!(err, ProxyError::BreakerOpen { .. }) {
-        rsp.headers_mut()
-            .insert("x-bulwark-breaker", HeaderValue::from_static("open"));
+    let h = rsp.headers_mut();
+    match err {
+        ProxyError::BreakerOpen { .. } => {
+            h.insert("x-bulwark-breaker", HeaderValue::from_static("open"));
+        }
+        ProxyError::Shed {
+            level, retry_after, ..
+        } => {
+            h.insert(DEGRADATION_HEADER, level.header_value());
+            if grpc {
+                h.insert(
+                    "grpc-retry-pushback-ms",
+                    HeaderValue::from(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
+                );
+            } else {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*retry_after)),
+                );
+            }
+        }
+        ProxyError::UpstreamEmergency { .. } => {
+            h.insert(DEGRADATION_HEADER, Level::Emergency.header_value());
+        }
+        _ => {}
     }
     rsp
 }
@@ -250,6 +288,66 @@ mod tests {
         assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(rsp.headers()["x-bulwark-breaker"], "open");
         assert_eq!(rsp.headers()["x-bulwark-error"], "breaker-open");
+    }
+
+    fn body_text(rsp: Response<Body>) -> String {
+        match rsp.into_body() {
+            Body::Full(Some(b)) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("expected a full body, got {other:?}"),
+        }
+    }
+
+    fn shed() -> ProxyError {
+        ProxyError::Shed {
+            service: "mrg/order-orchestrator".into(),
+            level: Level::Severe,
+            priority: Priority::Low,
+            retry_after: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn shed_requests_are_told_when_to_come_back() {
+        let rsp = rescue(&shed(), false);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()["retry-after"], "30");
+        assert_eq!(rsp.headers()["x-bulwark-error"], "shed");
+        assert_eq!(rsp.headers()["x-bulwark-degradation"], "SEVERE");
+        assert_eq!(
+            body_text(rsp),
+            "shed by mrg/order-orchestrator at SEVERE: priority low is shed at this level\n"
+        );
+
+        let rsp = rescue(&shed(), true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(
+            rsp.headers()["grpc-message"],
+            "shed by mrg/order-orchestrator at SEVERE: priority low is shed at this level"
+        );
+        assert_eq!(rsp.headers()["grpc-retry-pushback-ms"], "30000");
+        assert!(!rsp.headers().contains_key("retry-after"));
+    }
+
+    #[test]
+    fn low_priority_calls_to_an_emergency_upstream_fail_fast() {
+        let err = ProxyError::UpstreamEmergency {
+            upstream: "midtrans".into(),
+        };
+        let rsp = rescue(&err, false);
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()["x-bulwark-error"], "upstream-emergency");
+        assert_eq!(rsp.headers()["x-bulwark-degradation"], "EMERGENCY");
+        assert_eq!(
+            body_text(rsp),
+            "upstream midtrans is at EMERGENCY: low-priority calls fail fast\n"
+        );
+        let rsp = rescue(&err, true);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(
+            rsp.headers()["grpc-message"],
+            "upstream midtrans is at EMERGENCY: low-priority calls fail fast"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod errors;
 pub mod headers;
+pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod observe;
@@ -30,6 +31,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::health::levels::LevelIndex;
+use crate::health::probe::ProbeTarget;
 use crate::metrics::Metrics;
 use crate::proxy::Target;
 use crate::route::{Identity, Snapshot};
@@ -49,16 +52,47 @@ pub struct Shared {
     pub deadline_header: Option<http::HeaderName>,
     /// Requests whose response has not ended, both directions (shutdown waits for them).
     pub in_flight: Arc<server::InFlight>,
+    /// Degradation levels, the app probe's result, what the probe checks.
+    pub health: health::Health,
 }
 
 impl Shared {
+    /// The state of a sidecar that has applied no policy yet: NORMAL, no levels known.
+    pub fn new(
+        identity: Identity,
+        pod: String,
+        deadline_header: Option<http::HeaderName>,
+    ) -> Shared {
+        let shared = Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
+            metrics: Arc::new(Metrics::new()),
+            events: tokio::sync::broadcast::channel(256).0,
+            identity,
+            draining: AtomicBool::new(false),
+            in_flight: Arc::default(),
+            health: health::Health::new(pod),
+            deadline_header,
+        };
+        if let Some(service) = &shared.identity.service {
+            // NORMAL until the control plane says otherwise (a file-source sidecar stays so).
+            shared.metrics.degradation(
+                &shared.identity.namespace,
+                service,
+                health::levels::Level::Normal,
+                &BTreeMap::new(),
+                None,
+            );
+        }
+        shared
+    }
+
     /// Builds and swaps in the snapshot for `set`; on failure the current one stays.
     pub fn apply(&self, set: &PolicySet) -> Result<(), String> {
         let current = self.snapshot.load_full();
         let env = upstream::BuildEnv {
             metrics: self.metrics.clone(),
             events: self.events.clone(),
-            max_attempts_cap: None,
+            degradation: self.health.degradation.clone(),
             deadline_header: self.deadline_header.clone(),
         };
         match Snapshot::build(set, &current, &self.identity, &env) {
@@ -70,8 +104,15 @@ impl Shared {
                     inbound_app = next.inbound.is_some(),
                     "policy snapshot applied"
                 );
+                let probe = ProbeTarget::from_policy(next.service.as_ref(), self.identity.app_port);
                 self.snapshot.store(Arc::new(next));
                 self.metrics.reload(true);
+                self.refresh_retry_cap();
+                self.health.probe.send_if_modified(|current| {
+                    let changed = *current != probe;
+                    *current = probe;
+                    changed
+                });
                 Ok(())
             }
             Err(e) => {
@@ -80,6 +121,48 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+
+    /// Puts a `Levels` message from the control plane in force: each replaces the previous
+    /// one whole. The own level's retry cap follows at once; requests read the rest per call.
+    pub fn apply_levels(&self, levels: &bulwark_proto::v1::Levels) {
+        let index = LevelIndex::from_wire(
+            levels,
+            &self.identity.namespace,
+            self.identity.service.as_deref(),
+        );
+        let (level, since) = (index.own_level(), index.own().map(|o| o.since_unix_ms));
+        let previous = self.health.degradation.swap(index);
+        if previous.own_level() != level {
+            let current = self.health.degradation.levels();
+            let reasons = current
+                .own()
+                .map(|o| o.reasons.join(", "))
+                .unwrap_or_default();
+            tracing::info!(from = %previous.own_level(), to = %level, %reasons, ?since, "degradation level changed");
+        }
+        self.refresh_retry_cap();
+        if let Some(service) = &self.identity.service {
+            let current = self.health.degradation.levels();
+            let empty = std::collections::BTreeMap::new();
+            self.metrics.degradation(
+                &self.identity.namespace,
+                service,
+                level,
+                current.own().map_or(&empty, |o| &o.capabilities),
+                previous.own().map(|o| &o.capabilities),
+            );
+        }
+    }
+
+    /// The own level's `maxRetryAttempts` under the ServicePolicy in force.
+    fn refresh_retry_cap(&self) {
+        let level = self.health.degradation.levels().own_level();
+        let cap = self.snapshot.load().actions.retry_cap(level);
+        if self.health.degradation.retry_cap() != cap {
+            tracing::info!(%level, cap = ?cap, "retry attempts cap changed");
+        }
+        self.health.degradation.set_retry_cap(cap);
     }
 }
 
@@ -111,21 +194,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         app_port: config.app_port,
         inbound_port: Some(listeners[1].local_addr().port()),
     };
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
-        metrics: Arc::new(Metrics::new()),
-        events: tokio::sync::broadcast::channel(256).0,
-        identity,
-        draining: AtomicBool::new(false),
-        in_flight: Arc::default(),
-        deadline_header: match config.deadline_header.trim() {
-            "" => None,
-            name => Some(
-                http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    .with_context(|| format!("--deadline-header {name:?} is not a header name"))?,
-            ),
-        },
-    });
+    let pod = config
+        .pod
+        .clone()
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let deadline_header = match config.deadline_header.trim() {
+        "" => None,
+        name => Some(
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .with_context(|| format!("--deadline-header {name:?} is not a header name"))?,
+        ),
+    };
+    let shared = Arc::new(Shared::new(identity, pod, deadline_header));
+    tokio::spawn(health::probe::run(
+        shared.clone(),
+        shared.health.probe.subscribe(),
+    ));
 
     // Policies: from files (standalone), or from the control plane with the persisted
     // snapshot as the fallback. Listeners start either way; readiness waits for policies.
@@ -264,10 +348,7 @@ async fn start_control_plane_source(config: &Config, shared: &Arc<Shared>) {
     let who = source::control_plane::Registration {
         namespace: config.namespace.clone(),
         service: config.service.clone().unwrap_or_default(), // required by clap in this mode
-        pod: config
-            .pod
-            .clone()
-            .unwrap_or_else(|| format!("pid-{}", std::process::id())),
+        pod: shared.health.pod.clone(),
     };
     let (applied_tx, mut applied_rx) = watch::channel(0i64);
     tokio::spawn(source::control_plane::follow(
@@ -275,6 +356,7 @@ async fn start_control_plane_source(config: &Config, shared: &Arc<Shared>) {
         config.control_plane.clone(),
         who,
         config.snapshot_file.clone(),
+        config.report_interval,
         applied_tx.clone(),
     ));
     let first = tokio::time::timeout(

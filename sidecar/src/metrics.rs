@@ -3,6 +3,7 @@
 //! never from raw request data. Per-upstream handles are resolved once, so the hot path only
 //! touches atomics.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::health::levels::{Level, Priority};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -58,6 +61,23 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub priority: &'static str,
+    pub level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapabilityLabels {
+    pub name: String,
+}
+
 type HistogramFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -82,6 +102,14 @@ pub struct Metrics {
     breaker_state: Family<DurationLabels, Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
+    emergency_fail_fast: Family<DurationLabels, Counter>,
+    shed: Family<ShedLabels, Counter>,
+    /// `shed` handles by level and priority, resolved on first use.
+    shed_handles: [[OnceLock<Counter>; 4]; 4],
+    degradation_level: Family<ServiceLabels, Gauge>,
+    capability: Family<CapabilityLabels, Gauge>,
+    app_healthy: Gauge,
+    health_reports: Family<ReloadLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -177,6 +205,42 @@ impl Metrics {
             "Requests answered by a failover upstream or the static fallback response",
             fallbacks.clone(),
         );
+        let emergency_fail_fast = counter(
+            &mut registry,
+            "emergency_fail_fast",
+            "Low-priority calls failed fast because the upstream's service is at EMERGENCY",
+        );
+        let shed = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "shed",
+            "Inbound requests shed by the degradation level, by priority and level",
+            shed.clone(),
+        );
+        let degradation_level = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "degradation_level",
+            "The own service's degradation level: 0 NORMAL, 1 DEGRADED, 2 SEVERE, 3 EMERGENCY",
+            degradation_level.clone(),
+        );
+        let capability = Family::<CapabilityLabels, Gauge>::default();
+        registry.register(
+            "capability",
+            "The own service's capabilities: 1 holds, 0 does not",
+            capability.clone(),
+        );
+        let app_healthy = Gauge::default();
+        app_healthy.set(1);
+        registry.register(
+            "app_healthy",
+            "The app health check: 1 passing (or not configured), 0 failing",
+            app_healthy.clone(),
+        );
+        let health_reports = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "health_reports",
+            "Health reports to the control plane, by result (sent, or skipped while the stream was busy)",
+            health_reports.clone(),
+        );
         registry.register(
             "policy_reloads",
             "Policy snapshots offered to the sidecar, by result (applied or rejected)",
@@ -198,7 +262,67 @@ impl Metrics {
             breaker_state,
             breaker_transitions,
             fallbacks,
+            emergency_fail_fast,
+            shed,
+            shed_handles: Default::default(),
+            degradation_level,
+            capability,
+            app_healthy,
+            health_reports,
         }
+    }
+
+    /// One inbound request shed at `level` for its `priority`.
+    pub fn shed(&self, level: Level, priority: Priority) {
+        self.shed_handles[level.index()][priority.index()]
+            .get_or_init(|| {
+                self.shed
+                    .get_or_create(&ShedLabels {
+                        priority: priority.as_str(),
+                        level: level.as_str(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// The own service's level and capabilities; capabilities no longer listed are removed.
+    pub fn degradation(
+        &self,
+        namespace: &str,
+        service: &str,
+        level: Level,
+        capabilities: &BTreeMap<String, bool>,
+        previous: Option<&BTreeMap<String, bool>>,
+    ) {
+        self.degradation_level
+            .get_or_create(&ServiceLabels {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+            })
+            .set(level.index() as i64);
+        for name in previous.into_iter().flat_map(BTreeMap::keys) {
+            if !capabilities.contains_key(name) {
+                self.capability
+                    .remove(&CapabilityLabels { name: name.clone() });
+            }
+        }
+        for (name, holds) in capabilities {
+            self.capability
+                .get_or_create(&CapabilityLabels { name: name.clone() })
+                .set(i64::from(*holds));
+        }
+    }
+
+    pub fn app_healthy(&self, healthy: bool) {
+        self.app_healthy.set(i64::from(healthy));
+    }
+
+    pub fn health_report(&self, sent: bool) {
+        let result = if sent { "sent" } else { "skipped" };
+        self.health_reports
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// Prometheus text exposition of every metric.
@@ -250,6 +374,7 @@ impl Metrics {
             breaker_rejections: self.breaker_rejections.get_or_create(&labels).clone(),
             bulkhead_rejections: self.bulkhead_rejections.get_or_create(&labels).clone(),
             ejections: self.ejections.get_or_create(&labels).clone(),
+            emergency_fail_fast: self.emergency_fail_fast.get_or_create(&labels).clone(),
             breaker_state: self.breaker_state.get_or_create(&labels).clone(),
             connects_http1: connects("http1"),
             connects_http2: connects("http2"),
@@ -298,6 +423,7 @@ pub struct UpstreamMetrics {
     pub breaker_rejections: Counter,
     pub bulkhead_rejections: Counter,
     pub ejections: Counter,
+    pub emergency_fail_fast: Counter,
     breaker_state: Gauge,
 }
 
@@ -328,6 +454,11 @@ impl UpstreamMetrics {
                 to: name,
             })
             .inc();
+    }
+
+    /// One inbound request shed at `level` for its `priority`.
+    pub fn shed(&self, level: Level, priority: Priority) {
+        self.metrics.shed(level, priority);
     }
 
     /// A request answered by a failover upstream (`failover`) or the static response.

@@ -11,6 +11,7 @@ use bulwark_proto::policy::{
 };
 
 use crate::headers::host_of;
+use crate::health::levels::ServiceActions;
 use crate::source::PolicySet;
 use crate::upstream::{BuildEnv, Upstream};
 
@@ -35,6 +36,8 @@ pub struct Snapshot {
     /// The local app, for inbound traffic.
     pub inbound: Option<Arc<Upstream>>,
     pub service: Option<ServicePolicy>,
+    /// The own ServicePolicy's degradation actions and priority header, compiled.
+    pub actions: ServiceActions,
     own_namespace: String,
 }
 
@@ -57,6 +60,7 @@ impl Snapshot {
             upstreams: HashMap::new(),
             inbound: None,
             service: None,
+            actions: ServiceActions::default(),
             own_namespace: identity.namespace.clone(),
         }
     }
@@ -138,6 +142,7 @@ impl Snapshot {
             resources: set.resources.clone(),
             upstreams,
             inbound,
+            actions: ServiceActions::from_policy(service.as_ref()),
             service,
             own_namespace: identity.namespace.clone(),
         })
@@ -247,7 +252,7 @@ mod tests {
         BuildEnv {
             metrics: Arc::new(Metrics::new()),
             events: tokio::sync::broadcast::channel(16).0,
-            max_attempts_cap: None,
+            degradation: Arc::default(),
             deadline_header: None,
         }
     }

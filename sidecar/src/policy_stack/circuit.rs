@@ -1,6 +1,7 @@
 //! The circuit-breaker layer: asks the upstream's [`Breaker`](super::breaker::Breaker) before
 //! each attempt (an open breaker fails the attempt at once, without touching the upstream),
-//! records each attempt's outcome, and logs, counts and publishes every state change.
+//! records each attempt's outcome, and logs, counts and publishes every state change. Every
+//! completed attempt is also counted for the health report, breaker or not, by the same rules.
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -64,6 +65,18 @@ impl Drop for AdmissionGuard {
     }
 }
 
+/// An attempt without a breaker to ask: only counted for the health report.
+fn counted<F>(core: Arc<UpstreamCore>, call: F, started: Instant) -> ResponseFuture
+where
+    F: std::future::Future<Output = Result<Rsp, ProxyError>> + Send + 'static,
+{
+    Box::pin(async move {
+        let result = call.await;
+        core.count_attempt(&result, started.elapsed());
+        result
+    })
+}
+
 impl<S> Service<Req> for Stage<BreakerStage, S>
 where
     S: Service<Req, Response = Rsp, Error = ProxyError> + Send + 'static,
@@ -78,13 +91,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let Some(breaker) = self.core.breaker.clone() else {
-            return Box::pin(self.inner.call(req));
-        };
         let started = Instant::now();
+        let Some(breaker) = self.core.breaker.clone() else {
+            return counted(self.core.clone(), self.inner.call(req), started);
+        };
         let admitted = match breaker.lock() {
             Ok(mut b) => b.try_acquire(started),
-            Err(_) => return Box::pin(self.inner.call(req)),
+            Err(_) => return counted(self.core.clone(), self.inner.call(req), started),
         };
         let admitted = match admitted {
             Ok(a) => a,
@@ -108,6 +121,7 @@ where
         let core = self.core.clone();
         Box::pin(async move {
             let result = call.await;
+            core.count_attempt(&result, started.elapsed());
             if let Some(outcome) = classify(&result) {
                 let now = Instant::now();
                 let admission = guard.admission.take();

@@ -11,6 +11,7 @@ mod bulkhead;
 pub mod circuit;
 pub mod config;
 mod deadline;
+mod degradation;
 mod failover;
 pub mod outcome;
 pub mod outlier;
@@ -70,6 +71,10 @@ pub fn build(core: &Arc<UpstreamCore>) -> (Stack, Stack) {
         .service(Balance::new(core.clone()));
     let attempts = Stack::new(attempts);
     let full = ServiceBuilder::new()
+        // Degradation gate: first, so a request the level refuses costs no deadline timer,
+        // no failover and no attempt. Inbound it sheds by priority and tells the app its
+        // level; outbound it fails low-priority calls to an EMERGENCY upstream fast.
+        .layer(StageLayer::<degradation::DegradationGate>::new(core))
         // Overall deadline: the policy's timeouts.request shortened by the caller's
         // grpc-timeout; bounds retries and failover together.
         .layer(StageLayer::<deadline::DeadlineStage>::new(core))

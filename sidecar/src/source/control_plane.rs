@@ -2,7 +2,9 @@
 //! it is, applies every snapshot it receives atomically (validated again here; a snapshot it
 //! cannot apply is NACKed with the reason and the policies in force stay), persists each
 //! applied snapshot to disk, and reconnects with jittered exponential backoff across the
-//! control-plane addresses. Traffic never waits for the control plane.
+//! control-plane addresses. Traffic never waits for the control plane. On the same stream the
+//! sidecar sends a health report every report interval and receives the degradation levels,
+//! which stay in force while the control plane is away.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -117,6 +119,7 @@ pub async fn follow(
     addrs: Vec<String>,
     who: Registration,
     snapshot_file: Option<PathBuf>,
+    report_interval: Duration,
     applied: watch::Sender<i64>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -124,7 +127,15 @@ pub async fn follow(
     loop {
         let addr = &addrs[next % addrs.len()];
         next += 1;
-        match stream_once(&shared, addr, &who, snapshot_file.as_deref(), &applied).await {
+        let stream = stream_once(
+            &shared,
+            addr,
+            &who,
+            snapshot_file.as_deref(),
+            report_interval,
+            &applied,
+        );
+        match stream.await {
             Ok(()) => {
                 tracing::warn!(control_plane = %addr, "control-plane stream ended; reconnecting");
                 backoff = BACKOFF_MIN;
@@ -145,6 +156,7 @@ async fn stream_once(
     addr: &str,
     who: &Registration,
     snapshot_file: Option<&Path>,
+    report_interval: Duration,
     applied: &watch::Sender<i64>,
 ) -> Result<(), String> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
@@ -170,14 +182,27 @@ async fn stream_once(
         .map_err(|e| format!("{}: {}", e.code(), e.message()))?
         .into_inner();
     tracing::info!(control_plane = %addr, "connected to the control plane");
+    // Reports go out on their own task, so a report never delays a snapshot; it ends with
+    // this stream.
+    let _reporter = AbortOnDrop(tokio::spawn(crate::health::report::run(
+        shared.clone(),
+        report_interval,
+        tx.clone(),
+        applied.subscribe(),
+    )));
     let source = format!("control-plane:{addr}");
     while let Some(msg) = inbound
         .message()
         .await
         .map_err(|e| format!("{}: {}", e.code(), e.message()))?
     {
-        let Some(control_plane_message::Message::Snapshot(snapshot)) = msg.message else {
-            continue;
+        let snapshot = match msg.message {
+            Some(control_plane_message::Message::Snapshot(s)) => s,
+            Some(control_plane_message::Message::Levels(levels)) => {
+                shared.apply_levels(&levels);
+                continue;
+            }
+            None => continue,
         };
         let ack = receive(shared, &snapshot, &source, snapshot_file, applied);
         let reply = SidecarMessage {
@@ -186,6 +211,15 @@ async fn stream_once(
         tx.send(reply).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Aborts a task when dropped: the reporter of a stream ends with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Applies one snapshot; the answer is its ACK (empty error) or NACK.

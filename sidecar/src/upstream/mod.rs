@@ -24,6 +24,8 @@ pub use endpoint::{ConnectSettings, Endpoint, UpstreamBody, Wire};
 
 use crate::body::Body;
 use crate::errors::ProxyError;
+use crate::health::levels::Degradation;
+use crate::health::stats::{UpstreamStats, is_slow};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy_stack::breaker::{Breaker, BreakerConfig, default_failure_on};
 use crate::policy_stack::budget::{BudgetConfig, RetryBudget};
@@ -46,8 +48,8 @@ pub struct TargetAuthority(pub Authority);
 pub struct BuildEnv {
     pub metrics: Arc<Metrics>,
     pub events: broadcast::Sender<BreakerEvent>,
-    /// The degradation level's cap on attempts (none until the health issue sets one).
-    pub max_attempts_cap: Option<u32>,
+    /// The levels in force and the retry cap they set, read per request.
+    pub degradation: Arc<Degradation>,
     /// The header HTTP callers give their deadline in (milliseconds), if any.
     pub deadline_header: Option<http::HeaderName>,
 }
@@ -72,7 +74,14 @@ pub struct UpstreamCore {
     pub fallback_response: Option<StaticResponse>,
     pub metrics: Arc<UpstreamMetrics>,
     pub events: broadcast::Sender<BreakerEvent>,
-    max_attempts_cap: Option<u32>,
+    /// Levels and the retry cap (outbound upstreams only obey the cap).
+    pub degradation: Arc<Degradation>,
+    /// Outbound (an upstream) or inbound (the local app).
+    pub outbound: bool,
+    /// Attempts, failures and slow calls since the last health report; kept across rebuilds.
+    pub stats: Arc<UpstreamStats>,
+    /// `circuitBreaker.slowCall.duration`: attempts this long count as slow.
+    pub slow_call: Option<std::time::Duration>,
     pub deadline_header: Option<http::HeaderName>,
     /// Identity of the endpoint list the outlier detector last saw.
     outlier_endpoints: AtomicUsize,
@@ -91,11 +100,26 @@ impl std::fmt::Debug for UpstreamCore {
 }
 
 impl UpstreamCore {
-    /// Attempts allowed for a route, under the degradation level's cap.
+    /// Attempts allowed for a route: outbound, under the own level's `maxRetryAttempts`.
     pub fn attempt_cap(&self, route_attempts: u32) -> u32 {
-        match self.max_attempts_cap {
-            Some(cap) => route_attempts.min(cap.max(1)),
-            None => route_attempts,
+        if self.outbound {
+            self.degradation.cap_attempts(route_attempts)
+        } else {
+            route_attempts
+        }
+    }
+
+    /// Counts one completed attempt for the health report, classified as the breaker does.
+    pub(crate) fn count_attempt(
+        &self,
+        result: &Result<Rsp, ProxyError>,
+        elapsed: std::time::Duration,
+    ) {
+        if let Some(outcome) = classify(result) {
+            self.stats.record(
+                self.failure_on.matches(&outcome),
+                is_slow(self.slow_call, elapsed),
+            );
         }
     }
 
@@ -232,6 +256,10 @@ impl Upstream {
             Some(p) => p.metrics.clone(),
             None => Arc::new(env.metrics.upstream(direction, &name)),
         };
+        let stats = match prev {
+            Some(p) => p.stats.clone(),
+            None => Arc::default(),
+        };
         let now = Instant::now();
         let breaker_cfg = BreakerConfig::from_policy(spec.circuit_breaker.as_ref());
         let breaker = match (&breaker_cfg, prev.and_then(|p| p.breaker.as_ref())) {
@@ -299,7 +327,13 @@ impl Upstream {
             fallback_response: fallback.and_then(|f| f.response.clone()),
             metrics,
             events: env.events.clone(),
-            max_attempts_cap: env.max_attempts_cap,
+            degradation: env.degradation.clone(),
+            outbound: direction == "outbound",
+            stats,
+            slow_call: breaker_cfg
+                .as_ref()
+                .and_then(|c| c.slow_call.as_ref())
+                .map(|s| s.duration),
             deadline_header: env.deadline_header.clone(),
             outlier_endpoints: AtomicUsize::new(0),
             outlier_panic: AtomicBool::new(false),
