@@ -362,9 +362,9 @@ pub fn evaluate(policy: &ServicePolicy, inputs: Inputs<'_>) -> (ServiceStatus, V
 /// `30s`, `2m`, `1500ms`.
 fn humanize(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms % 60_000 == 0 {
+    if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -41,13 +41,12 @@ impl EventLease {
     }
 }
 
-/// An event happening at `now` (unix ms).
+/// An event happening at `now` (unix ms); `change` is (from, to).
 pub fn record(
     now: i64,
     service: String,
     kind: &str,
-    from: String,
-    to: String,
+    (from, to): (String, String),
     reasons: Vec<String>,
     by: String,
     text: String,

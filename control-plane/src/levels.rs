@@ -156,10 +156,8 @@ impl Levels {
             if !changed {
                 continue;
             }
-            if let Some(p) = previous {
-                if let Some(ended) = override_ended(p, &status, now) {
-                    events.push(ended);
-                }
+            if let Some(ended) = previous.and_then(|p| override_ended(p, &status, now)) {
+                events.push(ended);
             }
             for t in &transitions {
                 events.push(event_of(&status, t, now));
@@ -323,8 +321,7 @@ fn event_of(status: &ServiceStatus, t: &Transition, now: i64) -> EventRecord {
         now,
         service_id(status),
         t.kind,
-        t.from.clone(),
-        t.to.clone(),
+        (t.from.clone(), t.to.clone()),
         t.reasons.clone(),
         String::new(),
         t.text.clone(),
@@ -369,8 +366,7 @@ fn override_ended(
         now,
         service,
         "override",
-        before.level.to_string(),
-        "expired".into(),
+        (before.level.to_string(), "expired".into()),
         vec![before.reason.clone()],
         before.by.clone(),
         text,

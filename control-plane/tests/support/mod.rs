@@ -554,28 +554,36 @@ impl Sidecar {
         Sidecar { tx, inbound }
     }
 
-    /// The next message, which must be a snapshot.
+    /// The next snapshot (levels sent in between are skipped).
     pub async fn next_snapshot(&mut self) -> Snapshot {
-        let message = tokio::time::timeout(PATIENCE, self.inbound.message())
-            .await
-            .expect("a snapshot in time")
-            .expect("the stream is healthy")
-            .expect("the stream is open");
-        match message.message {
-            Some(control_plane_message::Message::Snapshot(s)) => s,
-            None => panic!("an empty message"),
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.inbound.message())
+                .await
+                .expect("a snapshot in time")
+                .expect("the stream is healthy")
+                .expect("the stream is open");
+            match message.message {
+                Some(control_plane_message::Message::Snapshot(s)) => return s,
+                Some(control_plane_message::Message::Levels(_)) => continue,
+                None => panic!("an empty message"),
+            }
         }
     }
 
-    /// The stream's end: its error, if any.
+    /// The stream's end: its error, if any (levels sent before it are skipped).
     pub async fn closed(&mut self) -> Option<tonic::Status> {
-        match tokio::time::timeout(PATIENCE, self.inbound.message())
-            .await
-            .expect("the stream ends in time")
-        {
-            Ok(None) => None,
-            Ok(Some(m)) => panic!("expected the end of the stream, got {m:?}"),
-            Err(status) => Some(status),
+        loop {
+            match tokio::time::timeout(PATIENCE, self.inbound.message())
+                .await
+                .expect("the stream ends in time")
+            {
+                Ok(None) => return None,
+                Ok(Some(ControlPlaneMessage {
+                    message: Some(control_plane_message::Message::Levels(_)),
+                })) => continue,
+                Ok(Some(m)) => panic!("expected the end of the stream, got {m:?}"),
+                Err(status) => return Some(status),
+            }
         }
     }
 
