@@ -3,7 +3,9 @@
 # 127.0.0.1:19091, a flaky one on 18082) and the sidecar in standalone mode with the policies in
 # examples/demo/, sends HTTP/1.1, HTTP/2 and gRPC traffic through it (retries, a breaker, a
 # failover), reloads a policy; then starts etcd, the control plane and a sidecar following it,
-# pushes examples/ with meshctl and shows convergence. Everything stops at the end.
+# pushes examples/ with meshctl and shows convergence; a sidecar of the order orchestrator
+# reports its health and an operator forces EMERGENCY (meshctl degrade, status, events).
+# Everything stops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,3 +97,20 @@ target/debug/bulwark-demo --outbound 127.0.0.1:16001 --probe catalog.shop
 echo
 echo "── meshctl status: which pods run which version"
 target/debug/meshctl status | sed 's/^/   /'
+
+echo
+echo "── Degradation: a sidecar of mrg/order-orchestrator reports its health; an operator forces EMERGENCY"
+target/debug/sidecar --control-plane http://127.0.0.1:18090 --namespace mrg --service order-orchestrator \
+  --pod orch-0 --report-interval 1s \
+  --outbound 127.0.0.1:17001 --inbound 127.0.0.1:17006 --admin 127.0.0.1:17000 \
+  --ready-file "$work/ready3.json" >"$work/sidecar3.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -f "$work/ready3.json" ] && break; sleep 0.1; done
+target/debug/meshctl degrade order-orchestrator -n mrg --level EMERGENCY --ttl 1m \
+  --reason "demo: payment provider outage" | sed 's/^/   /'
+for _ in $(seq 50); do target/debug/meshctl status 2>/dev/null | grep -q "EMERGENCY (forced)" && break; sleep 0.2; done
+echo "── meshctl status: levels first, then convergence"
+target/debug/meshctl status | sed 's/^/   /'
+echo "── meshctl events --limit 5"
+target/debug/meshctl events --limit 5 | sed 's/^/   /'
+target/debug/meshctl degrade order-orchestrator -n mrg --clear | sed 's/^/   /'
