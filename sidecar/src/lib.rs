@@ -126,25 +126,45 @@ impl Shared {
     /// Puts a `Levels` message from the control plane in force: each replaces the previous
     /// one whole. The own level's retry cap follows at once; requests read the rest per call.
     pub fn apply_levels(&self, levels: &bulwark_proto::v1::Levels) {
-        let index = LevelIndex::from_wire(
+        let previous = self.health.degradation.swap(self.index_levels(levels));
+        self.levels_changed(&previous);
+    }
+
+    /// Puts levels persisted by a previous run in force (booting without a control plane),
+    /// unless the control plane sent newer ones meanwhile.
+    pub fn restore_levels(&self, levels: &bulwark_proto::v1::Levels) -> bool {
+        match self.health.degradation.restore(self.index_levels(levels)) {
+            Some(previous) => {
+                self.levels_changed(&previous);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn index_levels(&self, levels: &bulwark_proto::v1::Levels) -> LevelIndex {
+        LevelIndex::from_wire(
             levels,
             &self.identity.namespace,
             self.identity.service.as_deref(),
-        );
-        let (level, since) = (index.own_level(), index.own().map(|o| o.since_unix_ms));
-        let previous = self.health.degradation.swap(index);
+        )
+    }
+
+    /// Logs, counts and follows a change of the levels in force.
+    fn levels_changed(&self, previous: &LevelIndex) {
+        let current = self.health.degradation.levels();
+        let level = current.own_level();
         if previous.own_level() != level {
-            let current = self.health.degradation.levels();
             let reasons = current
                 .own()
                 .map(|o| o.reasons.join(", "))
                 .unwrap_or_default();
+            let since = current.own().map(|o| o.since_unix_ms);
             tracing::info!(from = %previous.own_level(), to = %level, %reasons, ?since, "degradation level changed");
         }
         self.refresh_retry_cap();
         if let Some(service) = &self.identity.service {
-            let current = self.health.degradation.levels();
-            let empty = std::collections::BTreeMap::new();
+            let empty = BTreeMap::new();
             self.metrics.degradation(
                 &self.identity.namespace,
                 service,
@@ -379,11 +399,29 @@ async fn start_control_plane_source(config: &Config, shared: &Arc<Shared>) {
             if *applied_tx.borrow() == 0 && shared.apply(&set).is_ok() {
                 applied_tx.send_replace(version);
                 tracing::info!(path = %path.display(), version, "control plane not answering: booted from the persisted snapshot");
+                restore_levels(shared, path);
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, "control plane not answering and no usable snapshot file")
         }
+    }
+}
+
+/// Acts on the levels persisted beside the snapshot, as the last ones known.
+fn restore_levels(shared: &Shared, snapshot_file: &std::path::Path) {
+    let path = source::control_plane::levels_path(snapshot_file);
+    if !path.exists() {
+        return;
+    }
+    match source::control_plane::load_persisted_levels(&path) {
+        Ok(levels) => {
+            if shared.restore_levels(&levels) {
+                let level = shared.health.degradation.levels().own_level();
+                tracing::info!(path = %path.display(), %level, "acting on the persisted degradation levels");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the persisted degradation levels"),
     }
 }
 

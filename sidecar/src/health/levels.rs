@@ -288,13 +288,18 @@ pub struct LevelIndex {
     levels: HashMap<String, HashMap<String, Level>>,
     /// Whether any listed service is at EMERGENCY: lets the outbound gate skip the lookup.
     any_emergency: bool,
+    /// Received from the control plane since start (not restored from disk, not the default).
+    live: bool,
 }
 
 impl LevelIndex {
     /// Indexes a `Levels` message for the sidecar of `namespace`/`service`. Each message
     /// replaces the previous one whole; a service not listed is NORMAL.
     pub fn from_wire(levels: &pb::Levels, namespace: &str, service: Option<&str>) -> LevelIndex {
-        let mut index = LevelIndex::default();
+        let mut index = LevelIndex {
+            live: true,
+            ..LevelIndex::default()
+        };
         for s in &levels.services {
             let level = Level::from_wire(s.level);
             index.any_emergency |= level == Level::Emergency;
@@ -380,6 +385,18 @@ impl Degradation {
     /// Replaces the levels in force; returns the previous ones.
     pub fn swap(&self, index: LevelIndex) -> Arc<LevelIndex> {
         self.levels.swap(Arc::new(index))
+    }
+
+    /// Puts levels persisted by a previous run in force, unless the control plane sent some
+    /// since start (those are newer). Returns the levels replaced when it did.
+    pub fn restore(&self, mut index: LevelIndex) -> Option<Arc<LevelIndex>> {
+        index.live = false;
+        let current = self.levels.load_full();
+        if current.live {
+            return None;
+        }
+        let previous = self.levels.compare_and_swap(&current, Arc::new(index));
+        Arc::ptr_eq(&previous, &current).then_some(current)
     }
 
     /// The cap on outbound `maxAttempts`, if the own level has one.
@@ -505,6 +522,23 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(250)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(30_001)), 31);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn restored_levels_never_replace_live_ones() {
+        let d = Degradation::default();
+        let severe = pb::Levels {
+            services: vec![wire_level("shop", "orders", pb::Level::Severe)],
+        };
+        let emergency = pb::Levels {
+            services: vec![wire_level("shop", "orders", pb::Level::Emergency)],
+        };
+        let index = |l: &pb::Levels| LevelIndex::from_wire(l, "shop", Some("orders"));
+        assert!(d.restore(index(&severe)).is_some());
+        assert_eq!(d.levels().own_level(), Level::Severe);
+        d.swap(index(&emergency));
+        assert!(d.restore(index(&severe)).is_none(), "the live levels stay");
+        assert_eq!(d.levels().own_level(), Level::Emergency);
     }
 
     #[test]

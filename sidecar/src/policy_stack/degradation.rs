@@ -1,9 +1,9 @@
-//! The degradation gate, the first layer of every stack. Inbound: a request
-//! whose priority the own level's `shedPriorities` lists is answered at once (503 with
-//! `Retry-After`, gRPC UNAVAILABLE with `grpc-retry-pushback-ms`) without reaching the app;
-//! every other request reaches the app with `x-bulwark-degradation: <LEVEL>`. Outbound: a
-//! low-priority call to an upstream whose service is at EMERGENCY fails
-//! fast without any attempt. Both read the levels lock-free and allocate only to refuse.
+//! The degradation gate, the first layer of every stack. Inbound: a request whose priority the
+//! own level's `shedPriorities` lists is answered at once (503 with `Retry-After`, gRPC
+//! UNAVAILABLE with `grpc-retry-pushback-ms`) without reaching the app; every other request
+//! reaches the app with `x-bulwark-degradation: <LEVEL>`. Outbound: a low-priority call to an
+//! upstream whose service is at EMERGENCY fails fast without any attempt. Both read the levels
+//! lock-free and allocate only to refuse.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -13,8 +13,9 @@ use std::time::Duration;
 use bulwark_proto::policy::{Resource, parse_json};
 use bulwark_proto::v1::discovery_client::DiscoveryClient;
 use bulwark_proto::v1::{
-    Ack, Hello, SidecarMessage, Snapshot, control_plane_message, sidecar_message,
+    Ack, Hello, Levels, SidecarMessage, Snapshot, control_plane_message, sidecar_message,
 };
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -85,21 +86,44 @@ pub fn load_persisted(path: &Path) -> Result<(i64, PolicySet), String> {
     ))
 }
 
-/// Writes the snapshot through a temporary file, fsync and rename: a crash leaves either the
-/// old file or the new one, never half of one.
+/// Writes the snapshot durably.
 fn persist(path: &Path, version: i64, set: &PolicySet) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let body = serde_json::to_vec(&Persisted {
         version,
         source: set.source.clone(),
         resources: set.resources.clone(),
     })?;
+    write_durably(path, &body)
+}
+
+/// Where the last received levels are kept: beside the snapshot file
+/// (`snapshot.json` → `snapshot.levels.pb`).
+pub fn levels_path(snapshot_file: &Path) -> PathBuf {
+    snapshot_file.with_extension("levels.pb")
+}
+
+/// Keeps the last received levels (the protobuf message as received), so a sidecar that
+/// restarts while the control plane is away boots on them with the persisted snapshot.
+fn persist_levels(path: &Path, levels: &Levels) -> std::io::Result<()> {
+    write_durably(path, &levels.encode_to_vec())
+}
+
+/// The levels persisted at `path`.
+pub fn load_persisted_levels(path: &Path) -> Result<Levels, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Levels::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes `body` through a temporary file, fsync and rename: a crash leaves either the old
+/// file or the new one, never half of one.
+fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&body)?;
+    file.write_all(body)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -200,6 +224,11 @@ async fn stream_once(
             Some(control_plane_message::Message::Snapshot(s)) => s,
             Some(control_plane_message::Message::Levels(levels)) => {
                 shared.apply_levels(&levels);
+                if let Some(path) = snapshot_file.map(levels_path)
+                    && let Err(e) = persist_levels(&path, &levels)
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot persist the degradation levels");
+                }
                 continue;
             }
             None => continue,
@@ -325,6 +354,28 @@ mod tests {
         assert_eq!(version, 9);
         assert_eq!(loaded.resources, set.resources);
         assert!(!path.with_extension("tmp").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn persisted_levels_round_trip_beside_the_snapshot() {
+        let dir = std::env::temp_dir().join(format!("bulwark-levels-{}", std::process::id()));
+        let snapshot = dir.join("snapshot.json");
+        let path = levels_path(&snapshot);
+        assert_eq!(path, dir.join("snapshot.levels.pb"));
+        let levels = Levels {
+            services: vec![bulwark_proto::v1::ServiceLevel {
+                namespace: "shop".into(),
+                service: "orders".into(),
+                level: bulwark_proto::v1::Level::Severe as i32,
+                reasons: vec!["payments unhealthy".into()],
+                ..Default::default()
+            }],
+        };
+        persist_levels(&path, &levels).unwrap();
+        assert_eq!(load_persisted_levels(&path), Ok(levels));
+        std::fs::write(&path, b"\xff\xff").unwrap();
+        assert!(load_persisted_levels(&path).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
