@@ -210,6 +210,15 @@ impl Etcd {
             .collect()
     }
 
+    /// The keys an operator's writes leave under `prefix`: everything but the election key
+    /// the replicas hold.
+    pub fn stored_keys(&self, prefix: &str) -> Vec<String> {
+        self.keys(prefix)
+            .into_iter()
+            .filter(|k| !k.ends_with("/leader"))
+            .collect()
+    }
+
     /// The current revision.
     pub fn revision(&self) -> i64 {
         let out = self.etcdctl(&["get", "/bulwark-test-no-such-key", "-w", "json"]);
