@@ -10,7 +10,6 @@ use crate::api::{self, Cleared, DegradeRequest, Degraded, Level, Target};
 use crate::client::Client;
 use crate::errors::CliError;
 use crate::output::Output;
-use crate::timestamp;
 
 /// The longest override the control plane accepts: a forced level outliving the incident
 /// that prompted it would hide the next one.
@@ -87,7 +86,7 @@ pub fn forced_line(target: &Target, degraded: &Degraded) -> String {
     let mut line = format!(
         "{target} forced to {} until {}",
         forced.level,
-        timestamp::format_unix_millis(forced.expires)
+        bulwark_proto::time::rfc3339_seconds(forced.expires)
     );
     if !forced.reason.is_empty() {
         line.push_str(&format!(" ({})", forced.reason));

@@ -15,7 +15,6 @@ mod inject;
 mod output;
 mod status;
 mod table;
-mod timestamp;
 mod validate;
 
 use std::io::Write;

@@ -9,7 +9,6 @@ use crate::client::Client;
 use crate::errors::CliError;
 use crate::output::Output;
 use crate::table::Table;
-use crate::timestamp;
 
 /// Said when the control plane predates the degradation API: convergence still matters most
 /// during the upgrade that brings it, so status goes on without levels.
@@ -108,7 +107,7 @@ pub fn forced_text(forced: &Override) -> String {
     }
     text.push_str(&format!(
         " until {}",
-        timestamp::format_unix_millis(forced.expires)
+        bulwark_proto::time::rfc3339_seconds(forced.expires)
     ));
     if !forced.reason.is_empty() {
         text.push_str(&format!(" ({})", forced.reason));

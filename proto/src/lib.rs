@@ -5,6 +5,7 @@
 //! this crate, so a policy means the same thing everywhere and is validated by the same code.
 
 pub mod policy;
+pub mod time;
 
 /// Generated protobuf and gRPC code for `bulwark.v1`.
 #[allow(clippy::all, missing_docs)]

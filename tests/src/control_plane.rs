@@ -7,8 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::Method;
 use serde::Deserialize;
 
+use crate::client::{self, Collected};
 use crate::counters::lock;
 use crate::poll::try_eventually;
 use crate::sidecar::{Logs, capture, unique_temp_dir};
@@ -120,6 +122,31 @@ impl ControlPlane {
     /// `http://127.0.0.1:PORT` of the REST API, for meshctl's `--server`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.ready.http)
+    }
+
+    /// One REST call; `body`, when given, is sent as JSON.
+    pub async fn rest(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Collected {
+        let http = client::http1_client(self.http());
+        let req = client::request(method, &format!("http://control-plane{path}"))
+            .header("content-type", "application/json")
+            .body(match body {
+                Some(b) => client::full(b.to_string()),
+                None => client::empty(),
+            })
+            .expect("request");
+        client::send(&http, req).await
+    }
+
+    /// POSTs `yaml`'s resources to `/v1/apply`, by `e2e`.
+    pub async fn apply(&self, yaml: &str) -> Collected {
+        let resources = bulwark_proto::policy::parse_yaml(yaml).expect("test policies parse");
+        let body = serde_json::json!({ "resources": resources, "by": "e2e" });
+        self.rest(Method::POST, "/v1/apply", Some(body)).await
     }
 
     pub fn logs(&self) -> Vec<String> {

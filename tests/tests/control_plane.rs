@@ -8,41 +8,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use bulwark_proto::policy::parse_yaml;
-use bulwark_tests::client::{self, Collected, HttpClient};
+use bulwark_tests::client::{self, HttpClient};
 use bulwark_tests::{ControlPlane, Etcd, HttpUpstream, Sidecar, eventually, policy};
 use http::{Method, StatusCode};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// POSTs `yaml`'s resources to `/v1/apply`.
-async fn apply(cp: &ControlPlane, yaml: &str) -> Collected {
-    let resources = parse_yaml(yaml).expect("test policies parse");
-    let body = serde_json::json!({ "resources": resources, "by": "e2e" }).to_string();
-    let http = client::http1_client(cp.http());
-    let req = client::request(Method::POST, "http://control-plane/v1/apply")
-        .header("content-type", "application/json")
-        .body(client::full(body))
-        .expect("apply request");
-    client::send(&http, req).await
-}
-
-async fn rest(
-    cp: &ControlPlane,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Collected {
-    let http = client::http1_client(cp.http());
-    let req = client::request(method, &format!("http://control-plane{path}"))
-        .header("content-type", "application/json")
-        .body(match body {
-            Some(b) => client::full(b.to_string()),
-            None => client::empty(),
-        })
-        .expect("request");
-    client::send(&http, req).await
-}
 
 /// Which test upstream answered `http://echo/...` through the sidecar (by request counts).
 async fn served_by(http: &HttpClient, a: &HttpUpstream, b: &HttpUpstream) -> Option<&'static str> {
@@ -82,7 +52,9 @@ async fn applied_policies_are_enforced_by_a_running_sidecar() {
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
 
     // Create: routed to a.
-    let res = apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    let res = cp
+        .apply(&policy::upstream("echo", a.addr()).to_yaml())
+        .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     assert_eq!(
         res.json()["results"][0]["action"],
@@ -94,7 +66,9 @@ async fn applied_policies_are_enforced_by_a_running_sidecar() {
     await_served_by(&http, &a, &b, "a").await;
 
     // Update: routed to b.
-    let res = apply(&cp, &policy::upstream("echo", b.addr()).to_yaml()).await;
+    let res = cp
+        .apply(&policy::upstream("echo", b.addr()).to_yaml())
+        .await;
     assert_eq!(
         res.json()["results"][0]["action"],
         "updated",
@@ -108,18 +82,20 @@ async fn applied_policies_are_enforced_by_a_running_sidecar() {
         serde_json::Value::String(s) => s.parse().expect("numeric version"),
         v => v.as_i64().expect("numeric version"),
     };
-    let res = rest(
-        &cp,
-        Method::POST,
-        "/v1/UpstreamPolicy/default/echo/rollback",
-        Some(serde_json::json!({ "toRevision": to, "by": "e2e" })),
-    )
-    .await;
+    let res = cp
+        .rest(
+            Method::POST,
+            "/v1/UpstreamPolicy/default/echo/rollback",
+            Some(serde_json::json!({ "toRevision": to, "by": "e2e" })),
+        )
+        .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     await_served_by(&http, &a, &b, "a").await;
 
     // Delete: no route again.
-    let res = rest(&cp, Method::DELETE, "/v1/UpstreamPolicy/default/echo", None).await;
+    let res = cp
+        .rest(Method::DELETE, "/v1/UpstreamPolicy/default/echo", None)
+        .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     eventually(WAIT, || async {
         let res = client::get(&http, "http://echo/status/200").await;
@@ -139,7 +115,8 @@ async fn an_invalid_policy_is_rejected_and_the_sidecar_keeps_its_policies() {
         .start()
         .await;
     let http = client::http1_client(sidecar.outbound());
-    apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    cp.apply(&policy::upstream("echo", a.addr()).to_yaml())
+        .await;
     eventually(WAIT, || async {
         (client::get(&http, "http://echo/status/200").await.status == StatusCode::OK).then_some(())
     })
@@ -149,7 +126,7 @@ async fn an_invalid_policy_is_rejected_and_the_sidecar_keeps_its_policies() {
         .spec("retry: { maxAttempts: 0, backoff: { multiplier: 0.5 } }")
         .to_yaml();
     // Parsing succeeds; validation is the server's to report.
-    let res = apply(&cp, &bad).await;
+    let res = cp.apply(&bad).await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST, "{}", res.text());
     let body = res.json();
     assert_eq!(body["error"], "invalid");
@@ -174,7 +151,9 @@ async fn an_invalid_policy_is_rejected_and_the_sidecar_keeps_its_policies() {
         client::get(&http, "http://echo/status/200").await.status,
         StatusCode::OK
     );
-    let stored = rest(&cp, Method::GET, "/v1/UpstreamPolicy/default/echo", None).await;
+    let stored = cp
+        .rest(Method::GET, "/v1/UpstreamPolicy/default/echo", None)
+        .await;
     assert!(
         stored.json()["spec"].get("retry").is_none(),
         "{}",
@@ -197,7 +176,8 @@ async fn sidecars_keep_enforcing_without_the_control_plane_and_boot_from_their_s
         .start()
         .await;
     let http = client::http1_client(sidecar.outbound());
-    apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    cp.apply(&policy::upstream("echo", a.addr()).to_yaml())
+        .await;
     eventually(WAIT, || async {
         (client::get(&http, "http://echo/status/200").await.status == StatusCode::OK).then_some(())
     })
@@ -245,12 +225,15 @@ async fn a_sidecar_moved_between_replicas_loses_no_update() {
         .start()
         .await;
     let http = client::http1_client(sidecar.outbound());
-    apply(&cp1, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    cp1.apply(&policy::upstream("echo", a.addr()).to_yaml())
+        .await;
     await_served_by(&http, &a, &b, "a").await;
 
     // Its replica dies; an update goes through the other replica while it reconnects.
     cp1.kill();
-    let res = apply(&cp2, &policy::upstream("echo", b.addr()).to_yaml()).await;
+    let res = cp2
+        .apply(&policy::upstream("echo", b.addr()).to_yaml())
+        .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     await_served_by(&http, &a, &b, "b").await;
 }
@@ -273,7 +256,8 @@ async fn a_snapshot_the_sidecar_cannot_apply_shows_as_a_nack_in_meshctl_status()
         .start()
         .await;
     let http = client::http1_client(sidecar.outbound());
-    apply(&cp, &policy::upstream("echo", a.addr()).to_yaml()).await;
+    cp.apply(&policy::upstream("echo", a.addr()).to_yaml())
+        .await;
     eventually(WAIT, || async {
         (client::get(&http, "http://echo/status/200").await.status == StatusCode::OK).then_some(())
     })
@@ -281,7 +265,7 @@ async fn a_snapshot_the_sidecar_cannot_apply_shows_as_a_nack_in_meshctl_status()
 
     // Valid for the mesh, but this pod's app port is its sidecar's own inbound port.
     let inbound = sidecar.inbound().port();
-    let res = apply(&cp, &policy::service("orders", "shop", inbound)).await;
+    let res = cp.apply(&policy::service("orders", "shop", inbound)).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
     let reason = format!(
         "ServicePolicy shop/orders: spec.app.port {inbound} is this sidecar's own inbound port; inbound requests would loop"

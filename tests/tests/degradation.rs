@@ -28,22 +28,8 @@ const CP_ARGS: [&str; 6] = [
     "50ms",
 ];
 
-async fn rest(cp: &ControlPlane, method: Method, path: &str, body: Option<Value>) -> Collected {
-    let http = client::http1_client(cp.http());
-    let req = client::request(method, &format!("http://control-plane{path}"))
-        .header("content-type", "application/json")
-        .body(match body {
-            Some(b) => client::full(b.to_string()),
-            None => client::empty(),
-        })
-        .expect("request");
-    client::send(&http, req).await
-}
-
 async fn apply(cp: &ControlPlane, yaml: &str) {
-    let resources = bulwark_proto::policy::parse_yaml(yaml).expect("test policies parse");
-    let body = serde_json::json!({ "resources": resources, "by": "e2e" });
-    let res = rest(cp, Method::POST, "/v1/apply", Some(body)).await;
+    let res = cp.apply(yaml).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.text());
 }
 
@@ -114,7 +100,9 @@ async fn drive(pods: &[Pod], failing: &[&str]) {
 }
 
 async fn status(cp: &ControlPlane) -> Option<Value> {
-    let res = rest(cp, Method::GET, "/v1/levels/mrg/order-orchestrator", None).await;
+    let res = cp
+        .rest(Method::GET, "/v1/levels/mrg/order-orchestrator", None)
+        .await;
     (res.status == StatusCode::OK).then(|| res.json())
 }
 
@@ -330,13 +318,13 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
     assert_eq!(inbound(&pods[0], Some("low")).await.status, StatusCode::OK);
 
     // Every level change is an event, and reached the webhook exactly once, in order.
-    let events = rest(
-        &cp2,
-        Method::GET,
-        "/v1/events?service=mrg/order-orchestrator",
-        None,
-    )
-    .await;
+    let events = cp2
+        .rest(
+            Method::GET,
+            "/v1/events?service=mrg/order-orchestrator",
+            None,
+        )
+        .await;
     let mut events: Vec<Value> = events.json()["events"]
         .as_array()
         .cloned()
@@ -400,9 +388,7 @@ async fn failover_pod_death_and_overrides() {
     .await;
 
     // An operator forces EMERGENCY for 3s: it shows everywhere, then ends by itself.
-    let res = rest(
-        &cp2,
-        Method::PUT,
+    let res = cp2.rest(Method::PUT,
         "/v1/degrade/mrg/order-orchestrator",
         Some(serde_json::json!({"level": "emergency", "ttl": "3s", "reason": "provider drill", "by": "alice"})),
     )
@@ -428,13 +414,13 @@ async fn failover_pod_death_and_overrides() {
     })
     .await;
     pods_at(&pods, "NORMAL").await;
-    let events = rest(
-        &cp1,
-        Method::GET,
-        "/v1/events?service=mrg/order-orchestrator",
-        None,
-    )
-    .await;
+    let events = cp1
+        .rest(
+            Method::GET,
+            "/v1/events?service=mrg/order-orchestrator",
+            None,
+        )
+        .await;
     let texts: Vec<String> = events.json()["events"]
         .as_array()
         .into_iter()
@@ -453,13 +439,13 @@ async fn failover_pod_death_and_overrides() {
         "{texts:?}"
     );
     // A bad override names what is wrong.
-    let bad = rest(
-        &cp1,
-        Method::PUT,
-        "/v1/degrade/mrg/order-orchestrator",
-        Some(serde_json::json!({"level": "PANIC", "ttl": "3s", "reason": "x"})),
-    )
-    .await;
+    let bad = cp1
+        .rest(
+            Method::PUT,
+            "/v1/degrade/mrg/order-orchestrator",
+            Some(serde_json::json!({"level": "PANIC", "ttl": "3s", "reason": "x"})),
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(
         bad.json()["message"],
@@ -490,13 +476,13 @@ async fn failover_pod_death_and_overrides() {
     eventually(WAIT, || async { leader_is(survivor).await.then_some(()) }).await;
     drive_until(survivor, &pods, &["sendgrid"], "DEGRADED").await;
     drive_until(survivor, &pods, &[], "NORMAL").await;
-    let events = rest(
-        survivor,
-        Method::GET,
-        "/v1/events?service=mrg/order-orchestrator",
-        None,
-    )
-    .await;
+    let events = survivor
+        .rest(
+            Method::GET,
+            "/v1/events?service=mrg/order-orchestrator",
+            None,
+        )
+        .await;
     let mut events: Vec<Value> = events.json()["events"]
         .as_array()
         .cloned()
