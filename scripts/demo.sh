@@ -106,11 +106,16 @@ target/debug/sidecar --control-plane http://127.0.0.1:18090 --namespace mrg --se
   --ready-file "$work/ready3.json" >"$work/sidecar3.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -f "$work/ready3.json" ] && break; sleep 0.1; done
-target/debug/meshctl degrade order-orchestrator -n mrg --level EMERGENCY --ttl 1m \
-  --reason "demo: payment provider outage" | sed 's/^/   /'
+# Its first health report arrives one report interval after it connects.
+for _ in $(seq 50); do
+  target/debug/meshctl status 2>/dev/null | grep -qE "mrg/order-orchestrator +NORMAL +- +1 " && break
+  sleep 0.2
+done
+target/debug/meshctl --by demo degrade order-orchestrator -n mrg --level EMERGENCY --ttl 1m \
+  --reason "payment provider outage" | sed 's/^/   /'
 for _ in $(seq 50); do target/debug/meshctl status 2>/dev/null | grep -q "EMERGENCY (forced)" && break; sleep 0.2; done
 echo "── meshctl status: levels first, then convergence"
 target/debug/meshctl status | sed 's/^/   /'
 echo "── meshctl events --limit 5"
 target/debug/meshctl events --limit 5 | sed 's/^/   /'
-target/debug/meshctl degrade order-orchestrator -n mrg --clear | sed 's/^/   /'
+target/debug/meshctl --by demo degrade order-orchestrator -n mrg --clear | sed 's/^/   /'
