@@ -4,6 +4,12 @@ use bulwark_sidecar::config::{Config, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a proxied request makes dozens of small,
+/// short-lived allocations (header maps, futures, buffers), and glibc's malloc/free spent ~17% of
+/// the sidecar's instructions per gRPC request on them (bench/profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env()
