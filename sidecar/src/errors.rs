@@ -8,6 +8,7 @@ use bulwark_proto::policy::GrpcCode;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
+use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, X_BULWARK_BREAKER, X_BULWARK_ERROR};
 use crate::health::levels::{DEGRADATION_HEADER, Level, Priority, retry_after_secs};
 
 /// A failure of the sidecar's own making or of the upstream, before a response began.
@@ -148,7 +149,7 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
     let h = rsp.headers_mut();
     match err {
         ProxyError::BreakerOpen { .. } => {
-            h.insert("x-bulwark-breaker", HeaderValue::from_static("open"));
+            h.insert(X_BULWARK_BREAKER, HeaderValue::from_static("open"));
         }
         ProxyError::Shed {
             level, retry_after, ..
@@ -182,7 +183,7 @@ fn http_error_response(status: StatusCode, message: &str, kind: HeaderValue) -> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert("x-bulwark-error", kind);
+    h.insert(X_BULWARK_ERROR, kind);
     rsp
 }
 
@@ -211,11 +212,11 @@ pub fn grpc_status_response(code: GrpcCode, message: &str, kind: HeaderValue) ->
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(code.code()));
+    h.insert(GRPC_STATUS, HeaderValue::from(code.code()));
     if let Ok(v) = HeaderValue::from_str(&percent_encode_grpc_message(message)) {
-        h.insert("grpc-message", v);
+        h.insert(GRPC_MESSAGE, v);
     }
-    h.insert("x-bulwark-error", kind);
+    h.insert(X_BULWARK_ERROR, kind);
     rsp
 }
 

@@ -1,10 +1,10 @@
 //! Request identity: keeps or creates `x-request-id` and a W3C `traceparent`, so the app and
 //! every upstream see the same ids and logs can be joined across hops.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub const REQUEST_ID: &str = "x-request-id";
-pub const TRACEPARENT: &str = "traceparent";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Ensures both headers are present and valid; returns the request id.
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {

@@ -124,7 +124,7 @@ impl http_body::Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(trailers), Some(c)) = (frame.trailers_ref(), this.completion.as_mut())
                 {
-                    c.grpc_status = trailers.get("grpc-status").cloned();
+                    c.grpc_status = trailers.get(crate::headers::GRPC_STATUS).cloned();
                 }
                 if this.inner.is_end_stream() {
                     this.finish("complete");

@@ -152,7 +152,7 @@ pub async fn handle(
     };
     completion.status = rsp.status();
     if grpc {
-        completion.grpc_status = rsp.headers().get("grpc-status").cloned();
+        completion.grpc_status = rsp.headers().get(crate::headers::GRPC_STATUS).cloned();
     }
     let (parts, body) = rsp.into_parts();
     Response::from_parts(parts, ObservedBody::new(body, completion))

@@ -155,6 +155,7 @@ fn static_response(fallback: &bulwark_proto::policy::StaticResponse, grpc: bool)
             rsp.headers_mut().insert(n, v);
         }
     }
-    rsp.headers_mut().insert("x-bulwark-fallback", marker);
+    rsp.headers_mut()
+        .insert(crate::headers::X_BULWARK_FALLBACK, marker);
     rsp
 }

@@ -181,7 +181,7 @@ pub fn classify(result: &Result<Rsp, ProxyError>) -> Option<Outcome> {
             status: rsp.status().as_u16(),
             grpc: rsp
                 .headers()
-                .get("grpc-status")
+                .get(crate::headers::GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .and_then(GrpcCode::from_i32),

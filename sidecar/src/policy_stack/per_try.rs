@@ -11,6 +11,7 @@ use tower::Service;
 
 use super::{AttemptDeadline, Deadline, Req, Rsp, Stage, is_grpc};
 use crate::errors::ProxyError;
+use crate::headers::GRPC_TIMEOUT;
 
 /// Marks the pertry stage in [`Stage`](super::Stage).
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +51,7 @@ where
             if grpc {
                 // gRPC's TimeoutValue has at most 8 digits.
                 if let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999))) {
-                    req.headers_mut().insert("grpc-timeout", v);
+                    req.headers_mut().insert(GRPC_TIMEOUT, v);
                 }
             } else if let Some(name) = &self.core.deadline_header {
                 // The next hop's sidecar shortens its own deadline by it.

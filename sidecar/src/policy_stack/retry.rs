@@ -7,7 +7,7 @@
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -18,7 +18,7 @@ use super::{Deadline, Req, ResponseFuture, Rsp, Stage, classify, is_grpc};
 use crate::body::Body;
 use crate::errors::ProxyError;
 
-pub const ATTEMPT_HEADER: &str = "x-bulwark-attempt";
+pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-bulwark-attempt");
 
 /// Marks the retry stage in [`Stage`](super::Stage).
 #[derive(Debug, Clone, Copy)]

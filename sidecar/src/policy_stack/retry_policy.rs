@@ -13,16 +13,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bulwark_proto::policy::NonIdempotent;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use super::config::RetryConfig;
 
 /// The header a caller sets to make a non-idempotent request safe to repeat
 /// (draft-ietf-httpapi-idempotency-key-header).
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// gRPC's server pushback (gRFC A6), in trailers or a trailers-only response.
-pub const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+pub const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// Why a request may not be retried, whatever its outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]

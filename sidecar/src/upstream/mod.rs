@@ -83,6 +83,8 @@ pub struct UpstreamCore {
     /// `circuitBreaker.slowCall.duration`: attempts this long count as slow.
     pub slow_call: Option<std::time::Duration>,
     pub deadline_header: Option<http::HeaderName>,
+    /// The upstream's name as the `x-bulwark-upstream` response header value.
+    upstream_header: Option<HeaderValue>,
     /// Identity of the endpoint list the outlier detector last saw.
     outlier_endpoints: AtomicUsize,
     /// Whether the last pick was in panic mode (every endpoint ejected).
@@ -335,6 +337,7 @@ impl Upstream {
                 .and_then(|c| c.slow_call.as_ref())
                 .map(|s| s.duration),
             deadline_header: env.deadline_header.clone(),
+            upstream_header: HeaderValue::from_str(&name).ok(),
             outlier_endpoints: AtomicUsize::new(0),
             outlier_panic: AtomicBool::new(false),
             name,
@@ -440,8 +443,9 @@ impl tower::Service<Req> for Balance {
             };
             let result = result.map(|rsp| {
                 let mut rsp = rsp.map(Body::Upstream);
-                if let Ok(v) = HeaderValue::from_str(&core.name) {
-                    rsp.headers_mut().insert("x-bulwark-upstream", v);
+                if let Some(v) = &core.upstream_header {
+                    rsp.headers_mut()
+                        .insert(crate::headers::X_BULWARK_UPSTREAM, v.clone());
                 }
                 rsp
             });
