@@ -7,31 +7,51 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Ensures both headers are present and valid; returns the request id.
+///
+/// Both values are unique per request, so they are marked sensitive: HTTP/2 then sends them as
+/// never-indexed literals instead of churning the HPACK dynamic table (every new value evicted
+/// an entry and was compared against the previous ones on each request).
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    let id = match headers.get(REQUEST_ID) {
-        Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+    let id = match headers.get_mut(REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= 200 => {
+            v.set_sensitive(true);
+            v.clone()
+        }
         _ => {
-            let v = hex_value(fastrand::u128(..), 32);
+            let mut buf = [0u8; 32];
+            hex(fastrand::u128(..), &mut buf);
+            let v = unique_value(&buf);
             headers.insert(REQUEST_ID, v.clone());
             v
         }
     };
-    let valid = headers
-        .get(TRACEPARENT)
-        .is_some_and(|v| valid_traceparent(v.as_bytes()));
-    if !valid {
-        let trace = fastrand::u128(1..);
-        let span = fastrand::u64(1..);
-        let text = format!("00-{trace:032x}-{span:016x}-01");
-        if let Ok(v) = HeaderValue::from_str(&text) {
-            headers.insert(TRACEPARENT, v);
+    match headers.get_mut(TRACEPARENT) {
+        Some(v) if valid_traceparent(v.as_bytes()) => v.set_sensitive(true),
+        _ => {
+            // 00-<32 hex trace id>-<16 hex parent id>-01
+            let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+            hex(fastrand::u128(1..), &mut buf[3..35]);
+            hex(u128::from(fastrand::u64(1..)), &mut buf[36..52]);
+            headers.insert(TRACEPARENT, unique_value(&buf));
         }
     }
     id
 }
 
-fn hex_value(n: u128, width: usize) -> HeaderValue {
-    HeaderValue::from_str(&format!("{n:0width$x}")).unwrap_or(HeaderValue::from_static("0"))
+/// Writes the low `out.len() * 4` bits of `n` as lowercase hex, zero-padded.
+fn hex(mut n: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
+/// A header value made of hex digits and dashes (always valid), marked sensitive.
+fn unique_value(bytes: &[u8]) -> HeaderValue {
+    let mut v = HeaderValue::from_bytes(bytes).unwrap_or(HeaderValue::from_static("0"));
+    v.set_sensitive(true);
+    v
 }
 
 /// `version-traceid-parentid-flags`, lowercase hex, ids not all zero (W3C Trace Context §3.2).
@@ -64,8 +84,27 @@ mod tests {
         let mut h = HeaderMap::new();
         let id = ensure(&mut h);
         assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_eq!(h[REQUEST_ID], id);
         assert!(valid_traceparent(h[TRACEPARENT].as_bytes()));
+        // Unique per request: never indexed by HPACK.
+        assert!(h[REQUEST_ID].is_sensitive() && h[TRACEPARENT].is_sensitive());
+        let mut other = HeaderMap::new();
+        assert_ne!(ensure(&mut other), id);
+        assert_ne!(other[TRACEPARENT], h[TRACEPARENT]);
+    }
+
+    #[test]
+    fn writes_zero_padded_lowercase_hex() {
+        let mut buf = [0u8; 6];
+        hex(0xab_cdef, &mut buf);
+        assert_eq!(&buf, b"abcdef");
+        let mut buf = [0u8; 4];
+        hex(0xa, &mut buf);
+        assert_eq!(&buf, b"000a");
+        let mut buf = [0u8; 32];
+        hex(u128::MAX, &mut buf);
+        assert_eq!(&buf, b"ffffffffffffffffffffffffffffffff");
     }
 
     #[test]
@@ -76,6 +115,7 @@ mod tests {
         h.insert(TRACEPARENT, HeaderValue::from_static(tp));
         assert_eq!(ensure(&mut h), "abc");
         assert_eq!(h[TRACEPARENT], tp);
+        assert!(h[REQUEST_ID].is_sensitive() && h[TRACEPARENT].is_sensitive());
 
         let mut h = HeaderMap::new();
         h.insert(TRACEPARENT, HeaderValue::from_static("00-zz-00-01"));
