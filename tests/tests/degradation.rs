@@ -285,25 +285,26 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
             );
         }
     }
-    let apps_before: u64 = pods.iter().map(|p| p.app.requests()).sum();
-    let fail_fast = eventually(WAIT, || async {
+    let call = |priority: &'static str| {
         let req = client::request(Method::GET, "http://order-orchestrator/status/200")
-            .header("x-priority", "low")
+            .header("x-priority", priority)
             .body(client::empty())
             .expect("request");
-        let res = client::send(&caller_http, req).await;
-        (res.status == StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+        client::send(&caller_http, req)
+    };
+    // Calls made before the caller's sidecar learns the level still go through.
+    eventually(WAIT, || async {
+        (call("low").await.status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
     })
     .await;
+    let apps_before: u64 = pods.iter().map(|p| p.app.requests()).sum();
+    let fail_fast = call("low").await;
+    assert_eq!(fail_fast.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         fail_fast.text(),
         "upstream order-orchestrator is at EMERGENCY: low-priority calls fail fast\n"
     );
-    let req = client::request(Method::GET, "http://order-orchestrator/status/200")
-        .header("x-priority", "high")
-        .body(client::empty())
-        .expect("request");
-    assert_eq!(client::send(&caller_http, req).await.status, StatusCode::OK);
+    assert_eq!(call("high").await.status, StatusCode::OK);
     let apps_after: u64 = pods.iter().map(|p| p.app.requests()).sum();
     assert_eq!(
         apps_after,
