@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 use crate::policy_stack::replay::ReplayBody;
 use crate::upstream::UpstreamBody;
 
-/// Errors of a streamed body: the peer's connection failed mid-body.
-pub type BodyError = hyper::Error;
+/// Errors of a streamed body: the peer's connection or stream failed mid-body (a hyper error
+/// from a client or an HTTP/1.1 upstream, an h2 error from an HTTP/2 upstream).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Default)]
 pub enum Body {
@@ -81,7 +82,9 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Body::Incoming(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx),
             Body::Replay(b) => Pin::new(b).poll_frame(cx),
             Body::Guarded(g) => Pin::new(&mut g.inner).poll_frame(cx),

@@ -38,14 +38,14 @@ pub enum ProxyError {
         upstream: String,
         endpoint: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: crate::body::BodyError,
     },
     #[error("upstream {upstream}: {endpoint} reset the request: {source}")]
     Reset {
         upstream: String,
         endpoint: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: crate::body::BodyError,
     },
     #[error("deadline of {} exceeded before {upstream} answered", fmt_duration(*timeout))]
     DeadlineExceeded { upstream: String, timeout: Duration },

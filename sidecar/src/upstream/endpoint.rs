@@ -14,11 +14,12 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use super::h2_client::{self, H2Body};
+use crate::body::{Body, BodyError};
 use crate::errors::ProxyError;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
@@ -44,7 +45,7 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
     h1_idle: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    h2: ArcSwapOption<h2::client::SendRequest<Bytes>>,
     h2_connect: tokio::sync::Mutex<()>,
 }
 
@@ -88,23 +89,23 @@ impl Endpoint {
                 let rsp = conn
                     .send_request(req)
                     .await
-                    .map_err(|e| self.request_error(settings, e))?;
-                Ok(rsp.map(|b| UpstreamBody::new(b, lease.with_h1(conn))))
+                    .map_err(|e| self.request_error(settings, e.into()))?;
+                Ok(rsp.map(|b| UpstreamBody::new(Inner::H1(b), lease.with_h1(conn))))
             }
             Wire::Http2 => {
-                let mut conn = self.h2_checkout(settings).await?;
-                let rsp = conn.send_request(req).await.map_err(|e| {
-                    if e.is_closed() || e.is_canceled() {
-                        self.h2.store(None);
+                let conn = self.h2_checkout(settings).await?;
+                let rsp = h2_client::send(&conn, req).await.map_err(|e| {
+                    if e.connection_lost {
+                        self.forget_h2(&conn);
                     }
-                    self.request_error(settings, e)
+                    self.request_error(settings, e.error.into())
                 })?;
-                Ok(rsp.map(|b| UpstreamBody::new(b, lease)))
+                Ok(rsp.map(|b| UpstreamBody::new(Inner::H2(b), lease)))
             }
         }
     }
 
-    fn request_error(&self, settings: &ConnectSettings, source: hyper::Error) -> ProxyError {
+    fn request_error(&self, settings: &ConnectSettings, source: BodyError) -> ProxyError {
         ProxyError::Reset {
             upstream: settings.upstream.to_string(),
             endpoint: self.addr,
@@ -130,7 +131,7 @@ impl Endpoint {
         Ok(TokioIo::new(stream))
     }
 
-    fn handshake_error(&self, settings: &ConnectSettings, source: hyper::Error) -> ProxyError {
+    fn handshake_error(&self, settings: &ConnectSettings, source: BodyError) -> ProxyError {
         ProxyError::Handshake {
             upstream: settings.upstream.to_string(),
             endpoint: self.addr,
@@ -158,7 +159,7 @@ impl Endpoint {
         let (conn, task) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| self.handshake_error(settings, e))?;
+            .map_err(|e| self.handshake_error(settings, e.into()))?;
         settings.connects_http1.inc();
         let upstream = settings.upstream.clone();
         let addr = self.addr;
@@ -184,37 +185,31 @@ impl Endpoint {
     async fn h2_checkout(
         &self,
         settings: &ConnectSettings,
-    ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        if let Some(conn) = self.h2.load().as_deref()
-            && !conn.is_closed()
-        {
-            return Ok(conn.clone());
+    ) -> Result<Arc<h2::client::SendRequest<Bytes>>, ProxyError> {
+        if let Some(conn) = self.h2.load_full() {
+            return Ok(conn);
         }
         // One caller connects; the others wait for it and share the connection.
         let _connecting = self.h2_connect.lock().await;
-        if let Some(conn) = self.h2.load().as_deref()
-            && !conn.is_closed()
-        {
-            return Ok(conn.clone());
+        if let Some(conn) = self.h2.load_full() {
+            return Ok(conn);
         }
         let io = self.connect(settings).await?;
-        let (conn, task) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(io)
+        let conn = h2_client::handshake(io.into_inner(), settings.upstream.clone(), self.addr)
             .await
-            .map_err(|e| self.handshake_error(settings, e))?;
+            .map_err(|e| self.handshake_error(settings, e.into()))?;
         settings.connects_http2.inc();
-        let upstream = settings.upstream.clone();
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = task.await {
-                tracing::debug!(%upstream, endpoint = %addr, error = %e, "HTTP/2 connection ended");
-            }
-        });
-        self.h2.store(Some(Arc::new(conn.clone())));
+        let conn = Arc::new(conn);
+        self.h2.store(Some(conn.clone()));
         Ok(conn)
+    }
+
+    /// Drops the shared HTTP/2 connection if it is still `conn` (a later one stays).
+    fn forget_h2(&self, conn: &Arc<h2::client::SendRequest<Bytes>>) {
+        let current = self.h2.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            self.h2.compare_and_swap(&*current, None);
+        }
     }
 }
 
@@ -249,9 +244,24 @@ impl Drop for Lease {
     }
 }
 
+/// The response body of one upstream connection kind.
+enum Inner {
+    H1(Incoming),
+    H2(H2Body),
+}
+
+impl Inner {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::H1(b) => b.is_end_stream(),
+            Inner::H2(b) => b.is_end_stream(),
+        }
+    }
+}
+
 /// A response body streamed from an upstream, holding its endpoint lease until it ends.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inner,
     lease: Option<Lease>,
 }
 
@@ -262,7 +272,7 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
+    fn new(inner: Inner, lease: Lease) -> UpstreamBody {
         UpstreamBody {
             inner,
             lease: Some(lease),
@@ -288,14 +298,19 @@ impl Drop for UpstreamBody {
 
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Inner::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
+            Inner::H2(b) => Pin::new(b).poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),
@@ -310,6 +325,9 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::H1(b) => b.size_hint(),
+            Inner::H2(b) => b.size_hint(),
+        }
     }
 }

@@ -7,6 +7,7 @@
 mod balance;
 mod discovery;
 mod endpoint;
+mod h2_client;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
