@@ -6,7 +6,6 @@
 //! etcd or a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use bulwark_proto::policy::{CapabilityExpr, ServicePolicy, defaults};
 use bulwark_proto::v1 as pb;
@@ -14,67 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::values::{BreakerState, HealthRecord, OverrideRecord};
 
-/// A degradation level, from the least severe.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Level {
-    #[default]
-    Normal,
-    Degraded,
-    Severe,
-    Emergency,
-}
-
-impl Level {
-    pub const ALL: [Level; 4] = [
-        Level::Normal,
-        Level::Degraded,
-        Level::Severe,
-        Level::Emergency,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Normal => "NORMAL",
-            Level::Degraded => "DEGRADED",
-            Level::Severe => "SEVERE",
-            Level::Emergency => "EMERGENCY",
-        }
-    }
-
-    /// Parses a level name, in any case.
-    pub fn parse(text: &str) -> Option<Level> {
-        Level::ALL
-            .into_iter()
-            .find(|l| l.as_str().eq_ignore_ascii_case(text))
-    }
-
-    pub fn to_pb(self) -> pb::Level {
-        match self {
-            Level::Normal => pb::Level::Normal,
-            Level::Degraded => pb::Level::Degraded,
-            Level::Severe => pb::Level::Severe,
-            Level::Emergency => pb::Level::Emergency,
-        }
-    }
-
-    pub fn from_pb(level: pb::Level) -> Level {
-        match level {
-            pb::Level::Normal => Level::Normal,
-            pb::Level::Degraded => Level::Degraded,
-            pb::Level::Severe => Level::Severe,
-            pb::Level::Emergency => Level::Emergency,
-        }
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use bulwark_proto::level::Level;
 
 /// One dependency as the service's pods see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

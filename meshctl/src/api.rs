@@ -289,40 +289,7 @@ pub fn parse_kind(text: &str) -> Result<Kind, CliError> {
     }
 }
 
-/// A degradation level, from the least to the most degraded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Level {
-    Normal,
-    Degraded,
-    Severe,
-    Emergency,
-}
-
-impl Level {
-    pub const ALL: [Level; 4] = [
-        Level::Normal,
-        Level::Degraded,
-        Level::Severe,
-        Level::Emergency,
-    ];
-
-    /// The name as the contract spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Normal => "NORMAL",
-            Level::Degraded => "DEGRADED",
-            Level::Severe => "SEVERE",
-            Level::Emergency => "EMERGENCY",
-        }
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use bulwark_proto::level::Level;
 
 /// Parses `--level` in any case: `emergency`, `Severe`, `DEGRADED`, `normal`.
 pub fn parse_level(text: &str) -> Result<Level, CliError> {

@@ -4,6 +4,7 @@
 //! Every part of Bulwark — the sidecar, the control plane and `meshctl` — reads policies through
 //! this crate, so a policy means the same thing everywhere and is validated by the same code.
 
+pub mod level;
 pub mod policy;
 pub mod time;
 

@@ -9,7 +9,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, X_BULWARK_BREAKER, X_BULWARK_ERROR};
-use crate::health::levels::{DEGRADATION_HEADER, Level, Priority, retry_after_secs};
+use crate::health::levels::{DEGRADATION_HEADER, Level, Priority, level_header, retry_after_secs};
 
 /// A failure of the sidecar's own making or of the upstream, before a response began.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
         ProxyError::Shed {
             level, retry_after, ..
         } => {
-            h.insert(DEGRADATION_HEADER, level.header_value());
+            h.insert(DEGRADATION_HEADER, level_header(*level));
             if grpc {
                 h.insert(
                     "grpc-retry-pushback-ms",
@@ -168,7 +168,7 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
             }
         }
         ProxyError::UpstreamEmergency { .. } => {
-            h.insert(DEGRADATION_HEADER, Level::Emergency.header_value());
+            h.insert(DEGRADATION_HEADER, level_header(Level::Emergency));
         }
         _ => {}
     }

@@ -18,66 +18,11 @@ use http::{HeaderName, HeaderValue};
 /// the level the sidecar acts on.
 pub const DEGRADATION_HEADER: HeaderName = HeaderName::from_static("x-bulwark-degradation");
 
-/// A service's degradation level, from best to worst.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Level {
-    #[default]
-    Normal,
-    Degraded,
-    Severe,
-    Emergency,
-}
+pub use bulwark_proto::level::Level;
 
-impl Level {
-    pub const ALL: [Level; 4] = [
-        Level::Normal,
-        Level::Degraded,
-        Level::Severe,
-        Level::Emergency,
-    ];
-
-    /// The name policies and headers use (`SEVERE`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Normal => "NORMAL",
-            Level::Degraded => "DEGRADED",
-            Level::Severe => "SEVERE",
-            Level::Emergency => "EMERGENCY",
-        }
-    }
-
-    /// 0 (NORMAL) to 3 (EMERGENCY): array index and gauge value.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The level a policy key names (`actions.<LEVEL>`).
-    pub fn from_name(name: &str) -> Option<Level> {
-        Level::ALL.into_iter().find(|l| l.as_str() == name)
-    }
-
-    /// The level of a wire enum value. A value this sidecar does not know (a newer control
-    /// plane) is taken as the worst one it knows: acting as if things were fine would be the
-    /// riskier mistake.
-    pub fn from_wire(value: i32) -> Level {
-        match pb::Level::try_from(value) {
-            Ok(pb::Level::Normal) => Level::Normal,
-            Ok(pb::Level::Degraded) => Level::Degraded,
-            Ok(pb::Level::Severe) => Level::Severe,
-            Ok(pb::Level::Emergency) | Err(_) => Level::Emergency,
-        }
-    }
-
-    /// The level as an `x-bulwark-degradation` value (no allocation).
-    pub fn header_value(self) -> HeaderValue {
-        HeaderValue::from_static(self.as_str())
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// A level as an `x-bulwark-degradation` value (no allocation).
+pub fn level_header(level: Level) -> HeaderValue {
+    HeaderValue::from_static(level.as_str())
 }
 
 /// A request's priority, from the priority header (`x-priority` unless the ServicePolicy's

@@ -12,7 +12,9 @@ use tower::Service;
 
 use super::{Req, ResponseFuture, Rsp, Stage};
 use crate::errors::ProxyError;
-use crate::health::levels::{DEGRADATION_HEADER, Priority, ServiceActions, fails_fast};
+use crate::health::levels::{
+    DEGRADATION_HEADER, Priority, ServiceActions, fails_fast, level_header,
+};
 use crate::route::Snapshot;
 
 /// Marks the degradation gate in [`Stage`](super::Stage).
@@ -71,7 +73,7 @@ impl<S> Stage<DegradationGate, S> {
         }
         // The app learns the level it runs at; a value the caller sent is not trusted.
         req.headers_mut()
-            .insert(DEGRADATION_HEADER, level.header_value());
+            .insert(DEGRADATION_HEADER, level_header(level));
         None
     }
 
