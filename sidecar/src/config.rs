@@ -113,9 +113,12 @@ pub struct Config {
     #[arg(long, env = "BULWARK_LOG", default_value = "info")]
     pub log: String,
 
-    /// Runtime worker threads (default: one per core).
-    #[arg(long, env = "BULWARK_WORKERS")]
-    pub workers: Option<usize>,
+    /// Runtime worker threads. One (the default) runs everything on a single-threaded runtime,
+    /// which batches the writes of many requests into one system call; raise it for a pod whose
+    /// traffic needs more than one core of proxying.
+    #[arg(long, env = "BULWARK_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
 
     /// Written (JSON with the bound addresses) once every listener is bound.
     #[arg(long)]

@@ -28,6 +28,9 @@ async fn grpc_setup() -> (GrpcUpstream, Sidecar, EchoClient<Channel>) {
                 .spec("timeouts: { request: 30s }")
                 .to_yaml(),
         )
+        // Every other test runs the default single-threaded runtime; the gRPC call shapes run
+        // on the multi-threaded one.
+        .args(["--workers", "2"])
         .start()
         .await;
     let echo = client::grpc_client(sidecar.outbound()).await;
