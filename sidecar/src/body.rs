@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::policy_stack::replay::ReplayBody;
 use crate::upstream::UpstreamBody;
@@ -24,7 +25,7 @@ pub enum Body {
     Upstream(UpstreamBody),
     /// A request body that retries and failover can send again.
     Replay(ReplayBody),
-    /// A body that holds something (a bulkhead permit, a breaker admission) until it ends.
+    /// A body that holds a bulkhead slot until it is dropped.
     Guarded(Box<Guarded>),
     /// A complete body held in memory (taken on first poll).
     Full(Option<Bytes>),
@@ -43,26 +44,19 @@ impl Body {
     }
 }
 
-/// A body and what it keeps alive until it is dropped.
+/// A body and the bulkhead slot it keeps taken until it is dropped (one allocation for both).
+#[derive(Debug)]
 pub struct Guarded {
     pub inner: Body,
-    pub guard: Box<dyn std::any::Any + Send>,
-}
-
-impl std::fmt::Debug for Guarded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guarded")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Body {
-    /// Keeps `guard` alive until this body is dropped.
-    pub fn guarded(self, guard: impl std::any::Any + Send) -> Body {
+    /// Keeps the bulkhead slot `permit` taken until this body is dropped.
+    pub fn guarded(self, permit: OwnedSemaphorePermit) -> Body {
         Body::Guarded(Box::new(Guarded {
             inner: self,
-            guard: Box::new(guard),
+            _permit: permit,
         }))
     }
 }

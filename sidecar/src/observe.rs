@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
@@ -20,7 +21,7 @@ pub struct Completion {
     pub metrics: Option<Arc<UpstreamMetrics>>,
     pub protocol: ProtocolLabel,
     pub method: Method,
-    pub authority: Option<HeaderValue>,
+    pub authority: Option<Authority>,
     pub uri: Uri,
     pub request_id: HeaderValue,
     pub started: Instant,
@@ -49,7 +50,7 @@ impl Completion {
             direction = self.direction,
             upstream = self.upstream.as_deref().unwrap_or(""),
             method = %self.method,
-            authority = s(&self.authority),
+            authority = self.authority.as_ref().map_or("", Authority::as_str),
             path = self.uri.path(),
             protocol = self.protocol.as_str(),
             status = self.status.as_u16(),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, Version, header};
+use http::{Request, Response, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -16,9 +16,8 @@ use crate::headers::{is_grpc, strip_hop_by_hop};
 use crate::identity;
 use crate::metrics::ProtocolLabel;
 use crate::observe::{Completion, ObservedBody};
-use crate::policy_stack::CallState;
+use crate::policy_stack::{Call, CallState};
 use crate::upstream::{TargetAuthority, Upstream};
-use tower::ServiceExt;
 
 /// Which upstream a listener's requests go to.
 #[derive(Debug, Clone)]
@@ -65,9 +64,7 @@ pub async fn handle(
         metrics: None,
         protocol,
         method: parts.method.clone(),
-        authority: authority
-            .as_ref()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        authority: authority.clone(),
         uri: parts.uri.clone(),
         request_id,
         started,
@@ -132,7 +129,7 @@ pub async fn handle(
             parts.extensions.insert(state.clone());
             parts.extensions.insert(snapshot.clone());
             let req = Request::from_parts(parts, Body::Incoming(body));
-            upstream.stack.clone().oneshot(req).await
+            upstream.stack.call(req).await
         }
     };
     completion.attempts = state.attempts();

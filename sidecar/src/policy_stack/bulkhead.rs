@@ -5,14 +5,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 
 use tokio::sync::Semaphore;
-use tower::Service;
 
-use super::{AttemptDeadline, Req, ResponseFuture, Rsp, Stage};
+use super::{AttemptDeadline, Call, Req, Rsp, Stage};
 use crate::errors::ProxyError;
-use crate::upstream::UpstreamCore;
 
 /// The limits of one upstream and their counters.
 #[derive(Debug)]
@@ -52,50 +49,31 @@ impl Drop for Waiting<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct BulkheadStage;
 
-impl<S> Service<Req> for Stage<BulkheadStage, S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let Some(bulkhead) = self.core.bulkhead.clone() else {
-            return Box::pin(self.inner.call(req));
+impl<S: Call> Call for Stage<BulkheadStage, S> {
+    async fn call(&self, req: Req) -> Result<Rsp, ProxyError> {
+        let core = &self.core;
+        let Some(bulkhead) = &core.bulkhead else {
+            return self.inner.call(req).await;
         };
-        let full = |core: &UpstreamCore, b: &Bulkhead| {
+        let full = || {
             core.metrics.bulkhead_rejections.inc();
             ProxyError::BulkheadFull {
                 upstream: core.name.to_string(),
-                max_concurrent: b.max_concurrent,
-                max_pending: b.max_pending,
+                max_concurrent: bulkhead.max_concurrent,
+                max_pending: bulkhead.max_pending,
             }
         };
         // The fast path: a free slot, no waiting.
-        if let Ok(permit) = bulkhead.slots.clone().try_acquire_owned() {
-            let call = self.inner.call(req);
-            return Box::pin(async move {
-                let rsp = call.await?;
-                Ok(rsp.map(|b| b.guarded(permit)))
-            });
-        }
-        if bulkhead.pending.fetch_add(1, Ordering::Relaxed) >= bulkhead.max_pending {
-            bulkhead.pending.fetch_sub(1, Ordering::Relaxed);
-            return Box::pin(std::future::ready(Err(full(&self.core, &bulkhead))));
-        }
-        let core = self.core.clone();
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let permit = {
+        let permit = match bulkhead.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if bulkhead.pending.fetch_add(1, Ordering::Relaxed) >= bulkhead.max_pending {
+                    bulkhead.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(full());
+                }
                 let _waiting = Waiting(&bulkhead.pending);
                 let acquire = bulkhead.slots.clone().acquire_owned();
-                match req.extensions().get::<AttemptDeadline>().copied() {
+                let permit = match req.extensions().get::<AttemptDeadline>().copied() {
                     Some(d) => match tokio::time::timeout_at(d.at, acquire).await {
                         Ok(p) => p,
                         Err(_) => {
@@ -106,11 +84,11 @@ where
                         }
                     },
                     None => acquire.await,
-                }
-            };
-            let permit = permit.map_err(|_| full(&core, &bulkhead))?;
-            let rsp = inner.call(req).await?;
-            Ok(rsp.map(|b| b.guarded(permit)))
-        })
+                };
+                permit.map_err(|_| full())?
+            }
+        };
+        let rsp = self.inner.call(req).await?;
+        Ok(rsp.map(|b| b.guarded(permit)))
     }
 }

@@ -4,14 +4,12 @@
 //! completed attempt is also counted for the health report, breaker or not, by the same rules.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use tokio::time::Instant;
-use tower::Service;
 
 use super::breaker::{Admission, Breaker, BreakerState, Transition};
-use super::{Req, ResponseFuture, Rsp, Stage, classify};
+use super::{Call, Req, Rsp, Stage, classify};
 use crate::errors::ProxyError;
 use crate::upstream::UpstreamCore;
 
@@ -52,12 +50,12 @@ pub(crate) fn announce(core: &UpstreamCore, t: Transition) {
 pub struct BreakerStage;
 
 /// Gives a half-open probe slot back if the attempt is abandoned before its outcome is known.
-struct AdmissionGuard {
-    breaker: Arc<Mutex<Breaker>>,
+struct AdmissionGuard<'a> {
+    breaker: &'a Mutex<Breaker>,
     admission: Option<Admission>,
 }
 
-impl Drop for AdmissionGuard {
+impl Drop for AdmissionGuard<'_> {
     fn drop(&mut self) {
         if let (Some(a), Ok(mut b)) = (self.admission.take(), self.breaker.lock()) {
             b.release(a);
@@ -65,75 +63,51 @@ impl Drop for AdmissionGuard {
     }
 }
 
-/// An attempt without a breaker to ask: only counted for the health report.
-fn counted<F>(core: Arc<UpstreamCore>, call: F, started: Instant) -> ResponseFuture
-where
-    F: std::future::Future<Output = Result<Rsp, ProxyError>> + Send + 'static,
-{
-    Box::pin(async move {
-        let result = call.await;
-        core.count_attempt(&result, started.elapsed());
-        result
-    })
-}
-
-impl<S> Service<Req> for Stage<BreakerStage, S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
+impl<S: Call> Call for Stage<BreakerStage, S> {
+    async fn call(&self, req: Req) -> Result<Rsp, ProxyError> {
+        let core = &self.core;
         let started = Instant::now();
-        let Some(breaker) = self.core.breaker.clone() else {
-            return counted(self.core.clone(), self.inner.call(req), started);
-        };
-        let admitted = match breaker.lock() {
-            Ok(mut b) => b.try_acquire(started),
-            Err(_) => return counted(self.core.clone(), self.inner.call(req), started),
+        // The lock is taken and released here, never held across the attempt.
+        let admitted = core
+            .breaker
+            .as_deref()
+            .and_then(|breaker| Some((breaker, breaker.lock().ok()?.try_acquire(started))));
+        // No breaker to ask (or a poisoned one): the attempt is only counted for the report.
+        let Some((breaker, admitted)) = admitted else {
+            let result = self.inner.call(req).await;
+            core.count_attempt(&result, started.elapsed());
+            return result;
         };
         let admitted = match admitted {
             Ok(a) => a,
             Err(rejected) => {
-                self.core.metrics.breaker_rejections.inc();
-                let err = ProxyError::BreakerOpen {
-                    upstream: self.core.name.to_string(),
+                core.metrics.breaker_rejections.inc();
+                return Err(ProxyError::BreakerOpen {
+                    upstream: core.name.to_string(),
                     reason: rejected.reason,
-                };
-                return Box::pin(async move { Err(err) });
+                });
             }
         };
         if let Some(t) = admitted.transition {
-            announce(&self.core, t);
+            announce(core, t);
         }
         let mut guard = AdmissionGuard {
             breaker,
             admission: Some(admitted.admission),
         };
-        let call = self.inner.call(req);
-        let core = self.core.clone();
-        Box::pin(async move {
-            let result = call.await;
-            core.count_attempt(&result, started.elapsed());
-            if let Some(outcome) = classify(&result) {
-                let now = Instant::now();
-                let admission = guard.admission.take();
-                let transition = match (admission, guard.breaker.lock()) {
-                    (Some(a), Ok(mut b)) => b.record(a, &outcome, now - started, now),
-                    _ => None,
-                };
-                if let Some(t) = transition {
-                    announce(&core, t);
-                }
+        let result = self.inner.call(req).await;
+        core.count_attempt(&result, started.elapsed());
+        if let Some(outcome) = classify(&result) {
+            let now = Instant::now();
+            let admission = guard.admission.take();
+            let transition = match (admission, guard.breaker.lock()) {
+                (Some(a), Ok(mut b)) => b.record(a, &outcome, now - started, now),
+                _ => None,
+            };
+            if let Some(t) = transition {
+                announce(core, t);
             }
-            result
-        })
+        }
+        result
     }
 }

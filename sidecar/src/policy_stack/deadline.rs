@@ -2,12 +2,9 @@
 //! own deadline (`grpc-timeout`, or the configured HTTP deadline header in milliseconds). It bounds every attempt, backoff and failover of the call; when it
 //! passes, whatever is running is cancelled and the caller gets 504 / DEADLINE_EXCEEDED.
 
-use std::task::{Context, Poll};
-
 use tokio::time::Instant;
-use tower::Service;
 
-use super::{Deadline, Req, ResponseFuture, Rsp, Stage, is_grpc};
+use super::{Call, Deadline, Req, Rsp, Stage, is_grpc};
 use crate::errors::ProxyError;
 use crate::headers::grpc_timeout;
 
@@ -15,20 +12,8 @@ use crate::headers::grpc_timeout;
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineStage;
 
-impl<S> Service<Req> for Stage<DeadlineStage, S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
+impl<S: Call> Call for Stage<DeadlineStage, S> {
+    async fn call(&self, mut req: Req) -> Result<Rsp, ProxyError> {
         let grpc = is_grpc(&req);
         let route = self
             .core
@@ -50,25 +35,21 @@ where
             (a, b) => a.or(b),
         };
         let Some(limit) = limit else {
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req).await;
         };
         let deadline = Instant::now() + limit;
         req.extensions_mut().insert(Deadline(deadline));
-        let call = self.inner.call(req);
-        let upstream = self.core.name.clone();
-        Box::pin(async move {
-            let exceeded = || ProxyError::DeadlineExceeded {
-                upstream: upstream.to_string(),
-                timeout: limit,
-            };
-            match tokio::time::timeout_at(deadline, call).await {
-                // The last attempt's timer is the deadline itself: say so.
-                Ok(Err(ProxyError::AttemptTimeout { .. })) if Instant::now() >= deadline => {
-                    Err(exceeded())
-                }
-                Ok(result) => result,
-                Err(_) => Err(exceeded()),
+        let exceeded = || ProxyError::DeadlineExceeded {
+            upstream: self.core.name.to_string(),
+            timeout: limit,
+        };
+        match tokio::time::timeout_at(deadline, self.inner.call(req)).await {
+            // The last attempt's timer is the deadline itself: say so.
+            Ok(Err(ProxyError::AttemptTimeout { .. })) if Instant::now() >= deadline => {
+                Err(exceeded())
             }
-        })
+            Ok(result) => result,
+            Err(_) => Err(exceeded()),
+        }
     }
 }

@@ -6,11 +6,8 @@
 //! lock-free and allocate only to refuse.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tower::Service;
-
-use super::{Req, ResponseFuture, Rsp, Stage};
+use super::{Call, Req, Rsp, Stage};
 use crate::errors::ProxyError;
 use crate::health::levels::{
     DEGRADATION_HEADER, Priority, ServiceActions, fails_fast, level_header,
@@ -29,28 +26,16 @@ fn actions(req: &Req) -> &ServiceActions {
     }
 }
 
-impl<S> Service<Req> for Stage<DegradationGate, S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
+impl<S: Call> Call for Stage<DegradationGate, S> {
+    async fn call(&self, mut req: Req) -> Result<Rsp, ProxyError> {
         let refused = if self.core.outbound {
             self.emergency(&req)
         } else {
             self.shed(&mut req)
         };
         match refused {
-            Some(err) => Box::pin(async move { Err(err) }),
-            None => Box::pin(self.inner.call(req)),
+            Some(err) => Err(err),
+            None => self.inner.call(req).await,
         }
     }
 }
@@ -106,13 +91,12 @@ mod tests {
     use http::uri::Authority;
     use http::{HeaderValue, Request, StatusCode};
     use hyper_util::rt::TokioIo;
-    use tower::ServiceExt;
 
     use super::*;
     use crate::Shared;
     use crate::body::Body;
     use crate::health::levels::Level;
-    use crate::policy_stack::CallState;
+    use crate::policy_stack::{Call, CallState};
     use crate::route::Identity;
     use crate::source::PolicySet;
     use crate::upstream::{TargetAuthority, Upstream};
@@ -224,7 +208,7 @@ spec:
             .insert(TargetAuthority(Authority::from_static("localhost")));
         req.extensions_mut().insert(state.clone());
         req.extensions_mut().insert(shared.snapshot.load_full());
-        let result = upstream.stack.clone().oneshot(req).await;
+        let result = upstream.stack.call(req).await;
         (result.map(|r| r.status()), state.attempts())
     }
 

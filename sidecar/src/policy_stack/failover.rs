@@ -4,15 +4,13 @@
 //! is set, that static response is the answer.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bulwark_proto::policy::GrpcCode;
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use tower::{Service, ServiceExt};
 
 use super::replay::ReplayBody;
-use super::{Deadline, Req, ResponseFuture, Rsp, Stage, classify, is_grpc};
+use super::{Call, Deadline, Req, Rsp, Stage, classify, is_grpc};
 use crate::body::Body;
 use crate::errors::{ProxyError, grpc_status_response};
 use crate::route::Snapshot;
@@ -32,91 +30,76 @@ fn failed(core: &UpstreamCore, result: &Result<Rsp, ProxyError>) -> bool {
     }
 }
 
-impl<S> Service<Req> for Stage<FailoverStage, S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
+impl<S: Call> Call for Stage<FailoverStage, S> {
+    async fn call(&self, req: Req) -> Result<Rsp, ProxyError> {
         if self.core.failover.is_empty() && self.core.fallback_response.is_none() {
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req).await;
         }
-        let core = self.core.clone();
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let grpc = is_grpc(&req);
-            let (parts, body) = req.into_parts();
-            let cap = core.routes.default_route().retry.replay_buffer_bytes;
-            let origin = ReplayBody::new(body, cap);
-            let rebuild = |body: ReplayBody| {
-                let mut req = Request::new(Body::Replay(body));
-                *req.method_mut() = parts.method.clone();
-                *req.uri_mut() = parts.uri.clone();
-                *req.version_mut() = parts.version;
-                *req.headers_mut() = parts.headers.clone();
-                *req.extensions_mut() = parts.extensions.clone();
-                req
+        let core = &self.core;
+        let grpc = is_grpc(&req);
+        let (parts, body) = req.into_parts();
+        let cap = core.routes.default_route().retry.replay_buffer_bytes;
+        let origin = ReplayBody::new(body, cap);
+        let rebuild = |body: ReplayBody| {
+            let mut req = Request::new(Body::Replay(body));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            *req.extensions_mut() = parts.extensions.clone();
+            req
+        };
+        // A body too large to replay goes to the primary only (no failover target), but
+        // the static response can still answer for it.
+        let mut origin = Some(origin);
+        let first = match origin.as_ref().and_then(ReplayBody::try_clone) {
+            Some(b) => b,
+            None => match origin.take() {
+                Some(o) => o,
+                None => return Err(ProxyError::BadRequest("request body lost".into())),
+            },
+        };
+        let mut result = self.inner.call(rebuild(first)).await;
+        if !failed(core, &result) {
+            return result;
+        }
+        let snapshot = parts.extensions.get::<Arc<Snapshot>>().cloned();
+        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+        for name in &core.failover {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // No time left: a failover attempt could only time out (and count against
+                // the target's breaker).
+                break;
+            }
+            let Some(target) = snapshot
+                .as_ref()
+                .and_then(|s| s.route_from(name, &core.namespace))
+            else {
+                tracing::warn!(upstream = %core.name, failover = %name, "failover target has no UpstreamPolicy; skipping it");
+                continue;
             };
-            // A body too large to replay goes to the primary only (no failover target), but
-            // the static response can still answer for it.
-            let mut origin = Some(origin);
-            let first = match origin.as_ref().and_then(ReplayBody::try_clone) {
-                Some(b) => b,
-                None => match origin.take() {
-                    Some(o) => o,
-                    None => return Err(ProxyError::BadRequest("request body lost".into())),
-                },
+            let Some(body) = origin.as_ref().and_then(ReplayBody::try_clone) else {
+                break;
             };
-            let mut result = inner.call(rebuild(first)).await;
-            if !failed(&core, &result) {
+            tracing::debug!(upstream = %core.name, failover = %name, "failing over");
+            let mut req = rebuild(body);
+            if let Ok(a) = Authority::try_from(target.name.as_ref()) {
+                req.extensions_mut().insert(TargetAuthority(a));
+            }
+            result = target.attempts.call(req).await;
+            if !failed(&target.core, &result) {
+                core.metrics.fallback("failover");
                 return result;
             }
-            let snapshot = parts.extensions.get::<Arc<Snapshot>>().cloned();
-            let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
-            for name in &core.failover {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    // No time left: a failover attempt could only time out (and count against
-                    // the target's breaker).
-                    break;
-                }
-                let Some(target) = snapshot
-                    .as_ref()
-                    .and_then(|s| s.route_from(name, &core.namespace))
-                else {
-                    tracing::warn!(upstream = %core.name, failover = %name, "failover target has no UpstreamPolicy; skipping it");
-                    continue;
-                };
-                let Some(body) = origin.as_ref().and_then(ReplayBody::try_clone) else {
-                    break;
-                };
-                tracing::debug!(upstream = %core.name, failover = %name, "failing over");
-                let mut req = rebuild(body);
-                if let Ok(a) = Authority::try_from(target.name.as_ref()) {
-                    req.extensions_mut().insert(TargetAuthority(a));
-                }
-                result = target.attempts.clone().oneshot(req).await;
-                if !failed(&target.core, &result) {
-                    core.metrics.fallback("failover");
-                    return result;
-                }
+        }
+        match &core.fallback_response {
+            Some(fallback) => {
+                core.metrics.fallback("response");
+                tracing::debug!(upstream = %core.name, "answering with the static fallback response");
+                Ok(static_response(fallback, grpc))
             }
-            match &core.fallback_response {
-                Some(fallback) => {
-                    core.metrics.fallback("response");
-                    tracing::debug!(upstream = %core.name, "answering with the static fallback response");
-                    Ok(static_response(fallback, grpc))
-                }
-                None => result,
-            }
-        })
+            None => result,
+        }
     }
 }
 

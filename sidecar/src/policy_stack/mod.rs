@@ -23,7 +23,6 @@ pub mod retry_policy;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,8 +30,6 @@ use std::time::Duration;
 use bulwark_proto::policy::GrpcCode;
 use http::{Request, Response};
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder};
 
 pub use bulkhead::Bulkhead;
 
@@ -43,87 +40,85 @@ use outcome::Outcome;
 
 pub type Req = Request<Body>;
 pub type Rsp = Response<Body>;
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send>>;
-/// A whole stack, type-erased so upstreams can hold each other's (failover).
-pub type Stack = BoxCloneSyncService<Req, Rsp, ProxyError>;
+
+/// One layer of an upstream's stack, called by shared reference. A stack is built once per
+/// policy version and shared by every request to the upstream, so a call neither clones the
+/// stack nor boxes a future: each layer's future is nested in the one above it, and a request
+/// runs as one state machine.
+pub trait Call: Send + Sync + 'static {
+    fn call(&self, req: Req) -> impl Future<Output = Result<Rsp, ProxyError>> + Send;
+}
+
+impl<T: Call> Call for Arc<T> {
+    fn call(&self, req: Req) -> impl Future<Output = Result<Rsp, ProxyError>> + Send {
+        T::call(self, req)
+    }
+}
+
+/// What a failover from another upstream goes through: that upstream's own retries, timeouts,
+/// breaker and limits, inside the caller's deadline. Every upstream's stack has this type, so a
+/// failover calls another upstream's attempts without type erasure.
+pub type Attempts = Stage<
+    retry::RetryStage,
+    Stage<
+        per_try::PerTryStage,
+        Stage<circuit::BreakerStage, Stage<bulkhead::BulkheadStage, Balance>>,
+    >,
+>;
+
+/// What a request routed to an upstream goes through.
+pub type Full = Stage<
+    degradation::DegradationGate,
+    Stage<deadline::DeadlineStage, Stage<failover::FailoverStage, Arc<Attempts>>>,
+>;
 
 /// An upstream's two entry points: `full` is what a request routed to it goes through;
-/// `attempts` is what a failover from another upstream goes through (that upstream's own
-/// retries, timeouts, breaker and limits, inside the caller's deadline).
-pub fn build(core: &Arc<UpstreamCore>) -> (Stack, Stack) {
-    let attempts = ServiceBuilder::new()
-        // Retry: classifies each attempt's outcome, spends the retry budget, waits the
-        // backoff, replays the request body. Above the per-try timeout so a timed-out attempt
-        // can be retried; below failover so each upstream retries with its own policy.
-        .layer(StageLayer::<retry::RetryStage>::new(core))
-        // Per-try timeout: gives each attempt its deadline (never past the overall one) and
-        // tells the upstream its budget in `grpc-timeout`. The timer itself fires at the
-        // bottom, so the breaker and outlier detector see a timeout as an outcome.
-        .layer(StageLayer::<per_try::PerTryStage>::new(core))
-        // Circuit breaker: fails fast without touching the upstream while open; every
-        // attempt is one outcome. Above the bulkhead so an open breaker queues nothing.
-        .layer(StageLayer::<circuit::BreakerStage>::new(core))
-        // Bulkhead: bounds concurrent and waiting requests to this upstream; a permit is held
-        // until the response body ends.
-        .layer(StageLayer::<bulkhead::BulkheadStage>::new(core))
-        // Balancer: power of two choices over endpoints not ejected as outliers, preferring
-        // endpoints this request has not tried; the connection pool is below it.
-        .service(Balance::new(core.clone()));
-    let attempts = Stack::new(attempts);
-    let full = ServiceBuilder::new()
-        // Degradation gate: first, so a request the level refuses costs no deadline timer,
-        // no failover and no attempt. Inbound it sheds by priority and tells the app its
-        // level; outbound it fails low-priority calls to an EMERGENCY upstream fast.
-        .layer(StageLayer::<degradation::DegradationGate>::new(core))
-        // Overall deadline: the policy's timeouts.request shortened by the caller's
-        // grpc-timeout; bounds retries and failover together.
-        .layer(StageLayer::<deadline::DeadlineStage>::new(core))
-        // Failover: the primary with its retries, then each fallback upstream's own attempts
-        // stack, then the static fallback response.
-        .layer(StageLayer::<failover::FailoverStage>::new(core))
-        .service(attempts.clone());
-    (Stack::new(full), attempts)
+/// `attempts` is what a failover from another upstream goes through (and the bottom of `full`).
+/// Built from the bottom up: the balancer first, the degradation gate last.
+pub fn build(core: &Arc<UpstreamCore>) -> (Full, Arc<Attempts>) {
+    // Balancer: power of two choices over endpoints not ejected as outliers, preferring
+    // endpoints this request has not tried; the connection pool is below it.
+    let balance = Balance::new(core.clone());
+    // Bulkhead: bounds concurrent and waiting requests to this upstream; a permit is held
+    // until the response body ends.
+    let bulkhead = Stage::<bulkhead::BulkheadStage, _>::new(core, balance);
+    // Circuit breaker: fails fast without touching the upstream while open; every attempt is
+    // one outcome. Above the bulkhead so an open breaker queues nothing.
+    let breaker = Stage::<circuit::BreakerStage, _>::new(core, bulkhead);
+    // Per-try timeout: gives each attempt its deadline (never past the overall one) and tells
+    // the upstream its budget in `grpc-timeout`. The timer itself fires at the bottom, so the
+    // breaker and outlier detector see a timeout as an outcome.
+    let per_try = Stage::<per_try::PerTryStage, _>::new(core, breaker);
+    // Retry: classifies each attempt's outcome, spends the retry budget, waits the backoff,
+    // replays the request body. Above the per-try timeout so a timed-out attempt can be
+    // retried; below failover so each upstream retries with its own policy.
+    let attempts = Arc::new(Stage::<retry::RetryStage, _>::new(core, per_try));
+    // Failover: the primary with its retries, then each fallback upstream's own attempts
+    // stack, then the static fallback response.
+    let failover = Stage::<failover::FailoverStage, _>::new(core, attempts.clone());
+    // Overall deadline: the policy's timeouts.request shortened by the caller's grpc-timeout;
+    // bounds retries and failover together.
+    let deadline = Stage::<deadline::DeadlineStage, _>::new(core, failover);
+    // Degradation gate: first, so a request the level refuses costs no deadline timer, no
+    // failover and no attempt. Inbound it sheds by priority and tells the app its level;
+    // outbound it fails low-priority calls to an EMERGENCY upstream fast.
+    let full = Stage::<degradation::DegradationGate, _>::new(core, deadline);
+    (full, attempts)
 }
 
 /// One stage of an upstream's stack: the upstream's core (settings and state) and the next
-/// service. The marker `M` says which stage's `Service` implementation applies, so every stage
-/// shares this one layer type and each file holds only its stage's logic.
+/// layer. The marker `M` says which stage's [`Call`] implementation applies, so every stage
+/// shares this one type and each file holds only its stage's logic.
 pub struct Stage<M, S> {
     core: Arc<UpstreamCore>,
     inner: S,
     _stage: PhantomData<fn() -> M>,
 }
 
-impl<M, S: Clone> Clone for Stage<M, S> {
-    fn clone(&self) -> Self {
+impl<M, S> Stage<M, S> {
+    fn new(core: &Arc<UpstreamCore>, inner: S) -> Self {
         Stage {
-            core: self.core.clone(),
-            inner: self.inner.clone(),
-            _stage: PhantomData,
-        }
-    }
-}
-
-/// Builds [`Stage`]s of kind `M` over an upstream's core.
-pub struct StageLayer<M> {
-    core: Arc<UpstreamCore>,
-    _stage: PhantomData<fn() -> M>,
-}
-
-impl<M> StageLayer<M> {
-    pub fn new(core: &Arc<UpstreamCore>) -> Self {
-        StageLayer {
             core: core.clone(),
-            _stage: PhantomData,
-        }
-    }
-}
-
-impl<M, S> Layer<S> for StageLayer<M> {
-    type Service = Stage<M, S>;
-    fn layer(&self, inner: S) -> Stage<M, S> {
-        Stage {
-            core: self.core.clone(),
             inner,
             _stage: PhantomData,
         }

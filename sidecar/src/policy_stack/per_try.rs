@@ -3,33 +3,21 @@
 //! so the breaker and outlier detector record a timed-out attempt like any other outcome. gRPC
 //! upstreams are told their budget in `grpc-timeout`, HTTP upstreams in the deadline header.
 
-use std::task::{Context, Poll};
+use std::future::Future;
 
 use http::HeaderValue;
 use tokio::time::Instant;
-use tower::Service;
 
-use super::{AttemptDeadline, Deadline, Req, Rsp, Stage, is_grpc};
+use super::{AttemptDeadline, Call, Deadline, Req, Rsp, Stage, is_grpc};
 use crate::errors::ProxyError;
-use crate::headers::GRPC_TIMEOUT;
+use crate::headers::{GRPC_TIMEOUT, grpc_timeout_value};
 
 /// Marks the pertry stage in [`Stage`](super::Stage).
 #[derive(Debug, Clone, Copy)]
 pub struct PerTryStage;
 
-impl<S> Service<Req> for Stage<PerTryStage, S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError>,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
+impl<S: Call> Call for Stage<PerTryStage, S> {
+    fn call(&self, mut req: Req) -> impl Future<Output = Result<Rsp, ProxyError>> + Send {
         let grpc = is_grpc(&req);
         let now = Instant::now();
         let per_try = self
@@ -49,10 +37,8 @@ where
             req.extensions_mut().insert(AttemptDeadline { at, limit });
             let ms = at.saturating_duration_since(now).as_millis().max(1);
             if grpc {
-                // gRPC's TimeoutValue has at most 8 digits.
-                if let Ok(v) = HeaderValue::from_str(&format!("{}m", ms.min(99_999_999))) {
-                    req.headers_mut().insert(GRPC_TIMEOUT, v);
-                }
+                req.headers_mut()
+                    .insert(GRPC_TIMEOUT, grpc_timeout_value(ms));
             } else if let Some(name) = &self.core.deadline_header {
                 // The next hop's sidecar shortens its own deadline by it.
                 let ms = u64::try_from(ms).unwrap_or(u64::MAX);

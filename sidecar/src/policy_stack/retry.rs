@@ -4,17 +4,15 @@
 //! Decisions are made on response headers only: once a response is returned its body streams
 //! to the caller and is never retried.
 
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue, Request};
 use tokio::time::Instant;
-use tower::Service;
 
 use super::outcome::Outcome;
 use super::replay::ReplayBody;
 use super::retry_policy::{next_delay, pushback, request_retryable};
-use super::{Deadline, Req, ResponseFuture, Rsp, Stage, classify, is_grpc};
+use super::{Call, Deadline, Req, Rsp, Stage, classify, is_grpc};
 use crate::body::Body;
 use crate::errors::ProxyError;
 
@@ -34,21 +32,9 @@ enum Stop {
     BudgetExhausted,
 }
 
-impl<S> Service<Req> for Stage<RetryStage, S>
-where
-    S: Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
-        let core = self.core.clone();
+impl<S: Call> Call for Stage<RetryStage, S> {
+    async fn call(&self, mut req: Req) -> Result<Rsp, ProxyError> {
+        let core = &self.core;
         let started = Instant::now();
         core.budget.deposit(started);
         let grpc = is_grpc(&req);
@@ -58,110 +44,107 @@ where
             .insert(ATTEMPT_HEADER, HeaderValue::from_static("1"));
         if max_attempts <= 1 {
             core.metrics.attempts.inc();
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req).await;
         }
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let route = core.routes.select(req.method(), req.uri().path(), grpc);
-            let cfg = &route.retry;
-            let retryable =
-                request_retryable(req.method(), grpc, req.headers(), cfg, route.idempotent);
-            let (parts, body) = req.into_parts();
-            // A body already made replayable above (failover) is shared, not copied again.
-            let origin = match body {
-                Body::Replay(b) => b,
-                other => ReplayBody::new(other, cfg.replay_buffer_bytes),
+        let cfg = &route.retry;
+        let retryable = request_retryable(req.method(), grpc, req.headers(), cfg, route.idempotent);
+        let (parts, body) = req.into_parts();
+        // A body already made replayable above (failover) is shared, not copied again.
+        let origin = match body {
+            Body::Replay(b) => b,
+            other => ReplayBody::new(other, cfg.replay_buffer_bytes),
+        };
+        let mut origin = Some(origin);
+        let mut attempt: u32 = 1;
+        loop {
+            let body = match origin.as_ref().and_then(ReplayBody::try_clone) {
+                Some(b) => b,
+                // Too large to copy: sent once, as it is.
+                None if attempt == 1 => match origin.take() {
+                    Some(o) => o,
+                    None => return Err(ProxyError::BadRequest("request body lost".into())),
+                },
+                // Checked before retrying (`is_capped`); never send a truncated body.
+                None => {
+                    return Err(ProxyError::BadRequest(
+                        "the request body could not be replayed".into(),
+                    ));
+                }
             };
-            let mut origin = Some(origin);
-            let mut attempt: u32 = 1;
-            loop {
-                let body = match origin.as_ref().and_then(ReplayBody::try_clone) {
-                    Some(b) => b,
-                    // Too large to copy: sent once, as it is.
-                    None if attempt == 1 => match origin.take() {
-                        Some(o) => o,
-                        None => return Err(ProxyError::BadRequest("request body lost".into())),
-                    },
-                    // Checked before retrying (`is_capped`); never send a truncated body.
-                    None => {
-                        return Err(ProxyError::BadRequest(
-                            "the request body could not be replayed".into(),
-                        ));
-                    }
-                };
-                let mut req = Request::new(Body::Replay(body));
-                *req.method_mut() = parts.method.clone();
-                *req.uri_mut() = parts.uri.clone();
-                *req.version_mut() = parts.version;
-                *req.headers_mut() = parts.headers.clone();
-                *req.extensions_mut() = parts.extensions.clone();
-                if let Ok(v) = HeaderValue::from_str(&attempt.to_string()) {
-                    req.headers_mut().insert(ATTEMPT_HEADER, v);
-                }
-                core.metrics.attempts.inc();
-                let result = inner.call(req).await;
-
-                let Some(outcome) = classify(&result) else {
-                    return result;
-                };
-                if !cfg.retry_on.matches(&outcome) {
-                    return result;
-                }
-                let now = Instant::now();
-                let pushed = match &result {
-                    Ok(rsp) => pushback(rsp.headers(), SystemTime::now()),
-                    Err(_) => None,
-                };
-                let remaining = parts
-                    .extensions
-                    .get::<Deadline>()
-                    .map(|d| d.0.saturating_duration_since(now));
-                let stop = if attempt >= max_attempts {
-                    Some(Stop::AttemptsExhausted)
-                } else if retryable.is_err() && outcome != Outcome::ConnectFailure {
-                    // A request that never reached the upstream is safe to send again, whatever
-                    // its method.
-                    Some(Stop::NotRetryable)
-                } else if origin.as_ref().is_none_or(ReplayBody::is_capped) {
-                    Some(Stop::BodyNotReplayable)
-                } else {
-                    None
-                };
-                let delay = match stop {
-                    Some(_) => None,
-                    None => next_delay(
-                        cfg,
-                        attempt,
-                        fastrand::f64(),
-                        pushed,
-                        now - started,
-                        remaining,
-                    ),
-                };
-                let (stop, delay) = match (stop, delay) {
-                    (Some(s), _) => (Some(s), None),
-                    (None, None) => (Some(Stop::NoTimeLeft), None),
-                    (None, Some(d)) if !core.budget.try_withdraw(now) => {
-                        let _ = d;
-                        (Some(Stop::BudgetExhausted), None)
-                    }
-                    (None, Some(d)) => (None, Some(d)),
-                };
-                if let Some(stop) = stop {
-                    if matches!(stop, Stop::BudgetExhausted) {
-                        core.metrics.retry_budget_exhausted.inc();
-                    }
-                    tracing::debug!(upstream = %core.name, attempt, ?stop, ?outcome, "not retrying");
-                    return result;
-                }
-                // The failed response is dropped: its connection closes or returns to the pool.
-                drop(result);
-                core.metrics.retries.inc();
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                attempt += 1;
+            let mut req = Request::new(Body::Replay(body));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            *req.extensions_mut() = parts.extensions.clone();
+            // The head already says attempt 1.
+            if attempt > 1 {
+                req.headers_mut()
+                    .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
             }
-        })
+            core.metrics.attempts.inc();
+            let result = self.inner.call(req).await;
+
+            let Some(outcome) = classify(&result) else {
+                return result;
+            };
+            if !cfg.retry_on.matches(&outcome) {
+                return result;
+            }
+            let now = Instant::now();
+            let pushed = match &result {
+                Ok(rsp) => pushback(rsp.headers(), SystemTime::now()),
+                Err(_) => None,
+            };
+            let remaining = parts
+                .extensions
+                .get::<Deadline>()
+                .map(|d| d.0.saturating_duration_since(now));
+            let stop = if attempt >= max_attempts {
+                Some(Stop::AttemptsExhausted)
+            } else if retryable.is_err() && outcome != Outcome::ConnectFailure {
+                // A request that never reached the upstream is safe to send again, whatever
+                // its method.
+                Some(Stop::NotRetryable)
+            } else if origin.as_ref().is_none_or(ReplayBody::is_capped) {
+                Some(Stop::BodyNotReplayable)
+            } else {
+                None
+            };
+            let delay = match stop {
+                Some(_) => None,
+                None => next_delay(
+                    cfg,
+                    attempt,
+                    fastrand::f64(),
+                    pushed,
+                    now - started,
+                    remaining,
+                ),
+            };
+            let (stop, delay) = match (stop, delay) {
+                (Some(s), _) => (Some(s), None),
+                (None, None) => (Some(Stop::NoTimeLeft), None),
+                (None, Some(d)) if !core.budget.try_withdraw(now) => {
+                    let _ = d;
+                    (Some(Stop::BudgetExhausted), None)
+                }
+                (None, Some(d)) => (None, Some(d)),
+            };
+            if let Some(stop) = stop {
+                if matches!(stop, Stop::BudgetExhausted) {
+                    core.metrics.retry_budget_exhausted.inc();
+                }
+                tracing::debug!(upstream = %core.name, attempt, ?stop, ?outcome, "not retrying");
+                return result;
+            }
+            // The failed response is dropped: its connection closes or returns to the pool.
+            drop(result);
+            core.metrics.retries.inc();
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            attempt += 1;
+        }
     }
 }

@@ -155,6 +155,14 @@ impl Endpoint {
                 return Ok(conn);
             }
         }
+        // Boxed: connecting is rare, and its state would otherwise sit in every request's.
+        Box::pin(self.h1_dial(settings)).await
+    }
+
+    async fn h1_dial(
+        &self,
+        settings: &ConnectSettings,
+    ) -> Result<http1::SendRequest<Body>, ProxyError> {
         let io = self.connect(settings).await?;
         let (conn, task) = http1::Builder::new()
             .handshake(io)
@@ -189,6 +197,14 @@ impl Endpoint {
         if let Some(conn) = self.h2.load_full() {
             return Ok(conn);
         }
+        // Boxed: connecting is rare, and its state would otherwise sit in every request's.
+        Box::pin(self.h2_dial(settings)).await
+    }
+
+    async fn h2_dial(
+        &self,
+        settings: &ConnectSettings,
+    ) -> Result<Arc<h2::client::SendRequest<Bytes>>, ProxyError> {
         // One caller connects; the others wait for it and share the connection.
         let _connecting = self.h2_connect.lock().await;
         if let Some(conn) = self.h2.load_full() {

@@ -12,7 +12,6 @@ mod h2_client;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bulwark_proto::policy::{Protocol, StaticResponse, UpstreamPolicy, defaults};
 use http::uri::{Authority, Scheme};
@@ -34,7 +33,7 @@ use crate::policy_stack::config::UpstreamRoutes;
 use crate::policy_stack::outcome::ConditionSet;
 use crate::policy_stack::outlier::{OutlierConfig, OutlierDetector};
 use crate::policy_stack::{
-    self, AttemptDeadline, Bulkhead, CallState, Req, ResponseFuture, Rsp, Stack, classify,
+    self, AttemptDeadline, Attempts, Bulkhead, Call, CallState, Full, Req, Rsp, classify,
 };
 
 pub use crate::policy_stack::circuit::BreakerEvent;
@@ -220,9 +219,9 @@ impl UpstreamCore {
 pub struct Upstream {
     pub core: Arc<UpstreamCore>,
     /// What a request routed to this upstream goes through.
-    pub stack: Stack,
+    pub stack: Full,
     /// What a failover from another upstream goes through.
-    pub attempts: Stack,
+    pub attempts: Arc<Attempts>,
 }
 
 impl std::ops::Deref for Upstream {
@@ -391,68 +390,58 @@ impl Balance {
     }
 }
 
-impl tower::Service<Req> for Balance {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
-        let core = self.core.clone();
-        Box::pin(async move {
-            let state = req.extensions().get::<Arc<CallState>>().cloned();
-            let deadline = req.extensions().get::<AttemptDeadline>().copied();
-            let authority = match req.extensions_mut().remove::<TargetAuthority>() {
-                Some(a) => a.0,
-                None => Authority::try_from(core.name.as_ref())
-                    .map_err(|e| ProxyError::BadRequest(format!("authority: {e}")))?,
-            };
-            let pick = core.pick(state.as_deref());
-            let endpoint = match deadline {
-                Some(d) => tokio::time::timeout_at(d.at, pick).await.map_err(|_| {
-                    ProxyError::AttemptTimeout {
-                        upstream: core.name.to_string(),
-                        timeout: d.limit,
-                    }
-                })??,
-                None => pick.await?,
-            };
-            if let Some(s) = &state {
-                s.attempt_started(endpoint.addr);
-            }
-            let wire = core.wire_for(req.version());
-            let target = if core.host_rewrite {
-                Authority::try_from(endpoint.addr.to_string().as_str())
-                    .map_err(|e| ProxyError::BadRequest(format!("endpoint address: {e}")))?
-            } else {
-                authority
-            };
-            prepare_for_wire(&mut req, wire, &target)?;
-            let send = endpoint.send(wire, req, &core.connect);
-            let result = match deadline {
-                Some(d) => match tokio::time::timeout_at(d.at, send).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ProxyError::AttemptTimeout {
-                        upstream: core.name.to_string(),
-                        timeout: d.limit,
-                    }),
-                },
-                None => send.await,
-            };
-            let result = result.map(|rsp| {
-                let mut rsp = rsp.map(Body::Upstream);
-                if let Some(v) = &core.upstream_header {
-                    rsp.headers_mut()
-                        .insert(crate::headers::X_BULWARK_UPSTREAM, v.clone());
+impl Call for Balance {
+    async fn call(&self, mut req: Req) -> Result<Rsp, ProxyError> {
+        let core = &self.core;
+        let state = req.extensions().get::<Arc<CallState>>().cloned();
+        let deadline = req.extensions().get::<AttemptDeadline>().copied();
+        let authority = match req.extensions_mut().remove::<TargetAuthority>() {
+            Some(a) => a.0,
+            None => Authority::try_from(core.name.as_ref())
+                .map_err(|e| ProxyError::BadRequest(format!("authority: {e}")))?,
+        };
+        let pick = core.pick(state.as_deref());
+        let endpoint = match deadline {
+            Some(d) => tokio::time::timeout_at(d.at, pick).await.map_err(|_| {
+                ProxyError::AttemptTimeout {
+                    upstream: core.name.to_string(),
+                    timeout: d.limit,
                 }
-                rsp
-            });
-            core.record_outlier(endpoint.addr, &result);
-            result
-        })
+            })??,
+            None => pick.await?,
+        };
+        if let Some(s) = &state {
+            s.attempt_started(endpoint.addr);
+        }
+        let wire = core.wire_for(req.version());
+        let target = if core.host_rewrite {
+            Authority::try_from(endpoint.addr.to_string().as_str())
+                .map_err(|e| ProxyError::BadRequest(format!("endpoint address: {e}")))?
+        } else {
+            authority
+        };
+        prepare_for_wire(&mut req, wire, &target)?;
+        let send = endpoint.send(wire, req, &core.connect);
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.at, send).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::AttemptTimeout {
+                    upstream: core.name.to_string(),
+                    timeout: d.limit,
+                }),
+            },
+            None => send.await,
+        };
+        let result = result.map(|rsp| {
+            let mut rsp = rsp.map(Body::Upstream);
+            if let Some(v) = &core.upstream_header {
+                rsp.headers_mut()
+                    .insert(crate::headers::X_BULWARK_UPSTREAM, v.clone());
+            }
+            rsp
+        });
+        core.record_outlier(endpoint.addr, &result);
+        result
     }
 }
 
