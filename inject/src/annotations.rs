@@ -33,6 +33,8 @@ pub const MEMORY_LIMIT: &str = "bulwark.dev/memory-limit";
 pub const LOG_LEVEL: &str = "bulwark.dev/log-level";
 /// The sidecar's image.
 pub const IMAGE: &str = "bulwark.dev/image";
+/// The sidecar's worker threads (`BULWARK_WORKERS`; unset: one).
+pub const WORKERS: &str = "bulwark.dev/workers";
 
 /// Label injection puts on the pod (template) so that NetworkPolicies can select the pods
 /// that carry a sidecar (the control plane admits their gRPC streams).
@@ -46,6 +48,7 @@ pub(crate) const CONTROL_PLANE_PROBLEM: &str =
     "must be http:// or https:// addresses, comma-separated";
 pub(crate) const IMAGE_PROBLEM: &str = "must be a non-empty image reference without spaces";
 pub(crate) const LOG_LEVEL_PROBLEM: &str = "must be one of trace, debug, info, warn, error, off";
+pub(crate) const WORKERS_PROBLEM: &str = "must be a number of worker threads from 1 to 64";
 pub(crate) const LOG_FORMAT_PROBLEM: &str = "must be text or json";
 pub(crate) const SWITCH_PROBLEM: &str = "must be enabled or disabled";
 pub(crate) const DNS_LABEL_PROBLEM: &str = "must be a DNS-1123 label (at most 63 lowercase letters, digits or \"-\", starting and ending with a letter or digit)";
@@ -60,6 +63,8 @@ pub(crate) struct Settings {
     pub resources: Resources,
     pub log_level: String,
     pub log_format: String,
+    /// Worker threads, when the pod asks for more than the sidecar's default of one.
+    pub workers: Option<u8>,
 }
 
 impl Settings {
@@ -102,6 +107,10 @@ impl Settings {
             },
             log_level: checked(LOG_LEVEL, check_log_level, &opts.log_level)?,
             log_format: opts.log_format.clone(),
+            workers: match text(WORKERS)? {
+                Some(value) => Some(parse_workers(value).map_err(|p| bad(WORKERS, value, p))?),
+                None => None,
+            },
         };
         settings.ports.check_distinct()?;
         settings.resources.check_request_within_limit()?;
@@ -230,6 +239,13 @@ pub(crate) fn parse_port(text: &str) -> Result<u16, &'static str> {
     match text.parse::<u16>() {
         Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
         _ => Err(PORT_PROBLEM),
+    }
+}
+
+pub(crate) fn parse_workers(text: &str) -> Result<u8, &'static str> {
+    match text.parse::<u8>() {
+        Ok(n @ 1..=64) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(WORKERS_PROBLEM),
     }
 }
 

@@ -51,23 +51,27 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName) -> Value {
             "failureThreshold": failures,
         })
     };
+    let mut env = vec![
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env_field("POD_NAME", "metadata.name"),
+        service_env,
+        json!({"name": "BULWARK_CONTROL_PLANE", "value": settings.control_plane}),
+        json!({"name": "BULWARK_SNAPSHOT_FILE", "value": format!("{SNAPSHOT_DIR}/snapshot.json")}),
+        json!({"name": "BULWARK_ADMIN", "value": format!("0.0.0.0:{}", ports.admin)}),
+        json!({"name": "BULWARK_INBOUND", "value": format!("0.0.0.0:{}", ports.inbound)}),
+        json!({"name": "BULWARK_OUTBOUND", "value": format!("127.0.0.1:{}", ports.outbound)}),
+        json!({"name": "BULWARK_LOG", "value": settings.log_level}),
+        json!({"name": "BULWARK_LOG_FORMAT", "value": settings.log_format}),
+    ];
+    if let Some(workers) = settings.workers {
+        env.push(json!({"name": "BULWARK_WORKERS", "value": workers.to_string()}));
+    }
     json!({
         "name": SIDECAR_NAME,
         "image": settings.image,
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
-        "env": [
-            env_field("POD_NAMESPACE", "metadata.namespace"),
-            env_field("POD_NAME", "metadata.name"),
-            service_env,
-            {"name": "BULWARK_CONTROL_PLANE", "value": settings.control_plane},
-            {"name": "BULWARK_SNAPSHOT_FILE", "value": format!("{SNAPSHOT_DIR}/snapshot.json")},
-            {"name": "BULWARK_ADMIN", "value": format!("0.0.0.0:{}", ports.admin)},
-            {"name": "BULWARK_INBOUND", "value": format!("0.0.0.0:{}", ports.inbound)},
-            {"name": "BULWARK_OUTBOUND", "value": format!("127.0.0.1:{}", ports.outbound)},
-            {"name": "BULWARK_LOG", "value": settings.log_level},
-            {"name": "BULWARK_LOG_FORMAT", "value": settings.log_format},
-        ],
+        "env": env,
         "ports": [
             {"name": "bulwark-admin", "containerPort": ports.admin, "protocol": "TCP"},
             {"name": "bulwark-in", "containerPort": ports.inbound, "protocol": "TCP"},

@@ -172,6 +172,7 @@ fn annotations_override_every_setting() {
         "bulwark.dev/memory-limit": "1Gi",
         "bulwark.dev/log-level": "warn",
         "bulwark.dev/image": "mirror.example.com/bulwark/sidecar:9",
+        "bulwark.dev/workers": "4",
     }));
     let out = injected(&obj);
     let sidecar = sidecar(&out);
@@ -188,6 +189,7 @@ fn annotations_override_every_setting() {
     assert_eq!(env(sidecar, "BULWARK_INBOUND")["value"], "0.0.0.0:16006");
     assert_eq!(env(sidecar, "BULWARK_OUTBOUND")["value"], "127.0.0.1:16001");
     assert_eq!(env(sidecar, "BULWARK_LOG")["value"], "warn");
+    assert_eq!(env(sidecar, "BULWARK_WORKERS")["value"], "4");
     let ports: Vec<&Value> = sidecar["ports"]
         .as_array()
         .expect("ports")
@@ -296,6 +298,14 @@ fn bad_annotation_values_are_refused_by_name() {
         (
             json!({"bulwark.dev/memory-limit": "-1Gi"}),
             "annotation bulwark.dev/memory-limit: must be a Kubernetes quantity such as 100m or 128Mi, got \"-1Gi\"",
+        ),
+        (
+            json!({"bulwark.dev/workers": "0"}),
+            "annotation bulwark.dev/workers: must be a number of worker threads from 1 to 64, got \"0\"",
+        ),
+        (
+            json!({"bulwark.dev/workers": "65"}),
+            "annotation bulwark.dev/workers: must be a number of worker threads from 1 to 64, got \"65\"",
         ),
         (
             json!({"bulwark.dev/log-level": "loud"}),
