@@ -29,10 +29,7 @@ struct Args {
     fail_percent: u32,
 }
 
-// Single-threaded: the benchmark pins the upstream to the load tool's core, where a
-// multi-threaded runtime would run one worker and flush every response on its own (it runs a
-// woken task next), costing that core a write per response and each proxy a read per response.
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let http = HttpUpstream::builder()
