@@ -125,6 +125,10 @@ pub struct Run {
     pub meta: Meta,
     /// Values of each metric per target, one per round (or one per run for memory).
     pub values: BTreeMap<(Metric, &'static str), Vec<f64>>,
+    /// The same values by round (0: not read in a round), to compare targets within a round.
+    pub by_round: BTreeMap<(Metric, &'static str, u32), f64>,
+    /// The round being read.
+    round: u32,
     /// Errors where there should be none, outputs missing or unreadable.
     pub problems: Vec<String>,
     /// Things worth knowing that are not errors.
@@ -137,7 +141,22 @@ impl Run {
     fn push(&mut self, metric: Metric, target: &'static str, value: f64) {
         if value.is_finite() {
             self.values.entry((metric, target)).or_default().push(value);
+            self.by_round.insert((metric, target, self.round), value);
         }
+    }
+
+    /// Bulwark ÷ Envoy within each round where both have a value, in round order. Within a
+    /// round the targets take each measurement one right after the other, so a ratio within a
+    /// round is not moved by the host growing busier or quieter between rounds (minutes apart),
+    /// as a ratio of medians taken over all rounds can be.
+    pub fn round_ratios(&self, metric: Metric) -> Vec<(u32, f64)> {
+        (1..=self.meta.rounds)
+            .filter_map(|round| {
+                let b = self.by_round.get(&(metric, "bulwark", round))?;
+                let e = self.by_round.get(&(metric, "envoy", round))?;
+                (*e > 0.0).then(|| (round, b / e))
+            })
+            .collect()
     }
 
     /// The median over the rounds.
@@ -438,6 +457,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Run> {
         ..Run::default()
     };
     for round in 1..=run.meta.rounds {
+        run.round = round;
         for target in TARGETS {
             let mut r = Reader {
                 raw: &raw,
@@ -482,6 +502,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Run> {
             );
         }
     }
+    run.round = 0;
     for log in ["bulwark.log", "envoy.log"] {
         let lines = std::fs::read_to_string(dir.join("logs").join(log)).unwrap_or_default();
         // Envoy's own shutdown line is no news (it is there when the table is made again later).
@@ -817,6 +838,7 @@ pub fn render(run: &Run) -> String {
          latency each proxy adds over direct."
     );
     let _ = writeln!(out);
+    render_rounds(run, &mut out);
     if run.problems.is_empty() {
         let _ = writeln!(
             out,
@@ -847,6 +869,44 @@ pub fn render(run: &Run) -> String {
         }
     }
     out
+}
+
+/// The closed-loop ratios round by round, with their median: the targets' ratios taken within
+/// each round instead of between medians taken over all of them.
+fn render_rounds(run: &Run, out: &mut String) {
+    let rows = [
+        ("HTTP/1.1 requests/s", Metric::HttpRps),
+        ("gRPC requests/s", Metric::GrpcRps),
+        ("CPU µs per request, HTTP/1.1", Metric::CpuHttp),
+        ("CPU µs per request, gRPC", Metric::CpuGrpc),
+    ];
+    let rounds = run.meta.rounds;
+    if rounds < 2 || rows.iter().all(|(_, m)| run.round_ratios(*m).is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Closed loop, Bulwark / Envoy within each round (one right after the other):"
+    );
+    let _ = writeln!(out);
+    let heads: Vec<String> = (1..=rounds).map(|r| format!("round {r}")).collect();
+    let _ = writeln!(out, "| ratio | {} | median |", heads.join(" | "));
+    let _ = writeln!(out, "|---|{}---:|", "---:|".repeat(heads.len()));
+    for (label, metric) in rows {
+        let ratios = run.round_ratios(metric);
+        let cells: Vec<String> = (1..=rounds)
+            .map(|r| {
+                ratios
+                    .iter()
+                    .find(|(round, _)| *round == r)
+                    .map_or("—".to_string(), |(_, v)| format!("{v:.2}"))
+            })
+            .collect();
+        let values: Vec<f64> = ratios.iter().map(|(_, v)| *v).collect();
+        let med = median(&values).map_or("—".to_string(), |v| format!("{v:.2}"));
+        let _ = writeln!(out, "| {label} | {} | {med} |", cells.join(" | "));
+    }
+    let _ = writeln!(out);
 }
 
 fn or_unknown(s: &str) -> &str {
@@ -931,6 +991,39 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("| CPU µs per request, HTTP/1.1 closed loop | — | — | — | — |"));
+    }
+
+    #[test]
+    fn ratios_within_each_round_and_their_median() {
+        let mut run = Run::default();
+        run.meta.rounds = 3;
+        for (round, bulwark, envoy) in [
+            (1, 30_000.0, 20_000.0),
+            (2, 24_000.0, 20_000.0),
+            (3, 28_000.0, 16_000.0),
+        ] {
+            run.round = round;
+            run.push(Metric::GrpcRps, "bulwark", bulwark);
+            run.push(Metric::GrpcRps, "envoy", envoy);
+        }
+        // Medians over all rounds: 28,000 / 20,000 = 1.40; within rounds: 1.50, 1.20, 1.75.
+        let table = render(&run);
+        assert!(
+            table.contains("| requests/s | — | 28,000 | 20,000 | 1.40 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| ratio | round 1 | round 2 | round 3 | median |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| gRPC requests/s | 1.50 | 1.20 | 1.75 | 1.50 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| CPU µs per request, gRPC | — | — | — | — |"),
+            "{table}"
+        );
     }
 
     #[test]
