@@ -40,15 +40,7 @@ impl<S: Call> Call for Stage<FailoverStage, S> {
         let (parts, body) = req.into_parts();
         let cap = core.routes.default_route().retry.replay_buffer_bytes;
         let origin = ReplayBody::new(body, cap);
-        let rebuild = |body: ReplayBody| {
-            let mut req = Request::new(Body::Replay(body));
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
-            *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
-            *req.extensions_mut() = parts.extensions.clone();
-            req
-        };
+        let rebuild = |body: ReplayBody| Request::from_parts(parts.clone(), Body::Replay(body));
         // A body too large to replay goes to the primary only (no failover target), but
         // the static response can still answer for it.
         let mut origin = Some(origin);

@@ -71,12 +71,7 @@ impl<S: Call> Call for Stage<RetryStage, S> {
                     ));
                 }
             };
-            let mut req = Request::new(Body::Replay(body));
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
-            *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
-            *req.extensions_mut() = parts.extensions.clone();
+            let mut req = Request::from_parts(parts.clone(), Body::Replay(body));
             // The head already says attempt 1.
             if attempt > 1 {
                 req.headers_mut()
