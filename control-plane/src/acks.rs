@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bulwark_proto::backoff::Backoff;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -125,7 +126,7 @@ impl AckRecorder {
         let mut lease: Option<i64> = None;
         let mut keeper: Option<LeaseKeeper> = None;
         let mut next_refresh = Instant::now() + refresh_every;
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         let mut failing = false;
         loop {
             if *shutdown.borrow() {
@@ -147,17 +148,15 @@ impl AckRecorder {
                         tracing::info!("ack records reach etcd again");
                     }
                     failing = false;
-                    backoff = BACKOFF_FIRST;
+                    backoff.reset();
                 }
                 Err(e) => {
                     if !failing {
                         tracing::warn!(error = %e, "cannot record acks in etcd; retrying");
                     }
                     failing = true;
-                    let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
                         _ = shutdown.changed() => break,
                     }
                     continue;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bulwark_proto::policy::{Kind, Resource};
 use tokio::sync::watch;
 
-use crate::degrade::ServiceStatus;
+use crate::degradation::compute::ServiceStatus;
 use crate::store::keys::{OverrideTarget, PodKey, ResourceKey, ServiceKey};
 use crate::store::values::{AckRecord, HealthRecord, HistoryOp, OverrideRecord};
 
@@ -106,16 +106,16 @@ pub enum Change {
 
 /// What a service's pods need: its ServicePolicy and every UpstreamPolicy.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
+pub struct Content {
     /// The revision of the newest change relevant to this content; 0 when there never was one.
     pub version: i64,
     /// Sorted by kind, namespace and name.
     pub resources: Vec<Arc<StoredResource>>,
 }
 
-impl Snapshot {
+impl Content {
     /// Same resources at the same versions.
-    fn same_content(&self, other: &Snapshot) -> bool {
+    fn same_content(&self, other: &Content) -> bool {
         self.resources.len() == other.resources.len()
             && self
                 .resources
@@ -149,7 +149,7 @@ pub struct Index {
     /// The newest `last_change` of any UpstreamPolicy: every snapshot includes them all.
     upstreams_version: i64,
     acks: BTreeMap<PodKey, AckRecord>,
-    groups: HashMap<ServiceKey, watch::Sender<Arc<Snapshot>>>,
+    groups: HashMap<ServiceKey, watch::Sender<Arc<Content>>>,
     state_tx: watch::Sender<IndexState>,
     /// The pods' live health reports.
     health: BTreeMap<PodKey, Arc<HealthRecord>>,
@@ -343,7 +343,7 @@ impl Index {
     }
 
     /// The snapshot for `service` as the index stands.
-    pub fn snapshot(&self, service: &ServiceKey) -> Snapshot {
+    pub fn snapshot(&self, service: &ServiceKey) -> Content {
         let policy = ResourceKey::new(
             Kind::ServicePolicy,
             service.namespace.clone(),
@@ -355,14 +355,14 @@ impl Index {
             .filter(|r| r.key.kind == Kind::UpstreamPolicy || r.key == policy)
             .cloned()
             .collect();
-        Snapshot {
+        Content {
             version: self.version(service),
             resources,
         }
     }
 
     /// Follows the snapshot of `service`: the receiver sees the current one and every change.
-    pub fn subscribe(&mut self, service: &ServiceKey) -> watch::Receiver<Arc<Snapshot>> {
+    pub fn subscribe(&mut self, service: &ServiceKey) -> watch::Receiver<Arc<Content>> {
         self.groups.retain(|_, tx| tx.receiver_count() > 0);
         if let Some(tx) = self.groups.get(service) {
             return tx.subscribe();
@@ -561,7 +561,7 @@ mod tests {
         }
     }
 
-    fn names(snapshot: &Snapshot) -> Vec<String> {
+    fn names(snapshot: &Content) -> Vec<String> {
         snapshot
             .resources
             .iter()
@@ -601,7 +601,7 @@ mod tests {
         assert_eq!(other.resources.len(), 2);
         assert_eq!(other.version, 6);
         // Nothing at all: version 0, nothing to send.
-        assert_eq!(Index::new().snapshot(&svc("a", "b")), Snapshot::default());
+        assert_eq!(Index::new().snapshot(&svc("a", "b")), Content::default());
     }
 
     #[test]

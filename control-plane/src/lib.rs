@@ -1,24 +1,20 @@
 //! Bulwark's control plane: the operator API (REST and gRPC) over etcd, and the distribution
 //! of policy snapshots to sidecars. Replicas are stateless: etcd is the only source of truth;
 //! each replica keeps an index fed by one watch (`sync`), serves reads from it, writes through
-//! guarded etcd transactions (`api::ops`) and streams snapshots (`api::discovery`). Optionally
-//! it also answers the API server's sidecar-injection reviews over HTTPS (`webhook`). The
-//! sidecars' health reports go to etcd (`health`); the replica elected through etcd
-//! (`leader`) turns them into levels (`degrade`, `levels`), events and alerts.
-//! See `docs/control-plane.md`.
+//! guarded etcd transactions (`api::ops`) and streams snapshots (`api::discovery`); how far each
+//! resource has spread is `convergence`. Optionally it also answers the API server's
+//! sidecar-injection reviews over HTTPS (`webhook`). The sidecars' health reports go to etcd and
+//! the replica elected through etcd (`leader`) turns them into levels, events and alerts
+//! (`degradation`). See `docs/control-plane.md`.
 
 pub mod acks;
-pub mod alerts;
 pub mod api;
-pub mod degrade;
+pub mod convergence;
+pub mod degradation;
 pub mod diff;
-pub mod events;
-pub mod health;
 pub mod index;
 pub mod leader;
-pub mod levels;
 pub mod metrics;
-pub mod status;
 pub mod store;
 pub mod sync;
 pub mod timestamp;
@@ -29,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulwark_proto::fs::Durability;
 use bulwark_proto::v1::discovery_server::DiscoveryServer;
 use bulwark_proto::v1::operator_server::OperatorServer;
 use tokio::net::TcpListener;
@@ -38,9 +35,9 @@ use crate::acks::AckRecorder;
 use crate::api::discovery::DiscoveryService;
 use crate::api::operator::OperatorService;
 use crate::api::ops::Ops;
-use crate::health::HealthRecorder;
+use crate::degradation::reports::HealthRecorder;
+use crate::degradation::runner::{Levels, LevelsConfig};
 use crate::index::SharedIndex;
-use crate::levels::{Levels, LevelsConfig};
 use crate::metrics::Metrics;
 use crate::store::keys::{BadPrefix, Keys};
 use crate::store::{EtcdStore, StoreError, StoreOptions};
@@ -166,7 +163,7 @@ pub async fn run(
         leading_tx,
         stop.clone(),
     ));
-    let (alerts, alert_worker) = alerts::channel(metrics.clone());
+    let (alerts, alert_worker) = degradation::alerts::channel(metrics.clone());
     let alert_worker = tokio::spawn(alert_worker.run(stop.clone()));
     let levels = tokio::spawn(
         Levels {
@@ -328,7 +325,7 @@ fn local_addr(
         .map_err(|source| RunError::Listen { what, addr, source })
 }
 
-/// Writes the ready file through a temporary file and a rename, so a reader never sees half.
+/// Writes the ready file atomically, so a reader never sees half of it.
 fn write_ready_file(
     path: &std::path::Path,
     http: SocketAddr,
@@ -339,7 +336,5 @@ fn write_ready_file(
     if let Some(webhook) = webhook {
         body["webhook"] = webhook.to_string().into();
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body.to_string())?;
-    std::fs::rename(&tmp, path)
+    bulwark_proto::fs::write_atomically(path, body.to_string().as_bytes(), Durability::Renamed)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bulwark_control_plane::Config;
-use bulwark_control_plane::levels::LevelsConfig;
+use bulwark_control_plane::degradation::runner::LevelsConfig;
 use bulwark_control_plane::webhook::WebhookConfig;
 use clap::{Parser, ValueEnum};
 

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulwark_proto::backoff::Backoff;
 use bulwark_proto::policy::parse_json;
 use tokio::sync::watch;
 
-use crate::degrade::ServiceStatus;
+use crate::degradation::compute::ServiceStatus;
 use crate::index::{Change, HistoryEntry, SharedIndex, StoredResource};
 use crate::store::keys::{Keys, ParsedKey};
 use crate::store::values::{AckRecord, HealthRecord, HistoryRecord, OverrideRecord};
@@ -141,7 +142,8 @@ pub async fn run(
     index: SharedIndex,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new();
+    // Jittered, so that replicas do not reconnect in step.
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     // Whether to list before watching (at start and after a compaction).
     let mut relist = true;
     loop {
@@ -167,7 +169,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     outage(&index, &e);
-                    if backoff.wait(&mut shutdown).await {
+                    if back_off(&mut backoff, &mut shutdown).await {
                         return;
                     }
                     continue;
@@ -179,7 +181,7 @@ pub async fn run(
             Ok(watcher) => watcher,
             Err(e) => {
                 outage(&index, &e);
-                if backoff.wait(&mut shutdown).await {
+                if back_off(&mut backoff, &mut shutdown).await {
                     return;
                 }
                 continue;
@@ -197,7 +199,7 @@ pub async fn run(
             Interrupted::Compacted => relist = true,
             Interrupted::Broken(e) => {
                 outage(&index, &e);
-                if backoff.wait(&mut shutdown).await {
+                if back_off(&mut backoff, &mut shutdown).await {
                     return;
                 }
             }
@@ -254,30 +256,11 @@ fn outage(index: &SharedIndex, error: &StoreError) {
     index.mark_stale(error.to_string());
 }
 
-/// Exponential backoff with jitter, so that replicas do not reconnect in step.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff {
-            next: BACKOFF_FIRST,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
-    }
-
-    /// Waits; `true` when shutdown came first.
-    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let wait = self.next.mul_f64(0.5 + fastrand::f64() * 0.5);
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => false,
-            _ = shutdown.changed() => true,
-        }
+/// Waits the next backoff step; `true` when shutdown came first.
+async fn back_off(backoff: &mut Backoff, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff.next_wait()) => false,
+        _ = shutdown.changed() => true,
     }
 }
 

@@ -7,7 +7,6 @@
 use std::fmt;
 
 use bulwark_proto::policy::{Kind, Resource};
-use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -249,32 +248,6 @@ pub struct Cleared {
     pub cleared: bool,
 }
 
-/// The error body: `{"error": "<kind>", "message": "...", "details": [...]}`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct ApiError {
-    pub error: String,
-    pub message: String,
-    pub details: Vec<String>,
-}
-
-impl ApiError {
-    /// Reads an error body; a body that is not the contract's JSON (a proxy's HTML page, a
-    /// plain-text panic) becomes the message, first line only.
-    pub fn parse(status: StatusCode, body: &[u8]) -> Self {
-        if let Ok(parsed) = serde_json::from_slice::<ApiError>(body) {
-            return parsed;
-        }
-        let text = String::from_utf8_lossy(body);
-        let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-        ApiError {
-            error: status.canonical_reason().unwrap_or_default().to_lowercase(),
-            message: first.unwrap_or_default().to_string(),
-            details: Vec::new(),
-        }
-    }
-}
-
 // ───────────────────────────── kinds and paths ─────────────────────────────
 
 /// Parses the KIND argument: `upstreampolicy`, `upstreampolicies`, `up`, `servicepolicy`,
@@ -490,18 +463,5 @@ mod tests {
             serde_json::from_str(r#"{"id":"a","action":"created","resourceVersion":"41"}"#)
                 .expect("string");
         assert_eq!(r.resource_version, Some(Version("41".into())));
-    }
-
-    #[test]
-    fn error_bodies_that_are_not_json_become_the_message() {
-        let e = ApiError::parse(StatusCode::BAD_GATEWAY, b"\n<html>bad gateway</html>\nmore");
-        assert_eq!(e.message, "<html>bad gateway</html>");
-        let e = ApiError::parse(
-            StatusCode::CONFLICT,
-            br#"{"error":"conflict","message":"current version is 42"}"#,
-        );
-        assert_eq!(e.error, "conflict");
-        assert_eq!(e.message, "current version is 42");
-        assert!(e.details.is_empty());
     }
 }

@@ -100,12 +100,12 @@ impl Client {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| CliError::from_transport(server, &e))?;
+                .map_err(|e| CliError::from_transport(server, &e, CONNECT_TIMEOUT))?;
             let (parts, body) = response.into_parts();
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| CliError::from_transport(server, &e))?
+                .map_err(|e| CliError::from_transport(server, &e, CONNECT_TIMEOUT))?
                 .to_bytes();
             Ok::<_, CliError>((parts, bytes))
         };

@@ -12,7 +12,33 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::api::ApiError;
+use serde::Deserialize;
+
+/// The error body: `{"error": "<kind>", "message": "...", "details": [...]}`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ApiError {
+    pub error: String,
+    pub message: String,
+    pub details: Vec<String>,
+}
+
+impl ApiError {
+    /// Reads an error body; a body that is not the contract's JSON (a proxy's HTML page, a
+    /// plain-text panic) becomes the message, first line only.
+    pub fn parse(status: StatusCode, body: &[u8]) -> Self {
+        if let Ok(parsed) = serde_json::from_slice::<ApiError>(body) {
+            return parsed;
+        }
+        let text = String::from_utf8_lossy(body);
+        let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+        ApiError {
+            error: status.canonical_reason().unwrap_or_default().to_lowercase(),
+            message: first.unwrap_or_default().to_string(),
+            details: Vec::new(),
+        }
+    }
+}
 
 /// A command's failure. `lines()` is what reaches stderr, `exit_code()` the status.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +75,16 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// Classifies a failure to get any answer: connect errors, resets, closed connections.
-    pub fn from_transport(server: &str, error: &(dyn StdError + 'static)) -> Self {
+    /// Classifies a failure to get any answer: connect errors, resets, closed connections
+    /// (a connect timeout says `connect_timeout`).
+    pub fn from_transport(
+        server: &str,
+        error: &(dyn StdError + 'static),
+        connect_timeout: Duration,
+    ) -> Self {
         CliError::Unreachable {
             server: server.to_string(),
-            reason: transport_reason(error),
+            reason: transport_reason(error, connect_timeout),
         }
     }
 
@@ -153,7 +184,7 @@ fn refused_lines(request: &str, status: StatusCode, body: &ApiError) -> Vec<Stri
 
 /// A short reason for a transport failure: the common cases in plain words, otherwise the
 /// error's causes joined (hyper-util's outer "client error (Connect)" says nothing).
-fn transport_reason(error: &(dyn StdError + 'static)) -> String {
+fn transport_reason(error: &(dyn StdError + 'static), connect_timeout: Duration) -> String {
     let mut chain = Vec::new();
     let mut next = Some(error);
     while let Some(e) = next {
@@ -161,10 +192,7 @@ fn transport_reason(error: &(dyn StdError + 'static)) -> String {
             match io.kind() {
                 io::ErrorKind::ConnectionRefused => return "connection refused".to_string(),
                 io::ErrorKind::TimedOut => {
-                    return format!(
-                        "no connection within {}s",
-                        crate::client::CONNECT_TIMEOUT.as_secs()
-                    );
+                    return format!("no connection within {}s", connect_timeout.as_secs());
                 }
                 _ => {}
             }
@@ -183,6 +211,19 @@ fn transport_reason(error: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies_that_are_not_json_become_the_message() {
+        let e = ApiError::parse(StatusCode::BAD_GATEWAY, b"\n<html>bad gateway</html>\nmore");
+        assert_eq!(e.message, "<html>bad gateway</html>");
+        let e = ApiError::parse(
+            StatusCode::CONFLICT,
+            br#"{"error":"conflict","message":"current version is 42"}"#,
+        );
+        assert_eq!(e.error, "conflict");
+        assert_eq!(e.message, "current version is 42");
+        assert!(e.details.is_empty());
+    }
 
     #[test]
     fn outages_exit_2_and_rejections_exit_1() {
@@ -236,17 +277,29 @@ mod tests {
     #[test]
     fn transport_reasons_are_short() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(transport_reason(&refused), "connection refused");
+        assert_eq!(
+            transport_reason(&refused, Duration::from_secs(3)),
+            "connection refused"
+        );
         let slow = io::Error::new(io::ErrorKind::TimedOut, "deadline has elapsed");
-        assert_eq!(transport_reason(&slow), "no connection within 3s");
+        assert_eq!(
+            transport_reason(&slow, Duration::from_secs(3)),
+            "no connection within 3s"
+        );
         let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
-        assert_eq!(transport_reason(&reset), "reset by peer");
+        assert_eq!(
+            transport_reason(&reset, Duration::from_secs(3)),
+            "reset by peer"
+        );
         // The outer wrapper's text is dropped, its causes kept.
         let wrapped = Wrapped::new(
             "client error (Connect)",
             Some(Wrapped::new("dns error", None)),
         );
-        assert_eq!(transport_reason(&wrapped), "dns error");
+        assert_eq!(
+            transport_reason(&wrapped, Duration::from_secs(3)),
+            "dns error"
+        );
     }
 
     #[derive(Debug)]

@@ -7,10 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use bulwark_proto::policy::{Resource, parse_documents};
-
-/// Extensions read from a directory; files named explicitly are read whatever their name.
-const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+use bulwark_proto::policy::{Resource, parse_documents, policy_files};
 
 /// What `meshctl validate` found.
 #[derive(Debug, Default)]
@@ -42,13 +39,15 @@ pub fn run(inputs: &[PathBuf]) -> Report {
     report
 }
 
-/// The files an input names: itself, or a directory's policy files sorted by name.
+/// The files an input names: itself, or a directory's policy files sorted by name (the same
+/// rule the sidecar reads a policy directory by: `*.yaml`, `*.yml`, `*.json`, hidden files
+/// skipped).
 fn expand(input: &Path, report: &mut Report) -> Vec<PathBuf> {
     if input == Path::new("-") || !input.is_dir() {
         return vec![input.to_path_buf()];
     }
-    let entries = match fs::read_dir(input) {
-        Ok(entries) => entries,
+    let files = match policy_files(input) {
+        Ok(files) => files,
         Err(e) => {
             report
                 .problems
@@ -56,16 +55,6 @@ fn expand(input: &Path, report: &mut Report) -> Vec<PathBuf> {
             return Vec::new();
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| EXTENSIONS.contains(&e))
-        })
-        .collect();
-    files.sort();
     if files.is_empty() {
         report.problems.push(format!(
             "{}: contains no *.yaml, *.yml or *.json files",

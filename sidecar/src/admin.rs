@@ -16,14 +16,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::Shared;
-use crate::health::readiness;
+use crate::health::readiness::readiness;
+use crate::listen::accept::stopped;
+use crate::state::Shared;
 
 /// Serves admin requests until `stop` turns true.
 pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
-            _ = crate::server::stopped(&mut stop) => return,
+            _ = stopped(&mut stop) => return,
             accepted = tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -81,7 +82,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn ready(shared: &Shared) -> Response<Full<Bytes>> {
     let verdict = readiness(
         shared.draining.load(Ordering::Relaxed),
-        shared.snapshot.load().is_loaded(),
+        shared.table.load().is_loaded(),
         &shared.health.pod,
         &shared.health.degradation.levels(),
         &shared.health.app.load(),
@@ -104,22 +105,22 @@ fn json(body: &serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 fn config(shared: &Shared) -> Response<Full<Bytes>> {
-    let snapshot = shared.snapshot.load();
+    let table = shared.table.load();
     let body = serde_json::json!({
-        "version": snapshot.version,
-        "source": snapshot.source,
-        "namespace": shared.identity.namespace,
-        "service": shared.identity.service,
-        "resources": snapshot.resources,
+        "version": table.version,
+        "source": table.source,
+        "namespace": shared.local.namespace,
+        "service": shared.local.service,
+        "resources": table.resources,
     });
     json(&body)
 }
 
 /// Breaker and outlier state of every upstream.
 fn breakers(shared: &Shared) -> Response<Full<Bytes>> {
-    let snapshot = shared.snapshot.load();
+    let table = shared.table.load();
     let now = tokio::time::Instant::now();
-    let upstreams: Vec<serde_json::Value> = snapshot
+    let upstreams: Vec<serde_json::Value> = table
         .upstreams()
         .into_iter()
         .map(|u| {
@@ -136,7 +137,7 @@ fn breakers(shared: &Shared) -> Response<Full<Bytes>> {
                 "namespace": u.namespace.as_ref(),
                 "breaker": breaker,
                 "outlier": outlier,
-                "bulkhead": u.bulkhead.as_ref().map(|b| serde_json::json!({
+                "bulkhead": u.slots.as_ref().map(|b| serde_json::json!({
                     "inFlight": b.in_flight(),
                     "maxConcurrent": b.max_concurrent,
                     "maxPending": b.max_pending,

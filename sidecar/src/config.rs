@@ -27,10 +27,12 @@ pub struct Config {
     pub policies: Option<PathBuf>,
 
     /// Control-plane addresses (e.g. http://bulwark-control-plane.bulwark:8081), tried in turn.
+    /// Needs `--service`: the control plane sends a pod the policies of its service.
     #[arg(
         long = "control-plane",
         env = "BULWARK_CONTROL_PLANE",
-        value_delimiter = ','
+        value_delimiter = ',',
+        requires = "service"
     )]
     pub control_plane: Vec<String>,
 
@@ -167,6 +169,27 @@ mod tests {
         );
         assert!(parse_port_binding("localhost:1=x").is_err());
         assert!(parse_port_binding("127.0.0.1:1=").is_err());
+    }
+
+    #[test]
+    fn the_control_plane_needs_a_service() {
+        let err = Config::try_parse_from(["sidecar", "--control-plane", "http://127.0.0.1:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "the following required arguments were not provided:\n  --service <SERVICE>"
+            ),
+            "{err}"
+        );
+        let ok = Config::try_parse_from([
+            "sidecar",
+            "--control-plane",
+            "http://127.0.0.1:1",
+            "--service",
+            "orders",
+        ]);
+        assert!(ok.is_ok());
     }
 
     #[test]

@@ -7,9 +7,15 @@ use std::time::Duration;
 use bulwark_proto::policy::GrpcCode;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::Body;
-use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, X_BULWARK_BREAKER, X_BULWARK_ERROR};
-use crate::health::levels::{DEGRADATION_HEADER, Level, Priority, level_header, retry_after_secs};
+use bulwark_proto::level::Level;
+use bulwark_proto::policy::units::DurationText;
+
+use crate::body::{Body, BodyError};
+use crate::headers::{
+    GRPC_MESSAGE, GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, X_BULWARK_BREAKER, X_BULWARK_DEGRADATION,
+    X_BULWARK_ERROR, level_value, retry_after_secs,
+};
+use crate::priority::Priority;
 
 /// A failure of the sidecar's own making or of the upstream, before a response began.
 #[derive(Debug, thiserror::Error)]
@@ -38,18 +44,18 @@ pub enum ProxyError {
         upstream: String,
         endpoint: SocketAddr,
         #[source]
-        source: crate::body::BodyError,
+        source: BodyError,
     },
     #[error("upstream {upstream}: {endpoint} reset the request: {source}")]
     Reset {
         upstream: String,
         endpoint: SocketAddr,
         #[source]
-        source: crate::body::BodyError,
+        source: BodyError,
     },
-    #[error("deadline of {} exceeded before {upstream} answered", fmt_duration(*timeout))]
+    #[error("deadline of {} exceeded before {upstream} answered", DurationText(*timeout))]
     DeadlineExceeded { upstream: String, timeout: Duration },
-    #[error("upstream \"{upstream}\": attempt timed out after {}", fmt_duration(*timeout))]
+    #[error("upstream \"{upstream}\": attempt timed out after {}", DurationText(*timeout))]
     AttemptTimeout { upstream: String, timeout: Duration },
     #[error("circuit breaker of upstream \"{upstream}\" is open: {reason}")]
     BreakerOpen {
@@ -63,6 +69,14 @@ pub enum ProxyError {
         upstream: String,
         max_concurrent: u32,
         max_pending: u32,
+    },
+    #[error(
+        "{service} is at its inbound concurrency limit (spec.inbound.maxConcurrent {max_concurrent})"
+    )]
+    InboundLimit {
+        /// `namespace/service` of the app.
+        service: String,
+        max_concurrent: u32,
     },
     #[error(
         "no local app port is configured for inbound traffic (set --app-port or spec.app.port of ServicePolicy {service})"
@@ -97,7 +111,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
             ProxyError::AttemptTimeout { .. } => "attempt-timeout",
             ProxyError::BreakerOpen { .. } => "breaker-open",
-            ProxyError::BulkheadFull { .. } => "bulkhead-full",
+            ProxyError::BulkheadFull { .. } | ProxyError::InboundLimit { .. } => "bulkhead-full",
             ProxyError::NoApp { .. } => "no-app",
             ProxyError::Shed { .. } => "shed",
             ProxyError::UpstreamEmergency { .. } => "upstream-emergency",
@@ -114,6 +128,7 @@ impl ProxyError {
             | ProxyError::NoApp { .. }
             | ProxyError::BreakerOpen { .. }
             | ProxyError::BulkheadFull { .. }
+            | ProxyError::InboundLimit { .. }
             | ProxyError::Shed { .. }
             | ProxyError::UpstreamEmergency { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Handshake { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
@@ -129,7 +144,9 @@ impl ProxyError {
             ProxyError::DeadlineExceeded { .. } | ProxyError::AttemptTimeout { .. } => {
                 GrpcCode::DeadlineExceeded
             }
-            ProxyError::BulkheadFull { .. } => GrpcCode::ResourceExhausted,
+            ProxyError::BulkheadFull { .. } | ProxyError::InboundLimit { .. } => {
+                GrpcCode::ResourceExhausted
+            }
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => GrpcCode::Internal,
             _ => GrpcCode::Unavailable,
         }
@@ -154,10 +171,10 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
         ProxyError::Shed {
             level, retry_after, ..
         } => {
-            h.insert(DEGRADATION_HEADER, level_header(*level));
+            h.insert(X_BULWARK_DEGRADATION, level_value(*level));
             if grpc {
                 h.insert(
-                    "grpc-retry-pushback-ms",
+                    GRPC_RETRY_PUSHBACK_MS,
                     HeaderValue::from(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
                 );
             } else {
@@ -168,7 +185,7 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
             }
         }
         ProxyError::UpstreamEmergency { .. } => {
-            h.insert(DEGRADATION_HEADER, level_header(Level::Emergency));
+            h.insert(X_BULWARK_DEGRADATION, level_value(Level::Emergency));
         }
         _ => {}
     }
@@ -185,23 +202,6 @@ fn http_error_response(status: StatusCode, message: &str, kind: HeaderValue) -> 
     );
     h.insert(X_BULWARK_ERROR, kind);
     rsp
-}
-
-/// Durations in policy notation: `300ms`, `2s`, `1.5s`, `1m30s`.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    if !ms.is_multiple_of(1000) {
-        return format!("{}s", d.as_secs_f64());
-    }
-    let secs = d.as_secs();
-    match (secs / 60, secs % 60) {
-        (0, s) => format!("{s}s"),
-        (m, 0) => format!("{m}m"),
-        (m, s) => format!("{m}m{s}s"),
-    }
 }
 
 /// A gRPC trailers-only response carrying `code` and `message`.
@@ -268,15 +268,6 @@ mod tests {
             rsp.headers()["grpc-message"],
             "deadline of 100ms exceeded before echo answered"
         );
-    }
-
-    #[test]
-    fn durations_print_as_policies_write_them() {
-        assert_eq!(fmt_duration(Duration::from_millis(300)), "300ms");
-        assert_eq!(fmt_duration(Duration::from_secs(2)), "2s");
-        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(fmt_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(fmt_duration(Duration::from_secs(1800)), "30m");
     }
 
     #[test]

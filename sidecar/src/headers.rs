@@ -1,8 +1,10 @@
-//! Header hygiene at the proxy boundary: hop-by-hop headers removed (RFC 9110 §7.6.1),
-//! gRPC detection and the `grpc-timeout` header (gRPC over HTTP/2 spec).
+//! Headers at the proxy boundary: the names the request path uses, hop-by-hop headers removed
+//! (RFC 9110 §7.6.1), gRPC detection and the `grpc-timeout` header (gRPC over HTTP/2 spec), and
+//! the degradation level as a header value.
 
 use std::time::Duration;
 
+use bulwark_proto::level::Level;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Header names the request path uses, built at compile time: a `&str` name is parsed and
@@ -14,6 +16,13 @@ pub const X_BULWARK_UPSTREAM: HeaderName = HeaderName::from_static("x-bulwark-up
 pub const X_BULWARK_ERROR: HeaderName = HeaderName::from_static("x-bulwark-error");
 pub const X_BULWARK_BREAKER: HeaderName = HeaderName::from_static("x-bulwark-breaker");
 pub const X_BULWARK_FALLBACK: HeaderName = HeaderName::from_static("x-bulwark-fallback");
+/// Sent on every request that reaches the app (and on the sidecar's own degradation answers):
+/// the level the sidecar acts on.
+pub const X_BULWARK_DEGRADATION: HeaderName = HeaderName::from_static("x-bulwark-degradation");
+/// Sent on every request that reaches the app: the own service's capabilities, as the control
+/// plane computed them (`acceptOrders=true,sendNotifications=false`).
+pub const X_BULWARK_CAPABILITIES: HeaderName = HeaderName::from_static("x-bulwark-capabilities");
+pub const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -124,6 +133,17 @@ pub fn grpc_timeout_value(ms: u128) -> HeaderValue {
     v
 }
 
+/// Whole seconds for `Retry-After`: rounded up so a caller never comes back early, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// A level as an `x-bulwark-degradation` value (no allocation).
+pub fn level_value(level: Level) -> HeaderValue {
+    HeaderValue::from_static(level.as_str())
+}
+
 /// The host part of an authority (`name.ns:8080` → `name.ns`, `[::1]:80` → `::1`).
 pub fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -229,5 +249,13 @@ mod tests {
         assert_eq!(host_of("echo"), "echo");
         assert_eq!(host_of("[::1]:80"), "::1");
         assert_eq!(host_of("a.b.svc.cluster.local:80"), "a.b.svc.cluster.local");
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
+        assert_eq!(retry_after_secs(Duration::from_millis(250)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(30_001)), 31);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
 }

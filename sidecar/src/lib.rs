@@ -2,189 +2,47 @@
 //! for calls to the app, and an admin listener; policies come from a [`source`] and are applied
 //! as whole immutable snapshots.
 //!
+//! The modules follow a request's path, each using only those after it:
+//! [`listen`] (accept, detect, serve, proxy one request) → [`route`] (which upstream) →
+//! [`policy_stack`] (the upstream's resilience layers) → [`balance`] (which endpoint) →
+//! [`upstream`] (connections) → [`body`]. Beside the path: [`state`] (what requests and the
+//! admin listener share), [`source`] (policies and health reports), [`health`] (levels, the app
+//! probe, readiness), [`admin`], and the leaves [`errors`], [`headers`], [`metrics`],
+//! [`priority`], [`trace`] and [`config`].
+//!
 //! [`run`] is the whole program; `main.rs` only reads flags, sets up logging and waits for a
 //! signal.
 
 pub mod admin;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod errors;
 pub mod headers;
 pub mod health;
-pub mod identity;
+pub mod listen;
 pub mod metrics;
-pub mod observe;
 pub mod policy_stack;
-pub mod proxy;
+pub mod priority;
 pub mod route;
-pub mod server;
 pub mod source;
+pub mod state;
+pub mod trace;
 pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
+use bulwark_proto::fs::{Durability, write_atomically};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::health::levels::LevelIndex;
-use crate::health::probe::ProbeTarget;
-use crate::metrics::Metrics;
-use crate::proxy::Target;
-use crate::route::{Identity, Snapshot};
-use crate::server::{ConnLimits, Connections, Listener};
-use crate::source::PolicySet;
-
-/// State every request and the admin listener read.
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Arc<Metrics>,
-    /// Breaker state changes, for whoever reports health.
-    pub events: tokio::sync::broadcast::Sender<upstream::BreakerEvent>,
-    pub identity: Identity,
-    /// Set on shutdown: readiness fails so the pod is taken out of rotation.
-    pub draining: AtomicBool,
-    /// The header HTTP callers give their deadline in.
-    pub deadline_header: Option<http::HeaderName>,
-    /// Requests whose response has not ended, both directions (shutdown waits for them).
-    pub in_flight: Arc<server::InFlight>,
-    /// Degradation levels, the app probe's result, what the probe checks.
-    pub health: health::Health,
-}
-
-impl Shared {
-    /// The state of a sidecar that has applied no policy yet: NORMAL, no levels known.
-    pub fn new(
-        identity: Identity,
-        pod: String,
-        deadline_header: Option<http::HeaderName>,
-    ) -> Shared {
-        let shared = Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::empty(&identity)),
-            metrics: Arc::new(Metrics::new()),
-            events: tokio::sync::broadcast::channel(256).0,
-            identity,
-            draining: AtomicBool::new(false),
-            in_flight: Arc::default(),
-            health: health::Health::new(pod),
-            deadline_header,
-        };
-        if let Some(service) = &shared.identity.service {
-            // NORMAL until the control plane says otherwise (a file-source sidecar stays so).
-            shared.metrics.degradation(
-                &shared.identity.namespace,
-                service,
-                health::levels::Level::Normal,
-                &BTreeMap::new(),
-                None,
-            );
-        }
-        shared
-    }
-
-    /// Builds and swaps in the snapshot for `set`; on failure the current one stays.
-    pub fn apply(&self, set: &PolicySet) -> Result<(), String> {
-        let current = self.snapshot.load_full();
-        let env = upstream::BuildEnv {
-            metrics: self.metrics.clone(),
-            events: self.events.clone(),
-            degradation: self.health.degradation.clone(),
-            deadline_header: self.deadline_header.clone(),
-        };
-        match Snapshot::build(set, &current, &self.identity, &env) {
-            Ok(next) => {
-                tracing::info!(
-                    version = %next.version,
-                    source = %next.source,
-                    upstreams = next.upstream_count(),
-                    inbound_app = next.inbound.is_some(),
-                    "policy snapshot applied"
-                );
-                let probe = ProbeTarget::from_policy(next.service.as_ref(), self.identity.app_port);
-                self.snapshot.store(Arc::new(next));
-                self.metrics.reload(true);
-                self.refresh_retry_cap();
-                self.health.probe.send_if_modified(|current| {
-                    let changed = *current != probe;
-                    *current = probe;
-                    changed
-                });
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(version = %set.version, error = %e, "policy snapshot rejected; keeping the one in force");
-                self.metrics.reload(false);
-                Err(e)
-            }
-        }
-    }
-
-    /// Puts a `Levels` message from the control plane in force: each replaces the previous
-    /// one whole. The own level's retry cap follows at once; requests read the rest per call.
-    pub fn apply_levels(&self, levels: &bulwark_proto::v1::Levels) {
-        let previous = self.health.degradation.swap(self.index_levels(levels));
-        self.levels_changed(&previous);
-    }
-
-    /// Puts levels persisted by a previous run in force (booting without a control plane),
-    /// unless the control plane sent newer ones meanwhile.
-    pub fn restore_levels(&self, levels: &bulwark_proto::v1::Levels) -> bool {
-        match self.health.degradation.restore(self.index_levels(levels)) {
-            Some(previous) => {
-                self.levels_changed(&previous);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn index_levels(&self, levels: &bulwark_proto::v1::Levels) -> LevelIndex {
-        LevelIndex::from_wire(
-            levels,
-            &self.identity.namespace,
-            self.identity.service.as_deref(),
-        )
-    }
-
-    /// Logs, counts and follows a change of the levels in force.
-    fn levels_changed(&self, previous: &LevelIndex) {
-        let current = self.health.degradation.levels();
-        let level = current.own_level();
-        if previous.own_level() != level {
-            let reasons = current
-                .own()
-                .map(|o| o.reasons.join(", "))
-                .unwrap_or_default();
-            let since = current.own().map(|o| o.since_unix_ms);
-            tracing::info!(from = %previous.own_level(), to = %level, %reasons, ?since, "degradation level changed");
-        }
-        self.refresh_retry_cap();
-        if let Some(service) = &self.identity.service {
-            let empty = BTreeMap::new();
-            self.metrics.degradation(
-                &self.identity.namespace,
-                service,
-                level,
-                current.own().map_or(&empty, |o| &o.capabilities),
-                previous.own().map(|o| &o.capabilities),
-            );
-        }
-    }
-
-    /// The own level's `maxRetryAttempts` under the ServicePolicy in force.
-    fn refresh_retry_cap(&self) {
-        let level = self.health.degradation.levels().own_level();
-        let cap = self.snapshot.load().actions.retry_cap(level);
-        if self.health.degradation.retry_cap() != cap {
-            tracing::info!(%level, cap = ?cap, "retry attempts cap changed");
-        }
-        self.health.degradation.set_retry_cap(cap);
-    }
-}
+use crate::listen::{ConnLimits, Connections, Listener, Target};
+use crate::route::LocalService;
+use crate::state::Shared;
 
 /// Runs the sidecar until `shutdown` resolves, then drains in-flight requests.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -208,7 +66,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ports.insert(name.clone(), l.local_addr().to_string());
         listeners.push(l);
     }
-    let identity = Identity {
+    let local = LocalService {
         namespace: config.namespace.clone(),
         service: config.service.clone(),
         app_port: config.app_port,
@@ -225,9 +83,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 .with_context(|| format!("--deadline-header {name:?} is not a header name"))?,
         ),
     };
-    let shared = Arc::new(Shared::new(identity, pod, deadline_header));
+    let shared = Arc::new(Shared::new(local, pod, deadline_header));
     tokio::spawn(health::probe::run(
-        shared.clone(),
+        shared.health.app.clone(),
+        shared.metrics.clone(),
         shared.health.probe.subscribe(),
     ));
 
@@ -262,7 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     tracing::info!(listeners = %bound, "sidecar listening");
     if let Some(path) = &config.ready_file {
-        write_atomically(path, &bound.to_string())
+        write_atomically(path, bound.to_string().as_bytes(), Durability::Renamed)
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
 
@@ -290,7 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // app while it drains, and stops once no request is in flight.
     let (stop_inbound_tx, stop_inbound_rx) = watch::channel(false);
     let (stop_outbound_tx, stop_outbound_rx) = watch::channel(false);
-    let builder = Arc::new(server::connection_builder(ConnLimits {
+    let builder = Arc::new(listen::accept::connection_builder(ConnLimits {
         max_header_bytes: config.max_header_bytes,
         header_read_timeout: config.header_read_timeout,
     }));
@@ -304,7 +163,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         } else {
             stop_outbound_rx.clone()
         };
-        let task = tokio::spawn(server::serve(
+        let task = tokio::spawn(listen::accept::serve(
             l,
             shared.clone(),
             builder.clone(),
@@ -423,11 +282,4 @@ fn restore_levels(shared: &Shared, snapshot_file: &std::path::Path) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the persisted degradation levels"),
     }
-}
-
-/// Writes `path` through a temporary file and a rename, so readers never see half of it.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }

@@ -14,7 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::health::levels::{Level, Priority};
+use bulwark_proto::level::Level;
+
+use crate::priority::Priority;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -437,14 +439,14 @@ impl std::fmt::Debug for UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    /// A breaker transition into `to`.
-    pub fn breaker_transition(&self, to: crate::policy_stack::breaker::BreakerState) {
-        use crate::policy_stack::breaker::BreakerState;
-        let (value, name) = match to {
-            BreakerState::Closed => (0, "closed"),
-            BreakerState::Open => (1, "open"),
-            BreakerState::HalfOpen => (2, "half-open"),
+    /// A breaker transition into the state named `to` (`closed`, `open`, `half-open`).
+    pub fn breaker_transition(&self, to: &'static str) {
+        let value = match to {
+            "closed" => 0,
+            "open" => 1,
+            _ => 2,
         };
+        let name = to;
         self.breaker_state.set(value);
         self.metrics
             .breaker_transitions

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bulwark_control_plane::degrade::ServiceStatus;
+use bulwark_control_plane::degradation::compute::ServiceStatus;
 use bulwark_control_plane::store::values::{BreakerState, HealthRecord};
 use bulwark_proto::v1 as pb;
 use bulwark_proto::v1::discovery_client::DiscoveryClient;
@@ -274,8 +274,9 @@ async fn follow_etcd(
                 let _ = events.send(Event::Health { pod, open, at });
             } else {
                 let degraded = !deleted
-                    && serde_json::from_slice::<ServiceStatus>(kv.value())
-                        .is_ok_and(|s| s.level == bulwark_control_plane::degrade::Level::Degraded);
+                    && serde_json::from_slice::<ServiceStatus>(kv.value()).is_ok_and(|s| {
+                        s.level == bulwark_control_plane::degradation::compute::Level::Degraded
+                    });
                 let _ = events.send(Event::Status { degraded, at });
             }
         }

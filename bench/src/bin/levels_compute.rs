@@ -1,7 +1,7 @@
 //! `bulwark-levels-compute`: the CPU cost of one levels round of the elected replica, without
 //! etcd. It builds N ServicePolicies of the order-orchestrator shape (five dependencies, two
 //! critical, three level rules, two capabilities) and the latest `HealthRecord` of P pods each,
-//! then runs `degrade::evaluate` for every service, round after round, each round fed the
+//! then runs `degradation::compute::evaluate` for every service, round after round, each round fed the
 //! statuses of the previous one (as the leader keeps them). Reported: the time of a round and
 //! of one service (mean, p50, p99, max), for evaluation alone and with the leader's bookkeeping
 //! around it (the policy clone of `gather`, the change test, the JSON encoding of every status
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bulwark_control_plane::degrade::{self, Inputs, ServiceStatus};
+use bulwark_control_plane::degradation::compute::{self, Inputs, ServiceStatus};
 use bulwark_control_plane::store::values::{AppHealth, BreakerState, HealthRecord, UpstreamHealth};
 use bulwark_proto::policy::{Resource, ServicePolicy, parse_yaml};
 use clap::{Parser, ValueEnum};
@@ -168,7 +168,7 @@ fn run(
                 .map(|(pod, r)| (pod.as_str(), r.as_ref()))
                 .collect();
             let before = previous[s].as_deref();
-            let (status, transitions) = degrade::evaluate(
+            let (status, transitions) = compute::evaluate(
                 policy,
                 Inputs {
                     reports: &refs,

@@ -10,9 +10,9 @@ use bulwark_proto::policy::units::parse_duration;
 use serde::{Deserialize, Serialize};
 
 use super::ops::{OpError, Ops, Served, author};
-use crate::degrade::{Level, ServiceStatus};
-use crate::events;
-use crate::levels::unix_ms;
+use crate::degradation::compute::{Level, ServiceStatus};
+use crate::degradation::events;
+use crate::degradation::runner::unix_ms;
 use crate::store::keys::{OverrideTarget, ResourceKey, ServiceKey};
 use crate::store::values::{EventRecord, OverrideRecord};
 

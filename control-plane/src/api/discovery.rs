@@ -18,9 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::acks::AckRecorder;
-use crate::health::HealthRecorder;
-use crate::index::{SharedIndex, Snapshot};
-use crate::levels::unix_ms;
+use crate::degradation::reports::HealthRecorder;
+use crate::degradation::runner::unix_ms;
+use crate::index::{Content, SharedIndex};
 use crate::store::keys::{PodKey, check_segment};
 
 /// How long a new stream may take to say Hello.
@@ -234,7 +234,7 @@ impl Session {
     }
 }
 
-fn to_message(snapshot: &Snapshot) -> pb::ControlPlaneMessage {
+fn to_message(snapshot: &Content) -> pb::ControlPlaneMessage {
     pb::ControlPlaneMessage {
         message: Some(pb::control_plane_message::Message::Snapshot(pb::Snapshot {
             version: snapshot.version,

@@ -152,7 +152,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::DegradeResponse>, Status> {
         let r = request.into_inner();
         let target = override_target(r.mesh, &r.namespace, &r.service)?;
-        let level = crate::degrade::Level::from_pb(r.level());
+        let level = crate::degradation::compute::Level::from_pb(r.level());
         let answer = self
             .ops
             .degrade(

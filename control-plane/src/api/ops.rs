@@ -11,11 +11,11 @@ use bulwark_proto::policy::{Kind, LoadError, Resource, parse_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::convergence::{self, Status};
+use crate::degradation::events::EventLease;
 use crate::diff;
-use crate::events::EventLease;
 use crate::index::{IndexState, SharedIndex};
 use crate::metrics::Metrics;
-use crate::status::{self, Status};
 use crate::store::keys::{HISTORY_LIMIT, Keys, ResourceKey};
 use crate::store::values::{HistoryOp, HistoryRecord};
 use crate::store::{Commit, Entry, EtcdStore, Guard, Read, StoreError, WritePlan};
@@ -415,7 +415,7 @@ impl Ops {
     pub fn status(&self) -> Result<Served<Status>, OpError> {
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
-        let status = status::compute(
+        let status = convergence::compute(
             state.revision,
             index.resources().map(|r| r.as_ref()),
             index.acks(),

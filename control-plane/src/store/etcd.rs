@@ -5,13 +5,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bulwark_proto::backoff::Backoff;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::time::Instant;
 
-use super::{
+use super::plain::{
     Commit, Entry, Listing, Read, ReadResult, StoreError, WatchEvent, WatchMessage, WritePlan,
 };
 
@@ -107,7 +108,7 @@ impl EtcdStore {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + self.options.op_timeout;
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         // Each endpoint gets at least two chances within the deadline.
         let attempts = (self.endpoints.len() * 2).max(3);
         let mut reasons = Vec::new();
@@ -147,9 +148,10 @@ impl EtcdStore {
                 Ordering::Relaxed,
             );
             if attempt < attempts {
-                let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let wait = backoff
+                    .next_wait()
+                    .min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
         // The last reason of each endpoint is enough to say what is wrong.

@@ -93,18 +93,11 @@ pub struct UpstreamHealth {
     pub ejected: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
+pub use bulwark_proto::breaker::BreakerState;
 
 impl HealthRecord {
     /// The record of a report received now.
     pub fn from_report(report: &bulwark_proto::v1::HealthReport, replica: &str, at: i64) -> Self {
-        use bulwark_proto::v1 as pb;
         let app = report.app.as_ref();
         HealthRecord {
             at,
@@ -125,11 +118,7 @@ impl HealthRecord {
                     requests: u.requests,
                     failures: u.failures.min(u.requests),
                     slow: u.slow.min(u.requests),
-                    breaker: match u.breaker() {
-                        pb::BreakerState::Closed => BreakerState::Closed,
-                        pb::BreakerState::Open => BreakerState::Open,
-                        pb::BreakerState::HalfOpen => BreakerState::HalfOpen,
-                    },
+                    breaker: BreakerState::from_wire(u.breaker),
                     endpoints: u.endpoints,
                     ejected: u.ejected.min(u.endpoints),
                 })

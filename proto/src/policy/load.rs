@@ -1,6 +1,9 @@
-//! Parsing policy documents: multi-document YAML or JSON (one resource, or an array of them)
-//! into [`Resource`]s, with structural errors (unknown fields, wrong types) named by their
-//! document and field path. Semantic checks are [`Resource::validate`]'s job.
+//! Reading policy documents: which files a policy directory holds ([`policy_files`]), and
+//! parsing multi-document YAML or JSON (one resource, or an array of them) into [`Resource`]s,
+//! with structural errors (unknown fields, wrong types) named by their document and field path.
+//! Semantic checks are [`Resource::validate`]'s job.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -20,6 +23,35 @@ pub enum LoadError {
         path: String,
         message: String,
     },
+}
+
+/// The extensions of policy files in a directory.
+pub const POLICY_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// The policy files `path` names: the file itself (whatever its name), or every `*.yaml`,
+/// `*.yml` and `*.json` file directly in the directory, sorted by name. Hidden files are
+/// skipped: a Kubernetes ConfigMap mount keeps its real files in hidden `..data` directories
+/// beside the visible links, and editors and atomic writers keep temporaries there too.
+pub fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let p = entry?.path();
+        let visible = p
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'));
+        let policy = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| POLICY_EXTENSIONS.contains(&e));
+        if visible && policy && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Parses YAML or JSON, deciding by the first non-blank character (`{` or `[` means JSON).
@@ -107,6 +139,34 @@ pub(crate) fn resource_from_value(doc: usize, value: Value) -> Result<Resource, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_holds_its_visible_policy_files_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("bulwark-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("..data")).unwrap();
+        for name in [
+            "b.yaml",
+            "a.json",
+            "c.yml",
+            ".hidden.yaml",
+            "notes.txt",
+            "..data/x.yaml",
+        ] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let names: Vec<String> = policy_files(&dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.json", "b.yaml", "c.yml"]);
+        // A file is read whatever its name.
+        let txt = dir.join("notes.txt");
+        assert_eq!(policy_files(&txt).unwrap(), vec![txt.clone()]);
+        assert!(policy_files(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     const UPSTREAM: &str = r#"
 apiVersion: bulwark/v1

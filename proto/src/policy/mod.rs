@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use capability::CapabilityExpr;
-pub use load::{LoadError, parse_documents, parse_json, parse_yaml};
+pub use load::{LoadError, parse_documents, parse_json, parse_yaml, policy_files};
 pub use units::{Condition, Duration, GrpcCode, Percent};
 pub use validate::{FieldError, ValidationErrors};
 

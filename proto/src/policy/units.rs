@@ -17,13 +17,9 @@ impl Duration {
         Duration(text.into())
     }
 
+    /// A duration written as a policy would write it ([`DurationText`]).
     pub fn from_std(d: std::time::Duration) -> Self {
-        let ms = d.as_millis();
-        if ms.is_multiple_of(1000) {
-            Duration(format!("{}s", ms / 1000))
-        } else {
-            Duration(format!("{ms}ms"))
-        }
+        Duration(DurationText(d).to_string())
     }
 
     pub fn as_str(&self) -> &str {
@@ -50,6 +46,36 @@ impl fmt::Debug for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A duration shown as a policy writes it: `300ms`, `2s`, `1.5s`, `1m30s`, `2h`, `1h5m`
+/// (whole milliseconds; the one formatter of durations in errors, logs and admin answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationText(pub std::time::Duration);
+
+impl fmt::Display for DurationText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms < 1000 {
+            return write!(f, "{ms}ms");
+        }
+        if !ms.is_multiple_of(1000) {
+            let text = format!("{:.3}", ms as f64 / 1000.0);
+            return write!(f, "{}s", text.trim_end_matches('0'));
+        }
+        let secs = ms / 1000;
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        if h > 0 {
+            write!(f, "{h}h")?;
+        }
+        if m > 0 {
+            write!(f, "{m}m")?;
+        }
+        if s > 0 {
+            write!(f, "{s}s")?;
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +362,31 @@ impl fmt::Display for Condition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_policies_write_them() {
+        let text = |ms: u64| DurationText(std::time::Duration::from_millis(ms)).to_string();
+        assert_eq!(text(0), "0ms");
+        assert_eq!(text(300), "300ms");
+        assert_eq!(text(2_000), "2s");
+        assert_eq!(text(1_500), "1.5s");
+        assert_eq!(text(1_234), "1.234s");
+        assert_eq!(text(90_000), "1m30s");
+        assert_eq!(text(1_800_000), "30m");
+        assert_eq!(text(7_200_000), "2h");
+        assert_eq!(text(3_900_000), "1h5m");
+        assert_eq!(
+            Duration::from_std(std::time::Duration::from_secs(300)).as_str(),
+            "5m"
+        );
+        // What is printed parses back to the same duration.
+        for ms in [1, 999, 1_001, 61_000, 3_601_000] {
+            assert_eq!(
+                parse_duration(&text(ms)).map(|d| d.as_millis()),
+                Ok(u128::from(ms))
+            );
+        }
+    }
 
     #[test]
     fn durations() {

@@ -1,181 +1,16 @@
 //! Degradation levels: the last `Levels` message of the control plane (this pod's own service
-//! and the services it calls), indexed for O(1) lookups on the request path, and the pure
-//! decisions taken from a level and the ServicePolicy's `actions`: which priorities are shed,
-//! how many attempts retries may make, whether an outbound call fails fast.
+//! and the services it calls), indexed for O(1) lookups on the request path, and the
+//! [`Degradation`] state requests read lock-free (levels and the retry cap they set). What a
+//! level makes the sidecar do is [`actions`](super::actions)'.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bulwark_proto::policy::{ServicePolicy, defaults};
+use bulwark_proto::level::Level;
 use bulwark_proto::v1 as pb;
-use http::{HeaderName, HeaderValue};
-
-/// Sent on every request that reaches the app (and on the sidecar's own degradation answers):
-/// the level the sidecar acts on.
-pub const DEGRADATION_HEADER: HeaderName = HeaderName::from_static("x-bulwark-degradation");
-
-pub use bulwark_proto::level::Level;
-
-/// A level as an `x-bulwark-degradation` value (no allocation).
-pub fn level_header(level: Level) -> HeaderValue {
-    HeaderValue::from_static(level.as_str())
-}
-
-/// A request's priority, from the priority header (`x-priority` unless the ServicePolicy's
-/// `inbound.priorityHeader` names another).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Priority {
-    Low,
-    Normal,
-    High,
-    Critical,
-}
-
-impl Priority {
-    pub const ALL: [Priority; 4] = [
-        Priority::Low,
-        Priority::Normal,
-        Priority::High,
-        Priority::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Low => "low",
-            Priority::Normal => "normal",
-            Priority::High => "high",
-            Priority::Critical => "critical",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The priority a policy names (`shedPriorities: [low]`).
-    pub fn from_name(name: &str) -> Option<Priority> {
-        Priority::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-
-    /// The priority a header value gives: `low`, `normal`, `high` or `critical` in any case,
-    /// surrounding spaces ignored. A missing or unknown value is `normal`: a caller that says
-    /// nothing neither jumps the queue nor volunteers to be shed first.
-    pub fn of(value: Option<&HeaderValue>) -> Priority {
-        let Some(v) = value else {
-            return Priority::Normal;
-        };
-        let v = v.as_bytes().trim_ascii();
-        Priority::ALL
-            .into_iter()
-            .find(|p| v.eq_ignore_ascii_case(p.as_str().as_bytes()))
-            .unwrap_or(Priority::Normal)
-    }
-}
-
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the own ServicePolicy says to do at each level (`actions`), with the `inbound`
-/// settings shedding needs; compiled once per snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceActions {
-    /// The header callers give their priority in (inbound and outbound alike).
-    pub priority_header: HeaderName,
-    /// `Retry-After` of a shed request.
-    pub shed_retry_after: Duration,
-    /// Bit `p` set at index `l`: priority `p` is shed at level `l`.
-    shed: [u8; 4],
-    /// `maxRetryAttempts` per level.
-    max_retry_attempts: [Option<u32>; 4],
-}
-
-impl Default for ServiceActions {
-    fn default() -> Self {
-        ServiceActions {
-            priority_header: HeaderName::from_static(defaults::PRIORITY_HEADER),
-            shed_retry_after: defaults::SHED_RETRY_AFTER,
-            shed: [0; 4],
-            max_retry_attempts: [None; 4],
-        }
-    }
-}
-
-impl ServiceActions {
-    /// The actions without a ServicePolicy, shared.
-    pub fn defaults() -> &'static ServiceActions {
-        static DEFAULTS: std::sync::LazyLock<ServiceActions> =
-            std::sync::LazyLock::new(ServiceActions::default);
-        &DEFAULTS
-    }
-
-    /// The actions of a validated ServicePolicy; defaults (nothing shed, no cap) without one.
-    /// Unknown level or priority names cannot occur after validation and are skipped.
-    pub fn from_policy(policy: Option<&ServicePolicy>) -> ServiceActions {
-        let mut actions = ServiceActions::default();
-        let Some(spec) = policy.map(|p| &p.spec) else {
-            return actions;
-        };
-        if let Some(inbound) = &spec.inbound {
-            if let Some(h) = inbound
-                .priority_header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-            {
-                actions.priority_header = h;
-            }
-            if let Some(d) = &inbound.shed_retry_after {
-                actions.shed_retry_after = d.get();
-            }
-        }
-        for (name, a) in &spec.actions {
-            let Some(level) = Level::from_name(name) else {
-                continue;
-            };
-            actions.shed[level.index()] = a
-                .shed_priorities
-                .iter()
-                .filter_map(|p| Priority::from_name(p))
-                .fold(0, |bits, p| bits | 1 << p.index());
-            actions.max_retry_attempts[level.index()] = a.max_retry_attempts;
-        }
-        actions
-    }
-
-    /// Whether an inbound request of `priority` is shed at `level`.
-    pub fn sheds(&self, level: Level, priority: Priority) -> bool {
-        self.shed[level.index()] & (1 << priority.index()) != 0
-    }
-
-    /// The cap on every outbound upstream's `maxAttempts` at `level`, if the level has one.
-    pub fn retry_cap(&self, level: Level) -> Option<u32> {
-        self.max_retry_attempts[level.index()]
-    }
-
-    /// `Retry-After` of a shed request in whole seconds (rounded up, at least 1).
-    pub fn retry_after_secs(&self) -> u64 {
-        retry_after_secs(self.shed_retry_after)
-    }
-}
-
-/// Whole seconds for `Retry-After`: rounded up so a caller never comes back early, at least 1.
-pub fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    secs.max(1)
-}
-
-/// An outbound call fails fast, without any attempt, when the upstream's service is at
-/// EMERGENCY and the call is low priority: its callers' sidecars keep the little capacity left
-/// for the calls that matter.
-pub fn fails_fast(upstream_level: Level, priority: Priority) -> bool {
-    upstream_level == Level::Emergency && priority == Priority::Low
-}
+use http::HeaderValue;
 
 /// An operator's forced level, as the control plane describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +68,8 @@ pub struct LevelIndex {
     levels: HashMap<String, HashMap<String, Level>>,
     /// Whether any listed service is at EMERGENCY: lets the outbound gate skip the lookup.
     any_emergency: bool,
+    /// The own capabilities as the `x-bulwark-capabilities` value, built once per message.
+    capabilities_header: Option<HeaderValue>,
     /// Received from the control plane since start (not restored from disk, not the default).
     live: bool,
 }
@@ -254,7 +91,9 @@ impl LevelIndex {
                 .or_default()
                 .insert(s.service.clone(), level);
             if s.namespace == namespace && service == Some(s.service.as_str()) {
-                index.own = Some(ServiceLevel::from_wire(s));
+                let own = ServiceLevel::from_wire(s);
+                index.capabilities_header = capabilities_value(&own.capabilities);
+                index.own = Some(own);
             }
         }
         index
@@ -277,6 +116,12 @@ impl LevelIndex {
             .and_then(|by_name| by_name.get(name))
             .copied()
             .unwrap_or(Level::Normal)
+    }
+
+    /// The own capabilities as an `x-bulwark-capabilities` value
+    /// (`acceptOrders=true,sendNotifications=false`); `None` when the own service has none.
+    pub fn capabilities_header(&self) -> Option<&HeaderValue> {
+        self.capabilities_header.as_ref()
     }
 
     /// Whether some listed service is at EMERGENCY.
@@ -310,6 +155,20 @@ impl LevelIndex {
             }),
         }
     }
+}
+
+/// `name=true|false` pairs, comma-separated, in name order. Capability names are letters,
+/// digits, `-` and `_` (validated), so the value is always a valid header.
+fn capabilities_value(capabilities: &BTreeMap<String, bool>) -> Option<HeaderValue> {
+    if capabilities.is_empty() {
+        return None;
+    }
+    let text = capabilities
+        .iter()
+        .map(|(name, holds)| format!("{name}={holds}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    HeaderValue::from_str(&text).ok()
 }
 
 /// The degradation state requests read: the levels in force and the retry cap derived from
@@ -371,33 +230,6 @@ impl Degradation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_proto::policy::{Resource, parse_yaml};
-
-    fn service_policy(yaml_spec: &str) -> ServicePolicy {
-        let yaml = format!(
-            "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec: {yaml_spec}\n"
-        );
-        match parse_yaml(&yaml).unwrap().remove(0) {
-            Resource::ServicePolicy(p) => p,
-            other => panic!("not a ServicePolicy: {other:?}"),
-        }
-    }
-
-    fn hv(s: &'static str) -> HeaderValue {
-        HeaderValue::from_static(s)
-    }
-
-    #[test]
-    fn priorities_parse_leniently_and_default_to_normal() {
-        assert_eq!(Priority::of(None), Priority::Normal);
-        assert_eq!(Priority::of(Some(&hv("low"))), Priority::Low);
-        assert_eq!(Priority::of(Some(&hv(" HIGH "))), Priority::High);
-        assert_eq!(Priority::of(Some(&hv("Critical"))), Priority::Critical);
-        assert_eq!(Priority::of(Some(&hv("normal"))), Priority::Normal);
-        assert_eq!(Priority::of(Some(&hv("urgent"))), Priority::Normal);
-        assert_eq!(Priority::of(Some(&hv(""))), Priority::Normal);
-        assert_eq!(Priority::of(Some(&hv("lowest"))), Priority::Normal);
-    }
 
     #[test]
     fn levels_from_names_and_wire_values() {
@@ -408,65 +240,6 @@ mod tests {
         assert_eq!(Level::from_wire(3), Level::Emergency);
         assert_eq!(Level::from_wire(42), Level::Emergency, "unknown is worst");
         assert!(Level::Normal < Level::Degraded && Level::Severe < Level::Emergency);
-    }
-
-    #[test]
-    fn shedding_follows_the_actions_of_each_level() {
-        let actions = ServiceActions::from_policy(Some(&service_policy(
-            "{ actions: { SEVERE: { shedPriorities: [low], maxRetryAttempts: 2 }, EMERGENCY: { shedPriorities: [low, normal], maxRetryAttempts: 1, ready: false } }, inbound: { priorityHeader: x-prio, shedRetryAfter: 1500ms } }",
-        )));
-        assert_eq!(actions.priority_header.as_str(), "x-prio");
-        assert_eq!(actions.shed_retry_after, Duration::from_millis(1500));
-        assert_eq!(actions.retry_after_secs(), 2, "rounded up");
-        let shed = |level| {
-            Priority::ALL
-                .into_iter()
-                .filter(|p| actions.sheds(level, *p))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(shed(Level::Normal), []);
-        assert_eq!(shed(Level::Degraded), []);
-        assert_eq!(shed(Level::Severe), [Priority::Low]);
-        assert_eq!(shed(Level::Emergency), [Priority::Low, Priority::Normal]);
-        assert_eq!(actions.retry_cap(Level::Normal), None);
-        assert_eq!(actions.retry_cap(Level::Severe), Some(2));
-        assert_eq!(actions.retry_cap(Level::Emergency), Some(1));
-    }
-
-    #[test]
-    fn without_a_service_policy_nothing_is_shed() {
-        let actions = ServiceActions::from_policy(None);
-        assert_eq!(actions.priority_header.as_str(), "x-priority");
-        assert_eq!(actions.retry_after_secs(), 30);
-        for level in Level::ALL {
-            for p in Priority::ALL {
-                assert!(!actions.sheds(level, p));
-            }
-            assert_eq!(actions.retry_cap(level), None);
-        }
-        let defaults_only = ServiceActions::from_policy(Some(&service_policy("{}")));
-        assert_eq!(defaults_only, actions);
-    }
-
-    #[test]
-    fn only_low_priority_calls_to_an_emergency_upstream_fail_fast() {
-        for level in Level::ALL {
-            for p in Priority::ALL {
-                assert_eq!(
-                    fails_fast(level, p),
-                    level == Level::Emergency && p == Priority::Low,
-                    "{level} {p}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn retry_after_is_whole_seconds_rounded_up() {
-        assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
-        assert_eq!(retry_after_secs(Duration::from_millis(250)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(30_001)), 31);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
 
     #[test]
@@ -542,8 +315,13 @@ mod tests {
         );
 
         // Another service's sidecar sees the same message without an own level.
+        assert_eq!(
+            index.capabilities_header().unwrap(),
+            "acceptOrders=false,sendNotifications=true"
+        );
         let theirs = LevelIndex::from_wire(&levels, "shop", Some("cart"));
         assert_eq!(theirs.own_level(), Level::Normal);
+        assert_eq!(theirs.capabilities_header(), None);
         assert!(theirs.own().is_none());
     }
 

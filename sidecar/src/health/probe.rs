@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use bulwark_proto::policy::units::DurationText;
 use bulwark_proto::policy::{ServicePolicy, defaults};
 use bulwark_proto::v1 as pb;
 use bytes::Bytes;
@@ -18,8 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::Shared;
-use crate::errors::fmt_duration;
+use crate::metrics::Metrics;
 
 const GRPC_CHECK: &str = "/grpc.health.v1.Health/Check";
 
@@ -124,11 +125,15 @@ impl Default for AppHealth {
 
 /// Probes the app for as long as the sidecar runs, following `targets`: a new target (the
 /// ServicePolicy changed) restarts the schedule at once; none stops probing.
-pub async fn run(shared: Arc<Shared>, mut targets: watch::Receiver<Option<ProbeTarget>>) {
+pub async fn run(
+    app: Arc<ArcSwap<AppHealth>>,
+    metrics: Arc<Metrics>,
+    mut targets: watch::Receiver<Option<ProbeTarget>>,
+) {
     loop {
         let target = targets.borrow_and_update().clone();
         let Some(target) = target else {
-            record(&shared, AppHealth::unprobed());
+            record(&app, &metrics, AppHealth::unprobed());
             if targets.changed().await.is_err() {
                 return;
             }
@@ -147,7 +152,7 @@ pub async fn run(shared: Arc<Shared>, mut targets: watch::Receiver<Option<ProbeT
                 }
                 _ = tick.tick() => {
                     let result = probe(&target).await;
-                    record(&shared, AppHealth::from_result(result));
+                    record(&app, &metrics, AppHealth::from_result(result));
                 }
             }
         }
@@ -155,9 +160,9 @@ pub async fn run(shared: Arc<Shared>, mut targets: watch::Receiver<Option<ProbeT
 }
 
 /// Keeps a result, and logs and counts a change between healthy and failing.
-fn record(shared: &Shared, health: AppHealth) {
-    let previous = shared.health.app.swap(Arc::new(health.clone()));
-    shared.metrics.app_healthy(health.healthy);
+fn record(app: &ArcSwap<AppHealth>, metrics: &Metrics, health: AppHealth) {
+    let previous = app.swap(Arc::new(health.clone()));
+    metrics.app_healthy(health.healthy);
     if previous.healthy != health.healthy {
         if health.healthy {
             tracing::info!("app health check passing");
@@ -187,7 +192,7 @@ pub async fn probe(target: &ProbeTarget) -> Result<(), String> {
         Ok(result) => result,
         Err(_) => Err(format!(
             "{what}: no answer within {}",
-            fmt_duration(target.timeout)
+            DurationText(target.timeout)
         )),
     }
 }

@@ -1,28 +1,29 @@
-//! The bulkhead (`limits`): at most `maxConcurrent` requests in flight to an upstream and
-//! `maxPending` waiting for a slot; past that a request is refused at once (503 /
-//! RESOURCE_EXHAUSTED). A slot is held until the response body ends, because a streaming
-//! response occupies the upstream as long as it streams.
+//! The bulkhead (`limits`, or `spec.inbound.maxConcurrent` for the app): at most
+//! `maxConcurrent` requests in flight and `maxPending` waiting for a slot; past that a request
+//! is refused at once (503 / RESOURCE_EXHAUSTED). A slot is held until the response body ends,
+//! because a streaming response occupies the upstream as long as it streams.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::sync::Semaphore;
 
-use super::{AttemptDeadline, Call, Req, Rsp, Stage};
+use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
 use crate::errors::ProxyError;
 
-/// The limits of one upstream and their counters.
+/// The slots of one upstream and their counters; kept across policy versions while the limits
+/// do not change.
 #[derive(Debug)]
-pub struct Bulkhead {
+pub struct Slots {
     slots: Arc<Semaphore>,
     pending: AtomicU32,
     pub max_concurrent: u32,
     pub max_pending: u32,
 }
 
-impl Bulkhead {
-    pub fn new(max_concurrent: u32, max_pending: u32) -> Bulkhead {
-        Bulkhead {
+impl Slots {
+    pub fn new(max_concurrent: u32, max_pending: u32) -> Slots {
+        Slots {
             slots: Arc::new(Semaphore::new(max_concurrent as usize)),
             pending: AtomicU32::new(0),
             max_concurrent,
@@ -45,50 +46,86 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Marks the bulkhead stage in [`Stage`](super::Stage).
-#[derive(Debug, Clone, Copy)]
-pub struct BulkheadStage;
+/// Whose limit a bulkhead is, for the error a refused request gets.
+#[derive(Debug, Clone)]
+pub enum Limited {
+    /// An upstream's `limits`.
+    Upstream,
+    /// The app's `spec.inbound.maxConcurrent`; `namespace/service`.
+    Inbound(Arc<str>),
+}
 
-impl<S: Call> Call for Stage<BulkheadStage, S> {
-    async fn call(&self, req: Req) -> Result<Rsp, ProxyError> {
-        let core = &self.core;
-        let Some(bulkhead) = &core.bulkhead else {
-            return self.inner.call(req).await;
-        };
-        let full = || {
-            core.metrics.bulkhead_rejections.inc();
-            ProxyError::BulkheadFull {
-                upstream: core.name.to_string(),
-                max_concurrent: bulkhead.max_concurrent,
-                max_pending: bulkhead.max_pending,
-            }
+/// The bulkhead layer over `S`.
+pub struct Bulkhead<S> {
+    info: Arc<UpstreamInfo>,
+    /// `None`: no limit.
+    slots: Option<Arc<Slots>>,
+    limited: Limited,
+    inner: S,
+}
+
+impl<S> Bulkhead<S> {
+    pub fn new(
+        info: Arc<UpstreamInfo>,
+        slots: Option<Arc<Slots>>,
+        limited: Limited,
+        inner: S,
+    ) -> Self {
+        Bulkhead {
+            info,
+            slots,
+            limited,
+            inner,
+        }
+    }
+
+    fn full(&self, slots: &Slots) -> ProxyError {
+        self.info.metrics.bulkhead_rejections.inc();
+        match &self.limited {
+            Limited::Upstream => ProxyError::BulkheadFull {
+                upstream: self.info.name.to_string(),
+                max_concurrent: slots.max_concurrent,
+                max_pending: slots.max_pending,
+            },
+            Limited::Inbound(service) => ProxyError::InboundLimit {
+                service: service.to_string(),
+                max_concurrent: slots.max_concurrent,
+            },
+        }
+    }
+}
+
+impl<S: Call> Call for Bulkhead<S> {
+    async fn call<'a>(&'a self, req: Req, cx: Cx<'a>) -> Result<Rsp, ProxyError> {
+        let Some(slots) = &self.slots else {
+            return self.inner.call(req, cx).await;
         };
         // The fast path: a free slot, no waiting.
-        let permit = match bulkhead.slots.clone().try_acquire_owned() {
+        let permit = match slots.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if bulkhead.pending.fetch_add(1, Ordering::Relaxed) >= bulkhead.max_pending {
-                    bulkhead.pending.fetch_sub(1, Ordering::Relaxed);
-                    return Err(full());
+                if slots.pending.fetch_add(1, Ordering::Relaxed) >= slots.max_pending {
+                    slots.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(self.full(slots));
                 }
-                let _waiting = Waiting(&bulkhead.pending);
-                let acquire = bulkhead.slots.clone().acquire_owned();
-                let permit = match req.extensions().get::<AttemptDeadline>().copied() {
+                let _waiting = Waiting(&slots.pending);
+                let acquire = slots.slots.clone().acquire_owned();
+                let permit = match cx.attempt {
                     Some(d) => match tokio::time::timeout_at(d.at, acquire).await {
                         Ok(p) => p,
                         Err(_) => {
                             return Err(ProxyError::AttemptTimeout {
-                                upstream: core.name.to_string(),
+                                upstream: self.info.name.to_string(),
                                 timeout: d.limit,
                             });
                         }
                     },
                     None => acquire.await,
                 };
-                permit.map_err(|_| full())?
+                permit.map_err(|_| self.full(slots))?
             }
         };
-        let rsp = self.inner.call(req).await?;
+        let rsp = self.inner.call(req, cx).await?;
         Ok(rsp.map(|b| b.guarded(permit)))
     }
 }

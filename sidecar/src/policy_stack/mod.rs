@@ -1,198 +1,240 @@
-//! The per-upstream resilience stack: what each layer decides and in which order they apply.
-//! Pure decision logic (schedules, windows, state machines) lives in one file per concern and is
-//! unit-tested with explicit clocks; the layers here apply it to requests.
+//! An upstream's resilience stack: what each layer decides, and — written once, here — the
+//! order they apply in and why. One file per layer; each layer owns its settings and state and
+//! implements [`Call`](layer::Call); pure decision logic (schedules, windows, state machines)
+//! sits beside the layer that applies it and is unit-tested with explicit clocks.
 //!
-//! The order is written once, in [`build`], with why each layer stands where it does.
+//! ```text
+//! Stack::call            route selected once (spec.routes), carried down in the context
+//!  └ Gate                degradation: shed inbound by priority, fail fast to EMERGENCY
+//!    └ Deadline          timeouts.request ∧ the caller's grpc-timeout
+//!      └ Failover        primary, then fallback.failover upstreams, then fallback.response
+//!        └ Attempts      (what a failover from another upstream goes through)
+//!          └ Retry       retryOn, budget, backoff, body replay
+//!            └ PerTry    timeouts.perTry, grpc-timeout to the upstream
+//!              └ CircuitBreaker   fail fast while open; every attempt is an outcome
+//!                └ Bulkhead       limits.maxConcurrent / maxPending
+//!                  └ Balance      p2c over endpoints not ejected; one attempt on the wire
+//! ```
 
-pub mod backoff;
+pub mod balance;
 pub mod breaker;
-pub mod budget;
-mod bulkhead;
-pub mod circuit;
-pub mod config;
-mod deadline;
-mod degradation;
-mod failover;
+pub mod bulkhead;
+pub mod deadline;
+pub mod failover;
+pub mod gate;
+pub mod layer;
 pub mod outcome;
-pub mod outlier;
-mod per_try;
-pub mod replay;
-mod retry;
-pub mod retry_policy;
+pub mod per_try;
+pub mod retry;
+pub mod routes;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
-use std::marker::PhantomData;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use bulwark_proto::policy::GrpcCode;
-use http::{Request, Response};
-use tokio::time::Instant;
+use http::HeaderName;
+use http::uri::Authority;
 
-pub use bulkhead::Bulkhead;
-
-use crate::body::Body;
 use crate::errors::ProxyError;
-use crate::upstream::{Balance, UpstreamCore};
-use outcome::Outcome;
+use crate::headers::is_grpc;
+use crate::health::actions::ServiceActions;
+use crate::health::levels::Degradation;
+use balance::Balance;
+use breaker::{BreakerParts, CircuitBreaker};
+use bulkhead::{Bulkhead, Limited, Slots};
+use deadline::Deadline;
+use failover::{Failover, StaticResponse, Target};
+use gate::{Direction, Gate};
+use layer::{Call, CallState, Cx, Req, Rsp, UpstreamInfo};
+use outcome::ConditionSet;
+use per_try::PerTry;
+use retry::Retry;
+use retry::budget::RetryBudget;
+use routes::UpstreamRoutes;
 
-pub type Req = Request<Body>;
-pub type Rsp = Response<Body>;
+/// The layers every attempt of one upstream goes through, top to bottom.
+type AttemptLayers = Retry<PerTry<CircuitBreaker<Bulkhead<Balance>>>>;
 
-/// One layer of an upstream's stack, called by shared reference. A stack is built once per
-/// policy version and shared by every request to the upstream, so a call neither clones the
-/// stack nor boxes a future: each layer's future is nested in the one above it, and a request
-/// runs as one state machine.
-pub trait Call: Send + Sync + 'static {
-    fn call(&self, req: Req) -> impl Future<Output = Result<Rsp, ProxyError>> + Send;
+/// The layers a request routed to an upstream goes through, top to bottom; the primary's and
+/// the failover targets' attempts at the bottom.
+type RequestLayers = Gate<Deadline<Failover<Arc<Attempts>, Arc<Attempts>>>>;
+
+/// What a request routed to an upstream goes through.
+pub struct Stack {
+    routes: Arc<UpstreamRoutes>,
+    layers: RequestLayers,
 }
 
-impl<T: Call> Call for Arc<T> {
-    fn call(&self, req: Req) -> impl Future<Output = Result<Rsp, ProxyError>> + Send {
-        T::call(self, req)
+impl Stack {
+    /// Sends `req` to the upstream through every layer, with `authority` as the authority it
+    /// goes out with; `state` counts the attempts (for the access log). The route is selected
+    /// here, once, and travels down in the context.
+    pub async fn call(
+        &self,
+        req: Req,
+        authority: &Authority,
+        state: &CallState,
+    ) -> Result<Rsp, ProxyError> {
+        let grpc = is_grpc(req.headers());
+        let route = self.routes.select(req.method(), req.uri().path(), grpc);
+        let cx = Cx {
+            route,
+            grpc,
+            authority,
+            state,
+            deadline: None,
+            attempt: None,
+        };
+        self.layers.call(req, cx).await
     }
 }
 
-/// What a failover from another upstream goes through: that upstream's own retries, timeouts,
-/// breaker and limits, inside the caller's deadline. Every upstream's stack has this type, so a
-/// failover calls another upstream's attempts without type erasure.
-pub type Attempts = Stage<
-    retry::RetryStage,
-    Stage<
-        per_try::PerTryStage,
-        Stage<circuit::BreakerStage, Stage<bulkhead::BulkheadStage, Balance>>,
-    >,
->;
+/// An upstream's attempts: what a failover from another upstream goes through, and the bottom
+/// of the upstream's own [`Stack`]. Reused by new snapshots while its policy is unchanged.
+pub struct Attempts {
+    info: Arc<UpstreamInfo>,
+    routes: Arc<UpstreamRoutes>,
+    /// What counts as this upstream failing (for a failover that reaches it).
+    failure_on: ConditionSet,
+    /// The upstream's name, the authority a failover request goes out with.
+    authority: Authority,
+    layers: AttemptLayers,
+}
 
-/// What a request routed to an upstream goes through.
-pub type Full = Stage<
-    degradation::DegradationGate,
-    Stage<deadline::DeadlineStage, Stage<failover::FailoverStage, Arc<Attempts>>>,
->;
+impl Call for Attempts {
+    fn call<'a>(
+        &'a self,
+        req: Req,
+        cx: Cx<'a>,
+    ) -> impl Future<Output = Result<Rsp, ProxyError>> + Send + 'a {
+        self.layers.call(req, cx)
+    }
+}
 
-/// An upstream's two entry points: `full` is what a request routed to it goes through;
-/// `attempts` is what a failover from another upstream goes through (and the bottom of `full`).
-/// Built from the bottom up: the balancer first, the degradation gate last.
-pub fn build(core: &Arc<UpstreamCore>) -> (Full, Arc<Attempts>) {
-    // Balancer: power of two choices over endpoints not ejected as outliers, preferring
+impl Target for Arc<Attempts> {
+    fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    async fn call<'a>(&'a self, req: Req, cx: Cx<'a>) -> Result<Rsp, ProxyError> {
+        // The target's own route for the request, its own name as the authority; the caller's
+        // deadline and attempt count.
+        let route = self.routes.select(req.method(), req.uri().path(), cx.grpc);
+        let cx = Cx {
+            route,
+            authority: &self.authority,
+            ..cx
+        };
+        self.layers.call(req, cx).await
+    }
+
+    fn failed(&self, result: &Result<Rsp, ProxyError>) -> bool {
+        failover::failed(&self.failure_on, result)
+    }
+}
+
+/// What an upstream's attempts are built from: its settings and the state each layer keeps
+/// (carried over from the upstream's previous version where its settings did not change).
+pub struct AttemptParts {
+    pub info: Arc<UpstreamInfo>,
+    pub routes: Arc<UpstreamRoutes>,
+    /// The upstream's name as an authority.
+    pub authority: Authority,
+    pub budget: Arc<RetryBudget>,
+    /// Levels whose `maxRetryAttempts` caps the upstream's (outbound only).
+    pub retry_cap: Option<Arc<Degradation>>,
+    pub deadline_header: Option<HeaderName>,
+    pub breaker: BreakerParts,
+    pub slots: Option<Arc<Slots>>,
+    pub limited: Limited,
+    pub balance: Balance,
+}
+
+/// Builds an upstream's attempts, from the bottom up.
+pub fn attempts(parts: AttemptParts) -> Arc<Attempts> {
+    let info = parts.info;
+    let failure_on = parts.breaker.failure_on.clone();
+    // Balance: power of two choices over endpoints not ejected as outliers, preferring
     // endpoints this request has not tried; the connection pool is below it.
-    let balance = Balance::new(core.clone());
-    // Bulkhead: bounds concurrent and waiting requests to this upstream; a permit is held
-    // until the response body ends.
-    let bulkhead = Stage::<bulkhead::BulkheadStage, _>::new(core, balance);
+    let balance = parts.balance;
+    // Bulkhead: bounds concurrent and waiting requests to this upstream; a slot is held until
+    // the response body ends.
+    let bulkhead = Bulkhead::new(info.clone(), parts.slots, parts.limited, balance);
     // Circuit breaker: fails fast without touching the upstream while open; every attempt is
     // one outcome. Above the bulkhead so an open breaker queues nothing.
-    let breaker = Stage::<circuit::BreakerStage, _>::new(core, bulkhead);
+    let breaker = CircuitBreaker::new(info.clone(), parts.breaker, bulkhead);
     // Per-try timeout: gives each attempt its deadline (never past the overall one) and tells
     // the upstream its budget in `grpc-timeout`. The timer itself fires at the bottom, so the
     // breaker and outlier detector see a timeout as an outcome.
-    let per_try = Stage::<per_try::PerTryStage, _>::new(core, breaker);
+    let per_try = PerTry::new(parts.deadline_header, breaker);
     // Retry: classifies each attempt's outcome, spends the retry budget, waits the backoff,
     // replays the request body. Above the per-try timeout so a timed-out attempt can be
     // retried; below failover so each upstream retries with its own policy.
-    let attempts = Arc::new(Stage::<retry::RetryStage, _>::new(core, per_try));
-    // Failover: the primary with its retries, then each fallback upstream's own attempts
-    // stack, then the static fallback response.
-    let failover = Stage::<failover::FailoverStage, _>::new(core, attempts.clone());
-    // Overall deadline: the policy's timeouts.request shortened by the caller's grpc-timeout;
+    let retry = Retry::new(info.clone(), parts.budget, parts.retry_cap, per_try);
+    Arc::new(Attempts {
+        info,
+        routes: parts.routes,
+        failure_on,
+        authority: parts.authority,
+        layers: retry,
+    })
+}
+
+/// What the layers above an upstream's attempts are built from.
+pub struct StackParts {
+    pub direction: Direction,
+    /// The levels in force.
+    pub degradation: Arc<Degradation>,
+    /// The own ServicePolicy's actions.
+    pub actions: Arc<ServiceActions>,
+    pub deadline_header: Option<HeaderName>,
+    /// `fallback.failover`, resolved.
+    pub failover: Vec<Arc<Attempts>>,
+    /// `fallback.response`, compiled.
+    pub response: Option<StaticResponse>,
+}
+
+/// Builds what a request routed to the upstream of `attempts` goes through.
+pub fn stack(attempts: Arc<Attempts>, parts: StackParts) -> Stack {
+    let info = attempts.info.clone();
+    let routes = attempts.routes.clone();
+    let replay_cap = routes.default_route().retry.replay_buffer_bytes;
+    // Failover: the primary with its retries, then each fallback upstream's own attempts,
+    // then the static fallback response.
+    let failover = Failover::new(
+        info.clone(),
+        attempts.failure_on.clone(),
+        parts.failover,
+        parts.response,
+        replay_cap,
+        attempts,
+    );
+    // Overall deadline: the route's timeouts.request shortened by the caller's deadline;
     // bounds retries and failover together.
-    let deadline = Stage::<deadline::DeadlineStage, _>::new(core, failover);
+    let deadline = Deadline::new(info.clone(), parts.deadline_header, failover);
     // Degradation gate: first, so a request the level refuses costs no deadline timer, no
     // failover and no attempt. Inbound it sheds by priority and tells the app its level;
     // outbound it fails low-priority calls to an EMERGENCY upstream fast.
-    let full = Stage::<degradation::DegradationGate, _>::new(core, deadline);
-    (full, attempts)
-}
-
-/// One stage of an upstream's stack: the upstream's core (settings and state) and the next
-/// layer. The marker `M` says which stage's [`Call`] implementation applies, so every stage
-/// shares this one type and each file holds only its stage's logic.
-pub struct Stage<M, S> {
-    core: Arc<UpstreamCore>,
-    inner: S,
-    _stage: PhantomData<fn() -> M>,
-}
-
-impl<M, S> Stage<M, S> {
-    fn new(core: &Arc<UpstreamCore>, inner: S) -> Self {
-        Stage {
-            core: core.clone(),
-            inner,
-            _stage: PhantomData,
-        }
+    let gate = Gate::new(
+        info,
+        parts.direction,
+        parts.degradation,
+        parts.actions,
+        deadline,
+    );
+    Stack {
+        routes,
+        layers: gate,
     }
 }
 
-/// The overall deadline of a request (request extension, set by the deadline layer).
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Instant);
-
-/// The deadline of the current attempt and the per-try limit it came from.
-#[derive(Debug, Clone, Copy)]
-pub struct AttemptDeadline {
-    pub at: Instant,
-    pub limit: Duration,
-}
-
-/// What one request's layers share: attempts made and endpoints tried.
-#[derive(Debug, Default)]
-pub struct CallState {
-    attempts: AtomicU32,
-    tried: Mutex<Vec<SocketAddr>>,
-}
-
-impl CallState {
-    pub fn attempts(&self) -> u32 {
-        self.attempts.load(Ordering::Relaxed)
+impl Attempts {
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
     }
-
-    pub(crate) fn attempt_started(&self, endpoint: SocketAddr) {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut tried) = self.tried.lock() {
-            tried.push(endpoint);
-        }
-    }
-
-    pub(crate) fn tried(&self, endpoint: SocketAddr) -> bool {
-        self.tried
-            .lock()
-            .map(|t| t.contains(&endpoint))
-            .unwrap_or(false)
-    }
-
-    /// The endpoints tried, when some were (empty `Vec` allocates nothing).
-    pub(crate) fn tried_any(&self) -> bool {
-        self.tried.lock().map(|t| !t.is_empty()).unwrap_or(false)
-    }
-}
-
-/// What an attempt came to, as far as its response headers (or its error) tell; `None` for
-/// failures that are not the upstream's (deadline, breaker open, bulkhead full).
-pub fn classify(result: &Result<Rsp, ProxyError>) -> Option<Outcome> {
-    match result {
-        Ok(rsp) => Some(Outcome::Response {
-            status: rsp.status().as_u16(),
-            grpc: rsp
-                .headers()
-                .get(crate::headers::GRPC_STATUS)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .and_then(GrpcCode::from_i32),
-        }),
-        Err(e) => match e {
-            ProxyError::Connect { .. }
-            | ProxyError::ConnectTimeout { .. }
-            | ProxyError::NoEndpoints { .. } => Some(Outcome::ConnectFailure),
-            ProxyError::Reset { .. } | ProxyError::Handshake { .. } => Some(Outcome::Reset),
-            ProxyError::AttemptTimeout { .. } => Some(Outcome::Timeout),
-            _ => None,
-        },
-    }
-}
-
-/// Whether a request is gRPC (by content-type), for layers that must answer in kind.
-pub(crate) fn is_grpc(req: &Req) -> bool {
-    crate::headers::is_grpc(req.headers())
 }

@@ -2,6 +2,11 @@
 //! (`retryOn`, `failureOn`) that the retry layer and the circuit breaker test it against.
 
 use bulwark_proto::policy::{Condition, GrpcCode};
+use http::Response;
+
+use crate::body::Body;
+use crate::errors::ProxyError;
+use crate::headers::GRPC_STATUS;
 
 /// What one attempt to an upstream came to, as far as response headers (or a trailers-only
 /// gRPC response) tell.
@@ -28,6 +33,30 @@ impl Outcome {
             }
             _ => false,
         }
+    }
+}
+
+/// What an attempt came to, as far as its response headers (or its error) tell; `None` for
+/// failures that are not the upstream's (deadline, breaker open, bulkhead full).
+pub fn classify(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {
+    match result {
+        Ok(rsp) => Some(Outcome::Response {
+            status: rsp.status().as_u16(),
+            grpc: rsp
+                .headers()
+                .get(GRPC_STATUS)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .and_then(GrpcCode::from_i32),
+        }),
+        Err(e) => match e {
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::NoEndpoints { .. } => Some(Outcome::ConnectFailure),
+            ProxyError::Reset { .. } | ProxyError::Handshake { .. } => Some(Outcome::Reset),
+            ProxyError::AttemptTimeout { .. } => Some(Outcome::Timeout),
+            _ => None,
+        },
     }
 }
 

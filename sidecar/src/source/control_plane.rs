@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulwark_proto::backoff::Backoff;
+use bulwark_proto::fs::{Durability, write_atomically};
 use bulwark_proto::policy::{Resource, parse_json};
 use bulwark_proto::v1::discovery_client::DiscoveryClient;
 use bulwark_proto::v1::{
@@ -19,10 +21,11 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::PolicySet;
-use crate::Shared;
+use crate::route::PolicySet;
+use crate::state::Shared;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Reconnects wait 100 ms, 200 ms, … up to 10 s, with equal jitter (`bulwark_proto::backoff`).
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Who this sidecar is, as the control plane needs to know.
@@ -93,7 +96,7 @@ fn persist(path: &Path, version: i64, set: &PolicySet) -> std::io::Result<()> {
         source: set.source.clone(),
         resources: set.resources.clone(),
     })?;
-    write_durably(path, &body)
+    write_atomically(path, &body, Durability::Synced)
 }
 
 /// Where the last received levels are kept: beside the snapshot file
@@ -105,34 +108,13 @@ pub fn levels_path(snapshot_file: &Path) -> PathBuf {
 /// Keeps the last received levels (the protobuf message as received), so a sidecar that
 /// restarts while the control plane is away boots on them with the persisted snapshot.
 fn persist_levels(path: &Path, levels: &Levels) -> std::io::Result<()> {
-    write_durably(path, &levels.encode_to_vec())
+    write_atomically(path, &levels.encode_to_vec(), Durability::Synced)
 }
 
 /// The levels persisted at `path`.
 pub fn load_persisted_levels(path: &Path) -> Result<Levels, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Levels::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Writes `body` through a temporary file, fsync and rename: a crash leaves either the old
-/// file or the new one, never half of one.
-fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(body)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // The rename is durable once the directory is.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// Follows the control plane forever: connect, stream, apply, ACK; reconnect on any failure.
@@ -146,7 +128,7 @@ pub async fn follow(
     report_interval: Duration,
     applied: watch::Sender<i64>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     let mut next = 0usize;
     loop {
         let addr = &addrs[next % addrs.len()];
@@ -162,16 +144,14 @@ pub async fn follow(
         match stream.await {
             Ok(()) => {
                 tracing::warn!(control_plane = %addr, "control-plane stream ended; reconnecting");
-                backoff = BACKOFF_MIN;
+                backoff.reset();
             }
             Err(e) => {
-                tracing::warn!(control_plane = %addr, error = %e, retry_in = ?backoff, "control plane unreachable; serving with the policies in force");
+                tracing::warn!(control_plane = %addr, error = %e, retry_within = ?backoff.step(), "control plane unreachable; serving with the policies in force");
             }
         }
-        // Full jitter: spreads a fleet's reconnects after a control-plane restart.
-        let wait = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // Jittered: spreads a fleet's reconnects after a control-plane restart.
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 
@@ -208,7 +188,7 @@ async fn stream_once(
     tracing::info!(control_plane = %addr, "connected to the control plane");
     // Reports go out on their own task, so a report never delays a snapshot; it ends with
     // this stream.
-    let _reporter = AbortOnDrop(tokio::spawn(crate::health::report::run(
+    let _reporter = AbortOnDrop(tokio::spawn(super::report::run(
         shared.clone(),
         report_interval,
         tx.clone(),

@@ -7,38 +7,15 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulwark_proto::policy::parse_documents;
+use bulwark_proto::policy::{parse_documents, policy_files};
 use tokio::sync::watch;
 
-use super::PolicySet;
-
-/// Files read from `path`: the file itself, or every `*.yaml`, `*.yml`, `*.json` in the
-/// directory (sorted by name; hidden files skipped, as Kubernetes ConfigMap mounts need).
-fn policy_files(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
-        let p = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let wanted = !name.starts_with('.')
-            && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"));
-        if wanted && p.is_file() {
-            files.push(p);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
+use crate::route::PolicySet;
 
 /// The raw bytes of every policy file, read together.
 fn read_all(path: &Path) -> Result<Vec<(PathBuf, String)>, String> {
-    policy_files(path)?
+    policy_files(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
         .into_iter()
         .map(|f| {
             std::fs::read_to_string(&f)

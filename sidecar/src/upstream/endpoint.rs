@@ -1,50 +1,32 @@
 //! One upstream endpoint (`ip:port`) and its connections: an idle list of HTTP/1.1 keep-alive
 //! connections and one multiplexed HTTP/2 connection, plus the in-flight count the balancer
-//! reads. Connections are set up here, so connect failures are classified where they happen.
+//! reads. A response body keeps its endpoint busy until it ends and hands an HTTP/1.1
+//! connection back here ([`ConnectionOwner`]).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use super::h2_client::{self, H2Body};
-use crate::body::{Body, BodyError};
+use super::connect::{ConnectSettings, connect};
+use super::http2;
+use super::wire::Wire;
+use crate::body::{
+    Body, BodyError, ConnectionOwner, H1Connection, H2Body, UpstreamBody, UpstreamStream,
+};
 use crate::errors::ProxyError;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_H1: usize = 64;
 
-/// The wire protocol of one upstream request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    Http1,
-    Http2,
-}
-
-/// How connections to an upstream's endpoints are made.
-#[derive(Debug, Clone)]
-pub struct ConnectSettings {
-    pub upstream: Arc<str>,
-    pub connect_timeout: Duration,
-    pub connects_http1: prometheus_client::metrics::counter::Counter,
-    pub connects_http2: prometheus_client::metrics::counter::Counter,
-}
-
 pub struct Endpoint {
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
-    h1_idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    h1_idle: Mutex<Vec<H1Connection>>,
     h2: ArcSwapOption<h2::client::SendRequest<Bytes>>,
     h2_connect: tokio::sync::Mutex<()>,
 }
@@ -74,6 +56,14 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Counts one request in flight until the lease is dropped or handed to a response body.
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            endpoint: Some(self.clone()),
+        }
+    }
+
     /// Sends one request; the response body keeps the endpoint busy (and, for HTTP/1.1, the
     /// connection leased) until it ends or is dropped.
     pub async fn send(
@@ -81,8 +71,8 @@ impl Endpoint {
         wire: Wire,
         req: Request<Body>,
         settings: &ConnectSettings,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let lease = Lease::new(self.clone());
+    ) -> Result<Response<UpstreamBody<H1Connection>>, ProxyError> {
+        let lease = self.lease();
         match wire {
             Wire::Http1 => {
                 let mut conn = self.h1_checkout(settings).await?;
@@ -90,17 +80,17 @@ impl Endpoint {
                     .send_request(req)
                     .await
                     .map_err(|e| self.request_error(settings, e.into()))?;
-                Ok(rsp.map(|b| UpstreamBody::new(Inner::H1(b), lease.with_h1(conn))))
+                Ok(rsp.map(|b| lease.into_body(UpstreamStream::H1(b), Some(conn))))
             }
             Wire::Http2 => {
                 let conn = self.h2_checkout(settings).await?;
-                let rsp = h2_client::send(&conn, req).await.map_err(|e| {
+                let rsp = http2::send(&conn, req).await.map_err(|e| {
                     if e.connection_lost {
                         self.forget_h2(&conn);
                     }
                     self.request_error(settings, e.error.into())
                 })?;
-                Ok(rsp.map(|b| UpstreamBody::new(Inner::H2(b), lease)))
+                Ok(rsp.map(|b| lease.into_body(UpstreamStream::H2(H2Body::new(b)), None)))
             }
         }
     }
@@ -113,24 +103,6 @@ impl Endpoint {
         }
     }
 
-    async fn connect(&self, settings: &ConnectSettings) -> Result<TokioIo<TcpStream>, ProxyError> {
-        let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| ProxyError::ConnectTimeout {
-                upstream: settings.upstream.to_string(),
-                endpoint: self.addr,
-                timeout: settings.connect_timeout,
-            })?
-            .map_err(|source| ProxyError::Connect {
-                upstream: settings.upstream.to_string(),
-                endpoint: self.addr,
-                source,
-            })?;
-        // Small writes (headers, gRPC messages) must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
-    }
-
     fn handshake_error(&self, settings: &ConnectSettings, source: BodyError) -> ProxyError {
         ProxyError::Handshake {
             upstream: settings.upstream.to_string(),
@@ -139,10 +111,7 @@ impl Endpoint {
         }
     }
 
-    async fn h1_checkout(
-        &self,
-        settings: &ConnectSettings,
-    ) -> Result<http1::SendRequest<Body>, ProxyError> {
+    async fn h1_checkout(&self, settings: &ConnectSettings) -> Result<H1Connection, ProxyError> {
         loop {
             let idle = self.h1_idle.lock().ok().and_then(|mut idle| idle.pop());
             let Some(mut conn) = idle else { break };
@@ -159,11 +128,8 @@ impl Endpoint {
         Box::pin(self.h1_dial(settings)).await
     }
 
-    async fn h1_dial(
-        &self,
-        settings: &ConnectSettings,
-    ) -> Result<http1::SendRequest<Body>, ProxyError> {
-        let io = self.connect(settings).await?;
+    async fn h1_dial(&self, settings: &ConnectSettings) -> Result<H1Connection, ProxyError> {
+        let io = connect(self.addr, settings).await?;
         let (conn, task) = http1::Builder::new()
             .handshake(io)
             .await
@@ -179,7 +145,7 @@ impl Endpoint {
         Ok(conn)
     }
 
-    fn h1_checkin(&self, conn: http1::SendRequest<Body>) {
+    fn h1_checkin(&self, conn: H1Connection) {
         if conn.is_closed() {
             return;
         }
@@ -210,8 +176,8 @@ impl Endpoint {
         if let Some(conn) = self.h2.load_full() {
             return Ok(conn);
         }
-        let io = self.connect(settings).await?;
-        let conn = h2_client::handshake(io.into_inner(), settings.upstream.clone(), self.addr)
+        let io = connect(self.addr, settings).await?;
+        let conn = http2::handshake(io.into_inner(), settings.upstream.clone(), self.addr)
             .await
             .map_err(|e| self.handshake_error(settings, e.into()))?;
         settings.connects_http2.inc();
@@ -229,121 +195,41 @@ impl Endpoint {
     }
 }
 
-/// Keeps an endpoint's in-flight count (and an HTTP/1.1 connection) for one response.
-struct Lease {
-    endpoint: Arc<Endpoint>,
-    h1: Option<http1::SendRequest<Body>>,
+/// One request counted in flight on its endpoint: given back when dropped before a response
+/// came, or handed to the response body, which gives it back when it ends.
+#[derive(Debug)]
+pub struct Lease {
+    endpoint: Option<Arc<Endpoint>>,
 }
 
 impl Lease {
-    fn new(endpoint: Arc<Endpoint>) -> Lease {
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        Lease { endpoint, h1: None }
-    }
-
-    fn with_h1(mut self, conn: http1::SendRequest<Body>) -> Lease {
-        self.h1 = Some(conn);
-        self
-    }
-
-    /// The response ended cleanly: the HTTP/1.1 connection may serve another request.
-    fn release_clean(&mut self) {
-        if let Some(conn) = self.h1.take() {
-            self.endpoint.h1_checkin(conn);
-        }
+    /// The response came: its body holds the endpoint (and `connection`) from here on.
+    fn into_body(
+        mut self,
+        stream: UpstreamStream,
+        connection: Option<H1Connection>,
+    ) -> UpstreamBody<H1Connection> {
+        let owner = self
+            .endpoint
+            .take()
+            .map(|e| e as Arc<dyn ConnectionOwner<H1Connection>>);
+        UpstreamBody::new(stream, owner, connection)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The response body of one upstream connection kind.
-enum Inner {
-    H1(Incoming),
-    H2(H2Body),
-}
-
-impl Inner {
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inner::H1(b) => b.is_end_stream(),
-            Inner::H2(b) => b.is_end_stream(),
+        if let Some(e) = self.endpoint.take() {
+            e.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// A response body streamed from an upstream, holding its endpoint lease until it ends.
-pub struct UpstreamBody {
-    inner: Inner,
-    lease: Option<Lease>,
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody").finish_non_exhaustive()
-    }
-}
-
-impl UpstreamBody {
-    fn new(inner: Inner, lease: Lease) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            lease: Some(lease),
-        }
-    }
-
-    fn finish(&mut self, clean: bool) {
-        if let Some(mut lease) = self.lease.take()
-            && clean
-        {
-            lease.release_clean();
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Bodies that were empty from the start (HEAD, 204, 304) are never polled.
-        let clean = self.inner.is_end_stream();
-        self.finish(clean);
-    }
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::H1(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BodyError::from))),
-            Inner::H2(b) => Pin::new(b).poll_frame(cx),
-        };
-        match &polled {
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::H1(b) => b.size_hint(),
-            Inner::H2(b) => b.size_hint(),
+impl ConnectionOwner<H1Connection> for Endpoint {
+    fn release(&self, connection: Option<H1Connection>, clean: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(conn), true) = (connection, clean) {
+            self.h1_checkin(conn);
         }
     }
 }

@@ -1,0 +1,249 @@
+//! Alert webhooks: the elected replica posts every level change and breaker transition to the
+//! service's `alerts.webhook` as JSON with a Slack-compatible `text` field. Sending never
+//! blocks anything: alerts are queued (and dropped, counted, when the queue is full), limited
+//! per service to `alerts.maxPerMinute`, and each is delivered by its own task with retries
+//! and backoff. Deduplication happens upstream: only the leader makes alerts, one per
+//! transition of the service's state as stored in etcd (`levels`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_proto::backoff::Backoff;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+const QUEUE: usize = 1024;
+const CONCURRENT_DELIVERIES: usize = 8;
+const ATTEMPTS: u32 = 4;
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+
+/// One alert, as posted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// `namespace/service`.
+    pub service: String,
+    /// `level` or `breaker`.
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    pub reasons: Vec<String>,
+    /// Unix milliseconds.
+    pub time: i64,
+    /// RFC 3339.
+    pub at: String,
+    /// One line, for chat tools.
+    pub text: String,
+}
+
+/// Where and how often.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub webhook: String,
+    pub max_per_minute: u32,
+}
+
+/// The sending side, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AlertSender {
+    tx: mpsc::Sender<(Alert, Delivery)>,
+    metrics: Arc<Metrics>,
+}
+
+impl AlertSender {
+    /// Queues an alert; never waits.
+    pub fn send(&self, alert: Alert, delivery: Delivery) {
+        if let Err(e) = self.tx.try_send((alert, delivery)) {
+            self.metrics.alert("dropped");
+            tracing::warn!(error = %e, "alert queue full; alert dropped");
+        }
+    }
+}
+
+/// The queue and its worker.
+pub fn channel(metrics: Arc<Metrics>) -> (AlertSender, AlertWorker) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (
+        AlertSender {
+            tx,
+            metrics: metrics.clone(),
+        },
+        AlertWorker { rx, metrics },
+    )
+}
+
+pub struct AlertWorker {
+    rx: mpsc::Receiver<(Alert, Delivery)>,
+    metrics: Arc<Metrics>,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+impl AlertWorker {
+    /// Delivers alerts until `shutdown`.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let client = match client() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up TLS for alert webhooks; alerts are off");
+                return;
+            }
+        };
+        let deliveries = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
+        let mut limits: HashMap<String, Bucket> = HashMap::new();
+        loop {
+            let (alert, delivery) = tokio::select! {
+                next = self.rx.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            };
+            let bucket = limits
+                .entry(alert.service.clone())
+                .or_insert_with(|| Bucket::new(delivery.max_per_minute));
+            if !bucket.take(delivery.max_per_minute, Instant::now()) {
+                self.metrics.alert("rate-limited");
+                tracing::warn!(service = %alert.service, text = %alert.text, "alert rate limit reached; alert dropped");
+                continue;
+            }
+            let Ok(permit) = deliveries.clone().acquire_owned().await else {
+                return;
+            };
+            let client = client.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let result = deliver(&client, &alert, &delivery.webhook).await;
+                match result {
+                    Ok(()) => {
+                        metrics.alert("sent");
+                        tracing::info!(service = %alert.service, webhook = %delivery.webhook, text = %alert.text, "alert sent");
+                    }
+                    Err(e) => {
+                        metrics.alert("failed");
+                        tracing::warn!(service = %alert.service, webhook = %delivery.webhook, error = %e, "alert not delivered");
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn client() -> Result<HttpsClient, rustls::Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(ATTEMPT_TIMEOUT));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Posts `alert`, retrying failures that may pass (connection errors, timeouts, 5xx, 429).
+async fn deliver(client: &HttpsClient, alert: &Alert, webhook: &str) -> Result<(), String> {
+    let body = serde_json::to_vec(alert).map_err(|e| e.to_string())?;
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_FIRST * 2u32.pow(ATTEMPTS));
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let request = hyper::Request::post(webhook)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, "bulwark-control-plane")
+            .body(Full::new(Bytes::from(body.clone())))
+            .map_err(|e| format!("bad webhook URL {webhook:?}: {e}"))?;
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => return Ok(()),
+            Ok(Ok(response)) => {
+                let status = response.status();
+                last = format!("answered {status}");
+                if status.is_client_error() && status != hyper::StatusCode::TOO_MANY_REQUESTS {
+                    return Err(last);
+                }
+            }
+            Ok(Err(e)) => last = format!("request failed: {e}"),
+            Err(_) => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff.next_wait()).await;
+        }
+    }
+    Err(format!("{last} (after {ATTEMPTS} attempts)"))
+}
+
+/// A token bucket of `per_minute` tokens, refilled continuously.
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(per_minute: u32) -> Self {
+        Bucket {
+            tokens: f64::from(per_minute.max(1)),
+            at: None,
+        }
+    }
+
+    fn take(&mut self, per_minute: u32, now: Instant) -> bool {
+        let capacity = f64::from(per_minute.max(1));
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * capacity / 60.0;
+            self.tokens = (self.tokens + refill).min(capacity);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_one_per_interval() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(2);
+        assert!(bucket.take(2, start));
+        assert!(bucket.take(2, start));
+        assert!(!bucket.take(2, start));
+        assert!(!bucket.take(2, start + Duration::from_secs(29)));
+        assert!(bucket.take(2, start + Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn alerts_carry_a_slack_text_field() {
+        let alert = Alert {
+            service: "mrg/orders".into(),
+            kind: "level".into(),
+            from: "NORMAL".into(),
+            to: "DEGRADED".into(),
+            reasons: vec!["smtp unhealthy (breaker open on 2/4 pods)".into()],
+            time: 1,
+            at: "1970-01-01T00:00:00.001Z".into(),
+            text: "mrg/orders NORMAL -> DEGRADED: smtp unhealthy (breaker open on 2/4 pods)".into(),
+        };
+        let json = serde_json::to_value(&alert).unwrap();
+        assert_eq!(
+            json["text"],
+            "mrg/orders NORMAL -> DEGRADED: smtp unhealthy (breaker open on 2/4 pods)"
+        );
+        assert_eq!(json["to"], "DEGRADED");
+    }
+}

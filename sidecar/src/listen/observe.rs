@@ -1,0 +1,153 @@
+//! The end of every proxied request: when its response body ends (or is dropped), one access
+//! log line and the request metrics are recorded, with the gRPC status if trailers carried one.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{HeaderValue, Method, StatusCode, Uri};
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use crate::body::{Body, BodyError};
+use crate::headers::GRPC_STATUS;
+use crate::metrics::{ProtocolLabel, UpstreamMetrics};
+use crate::state::InFlightGuard;
+use crate::trace::RequestIds;
+
+/// What the access log line says about one request.
+pub struct Completion {
+    pub direction: &'static str,
+    pub upstream: Option<Arc<str>>,
+    pub metrics: Option<Arc<UpstreamMetrics>>,
+    pub protocol: ProtocolLabel,
+    pub method: Method,
+    pub authority: Option<Authority>,
+    pub uri: Uri,
+    /// `x-request-id` and `traceparent`.
+    pub ids: RequestIds,
+    pub started: Instant,
+    pub attempts: u32,
+    pub status: StatusCode,
+    pub grpc_status: Option<HeaderValue>,
+    pub error: Option<&'static str>,
+    /// Keeps the request counted as in flight until its response ends.
+    pub in_flight: InFlightGuard,
+}
+
+impl Completion {
+    fn finish(self, outcome: &'static str) {
+        let elapsed = self.started.elapsed();
+        if let Some(m) = &self.metrics {
+            m.record(self.protocol, self.status.as_u16(), elapsed);
+        }
+        let s = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        tracing::info!(
+            target: "bulwark::access",
+            direction = self.direction,
+            upstream = self.upstream.as_deref().unwrap_or(""),
+            method = %self.method,
+            authority = self.authority.as_ref().map_or("", Authority::as_str),
+            path = self.uri.path(),
+            protocol = self.protocol.as_str(),
+            status = self.status.as_u16(),
+            grpc_status = s(&self.grpc_status),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            attempts = self.attempts,
+            request_id = self.ids.request_id.to_str().unwrap_or(""),
+            trace_id = self.ids.trace_id(),
+            error = self.error.unwrap_or(""),
+            outcome,
+            "request"
+        );
+    }
+}
+
+/// A response body that records its request's completion when it ends.
+pub struct ObservedBody {
+    inner: Body,
+    completion: Option<Box<Completion>>,
+}
+
+impl std::fmt::Debug for ObservedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservedBody").finish_non_exhaustive()
+    }
+}
+
+impl ObservedBody {
+    pub fn new(inner: Body, completion: Completion) -> ObservedBody {
+        let mut body = ObservedBody {
+            inner,
+            completion: Some(Box::new(completion)),
+        };
+        // Bodies empty from the start are never polled by the server: finish now.
+        if http_body::Body::is_end_stream(&body.inner) {
+            body.finish("complete");
+        }
+        body
+    }
+
+    /// A body with no request to record (admin answers).
+    pub fn plain(inner: Body) -> ObservedBody {
+        ObservedBody {
+            inner,
+            completion: None,
+        }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        if let Some(c) = self.completion.take() {
+            c.finish(outcome);
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish("cancelled");
+    }
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(c)) = (frame.trailers_ref(), this.completion.as_mut())
+                {
+                    c.grpc_status = trailers.get(GRPC_STATUS).cloned();
+                }
+                if this.inner.is_end_stream() {
+                    this.finish("complete");
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish("upstream-error"),
+            Poll::Ready(None) => this.finish("complete"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

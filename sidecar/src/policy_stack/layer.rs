@@ -1,0 +1,148 @@
+//! What every layer of an upstream's stack is: a [`Call`] that takes a request and the
+//! request's context ([`Cx`]) and returns its response. The context carries what the layers
+//! above decided — the route selected where the request entered the stack, the deadlines, the
+//! authority to send it with — and what they share across attempts ([`CallState`]), so no
+//! layer looks anything up again and nothing travels in request extensions.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use super::routes::RouteConfig;
+use crate::body::Body;
+use crate::errors::ProxyError;
+use crate::metrics::UpstreamMetrics;
+
+pub type Req = Request<Body>;
+pub type Rsp = Response<Body>;
+
+/// One layer of an upstream's stack, called by shared reference. A stack is built once per
+/// policy version and shared by every request to the upstream, so a call neither clones the
+/// stack nor boxes a future: each layer's future is nested in the one above it, and a request
+/// runs as one state machine.
+pub trait Call: Send + Sync + 'static {
+    fn call<'a>(
+        &'a self,
+        req: Req,
+        cx: Cx<'a>,
+    ) -> impl Future<Output = Result<Rsp, ProxyError>> + Send + 'a;
+}
+
+impl<T: Call> Call for Arc<T> {
+    fn call<'a>(
+        &'a self,
+        req: Req,
+        cx: Cx<'a>,
+    ) -> impl Future<Output = Result<Rsp, ProxyError>> + Send + 'a {
+        T::call(self, req, cx)
+    }
+}
+
+/// What one request carries down an upstream's stack beside the request itself. Layers pass
+/// it on, changed where they decide something (a deadline, a failover target's route).
+#[derive(Debug, Clone, Copy)]
+pub struct Cx<'a> {
+    /// The request's route within the upstream (`spec.routes`, or the upstream's own settings).
+    pub route: &'a RouteConfig,
+    /// Whether the request is gRPC: errors are answered in kind, deadlines sent as
+    /// `grpc-timeout`.
+    pub grpc: bool,
+    /// The authority the request goes out with: the caller's, or a failover target's name.
+    pub authority: &'a Authority,
+    /// What the request's attempts share.
+    pub state: &'a CallState,
+    /// The overall deadline, once the deadline layer set one.
+    pub deadline: Option<Instant>,
+    /// The current attempt's deadline, once the per-try layer set one.
+    pub attempt: Option<AttemptDeadline>,
+}
+
+/// The deadline of the current attempt and the per-try limit it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptDeadline {
+    pub at: Instant,
+    pub limit: Duration,
+}
+
+/// What the layers of one request share across its attempts: how many were made and which
+/// endpoints they went to (the last few, so a retry goes elsewhere when it can).
+#[derive(Debug, Default)]
+pub struct CallState {
+    attempts: AtomicU32,
+    tried: Mutex<Tried>,
+}
+
+/// The endpoints of the last [`TRIED`] attempts, without allocating.
+#[derive(Debug, Default)]
+struct Tried {
+    endpoints: [Option<SocketAddr>; TRIED],
+    next: usize,
+}
+
+/// How many tried endpoints a request remembers: more than any sensible `maxAttempts` needs to
+/// spread its retries.
+const TRIED: usize = 8;
+
+impl CallState {
+    /// Attempts started so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// An attempt starts on `endpoint`.
+    pub fn attempt_started(&self, endpoint: SocketAddr) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut tried) = self.tried.lock() {
+            let slot = tried.next % TRIED;
+            tried.endpoints[slot] = Some(endpoint);
+            tried.next += 1;
+        }
+    }
+
+    /// Whether an earlier attempt of this request went to `endpoint`.
+    pub fn tried(&self, endpoint: SocketAddr) -> bool {
+        self.tried
+            .lock()
+            .map(|t| t.endpoints.contains(&Some(endpoint)))
+            .unwrap_or(false)
+    }
+
+    /// Whether an attempt was made already (the next one is a retry or a failover).
+    pub fn retrying(&self) -> bool {
+        self.attempts() > 0
+    }
+}
+
+/// What every layer of an upstream's stack knows of it: its name and metric handles.
+#[derive(Debug)]
+pub struct UpstreamInfo {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub metrics: Arc<UpstreamMetrics>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_endpoints_are_remembered_without_allocating() {
+        let state = CallState::default();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        assert!(!state.retrying() && !state.tried(a));
+        state.attempt_started(a);
+        assert!(state.retrying() && state.tried(a) && !state.tried(b));
+        for _ in 0..TRIED {
+            state.attempt_started(b);
+        }
+        assert!(!state.tried(a), "only the last attempts are remembered");
+        assert_eq!(state.attempts(), 1 + TRIED as u32);
+    }
+}

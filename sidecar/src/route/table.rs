@@ -1,0 +1,444 @@
+//! The routing table: the applied policy snapshot, compiled. Which upstream a request's
+//! authority names (`name`, `name.namespace`, `name.namespace.svc.cluster.local`), the local
+//! app for inbound requests, and for each what a request goes through. A new table reuses every
+//! upstream whose policy did not change, keeping its connections and state; the layers above
+//! the attempts (gate, deadline, failover) are rebuilt every time, so failover targets and the
+//! own ServicePolicy's actions are resolved here, once per snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bulwark_proto::policy::{
+    API_VERSION, Endpoints, Limits, Metadata, Protocol, Resource, ServicePolicy, UpstreamPolicy,
+    UpstreamSpec,
+};
+
+use super::upstream::{BuildEnv, Side, Upstream};
+use crate::headers::host_of;
+use crate::health::actions::ServiceActions;
+use crate::policy_stack::failover::StaticResponse;
+use crate::policy_stack::gate::Direction;
+use crate::policy_stack::{self, Attempts, Stack, StackParts};
+
+/// A complete, validated set of policies with its version, as a source delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySet {
+    /// Changes whenever the content changes.
+    pub version: String,
+    /// Where it came from (`file:/etc/bulwark/policies`).
+    pub source: String,
+    pub resources: Vec<Resource>,
+}
+
+/// Who this sidecar serves: what a table is built for.
+#[derive(Debug, Clone)]
+pub struct LocalService {
+    pub namespace: String,
+    pub service: Option<String>,
+    /// `--app-port`: overrides the ServicePolicy's `spec.app.port`.
+    pub app_port: Option<u16>,
+    /// The sidecar's own inbound port: an app port equal to it would loop.
+    pub inbound_port: Option<u16>,
+}
+
+/// An upstream in the table: the compiled upstream and what a request routed to it goes
+/// through.
+pub struct Route {
+    pub upstream: Arc<Upstream>,
+    pub stack: Stack,
+}
+
+impl std::ops::Deref for Route {
+    type Target = Upstream;
+    fn deref(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+/// The policies in force; requests hold the table they started with.
+pub struct RouteTable {
+    pub version: String,
+    pub source: String,
+    pub resources: Vec<Resource>,
+    /// name → namespace → upstream.
+    upstreams: HashMap<String, HashMap<String, Route>>,
+    /// The local app, for inbound traffic.
+    pub inbound: Option<Route>,
+    pub service: Option<ServicePolicy>,
+    /// The own ServicePolicy's degradation actions and priority header, compiled.
+    pub actions: Arc<ServiceActions>,
+    own_namespace: String,
+}
+
+impl std::fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("version", &self.version)
+            .field("upstreams", &self.upstream_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteTable {
+    /// The table before any policy arrived: routes nothing.
+    pub fn empty(local: &LocalService) -> RouteTable {
+        RouteTable {
+            version: String::new(),
+            source: String::new(),
+            resources: Vec::new(),
+            upstreams: HashMap::new(),
+            inbound: None,
+            service: None,
+            actions: Arc::default(),
+            own_namespace: local.namespace.clone(),
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        !self.version.is_empty()
+    }
+
+    pub fn upstream_count(&self) -> usize {
+        self.upstreams.values().map(HashMap::len).sum()
+    }
+
+    /// Builds the table for `set`, reusing `previous`'s upstreams whose policy is unchanged.
+    pub fn build(
+        set: &PolicySet,
+        previous: &RouteTable,
+        local: &LocalService,
+        env: &BuildEnv,
+    ) -> Result<RouteTable, String> {
+        let mut compiled: HashMap<String, HashMap<String, Arc<Upstream>>> = HashMap::new();
+        let mut service = None;
+        for resource in &set.resources {
+            match resource {
+                Resource::UpstreamPolicy(p) => {
+                    let old = previous
+                        .upstreams
+                        .get(&p.metadata.name)
+                        .and_then(|by_ns| by_ns.get(&p.metadata.namespace))
+                        .map(|r| &r.upstream);
+                    let upstream = match old {
+                        Some(u) if u.policy == *p => u.clone(),
+                        _ => Arc::new(
+                            Upstream::build(p, Side::Outbound, env, old.map(|u| &**u))
+                                .map_err(|e| format!("{}: {e}", resource.id()))?,
+                        ),
+                    };
+                    compiled
+                        .entry(p.metadata.name.clone())
+                        .or_default()
+                        .insert(p.metadata.namespace.clone(), upstream);
+                }
+                Resource::ServicePolicy(p) => {
+                    let ours = local.service.as_deref() == Some(p.metadata.name.as_str())
+                        && p.metadata.namespace == local.namespace;
+                    if ours {
+                        service = Some(p.clone());
+                    }
+                }
+            }
+        }
+        let actions = Arc::new(ServiceActions::from_policy(service.as_ref()));
+        let parts = |direction, failover, response| StackParts {
+            direction,
+            degradation: env.degradation.clone(),
+            actions: actions.clone(),
+            deadline_header: env.deadline_header.clone(),
+            failover,
+            response,
+        };
+        let mut upstreams: HashMap<String, HashMap<String, Route>> = HashMap::new();
+        for (name, by_ns) in &compiled {
+            for (namespace, upstream) in by_ns {
+                let fallback = upstream.policy.spec.fallback.as_ref();
+                let failover = fallback
+                    .map(|f| failover_targets(&compiled, upstream, &f.failover))
+                    .unwrap_or_default();
+                let response = fallback
+                    .and_then(|f| f.response.as_ref())
+                    .map(StaticResponse::compile);
+                let stack = policy_stack::stack(
+                    upstream.attempts.clone(),
+                    parts(Direction::Outbound, failover, response),
+                );
+                upstreams.entry(name.clone()).or_default().insert(
+                    namespace.clone(),
+                    Route {
+                        upstream: upstream.clone(),
+                        stack,
+                    },
+                );
+            }
+        }
+        let inbound = match app_policy(local, service.as_ref())? {
+            None => None,
+            Some(policy) => {
+                let upstream = match &previous.inbound {
+                    Some(r) if r.upstream.policy == policy => r.upstream.clone(),
+                    old => {
+                        let side = Side::Inbound(Arc::from(format!(
+                            "{}/{}",
+                            local.namespace,
+                            local.service.as_deref().unwrap_or("app")
+                        )));
+                        let old = old.as_ref().map(|r| &*r.upstream);
+                        Arc::new(Upstream::build(&policy, side, env, old)?)
+                    }
+                };
+                let stack = policy_stack::stack(
+                    upstream.attempts.clone(),
+                    parts(Direction::Inbound, Vec::new(), None),
+                );
+                Some(Route { upstream, stack })
+            }
+        };
+        Ok(RouteTable {
+            version: set.version.clone(),
+            source: set.source.clone(),
+            resources: set.resources.clone(),
+            upstreams,
+            inbound,
+            actions,
+            service,
+            own_namespace: local.namespace.clone(),
+        })
+    }
+
+    /// The upstream a request's authority names; `None` when no policy matches.
+    pub fn route(&self, authority: &str) -> Option<&Route> {
+        let host = host_of(authority);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.route_host(&host.to_ascii_lowercase());
+        }
+        self.route_host(host)
+    }
+
+    fn route_host(&self, host: &str) -> Option<&Route> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let host = host
+            .strip_suffix(".svc.cluster.local")
+            .or_else(|| host.strip_suffix(".svc"))
+            .unwrap_or(host);
+        match host.split_once('.') {
+            None => self.by_bare_name(host),
+            Some((name, ns)) if !ns.contains('.') => self.upstreams.get(name)?.get(ns),
+            Some(_) => None,
+        }
+    }
+
+    /// Every outbound upstream, sorted by namespace and name (admin views, health reports).
+    pub fn upstreams(&self) -> Vec<&Arc<Upstream>> {
+        let mut all: Vec<&Arc<Upstream>> = self
+            .upstreams
+            .values()
+            .flat_map(|m| m.values())
+            .map(|r| &r.upstream)
+            .collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
+    }
+
+    /// A bare name resolves in the sidecar's own namespace first, then in the one namespace
+    /// that has it (ambiguous names do not resolve).
+    fn by_bare_name(&self, name: &str) -> Option<&Route> {
+        let by_ns = self.upstreams.get(name)?;
+        if let Some(u) = by_ns.get(&self.own_namespace) {
+            return Some(u);
+        }
+        if by_ns.len() == 1 {
+            return by_ns.values().next();
+        }
+        None
+    }
+}
+
+/// The attempts of an upstream's failover targets, in order. A name means an upstream in the
+/// same namespace, `name.namespace` one in another; a name without an UpstreamPolicy is left
+/// out (and said once, here).
+fn failover_targets(
+    compiled: &HashMap<String, HashMap<String, Arc<Upstream>>>,
+    from: &Upstream,
+    names: &[String],
+) -> Vec<Arc<Attempts>> {
+    names
+        .iter()
+        .filter_map(|target| {
+            let (name, ns) = target
+                .split_once('.')
+                .unwrap_or((target.as_str(), &from.namespace));
+            let found = compiled.get(name).and_then(|by_ns| by_ns.get(ns));
+            if found.is_none() {
+                tracing::warn!(upstream = %from.name, failover = %target, "failover target has no UpstreamPolicy; it is skipped");
+            }
+            found.map(|u| u.attempts.clone())
+        })
+        .collect()
+}
+
+/// The inbound "upstream": the local app on 127.0.0.1, with `spec.inbound.maxConcurrent` as
+/// its limit. `None` when no app port is known.
+fn app_policy(
+    local: &LocalService,
+    service: Option<&ServicePolicy>,
+) -> Result<Option<UpstreamPolicy>, String> {
+    let app = service.and_then(|s| s.spec.app.as_ref());
+    let Some(port) = local.app_port.or_else(|| app.map(|a| a.port)) else {
+        return Ok(None);
+    };
+    if local.inbound_port == Some(port) {
+        return Err(format!(
+            "ServicePolicy {}/{}: spec.app.port {port} is this sidecar's own inbound port; inbound requests would loop",
+            local.namespace,
+            local.service.as_deref().unwrap_or("")
+        ));
+    }
+    let name = local.service.clone().unwrap_or_else(|| "app".to_string());
+    let max_concurrent = service
+        .and_then(|s| s.spec.inbound.as_ref())
+        .and_then(|i| i.max_concurrent);
+    Ok(Some(UpstreamPolicy {
+        api_version: API_VERSION.to_string(),
+        metadata: Metadata::new(name, local.namespace.clone()),
+        spec: UpstreamSpec {
+            endpoints: Endpoints {
+                static_addrs: Some(vec![format!("127.0.0.1:{port}")]),
+                ..Endpoints::default()
+            },
+            protocol: app.and_then(|a| a.protocol).unwrap_or(Protocol::Auto),
+            limits: max_concurrent.map(|max| Limits {
+                max_concurrent: Some(max),
+                max_pending: Some(0),
+            }),
+            ..UpstreamSpec::default()
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use bulwark_proto::policy::parse_yaml;
+
+    fn upstream(name: &str, ns: &str, port: u16) -> String {
+        format!(
+            "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec: {{ endpoints: {{ static: [\"127.0.0.1:{port}\"] }} }}\n---\n"
+        )
+    }
+
+    fn table(yaml: &str, ns: &str) -> RouteTable {
+        let local = LocalService {
+            namespace: ns.into(),
+            service: None,
+            app_port: None,
+            inbound_port: None,
+        };
+        let set = PolicySet {
+            version: "1".into(),
+            source: "test".into(),
+            resources: parse_yaml(yaml).unwrap(),
+        };
+        RouteTable::build(&set, &RouteTable::empty(&local), &local, &env()).unwrap()
+    }
+
+    fn env() -> BuildEnv {
+        BuildEnv {
+            metrics: Arc::new(Metrics::new()),
+            events: tokio::sync::broadcast::channel(16).0,
+            degradation: Arc::default(),
+            deadline_header: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn authority_forms_and_own_namespace_preference() {
+        let yaml = upstream("echo", "default", 1)
+            + &upstream("echo", "other", 2)
+            + &upstream("pay", "payments", 3);
+        let s = table(&yaml, "default");
+        let ns = |a: &str| s.route(a).map(|u| u.namespace.to_string());
+        assert_eq!(ns("echo"), Some("default".into()));
+        assert_eq!(ns("echo:8080"), Some("default".into()));
+        assert_eq!(ns("echo.other"), Some("other".into()));
+        assert_eq!(ns("echo.other.svc.cluster.local:80"), Some("other".into()));
+        assert_eq!(ns("ECHO.Other"), Some("other".into()));
+        assert_eq!(
+            ns("pay"),
+            Some("payments".into()),
+            "unique name in another namespace"
+        );
+        assert_eq!(ns("pay.default"), None);
+        assert_eq!(ns("nowhere"), None);
+        assert_eq!(ns("echo.example.com"), None);
+
+        let s = table(&yaml, "third");
+        assert_eq!(
+            s.route("echo").map(|u| u.namespace.to_string()),
+            None,
+            "ambiguous"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_app_port_equal_to_the_inbound_port_is_refused() {
+        let local = LocalService {
+            namespace: "shop".into(),
+            service: Some("orders".into()),
+            app_port: None,
+            inbound_port: Some(15006),
+        };
+        let set = PolicySet {
+            version: "1".into(),
+            source: "test".into(),
+            resources: parse_yaml(
+                "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: { name: orders, namespace: shop }\nspec: { app: { port: 15006 } }\n",
+            )
+            .unwrap(),
+        };
+        let err = RouteTable::build(&set, &RouteTable::empty(&local), &local, &env()).unwrap_err();
+        assert_eq!(
+            err,
+            "ServicePolicy shop/orders: spec.app.port 15006 is this sidecar's own inbound port; inbound requests would loop"
+        );
+    }
+
+    #[tokio::test]
+    async fn unchanged_upstreams_are_reused() {
+        let local = LocalService {
+            namespace: "default".into(),
+            service: None,
+            app_port: None,
+            inbound_port: None,
+        };
+        let env = env();
+        let set = |yaml: &str| PolicySet {
+            version: "v".into(),
+            source: "test".into(),
+            resources: parse_yaml(yaml).unwrap(),
+        };
+        let first = RouteTable::build(
+            &set(&(upstream("a", "default", 1) + &upstream("b", "default", 2))),
+            &RouteTable::empty(&local),
+            &local,
+            &env,
+        )
+        .unwrap();
+        let second = RouteTable::build(
+            &set(&(upstream("a", "default", 1) + &upstream("b", "default", 3))),
+            &first,
+            &local,
+            &env,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(
+            &first.route("a").unwrap().upstream,
+            &second.route("a").unwrap().upstream
+        ));
+        assert!(!Arc::ptr_eq(
+            &first.route("b").unwrap().upstream,
+            &second.route("b").unwrap().upstream
+        ));
+    }
+}
