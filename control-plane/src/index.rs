@@ -15,7 +15,7 @@ use std::time::Duration;
 use bulwark_proto::policy::{Kind, Resource};
 use tokio::sync::watch;
 
-use crate::degradation::compute::ServiceStatus;
+use crate::store::values::ServiceStatus;
 use crate::store::keys::{OverrideTarget, PodKey, ResourceKey, ServiceKey};
 use crate::store::values::{AckRecord, HealthRecord, HistoryOp, OverrideRecord};
 

@@ -7,7 +7,9 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::annotations;
-use crate::{InjectError, InjectOptions, json_patch_for_pod};
+use crate::errors::InjectError;
+use crate::options::InjectOptions;
+use crate::workload::json_patch_for_pod;
 
 /// Whether `pod` gets the sidecar: its `bulwark.dev/inject` annotation (`enabled` or
 /// `disabled`) wins, then its label of that name, then its namespace's choice — which the

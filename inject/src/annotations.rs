@@ -6,7 +6,11 @@
 use serde_json::{Map, Value};
 
 use crate::quantity;
-use crate::{InjectError, InjectOptions, Ports, Resources};
+use crate::values::{
+    check_control_plane, check_image, check_log_level, check_quantity, parse_port, parse_workers,
+};
+use crate::errors::InjectError;
+use crate::options::{InjectOptions, Ports, Resources};
 
 /// Opt in (`enabled`) or out (`disabled`) of injection; on the pod, or as a namespace label.
 pub const INJECT: &str = "bulwark.dev/inject";
@@ -42,16 +46,7 @@ pub const SIDECAR_LABEL: &str = "bulwark.dev/sidecar";
 /// The well-known label naming the application, used as the service name.
 pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
 
-pub(crate) const PORT_PROBLEM: &str = "must be a port number from 1 to 65535";
-pub(crate) const QUANTITY_PROBLEM: &str = "must be a Kubernetes quantity such as 100m or 128Mi";
-pub(crate) const CONTROL_PLANE_PROBLEM: &str =
-    "must be http:// or https:// addresses, comma-separated";
-pub(crate) const IMAGE_PROBLEM: &str = "must be a non-empty image reference without spaces";
-pub(crate) const LOG_LEVEL_PROBLEM: &str = "must be one of trace, debug, info, warn, error, off";
-pub(crate) const WORKERS_PROBLEM: &str = "must be a number of worker threads from 1 to 64";
-pub(crate) const LOG_FORMAT_PROBLEM: &str = "must be text or json";
 pub(crate) const SWITCH_PROBLEM: &str = "must be enabled or disabled";
-pub(crate) const DNS_LABEL_PROBLEM: &str = "must be a DNS-1123 label (at most 63 lowercase letters, digits or \"-\", starting and ending with a letter or digit)";
 const NOT_STRING_PROBLEM: &str = "must be a string (quote it in YAML)";
 
 /// What one sidecar is built from: the options with the pod's overrides applied.
@@ -235,74 +230,3 @@ pub(crate) fn bad(annotation: &'static str, value: &str, problem: &'static str) 
     }
 }
 
-pub(crate) fn parse_port(text: &str) -> Result<u16, &'static str> {
-    match text.parse::<u16>() {
-        Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
-        _ => Err(PORT_PROBLEM),
-    }
-}
-
-pub(crate) fn parse_workers(text: &str) -> Result<u8, &'static str> {
-    match text.parse::<u8>() {
-        Ok(n @ 1..=64) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-        _ => Err(WORKERS_PROBLEM),
-    }
-}
-
-pub(crate) fn check_quantity(text: &str) -> Result<(), &'static str> {
-    quantity::parse(text).map(|_| ()).ok_or(QUANTITY_PROBLEM)
-}
-
-pub(crate) fn check_control_plane(text: &str) -> Result<(), &'static str> {
-    let ok = text.split(',').all(|address| {
-        let address = address.trim();
-        let rest = address
-            .strip_prefix("http://")
-            .or_else(|| address.strip_prefix("https://"));
-        rest.is_some_and(|host| !host.is_empty() && !host.contains(char::is_whitespace))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(CONTROL_PLANE_PROBLEM)
-    }
-}
-
-pub(crate) fn check_image(text: &str) -> Result<(), &'static str> {
-    if text.is_empty() || text.contains(char::is_whitespace) {
-        Err(IMAGE_PROBLEM)
-    } else {
-        Ok(())
-    }
-}
-
-pub(crate) fn check_log_level(text: &str) -> Result<(), &'static str> {
-    match text {
-        "trace" | "debug" | "info" | "warn" | "error" | "off" => Ok(()),
-        _ => Err(LOG_LEVEL_PROBLEM),
-    }
-}
-
-pub(crate) fn check_log_format(text: &str) -> Result<(), &'static str> {
-    match text {
-        "text" | "json" => Ok(()),
-        _ => Err(LOG_FORMAT_PROBLEM),
-    }
-}
-
-/// RFC 1123 label as Kubernetes uses it for names, as ServicePolicy names must be.
-pub(crate) fn check_dns_label(text: &str) -> Result<(), &'static str> {
-    let bytes = text.as_bytes();
-    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.iter().all(inner)
-        && edge(bytes.first())
-        && edge(bytes.last())
-    {
-        Ok(())
-    } else {
-        Err(DNS_LABEL_PROBLEM)
-    }
-}

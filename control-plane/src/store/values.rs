@@ -1,7 +1,12 @@
-//! The values stored under `history/`, `acks/`, `health/`, `overrides/` and `events/`
-//! (docs/control-plane.md, "etcd keys"), as JSON. Resources under `policies/` are the policy model's own JSON, without
-//! `metadata.resourceVersion` (the key's `mod_revision` is the version).
+//! The values stored under `history/`, `acks/`, `health/`, `status/`, `overrides/` and
+//! `events/` (docs/control-plane.md, "etcd keys"), as JSON. Resources under `policies/` are the
+//! policy model's own JSON, without `metadata.resourceVersion` (the key's `mod_revision` is the
+//! version).
 
+use std::collections::BTreeMap;
+
+use bulwark_proto::level::Level;
+use bulwark_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 /// What a history entry says happened.
@@ -161,6 +166,127 @@ pub struct EventRecord {
     pub by: String,
     /// One line, as alerts carry it.
     pub text: String,
+}
+
+/// One dependency as the service's pods see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DependencyStatus {
+    pub name: String,
+    pub critical: bool,
+    pub healthy: bool,
+    /// Why it is unhealthy (`breaker open on 3/4 pods`), empty when healthy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Pods that reported it.
+    pub pods: usize,
+    pub breaker_open_pods: usize,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+/// A lower level waiting out `lowerAfter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The most severe level computed since `since`: where the service goes when the wait is
+    /// over.
+    pub level: Level,
+    pub since: i64,
+}
+
+/// An override as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideStatus {
+    pub level: Level,
+    pub reason: String,
+    pub by: String,
+    pub expires: i64,
+    pub mesh: bool,
+}
+
+/// `status/{namespace}/{service}`: what the elected replica computed for one service. It is
+/// also what the API serves and, trimmed, what sidecars receive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    pub namespace: String,
+    pub service: String,
+    /// The level sidecars act on.
+    pub level: Level,
+    /// The level the health rules give now.
+    pub computed: Level,
+    /// Since when (unix ms) the service is at `level`.
+    pub since: i64,
+    pub capabilities: BTreeMap<String, bool>,
+    /// One line per cause, unhealthy dependencies first.
+    pub reasons: Vec<String>,
+    /// `LEVEL: reason, reason`.
+    pub summary: String,
+    pub unhealthy: Vec<String>,
+    pub reporting_pods: usize,
+    /// Pods that answer readiness with 503 because of degradation.
+    pub unready_pods: Vec<String>,
+    #[serde(default)]
+    pub r#override: Option<OverrideStatus>,
+    pub dependencies: Vec<DependencyStatus>,
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// When this was computed (unix ms).
+    pub computed_at: i64,
+}
+
+impl ServiceStatus {
+    /// Same in everything sidecars, operators and alerts care about: counts and the time of
+    /// computation aside.
+    pub fn same_state(&self, other: &ServiceStatus) -> bool {
+        let health = |s: &ServiceStatus| -> Vec<(String, bool, String, usize)> {
+            s.dependencies
+                .iter()
+                .map(|d| {
+                    (
+                        d.name.clone(),
+                        d.healthy,
+                        d.reason.clone(),
+                        d.breaker_open_pods,
+                    )
+                })
+                .collect()
+        };
+        self.level == other.level
+            && self.computed == other.computed
+            && self.since == other.since
+            && self.capabilities == other.capabilities
+            && self.reasons == other.reasons
+            && self.reporting_pods == other.reporting_pods
+            && self.unready_pods == other.unready_pods
+            && self.r#override == other.r#override
+            && self.pending == other.pending
+            && health(self) == health(other)
+    }
+
+    /// What the sidecars of the service, and of its callers, receive.
+    pub fn to_pb(&self) -> pb::ServiceLevel {
+        pb::ServiceLevel {
+            namespace: self.namespace.clone(),
+            service: self.service.clone(),
+            level: self.level.to_pb().into(),
+            capabilities: self
+                .capabilities
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            reasons: self.reasons.clone(),
+            unready_pods: self.unready_pods.clone(),
+            since_unix_ms: self.since,
+            r#override: self.r#override.as_ref().map(|o| pb::Override {
+                level: o.level.to_pb().into(),
+                reason: o.reason.clone(),
+                by: o.by.clone(),
+                expires_unix_ms: o.expires,
+                mesh: o.mesh,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{API_VERSION, Kind, Resource};
+use super::model::{API_VERSION, Kind, Resource};
 
 /// A document that is not a well-formed policy resource.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

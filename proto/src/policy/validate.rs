@@ -7,11 +7,13 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration as StdDuration;
 
 use super::capability::CapabilityExpr;
-use super::{
-    App, CircuitBreaker, Condition, Dependency, Duration, Endpoints, Fallback, GrpcCode, Inbound,
-    LevelActions, LevelRule, Metadata, OutlierDetection, Percent, Resource, Retry, Route,
-    RouteMatch, ServicePolicy, Timeouts, UpstreamPolicy, defaults,
+use super::defaults;
+use super::model::{
+    App, CircuitBreaker, Dependency, Endpoints, Fallback, Inbound, LevelActions, LevelRule,
+    Metadata, OutlierDetection, Resource, Retry, Route, RouteMatch, ServicePolicy, Timeouts,
+    UpstreamPolicy,
 };
+use super::units::{Condition, Duration, GrpcCode, Percent};
 
 /// One problem in a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
