@@ -76,10 +76,10 @@ schemas() {
 }
 check "schemas: base" schemas "$WORK/base.yaml"
 check "schemas: production" schemas "$WORK/production.yaml"
-check "schemas: injector golden files" schemas inject/tests/golden/*.yaml
+check "schemas: injector golden files" schemas inject/tests/injection/golden/*.yaml
 
 step "enum fields, the webhook, RBAC, references"
-check "enums" "$PY" deploy/validate.py enums "$WORK/base.yaml" "$WORK/production.yaml" inject/tests/golden/*.yaml
+check "enums" "$PY" deploy/validate.py enums "$WORK/base.yaml" "$WORK/production.yaml" inject/tests/injection/golden/*.yaml
 check "manifests: base" "$PY" deploy/validate.py manifests "$WORK/base.yaml"
 check "manifests: production" "$PY" deploy/validate.py manifests "$WORK/production.yaml" --tls
 

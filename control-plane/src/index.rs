@@ -15,8 +15,8 @@ use std::time::Duration;
 use bulwark_proto::policy::{Kind, Resource};
 use tokio::sync::watch;
 
-use crate::store::values::ServiceStatus;
 use crate::store::keys::{OverrideTarget, PodKey, ResourceKey, ServiceKey};
+use crate::store::values::ServiceStatus;
 use crate::store::values::{AckRecord, HealthRecord, HistoryOp, OverrideRecord};
 
 /// A resource as stored, with its version.

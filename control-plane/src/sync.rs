@@ -9,9 +9,9 @@ use bulwark_proto::backoff::Backoff;
 use bulwark_proto::policy::parse_json;
 use tokio::sync::watch;
 
-use crate::store::values::ServiceStatus;
 use crate::index::{Change, HistoryEntry, SharedIndex, StoredResource};
 use crate::store::keys::{Keys, ParsedKey};
+use crate::store::values::ServiceStatus;
 use crate::store::values::{AckRecord, HealthRecord, HistoryRecord, OverrideRecord};
 use crate::store::{Entry, EtcdStore, StoreError, WatchEvent, WatchMessage};
 

@@ -5,12 +5,12 @@
 
 use serde_json::{Map, Value};
 
+use crate::errors::InjectError;
+use crate::options::{InjectOptions, Ports, Resources};
 use crate::quantity;
 use crate::values::{
     check_control_plane, check_image, check_log_level, check_quantity, parse_port, parse_workers,
 };
-use crate::errors::InjectError;
-use crate::options::{InjectOptions, Ports, Resources};
 
 /// Opt in (`enabled`) or out (`disabled`) of injection; on the pod, or as a namespace label.
 pub const INJECT: &str = "bulwark.dev/inject";
@@ -229,4 +229,3 @@ pub(crate) fn bad(annotation: &'static str, value: &str, problem: &'static str) 
         problem,
     }
 }
-

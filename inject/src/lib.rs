@@ -34,4 +34,3 @@ pub use options::{DEFAULT_CONTROL_PLANE, DEFAULT_IMAGE, InjectOptions, Ports, Re
 pub use patch::{PatchError, apply_patch, diff};
 pub use sidecar::{SIDECAR_NAME, SIDECAR_UID, SNAPSHOT_DIR, SNAPSHOT_VOLUME};
 pub use workload::{Injected, Skip, inject_object, json_patch_for_pod};
-

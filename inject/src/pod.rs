@@ -4,13 +4,11 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::annotations::{
-    self, APP_NAME_LABEL, INJECTED, SERVICE, SIDECAR_LABEL, Settings,
-};
-use crate::sidecar::{self, SIDECAR_NAME, SNAPSHOT_VOLUME, ServiceName};
+use crate::annotations::{self, APP_NAME_LABEL, INJECTED, SERVICE, SIDECAR_LABEL, Settings};
 use crate::errors::InjectError;
-use crate::values::check_dns_label;
 use crate::options::InjectOptions;
+use crate::sidecar::{self, SIDECAR_NAME, SNAPSHOT_VOLUME, ServiceName};
+use crate::values::check_dns_label;
 
 /// Adds the sidecar to `template`: a Pod, or a workload's pod template (both have `metadata`
 /// and `spec`). `path` is where the template sits in its object (`spec.template`, or empty for

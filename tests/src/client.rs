@@ -15,8 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::body::{Body, BoxError};
 use crate::pb::echo_client::EchoClient;
-use crate::{Body, BoxError};
 
 /// A hyper-util client whose every connection goes to one address.
 pub type HttpClient = Client<Dial, Body>;

@@ -1,21 +1,20 @@
-//! The real `control-plane` binary as a child process over a test etcd: REST and gRPC on free
-//! ports (read back from its ready file), output captured, killed when the handle drops.
+//! The real `control-plane` binary as a child process over a test etcd: REST, gRPC (and the
+//! webhook, when asked for) on free ports read back from its ready file, output captured,
+//! killed when the handle drops; and the REST calls tests make to it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::client::{self, Collected};
-use crate::counters::lock;
-use crate::poll::try_eventually;
-use crate::sidecar::{Logs, capture, unique_temp_dir};
-
-pub const CONTROL_PLANE_READY_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::poll::{PATIENCE, try_eventually, wait_for};
+use crate::process::{Logs, capture, kill, lock, unique_temp_dir};
+use crate::rest::{self, Reply};
 
 /// `$BULWARK_CONTROL_PLANE_BIN`, else `target/<profile>/control-plane` beside the sidecar.
 pub fn control_plane_bin() -> PathBuf {
@@ -31,6 +30,8 @@ pub fn control_plane_bin() -> PathBuf {
 struct Ready {
     http: SocketAddr,
     grpc: SocketAddr,
+    #[serde(default)]
+    webhook: Option<SocketAddr>,
 }
 
 /// A running control-plane replica.
@@ -62,6 +63,8 @@ impl ControlPlane {
         let mut child = Command::new(&bin)
             .env_remove("BULWARK_ETCD_ENDPOINTS")
             .env_remove("BULWARK_ETCD_PREFIX")
+            .env_remove("RUST_BACKTRACE")
+            .env("RUST_LOG", "info,bulwark_control_plane=debug")
             .args(["--etcd-endpoints", etcd_endpoints])
             .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
             .args(["--replica-id", replica])
@@ -81,7 +84,7 @@ impl ControlPlane {
             capture(err, logs.clone());
         }
         let child = Mutex::new(Some(child));
-        let ready = try_eventually(CONTROL_PLANE_READY_TIMEOUT, || async {
+        let ready = try_eventually(PATIENCE, || async {
             if let Some(c) = lock(&child).as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
@@ -103,7 +106,7 @@ impl ControlPlane {
                 lock(&logs).join("\n")
             ),
             None => panic!(
-                "the control plane wrote no ready file within {CONTROL_PLANE_READY_TIMEOUT:?}:\n{}",
+                "the control plane wrote no ready file within {PATIENCE:?}:\n{}",
                 lock(&logs).join("\n")
             ),
         }
@@ -122,6 +125,64 @@ impl ControlPlane {
     /// `http://127.0.0.1:PORT` of the REST API, for meshctl's `--server`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.ready.http)
+    }
+
+    /// The webhook's HTTPS address, when started with `--webhook`.
+    pub fn webhook(&self) -> Option<SocketAddr> {
+        self.ready.webhook
+    }
+
+    /// The URL of a REST path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ready.http)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        rest::request(Method::GET, &self.url(path), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        rest::request(Method::POST, &self.url(path), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        rest::request(Method::DELETE, &self.url(path), None).await
+    }
+
+    /// Applies `resources` (JSON), by `test`, expecting success; the answer's JSON.
+    pub async fn apply_json(&self, resources: Vec<Value>) -> Value {
+        let reply = self
+            .post(
+                "/v1/apply",
+                serde_json::json!({"resources": resources, "by": "test"}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.json);
+        reply.json
+    }
+
+    /// Waits until the replica answers reads fresh (its etcd watch is up).
+    pub async fn wait_fresh(&self) {
+        wait_for("a fresh index", || async {
+            let reply = self.get("/health/ready").await;
+            (reply.status == 200 && !reply.stale()).then_some(())
+        })
+        .await;
+    }
+
+    /// A resource's pods in `/v1/status`: (applied, total, nacks).
+    pub async fn pods_of(&self, id: &str) -> Option<(i64, i64, Value)> {
+        let reply = self.get("/v1/status").await;
+        let resource = reply.json["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["id"] == id)?
+            .clone();
+        Some((
+            resource["pods"]["applied"].as_i64()?,
+            resource["pods"]["total"].as_i64()?,
+            resource["pods"]["nacks"].clone(),
+        ))
     }
 
     /// One REST call; `body`, when given, is sent as JSON.
@@ -153,18 +214,45 @@ impl ControlPlane {
         lock(&self.logs).clone()
     }
 
+    /// Everything the replica wrote, one string.
+    pub fn log(&self) -> String {
+        self.logs().join("\n")
+    }
+
     /// Kills the replica at once (SIGKILL).
     pub fn kill(&self) {
         if let Some(mut child) = lock(&self.child).take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill(&mut child);
         }
+    }
+
+    /// SIGTERM, and waits (without blocking the runtime, whose clients must go on answering)
+    /// for the process to end.
+    pub async fn terminate(&self) -> ExitStatus {
+        let pid = lock(&self.child).as_ref().map(Child::id).expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let status = try_eventually(PATIENCE, || async {
+            lock(&self.child).as_mut()?.try_wait().ok().flatten()
+        })
+        .await
+        .expect("the control plane stops after SIGTERM");
+        lock(&self.child).take();
+        status
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let logs = self.logs();
+            eprintln!(
+                "── control-plane log (last lines) ──\n{}",
+                logs[logs.len().saturating_sub(60)..].join("\n")
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -10,6 +10,7 @@ use http::{HeaderMap, Method};
 use tokio::time::Instant;
 
 use crate::fault::{self, Fault};
+use crate::process::lock;
 
 /// How many [`Seen`] records an upstream keeps (the oldest go first), so that a long benchmark
 /// run of `bulwark-upstream` does not grow without bound. Counts stay exact.
@@ -257,11 +258,6 @@ pub(crate) async fn fault_delay(record: &Arc<Record>, fault: &Fault, headers: &H
         tokio::time::sleep(delay).await;
         guard.disarm();
     }
-}
-
-/// A poisoned lock only means another handler panicked; the counts are still right.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

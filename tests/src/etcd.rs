@@ -1,16 +1,16 @@
-//! A real etcd process for end-to-end tests (Debian's `etcd-server`): free loopback ports, a
-//! private data directory, healthy before use, killed when the handle drops. It can be stopped
-//! and started again on the same data to test outages, and compacted to test watch recovery.
+//! Real etcd processes for end-to-end tests (Debian's `etcd-server`): one member or a cluster
+//! of several, on free loopback ports with private data directories, healthy before use, killed
+//! when the handle drops. A member can be stopped and started again on the same data to test
+//! outages, and compacted to test watch recovery.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::counters::lock;
-use crate::poll::try_eventually;
-use crate::sidecar::unique_temp_dir;
+use crate::poll::{eventually, try_eventually};
+use crate::process::{TempDir, free_addr, kill, lock, unique_temp_dir};
 
 /// How long etcd may take to become healthy.
 pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -24,14 +24,6 @@ pub struct Etcd {
     peer: SocketAddr,
 }
 
-fn free_port() -> SocketAddr {
-    // Bound and released at once: etcd binds it a moment later (a collision is possible but
-    // rare, and shows as a start failure, not a wrong result).
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
 impl Etcd {
     /// Starts a fresh etcd and waits until it answers.
     pub async fn start() -> Etcd {
@@ -40,8 +32,8 @@ impl Etcd {
         let etcd = Etcd {
             child: Mutex::new(None),
             dir,
-            client: free_port(),
-            peer: free_port(),
+            client: free_addr(),
+            peer: free_addr(),
         };
         etcd.resume().await;
         etcd
@@ -52,12 +44,22 @@ impl Etcd {
         format!("http://{}", self.client)
     }
 
+    /// The client address.
+    pub fn addr(&self) -> SocketAddr {
+        self.client
+    }
+
     /// Kills etcd at once (SIGKILL), keeping its data.
     pub fn kill(&self) {
         if let Some(mut child) = lock(&self.child).take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill(&mut child);
         }
+    }
+
+    /// Kills etcd and starts it again on the same ports and data.
+    pub async fn restart(&self) {
+        self.kill();
+        self.resume().await;
     }
 
     /// Starts etcd again on the same ports and data, and waits until it answers.
@@ -124,6 +126,25 @@ impl Etcd {
         }
     }
 
+    /// Every key under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.etcdctl(&["get", "--prefix", "--keys-only", prefix])
+            .expect("etcdctl get")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The keys an operator's writes leave under `prefix`: everything but the election key the
+    /// replicas hold.
+    pub fn stored_keys(&self, prefix: &str) -> Vec<String> {
+        self.keys(prefix)
+            .into_iter()
+            .filter(|k| !k.ends_with("/leader"))
+            .collect()
+    }
+
     /// The current revision of the store.
     pub fn revision(&self) -> i64 {
         let status = self
@@ -148,5 +169,98 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Several etcd members forming one cluster on loopback, with fast elections (50 ms
+/// heartbeats, 500 ms election timeout).
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Mutex<Option<Child>>>,
+    dir: TempDir,
+    clients: Vec<SocketAddr>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until each answers.
+    pub async fn start(size: usize) -> EtcdCluster {
+        let bin = std::env::var_os("BULWARK_ETCD_BIN").unwrap_or_else(|| "etcd".into());
+        let dir = TempDir::new();
+        let clients: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
+        let peers: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
+        let initial = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for i in 0..size {
+            let client = format!("http://{}", clients[i]);
+            let peer = format!("http://{}", peers[i]);
+            let child = Command::new(&bin)
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args([
+                    "--logger",
+                    "zap",
+                    "--log-outputs",
+                    "stderr",
+                    "--log-level",
+                    "error",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start etcd ({bin:?}): {e}"));
+            members.push(Mutex::new(Some(child)));
+        }
+        let cluster = EtcdCluster {
+            members,
+            dir,
+            clients,
+        };
+        for endpoint in cluster.endpoints() {
+            eventually(ETCD_READY_TIMEOUT, || async {
+                let out = Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", &endpoint, "endpoint", "health"])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(())
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.clients.iter().map(|c| format!("http://{c}")).collect()
+    }
+
+    /// SIGKILL one member.
+    pub fn kill(&self, member: usize) {
+        if let Some(mut child) = lock(&self.members[member]).take() {
+            kill(&mut child);
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in 0..self.members.len() {
+            self.kill(member);
+        }
+        let _ = self.dir.path();
     }
 }

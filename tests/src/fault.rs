@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::time::Instant;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
-use crate::Body;
+use crate::body::Body;
 
 pub const STATUS: &str = "x-fault-status";
 pub const GRPC: &str = "x-fault-grpc";

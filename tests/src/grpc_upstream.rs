@@ -31,7 +31,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status, Streaming};
 use tower::ServiceExt;
 
-use crate::BoxError;
+use crate::body::BoxError;
 use crate::counters::{self, CancelGuard, FailurePlan, Record, Verdict};
 use crate::fault::{self, Fault};
 use crate::pb::echo_server::{Echo, EchoServer};

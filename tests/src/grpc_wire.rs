@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request};
 use prost::Message;
 
-use crate::Body;
+use crate::body::Body;
 use crate::client::{Collected, full};
 
 /// A unary gRPC call of `path` (e.g. `/bulwark.test.v1.Echo/Hold`) to `authority`, with extra

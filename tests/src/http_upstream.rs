@@ -32,11 +32,11 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use crate::body::{Body, BoxError};
 use crate::counters::{self, CancelGuard, FailurePlan, Record, Verdict};
 use crate::fault::{self, Fault};
 use crate::pattern::{PatternBody, PatternCheck};
 use crate::serve::{self, Serving};
-use crate::{Body, BoxError};
 
 /// A running HTTP test upstream; stops (and drops every open request) when dropped.
 #[derive(Debug)]

@@ -1,5 +1,8 @@
-//! Bulwark end-to-end test kit: real HTTP and gRPC upstreams, the real `sidecar` binary as a
-//! child process, clients that dial the sidecar, and a bounded poller for cross-process waits.
+//! Bulwark's test kit, for the end-to-end tests of every part: real HTTP and gRPC upstreams,
+//! the real `sidecar` and `control-plane` binaries and real etcd (one member or a cluster) as
+//! child processes, clients that dial them (HTTP, gRPC, the control plane's REST API, a raw
+//! Discovery stream), a TCP proxy that can cut a process off, and a bounded poller for
+//! cross-process waits.
 //!
 //! A test reads like this:
 //!
@@ -18,9 +21,11 @@
 //! # }
 //! ```
 
+pub mod body;
 pub mod client;
 pub mod control_plane;
 mod counters;
+pub mod discovery;
 pub mod etcd;
 pub mod fault;
 pub mod grpc_upstream;
@@ -30,9 +35,12 @@ pub mod metrics;
 pub mod pattern;
 pub mod policy;
 pub mod poll;
+pub mod process;
 pub mod raw;
+pub mod rest;
 mod serve;
 pub mod sidecar;
+pub mod tcp_proxy;
 pub mod webhook_receiver;
 
 /// The generated code of `proto/echo.proto`.
@@ -40,18 +48,17 @@ pub mod pb {
     tonic::include_proto!("bulwark.test.v1");
 }
 
+pub use body::{Body, BoxError};
 pub use control_plane::ControlPlane;
 pub use counters::{Record, SEEN_LIMIT, Seen};
-pub use etcd::Etcd;
+pub use discovery::DiscoveryStream;
+pub use etcd::{Etcd, EtcdCluster};
 pub use fault::Fault;
 pub use grpc_upstream::GrpcUpstream;
 pub use http_upstream::HttpUpstream;
-pub use poll::{eventually, try_eventually};
+pub use poll::{PATIENCE, eventually, try_eventually, wait_for};
+pub use process::TempDir;
+pub use rest::Reply;
 pub use sidecar::Sidecar;
+pub use tcp_proxy::TcpProxy;
 pub use webhook_receiver::WebhookReceiver;
-
-/// The error type of the kit's bodies and clients.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type the kit's servers answer with and its clients send.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// Chunk size of [`PatternBody`]: 64 KiB.
 pub const CHUNK: usize = 64 * 1024;

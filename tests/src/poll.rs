@@ -10,6 +10,9 @@ use tokio::time::Instant;
 /// How often a probe runs.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);
 
+/// How long a test waits for something another process does before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
 /// Runs `probe` every 20 ms until it returns `Some`, and returns that value; panics (naming
 /// the caller's line) when `timeout` passes first.
 #[track_caller]
@@ -45,5 +48,17 @@ where
             return None;
         }
         tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Waits up to [`PATIENCE`] for `probe` to return `Some`; panics naming `what` otherwise.
+pub async fn wait_for<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match try_eventually(PATIENCE, probe).await {
+        Some(v) => v,
+        None => panic!("timed out after {PATIENCE:?} waiting for {what}"),
     }
 }

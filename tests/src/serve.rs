@@ -10,7 +10,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::BoxError;
+use crate::body::BoxError;
 
 /// A running accept loop. Dropping it aborts the loop, which drops the set of connection tasks
 /// and so aborts every connection (and the request futures in them) at once.

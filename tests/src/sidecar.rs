@@ -5,20 +5,18 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::client::{self, Collected};
-use crate::counters::lock;
 use crate::metrics;
 use crate::poll::try_eventually;
+use crate::process::{capture, lock, unique_temp_dir};
 
 /// How long the sidecar may take to bind its listeners and load its policies.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,7 +43,7 @@ pub struct Ready {
 }
 
 /// Captured output lines, stdout and stderr interleaved as they arrived.
-pub type Logs = Arc<Mutex<Vec<String>>>;
+pub use crate::process::Logs;
 
 /// How a [`Sidecar`] is started.
 #[derive(Debug, Clone)]
@@ -520,29 +518,4 @@ impl SidecarBuilder {
             }
         }
     }
-}
-
-/// A directory no other test (or test process) uses.
-pub(crate) fn unique_temp_dir() -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!(
-        "bulwark-e2e-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ))
-}
-
-/// Copies a pipe into `logs` line by line on a thread of its own (it ends at EOF, when the
-/// process exits).
-pub(crate) fn capture(pipe: impl Read + Send + 'static, logs: Logs) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            lock(&logs).push(line);
-        }
-    })
 }

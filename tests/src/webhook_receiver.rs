@@ -11,9 +11,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::counters::lock;
+use crate::body::Body;
+use crate::client;
+use crate::process::lock;
 use crate::serve::{self, Serving};
-use crate::{Body, client};
 
 #[derive(Debug, Default)]
 struct Received {

@@ -1,5 +1,7 @@
 //! The level logic against the order-orchestrator example, with explicit times.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::store::values::{AppHealth, UpstreamHealth};
 use bulwark_proto::policy::{Resource, parse_yaml};

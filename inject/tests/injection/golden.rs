@@ -10,7 +10,7 @@ use bulwark_inject::{InjectOptions, Injected, inject_object};
 use serde_json::Value;
 
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/injection/golden")
 }
 
 fn inputs() -> Vec<PathBuf> {

@@ -1,16 +1,16 @@
 //! The operator API over REST (and gRPC), against a real etcd and the real binary: apply, get,
 //! list, delete, history, rollback, dry-run, validation, optimistic concurrency, all-or-nothing.
 
-mod support;
-
+use crate::replica;
+use bulwark_tests::policy::{service_json as service, upstream_json as upstream};
+use bulwark_tests::{ControlPlane, Etcd, Reply};
 use serde_json::{Value, json};
-use support::{ControlPlane, Etcd, service, upstream};
 
 const PREFIX: &str = "/bulwark/v1/";
 
 async fn setup() -> (Etcd, ControlPlane) {
     let etcd = Etcd::start().await;
-    let cp = ControlPlane::start(&[etcd.endpoint()]).await;
+    let cp = replica(&[etcd.endpoint()]).await;
     cp.wait_fresh().await;
     (etcd, cp)
 }
@@ -84,17 +84,17 @@ async fn apply_get_list_delete_history_rollback() {
     );
 
     // List, with namespace and selector filters.
-    cp.apply(vec![service("shop", "orders", 8080)]).await;
+    cp.apply_json(vec![service("shop", "orders", 8080)]).await;
     let mut labelled = service("shop", "billing", 8081);
     labelled["metadata"]["labels"] = json!({"team": "pay"});
-    cp.apply(vec![labelled]).await;
+    cp.apply_json(vec![labelled]).await;
     let reply = cp.get("/v1/UpstreamPolicy").await;
     assert_eq!(
         reply.json["items"],
         json!([stored_echo("127.0.0.1:9090", v2)])
     );
     assert!(reply.json["revision"].as_i64().unwrap() > v2);
-    let names = |reply: &support::Reply| -> Vec<String> {
+    let names = |reply: &Reply| -> Vec<String> {
         reply.json["items"]
             .as_array()
             .unwrap()
@@ -300,10 +300,10 @@ async fn invalid_resources_are_refused_with_every_field_path_and_nothing_is_stor
 #[tokio::test]
 async fn resource_version_conflicts_name_the_current_version() {
     let (_etcd, cp) = setup().await;
-    let v1 = cp.apply(vec![upstream("echo", "127.0.0.1:1")]).await["revision"]
+    let v1 = cp.apply_json(vec![upstream("echo", "127.0.0.1:1")]).await["revision"]
         .as_i64()
         .unwrap();
-    let v2 = cp.apply(vec![upstream("echo", "127.0.0.1:2")]).await["revision"]
+    let v2 = cp.apply_json(vec![upstream("echo", "127.0.0.1:2")]).await["revision"]
         .as_i64()
         .unwrap();
 
@@ -342,10 +342,10 @@ async fn resource_version_conflicts_name_the_current_version() {
 #[tokio::test]
 async fn a_multi_resource_apply_is_all_or_nothing() {
     let (etcd, cp) = setup().await;
-    let v1 = cp.apply(vec![upstream("a", "127.0.0.1:1")]).await["revision"]
+    let v1 = cp.apply_json(vec![upstream("a", "127.0.0.1:1")]).await["revision"]
         .as_i64()
         .unwrap();
-    let va2 = cp.apply(vec![upstream("a", "127.0.0.1:2")]).await["revision"]
+    let va2 = cp.apply_json(vec![upstream("a", "127.0.0.1:2")]).await["revision"]
         .as_i64()
         .unwrap();
 
@@ -604,7 +604,7 @@ async fn history_keeps_the_last_twenty_changes() {
     let mut revisions = Vec::new();
     for port in 1..=23 {
         let reply = cp
-            .apply(vec![upstream("echo", &format!("127.0.0.1:{port}"))])
+            .apply_json(vec![upstream("echo", &format!("127.0.0.1:{port}"))])
             .await;
         revisions.push(reply["revision"].as_i64().unwrap());
     }

@@ -1,10 +1,8 @@
 //! `meshctl status`, `history`, `rollback` and `delete` against a fake control plane: the
 //! requests they send and the exact lines they print.
 
-mod support;
-
+use crate::support::{FakeControlPlane, Reply, meshctl};
 use serde_json::json;
-use support::{FakeControlPlane, Reply, meshctl};
 
 #[test]
 fn status_shows_levels_then_convergence_and_every_nack_with_its_reason() {

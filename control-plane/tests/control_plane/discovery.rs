@@ -2,14 +2,15 @@
 //! every relevant change, ACKs and NACKs in `/v1/status`, no resend of what a pod has, and two
 //! replicas over one etcd agreeing.
 
-mod support;
-
+use crate::replica;
+use bulwark_tests::discovery::names;
+use bulwark_tests::policy::{service_json as service, upstream_json as upstream};
+use bulwark_tests::{ControlPlane, DiscoveryStream, Etcd, wait_for};
 use serde_json::json;
-use support::{ControlPlane, Etcd, Sidecar, eventually, names, pods_of, service, upstream};
 
 async fn setup() -> (Etcd, ControlPlane) {
     let etcd = Etcd::start().await;
-    let cp = ControlPlane::start(&[etcd.endpoint()]).await;
+    let cp = replica(&[etcd.endpoint()]).await;
     cp.wait_fresh().await;
     (etcd, cp)
 }
@@ -18,7 +19,7 @@ async fn setup() -> (Etcd, ControlPlane) {
 async fn a_sidecar_gets_its_snapshot_then_every_relevant_change() {
     let (_etcd, cp) = setup().await;
     let v1 = cp
-        .apply(vec![
+        .apply_json(vec![
             upstream("payments", "127.0.0.1:1"),
             service("shop", "orders", 8080),
             service("shop", "billing", 8081),
@@ -27,7 +28,7 @@ async fn a_sidecar_gets_its_snapshot_then_every_relevant_change() {
         .as_i64()
         .unwrap();
 
-    let mut sidecar = Sidecar::connect(&cp, "shop", "orders", "orders-1", 0).await;
+    let mut sidecar = DiscoveryStream::connect(&cp, "shop", "orders", "orders-1", 0).await;
     let snapshot = sidecar.next_snapshot().await;
     assert_eq!(snapshot.version, v1);
     assert_eq!(
@@ -46,23 +47,23 @@ async fn a_sidecar_gets_its_snapshot_then_every_relevant_change() {
         Some(v1.to_string().as_str())
     );
     sidecar.ack(v1).await;
-    eventually("the ACK in /v1/status", || async {
-        (pods_of(&cp, "UpstreamPolicy/default/payments").await? == (1, 1, json!([]))).then_some(())
+    wait_for("the ACK in /v1/status", || async {
+        (cp.pods_of("UpstreamPolicy/default/payments").await? == (1, 1, json!([]))).then_some(())
     })
     .await;
     assert_eq!(
-        pods_of(&cp, "ServicePolicy/shop/orders").await,
+        cp.pods_of("ServicePolicy/shop/orders").await,
         Some((1, 1, json!([])))
     );
     // Another service's policy concerns no pod of ours.
     assert_eq!(
-        pods_of(&cp, "ServicePolicy/shop/billing").await,
+        cp.pods_of("ServicePolicy/shop/billing").await,
         Some((0, 0, json!([])))
     );
 
     // A change to another service's policy is not sent; the next upstream change is.
-    cp.apply(vec![service("shop", "billing", 9999)]).await;
-    let v2 = cp.apply(vec![upstream("smtp", "127.0.0.1:25")]).await["revision"]
+    cp.apply_json(vec![service("shop", "billing", 9999)]).await;
+    let v2 = cp.apply_json(vec![upstream("smtp", "127.0.0.1:25")]).await["revision"]
         .as_i64()
         .unwrap();
     let snapshot = sidecar.next_snapshot().await;
@@ -77,19 +78,19 @@ async fn a_sidecar_gets_its_snapshot_then_every_relevant_change() {
     );
     // Not yet applied: the new resource counts the pod, not as applied.
     assert_eq!(
-        pods_of(&cp, "UpstreamPolicy/default/smtp").await,
+        cp.pods_of("UpstreamPolicy/default/smtp").await,
         Some((0, 1, json!([])))
     );
 
     // A NACK shows with its reason, and the pod stays counted on its previous version.
     sidecar.nack(v2, "spec.endpoints: cannot resolve").await;
     let nacks = json!([{"pod": "shop/orders/orders-1", "version": v2, "error": "spec.endpoints: cannot resolve"}]);
-    eventually("the NACK in /v1/status", || async {
-        (pods_of(&cp, "UpstreamPolicy/default/smtp").await? == (0, 1, nacks.clone())).then_some(())
+    wait_for("the NACK in /v1/status", || async {
+        (cp.pods_of("UpstreamPolicy/default/smtp").await? == (0, 1, nacks.clone())).then_some(())
     })
     .await;
     assert_eq!(
-        pods_of(&cp, "UpstreamPolicy/default/payments").await,
+        cp.pods_of("UpstreamPolicy/default/payments").await,
         Some((1, 1, json!([])))
     );
 
@@ -106,15 +107,15 @@ async fn a_sidecar_gets_its_snapshot_then_every_relevant_change() {
         ]
     );
     sidecar.ack(v3).await;
-    eventually("the ACK of the deletion", || async {
-        (pods_of(&cp, "UpstreamPolicy/default/payments").await? == (1, 1, json!([]))).then_some(())
+    wait_for("the ACK of the deletion", || async {
+        (cp.pods_of("UpstreamPolicy/default/payments").await? == (1, 1, json!([]))).then_some(())
     })
     .await;
 
     // The pod goes away: it is no longer counted.
     drop(sidecar);
-    eventually("the pod leaving /v1/status", || async {
-        (pods_of(&cp, "UpstreamPolicy/default/payments").await? == (0, 0, json!([]))).then_some(())
+    wait_for("the pod leaving /v1/status", || async {
+        (cp.pods_of("UpstreamPolicy/default/payments").await? == (0, 0, json!([]))).then_some(())
     })
     .await;
 }
@@ -123,17 +124,21 @@ async fn a_sidecar_gets_its_snapshot_then_every_relevant_change() {
 async fn nothing_is_sent_for_the_version_a_pod_already_applied() {
     let (_etcd, cp) = setup().await;
     // A pod with nothing, while there is nothing: no snapshot until there is one.
-    let mut first = Sidecar::connect(&cp, "shop", "orders", "orders-0", 0).await;
-    let v1 = cp.apply(vec![upstream("payments", "127.0.0.1:1")]).await["revision"]
+    let mut first = DiscoveryStream::connect(&cp, "shop", "orders", "orders-0", 0).await;
+    let v1 = cp
+        .apply_json(vec![upstream("payments", "127.0.0.1:1")])
+        .await["revision"]
         .as_i64()
         .unwrap();
     assert_eq!(first.next_snapshot().await.version, v1);
     // Unrelated writes move etcd's revision, not the snapshot's version.
-    cp.apply(vec![service("shop", "billing", 8081)]).await;
+    cp.apply_json(vec![service("shop", "billing", 8081)]).await;
 
-    let mut sidecar = Sidecar::connect(&cp, "shop", "orders", "orders-1", v1).await;
+    let mut sidecar = DiscoveryStream::connect(&cp, "shop", "orders", "orders-1", v1).await;
     // The first message must be the next change, not the version the pod has.
-    let v2 = cp.apply(vec![upstream("payments", "127.0.0.1:2")]).await["revision"]
+    let v2 = cp
+        .apply_json(vec![upstream("payments", "127.0.0.1:2")])
+        .await["revision"]
         .as_i64()
         .unwrap();
     assert_eq!(sidecar.next_snapshot().await.version, v2);
@@ -190,17 +195,17 @@ async fn a_stream_must_start_with_a_valid_hello() {
 #[tokio::test]
 async fn two_replicas_over_one_etcd_converge() {
     let etcd = Etcd::start().await;
-    let a = ControlPlane::start(&[etcd.endpoint()]).await;
-    let b = ControlPlane::start(&[etcd.endpoint()]).await;
+    let a = replica(&[etcd.endpoint()]).await;
+    let b = replica(&[etcd.endpoint()]).await;
     a.wait_fresh().await;
     b.wait_fresh().await;
 
-    let mut on_a = Sidecar::connect(&a, "shop", "orders", "orders-a", 0).await;
-    let mut on_b = Sidecar::connect(&b, "shop", "orders", "orders-b", 0).await;
+    let mut on_a = DiscoveryStream::connect(&a, "shop", "orders", "orders-a", 0).await;
+    let mut on_b = DiscoveryStream::connect(&b, "shop", "orders", "orders-b", 0).await;
 
     // Written through A, streamed by both.
     let v1 = a
-        .apply(vec![
+        .apply_json(vec![
             upstream("payments", "127.0.0.1:1"),
             service("shop", "orders", 8080),
         ])
@@ -215,14 +220,16 @@ async fn two_replicas_over_one_etcd_converge() {
     on_b.ack(v1).await;
 
     // Written through B, read through A.
-    let v2 = b.apply(vec![upstream("payments", "127.0.0.1:2")]).await["revision"]
+    let v2 = b
+        .apply_json(vec![upstream("payments", "127.0.0.1:2")])
+        .await["revision"]
         .as_i64()
         .unwrap();
     assert_eq!(on_a.next_snapshot().await.version, v2);
     assert_eq!(on_b.next_snapshot().await.version, v2);
     on_a.ack(v2).await;
     on_b.ack(v2).await;
-    let got = eventually("B's write on A", || async {
+    let got = wait_for("B's write on A", || async {
         let reply = a.get("/v1/UpstreamPolicy/default/payments").await;
         (reply.json["metadata"]["resourceVersion"] == json!(v2.to_string())).then_some(reply)
     })
@@ -234,8 +241,8 @@ async fn two_replicas_over_one_etcd_converge() {
 
     // Both replicas see both pods' acks.
     for cp in [&a, &b] {
-        eventually("both pods applied, on every replica", || async {
-            (pods_of(cp, "UpstreamPolicy/default/payments").await? == (2, 2, json!([])))
+        wait_for("both pods applied, on every replica", || async {
+            (cp.pods_of("UpstreamPolicy/default/payments").await? == (2, 2, json!([])))
                 .then_some(())
         })
         .await;
@@ -243,8 +250,8 @@ async fn two_replicas_over_one_etcd_converge() {
 
     // A pod moving from B to A with the version it applied gets nothing until a change.
     drop(on_b);
-    let mut moved = Sidecar::connect(&a, "shop", "orders", "orders-b", v2).await;
-    let v3 = b.apply(vec![service("shop", "orders", 9090)]).await["revision"]
+    let mut moved = DiscoveryStream::connect(&a, "shop", "orders", "orders-b", v2).await;
+    let v3 = b.apply_json(vec![service("shop", "orders", 9090)]).await["revision"]
         .as_i64()
         .unwrap();
     assert_eq!(moved.next_snapshot().await.version, v3);
@@ -252,8 +259,8 @@ async fn two_replicas_over_one_etcd_converge() {
     moved.ack(v3).await;
     on_a.ack(v3).await;
     for cp in [&a, &b] {
-        eventually("the moved pod counted once", || async {
-            (pods_of(cp, "ServicePolicy/shop/orders").await? == (2, 2, json!([]))).then_some(())
+        wait_for("the moved pod counted once", || async {
+            (cp.pods_of("ServicePolicy/shop/orders").await? == (2, 2, json!([]))).then_some(())
         })
         .await;
     }
@@ -261,18 +268,19 @@ async fn two_replicas_over_one_etcd_converge() {
 
 #[tokio::test]
 async fn a_replica_that_stops_closes_streams_and_takes_its_acks_along() {
-    let (etcd, mut cp) = setup().await;
-    let other = ControlPlane::start(&[etcd.endpoint()]).await;
+    let (etcd, cp) = setup().await;
+    let other = replica(&[etcd.endpoint()]).await;
     other.wait_fresh().await;
-    let v1 = cp.apply(vec![upstream("payments", "127.0.0.1:1")]).await["revision"]
+    let v1 = cp
+        .apply_json(vec![upstream("payments", "127.0.0.1:1")])
+        .await["revision"]
         .as_i64()
         .unwrap();
-    let mut sidecar = Sidecar::connect(&cp, "shop", "orders", "orders-1", 0).await;
+    let mut sidecar = DiscoveryStream::connect(&cp, "shop", "orders", "orders-1", 0).await;
     assert_eq!(sidecar.next_snapshot().await.version, v1);
     sidecar.ack(v1).await;
-    eventually("the ACK seen by the other replica", || async {
-        (pods_of(&other, "UpstreamPolicy/default/payments").await? == (1, 1, json!([])))
-            .then_some(())
+    wait_for("the ACK seen by the other replica", || async {
+        (other.pods_of("UpstreamPolicy/default/payments").await? == (1, 1, json!([]))).then_some(())
     })
     .await;
 
@@ -283,9 +291,8 @@ async fn a_replica_that_stops_closes_streams_and_takes_its_acks_along() {
         "a replica stops at once when its sidecars follow"
     );
     assert!(sidecar.closed().await.is_none(), "the stream ends cleanly");
-    eventually("the ack gone with the replica", || async {
-        (pods_of(&other, "UpstreamPolicy/default/payments").await? == (0, 0, json!([])))
-            .then_some(())
+    wait_for("the ack gone with the replica", || async {
+        (other.pods_of("UpstreamPolicy/default/payments").await? == (0, 0, json!([]))).then_some(())
     })
     .await;
 }

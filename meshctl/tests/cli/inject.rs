@@ -33,7 +33,7 @@ fn text(bytes: &[u8]) -> String {
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../inject/tests/golden")
+        .join("../inject/tests/injection/golden")
         .join(name)
 }
 

@@ -5,8 +5,9 @@
 // Helpers outside the tests panic too: a failed set-up step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::replica_with;
+use bulwark_tests::rest::try_request;
+use bulwark_tests::{ControlPlane, Etcd, PATIENCE, TempDir, wait_for};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use support::{ControlPlane, Etcd, PATIENCE, TempDir, eventually, try_request};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -58,7 +58,7 @@ impl Pki {
             .distinguished_name
             .push(DnType::CommonName, "bulwark-webhook-test-ca");
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let dir = TempDir::new("webhook-pki");
+        let dir = TempDir::new();
         let secret = dir.path().join("secret");
         Pki {
             ca,
@@ -224,7 +224,7 @@ async fn review(pki: &Pki, addr: SocketAddr, http: Http, review: &Value) -> Valu
 /// `pki`'s paths (which may not exist yet).
 async fn start(pki: &Pki) -> (Etcd, ControlPlane) {
     let etcd = Etcd::start().await;
-    let cp = ControlPlane::start_with(
+    let cp = replica_with(
         &[etcd.endpoint()],
         &[
             "--webhook",
@@ -248,7 +248,7 @@ fn path(p: &Path) -> &str {
 }
 
 fn webhook(cp: &ControlPlane) -> SocketAddr {
-    cp.webhook.expect("the ready file names the webhook")
+    cp.webhook().expect("the ready file names the webhook")
 }
 
 /// A pod as the API server sends it for a Deployment's ReplicaSet: no name yet, a
@@ -453,7 +453,7 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     assert_ne!(first.der, second.der);
     pki.overwrite(&second);
     // Every handshake meanwhile succeeds, with the old certificate until the new one is read.
-    eventually("the new certificate", || async {
+    wait_for("the new certificate", || async {
         let served = presented(&pki, addr).await.expect("a TLS handshake");
         assert!(served == first.der || served == second.der);
         (served == second.der).then_some(())
@@ -485,7 +485,7 @@ async fn the_webhook_waits_for_its_certificate() {
 
     let leaf = pki.issue(7);
     pki.install(&leaf);
-    eventually("the certificate", || async {
+    wait_for("the certificate", || async {
         let served = presented(&pki, addr).await.ok()?;
         assert_eq!(served, leaf.der);
         Some(())

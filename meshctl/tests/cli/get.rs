@@ -1,10 +1,8 @@
 //! `meshctl get` against a fake control plane: the request it sends for each flag and the
 //! exact table, JSON and YAML it prints.
 
-mod support;
-
+use crate::support::{FakeControlPlane, Reply, meshctl};
 use serde_json::{Value, json};
-use support::{FakeControlPlane, Reply, meshctl};
 
 fn midtrans() -> Value {
     json!({

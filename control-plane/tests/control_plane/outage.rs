@@ -2,26 +2,27 @@
 //! from the index marked stale, sidecar streams stay open; recovery needs no one — including
 //! when etcd compacted past the revision a replica's watch stopped at.
 
-mod support;
-
+use crate::replica;
+use bulwark_tests::discovery::names;
+use bulwark_tests::policy::upstream_json as upstream;
+use bulwark_tests::{DiscoveryStream, Etcd, EtcdCluster, TcpProxy, wait_for};
 use serde_json::json;
-use support::{
-    ControlPlane, Etcd, EtcdCluster, Proxy, Sidecar, eventually, names, pods_of, upstream,
-};
 
 #[tokio::test]
 async fn etcd_down_then_back() {
-    let mut etcd = Etcd::start().await;
-    let cp = ControlPlane::start(&[etcd.endpoint()]).await;
+    let etcd = Etcd::start().await;
+    let cp = replica(&[etcd.endpoint()]).await;
     cp.wait_fresh().await;
-    let v1 = cp.apply(vec![upstream("payments", "127.0.0.1:1")]).await["revision"]
+    let v1 = cp
+        .apply_json(vec![upstream("payments", "127.0.0.1:1")])
+        .await["revision"]
         .as_i64()
         .unwrap();
-    let mut sidecar = Sidecar::connect(&cp, "shop", "orders", "orders-1", 0).await;
+    let mut sidecar = DiscoveryStream::connect(&cp, "shop", "orders", "orders-1", 0).await;
     assert_eq!(sidecar.next_snapshot().await.version, v1);
     sidecar.ack(v1).await;
-    eventually("the ACK", || async {
-        (pods_of(&cp, "UpstreamPolicy/default/payments").await? == (1, 1, json!([]))).then_some(())
+    wait_for("the ACK", || async {
+        (cp.pods_of("UpstreamPolicy/default/payments").await? == (1, 1, json!([]))).then_some(())
     })
     .await;
 
@@ -49,7 +50,7 @@ async fn etcd_down_then_back() {
     );
 
     // Reads: from the index, marked stale once the replica noticed.
-    let reply = eventually("a stale read", || async {
+    let reply = wait_for("a stale read", || async {
         let reply = cp.get("/v1/UpstreamPolicy/default/payments").await;
         reply.stale().then_some(reply)
     })
@@ -99,13 +100,13 @@ async fn etcd_down_then_back() {
 
     // The sidecar stream is still there: a new sidecar can connect too, and gets the
     // snapshot from the index.
-    let mut late = Sidecar::connect(&cp, "shop", "cart", "cart-1", 0).await;
+    let mut late = DiscoveryStream::connect(&cp, "shop", "cart", "cart-1", 0).await;
     assert_eq!(late.next_snapshot().await.version, v1);
 
     etcd.restart().await;
 
     // Writes work again, without anyone's help.
-    let v2 = eventually("a write after etcd came back", || async {
+    let v2 = wait_for("a write after etcd came back", || async {
         let reply = cp
             .post(
                 "/v1/apply",
@@ -123,8 +124,8 @@ async fn etcd_down_then_back() {
     sidecar.ack(v2).await;
     late.ack(v2).await;
     cp.wait_fresh().await;
-    eventually("both pods applied the change", || async {
-        (pods_of(&cp, "UpstreamPolicy/default/payments").await? == (2, 2, json!([]))).then_some(())
+    wait_for("both pods applied the change", || async {
+        (cp.pods_of("UpstreamPolicy/default/payments").await? == (2, 2, json!([]))).then_some(())
     })
     .await;
     assert!(!cp.get("/v1/UpstreamPolicy/default/payments").await.stale());
@@ -133,30 +134,35 @@ async fn etcd_down_then_back() {
 #[tokio::test]
 async fn a_replica_recovers_from_a_compaction_past_its_watch() {
     let etcd = Etcd::start().await;
-    let proxy = Proxy::start(etcd.addr()).await;
+    let proxy = TcpProxy::start(etcd.addr()).await;
     // A reaches etcd through the proxy, B directly.
-    let a = ControlPlane::start(&[proxy.endpoint()]).await;
-    let b = ControlPlane::start(&[etcd.endpoint()]).await;
+    let a = replica(&[proxy.endpoint()]).await;
+    let b = replica(&[etcd.endpoint()]).await;
     a.wait_fresh().await;
     b.wait_fresh().await;
 
-    let v1 = b.apply(vec![upstream("payments", "127.0.0.1:1")]).await["revision"]
+    let v1 = b
+        .apply_json(vec![upstream("payments", "127.0.0.1:1")])
+        .await["revision"]
         .as_i64()
         .unwrap();
-    let mut sidecar = Sidecar::connect(&a, "shop", "orders", "orders-1", 0).await;
+    let mut sidecar = DiscoveryStream::connect(&a, "shop", "orders", "orders-1", 0).await;
     assert_eq!(sidecar.next_snapshot().await.version, v1);
 
     // Cut A off; meanwhile, changes through B, then a compaction past all of them.
     proxy.block();
-    eventually("A noticing", || async {
+    wait_for("A noticing", || async {
         a.get("/v1/status").await.stale().then_some(())
     })
     .await;
-    b.apply(vec![upstream("smtp", "127.0.0.1:25")]).await;
-    let v3 = b.apply(vec![upstream("payments", "127.0.0.1:2")]).await["revision"]
+    b.apply_json(vec![upstream("smtp", "127.0.0.1:25")]).await;
+    let v3 = b
+        .apply_json(vec![upstream("payments", "127.0.0.1:2")])
+        .await["revision"]
         .as_i64()
         .unwrap();
-    etcd.etcdctl(&["compact", &v3.to_string()]);
+    etcd.etcdctl(&["compact", &v3.to_string()])
+        .expect("etcdctl compact");
 
     proxy.unblock();
 
@@ -179,7 +185,9 @@ async fn a_replica_recovers_from_a_compaction_past_its_watch() {
     );
 
     // Later changes still arrive.
-    let v4 = b.apply(vec![upstream("payments", "127.0.0.1:3")]).await["revision"]
+    let v4 = b
+        .apply_json(vec![upstream("payments", "127.0.0.1:3")])
+        .await["revision"]
         .as_i64()
         .unwrap();
     assert_eq!(sidecar.next_snapshot().await.version, v4);
@@ -192,9 +200,9 @@ async fn a_replica_recovers_from_a_compaction_past_its_watch() {
 
 #[tokio::test]
 async fn a_replica_starts_while_etcd_is_down() {
-    let mut etcd = Etcd::start().await;
+    let etcd = Etcd::start().await;
     etcd.kill();
-    let cp = ControlPlane::start(&[etcd.endpoint()]).await;
+    let cp = replica(&[etcd.endpoint()]).await;
     // Nothing to serve yet: reads say why.
     let reply = cp.get("/v1/UpstreamPolicy").await;
     assert_eq!(reply.status, 503);
@@ -206,12 +214,14 @@ async fn a_replica_starts_while_etcd_is_down() {
     );
     assert_eq!(cp.get("/health/ready").await.status, 503);
     // A sidecar connecting now gets nothing (rather than an empty snapshot)...
-    let mut sidecar = Sidecar::connect(&cp, "shop", "orders", "orders-1", 0).await;
+    let mut sidecar = DiscoveryStream::connect(&cp, "shop", "orders", "orders-1", 0).await;
 
     etcd.restart().await;
     cp.wait_fresh().await;
     // ...until there is something.
-    let v1 = cp.apply(vec![upstream("payments", "127.0.0.1:1")]).await["revision"]
+    let v1 = cp
+        .apply_json(vec![upstream("payments", "127.0.0.1:1")])
+        .await["revision"]
         .as_i64()
         .unwrap();
     assert_eq!(sidecar.next_snapshot().await.version, v1);
@@ -219,18 +229,20 @@ async fn a_replica_starts_while_etcd_is_down() {
 
 #[tokio::test]
 async fn a_dead_member_of_three_is_routed_around() {
-    let mut cluster = EtcdCluster::start(3).await;
-    let cp = ControlPlane::start(&cluster.endpoints()).await;
+    let cluster = EtcdCluster::start(3).await;
+    let cp = replica(&cluster.endpoints()).await;
     cp.wait_fresh().await;
-    let v1 = cp.apply(vec![upstream("payments", "127.0.0.1:1")]).await["revision"]
+    let v1 = cp
+        .apply_json(vec![upstream("payments", "127.0.0.1:1")])
+        .await["revision"]
         .as_i64()
         .unwrap();
-    let mut sidecar = Sidecar::connect(&cp, "shop", "orders", "orders-1", 0).await;
+    let mut sidecar = DiscoveryStream::connect(&cp, "shop", "orders", "orders-1", 0).await;
     assert_eq!(sidecar.next_snapshot().await.version, v1);
 
     // The first endpoint, which the replica talks to first, dies (perhaps the leader).
     cluster.kill(0);
-    let v2 = eventually("a write with one member of three dead", || async {
+    let v2 = wait_for("a write with one member of three dead", || async {
         let reply = cp
             .post(
                 "/v1/apply",
@@ -244,7 +256,7 @@ async fn a_dead_member_of_three_is_routed_around() {
     assert_eq!(sidecar.next_snapshot().await.version, v2);
     // And every write afterwards succeeds at the first try.
     for port in 3..8 {
-        cp.apply(vec![upstream("payments", &format!("127.0.0.1:{port}"))])
+        cp.apply_json(vec![upstream("payments", &format!("127.0.0.1:{port}"))])
             .await;
     }
 }

@@ -1,10 +1,8 @@
 //! `meshctl apply` as users run it, against a fake control plane: the lines printed for each
 //! result, local validation that sends nothing, and the server's rejections.
 
-mod support;
-
+use crate::support::{FakeControlPlane, Reply, example, meshctl, meshctl_with_stdin, scratch};
 use serde_json::json;
-use support::{FakeControlPlane, Reply, example, meshctl, meshctl_with_stdin, scratch};
 
 fn payments_results() -> Reply {
     Reply::ok(json!({
@@ -83,7 +81,7 @@ fn a_directory_is_applied_in_name_order_in_one_request() {
         "POST /v1/apply",
         Reply::ok(json!({"results": [], "revision": 50})),
     )]);
-    let dir = support::examples().display().to_string();
+    let dir = crate::support::examples().display().to_string();
     let run = meshctl(&["--server", &cp.url, "apply", "-f", &dir], &[]);
     assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
     assert_eq!(run.code, Some(0));

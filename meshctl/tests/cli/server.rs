@@ -1,12 +1,12 @@
 //! Which control plane `meshctl` talks to (flag, env, config file, default) and what it says
 //! when that control plane cannot be reached or cannot reach etcd: exit status 2, one line.
 
-mod support;
-
 use std::fs;
 
+use crate::support::{
+    FakeControlPlane, Reply, dead_server, example, meshctl, scratch, scratch_dir,
+};
 use serde_json::json;
-use support::{FakeControlPlane, Reply, dead_server, example, meshctl, scratch, scratch_dir};
 
 fn list_reply() -> Reply {
     Reply::ok(json!({"items": [], "revision": 7}))

@@ -1,10 +1,8 @@
 //! `meshctl events` and `meshctl degrade` against a fake control plane: the requests they
 //! send, the exact lines they print and their exit status.
 
-mod support;
-
+use crate::support::{FakeControlPlane, Reply, meshctl};
 use serde_json::json;
-use support::{FakeControlPlane, Reply, meshctl};
 
 fn override_reply(mesh: bool) -> Reply {
     Reply::ok(json!({"override": {

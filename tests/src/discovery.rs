@@ -1,0 +1,114 @@
+//! A sidecar's end of `Discovery.Stream`, driven by the test: it says Hello, reads snapshots,
+//! and ACKs or NACKs them — what a sidecar does, without a sidecar, to test the control plane's
+//! side of the protocol.
+
+use bulwark_proto::v1::discovery_client::DiscoveryClient;
+use bulwark_proto::v1::{
+    Ack, ControlPlaneMessage, Hello, SidecarMessage, Snapshot, control_plane_message,
+    sidecar_message,
+};
+use tokio::sync::mpsc;
+
+use crate::control_plane::ControlPlane;
+use crate::poll::PATIENCE;
+
+/// One open stream.
+#[derive(Debug)]
+pub struct DiscoveryStream {
+    tx: mpsc::Sender<SidecarMessage>,
+    inbound: tonic::Streaming<ControlPlaneMessage>,
+}
+
+impl DiscoveryStream {
+    /// Opens a stream to `cp` as pod `pod` of `namespace/service`.
+    pub async fn connect(
+        cp: &ControlPlane,
+        namespace: &str,
+        service: &str,
+        pod: &str,
+        last_applied_version: i64,
+    ) -> DiscoveryStream {
+        let mut client = DiscoveryClient::connect(cp.grpc_url())
+            .await
+            .expect("gRPC connects");
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(SidecarMessage {
+            message: Some(sidecar_message::Message::Hello(Hello {
+                namespace: namespace.into(),
+                service: service.into(),
+                pod: pod.into(),
+                last_applied_version,
+            })),
+        })
+        .await
+        .expect("the hello is queued");
+        let inbound = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        DiscoveryStream { tx, inbound }
+    }
+
+    /// The next snapshot (levels sent in between are skipped).
+    pub async fn next_snapshot(&mut self) -> Snapshot {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.inbound.message())
+                .await
+                .expect("a snapshot in time")
+                .expect("the stream is healthy")
+                .expect("the stream is open");
+            match message.message {
+                Some(control_plane_message::Message::Snapshot(s)) => return s,
+                Some(control_plane_message::Message::Levels(_)) => continue,
+                None => panic!("an empty message"),
+            }
+        }
+    }
+
+    /// The stream's end: its error, if any (levels sent before it are skipped).
+    pub async fn closed(&mut self) -> Option<tonic::Status> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.inbound.message())
+                .await
+                .expect("the stream ends in time")
+            {
+                Ok(None) => return None,
+                Ok(Some(ControlPlaneMessage {
+                    message: Some(control_plane_message::Message::Levels(_)),
+                })) => continue,
+                Ok(Some(m)) => panic!("expected the end of the stream, got {m:?}"),
+                Err(status) => return Some(status),
+            }
+        }
+    }
+
+    pub async fn ack(&self, version: i64) {
+        self.answer(version, "").await;
+    }
+
+    pub async fn nack(&self, version: i64, error: &str) {
+        self.answer(version, error).await;
+    }
+
+    async fn answer(&self, version: i64, error: &str) {
+        self.tx
+            .send(SidecarMessage {
+                message: Some(sidecar_message::Message::Ack(Ack {
+                    version,
+                    error: error.into(),
+                })),
+            })
+            .await
+            .expect("the answer is queued");
+    }
+}
+
+/// Names of a snapshot's resources, `Kind/namespace/name`.
+pub fn names(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .resources
+        .iter()
+        .map(|r| format!("{}/{}/{}", r.kind, r.namespace, r.name))
+        .collect()
+}
