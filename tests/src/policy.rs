@@ -169,6 +169,26 @@ pub fn static_endpoints(yaml: &str, targets: &[(&str, SocketAddr)]) -> String {
     out
 }
 
+/// An UpstreamPolicy `name` with one static endpoint, as the JSON the REST API takes.
+pub fn upstream_json(name: &str, addr: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "bulwark/v1",
+        "kind": "UpstreamPolicy",
+        "metadata": {"name": name},
+        "spec": {"endpoints": {"static": [addr]}}
+    })
+}
+
+/// A ServicePolicy for `namespace/name` with its app on `port`, as JSON.
+pub fn service_json(namespace: &str, name: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "bulwark/v1",
+        "kind": "ServicePolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"app": {"port": port}}
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,24 +245,4 @@ mod tests {
         assert_eq!(resources[1].id(), "UpstreamPolicy/payments/grpc-echo");
         assert_eq!(resources[2].id(), "ServicePolicy/shop/orders");
     }
-}
-
-/// An UpstreamPolicy `name` with one static endpoint, as the JSON the REST API takes.
-pub fn upstream_json(name: &str, addr: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "bulwark/v1",
-        "kind": "UpstreamPolicy",
-        "metadata": {"name": name},
-        "spec": {"endpoints": {"static": [addr]}}
-    })
-}
-
-/// A ServicePolicy for `namespace/name` with its app on `port`, as JSON.
-pub fn service_json(namespace: &str, name: &str, port: u16) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "bulwark/v1",
-        "kind": "ServicePolicy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"app": {"port": port}}
-    })
 }
