@@ -253,6 +253,10 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
     assert_eq!(served.status, StatusCode::OK);
     let seen = pods[0].app.last_headers().expect("the app saw the request");
     assert_eq!(seen["x-bulwark-degradation"], "SEVERE");
+    assert_eq!(
+        seen["x-bulwark-capabilities"], "acceptOrders=true,sendNotifications=false",
+        "the app is told what it can do with every request"
+    );
     assert_eq!(unready_pods(&pods).await, 0, "SEVERE keeps every pod ready");
 
     // Three down, one of them critical: EMERGENCY; normal traffic shed, high still served,

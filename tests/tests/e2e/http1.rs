@@ -357,10 +357,18 @@ async fn every_request_gets_one_access_log_line() {
     let (_upstream, sidecar, http) = setup().await;
     let req = request(Method::POST, "http://echo/status/201")
         .header("x-request-id", "access-log-test-1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .body(full("x"))
         .expect("request");
     assert_eq!(client::send(&http, req).await.status, StatusCode::CREATED);
     let line = eventually(WAIT, || async { sidecar.access_log("access-log-test-1") }).await;
+    assert_eq!(
+        line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{line}"
+    );
     assert_eq!(line["method"], "POST", "{line}");
     assert_eq!(line["authority"], "echo", "{line}");
     assert_eq!(line["path"], "/status/201", "{line}");
@@ -375,4 +383,17 @@ async fn every_request_gets_one_access_log_line() {
         })
         .count();
     assert_eq!(lines, 1, "exactly one access-log line per request");
+
+    // Without a traceparent the sidecar starts a trace, and logs its id.
+    let req = request(Method::GET, "http://echo/headers")
+        .header("x-request-id", "access-log-test-2")
+        .body(full(""))
+        .expect("request");
+    let res = client::send(&http, req).await;
+    let sent = res.json()["headers"]["traceparent"][0]
+        .as_str()
+        .expect("the upstream got a traceparent")
+        .to_string();
+    let line = eventually(WAIT, || async { sidecar.access_log("access-log-test-2") }).await;
+    assert_eq!(line["trace_id"], sent[3..35], "{line}");
 }

@@ -142,3 +142,59 @@ async fn dropping_the_handle_kills_the_process() {
     assert!(gone.is_some(), "process {pid} still exists");
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// The app probe (`spec.app.healthCheck`) decides readiness: while the app's health check fails
+/// `/health/ready` answers 503 with the probe's reason, and the pod is ready again once it
+/// passes.
+#[tokio::test]
+async fn a_failing_app_health_check_makes_the_pod_unready() {
+    let app = HttpUpstream::start().await;
+    let service = |path: &str| {
+        format!(
+            "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  app: {{ port: {}, healthCheck: {{ http: {path}, interval: 100ms, timeout: 100ms }} }}\n",
+            app.addr().port()
+        )
+    };
+    let sidecar = Sidecar::builder()
+        .policies_yaml(service("/status/503"))
+        .args(["--service", "orders", "--namespace", "shop"])
+        .start()
+        .await;
+    let ready = eventually(WAIT, || async {
+        let res = sidecar.admin_get("/health/ready").await;
+        (res.status == StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+    })
+    .await;
+    assert_eq!(
+        ready.text(),
+        "not ready: app health check failing: GET /status/503 answered 503\n"
+    );
+    assert!(app.requests_to("/status/503") >= 1, "the app was probed");
+
+    sidecar.write_policies(&service("/status/200"));
+    eventually(WAIT, || async {
+        let res = sidecar.admin_get("/health/ready").await;
+        (res.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(sidecar.admin_get("/health/ready").await.text(), "ready\n");
+}
+
+/// Following a control plane needs to know which service the pod belongs to: without
+/// `--service` the sidecar refuses to start and says what is missing.
+#[tokio::test]
+async fn the_control_plane_mode_needs_a_service() {
+    let out = std::process::Command::new(bulwark_tests::sidecar::sidecar_bin())
+        .args(["--control-plane", "http://127.0.0.1:9"])
+        .env_remove("BULWARK_SERVICE")
+        .env_remove("BULWARK_POLICIES")
+        .output()
+        .expect("the sidecar runs");
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("the following required arguments were not provided:\n  --service <SERVICE>"),
+        "{stderr}"
+    );
+}

@@ -407,3 +407,37 @@ async fn a_reload_keeps_the_breaker_unless_its_settings_change() {
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(upstream.requests(), 5);
 }
+
+/// Calls that succeed but take at least `slowCall.duration` open the breaker when their share
+/// reaches `slowCall.rate`: the upstream answers too slowly to be worth waiting for.
+#[tokio::test]
+async fn slow_calls_open_the_breaker() {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = sidecar(&[policy::upstream("echo", upstream.addr())
+        .spec("circuitBreaker: { window: 10s, minRequests: 2, slowCall: { duration: 200ms, rate: 50% }, openFor: 30s }")
+        .to_yaml()])
+    .await;
+    let http = client::http1_client(sidecar.outbound());
+
+    let res = client::get(&http, "http://echo/status/200").await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(
+        sidecar.breaker_state("echo").await.as_deref(),
+        Some("closed"),
+        "one call is below minRequests"
+    );
+    let res = client::get(&http, "http://echo/slow/300").await;
+    assert_eq!(res.status, StatusCode::OK, "a slow call still answers");
+    sidecar.await_breaker_state("echo", "open", WAIT).await;
+
+    let res = client::get(&http, "http://echo/status/204").await;
+    assert_breaker_open_answer(
+        &res,
+        "echo",
+        "slow-call rate 50% >= 50% (calls >= 200ms) over 2 requests in 10s",
+    );
+    assert_eq!(upstream.requests_to("/status/204"), 0, "failed fast");
+    let entry = sidecar.breaker_entry("echo").await.expect("echo listed");
+    assert_eq!(entry["breaker"]["slowCalls"], 1, "{entry}");
+    assert_eq!(entry["breaker"]["failures"], 0, "{entry}");
+}

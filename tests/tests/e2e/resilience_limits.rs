@@ -197,3 +197,92 @@ async fn grpc_callers_get_resource_exhausted() {
     })
     .await;
 }
+
+/// `spec.inbound.maxConcurrent` of the own ServicePolicy bounds the requests in flight to the
+/// app: past it, callers are refused at once (503 / RESOURCE_EXHAUSTED) and the app never sees
+/// them; a slot frees when a response ends.
+#[tokio::test]
+async fn the_apps_inbound_limit_refuses_callers_past_it() {
+    let app = HttpUpstream::start().await;
+    let grpc_app = GrpcUpstream::start().await;
+    let service = |port: u16, protocol: &str| {
+        format!(
+            "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  app: {{ port: {port}, protocol: {protocol} }}\n  inbound: {{ maxConcurrent: 1 }}\n"
+        )
+    };
+    let sidecar = Sidecar::builder()
+        .policies_yaml(service(app.addr().port(), "auto"))
+        .args(["--service", "orders", "--namespace", "shop"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.inbound());
+    let held = {
+        let http = http.clone();
+        tokio::spawn(async move { client::get(&http, "http://orders/gate").await })
+    };
+    eventually(WAIT, || async {
+        (app.requests_to("/gate") == 1).then_some(())
+    })
+    .await;
+
+    let res = client::get(&http, "http://orders/status/200").await;
+    assert_eq!(
+        res.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.header("x-bulwark-error"), Some("bulkhead-full"));
+    assert_eq!(
+        res.text(),
+        "shop/orders is at its inbound concurrency limit (spec.inbound.maxConcurrent 1)\n"
+    );
+    assert_eq!(app.requests_to("/status/200"), 0, "the app never saw it");
+    sidecar
+        .await_metric(
+            "bulwark_bulkhead_rejections_total",
+            &[("direction", "inbound"), ("upstream", "orders")],
+            1.0,
+            WAIT,
+        )
+        .await;
+
+    app.open_gate();
+    assert_eq!(held.await.expect("join").status, StatusCode::OK);
+    let res = client::get(&http, "http://orders/status/200").await;
+    assert_eq!(res.status, StatusCode::OK, "the slot is free again");
+
+    // gRPC callers of a gRPC app are told RESOURCE_EXHAUSTED.
+    sidecar.write_policies(&service(grpc_app.addr().port(), "grpc"));
+    sidecar
+        .await_metric(
+            "bulwark_policy_reloads_total",
+            &[("result", "applied")],
+            2.0,
+            WAIT,
+        )
+        .await;
+    let echo = client::grpc_client(sidecar.inbound()).await;
+    let hold = {
+        let mut echo = echo.clone();
+        tokio::spawn(async move { echo.hold(EchoRequest::default()).await })
+    };
+    eventually(WAIT, || async {
+        (grpc_app.requests_to("/bulwark.test.v1.Echo/Hold") == 1).then_some(())
+    })
+    .await;
+    let status = echo
+        .clone()
+        .unary(EchoRequest::default())
+        .await
+        .expect_err("the app is at its limit");
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::ResourceExhausted,
+            "shop/orders is at its inbound concurrency limit (spec.inbound.maxConcurrent 1)"
+        )
+    );
+    assert_eq!(grpc_app.requests_to("/bulwark.test.v1.Echo/Unary"), 0);
+    hold.abort();
+}
