@@ -27,6 +27,8 @@ pub mod priority;
 pub mod route;
 pub mod source;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod trace;
 pub mod upstream;
 

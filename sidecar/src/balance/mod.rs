@@ -113,3 +113,82 @@ impl Balancer {
         ejection
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use bulwark_proto::policy::OutlierDetection;
+
+    use super::outlier::OutlierConfig;
+    use super::*;
+
+    fn addrs() -> [SocketAddr; 2] {
+        [
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ]
+    }
+
+    fn balancer(outlier: bool) -> Balancer {
+        let [a, b] = addrs();
+        let endpoints = EndpointSet::fixed(&[a, b]);
+        let outlier = outlier.then(|| {
+            let cfg = OutlierConfig::from_policy(Some(&OutlierDetection {
+                consecutive_failures: Some(1),
+                base_ejection: None,
+                max_ejected_percent: Some(100),
+            }))
+            .unwrap();
+            Arc::new(Mutex::new(OutlierDetector::new(cfg, [a, b])))
+        });
+        Balancer::new(Arc::from("echo"), endpoints, outlier)
+    }
+
+    const WAIT: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn a_retry_goes_to_an_endpoint_not_tried_yet() {
+        let b = balancer(false);
+        let [first, second] = addrs();
+        for _ in 0..50 {
+            let picked = b.pick(WAIT, |a| a == first, true).await.unwrap();
+            assert_eq!(picked.addr, second);
+        }
+        // Once every endpoint was tried, any will do.
+        let picked = b.pick(WAIT, |_| true, true).await.unwrap();
+        assert!(addrs().contains(&picked.addr));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_are_skipped_until_all_are() {
+        let b = balancer(true);
+        let [first, second] = addrs();
+        let ejection = b.record(first, true).expect("one failure ejects");
+        assert_eq!(ejection.addr, first);
+        for _ in 0..50 {
+            assert_eq!(b.pick(WAIT, |_| false, false).await.unwrap().addr, second);
+        }
+        // Every endpoint ejected: panic mode balances over all of them.
+        assert!(b.record(second, true).is_some());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            seen.insert(b.pick(WAIT, |_| false, false).await.unwrap().addr);
+        }
+        assert_eq!(seen.len(), 2);
+        // A success does not eject.
+        assert!(balancer(true).record(first, false).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dns_name_resolves_to_its_addresses() {
+        let set = EndpointSet::dns("localhost:4242", Duration::from_secs(60));
+        let endpoints = set.ready(Duration::from_secs(5)).await.unwrap();
+        assert!(!endpoints.is_empty());
+        assert!(
+            endpoints
+                .iter()
+                .all(|e| e.addr.port() == 4242 && e.addr.ip().is_loopback())
+        );
+    }
+}

@@ -171,3 +171,115 @@ pub async fn serve(
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bulwark_proto::policy::parse_yaml;
+    use http::{StatusCode, Version};
+
+    use super::*;
+    use crate::route::{LocalService, PolicySet};
+    use crate::testing::{TestServer, get};
+
+    /// A sidecar's state routing `echo` to `upstream`, and its outbound and inbound listeners
+    /// serving until the returned sender says stop.
+    async fn serving(
+        upstream: std::net::SocketAddr,
+    ) -> (
+        SocketAddr,
+        SocketAddr,
+        watch::Sender<bool>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        let local = LocalService {
+            namespace: "shop".into(),
+            service: None,
+            app_port: None,
+            inbound_port: None,
+        };
+        let shared = Arc::new(Shared::new(local, "pod-1".into(), None));
+        let yaml = format!(
+            "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: {{ name: echo, namespace: shop }}\nspec: {{ endpoints: {{ static: [\"{upstream}\"] }} }}\n"
+        );
+        shared
+            .apply(&PolicySet {
+                version: "1".into(),
+                source: "test".into(),
+                resources: parse_yaml(&yaml).unwrap(),
+            })
+            .unwrap();
+        let builder = Arc::new(connection_builder(ConnLimits {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(5),
+        }));
+        let any = "127.0.0.1:0".parse().unwrap();
+        let outbound = Listener::bind("outbound", any, Target::ByAuthority)
+            .await
+            .unwrap();
+        let inbound = Listener::bind("inbound", any, Target::App).await.unwrap();
+        let (out_addr, in_addr) = (outbound.local_addr(), inbound.local_addr());
+        let (stop, stop_rx) = watch::channel(false);
+        let connections = Connections::default();
+        let tasks = [outbound, inbound]
+            .into_iter()
+            .map(|l| {
+                tokio::spawn(serve(
+                    l,
+                    shared.clone(),
+                    builder.clone(),
+                    connections.clone(),
+                    stop_rx.clone(),
+                ))
+            })
+            .collect();
+        (out_addr, in_addr, stop, tasks)
+    }
+
+    #[tokio::test]
+    async fn one_listener_serves_http1_and_http2_prior_knowledge() {
+        let upstream = TestServer::start().await;
+        let (outbound, _, _stop, _tasks) = serving(upstream.addr).await;
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let (status, headers, body) = get(outbound, version, "http://echo.shop/a").await;
+            assert_eq!(status, StatusCode::OK, "{version:?}");
+            assert_eq!(headers["x-bulwark-upstream"], "echo");
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(upstream.requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn requests_no_policy_matches_are_answered_503_naming_the_authority() {
+        let upstream = TestServer::start().await;
+        let (outbound, inbound, _stop, _tasks) = serving(upstream.addr).await;
+        let (status, headers, body) = get(outbound, Version::HTTP_11, "http://nowhere:8080/").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["x-bulwark-error"], "no-route");
+        assert_eq!(
+            body,
+            "no UpstreamPolicy matches authority \"nowhere:8080\"\n"
+        );
+
+        let (status, headers, body) = get(inbound, Version::HTTP_2, "http://orders/").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["x-bulwark-error"], "no-app");
+        assert_eq!(
+            body,
+            "no local app port is configured for inbound traffic (set --app-port or spec.app.port of ServicePolicy <unset: --service>)\n"
+        );
+        assert_eq!(upstream.requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn stop_ends_accepting() {
+        let upstream = TestServer::start().await;
+        let (outbound, _, stop, tasks) = serving(upstream.addr).await;
+        stop.send_replace(true);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(tokio::net::TcpStream::connect(outbound).await.is_err());
+    }
+}

@@ -233,3 +233,120 @@ impl ConnectionOwner<H1Connection> for Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::*;
+    use crate::testing::{TestServer, closed_addr};
+
+    fn settings() -> ConnectSettings {
+        ConnectSettings {
+            upstream: Arc::from("echo"),
+            connect_timeout: Duration::from_secs(1),
+            connects_http1: Counter::default(),
+            connects_http2: Counter::default(),
+        }
+    }
+
+    fn get(version: http::Version) -> Request<Body> {
+        let mut req = Request::get("http://echo/").body(Body::Empty).unwrap();
+        *req.version_mut() = version;
+        if version == http::Version::HTTP_11 {
+            *req.uri_mut() = "/".parse().unwrap();
+            req.headers_mut()
+                .insert(http::header::HOST, "echo".parse().unwrap());
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn http1_connections_are_reused_once_a_response_is_read_to_its_end() {
+        let server = TestServer::start().await;
+        let endpoint = Endpoint::new(server.addr);
+        let s = settings();
+        for _ in 0..3 {
+            let rsp = endpoint
+                .send(Wire::Http1, get(http::Version::HTTP_11), &s)
+                .await
+                .unwrap();
+            assert_eq!(endpoint.in_flight(), 1, "the body holds the endpoint");
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+            assert_eq!(endpoint.in_flight(), 0);
+        }
+        assert_eq!(server.requests(), 3);
+        assert_eq!(server.connections(), 1);
+        assert_eq!(s.connects_http1.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_before_its_end_does_not_return_its_connection() {
+        let server = TestServer::start().await;
+        let endpoint = Endpoint::new(server.addr);
+        let s = settings();
+        let rsp = endpoint
+            .send(Wire::Http1, get(http::Version::HTTP_11), &s)
+            .await
+            .unwrap();
+        drop(rsp);
+        assert_eq!(endpoint.in_flight(), 0);
+        let rsp = endpoint
+            .send(Wire::Http1, get(http::Version::HTTP_11), &s)
+            .await
+            .unwrap();
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(
+            server.connections(),
+            2,
+            "a half-read connection is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn http2_requests_share_one_connection() {
+        let server = TestServer::start().await;
+        let endpoint = Endpoint::new(server.addr);
+        let s = settings();
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let (endpoint, s) = (endpoint.clone(), s.clone());
+                tokio::spawn(async move {
+                    let rsp = endpoint
+                        .send(Wire::Http2, get(http::Version::HTTP_2), &s)
+                        .await
+                        .unwrap();
+                    rsp.into_body().collect().await.unwrap().to_bytes()
+                })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), "ok");
+        }
+        assert_eq!(server.requests(), 5);
+        assert_eq!(server.connections(), 1);
+        assert_eq!(s.connects_http2.get(), 1);
+        assert_eq!(endpoint.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_failure_naming_the_endpoint() {
+        let addr = closed_addr();
+        let endpoint = Endpoint::new(addr);
+        let err = endpoint
+            .send(Wire::Http1, get(http::Version::HTTP_11), &settings())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "connect-failure");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("upstream echo: connect to {addr} failed: ")),
+            "{err}"
+        );
+        assert_eq!(endpoint.in_flight(), 0, "a failed attempt holds nothing");
+    }
+}
