@@ -64,39 +64,14 @@ impl Etcd {
 
     /// Starts etcd again on the same ports and data, and waits until it answers.
     pub async fn resume(&self) {
-        let bin = std::env::var_os("BULWARK_ETCD_BIN").unwrap_or_else(|| "etcd".into());
-        let child = Command::new(&bin)
-            .args(["--name", "test"])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .arg("--listen-client-urls")
-            .arg(self.endpoint())
-            .arg("--advertise-client-urls")
-            .arg(self.endpoint())
-            .arg("--listen-peer-urls")
-            .arg(format!("http://{}", self.peer))
-            .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://{}", self.peer))
-            .arg("--initial-cluster")
-            .arg(format!("test=http://{}", self.peer))
-            .args(["--initial-cluster-state", "new"])
-            .args([
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-                "--log-level",
-                "error",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "start etcd ({bin:?}): {e}; install Debian's etcd-server (scripts/test.sh does)"
-                )
-            });
+        let child = spawn_member(
+            "test",
+            &self.dir.join("data"),
+            self.client,
+            self.peer,
+            &format!("test=http://{}", self.peer),
+            &[],
+        );
         *lock(&self.child) = Some(child);
         let healthy = try_eventually(ETCD_READY_TIMEOUT, || async {
             self.etcdctl(&["endpoint", "health"]).ok().map(|_| ())
@@ -172,6 +147,46 @@ impl Drop for Etcd {
     }
 }
 
+/// Starts one etcd member (`$BULWARK_ETCD_BIN`, else `etcd` on the PATH) named `name`, with
+/// its data in `data`, in the cluster `initial` (`name=peer-url,…`).
+fn spawn_member(
+    name: &str,
+    data: &std::path::Path,
+    client: SocketAddr,
+    peer: SocketAddr,
+    initial: &str,
+    extra: &[&str],
+) -> Child {
+    let bin = std::env::var_os("BULWARK_ETCD_BIN").unwrap_or_else(|| "etcd".into());
+    let (client, peer) = (format!("http://{client}"), format!("http://{peer}"));
+    Command::new(&bin)
+        .args(["--name", name])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", initial])
+        .args(["--initial-cluster-state", "new"])
+        .args(extra)
+        .args([
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+            "--log-level",
+            "error",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("start etcd ({bin:?}): {e}; install Debian's etcd-server (scripts/test.sh does)")
+        })
+}
+
 /// Several etcd members forming one cluster on loopback, with fast elections (50 ms
 /// heartbeats, 500 ms election timeout).
 #[derive(Debug)]
@@ -184,7 +199,6 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts `size` members and waits until each answers.
     pub async fn start(size: usize) -> EtcdCluster {
-        let bin = std::env::var_os("BULWARK_ETCD_BIN").unwrap_or_else(|| "etcd".into());
         let dir = TempDir::new();
         let clients: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
         let peers: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
@@ -196,32 +210,15 @@ impl EtcdCluster {
             .join(",");
         let mut members = Vec::new();
         for i in 0..size {
-            let client = format!("http://{}", clients[i]);
-            let peer = format!("http://{}", peers[i]);
-            let child = Command::new(&bin)
-                .args(["--name", &format!("m{i}")])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("m{i}")))
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .args([
-                    "--logger",
-                    "zap",
-                    "--log-outputs",
-                    "stderr",
-                    "--log-level",
-                    "error",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("start etcd ({bin:?}): {e}"));
+            let child = spawn_member(
+                &format!("m{i}"),
+                &dir.path().join(format!("m{i}")),
+                clients[i],
+                peers[i],
+                &initial,
+                // Fast elections, so that losing a member costs a test about a second.
+                &["--heartbeat-interval", "50", "--election-timeout", "500"],
+            );
             members.push(Mutex::new(Some(child)));
         }
         let cluster = EtcdCluster {

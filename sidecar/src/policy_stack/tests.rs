@@ -161,47 +161,27 @@ async fn each_attempt_gets_the_whole_request_body_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_post_is_retried_only_when_it_never_reached_the_upstream() {
-    let (_, routes, _) = retry(
-        "retry: { maxAttempts: 3, retryOn: [\"503\", connect-failure], backoff: { initial: 1ms } }",
-        &Script::ok("x"),
-    );
-    let state = CallState::default();
-
-    let script = Script::new("up", [Step::Status(503), Step::Status(200)]);
-    let (layer, _, _) = retry(
-        "retry: { maxAttempts: 3, retryOn: [\"503\", connect-failure], backoff: { initial: 1ms } }",
-        &script,
-    );
-    let result = layer
-        .call(
-            request("POST", "pay", &[]),
-            cx(routes.default_route(), &state),
-        )
-        .await;
+    let yaml =
+        "retry: { maxAttempts: 3, retryOn: [\"503\", connect-failure], backoff: { initial: 1ms } }";
+    // What a POST comes to when its first attempt ends in `first`, and the attempts it made.
+    let post = |first: Step| async move {
+        let script = Script::new("up", [first, Step::Status(200)]);
+        let (layer, routes, _) = retry(yaml, &script);
+        let state = CallState::default();
+        let req = request("POST", "pay", &[]);
+        let result = layer.call(req, cx(routes.default_route(), &state)).await;
+        (outcome(&result), script.count())
+    };
     assert_eq!(
-        outcome(&result),
-        "503",
+        post(Step::Status(503)).await,
+        ("503".to_string(), 1),
         "a POST that reached the upstream is not repeated"
     );
-    assert_eq!(script.count(), 1);
-
-    let script = Script::new("up", [Step::Refused, Step::Status(200)]);
-    let (layer, _, _) = retry(
-        "retry: { maxAttempts: 3, retryOn: [\"503\", connect-failure], backoff: { initial: 1ms } }",
-        &script,
-    );
-    let result = layer
-        .call(
-            request("POST", "pay", &[]),
-            cx(routes.default_route(), &state),
-        )
-        .await;
     assert_eq!(
-        outcome(&result),
-        "200",
+        post(Step::Refused).await,
+        ("200".to_string(), 2),
         "a refused connection never reached it"
     );
-    assert_eq!(script.count(), 2);
 }
 
 #[tokio::test(start_paused = true)]
