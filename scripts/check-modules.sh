@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "==> module graphs without cycles"
 python3 scripts/module-graph.py sidecar/src
-for crate in control-plane meshctl proto inject tests bench; do
+for crate in control-plane meshctl proto inject init tests bench; do
   python3 scripts/module-graph.py "$crate/src" --quiet
 done
 echo "no module cycle in any crate"
