@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::health::readiness::readiness;
-use crate::listen::accept::stopped;
+use crate::listen::conn::stopped;
 use crate::state::Shared;
 
 /// Serves admin requests until `stop` turns true.

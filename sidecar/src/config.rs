@@ -66,6 +66,18 @@ pub struct Config {
     #[arg(long, env = "BULWARK_INBOUND", default_value = "0.0.0.0:15006")]
     pub inbound: SocketAddr,
 
+    /// Serve connections captured by iptables (`bulwark-init`): the outbound and inbound
+    /// listeners read each connection's original destination and detect its protocol (HTTP/1.1,
+    /// HTTP/2, TLS, anything else as TCP). The outbound listener also listens on `[::1]` for
+    /// connections captured by ip6tables.
+    #[arg(long, env = "BULWARK_CAPTURE")]
+    pub capture: bool,
+
+    /// How long a captured connection may stay silent before it is forwarded as opaque TCP
+    /// (a server-speaks-first protocol such as MySQL or SMTP waits this long once).
+    #[arg(long, env = "BULWARK_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration_arg)]
+    pub detect_timeout: Duration,
+
     /// Admin listener: probes, metrics, applied config.
     #[arg(long, env = "BULWARK_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,

@@ -93,6 +93,10 @@ pub enum ProxyError {
     },
     #[error("upstream {upstream} is at EMERGENCY: low-priority calls fail fast")]
     UpstreamEmergency { upstream: String },
+    #[error(
+        "CONNECT to {authority} is not allowed: UpstreamPolicy {upstream} does not set spec.allowConnect"
+    )]
+    ConnectNotAllowed { authority: String, upstream: String },
     #[error("invalid request: {0}")]
     BadRequest(String),
 }
@@ -115,6 +119,7 @@ impl ProxyError {
             ProxyError::NoApp { .. } => "no-app",
             ProxyError::Shed { .. } => "shed",
             ProxyError::UpstreamEmergency { .. } => "upstream-emergency",
+            ProxyError::ConnectNotAllowed { .. } => "connect-not-allowed",
             ProxyError::BadRequest(_) => "bad-request",
         }
     }
@@ -136,6 +141,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectNotAllowed { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -148,6 +154,7 @@ impl ProxyError {
                 GrpcCode::ResourceExhausted
             }
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => GrpcCode::Internal,
+            ProxyError::ConnectNotAllowed { .. } => GrpcCode::PermissionDenied,
             _ => GrpcCode::Unavailable,
         }
     }

@@ -57,6 +57,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Listener::bind("outbound", config.outbound, Target::ByAuthority).await?,
         Listener::bind("inbound", config.inbound, Target::App).await?,
     ];
+    if config.capture {
+        for l in &mut listeners {
+            l.capture = Some(config.detect_timeout);
+        }
+        // ip6tables redirects the app's IPv6 connections to [::1] (the outbound listener's port).
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.outbound.port()));
+        if config.outbound.ip().is_loopback() && config.outbound.is_ipv4() {
+            match Listener::bind("outbound", v6, Target::ByAuthority).await {
+                Ok(l) => listeners.push(l.capturing(config.detect_timeout)),
+                Err(e) => tracing::info!(error = %e, "no IPv6 outbound listener: IPv6 connections are not captured"),
+            }
+        }
+    }
     let mut ports = BTreeMap::new();
     for (addr, name) in &config.upstream_ports {
         let l = Listener::bind(

@@ -58,6 +58,29 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+/// A byte stream the sidecar forwards as it is: captured TCP (`tcp`), TLS passed through
+/// (`tls`), an HTTP upgrade (`upgrade`) or a CONNECT tunnel (`connect`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    pub direction: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelBytesLabels {
+    pub direction: &'static str,
+    pub kind: &'static str,
+    /// `sent` (to the destination) or `received` (from it).
+    pub way: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapturedLabels {
+    pub direction: &'static str,
+    /// What detection found: `http1`, `http2`, `tls` or `tcp`.
+    pub protocol: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
@@ -112,6 +135,10 @@ pub struct Metrics {
     capability: Family<CapabilityLabels, Gauge>,
     app_healthy: Gauge,
     health_reports: Family<ReloadLabels, Counter>,
+    captured: Family<CapturedLabels, Counter>,
+    tunnels: Family<TunnelLabels, Counter>,
+    open_tunnels: Family<TunnelLabels, Gauge>,
+    tunnel_bytes: Family<TunnelBytesLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -243,6 +270,30 @@ impl Metrics {
             "Health reports to the control plane, by result (sent, or skipped while the stream was busy)",
             health_reports.clone(),
         );
+        let captured = Family::<CapturedLabels, Counter>::default();
+        registry.register(
+            "captured_connections",
+            "Connections captured by iptables, by direction and the protocol detected",
+            captured.clone(),
+        );
+        let tunnels = Family::<TunnelLabels, Counter>::default();
+        registry.register(
+            "tunnels",
+            "Byte streams forwarded as they are (captured TCP, TLS, HTTP upgrades, CONNECT)",
+            tunnels.clone(),
+        );
+        let open_tunnels = Family::<TunnelLabels, Gauge>::default();
+        registry.register(
+            "open_tunnels",
+            "Byte streams being forwarded now",
+            open_tunnels.clone(),
+        );
+        let tunnel_bytes = Family::<TunnelBytesLabels, Counter>::default();
+        registry.register(
+            "tunnel_bytes",
+            "Bytes forwarded in tunnels, sent to the destination or received from it",
+            tunnel_bytes.clone(),
+        );
         registry.register(
             "policy_reloads",
             "Policy snapshots offered to the sidecar, by result (applied or rejected)",
@@ -271,6 +322,40 @@ impl Metrics {
             capability,
             app_healthy,
             health_reports,
+            captured,
+            tunnels,
+            open_tunnels,
+            tunnel_bytes,
+        }
+    }
+
+    /// One captured connection, by the protocol detected.
+    pub fn captured(&self, direction: &'static str, protocol: &'static str) {
+        self.captured
+            .get_or_create(&CapturedLabels {
+                direction,
+                protocol,
+            })
+            .inc();
+    }
+
+    /// Handles for one kind of tunnel.
+    pub fn tunnel(&self, direction: &'static str, kind: &'static str) -> TunnelMetrics {
+        let labels = TunnelLabels { direction, kind };
+        let bytes = |way| {
+            self.tunnel_bytes
+                .get_or_create(&TunnelBytesLabels {
+                    direction,
+                    kind,
+                    way,
+                })
+                .clone()
+        };
+        TunnelMetrics {
+            opened: self.tunnels.get_or_create(&labels).clone(),
+            open: self.open_tunnels.get_or_create(&labels).clone(),
+            sent: bytes("sent"),
+            received: bytes("received"),
         }
     }
 
@@ -491,4 +576,13 @@ impl UpstreamMetrics {
         counter.inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
+}
+
+/// The metric handles of one kind of tunnel.
+#[derive(Debug, Clone)]
+pub struct TunnelMetrics {
+    pub opened: Counter,
+    pub open: Gauge,
+    pub sent: Counter,
+    pub received: Counter,
 }

@@ -41,14 +41,23 @@ impl Shared {
         pod: String,
         deadline_header: Option<http::HeaderName>,
     ) -> Shared {
+        let metrics = Arc::new(Metrics::new());
+        let events = tokio::sync::broadcast::channel(256).0;
+        let health = Health::new(pod);
+        let env = BuildEnv {
+            metrics: metrics.clone(),
+            events: events.clone(),
+            degradation: health.degradation.clone(),
+            deadline_header: deadline_header.clone(),
+        };
         let shared = Shared {
-            table: ArcSwap::from_pointee(RouteTable::empty(&local)),
-            metrics: Arc::new(Metrics::new()),
-            events: tokio::sync::broadcast::channel(256).0,
+            table: ArcSwap::from_pointee(RouteTable::empty(&local, &env)),
+            metrics,
+            events,
             local,
             draining: AtomicBool::new(false),
             in_flight: Arc::default(),
-            health: Health::new(pod),
+            health,
             deadline_header,
         };
         if let Some(service) = &shared.local.service {
@@ -67,12 +76,7 @@ impl Shared {
     /// Builds and swaps in the snapshot for `set`; on failure the current one stays.
     pub fn apply(&self, set: &PolicySet) -> Result<(), String> {
         let current = self.table.load_full();
-        let env = BuildEnv {
-            metrics: self.metrics.clone(),
-            events: self.events.clone(),
-            degradation: self.health.degradation.clone(),
-            deadline_header: self.deadline_header.clone(),
-        };
+        let env = self.build_env();
         match RouteTable::build(set, &current, &self.local, &env) {
             Ok(next) => {
                 tracing::info!(
@@ -98,6 +102,16 @@ impl Shared {
                 self.metrics.reload(false);
                 Err(e)
             }
+        }
+    }
+
+    /// What the routing table's upstreams are built with.
+    fn build_env(&self) -> BuildEnv {
+        BuildEnv {
+            metrics: self.metrics.clone(),
+            events: self.events.clone(),
+            degradation: self.health.degradation.clone(),
+            deadline_header: self.deadline_header.clone(),
         }
     }
 

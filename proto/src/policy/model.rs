@@ -138,6 +138,9 @@ pub struct UpstreamSpec {
     /// Rewrite `Host` / `:authority` to the endpoint's address (default: keep the caller's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite: Option<bool>,
+    /// Let `CONNECT name:port` requests tunnel TCP to this upstream's endpoints (default: no).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_connect: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,6 +41,7 @@ spec:
   endpoints: { dns: a:80, static: ["10.0.0.1:80"], dnsRefresh: 5s }
   protocol: grpc
   hostRewrite: true
+  allowConnect: true
   timeouts: { request: 1s, perTry: 1s, connect: 1s }
   retry:
     maxAttempts: 2

@@ -1,19 +1,21 @@
-//! Accepting: bind the listeners, accept TCP connections, detect HTTP/1.1 or HTTP/2 prior
-//! knowledge from the first bytes (hyper-util's auto builder reads the h2 preface), serve each
-//! connection with hyper, and drain them gracefully on shutdown.
+//! Accepting: bind the listeners, accept TCP connections, serve each with hyper (HTTP/1.1 or
+//! HTTP/2 prior knowledge, told apart by hyper-util's auto builder; upgrades allowed), and drain
+//! them gracefully on shutdown. A connection iptables redirected to a capturing listener is
+//! first looked at ([`captured`](super::captured)): its original destination, and whether it
+//! speaks HTTP at all.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::proxy::{self, Target};
+use super::captured;
+use super::conn::{Conn, stopped};
+use super::proxy::Target;
 use crate::state::Shared;
 
 /// Limits applied to every downstream connection.
@@ -38,7 +40,9 @@ pub fn connection_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Duration::from_secs(30))
+        // WebSocket over HTTP/2 (RFC 8441): extended CONNECT with `:protocol`.
+        .enable_connect_protocol();
     builder
 }
 
@@ -47,6 +51,8 @@ pub struct Listener {
     pub name: &'static str,
     pub tcp: TcpListener,
     pub target: Target,
+    /// Serves connections iptables redirected to it, waiting this long for a silent one.
+    pub capture: Option<Duration>,
 }
 
 impl Listener {
@@ -58,7 +64,18 @@ impl Listener {
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({name}): {e}"))?;
-        Ok(Listener { name, tcp, target })
+        Ok(Listener {
+            name,
+            tcp,
+            target,
+            capture: None,
+        })
+    }
+
+    /// Serves captured connections too (`--capture`).
+    pub fn capturing(mut self, detect_timeout: Duration) -> Listener {
+        self.capture = Some(detect_timeout);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -124,52 +141,32 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let conn = Conn::new(
+            listener.name,
+            peer,
+            shared.clone(),
+            builder.clone(),
+            stop.clone(),
+        );
         let target = listener.target.clone();
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            let target = target.clone();
-            // A request's whole path through the stack is one state machine of a few kilobytes.
-            // Boxed, hyper's server moves a pointer into the task it spawns per HTTP/2 stream
-            // instead of the state; written into a box allocated first, the state is built in
-            // place rather than on the stack and copied (bench/profile: 9,700 bytes of memcpy
-            // per request).
-            let call = Box::into_pin(Box::write(
-                Box::new_uninit(),
-                proxy::handle(shared, target, req),
-            ));
-            async move { Ok::<_, Infallible>(call.await) }
-        });
-        let builder = builder.clone();
+        let capture = listener.capture;
         let gauge = gauge.clone();
-        let name = listener.name;
         let connections = connections.clone();
-        let mut stop = stop.clone();
         gauge.inc();
         connections.open();
         tokio::spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let original = capture.and_then(|_| captured::original_destination(&stream));
+            match (capture, original) {
+                (Some(timeout), Some(original)) => {
+                    captured::serve(conn, stream, original, &target, timeout).await
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(listener = name, %peer, error = %e, "connection closed with an error");
+                _ => conn.serve_http(TokioIo::new(stream), target).await,
             }
             gauge.dec();
             connections.close();
         });
     }
     tracing::info!(listener = listener.name, "stopped accepting");
-}
-
-/// Resolves once `stop` is true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

@@ -4,20 +4,24 @@
 //! [`rescue`](crate::errors::rescue). The access log line and request metrics are written when
 //! the response ends ([`observe`](super::observe)).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bulwark_proto::policy::Protocol;
 use http::uri::Authority;
 use http::{Request, Response, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::observe::{Completion, ObservedBody};
+use super::upgrade::{self, Splice, Upgrade};
+use crate::balance::p2c::p2c;
 use crate::body::Body;
 use crate::errors::{ProxyError, rescue};
 use crate::headers::{GRPC_STATUS, is_grpc, strip_hop_by_hop};
 use crate::metrics::ProtocolLabel;
 use crate::policy_stack::layer::CallState;
-use crate::route::Route;
+use crate::route::{RouteRef, RouteTable};
 use crate::state::Shared;
 use crate::trace;
 
@@ -30,13 +34,18 @@ pub enum Target {
     Fixed(Arc<str>),
     /// Inbound: the local app.
     App,
+    /// Outbound, captured by iptables on its way to this address: the policy the authority
+    /// names, else the one whose endpoints include the address, else straight to it.
+    Captured(SocketAddr),
+    /// Inbound, captured by iptables on its way to this port of the pod: the app on it.
+    AppPort(u16),
 }
 
 impl Target {
     fn direction(&self) -> &'static str {
         match self {
-            Target::ByAuthority | Target::Fixed(_) => "outbound",
-            Target::App => "inbound",
+            Target::ByAuthority | Target::Fixed(_) | Target::Captured(_) => "outbound",
+            Target::App | Target::AppPort(_) => "inbound",
         }
     }
 }
@@ -45,9 +54,11 @@ impl Target {
 pub async fn handle(
     shared: Arc<Shared>,
     target: Target,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ObservedBody> {
     let started = Instant::now();
+    let upgrade = Upgrade::of(&req);
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
     let grpc = is_grpc(&parts.headers);
@@ -80,20 +91,54 @@ pub async fn handle(
     let table = shared.table.load_full();
     let routed = route(&shared, &table, &target, authority);
     let state = CallState::default();
-    let result = match routed {
-        Err(e) => Err(e),
-        Ok((route, authority)) => {
+    let prepared = match &upgrade {
+        Some(u) => u.prepare(&mut parts),
+        None => Ok(()),
+    };
+    let result = match (routed, prepared) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok((route, authority)), Ok(())) => {
             completion.upstream = Some(route.name.clone());
             completion.metrics = Some(route.metrics.clone());
-            let req = Request::from_parts(parts, Body::Incoming(body));
-            route.stack.call(req, &authority, &state).await
+            let splice = |destination: String| Splice {
+                shared: shared.clone(),
+                direction: target.direction(),
+                upstream: route.name.clone(),
+                destination,
+            };
+            match (upgrade, on_upgrade) {
+                (Some(Upgrade::Connect), Some(down)) => {
+                    tunnel(&route, &authority, down, splice).await
+                }
+                (Some(u), Some(down)) => {
+                    if matches!(route.policy.spec.protocol, Protocol::Http2 | Protocol::Grpc) {
+                        Err(ProxyError::BadRequest(format!(
+                            "an upgrade needs an HTTP/1.1 upstream; UpstreamPolicy {} speaks HTTP/2",
+                            route.name
+                        )))
+                    } else {
+                        let req = Request::from_parts(parts, Body::Incoming(body));
+                        let result = route.stack.call(req, &authority, &state).await;
+                        result.map(|mut rsp| {
+                            strip_hop_by_hop(rsp.headers_mut());
+                            upgrade::finish(&u, rsp, down, splice(authority.to_string()))
+                        })
+                    }
+                }
+                _ => {
+                    let req = Request::from_parts(parts, Body::Incoming(body));
+                    route.stack.call(req, &authority, &state).await
+                }
+            }
         }
     };
     completion.attempts = state.attempts();
 
     let rsp = match result {
         Ok(mut rsp) => {
-            strip_hop_by_hop(rsp.headers_mut());
+            if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(rsp.headers_mut());
+            }
             // The response travels on the caller's connection, in the caller's HTTP version.
             *rsp.version_mut() = downstream_version;
             rsp
@@ -112,18 +157,56 @@ pub async fn handle(
     Response::from_parts(parts, ObservedBody::new(body, completion))
 }
 
+/// A `CONNECT name:port` to an upstream that allows it: a tunnel to one of its endpoints.
+async fn tunnel(
+    route: &crate::route::Route,
+    authority: &Authority,
+    down: hyper::upgrade::OnUpgrade,
+    splice: impl FnOnce(String) -> Splice,
+) -> Result<Response<Body>, ProxyError> {
+    if route.policy.spec.allow_connect != Some(true) {
+        return Err(ProxyError::ConnectNotAllowed {
+            authority: authority.to_string(),
+            upstream: route.name.to_string(),
+        });
+    }
+    let timeout = route
+        .policy
+        .spec
+        .timeouts
+        .as_ref()
+        .and_then(|t| t.connect.as_ref())
+        .map_or(bulwark_proto::policy::defaults::CONNECT_TIMEOUT, |d| d.get());
+    let endpoints = route
+        .upstream
+        .endpoints
+        .ready(timeout)
+        .await
+        .map_err(|reason| ProxyError::NoEndpoints {
+            upstream: route.name.to_string(),
+            reason,
+        })?;
+    let destination = p2c(&endpoints, |_| true)
+        .map(|e| e.addr)
+        .ok_or_else(|| ProxyError::NoEndpoints {
+            upstream: route.name.to_string(),
+            reason: "no endpoints".into(),
+        })?;
+    upgrade::connect(down, destination, timeout, splice(destination.to_string())).await
+}
+
 /// The route a request takes and the authority it goes out with.
 fn route<'t>(
     shared: &Shared,
-    table: &'t crate::route::RouteTable,
+    table: &'t RouteTable,
     target: &Target,
     authority: Option<Authority>,
-) -> Result<(&'t Route, Authority), ProxyError> {
+) -> Result<(RouteRef<'t>, Authority), ProxyError> {
     match target {
         Target::ByAuthority => {
             let a = authority.ok_or(ProxyError::NoAuthority)?;
             match table.route(a.as_str()) {
-                Some(r) => Ok((r, a)),
+                Some(r) => Ok((RouteRef::Table(r), a)),
                 None => {
                     tracing::warn!(
                         authority = a.as_str(),
@@ -136,7 +219,10 @@ fn route<'t>(
             }
         }
         Target::Fixed(name) => match table.route(name) {
-            Some(r) => Ok((r, authority.unwrap_or_else(|| authority_of_name(name)))),
+            Some(r) => Ok((
+                RouteRef::Table(r),
+                authority.unwrap_or_else(|| authority_of_name(name)),
+            )),
             None => {
                 tracing::warn!(upstream = %name, "the upstream of this local port has no UpstreamPolicy");
                 Err(ProxyError::NoRoute {
@@ -146,7 +232,7 @@ fn route<'t>(
         },
         Target::App => match &table.inbound {
             Some(app) => Ok((
-                app,
+                RouteRef::Table(app),
                 authority.unwrap_or_else(|| authority_of_name("localhost")),
             )),
             None => Err(ProxyError::NoApp {
@@ -157,6 +243,31 @@ fn route<'t>(
                     .unwrap_or_else(|| "<unset: --service>".into()),
             }),
         },
+        Target::Captured(original) => {
+            let by_name = authority.as_ref().and_then(|a| table.route(a.as_str()));
+            let authority = authority.unwrap_or_else(|| authority_of_name(&original.to_string()));
+            if let Some(r) = by_name.or_else(|| table.route_addr(*original)) {
+                return Ok((RouteRef::Table(r), authority));
+            }
+            let r = table
+                .passthrough(*original)
+                .map_err(|e| ProxyError::BadRequest(format!("passthrough to {original}: {e}")))?;
+            Ok((RouteRef::Built(r), authority))
+        }
+        Target::AppPort(port) => {
+            let authority = authority.unwrap_or_else(|| authority_of_name("localhost"));
+            if let Some(app) = table
+                .inbound
+                .as_ref()
+                .filter(|r| r.upstream.endpoints.endpoints().iter().any(|e| e.addr.port() == *port))
+            {
+                return Ok((RouteRef::Table(app), authority));
+            }
+            let r = table
+                .app_port(*port)
+                .map_err(|e| ProxyError::BadRequest(format!("app port {port}: {e}")))?;
+            Ok((RouteRef::Built(r), authority))
+        }
     }
 }
 

@@ -7,5 +7,5 @@
 pub mod table;
 pub mod upstream;
 
-pub use table::{LocalService, PolicySet, Route, RouteTable};
+pub use table::{LocalService, PolicySet, Route, RouteRef, RouteTable};
 pub use upstream::{BuildEnv, Upstream};

@@ -6,7 +6,8 @@
 //! own ServicePolicy's actions are resolved here, once per snapshot.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bulwark_proto::policy::{
     API_VERSION, Endpoints, Limits, Metadata, Protocol, Resource, ServicePolicy, UpstreamPolicy,
@@ -55,6 +56,26 @@ impl std::ops::Deref for Route {
     }
 }
 
+/// A route found in the table, or built for a captured destination on demand.
+pub enum RouteRef<'t> {
+    Table(&'t Route),
+    Built(Arc<Route>),
+}
+
+impl std::ops::Deref for RouteRef<'_> {
+    type Target = Route;
+    fn deref(&self) -> &Route {
+        match self {
+            RouteRef::Table(r) => r,
+            RouteRef::Built(r) => r,
+        }
+    }
+}
+
+/// Destinations remembered for passthrough at most; past this the cache starts again (a pod
+/// that talks to more distinct unknown destinations than this pays a rebuild now and then).
+const MAX_BUILT: usize = 1024;
+
 /// The policies in force; requests hold the table they started with.
 pub struct RouteTable {
     pub version: String,
@@ -68,6 +89,13 @@ pub struct RouteTable {
     /// The own ServicePolicy's degradation actions and priority header, compiled.
     pub actions: Arc<ServiceActions>,
     own_namespace: String,
+    /// What routes built on demand are built with.
+    local: LocalService,
+    env: BuildEnv,
+    /// Captured destinations no policy names: forwarded without resilience policies.
+    passthrough: Mutex<HashMap<SocketAddr, Arc<Route>>>,
+    /// Captured inbound connections, per app port (the app port of the ServicePolicy aside).
+    app_ports: Mutex<HashMap<u16, Arc<Route>>>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -80,8 +108,9 @@ impl std::fmt::Debug for RouteTable {
 }
 
 impl RouteTable {
-    /// The table before any policy arrived: routes nothing.
-    pub fn empty(local: &LocalService) -> RouteTable {
+    /// The table before any policy arrived: routes nothing by name (captured connections pass
+    /// through).
+    pub fn empty(local: &LocalService, env: &BuildEnv) -> RouteTable {
         RouteTable {
             version: String::new(),
             source: String::new(),
@@ -91,6 +120,10 @@ impl RouteTable {
             service: None,
             actions: Arc::default(),
             own_namespace: local.namespace.clone(),
+            local: local.clone(),
+            env: env.clone(),
+            passthrough: Mutex::default(),
+            app_ports: Mutex::default(),
         }
     }
 
@@ -172,7 +205,7 @@ impl RouteTable {
                 );
             }
         }
-        let inbound = match app_policy(local, service.as_ref())? {
+        let inbound = match app_policy(local, service.as_ref(), None)? {
             None => None,
             Some(policy) => {
                 let upstream = match &previous.inbound {
@@ -203,7 +236,94 @@ impl RouteTable {
             actions,
             service,
             own_namespace: local.namespace.clone(),
+            local: local.clone(),
+            env: env.clone(),
+            passthrough: Mutex::default(),
+            app_ports: Mutex::default(),
         })
+    }
+
+    /// The upstream whose endpoints include `addr` (a static address, or one its DNS name
+    /// resolved to): how a captured connection to a Service IP finds its policy.
+    pub fn route_addr(&self, addr: SocketAddr) -> Option<&Route> {
+        self.upstreams
+            .values()
+            .flat_map(|by_ns| by_ns.values())
+            .find(|r| r.upstream.endpoints.endpoints().iter().any(|e| e.addr == addr))
+    }
+
+    /// A route to `destination` with no resilience policy: a captured connection that no
+    /// policy names is forwarded as it is, never dropped.
+    pub fn passthrough(&self, destination: SocketAddr) -> Result<Arc<Route>, String> {
+        let policy = UpstreamPolicy {
+            api_version: API_VERSION.to_string(),
+            metadata: Metadata::new("passthrough".to_string(), self.own_namespace.clone()),
+            spec: UpstreamSpec {
+                endpoints: Endpoints {
+                    static_addrs: Some(vec![destination.to_string()]),
+                    ..Endpoints::default()
+                },
+                ..UpstreamSpec::default()
+            },
+        };
+        self.built(&self.passthrough, destination, || {
+            let upstream = Arc::new(Upstream::build(&policy, Side::Outbound, &self.env, None)?);
+            Ok(self.route_without_fallback(upstream, Direction::Outbound))
+        })
+    }
+
+    /// The route of a captured inbound connection to app port `port`: the app's inbound
+    /// policy (shedding, `inbound.maxConcurrent`, shared with the app port) in front of
+    /// 127.0.0.1:`port`.
+    pub fn app_port(&self, port: u16) -> Result<Arc<Route>, String> {
+        let app = self.inbound.as_ref();
+        let built = |previous: Option<&Upstream>| -> Result<Arc<Route>, String> {
+            let Some(policy) = app_policy(&self.local, self.service.as_ref(), Some(port))? else {
+                return Err("no app port".into());
+            };
+            let side = Side::Inbound(Arc::from(format!(
+                "{}/{}",
+                self.local.namespace,
+                self.local.service.as_deref().unwrap_or("app")
+            )));
+            let upstream = Arc::new(Upstream::build(&policy, side, &self.env, previous)?);
+            Ok(self.route_without_fallback(upstream, Direction::Inbound))
+        };
+        self.built(&self.app_ports, port, || built(app.map(|r| &*r.upstream)))
+    }
+
+    fn route_without_fallback(&self, upstream: Arc<Upstream>, direction: Direction) -> Arc<Route> {
+        let stack = policy_stack::stack(
+            upstream.attempts.clone(),
+            StackParts {
+                direction,
+                degradation: self.env.degradation.clone(),
+                actions: self.actions.clone(),
+                deadline_header: self.env.deadline_header.clone(),
+                failover: Vec::new(),
+                response: None,
+            },
+        );
+        Arc::new(Route { upstream, stack })
+    }
+
+    /// A route from `cache`, built and kept on first use.
+    fn built<K: std::hash::Hash + Eq + Copy>(
+        &self,
+        cache: &Mutex<HashMap<K, Arc<Route>>>,
+        key: K,
+        build: impl FnOnce() -> Result<Arc<Route>, String>,
+    ) -> Result<Arc<Route>, String> {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = cache.get(&key) {
+            return Ok(r.clone());
+        }
+        let route = build()?;
+        if cache.len() >= MAX_BUILT {
+            cache.clear();
+        }
+        cache.insert(key, route.clone());
+        Ok(route)
     }
 
     /// The upstream a request's authority names; `None` when no policy matches.
@@ -277,14 +397,15 @@ fn failover_targets(
         .collect()
 }
 
-/// The inbound "upstream": the local app on 127.0.0.1, with `spec.inbound.maxConcurrent` as
-/// its limit. `None` when no app port is known.
+/// The inbound "upstream": the local app on 127.0.0.1 (on `port`, or the app's port), with
+/// `spec.inbound.maxConcurrent` as its limit. `None` when no app port is known.
 fn app_policy(
     local: &LocalService,
     service: Option<&ServicePolicy>,
+    port: Option<u16>,
 ) -> Result<Option<UpstreamPolicy>, String> {
     let app = service.and_then(|s| s.spec.app.as_ref());
-    let Some(port) = local.app_port.or_else(|| app.map(|a| a.port)) else {
+    let Some(port) = port.or(local.app_port).or_else(|| app.map(|a| a.port)) else {
         return Ok(None);
     };
     if local.inbound_port == Some(port) {
@@ -340,7 +461,7 @@ mod tests {
             source: "test".into(),
             resources: parse_yaml(yaml).unwrap(),
         };
-        RouteTable::build(&set, &RouteTable::empty(&local), &local, &env()).unwrap()
+        RouteTable::build(&set, &RouteTable::empty(&local, &env()), &local, &env()).unwrap()
     }
 
     fn env() -> BuildEnv {
@@ -397,7 +518,7 @@ mod tests {
             )
             .unwrap(),
         };
-        let err = RouteTable::build(&set, &RouteTable::empty(&local), &local, &env()).unwrap_err();
+        let err = RouteTable::build(&set, &RouteTable::empty(&local, &env()), &local, &env()).unwrap_err();
         assert_eq!(
             err,
             "ServicePolicy shop/orders: spec.app.port 15006 is this sidecar's own inbound port; inbound requests would loop"
@@ -420,7 +541,7 @@ mod tests {
         };
         let first = RouteTable::build(
             &set(&(upstream("a", "default", 1) + &upstream("b", "default", 2))),
-            &RouteTable::empty(&local),
+            &RouteTable::empty(&local, &env),
             &local,
             &env,
         )

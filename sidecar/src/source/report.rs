@@ -138,7 +138,7 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             source: "test".into(),
             resources: parse_yaml(POLICIES).unwrap(),
         };
-        RouteTable::build(&set, &RouteTable::empty(&local), &local, &env).unwrap()
+        RouteTable::build(&set, &RouteTable::empty(&local, &env), &local, &env).unwrap()
     }
 
     #[tokio::test]

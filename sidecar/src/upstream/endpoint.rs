@@ -80,7 +80,9 @@ impl Endpoint {
                     .send_request(req)
                     .await
                     .map_err(|e| self.request_error(settings, e.into()))?;
-                Ok(rsp.map(|b| lease.into_body(UpstreamStream::H1(b), Some(conn))))
+                // A connection that switched protocols belongs to the upgrade now.
+                let reusable = (rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
+                Ok(rsp.map(|b| lease.into_body(UpstreamStream::H1(b), reusable)))
             }
             Wire::Http2 => {
                 let conn = self.h2_checkout(settings).await?;
@@ -138,7 +140,8 @@ impl Endpoint {
         let upstream = settings.upstream.clone();
         let addr = self.addr;
         tokio::spawn(async move {
-            if let Err(e) = task.await {
+            // With upgrades: a `101` hands the connection to whoever asked for the upgrade.
+            if let Err(e) = task.with_upgrades().await {
                 tracing::debug!(%upstream, endpoint = %addr, error = %e, "HTTP/1.1 connection ended");
             }
         });
