@@ -12,6 +12,12 @@ install_prerequisites() {
   command -v etcd >/dev/null 2>&1 || packages+=(etcd-server)
   if [ "${1:-}" = with-tests ]; then
     command -v etcdctl >/dev/null 2>&1 || packages+=(etcd-client)
+    # Traffic capture tests: network namespaces (ip), both iptables backends, and setpriv to
+    # run the sidecar as its own uid.
+    command -v ip >/dev/null 2>&1 || packages+=(iproute2)
+    { command -v iptables-nft >/dev/null 2>&1 && command -v iptables-legacy >/dev/null 2>&1; } ||
+      packages+=(iptables)
+    command -v setpriv >/dev/null 2>&1 || packages+=(util-linux)
     # deploy/validate.sh installs kubernetes-validate from PyPI into a venv.
     command -v python3 >/dev/null 2>&1 || packages+=(python3)
     python3 -c 'import ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)

@@ -2,9 +2,15 @@
 # Runs every test of the workspace on a fresh Debian/Ubuntu machine: installs what the build and
 # the tests need (protoc for etcd-client's build; etcd, which the control-plane tests start on
 # loopback), builds the binaries the end-to-end tests start, then runs unit, integration and
-# end-to-end tests.
+# end-to-end tests. The capture tests create network namespaces and iptables rules, which needs
+# root: run as another user, the script runs itself again through sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "==> the capture tests create network namespaces: running as root through sudo"
+  exec sudo -E env "PATH=$PATH" bash "$0" "$@"
+fi
 
 # shellcheck source=scripts/prerequisites.sh
 . scripts/prerequisites.sh

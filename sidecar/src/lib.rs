@@ -62,11 +62,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             l.capture = Some(config.detect_timeout);
         }
         // ip6tables redirects the app's IPv6 connections to [::1] (the outbound listener's port).
-        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.outbound.port()));
+        let v6 =
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.outbound.port()));
         if config.outbound.ip().is_loopback() && config.outbound.is_ipv4() {
             match Listener::bind("outbound", v6, Target::ByAuthority).await {
                 Ok(l) => listeners.push(l.capturing(config.detect_timeout)),
-                Err(e) => tracing::info!(error = %e, "no IPv6 outbound listener: IPv6 connections are not captured"),
+                Err(e) => {
+                    tracing::info!(error = %e, "no IPv6 outbound listener: IPv6 connections are not captured")
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,14 +17,30 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::body::{Body, BoxError};
+use crate::netns::Netns;
 use crate::pb::echo_client::EchoClient;
 
 /// A hyper-util client whose every connection goes to one address.
 pub type HttpClient = Client<Dial, Body>;
 
-/// The connector behind [`HttpClient`]: ignores the URI and dials its address.
-#[derive(Debug, Clone, Copy)]
-pub struct Dial(pub SocketAddr);
+/// The connector behind [`HttpClient`]: ignores the URI and dials its address, from inside a
+/// network namespace when it has one.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub addr: SocketAddr,
+    pub netns: Option<Arc<Netns>>,
+}
+
+impl Dial {
+    pub async fn connect(&self) -> std::io::Result<TcpStream> {
+        let stream = match &self.netns {
+            Some(ns) => ns.connect(self.addr).await?,
+            None => TcpStream::connect(self.addr).await?,
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
 
 impl tower::Service<Uri> for Dial {
     type Response = TokioIo<TcpStream>;
@@ -35,25 +52,57 @@ impl tower::Service<Uri> for Dial {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let addr = self.0;
-        Box::pin(async move {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
-        })
+        let dial = self.clone();
+        Box::pin(async move { Ok(TokioIo::new(dial.connect().await?)) })
     }
 }
 
 /// An HTTP/1.1 client to `addr`; `Host` comes from the URI unless the request sets one.
 pub fn http1_client(addr: SocketAddr) -> HttpClient {
-    Client::builder(TokioExecutor::new()).build(Dial(addr))
+    Client::builder(TokioExecutor::new()).build(Dial { addr, netns: None })
 }
 
 /// An HTTP/2 prior-knowledge (h2c) client to `addr`; `:authority` comes from the URI.
 pub fn h2c_client(addr: SocketAddr) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build(Dial(addr))
+        .build(Dial { addr, netns: None })
+}
+
+/// An HTTP/1.1 client that connects to `addr` from inside `netns`, as an app there would.
+pub fn http1_client_in(netns: &Arc<Netns>, addr: SocketAddr) -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(Dial {
+        addr,
+        netns: Some(netns.clone()),
+    })
+}
+
+/// An h2c client that connects to `addr` from inside `netns`.
+pub fn h2c_client_in(netns: &Arc<Netns>, addr: SocketAddr) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(Dial {
+            addr,
+            netns: Some(netns.clone()),
+        })
+}
+
+/// A gRPC channel that connects to `addr` from inside `netns`; calls carry
+/// `:authority: {authority}`.
+pub async fn grpc_channel_in(netns: &Arc<Netns>, addr: SocketAddr, authority: &str) -> Channel {
+    let origin: Uri = format!("http://{authority}")
+        .parse()
+        .expect("the authority makes a URI");
+    let dial = Dial {
+        addr,
+        netns: Some(netns.clone()),
+    };
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes a URI")
+        .origin(origin)
+        .connect_with_connector(dial)
+        .await
+        .unwrap_or_else(|e| panic!("gRPC connect to {addr} in {}: {e}", netns.name()))
 }
 
 /// An Echo client to `addr` whose calls carry `:authority: echo`.

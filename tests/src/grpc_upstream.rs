@@ -117,6 +117,11 @@ impl GrpcUpstreamBuilder {
 
     pub async fn start(self) -> std::io::Result<GrpcUpstream> {
         let listener = TcpListener::bind(self.bind).await?;
+        self.start_on(listener)
+    }
+
+    /// Serves on `listener` (one bound inside a network namespace, say) instead of binding.
+    pub fn start_on(self, listener: TcpListener) -> std::io::Result<GrpcUpstream> {
         let record = Record::new(self.failures, self.fault);
         let echo = EchoServer::new(EchoService {
             record: record.clone(),

@@ -123,6 +123,11 @@ impl HttpUpstreamBuilder {
 
     pub async fn start(self) -> std::io::Result<HttpUpstream> {
         let listener = TcpListener::bind(self.bind).await?;
+        self.start_on(listener)
+    }
+
+    /// Serves on `listener` (one bound inside a network namespace, say) instead of binding.
+    pub fn start_on(self, listener: TcpListener) -> std::io::Result<HttpUpstream> {
         let record = Record::new(self.failures, self.fault);
         let handler_record = record.clone();
         let gate = Arc::new(tokio::sync::watch::Sender::new(false));

@@ -32,6 +32,7 @@ pub mod grpc_upstream;
 pub mod grpc_wire;
 pub mod http_upstream;
 pub mod metrics;
+pub mod netns;
 pub mod pattern;
 pub mod policy;
 pub mod poll;
@@ -40,6 +41,7 @@ pub mod raw;
 pub mod rest;
 mod serve;
 pub mod sidecar;
+pub mod streams;
 pub mod tcp_proxy;
 pub mod webhook_receiver;
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::client::{self, Collected};
 use crate::metrics;
+use crate::netns::Netns;
 use crate::poll::try_eventually;
 use crate::process::{capture, lock, unique_temp_dir};
 
@@ -30,6 +31,16 @@ pub fn sidecar_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable's directory");
     dir.join("..").join("sidecar")
+}
+
+/// Where `bulwark-init` is: `$BULWARK_INIT_BIN`, else beside the sidecar.
+pub fn init_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BULWARK_INIT_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("the test executable's directory");
+    dir.join("..").join("bulwark-init")
 }
 
 /// What the ready file says: where each listener is bound.
@@ -56,6 +67,13 @@ pub struct SidecarBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     reload_interval: String,
+    /// Run inside this network namespace.
+    netns: Option<Arc<Netns>>,
+    /// Run as this user (the uid `bulwark-init` leaves uncaptured).
+    uid: Option<u32>,
+    /// `--capture`, on the fixed ports `bulwark-init` redirects to (15001 out, 15006 in,
+    /// admin 15000).
+    capture: bool,
 }
 
 /// A running sidecar process.
@@ -63,6 +81,8 @@ pub struct SidecarBuilder {
 pub struct Sidecar {
     child: Mutex<Child>,
     pid: u32,
+    /// The namespace it runs in (its listeners are reached from inside it).
+    netns: Option<Arc<Netns>>,
     dir: PathBuf,
     policy_path: PathBuf,
     ready: Ready,
@@ -78,6 +98,9 @@ impl Sidecar {
             args: Vec::new(),
             envs: Vec::new(),
             reload_interval: "100ms".to_string(),
+            netns: None,
+            uid: None,
+            capture: false,
         }
     }
 
@@ -137,6 +160,15 @@ impl Sidecar {
             .collect()
     }
 
+    /// The access log lines of requests and tunnels (target `bulwark::access`), their fields.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.json_logs()
+            .into_iter()
+            .filter(|l| l["target"] == "bulwark::access")
+            .map(|l| l["fields"].clone())
+            .collect()
+    }
+
     /// Whether any output line contains `text`, either as written or inside a JSON string
     /// value of the line (where quotes and backslashes are escaped).
     pub fn logs_contain(&self, text: &str) -> bool {
@@ -173,11 +205,11 @@ impl Sidecar {
     /// `GET http://ADMIN{path}`.
     pub async fn admin_get(&self, path: &str) -> Collected {
         let admin = self.admin();
-        client::get(
-            &client::http1_client(admin),
-            &format!("http://{admin}{path}"),
-        )
-        .await
+        let http = match &self.netns {
+            Some(ns) => client::http1_client_in(ns, admin),
+            None => client::http1_client(admin),
+        };
+        client::get(&http, &format!("http://{admin}{path}")).await
     }
 
     /// The Prometheus text of `/metrics`.
@@ -415,6 +447,24 @@ impl SidecarBuilder {
         self
     }
 
+    /// Runs the sidecar inside `netns` (its listeners are reached from there too).
+    pub fn netns(mut self, netns: &Arc<Netns>) -> Self {
+        self.netns = Some(netns.clone());
+        self
+    }
+
+    /// Runs the sidecar as `uid` (and its group): the uid iptables leaves uncaptured.
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// Serves captured connections (`--capture`) on the ports `bulwark-init` redirects to.
+    pub fn capture(mut self) -> Self {
+        self.capture = true;
+        self
+    }
+
     /// Starts the process and waits (at most [`READY_TIMEOUT`]) for its ready file.
     pub async fn start(self) -> Sidecar {
         let bin = sidecar_bin();
@@ -428,8 +478,32 @@ impl SidecarBuilder {
         let policy_path = dir.join("policies.yaml");
         std::fs::write(&policy_path, &self.policies).expect("write the policy file");
         let ready_path = dir.join("ready.json");
+        if let Some(uid) = self.uid {
+            // The sidecar writes its ready file (and snapshot) here as that user.
+            for path in [&dir, &policy_path] {
+                std::os::unix::fs::chown(path, Some(uid), Some(uid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+            }
+        }
 
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match (&self.netns, self.uid) {
+            (None, None) => Command::new(&bin),
+            (None, Some(_)) => panic!("a sidecar runs as another user only in a namespace"),
+            (Some(ns), None) => {
+                let mut cmd = ns.command(&bin);
+                cmd.arg("--");
+                cmd
+            }
+            (Some(ns), Some(uid)) => {
+                let mut cmd = ns.command("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(&bin);
+                cmd
+            }
+        };
         // The sidecar reads its flags from the environment too: keep the test's own settings
         // from leaking in from the shell that runs the tests.
         for (key, _) in std::env::vars_os() {
@@ -454,10 +528,15 @@ impl SidecarBuilder {
                     .args(["--control-plane-timeout", "2s"]);
             }
         }
-        cmd.args(["--outbound", "127.0.0.1:0"])
-            .args(["--inbound", "127.0.0.1:0"])
-            .args(["--admin", "127.0.0.1:0"])
-            .arg("--ready-file")
+        if self.capture {
+            cmd.args(["--capture", "--outbound", "127.0.0.1:15001"])
+                .args(["--inbound", "0.0.0.0:15006", "--admin", "127.0.0.1:15000"]);
+        } else {
+            cmd.args(["--outbound", "127.0.0.1:0"])
+                .args(["--inbound", "127.0.0.1:0"])
+                .args(["--admin", "127.0.0.1:0"]);
+        }
+        cmd.arg("--ready-file")
             .arg(&ready_path)
             .args(["--log-format", "json"])
             .arg("--reload-interval")
@@ -493,6 +572,7 @@ impl SidecarBuilder {
             Some(Ok(ready)) => Sidecar {
                 child,
                 pid,
+                netns: self.netns,
                 dir,
                 policy_path,
                 ready,

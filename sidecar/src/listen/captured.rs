@@ -4,9 +4,9 @@
 //! by the policy whose endpoints include the original destination, else passed through to it
 //! unchanged. TLS and everything else are forwarded as bytes to where they were going: TLS to
 //! an endpoint of the policy its SNI names, when one does. Inbound, everything goes to the app
-//! on the port it was sent to.
+//! at the address it was sent to (the sidecar's own connection is not captured again).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,11 +53,10 @@ pub async fn serve(
         }
     };
     conn.shared.metrics.captured(direction, protocol.label());
-    let app = SocketAddr::new(loopback(original.ip()), original.port());
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let target = if inbound {
-                Target::AppPort(original.port())
+                Target::AppAddr(original)
             } else {
                 Target::Captured(original)
             };
@@ -66,7 +65,7 @@ pub async fn serve(
         }
         Protocol::Tls { sni } => {
             let (destination, upstream) = match (inbound, sni.as_deref()) {
-                (true, _) => (app, Arc::from("")),
+                (true, _) => (original, Arc::from("")),
                 (false, Some(name)) => by_server_name(&conn.shared, name)
                     .await
                     .unwrap_or((original, Arc::from(""))),
@@ -82,15 +81,14 @@ pub async fn serve(
             forward(&conn.shared, stream, &first, destination, log).await;
         }
         Protocol::Opaque => {
-            let destination = if inbound { app } else { original };
             let log = TunnelLog {
                 direction,
                 kind: "tcp",
                 upstream: Arc::from(""),
-                destination: destination.to_string(),
+                destination: original.to_string(),
                 sni: None,
             };
-            forward(&conn.shared, stream, &first, destination, log).await;
+            forward(&conn.shared, stream, &first, original, log).await;
         }
     }
 }
@@ -101,7 +99,11 @@ async fn by_server_name(shared: &Shared, name: &str) -> Option<(SocketAddr, Arc<
     let route = table.route(name)?;
     let upstream = route.upstream.clone();
     drop(table);
-    let endpoints = upstream.endpoints.ready(defaults::CONNECT_TIMEOUT).await.ok()?;
+    let endpoints = upstream
+        .endpoints
+        .ready(defaults::CONNECT_TIMEOUT)
+        .await
+        .ok()?;
     let endpoint = p2c(&endpoints, |_| true)?;
     Some((endpoint.addr, upstream.name.clone()))
 }
@@ -136,13 +138,5 @@ async fn forward(
                 "tunnel"
             );
         }
-    }
-}
-
-/// The loopback address of `ip`'s family: where the app listens inbound.
-fn loopback(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     }
 }

@@ -81,4 +81,3 @@ impl Conn {
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
-

@@ -26,7 +26,9 @@ pub enum Protocol {
     Http1,
     Http2,
     /// TLS, passed through untouched; the server name the client asked for, if it said.
-    Tls { sni: Option<String> },
+    Tls {
+        sni: Option<String>,
+    },
     /// Anything else, or nothing within the timeout.
     Opaque,
 }
@@ -231,18 +233,30 @@ mod tests {
         assert_eq!(classify(&H2_PREFACE[..10], false), None, "more needed");
         assert_eq!(classify(H2_PREFACE, false), Some(Protocol::Http2));
         // A `PRI` request line that is not the preface is HTTP/1.1 (an odd one).
-        assert_eq!(classify(b"PRI * HTTP/1.1\r\n", false), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"PRI * HTTP/1.1\r\n", false),
+            Some(Protocol::Http1)
+        );
     }
 
     #[test]
     fn http1_is_a_request_line() {
         assert_eq!(classify(b"GET", false), None);
-        assert_eq!(classify(b"GET /a?b HTTP/1.1\r\nHost: x\r\n", false), Some(Protocol::Http1));
-        assert_eq!(classify(b"POST / HTTP/1.0\r\n", false), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"GET /a?b HTTP/1.1\r\nHost: x\r\n", false),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(
+            classify(b"POST / HTTP/1.0\r\n", false),
+            Some(Protocol::Http1)
+        );
         assert_eq!(classify(b"GET /", false), None);
         assert_eq!(classify(b"GET /", true), Some(Protocol::Opaque));
         assert_eq!(classify(b"HELLO world\r\n", false), Some(Protocol::Opaque));
-        assert_eq!(classify(b"get / HTTP/1.1\r\n", false), Some(Protocol::Opaque));
+        assert_eq!(
+            classify(b"get / HTTP/1.1\r\n", false),
+            Some(Protocol::Opaque)
+        );
         assert_eq!(classify(b"\x00\x01binary", false), Some(Protocol::Opaque));
         assert_eq!(classify(b"GET /\x00", false), Some(Protocol::Opaque));
     }
@@ -256,7 +270,11 @@ mod tests {
                 sni: Some("payments.example.com".into())
             })
         );
-        assert_eq!(classify(&hello[..hello.len() / 2], false), None, "half a hello");
+        assert_eq!(
+            classify(&hello[..hello.len() / 2], false),
+            None,
+            "half a hello"
+        );
         assert_eq!(classify(&[0x16, 0x01], false), Some(Protocol::Opaque));
     }
 
@@ -284,7 +302,10 @@ mod tests {
         client.write_all(b"Host: x\r\n\r\n").await.unwrap();
         drop(client);
         let mut all = Vec::new();
-        Prefixed::new(bytes, server).read_to_end(&mut all).await.unwrap();
+        Prefixed::new(bytes, server)
+            .read_to_end(&mut all)
+            .await
+            .unwrap();
         assert_eq!(all, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     }
 }

@@ -37,15 +37,15 @@ pub enum Target {
     /// Outbound, captured by iptables on its way to this address: the policy the authority
     /// names, else the one whose endpoints include the address, else straight to it.
     Captured(SocketAddr),
-    /// Inbound, captured by iptables on its way to this port of the pod: the app on it.
-    AppPort(u16),
+    /// Inbound, captured by iptables on its way to this address of the pod: the app there.
+    AppAddr(SocketAddr),
 }
 
 impl Target {
     fn direction(&self) -> &'static str {
         match self {
             Target::ByAuthority | Target::Fixed(_) | Target::Captured(_) => "outbound",
-            Target::App | Target::AppPort(_) => "inbound",
+            Target::App | Target::AppAddr(_) => "inbound",
         }
     }
 }
@@ -119,8 +119,7 @@ pub async fn handle(
                     } else {
                         let req = Request::from_parts(parts, Body::Incoming(body));
                         let result = route.stack.call(req, &authority, &state).await;
-                        result.map(|mut rsp| {
-                            strip_hop_by_hop(rsp.headers_mut());
+                        result.map(|rsp| {
                             upgrade::finish(&u, rsp, down, splice(authority.to_string()))
                         })
                     }
@@ -176,7 +175,9 @@ async fn tunnel(
         .timeouts
         .as_ref()
         .and_then(|t| t.connect.as_ref())
-        .map_or(bulwark_proto::policy::defaults::CONNECT_TIMEOUT, |d| d.get());
+        .map_or(bulwark_proto::policy::defaults::CONNECT_TIMEOUT, |d| {
+            d.get()
+        });
     let endpoints = route
         .upstream
         .endpoints
@@ -186,12 +187,13 @@ async fn tunnel(
             upstream: route.name.to_string(),
             reason,
         })?;
-    let destination = p2c(&endpoints, |_| true)
-        .map(|e| e.addr)
-        .ok_or_else(|| ProxyError::NoEndpoints {
-            upstream: route.name.to_string(),
-            reason: "no endpoints".into(),
-        })?;
+    let destination =
+        p2c(&endpoints, |_| true)
+            .map(|e| e.addr)
+            .ok_or_else(|| ProxyError::NoEndpoints {
+                upstream: route.name.to_string(),
+                reason: "no endpoints".into(),
+            })?;
     upgrade::connect(down, destination, timeout, splice(destination.to_string())).await
 }
 
@@ -254,18 +256,11 @@ fn route<'t>(
                 .map_err(|e| ProxyError::BadRequest(format!("passthrough to {original}: {e}")))?;
             Ok((RouteRef::Built(r), authority))
         }
-        Target::AppPort(port) => {
+        Target::AppAddr(addr) => {
             let authority = authority.unwrap_or_else(|| authority_of_name("localhost"));
-            if let Some(app) = table
-                .inbound
-                .as_ref()
-                .filter(|r| r.upstream.endpoints.endpoints().iter().any(|e| e.addr.port() == *port))
-            {
-                return Ok((RouteRef::Table(app), authority));
-            }
             let r = table
-                .app_port(*port)
-                .map_err(|e| ProxyError::BadRequest(format!("app port {port}: {e}")))?;
+                .app_addr(*addr)
+                .map_err(|e| ProxyError::BadRequest(format!("app at {addr}: {e}")))?;
             Ok((RouteRef::Built(r), authority))
         }
     }

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::tunnel::{self, TunnelLog};
 use crate::body::Body;
 use crate::errors::ProxyError;
+use crate::headers::strip_hop_by_hop;
 use crate::state::Shared;
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
@@ -108,8 +109,8 @@ pub struct Splice {
     pub destination: String,
 }
 
-/// The upstream's answer to an upgrade request, made the caller's. When the upstream agreed
-/// (`101`), both sides' connections are spliced once hyper hands them over, and the caller is
+/// The upstream's answer to an upgrade request, made the caller's (its hop-by-hop headers are
+/// still on it). When the upstream agreed (`101`), both sides' connections are spliced once hyper hands them over, and the caller is
 /// told in its own protocol: `101` with the upgrade headers on HTTP/1.1, `200` on HTTP/2.
 pub fn finish(
     upgrade: &Upgrade,
@@ -122,13 +123,16 @@ pub fn finish(
     }
     let upstream = hyper::upgrade::on(&mut rsp);
     let protocol = rsp.headers().get(header::UPGRADE).cloned();
+    strip_hop_by_hop(rsp.headers_mut());
     spawn_splice(downstream, upstream, "upgrade", splice);
     match upgrade {
         Upgrade::ExtendedConnect { .. } => {
             let mut ok = Response::new(Body::Empty);
             let headers = ok.headers_mut();
             for (name, value) in rsp.headers() {
-                if name != header::CONNECTION && name != header::UPGRADE && name != SEC_WEBSOCKET_ACCEPT
+                if name != header::CONNECTION
+                    && name != header::UPGRADE
+                    && name != SEC_WEBSOCKET_ACCEPT
                 {
                     headers.append(name.clone(), value.clone());
                 }
@@ -170,7 +174,15 @@ fn spawn_splice(
             destination: splice.destination,
             sni: None,
         };
-        tunnel::forward(TokioIo::new(down), TokioIo::new(up), &[], &metrics, log, in_flight).await;
+        tunnel::forward(
+            TokioIo::new(down),
+            TokioIo::new(up),
+            &[],
+            &metrics,
+            log,
+            in_flight,
+        )
+        .await;
     });
 }
 
@@ -215,8 +227,17 @@ pub async fn connect(
 mod tests {
     use super::*;
 
-    fn req(method: Method, version: Version, headers: &[(&'static str, &'static str)]) -> Request<()> {
-        let mut req = Request::builder().method(method).version(version).uri("/").body(()).unwrap();
+    fn req(
+        method: Method,
+        version: Version,
+        headers: &[(&'static str, &'static str)],
+    ) -> Request<()> {
+        let mut req = Request::builder()
+            .method(method)
+            .version(version)
+            .uri("/")
+            .body(())
+            .unwrap();
         for (k, v) in headers {
             req.headers_mut().append(*k, HeaderValue::from_static(v));
         }
@@ -228,21 +249,40 @@ mod tests {
         let ws = req(
             Method::GET,
             Version::HTTP_11,
-            &[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")],
+            &[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "websocket"),
+            ],
         );
-        assert!(matches!(Upgrade::of(&ws), Some(Upgrade::Http1 { protocol }) if protocol == "websocket"));
+        assert!(
+            matches!(Upgrade::of(&ws), Some(Upgrade::Http1 { protocol }) if protocol == "websocket")
+        );
         let plain = req(Method::GET, Version::HTTP_11, &[("upgrade", "websocket")]);
-        assert!(Upgrade::of(&plain).is_none(), "Upgrade without Connection: upgrade");
-        let h2 = req(Method::GET, Version::HTTP_2, &[("connection", "upgrade"), ("upgrade", "websocket")]);
+        assert!(
+            Upgrade::of(&plain).is_none(),
+            "Upgrade without Connection: upgrade"
+        );
+        let h2 = req(
+            Method::GET,
+            Version::HTTP_2,
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+        );
         assert!(Upgrade::of(&h2).is_none());
-        assert!(matches!(Upgrade::of(&req(Method::CONNECT, Version::HTTP_11, &[])), Some(Upgrade::Connect)));
+        assert!(matches!(
+            Upgrade::of(&req(Method::CONNECT, Version::HTTP_11, &[])),
+            Some(Upgrade::Connect)
+        ));
     }
 
     #[test]
     fn websocket_over_http2_becomes_an_http1_upgrade_with_a_key() {
-        let mut parts = req(Method::CONNECT, Version::HTTP_2, &[("sec-websocket-version", "13")])
-            .into_parts()
-            .0;
+        let mut parts = req(
+            Method::CONNECT,
+            Version::HTTP_2,
+            &[("sec-websocket-version", "13")],
+        )
+        .into_parts()
+        .0;
         Upgrade::ExtendedConnect {
             protocol: "websocket".into(),
         }
@@ -253,7 +293,13 @@ mod tests {
         assert_eq!(parts.headers["connection"], "upgrade");
         assert_eq!(parts.headers["upgrade"], "websocket");
         let key = parts.headers["sec-websocket-key"].to_str().unwrap();
-        assert_eq!(base64::engine::general_purpose::STANDARD.decode(key).unwrap().len(), 16);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(key)
+                .unwrap()
+                .len(),
+            16
+        );
 
         let mut parts = req(Method::CONNECT, Version::HTTP_2, &[]).into_parts().0;
         let err = Upgrade::ExtendedConnect {

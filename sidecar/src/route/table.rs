@@ -94,8 +94,8 @@ pub struct RouteTable {
     env: BuildEnv,
     /// Captured destinations no policy names: forwarded without resilience policies.
     passthrough: Mutex<HashMap<SocketAddr, Arc<Route>>>,
-    /// Captured inbound connections, per app port (the app port of the ServicePolicy aside).
-    app_ports: Mutex<HashMap<u16, Arc<Route>>>,
+    /// Captured inbound connections, per address of the app they were sent to.
+    app_addrs: Mutex<HashMap<SocketAddr, Arc<Route>>>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -123,7 +123,7 @@ impl RouteTable {
             local: local.clone(),
             env: env.clone(),
             passthrough: Mutex::default(),
-            app_ports: Mutex::default(),
+            app_addrs: Mutex::default(),
         }
     }
 
@@ -239,7 +239,7 @@ impl RouteTable {
             local: local.clone(),
             env: env.clone(),
             passthrough: Mutex::default(),
-            app_ports: Mutex::default(),
+            app_addrs: Mutex::default(),
         })
     }
 
@@ -249,7 +249,13 @@ impl RouteTable {
         self.upstreams
             .values()
             .flat_map(|by_ns| by_ns.values())
-            .find(|r| r.upstream.endpoints.endpoints().iter().any(|e| e.addr == addr))
+            .find(|r| {
+                r.upstream
+                    .endpoints
+                    .endpoints()
+                    .iter()
+                    .any(|e| e.addr == addr)
+            })
     }
 
     /// A route to `destination` with no resilience policy: a captured connection that no
@@ -272,13 +278,15 @@ impl RouteTable {
         })
     }
 
-    /// The route of a captured inbound connection to app port `port`: the app's inbound
-    /// policy (shedding, `inbound.maxConcurrent`, shared with the app port) in front of
-    /// 127.0.0.1:`port`.
-    pub fn app_port(&self, port: u16) -> Result<Arc<Route>, String> {
+    /// The route of a captured inbound connection to the app at `addr` (the pod's address
+    /// and the port it was sent to): the app's inbound policy (shedding, `inbound.maxConcurrent`
+    /// — one limit for all its ports) in front of that address. The sidecar's own connection
+    /// to it is not captured again, and an app that listens on loopback only stays unreachable
+    /// from outside the pod, as it was before the mesh.
+    pub fn app_addr(&self, addr: SocketAddr) -> Result<Arc<Route>, String> {
         let app = self.inbound.as_ref();
         let built = |previous: Option<&Upstream>| -> Result<Arc<Route>, String> {
-            let Some(policy) = app_policy(&self.local, self.service.as_ref(), Some(port))? else {
+            let Some(policy) = app_policy(&self.local, self.service.as_ref(), Some(addr))? else {
                 return Err("no app port".into());
             };
             let side = Side::Inbound(Arc::from(format!(
@@ -289,7 +297,7 @@ impl RouteTable {
             let upstream = Arc::new(Upstream::build(&policy, side, &self.env, previous)?);
             Ok(self.route_without_fallback(upstream, Direction::Inbound))
         };
-        self.built(&self.app_ports, port, || built(app.map(|r| &*r.upstream)))
+        self.built(&self.app_addrs, addr, || built(app.map(|r| &*r.upstream)))
     }
 
     fn route_without_fallback(&self, upstream: Arc<Upstream>, direction: Direction) -> Arc<Route> {
@@ -397,17 +405,22 @@ fn failover_targets(
         .collect()
 }
 
-/// The inbound "upstream": the local app on 127.0.0.1 (on `port`, or the app's port), with
+/// The inbound "upstream": the local app at `addr`, or on 127.0.0.1 at its port, with
 /// `spec.inbound.maxConcurrent` as its limit. `None` when no app port is known.
 fn app_policy(
     local: &LocalService,
     service: Option<&ServicePolicy>,
-    port: Option<u16>,
+    addr: Option<SocketAddr>,
 ) -> Result<Option<UpstreamPolicy>, String> {
     let app = service.and_then(|s| s.spec.app.as_ref());
-    let Some(port) = port.or(local.app_port).or_else(|| app.map(|a| a.port)) else {
-        return Ok(None);
+    let endpoint = match addr {
+        Some(a) => a,
+        None => match local.app_port.or_else(|| app.map(|a| a.port)) {
+            Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            None => return Ok(None),
+        },
     };
+    let port = endpoint.port();
     if local.inbound_port == Some(port) {
         return Err(format!(
             "ServicePolicy {}/{}: spec.app.port {port} is this sidecar's own inbound port; inbound requests would loop",
@@ -424,7 +437,7 @@ fn app_policy(
         metadata: Metadata::new(name, local.namespace.clone()),
         spec: UpstreamSpec {
             endpoints: Endpoints {
-                static_addrs: Some(vec![format!("127.0.0.1:{port}")]),
+                static_addrs: Some(vec![endpoint.to_string()]),
                 ..Endpoints::default()
             },
             protocol: app.and_then(|a| a.protocol).unwrap_or(Protocol::Auto),
@@ -518,7 +531,8 @@ mod tests {
             )
             .unwrap(),
         };
-        let err = RouteTable::build(&set, &RouteTable::empty(&local, &env()), &local, &env()).unwrap_err();
+        let err = RouteTable::build(&set, &RouteTable::empty(&local, &env()), &local, &env())
+            .unwrap_err();
         assert_eq!(
             err,
             "ServicePolicy shop/orders: spec.app.port 15006 is this sidecar's own inbound port; inbound requests would loop"

@@ -81,7 +81,8 @@ impl Endpoint {
                     .await
                     .map_err(|e| self.request_error(settings, e.into()))?;
                 // A connection that switched protocols belongs to the upgrade now.
-                let reusable = (rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
+                let reusable =
+                    (rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
                 Ok(rsp.map(|b| lease.into_body(UpstreamStream::H1(b), reusable)))
             }
             Wire::Http2 => {

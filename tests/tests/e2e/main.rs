@@ -4,6 +4,7 @@
 
 mod admin_reload;
 mod bad_input;
+mod capture;
 mod control_plane;
 mod degradation;
 mod http1;
