@@ -219,6 +219,23 @@ impl ControlPlane {
         self.logs().join("\n")
     }
 
+    /// Waits until the replica has written `needle` at least `times` times — its output is
+    /// read asynchronously, so a line logged just before a response may arrive after it —
+    /// and returns everything it wrote.
+    pub async fn wait_log(&self, needle: &str, times: usize) -> String {
+        let met = try_eventually(PATIENCE, || async {
+            let log = self.log();
+            (log.matches(needle).count() >= times).then_some(log)
+        })
+        .await;
+        met.unwrap_or_else(|| {
+            panic!(
+                "the replica did not log {needle:?} {times} time(s) within {PATIENCE:?}:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// Kills the replica at once (SIGKILL).
     pub fn kill(&self) {
         if let Some(mut child) = lock(&self.child).take() {

@@ -350,7 +350,7 @@ async fn an_opted_in_pod_gets_the_sidecar_over_http1_and_h2() {
     assert_eq!(again, answer);
 
     // One log line per review.
-    let log = cp.log();
+    let log = cp.wait_log("admission review", 2).await;
     let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("admission review"))
@@ -398,9 +398,8 @@ async fn opted_out_pods_pass_unchanged_and_refused_pods_are_denied() {
     );
     assert_eq!(response["status"]["code"], 400);
 
-    let log = cp.log();
-    assert!(log.contains("decision=\"unchanged\""), "{log}");
-    assert!(log.contains("decision=\"denied\""), "{log}");
+    cp.wait_log("decision=\"unchanged\"", 1).await;
+    cp.wait_log("decision=\"denied\"", 1).await;
 }
 
 #[tokio::test]
@@ -468,7 +467,7 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     )
     .await;
     assert_eq!(answer["response"]["patchType"], "JSONPatch");
-    assert!(cp.log().contains("webhook certificate loaded"));
+    cp.wait_log("webhook certificate loaded", 1).await;
 }
 
 #[tokio::test]
