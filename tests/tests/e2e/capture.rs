@@ -33,6 +33,8 @@ struct Mesh {
     a: Sidecar,
     b: Sidecar,
     b_http: HttpUpstream,
+    /// B's second HTTP app, behind A's `flaky` policy (a circuit breaker).
+    b_flaky: HttpUpstream,
     b_grpc: GrpcUpstream,
     b_ws: StreamServer,
     b_echo: StreamServer,
@@ -50,12 +52,20 @@ impl Mesh {
     }
 
     async fn start(backend: &str, skip: &[&str]) -> Mesh {
+        Mesh::start_with(backend, skip, "").await
+    }
+
+    /// `b_spec`: more lines under B's ServicePolicy `spec`.
+    async fn start_with(backend: &str, skip: &[&str], b_spec: &str) -> Mesh {
         let lan = Lan::new(&["a", "b", "c"]);
         let (a_ns, b_ns, c_ns) = (&lan.members[0], &lan.members[1], &lan.members[2]);
         let b_http = HttpUpstream::builder()
             .fail_first(1)
             .start_on(b_ns.listen(addr(1, 8080)))
             .expect("B's HTTP app");
+        let b_flaky = HttpUpstream::builder()
+            .start_on(b_ns.listen(addr(1, 8082)))
+            .expect("B's second HTTP app");
         let b_grpc = GrpcUpstream::builder()
             .start_on(b_ns.listen(addr(1, 9090)))
             .expect("B's gRPC app");
@@ -86,6 +96,13 @@ spec:
 ---
 apiVersion: bulwark/v1
 kind: UpstreamPolicy
+metadata: {{ name: flaky, namespace: shop }}
+spec:
+  endpoints: {{ static: [\"{b_flaky}\"] }}
+  circuitBreaker: {{ minRequests: 2, failureRate: 60%, openFor: 5m }}
+---
+apiVersion: bulwark/v1
+kind: UpstreamPolicy
 metadata: {{ name: orders-grpc, namespace: shop }}
 spec:
   endpoints: {{ static: [\"{b_grpc}\"] }}
@@ -104,11 +121,14 @@ spec:
   endpoints: {{ static: [\"{c_tls}\"] }}
 ",
             b_http = addr(1, 8080),
+            b_flaky = addr(1, 8082),
             b_grpc = addr(1, 9090),
             c_http = addr(2, 8080),
             c_tls = addr(2, 8443),
         );
-        let b_policies = "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: { name: orders, namespace: shop }\nspec: { app: { port: 8080 } }\n";
+        let b_policies = format!(
+            "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  app: {{ port: 8080 }}\n{b_spec}"
+        );
         for ns in [a_ns, b_ns] {
             let mut args = vec![
                 init_bin().display().to_string(),
@@ -132,12 +152,13 @@ spec:
                 .start()
         };
         let a = sidecar(a_ns, &a_policies).await;
-        let b = sidecar(b_ns, b_policies).await;
+        let b = sidecar(b_ns, &b_policies).await;
         Mesh {
             lan,
             a,
             b,
             b_http,
+            b_flaky,
             b_grpc,
             b_ws,
             b_echo,
@@ -225,6 +246,70 @@ async fn http_h2c_and_grpc_pass_the_callers_and_the_callees_sidecars() {
     mesh.a.await_metric(name, &http1, 1.0, PATIENCE).await;
     // The h2c and the gRPC connection.
     mesh.a.await_metric(name, &http2, 2.0, PATIENCE).await;
+}
+
+/// The caller's sidecar applies its policies to what the app sends to a pod address, and the
+/// callee's sidecar its inbound policy — one `inbound.maxConcurrent` for every app port.
+#[tokio::test]
+async fn the_callers_breaker_and_the_callees_inbound_limit_apply_to_captured_calls() {
+    let mesh = Mesh::start_with("nft", &[], "  inbound: { maxConcurrent: 1 }\n").await;
+    let a = mesh.ns(0);
+    let orders = client::http1_client_in(a, addr(1, 8080));
+    let flaky = client::http1_client_in(a, addr(1, 8082));
+
+    // One call holds B's only inbound slot (on port 8082)...
+    let held = {
+        let flaky = flaky.clone();
+        let url = format!("http://{}/gate", addr(1, 8082));
+        tokio::spawn(async move { client::get(&flaky, &url).await })
+    };
+    eventually(WAIT, || async {
+        (mesh.b_flaky.requests_to("/gate") == 1).then_some(())
+    })
+    .await;
+    // ...so B refuses calls to its other port, which never reach that app; A's `orders`
+    // policy retries the 503 (three attempts), refused each time.
+    let res = client::get(&orders, &format!("http://{}/status/200", addr(1, 8080))).await;
+    assert_eq!(
+        res.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.header("x-bulwark-error"), Some("bulkhead-full"));
+    assert_eq!(
+        res.text(),
+        "shop/orders is at its inbound concurrency limit (spec.inbound.maxConcurrent 1)\n"
+    );
+    assert_eq!(mesh.b_http.requests(), 0);
+    mesh.b
+        .await_metric(
+            "bulwark_bulkhead_rejections_total",
+            &[("direction", "inbound")],
+            3.0,
+            WAIT,
+        )
+        .await;
+    mesh.b_flaky.open_gate();
+    let res = held.await.expect("the held call ends");
+    assert_eq!(res.status, StatusCode::OK);
+
+    // A's breaker for `flaky` (60% of at least 2) has seen one success; two failures open it...
+    for _ in 0..2 {
+        let res = client::get(&flaky, &format!("http://{}/status/500", addr(1, 8082))).await;
+        assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    mesh.a.await_breaker_state("flaky", "open", WAIT).await;
+    // ...and A answers for B without calling it.
+    let res = client::get(&flaky, &format!("http://{}/status/200", addr(1, 8082))).await;
+    assert_eq!(
+        res.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.header("x-bulwark-error"), Some("breaker-open"));
+    assert_eq!(mesh.b_flaky.requests(), 3, "the gate and the two 500s");
 }
 
 #[tokio::test]

@@ -20,4 +20,5 @@ mod resilience_outlier;
 mod resilience_retry;
 mod resilience_routes;
 mod routing;
+mod tunnels;
 mod upstreams;
