@@ -61,15 +61,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         for l in &mut listeners {
             l.capture = Some(config.detect_timeout);
         }
-        // ip6tables redirects the app's IPv6 connections to [::1] (the outbound listener's port).
-        let v6 =
-            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.outbound.port()));
-        if config.outbound.ip().is_loopback() && config.outbound.is_ipv4() {
-            match Listener::bind("outbound", v6, Target::ByAuthority).await {
-                Ok(l) => listeners.push(l.capturing(config.detect_timeout)),
-                Err(e) => {
-                    tracing::info!(error = %e, "no IPv6 outbound listener: IPv6 connections are not captured")
+        // ip6tables redirects IPv6 connections to the same ports over IPv6: the app's to
+        // [::1], the pod's callers' to the pod's IPv6 address.
+        let twins = [
+            ("outbound", listeners[0].local_addr(), Target::ByAuthority),
+            ("inbound", listeners[1].local_addr(), Target::App),
+        ];
+        for (name, v4, target) in twins {
+            match Listener::bind_v6_twin(name, v4, target) {
+                Some(Ok(l)) => listeners.push(l.capturing(config.detect_timeout)),
+                Some(Err(e)) => {
+                    tracing::info!(listener = name, error = %e, "no IPv6 listener: IPv6 connections are not captured")
                 }
+                None => {}
             }
         }
     }

@@ -132,8 +132,8 @@ impl Drop for Netns {
     }
 }
 
-/// Namespaces on one subnet, `10.66.0.0/24`, through a bridge in a switch namespace: member
-/// `i` has `10.66.0.{i + 1}`.
+/// Namespaces on one subnet, `10.66.0.0/24` and `fd66::/64`, through a bridge in a switch
+/// namespace: member `i` has `10.66.0.{i + 1}` and `fd66::{i + 1}`.
 #[derive(Debug)]
 pub struct Lan {
     switch: Arc<Netns>,
@@ -164,6 +164,16 @@ impl Lan {
                 "dev",
                 &inner,
             ]);
+            // IPv6 too, usable at once (no duplicate address detection to wait for).
+            ns.exec_ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/64", Lan::ip6(i)),
+                "dev",
+                &inner,
+                "nodad",
+            ]);
             ns.exec_ok(&["ip", "link", "set", &inner, "up"]);
             members.push(ns);
         }
@@ -173,6 +183,12 @@ impl Lan {
     /// The address of member `i`.
     pub fn ip(i: usize) -> IpAddr {
         IpAddr::from([10, 66, 0, u8::try_from(i + 1).expect("a small LAN")])
+    }
+
+    /// The IPv6 address of member `i`: `fd66::{i + 1}`.
+    pub fn ip6(i: usize) -> IpAddr {
+        let last = u16::try_from(i + 1).expect("a small LAN");
+        IpAddr::from([0xfd66, 0, 0, 0, 0, 0, 0, last])
     }
 
     /// The switch namespace (kept so the bridge lives as long as the LAN).

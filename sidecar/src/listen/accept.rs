@@ -72,6 +72,38 @@ impl Listener {
         })
     }
 
+    /// The IPv6 twin of an IPv4 listener, for connections ip6tables redirected: `[::1]` for
+    /// `127.0.0.1`, `[::]` (IPv6 only, beside the IPv4 socket) for `0.0.0.0`; `None` for
+    /// other addresses, which have no twin.
+    pub fn bind_v6_twin(
+        name: &'static str,
+        v4: SocketAddr,
+        target: Target,
+    ) -> Option<std::io::Result<Listener>> {
+        let ip = match v4.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_loopback() => std::net::Ipv6Addr::LOCALHOST,
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv6Addr::UNSPECIFIED,
+            _ => return None,
+        };
+        let addr = SocketAddr::from((ip, v4.port()));
+        let bind = || -> std::io::Result<TcpListener> {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+            socket.set_only_v6(true)?;
+            socket.set_reuse_address(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            TcpListener::from_std(socket.into())
+        };
+        Some(bind().map(|tcp| Listener {
+            name,
+            tcp,
+            target,
+            capture: None,
+        }))
+    }
+
     /// Serves captured connections too (`--capture`).
     pub fn capturing(mut self, detect_timeout: Duration) -> Listener {
         self.capture = Some(detect_timeout);

@@ -312,6 +312,68 @@ async fn the_callers_breaker_and_the_callees_inbound_limit_apply_to_captured_cal
     assert_eq!(mesh.b_flaky.requests(), 3, "the gate and the two 500s");
 }
 
+/// ip6tables captures IPv6 the same way: the original destination is read for IPv6 too, on
+/// the sidecars' IPv6 listeners.
+#[tokio::test]
+async fn ipv6_connections_pass_both_sidecars() {
+    let mesh = Mesh::start("nft", &[]).await;
+    let (a, b) = (mesh.ns(0), mesh.ns(1));
+    let b6 = |port| SocketAddr::new(Lan::ip6(1), port);
+    let http6 = HttpUpstream::builder()
+        .start_on(b.listen(b6(8080)))
+        .expect("B's HTTP app on IPv6");
+    let echo6 = StreamServer::line_echo(b.listen(b6(7000)));
+
+    let http = client::http1_client_in(a, b6(8080));
+    let res = client::get(&http, &format!("http://{}/status/202", b6(8080))).await;
+    assert_eq!(res.status, StatusCode::ACCEPTED, "{}", res.text());
+    assert_eq!(http6.requests_to("/status/202"), 1);
+    let mut echo = a.connect(b6(7000)).await.expect("connect over IPv6");
+    assert_eq!(round_trip(&mut echo, "over ipv6").await, "over ipv6");
+    drop(echo);
+    assert_eq!(echo6.connections(), 1);
+
+    let name = "bulwark_captured_connections_total";
+    mesh.a
+        .await_metric(
+            name,
+            &[("direction", "outbound"), ("protocol", "http1")],
+            1.0,
+            WAIT,
+        )
+        .await;
+    mesh.a
+        .await_metric(
+            name,
+            &[("direction", "outbound"), ("protocol", "tcp")],
+            1.0,
+            WAIT,
+        )
+        .await;
+    mesh.b
+        .await_metric(
+            name,
+            &[("direction", "inbound"), ("protocol", "http1")],
+            1.0,
+            WAIT,
+        )
+        .await;
+    mesh.b
+        .await_metric(
+            name,
+            &[("direction", "inbound"), ("protocol", "tcp")],
+            1.0,
+            WAIT,
+        )
+        .await;
+    let passed = eventually(WAIT, || async {
+        let lines = Mesh::lines(&mesh.a, "upstream", "passthrough");
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await;
+    assert_eq!(passed[0]["path"], "/status/202", "{passed:?}");
+}
+
 #[tokio::test]
 async fn names_addresses_and_unknown_destinations_are_each_routed_their_way() {
     let mesh = Mesh::start("nft", &[]).await;
@@ -447,10 +509,12 @@ async fn websockets_pass_both_sidecars() {
 
 #[tokio::test]
 async fn skipped_ports_and_networks_go_direct_and_removing_the_rules_restores_the_table() {
-    let before = {
-        let ns = Netns::create("pre");
-        ns.nat_rules("iptables-save")
-    };
+    let fresh = Netns::create("pre");
+    let before = [
+        fresh.nat_rules("iptables-save"),
+        fresh.nat_rules("ip6tables-save"),
+    ];
+    drop(fresh);
     let mesh = Mesh::start(
         "nft",
         &[
@@ -489,13 +553,24 @@ async fn skipped_ports_and_networks_go_direct_and_removing_the_rules_restores_th
 
     // Removing the rules leaves each namespace's nat table as a fresh one is.
     for ns in [mesh.ns(0), mesh.ns(1)] {
+        assert_ne!(
+            ns.nat_rules("iptables-save"),
+            before[0],
+            "IPv4 rules were installed"
+        );
+        assert_ne!(
+            ns.nat_rules("ip6tables-save"),
+            before[1],
+            "IPv6 rules were installed"
+        );
         ns.exec_ok(&[
             &init_bin().display().to_string(),
             "--remove",
             "--backend",
             "nft",
         ]);
-        assert_eq!(ns.nat_rules("iptables-save"), before);
+        assert_eq!(ns.nat_rules("iptables-save"), before[0]);
+        assert_eq!(ns.nat_rules("ip6tables-save"), before[1]);
     }
 }
 
