@@ -479,11 +479,21 @@ def cmd_manifests(path, tls):
 
 # --------------------------------------------------------------------------- Dockerfiles
 
+DISTROLESS = "gcr.io/distroless/cc-debian12:nonroot"
+# Each image: the packages it builds, its runtime base, the user it runs as, and whether the
+# runtime stage may RUN (only an image that needs system packages: bulwark-init's iptables).
 DOCKERFILES = {
-    "deploy/docker/sidecar.Dockerfile": ["bulwark-sidecar"],
-    "deploy/docker/control-plane.Dockerfile": ["bulwark-control-plane", "meshctl"],
+    "deploy/docker/sidecar.Dockerfile": {
+        "packages": ["bulwark-sidecar"], "runtime": DISTROLESS, "users": ("nonroot", "65532"), "run": False,
+    },
+    "deploy/docker/control-plane.Dockerfile": {
+        "packages": ["bulwark-control-plane", "meshctl"], "runtime": DISTROLESS,
+        "users": ("nonroot", "65532"), "run": False,
+    },
+    "deploy/docker/init.Dockerfile": {
+        "packages": ["bulwark-init"], "runtime": "debian:bookworm-slim", "users": ("0", "root"), "run": True,
+    },
 }
-RUNTIME = "gcr.io/distroless/cc-debian12:nonroot"
 
 
 def instructions(path):
@@ -526,7 +536,7 @@ def cargo_commands(text):
 
 def binaries(root, package):
     """The [[bin]] names of a workspace package (its own name when it declares none)."""
-    for manifest in ("sidecar", "control-plane", "meshctl"):
+    for manifest in ("sidecar", "control-plane", "meshctl", "init"):
         path = os.path.join(root, manifest, "Cargo.toml")
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -548,7 +558,8 @@ def cmd_dockerfiles(root):
         fail("scripts/test.sh and .ci/run run no `cargo build`")
     ci_release = [c for c in ci_builds if "--release" in c.split()]
 
-    for relative, packages in DOCKERFILES.items():
+    for relative, image in DOCKERFILES.items():
+        packages = image["packages"]
         path = os.path.join(root, relative)
         if not os.path.exists(path):
             fail(f"{relative}: missing")
@@ -565,12 +576,12 @@ def cmd_dockerfiles(root):
             fail(f"{relative}: the first stage must be `FROM rust:... AS name`, got {' '.join(builder)}")
         build_stage = builder[2] if len(builder) >= 3 else ""
         final = steps[stages[-1]:]
-        if final[0][1].split()[0] != RUNTIME:
-            fail(f"{relative}: the runtime stage must be FROM {RUNTIME}")
+        if final[0][1].split()[0] != image["runtime"]:
+            fail(f"{relative}: the runtime stage must be FROM {image['runtime']}")
         users = [args for word, args in final if word == "USER"]
-        if not users or users[-1].split(":")[0] not in ("nonroot", "65532"):
-            fail(f"{relative}: the runtime stage must set USER nonroot (65532), got {users}")
-        if any(word == "RUN" for word, _ in final):
+        if not users or users[-1].split(":")[0] not in image["users"]:
+            fail(f"{relative}: the runtime stage must set USER {image['users'][0]}, got {users}")
+        if not image["run"] and any(word == "RUN" for word, _ in final):
             fail(f"{relative}: the runtime stage has no shell: no RUN there")
         entrypoints = [args for word, args in final if word == "ENTRYPOINT"]
         if not entrypoints or not entrypoints[-1].startswith("["):

@@ -86,7 +86,7 @@ check "manifests: production" "$PY" deploy/validate.py manifests "$WORK/producti
 step "Dockerfiles"
 check "Dockerfiles: stages, user, cargo command" "$PY" deploy/validate.py dockerfiles .
 if [ -n "$HADOLINT" ]; then
-  check "hadolint" "$HADOLINT" deploy/docker/sidecar.Dockerfile deploy/docker/control-plane.Dockerfile
+  check "hadolint" "$HADOLINT" deploy/docker/sidecar.Dockerfile deploy/docker/control-plane.Dockerfile deploy/docker/init.Dockerfile
 else
   echo "hadolint not available (neither installed nor from PyPI): skipped"
 fi

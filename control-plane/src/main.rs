@@ -101,6 +101,21 @@ struct Args {
         default_value = bulwark_inject::DEFAULT_CONTROL_PLANE
     )]
     sidecar_control_plane: String,
+
+    /// Whether injected pods get the bulwark-init container that captures their traffic with
+    /// iptables (it needs NET_ADMIN); pods override it with bulwark.dev/capture.
+    #[arg(long, env = "BULWARK_INJECT_CAPTURE", value_enum, default_value_t = Switch::Enabled)]
+    inject_capture: Switch,
+
+    /// Image of the bulwark-init container (pods override it with bulwark.dev/init-image).
+    #[arg(long, env = "BULWARK_INIT_IMAGE", default_value = bulwark_inject::DEFAULT_INIT_IMAGE)]
+    init_image: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    Enabled,
+    Disabled,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -182,6 +197,8 @@ async fn run() -> anyhow::Result<()> {
             inject: bulwark_inject::InjectOptions {
                 image: args.sidecar_image,
                 control_plane: args.sidecar_control_plane,
+                capture: args.inject_capture == Switch::Enabled,
+                init_image: args.init_image,
                 ..Default::default()
             },
         }),

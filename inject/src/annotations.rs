@@ -9,7 +9,8 @@ use crate::errors::InjectError;
 use crate::options::{InjectOptions, Ports, Resources};
 use crate::quantity;
 use crate::values::{
-    check_control_plane, check_image, check_log_level, check_quantity, parse_port, parse_workers,
+    check_control_plane, check_image, check_log_level, check_quantity, parse_cidr_list, parse_port,
+    parse_port_list, parse_workers,
 };
 
 /// Opt in (`enabled`) or out (`disabled`) of injection; on the pod, or as a namespace label.
@@ -39,6 +40,20 @@ pub const LOG_LEVEL: &str = "bulwark.dev/log-level";
 pub const IMAGE: &str = "bulwark.dev/image";
 /// The sidecar's worker threads (`BULWARK_WORKERS`; unset: one).
 pub const WORKERS: &str = "bulwark.dev/workers";
+/// `enabled` (the default unless the caller says otherwise): a `bulwark-init` container
+/// captures the pod's TCP traffic with iptables; `disabled`: apps call the sidecar on
+/// localhost, and the pod needs no `NET_ADMIN`.
+pub const CAPTURE: &str = "bulwark.dev/capture";
+/// The `bulwark-init` image.
+pub const INIT_IMAGE: &str = "bulwark.dev/init-image";
+/// Ports the pod's callers reach directly, not through the sidecar (comma-separated); the
+/// sidecar's admin port always is.
+pub const SKIP_INBOUND_PORTS: &str = "bulwark.dev/skip-inbound-ports";
+/// Destination ports the app reaches directly, not through the sidecar (comma-separated).
+pub const SKIP_OUTBOUND_PORTS: &str = "bulwark.dev/skip-outbound-ports";
+/// Destination networks the app reaches directly, not through the sidecar (comma-separated
+/// CIDRs).
+pub const SKIP_OUTBOUND_CIDRS: &str = "bulwark.dev/skip-outbound-cidrs";
 
 /// Label injection puts on the pod (template) so that NetworkPolicies can select the pods
 /// that carry a sidecar (the control plane admits their gRPC streams).
@@ -60,6 +75,19 @@ pub(crate) struct Settings {
     pub log_format: String,
     /// Worker threads, when the pod asks for more than the sidecar's default of one.
     pub workers: Option<u8>,
+    /// What `bulwark-init` captures; `None` without capture.
+    pub capture: Option<Capture>,
+}
+
+/// The `bulwark-init` container's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Capture {
+    pub image: String,
+    /// The annotation's ports; the sidecar's admin port is added when the container is built.
+    pub skip_inbound_ports: Vec<u16>,
+    pub skip_outbound_ports: Vec<u16>,
+    /// Normalised `address/prefix`.
+    pub skip_outbound_cidrs: Vec<String>,
 }
 
 impl Settings {
@@ -106,6 +134,35 @@ impl Settings {
                 Some(value) => Some(parse_workers(value).map_err(|p| bad(WORKERS, value, p))?),
                 None => None,
             },
+            capture: None,
+        };
+        let capture = match text(CAPTURE)? {
+            None => opts.capture,
+            Some("enabled") => true,
+            Some("disabled") => false,
+            Some(other) => return Err(bad(CAPTURE, other, SWITCH_PROBLEM)),
+        };
+        let list = |key: &'static str, parse: fn(&str) -> Result<_, &'static str>| match text(key)?
+        {
+            Some(value) => parse(value).map_err(|problem| bad(key, value, problem)),
+            None => Ok(Vec::new()),
+        };
+        let settings = Settings {
+            capture: if capture {
+                Some(Capture {
+                    image: checked(INIT_IMAGE, check_image, &opts.init_image)?,
+                    skip_inbound_ports: list(SKIP_INBOUND_PORTS, parse_port_list)?,
+                    skip_outbound_ports: list(SKIP_OUTBOUND_PORTS, parse_port_list)?,
+                    skip_outbound_cidrs: match text(SKIP_OUTBOUND_CIDRS)? {
+                        Some(value) => parse_cidr_list(value)
+                            .map_err(|problem| bad(SKIP_OUTBOUND_CIDRS, value, problem))?,
+                        None => Vec::new(),
+                    },
+                })
+            } else {
+                None
+            },
+            ..settings
         };
         settings.ports.check_distinct()?;
         settings.resources.check_request_within_limit()?;

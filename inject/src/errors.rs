@@ -59,15 +59,24 @@ pub enum InjectError {
          would collide with other pods on the node; annotate it with bulwark.dev/inject: disabled"
     )]
     HostNetwork,
-    /// An application container already has the sidecar's name.
+    /// An application container already has the name of a container injection adds.
     #[error(
-        "{list} already has a container named \"bulwark-sidecar\", the name the Bulwark sidecar \
-         needs; rename that container"
+        "{list} already has a container named {name:?}, a name Bulwark's injection needs; \
+         rename that container"
     )]
     ContainerNameTaken {
         /// `spec.containers` (or the workload's path to it).
         list: String,
+        /// `bulwark-sidecar` or `bulwark-init`.
+        name: &'static str,
     },
+    /// With capture, the sidecar's uid is what the rules leave alone: an app container running
+    /// as that uid would bypass the sidecar without anyone noticing.
+    #[error(
+        "container {container:?} runs as uid {uid}, the Bulwark sidecar's, whose traffic is never \
+         captured; run it as another user or set bulwark.dev/capture: disabled"
+    )]
+    RunsAsSidecarUid { container: String, uid: u32 },
     /// A volume of the pod already has the snapshot volume's name and is not the sidecar's.
     #[error(
         "{list} already has a volume named \"bulwark-snapshot\" that is not an emptyDir; \

@@ -13,6 +13,10 @@
 //!             └ should_inject ─► json_patch_for_pod ─► patch::diff (submitted → injected)
 //! ```
 //!
+//! With capture (the default), a `bulwark-init` container runs first and installs the iptables
+//! rules that send the pod's TCP traffic through the sidecar; without it (`bulwark.dev/capture:
+//! disabled`), apps call the sidecar on localhost.
+//!
 //! The sidecar is added as a native sidecar (an init container with `restartPolicy: Always`,
 //! Kubernetes 1.29+): it starts before the app containers, stops after them, and does not keep
 //! a Job's pod from completing.
@@ -30,7 +34,9 @@ mod workload;
 
 pub use admission::{admission_review_response, should_inject};
 pub use errors::InjectError;
-pub use options::{DEFAULT_CONTROL_PLANE, DEFAULT_IMAGE, InjectOptions, Ports, Resources};
+pub use options::{
+    DEFAULT_CONTROL_PLANE, DEFAULT_IMAGE, DEFAULT_INIT_IMAGE, InjectOptions, Ports, Resources,
+};
 pub use patch::{PatchError, apply_patch, diff};
-pub use sidecar::{SIDECAR_NAME, SIDECAR_UID, SNAPSHOT_DIR, SNAPSHOT_VOLUME};
+pub use sidecar::{INIT_NAME, SIDECAR_NAME, SIDECAR_UID, SNAPSHOT_DIR, SNAPSHOT_VOLUME};
 pub use workload::{Injected, Skip, inject_object, json_patch_for_pod};

@@ -6,6 +6,9 @@ use crate::errors::InjectError;
 
 /// The sidecar image injected unless `bulwark.dev/image` or the caller says otherwise.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/bulwark-mesh/sidecar:", env!("CARGO_PKG_VERSION"));
+/// The image of the `bulwark-init` container that installs the capture rules.
+pub const DEFAULT_INIT_IMAGE: &str =
+    concat!("ghcr.io/bulwark-mesh/init:", env!("CARGO_PKG_VERSION"));
 /// The control plane's gRPC address in the standard install (`deploy/kubernetes`).
 pub const DEFAULT_CONTROL_PLANE: &str = "http://bulwark-control-plane.bulwark.svc:8081";
 
@@ -26,6 +29,11 @@ pub struct InjectOptions {
     pub log_level: String,
     /// `json` (for log collectors) or `text`.
     pub log_format: String,
+    /// Capture the pod's traffic with iptables (`bulwark.dev/capture`): adds the `bulwark-init`
+    /// container, which needs `NET_ADMIN`. Without it, apps call the sidecar on localhost.
+    pub capture: bool,
+    /// The `bulwark-init` image (`bulwark.dev/init-image`).
+    pub init_image: String,
 }
 
 impl Default for InjectOptions {
@@ -38,6 +46,8 @@ impl Default for InjectOptions {
             resources: Resources::default(),
             log_level: "info".to_string(),
             log_format: "json".to_string(),
+            capture: true,
+            init_image: DEFAULT_INIT_IMAGE.to_string(),
         }
     }
 }
@@ -58,6 +68,7 @@ impl InjectOptions {
                 })
             };
         check("sidecar image", &self.image, check_image)?;
+        check("init image", &self.init_image, check_image)?;
         check(
             "control-plane address",
             &self.control_plane,

@@ -1,5 +1,6 @@
 //! Injection into one pod (template): checks what would clash with the sidecar, then adds — or
-//! replaces in place — the sidecar init container and its volume, and marks the pod. Every
+//! replaces in place — the sidecar init container, its volume and (with capture) the
+//! `bulwark-init` container, and marks the pod. Every
 //! workload kind and the admission webhook end here.
 
 use serde_json::{Map, Value, json};
@@ -7,7 +8,7 @@ use serde_json::{Map, Value, json};
 use crate::annotations::{self, APP_NAME_LABEL, INJECTED, SERVICE, SIDECAR_LABEL, Settings};
 use crate::errors::InjectError;
 use crate::options::InjectOptions;
-use crate::sidecar::{self, SIDECAR_NAME, SNAPSHOT_VOLUME, ServiceName};
+use crate::sidecar::{self, INIT_NAME, SIDECAR_NAME, SIDECAR_UID, SNAPSHOT_VOLUME, ServiceName};
 use crate::values::check_dns_label;
 
 /// Adds the sidecar to `template`: a Pod, or a workload's pod template (both have `metadata`
@@ -56,6 +57,16 @@ pub(crate) fn inject_template(
         // First, so that it also serves the init containers that follow.
         None => init.insert(0, sidecar),
     }
+    let capture_at = init.iter().position(|c| name_of(c) == Some(INIT_NAME));
+    match (&settings.capture, capture_at) {
+        (Some(capture), Some(i)) => init[i] = sidecar::init_container(&settings, capture),
+        // Before the sidecar: the rules are in place before anything in the pod connects.
+        (Some(capture), None) => init.insert(0, sidecar::init_container(&settings, capture)),
+        (None, Some(i)) => {
+            init.remove(i);
+        }
+        (None, None) => {}
+    }
     let volumes = list(spec, "volumes", &at)?;
     let existing = volumes
         .iter()
@@ -98,10 +109,13 @@ fn check_spec(
             ));
         }
     };
-    if containers.iter().any(|c| name_of(c) == Some(SIDECAR_NAME)) {
-        return Err(InjectError::ContainerNameTaken {
-            list: at("spec.containers"),
-        });
+    for name in [SIDECAR_NAME, INIT_NAME] {
+        if containers.iter().any(|c| name_of(c) == Some(name)) {
+            return Err(InjectError::ContainerNameTaken {
+                list: at("spec.containers"),
+                name,
+            });
+        }
     }
     let init = match spec.get("initContainers") {
         None | Some(Value::Null) => &[][..],
@@ -115,11 +129,26 @@ fn check_spec(
     };
     // The app's init containers run (or, as sidecars, keep running) beside the sidecar in the
     // same network namespace: their ports clash just as the app's do.
-    let others = init
-        .iter()
-        .filter(|c| name_of(c) != Some(SIDECAR_NAME))
-        .chain(containers);
-    for container in others {
+    let others = || {
+        init.iter()
+            .filter(|c| !matches!(name_of(c), Some(SIDECAR_NAME | INIT_NAME)))
+            .chain(containers)
+    };
+    if settings.capture.is_some() {
+        let pod_uid = run_as_user(spec);
+        for container in others() {
+            let container_uid = container
+                .get("securityContext")
+                .and_then(|c| c.get("runAsUser").and_then(Value::as_u64));
+            if container_uid.or(pod_uid) == Some(u64::from(SIDECAR_UID)) {
+                return Err(InjectError::RunsAsSidecarUid {
+                    container: name_of(container).unwrap_or("").to_string(),
+                    uid: SIDECAR_UID,
+                });
+            }
+        }
+    }
+    for container in others() {
         let name = name_of(container).unwrap_or("");
         let ports = container.get("ports").and_then(Value::as_array);
         for port in ports.into_iter().flatten() {
@@ -199,6 +228,11 @@ pub(crate) fn pod_workload_name(pod: &Value) -> Option<String> {
         .map(|g| g.trim_end_matches('-'))
         .filter(|g| !g.is_empty());
     own.or(generated).map(str::to_string)
+}
+
+/// The pod-level `securityContext.runAsUser`, which containers inherit unless they set their own.
+fn run_as_user(spec: &Map<String, Value>) -> Option<u64> {
+    spec.get("securityContext")?.get("runAsUser")?.as_u64()
 }
 
 fn name_of(item: &Value) -> Option<&str> {

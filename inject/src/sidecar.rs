@@ -1,13 +1,15 @@
-//! The sidecar container and its snapshot volume, as Kubernetes JSON: everything injection adds
-//! to a pod, built from [`Settings`] and nothing else, so that injecting twice gives the same
-//! container.
+//! The sidecar container, its snapshot volume and the `bulwark-init` container, as Kubernetes
+//! JSON: everything injection adds to a pod, built from [`Settings`] and nothing else, so that
+//! injecting twice gives the same containers.
 
 use serde_json::{Value, json};
 
-use crate::annotations::Settings;
+use crate::annotations::{Capture, Settings};
 
 /// The sidecar's container name; an init container by that name is replaced on re-injection.
 pub const SIDECAR_NAME: &str = "bulwark-sidecar";
+/// The capture container's name; replaced on re-injection, removed when capture is turned off.
+pub const INIT_NAME: &str = "bulwark-init";
 /// The `emptyDir` volume holding the sidecar's last applied policy snapshot.
 pub const SNAPSHOT_VOLUME: &str = "bulwark-snapshot";
 /// Where the snapshot volume is mounted in the sidecar.
@@ -66,6 +68,9 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName) -> Value {
     if let Some(workers) = settings.workers {
         env.push(json!({"name": "BULWARK_WORKERS", "value": workers.to_string()}));
     }
+    if settings.capture.is_some() {
+        env.push(json!({"name": "BULWARK_CAPTURE", "value": "true"}));
+    }
     json!({
         "name": SIDECAR_NAME,
         "image": settings.image,
@@ -102,6 +107,67 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName) -> Value {
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": SNAPSHOT_VOLUME, "mountPath": SNAPSHOT_DIR}],
+    })
+}
+
+/// The `bulwark-init` container: runs once, before the sidecar, and installs the rules that
+/// send the pod's TCP traffic to the sidecar's listeners — all but the sidecar's own (its uid),
+/// the admin port (the kubelet's probes) and what the pod's annotations skip. It needs
+/// `NET_ADMIN` and `NET_RAW` in the pod's network namespace and root for iptables; nothing
+/// else, and it is gone before the app starts.
+pub(crate) fn init_container(settings: &Settings, capture: &Capture) -> Value {
+    let ports = settings.ports;
+    let join = |items: Vec<String>| items.join(",");
+    let mut skip_inbound = vec![ports.admin];
+    skip_inbound.extend(
+        capture
+            .skip_inbound_ports
+            .iter()
+            .filter(|p| **p != ports.admin),
+    );
+    let mut args = vec![
+        "--outbound-port".to_string(),
+        ports.outbound.to_string(),
+        "--inbound-port".to_string(),
+        ports.inbound.to_string(),
+        "--sidecar-uid".to_string(),
+        SIDECAR_UID.to_string(),
+        "--skip-inbound-ports".to_string(),
+        join(skip_inbound.iter().map(u16::to_string).collect()),
+    ];
+    if !capture.skip_outbound_ports.is_empty() {
+        args.push("--skip-outbound-ports".to_string());
+        args.push(join(
+            capture
+                .skip_outbound_ports
+                .iter()
+                .map(u16::to_string)
+                .collect(),
+        ));
+    }
+    if !capture.skip_outbound_cidrs.is_empty() {
+        args.push("--skip-outbound-cidrs".to_string());
+        args.push(join(capture.skip_outbound_cidrs.clone()));
+    }
+    json!({
+        "name": INIT_NAME,
+        "image": capture.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"memory": "64Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            // iptables takes its lock under /run.
+            "readOnlyRootFilesystem": false,
+            "runAsNonRoot": false,
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     })
 }
 

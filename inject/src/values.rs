@@ -12,6 +12,9 @@ pub(crate) const IMAGE_PROBLEM: &str = "must be a non-empty image reference with
 pub(crate) const LOG_LEVEL_PROBLEM: &str = "must be one of trace, debug, info, warn, error, off";
 pub(crate) const WORKERS_PROBLEM: &str = "must be a number of worker threads from 1 to 64";
 pub(crate) const LOG_FORMAT_PROBLEM: &str = "must be text or json";
+pub(crate) const PORT_LIST_PROBLEM: &str = "must be port numbers from 1 to 65535, comma-separated";
+pub(crate) const CIDR_LIST_PROBLEM: &str =
+    "must be networks such as 10.0.0.0/8 or 2001:db8::/32, comma-separated";
 pub(crate) const DNS_LABEL_PROBLEM: &str = "must be a DNS-1123 label (at most 63 lowercase letters, digits or \"-\", starting and ending with a letter or digit)";
 
 pub(crate) fn parse_port(text: &str) -> Result<u16, &'static str> {
@@ -19,6 +22,29 @@ pub(crate) fn parse_port(text: &str) -> Result<u16, &'static str> {
         Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
         _ => Err(PORT_PROBLEM),
     }
+}
+
+/// `9090,15020` (spaces allowed around commas; empty: none).
+pub(crate) fn parse_port_list(text: &str) -> Result<Vec<u16>, &'static str> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| parse_port(p).map_err(|_| PORT_LIST_PROBLEM))
+        .collect()
+}
+
+/// `10.0.0.0/8,192.168.1.5` — checked as `bulwark-init` reads them; returned normalised
+/// (`address/prefix`).
+pub(crate) fn parse_cidr_list(text: &str) -> Result<Vec<String>, &'static str> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<bulwark_init::rules::Cidr>()
+                .map(|cidr| cidr.to_string())
+                .map_err(|_| CIDR_LIST_PROBLEM)
+        })
+        .collect()
 }
 
 pub(crate) fn parse_workers(text: &str) -> Result<u8, &'static str> {

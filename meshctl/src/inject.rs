@@ -15,10 +15,13 @@ use crate::errors::CliError;
 use crate::output::Output;
 
 /// The caller's choices; unset ones keep the injector's defaults.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Flags<'a> {
     pub control_plane: Option<&'a str>,
     pub image: Option<&'a str>,
+    /// Add the capture container (unless a pod says otherwise).
+    pub capture: bool,
+    pub init_image: Option<&'a str>,
 }
 
 /// Injects every document of `files` (paths, or `-` for standard input), in order.
@@ -29,6 +32,10 @@ pub fn run(files: &[PathBuf], flags: &Flags<'_>) -> (Output, Option<CliError>) {
     }
     if let Some(image) = flags.image {
         opts.image = image.to_string();
+    }
+    opts.capture = flags.capture;
+    if let Some(image) = flags.init_image {
+        opts.init_image = image.to_string();
     }
     if let Err(e) = opts.validate() {
         return (Output::default(), Some(CliError::Usage(e.to_string())));

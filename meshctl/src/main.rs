@@ -181,6 +181,14 @@ enum Command {
         /// The sidecar image [default: ghcr.io/bulwark-mesh/sidecar:<meshctl's version>].
         #[arg(long, value_name = "IMAGE")]
         image: Option<String>,
+        /// Leave out the bulwark-init container that captures the pods' traffic with iptables
+        /// (it needs NET_ADMIN): apps call the sidecar on localhost. Pods override it with
+        /// bulwark.dev/capture.
+        #[arg(long)]
+        no_capture: bool,
+        /// The bulwark-init image [default: ghcr.io/bulwark-mesh/init:<meshctl's version>].
+        #[arg(long, value_name = "IMAGE")]
+        init_image: Option<String>,
     },
 }
 
@@ -214,11 +222,15 @@ fn main() -> ExitCode {
         files,
         control_plane,
         image,
+        no_capture,
+        init_image,
     } = &cli.command
     {
         let flags = inject::Flags {
             control_plane: control_plane.as_deref(),
             image: image.as_deref(),
+            capture: !no_capture,
+            init_image: init_image.as_deref(),
         };
         let (out, error) = inject::run(files, &flags);
         return finish(out, error);

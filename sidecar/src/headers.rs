@@ -86,6 +86,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Whether a request is gRPC: `content-type: application/grpc` or `application/grpc+proto` etc.
+/// Whether the kubelet sent this request (`User-Agent: kube-probe/<version>`): a liveness or
+/// readiness probe of the app, captured on its way in. Probes are never shed nor held to the
+/// inbound concurrency limit — shedding a liveness probe under load would have the kubelet
+/// restart a pod that is only busy.
+pub fn is_kubelet_probe(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .is_some_and(|v| v.as_bytes().starts_with(b"kube-probe/"))
+}
+
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

@@ -30,6 +30,7 @@ use tokio_rustls::client::TlsStream;
 const SERVICE_NAME: &str = "bulwark-control-plane.bulwark.svc";
 const SIDECAR_IMAGE: &str = "registry.test/bulwark/sidecar:9.9.9";
 const SIDECAR_CONTROL_PLANE: &str = "http://control-plane.test:8081";
+const INIT_IMAGE: &str = "registry.test/bulwark/init:9.9.9";
 const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
 
 // ───────────────────────────── certificates ─────────────────────────────
@@ -223,23 +224,27 @@ async fn review(pki: &Pki, addr: SocketAddr, http: Http, review: &Value) -> Valu
 /// etcd, and the control plane with its webhook on a free port, its certificate files at
 /// `pki`'s paths (which may not exist yet).
 async fn start(pki: &Pki) -> (Etcd, ControlPlane) {
+    start_with(pki, &[]).await
+}
+
+async fn start_with(pki: &Pki, extra: &[&str]) -> (Etcd, ControlPlane) {
     let etcd = Etcd::start().await;
-    let cp = replica_with(
-        &[etcd.endpoint()],
-        &[
-            "--webhook",
-            "127.0.0.1:0",
-            "--webhook-cert",
-            path(&pki.cert),
-            "--webhook-key",
-            path(&pki.key),
-            "--sidecar-image",
-            SIDECAR_IMAGE,
-            "--sidecar-control-plane",
-            SIDECAR_CONTROL_PLANE,
-        ],
-    )
-    .await;
+    let mut args = vec![
+        "--webhook",
+        "127.0.0.1:0",
+        "--webhook-cert",
+        path(&pki.cert),
+        "--webhook-key",
+        path(&pki.key),
+        "--sidecar-image",
+        SIDECAR_IMAGE,
+        "--sidecar-control-plane",
+        SIDECAR_CONTROL_PLANE,
+        "--init-image",
+        INIT_IMAGE,
+    ];
+    args.extend_from_slice(extra);
+    let cp = replica_with(&[etcd.endpoint()], &args).await;
     (etcd, cp)
 }
 
@@ -325,7 +330,11 @@ async fn an_opted_in_pod_gets_the_sidecar_over_http1_and_h2() {
         .unwrap();
     let patch: Vec<Value> = serde_json::from_slice(&patch).unwrap();
     let injected = bulwark_inject::apply_patch(&pod, &patch).unwrap();
-    let sidecar = &injected["spec"]["initContainers"][0];
+    // The capture container first, then the sidecar.
+    let init = &injected["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "bulwark-init");
+    assert_eq!(init["image"], INIT_IMAGE);
+    let sidecar = &injected["spec"]["initContainers"][1];
     assert_eq!(sidecar["name"], "bulwark-sidecar");
     assert_eq!(sidecar["restartPolicy"], "Always");
     // The flags reach the injected sidecar.
@@ -365,6 +374,44 @@ async fn an_opted_in_pod_gets_the_sidecar_over_http1_and_h2() {
             assert!(line.contains(part), "{part} in {line}");
         }
     }
+}
+
+/// `--inject-capture disabled`: pods get no NET_ADMIN container unless they ask for one.
+#[tokio::test]
+async fn capture_can_be_off_by_default_and_on_per_pod() {
+    let pki = Pki::new();
+    pki.install(&pki.issue(1));
+    let (_etcd, cp) = start_with(&pki, &["--inject-capture", "disabled"]).await;
+    let addr = webhook(&cp);
+    let injected = |pod: Value| {
+        let pki = &pki;
+        async move {
+            let answer = review(pki, addr, Http::One, &admission_review(pod.clone())).await;
+            let patch = base64::engine::general_purpose::STANDARD
+                .decode(answer["response"]["patch"].as_str().expect("a patch"))
+                .expect("base64");
+            let patch: Vec<Value> = serde_json::from_slice(&patch).expect("JSON");
+            let injected = bulwark_inject::apply_patch(&pod, &patch).expect("the patch applies");
+            injected["spec"]["initContainers"]
+                .as_array()
+                .expect("initContainers")
+                .iter()
+                .map(|c| c["name"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        injected(replica_pod(json!({}), app_port())).await,
+        ["bulwark-sidecar"]
+    );
+    assert_eq!(
+        injected(replica_pod(
+            json!({"bulwark.dev/capture": "enabled"}),
+            app_port()
+        ))
+        .await,
+        ["bulwark-init", "bulwark-sidecar"]
+    );
 }
 
 #[tokio::test]

@@ -90,7 +90,10 @@ fn an_opted_in_pod_gets_a_patch_that_injects_it() {
     };
     assert_eq!(patched, expected);
     // The Deployment's name, recovered from the ReplicaSet's, names the service.
-    let sidecar = &patched["spec"]["initContainers"][0];
+    let sidecar = patched["spec"]["initContainers"]
+        .as_array()
+        .and_then(|init| init.iter().find(|c| c["name"] == "bulwark-sidecar"))
+        .expect("the sidecar");
     assert_eq!(
         sidecar["env"][2],
         json!({"name": "BULWARK_SERVICE", "value": "checkout"})

@@ -1,7 +1,9 @@
 //! `inject_object` beyond the golden files: what is skipped, how re-injection replaces the
 //! sidecar in place, per-pod overrides, and every refusal with its exact message.
 
-use bulwark_inject::{InjectError, InjectOptions, Injected, SIDECAR_NAME, Skip, inject_object};
+use bulwark_inject::{
+    INIT_NAME, InjectError, InjectOptions, Injected, SIDECAR_NAME, Skip, inject_object,
+};
 use serde_json::{Value, json};
 
 fn deployment(template: Value) -> Value {
@@ -96,10 +98,17 @@ fn the_sidecar_is_a_native_sidecar_started_first() {
     let init = out["spec"]["template"]["spec"]["initContainers"]
         .as_array()
         .expect("initContainers");
-    assert_eq!(init.len(), 2);
-    assert_eq!(init[0]["name"], SIDECAR_NAME);
-    assert_eq!(init[0]["restartPolicy"], "Always");
-    assert_eq!(init[1]["name"], "migrate");
+    assert_eq!(init.len(), 3);
+    // The capture rules first, then the sidecar, then the app's own init containers.
+    assert_eq!(init[0]["name"], INIT_NAME);
+    assert_eq!(
+        init[0].get("restartPolicy"),
+        None,
+        "runs once, to completion"
+    );
+    assert_eq!(init[1]["name"], SIDECAR_NAME);
+    assert_eq!(init[1]["restartPolicy"], "Always");
+    assert_eq!(init[2]["name"], "migrate");
     // The app's containers and probes are left exactly as they were.
     assert_eq!(
         out["spec"]["template"]["spec"]["containers"],
@@ -107,7 +116,7 @@ fn the_sidecar_is_a_native_sidecar_started_first() {
     );
     // No label or annotation names the service: the Deployment's name does.
     assert_eq!(
-        env(&init[0], "BULWARK_SERVICE"),
+        env(&init[1], "BULWARK_SERVICE"),
         &json!({"name": "BULWARK_SERVICE", "value": "checkout"})
     );
     assert_eq!(
@@ -129,22 +138,23 @@ fn reinjection_replaces_the_sidecar_in_place() {
             "containers": [web(&[8080])],
         },
     })));
-    // Someone moved the sidecar after the other init container and it went stale.
+    // Someone moved the sidecar after the other init container and it went stale, and so
+    // did the capture container.
     let mut moved = first.clone();
     let init = moved["spec"]["template"]["spec"]["initContainers"]
         .as_array_mut()
         .expect("initContainers");
-    init.swap(0, 1);
-    init[1]["image"] = json!("ghcr.io/bulwark-mesh/sidecar:0.0.1");
+    init.swap(1, 2);
+    init[2]["image"] = json!("ghcr.io/bulwark-mesh/sidecar:0.0.1");
+    init[0]["image"] = json!("ghcr.io/bulwark-mesh/init:0.0.1");
     let again = injected(&moved);
     let init = again["spec"]["template"]["spec"]["initContainers"]
         .as_array()
         .expect("initContainers");
-    assert_eq!(init.len(), 2, "no second sidecar");
-    assert_eq!(
-        init[1],
-        first["spec"]["template"]["spec"]["initContainers"][0]
-    );
+    assert_eq!(init.len(), 3, "no second sidecar or capture container");
+    let before = &first["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(init[2], before[1]);
+    assert_eq!(init[0], before[0]);
     let volumes = again["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .expect("volumes");
@@ -328,6 +338,30 @@ fn bad_annotation_values_are_refused_by_name() {
             "annotation bulwark.dev/inject: must be enabled or disabled, got \"yes\"",
         ),
         (
+            json!({"bulwark.dev/capture": "yes"}),
+            "annotation bulwark.dev/capture: must be enabled or disabled, got \"yes\"",
+        ),
+        (
+            json!({"bulwark.dev/init-image": ""}),
+            "annotation bulwark.dev/init-image: must be a non-empty image reference without spaces, got \"\"",
+        ),
+        (
+            json!({"bulwark.dev/skip-outbound-ports": "5432,postgres"}),
+            "annotation bulwark.dev/skip-outbound-ports: must be port numbers from 1 to 65535, comma-separated, got \"5432,postgres\"",
+        ),
+        (
+            json!({"bulwark.dev/skip-inbound-ports": "0"}),
+            "annotation bulwark.dev/skip-inbound-ports: must be port numbers from 1 to 65535, comma-separated, got \"0\"",
+        ),
+        (
+            json!({"bulwark.dev/skip-outbound-cidrs": "10.0.0.0/33"}),
+            "annotation bulwark.dev/skip-outbound-cidrs: must be networks such as 10.0.0.0/8 or 2001:db8::/32, comma-separated, got \"10.0.0.0/33\"",
+        ),
+        (
+            json!({"bulwark.dev/skip-outbound-cidrs": "169.254.169.254/32; 10.0.0.0/8"}),
+            "annotation bulwark.dev/skip-outbound-cidrs: must be networks such as 10.0.0.0/8 or 2001:db8::/32, comma-separated, got \"169.254.169.254/32; 10.0.0.0/8\"",
+        ),
+        (
             json!({"bulwark.dev/admin-port": "15001"}),
             "bulwark.dev/admin-port and bulwark.dev/outbound-port are both 15001; the sidecar needs three different ports",
         ),
@@ -364,8 +398,8 @@ fn pods_the_sidecar_cannot_join_are_refused() {
     }));
     assert_eq!(
         refusal(&named),
-        "spec.template.spec.containers already has a container named \"bulwark-sidecar\", the \
-         name the Bulwark sidecar needs; rename that container"
+        "spec.template.spec.containers already has a container named \"bulwark-sidecar\", a name \
+         Bulwark's injection needs; rename that container"
     );
     let volume = deployment(json!({
         "spec": {
@@ -419,5 +453,144 @@ fn malformed_objects_are_refused_with_the_path() {
     assert_eq!(
         refusal(&bad_volumes),
         "spec.template.spec.volumes: must be a list"
+    );
+}
+
+fn init_container(obj: &Value) -> Option<&Value> {
+    obj.pointer("/spec/template/spec/initContainers")
+        .and_then(Value::as_array)
+        .and_then(|init| init.iter().find(|c| c["name"] == INIT_NAME))
+}
+
+fn args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string"))
+        .collect()
+}
+
+/// The capture container is what the pod's annotations say: the sidecar's ports, its uid, the
+/// admin port always skipped (the kubelet's probes), and the pod's exclusions.
+#[test]
+fn capture_follows_the_ports_and_the_exclusions() {
+    let out = injected(&with_annotations(json!({
+        "bulwark.dev/admin-port": "15100",
+        "bulwark.dev/outbound-port": "15101",
+        "bulwark.dev/skip-inbound-ports": "9090, 15100",
+        "bulwark.dev/skip-outbound-ports": "5432,6379",
+        "bulwark.dev/skip-outbound-cidrs": "169.254.169.254,10.96.0.0/12,fd00::/8",
+        "bulwark.dev/init-image": "registry.example.com/bulwark/init:1",
+    })));
+    let init = init_container(&out).expect("the capture container");
+    assert_eq!(init["image"], "registry.example.com/bulwark/init:1");
+    assert_eq!(
+        args(init),
+        [
+            "--outbound-port",
+            "15101",
+            "--inbound-port",
+            "15006",
+            "--sidecar-uid",
+            "65532",
+            "--skip-inbound-ports",
+            "15100,9090",
+            "--skip-outbound-ports",
+            "5432,6379",
+            "--skip-outbound-cidrs",
+            "169.254.169.254/32,10.96.0.0/12,fd00::/8",
+        ]
+    );
+    assert_eq!(
+        init["securityContext"]["capabilities"],
+        json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})
+    );
+    assert_eq!(init["securityContext"]["runAsUser"], 0);
+    assert_eq!(env(sidecar(&out), "BULWARK_CAPTURE")["value"], "true");
+}
+
+/// Without capture (by annotation, or by the caller's options) no container gets `NET_ADMIN`
+/// and the sidecar serves the localhost mode only; turning capture off on a pod injected with
+/// it removes the capture container.
+#[test]
+fn capture_can_be_turned_off_per_pod_or_by_default() {
+    let off = injected(&with_annotations(
+        json!({"bulwark.dev/capture": "disabled"}),
+    ));
+    assert_eq!(init_container(&off), None);
+    let no_capture_env = sidecar(&off)["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .all(|v| v["name"] != "BULWARK_CAPTURE");
+    assert!(no_capture_env);
+
+    let opts = InjectOptions {
+        capture: false,
+        ..InjectOptions::default()
+    };
+    let plain = with_annotations(json!({}));
+    let Ok(Injected::Injected(by_default)) = inject_object(&plain, &opts) else {
+        panic!("injected");
+    };
+    assert_eq!(init_container(&by_default), None);
+    // A pod may still ask for it.
+    let asks = with_annotations(json!({"bulwark.dev/capture": "enabled"}));
+    let Ok(Injected::Injected(asked)) = inject_object(&asks, &opts) else {
+        panic!("injected");
+    };
+    assert!(init_container(&asked).is_some());
+
+    // Re-injected with capture off, the capture container goes and nothing else changes.
+    let mut turned_off = injected(&plain);
+    assert!(init_container(&turned_off).is_some());
+    turned_off["spec"]["template"]["metadata"]["annotations"] =
+        json!({"bulwark.dev/capture": "disabled"});
+    let again = injected(&turned_off);
+    assert_eq!(init_container(&again), None);
+    assert_eq!(again, off);
+}
+
+/// The rules leave the sidecar's uid alone: an app container running as that uid would pass
+/// by the sidecar unseen, so such a pod is refused while capture is on.
+#[test]
+fn an_app_running_as_the_sidecars_uid_is_refused_with_capture() {
+    let mut own = web(&[8080]);
+    own["securityContext"] = json!({"runAsUser": 65532});
+    let container_level = deployment(json!({
+        "metadata": {"labels": {"app": "checkout"}},
+        "spec": {"containers": [own]},
+    }));
+    let message = "container \"web\" runs as uid 65532, the Bulwark sidecar's, whose traffic is \
+                   never captured; run it as another user or set bulwark.dev/capture: disabled";
+    assert_eq!(refusal(&container_level), message);
+    // Inherited from the pod's security context.
+    let pod_level = deployment(json!({
+        "metadata": {"labels": {"app": "checkout"}},
+        "spec": {"securityContext": {"runAsUser": 65532}, "containers": [web(&[8080])]},
+    }));
+    assert_eq!(refusal(&pod_level), message);
+    // A container's own user wins over the pod's.
+    let mut other = web(&[8080]);
+    other["securityContext"] = json!({"runAsUser": 1000});
+    let overridden = deployment(json!({
+        "metadata": {"labels": {"app": "checkout"}},
+        "spec": {"securityContext": {"runAsUser": 65532}, "containers": [other]},
+    }));
+    assert!(matches!(inject(&overridden), Ok(Injected::Injected(_))));
+    // Without capture there is nothing to bypass.
+    let mut off = pod_level.clone();
+    off["spec"]["template"]["metadata"]["annotations"] = json!({"bulwark.dev/capture": "disabled"});
+    assert!(matches!(inject(&off), Ok(Injected::Injected(_))));
+
+    let named = deployment(json!({
+        "metadata": {"labels": {"app": "checkout"}},
+        "spec": {"containers": [web(&[8080]), {"name": "bulwark-init", "image": "x"}]},
+    }));
+    assert_eq!(
+        refusal(&named),
+        "spec.template.spec.containers already has a container named \"bulwark-init\", a name \
+         Bulwark's injection needs; rename that container"
     );
 }

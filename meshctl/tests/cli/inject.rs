@@ -133,9 +133,10 @@ fn multi_document_input_keeps_other_kinds_untouched() {
     assert_eq!(output[0], input[0]);
     assert_eq!(output[2], input[2]);
     assert_eq!(output[3], input[3]);
-    let sidecar = &output[1]["spec"]["template"]["spec"]["initContainers"][0];
-    assert_eq!(sidecar["name"], "bulwark-sidecar");
-    assert_eq!(sidecar["restartPolicy"], "Always");
+    let init = &output[1]["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(init[0]["name"], "bulwark-init");
+    assert_eq!(init[1]["name"], "bulwark-sidecar");
+    assert_eq!(init[1]["restartPolicy"], "Always");
     // The ConfigMap's strings stay strings.
     assert_eq!(output[2]["data"]["WORKERS"], "4");
 }
@@ -151,18 +152,38 @@ fn flags_set_the_control_plane_and_the_image() {
             "https://cp.example.com:8081",
             "--image",
             "mirror.example.com/bulwark/sidecar:7",
+            "--init-image",
+            "mirror.example.com/bulwark/init:7",
         ],
         Some(MANIFESTS),
     );
     assert_eq!(out.status.code(), Some(0));
     let output = documents(&text(&out.stdout));
-    let sidecar = &output[1]["spec"]["template"]["spec"]["initContainers"][0];
+    let init = &output[1]["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(init[0]["name"], "bulwark-init");
+    assert_eq!(init[0]["image"], "mirror.example.com/bulwark/init:7");
+    let sidecar = &init[1];
     assert_eq!(sidecar["image"], "mirror.example.com/bulwark/sidecar:7");
     let env = sidecar["env"].as_array().expect("env");
     assert!(env.contains(&serde_json::json!({
         "name": "BULWARK_CONTROL_PLANE",
         "value": "https://cp.example.com:8081",
     })));
+}
+
+#[test]
+fn no_capture_leaves_out_the_capture_container() {
+    let out = meshctl(&["inject", "-f", "-", "--no-capture"], Some(MANIFESTS));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let output = documents(&text(&out.stdout));
+    let init = output[1]["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("initContainers");
+    let names: Vec<&str> = init.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(!names.contains(&"bulwark-init"), "{names:?}");
+    assert!(names.contains(&"bulwark-sidecar"), "{names:?}");
+    let env = init[0]["env"].as_array().expect("env");
+    assert!(env.iter().all(|v| v["name"] != "BULWARK_CAPTURE"));
 }
 
 #[test]

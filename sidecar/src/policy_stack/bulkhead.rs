@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
 use crate::errors::ProxyError;
+use crate::headers::is_kubelet_probe;
 
 /// The slots of one upstream and their counters; kept across policy versions while the limits
 /// do not change.
@@ -100,6 +101,9 @@ impl<S: Call> Call for Bulkhead<S> {
         let Some(slots) = &self.slots else {
             return self.inner.call(req, cx).await;
         };
+        if matches!(self.limited, Limited::Inbound(_)) && is_kubelet_probe(req.headers()) {
+            return self.inner.call(req, cx).await;
+        }
         // The fast path: a free slot, no waiting.
         let permit = match slots.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
 use crate::errors::ProxyError;
-use crate::headers::{X_BULWARK_CAPABILITIES, X_BULWARK_DEGRADATION, level_value};
+use crate::headers::{
+    X_BULWARK_CAPABILITIES, X_BULWARK_DEGRADATION, is_kubelet_probe, level_value,
+};
 use crate::health::actions::{ServiceActions, fails_fast};
 use crate::health::levels::Degradation;
 use crate::priority::Priority;
@@ -72,7 +74,7 @@ impl<S> Gate<S> {
         let levels = self.degradation.levels();
         let level = levels.own_level();
         let priority = Priority::of(req.headers().get(&self.actions.priority_header));
-        if self.actions.sheds(level, priority) {
+        if self.actions.sheds(level, priority) && !is_kubelet_probe(req.headers()) {
             self.info.metrics.shed(level, priority);
             tracing::debug!(%level, %priority, "request shed");
             return Some(ProxyError::Shed {

@@ -867,6 +867,13 @@ async fn the_inbound_limit_names_the_service() {
     );
     let rsp = crate::errors::rescue(&err, true);
     assert_eq!(rsp.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED");
+
+    // The kubelet's probes are not held to it: a busy app is not a dead one.
+    let probe = request("GET", "/healthz", &[("user-agent", "kube-probe/1.34")]);
+    layer
+        .call(probe, cx(routes.default_route(), &state))
+        .await
+        .expect("a probe passes a full inbound limit");
 }
 
 // ───────────────────────────── degradation gate ─────────────────────────────
@@ -944,11 +951,19 @@ async fn inbound_requests_are_shed_by_priority_or_told_the_level_and_capabilitie
         "shed by shop/orders at SEVERE: priority low is shed at this level"
     );
     assert_eq!(app.count(), 1, "the shed request never reached the app");
+    // The kubelet's probe, however low its priority, reaches the app (and is told the level).
+    send(&[("x-prio", "low"), ("user-agent", "kube-probe/1.34")])
+        .await
+        .expect("probes are never shed");
+    assert_eq!(app.calls()[1].headers["x-bulwark-degradation"], "SEVERE");
+    // Only the kubelet's user agent counts.
+    let impostor = send(&[("x-prio", "low"), ("user-agent", "curl/8 kube-probe/1.34")]).await;
+    assert!(impostor.is_err());
     let rsp = crate::errors::rescue(&err, false);
     assert_eq!(rsp.headers()["retry-after"], "20");
 
     send(&[("x-prio", "HIGH")]).await.unwrap();
-    let seen = &app.calls()[1].headers;
+    let seen = &app.calls()[2].headers;
     assert_eq!(seen["x-bulwark-degradation"], "SEVERE");
     assert_eq!(
         seen["x-bulwark-capabilities"],
@@ -957,7 +972,7 @@ async fn inbound_requests_are_shed_by_priority_or_told_the_level_and_capabilitie
     assert!(
         metrics
             .encode()
-            .contains("bulwark_shed_total{priority=\"low\",level=\"SEVERE\"} 1\n")
+            .contains("bulwark_shed_total{priority=\"low\",level=\"SEVERE\"} 2\n")
     );
 }
 

@@ -290,6 +290,17 @@ async fn the_callers_breaker_and_the_callees_inbound_limit_apply_to_captured_cal
             WAIT,
         )
         .await;
+    // The kubelet's probes (here from C, where no sidecar is) are not held to the limit.
+    let kubelet = client::http1_client_in(mesh.ns(2), addr(1, 8082));
+    let probe = client::send(
+        &kubelet,
+        client::request(Method::GET, &format!("http://{}/status/200", addr(1, 8082)))
+            .header("user-agent", "kube-probe/1.34")
+            .body(empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(probe.status, StatusCode::OK, "{}", probe.text());
     mesh.b_flaky.open_gate();
     let res = held.await.expect("the held call ends");
     assert_eq!(res.status, StatusCode::OK);
@@ -309,7 +320,11 @@ async fn the_callers_breaker_and_the_callees_inbound_limit_apply_to_captured_cal
         res.text()
     );
     assert_eq!(res.header("x-bulwark-error"), Some("breaker-open"));
-    assert_eq!(mesh.b_flaky.requests(), 3, "the gate and the two 500s");
+    assert_eq!(
+        mesh.b_flaky.requests(),
+        4,
+        "the gate, the probe and the two 500s"
+    );
 }
 
 /// ip6tables captures IPv6 the same way: the original destination is read for IPv6 too, on
