@@ -120,7 +120,7 @@ async fn forward(
     let metrics = shared.metrics.tunnel(log.direction, log.kind);
     let in_flight = shared.in_flight.start();
     match tunnel::connect(destination, defaults::CONNECT_TIMEOUT).await {
-        Ok(up) => tunnel::forward(stream, up, first, &metrics, log, in_flight).await,
+        Ok(up) => tunnel::forward_sockets(stream, up, first, &metrics, log, in_flight).await,
         Err(e) => {
             metrics.opened.inc();
             tracing::info!(

@@ -4,7 +4,7 @@
 //! destination, what it speaks: [`detect`]); [`proxy`] routes each request and sends it through
 //! its upstream's stack; [`observe`] writes the access log line and the request metrics when the
 //! response ends; [`upgrade`] and [`tunnel`] carry WebSocket, CONNECT and whatever is not HTTP
-//! as bytes.
+//! as bytes ([`splice`]: in the kernel, between two plain sockets).
 
 pub mod accept;
 pub mod captured;
@@ -12,6 +12,7 @@ pub mod conn;
 pub mod detect;
 pub mod observe;
 pub mod proxy;
+pub mod splice;
 pub mod tunnel;
 pub mod upgrade;
 

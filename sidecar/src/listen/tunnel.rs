@@ -11,8 +11,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::splice;
 use crate::metrics::TunnelMetrics;
 use crate::state::InFlightGuard;
+
+/// Bytes buffered per direction of a tunnel: 32 KiB per open tunnel. bench/capture measured
+/// TCP passthrough at 0.26 of direct throughput with tokio's default 8 KiB and 0.48 with 16 KiB;
+/// 32 and 64 KiB gained little more for twice and four times the memory of every idle
+/// WebSocket.
+const BUFFER: usize = 16 * 1024;
 
 /// What an access log line says about a tunnel.
 #[derive(Debug)]
@@ -49,28 +56,63 @@ pub async fn forward<D, U>(
     first: &[u8],
     metrics: &TunnelMetrics,
     log: TunnelLog,
-    _in_flight: InFlightGuard,
+    in_flight: InFlightGuard,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let started = Instant::now();
-    metrics.opened.inc();
-    metrics.open.inc();
-    let mut sent = first.len() as u64;
-    let result = async {
+    let moved = async {
         if !first.is_empty() {
             up.write_all(first).await?;
         }
-        let (to_up, to_down) = tokio::io::copy_bidirectional(&mut down, &mut up).await?;
-        sent += to_up;
-        Ok::<u64, std::io::Error>(to_down)
-    }
-    .await;
+        tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUFFER, BUFFER).await
+    };
+    account(moved, first.len() as u64, metrics, log, in_flight).await;
+}
+
+/// As [`forward`], between two plain sockets: spliced in the kernel ([`splice`]) — or copied
+/// when no pipe can be had (the process is out of file descriptors).
+pub async fn forward_sockets(
+    down: TcpStream,
+    mut up: TcpStream,
+    first: &[u8],
+    metrics: &TunnelMetrics,
+    log: TunnelLog,
+    in_flight: InFlightGuard,
+) {
+    let pipes = match (splice::Pipe::new(), splice::Pipe::new()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "no pipe for splicing; copying");
+            return forward(down, up, first, metrics, log, in_flight).await;
+        }
+    };
+    let moved = async {
+        if !first.is_empty() {
+            up.write_all(first).await?;
+        }
+        splice::bidirectional(&down, &up, pipes).await
+    };
+    account(moved, first.len() as u64, metrics, log, in_flight).await;
+}
+
+/// Runs `moved` (the bytes sent up and received back, after `first` bytes already sent) as an
+/// open tunnel, then counts its bytes and writes its access-log line.
+async fn account(
+    moved: impl Future<Output = std::io::Result<(u64, u64)>>,
+    first: u64,
+    metrics: &TunnelMetrics,
+    log: TunnelLog,
+    _in_flight: InFlightGuard,
+) {
+    let started = Instant::now();
+    metrics.opened.inc();
+    metrics.open.inc();
+    let result = moved.await;
     metrics.open.dec();
-    let (received, error) = match result {
-        Ok(received) => (received, None),
-        Err(e) => (0, Some(e.to_string())),
+    let (sent, received, error) = match result {
+        Ok((to_up, to_down)) => (first + to_up, to_down, None),
+        Err(e) => (first, 0, Some(e.to_string())),
     };
     metrics.sent.inc_by(sent);
     metrics.received.inc_by(received);
