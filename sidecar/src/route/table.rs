@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use bulwark_proto::policy::{
     API_VERSION, Endpoints, Limits, Metadata, Protocol, Resource, ServicePolicy, UpstreamPolicy,
@@ -76,6 +78,10 @@ impl std::ops::Deref for RouteRef<'_> {
 /// that talks to more distinct unknown destinations than this pays a rebuild now and then).
 const MAX_BUILT: usize = 1024;
 
+/// Routes built on demand, per destination: read without a lock on every request (a captured
+/// request finds its route here), replaced whole on the rare insert.
+type Built = ArcSwap<HashMap<SocketAddr, Arc<Route>>>;
+
 /// The policies in force; requests hold the table they started with.
 pub struct RouteTable {
     pub version: String,
@@ -93,9 +99,9 @@ pub struct RouteTable {
     local: LocalService,
     env: BuildEnv,
     /// Captured destinations no policy names: forwarded without resilience policies.
-    passthrough: Mutex<HashMap<SocketAddr, Arc<Route>>>,
+    passthrough: Built,
     /// Captured inbound connections, per address of the app they were sent to.
-    app_addrs: Mutex<HashMap<SocketAddr, Arc<Route>>>,
+    app_addrs: Built,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -122,8 +128,8 @@ impl RouteTable {
             own_namespace: local.namespace.clone(),
             local: local.clone(),
             env: env.clone(),
-            passthrough: Mutex::default(),
-            app_addrs: Mutex::default(),
+            passthrough: Built::default(),
+            app_addrs: Built::default(),
         }
     }
 
@@ -238,8 +244,8 @@ impl RouteTable {
             own_namespace: local.namespace.clone(),
             local: local.clone(),
             env: env.clone(),
-            passthrough: Mutex::default(),
-            app_addrs: Mutex::default(),
+            passthrough: Built::default(),
+            app_addrs: Built::default(),
         })
     }
 
@@ -316,22 +322,34 @@ impl RouteTable {
     }
 
     /// A route from `cache`, built and kept on first use.
-    fn built<K: std::hash::Hash + Eq + Copy>(
+    fn built(
         &self,
-        cache: &Mutex<HashMap<K, Arc<Route>>>,
-        key: K,
+        cache: &Built,
+        key: SocketAddr,
         build: impl FnOnce() -> Result<Arc<Route>, String>,
     ) -> Result<Arc<Route>, String> {
-        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = cache.get(&key) {
+        if let Some(r) = cache.load().get(&key) {
             return Ok(r.clone());
         }
         let route = build()?;
-        if cache.len() >= MAX_BUILT {
-            cache.clear();
-        }
-        cache.insert(key, route.clone());
-        Ok(route)
+        // Two requests may build the same route at once; the first one stored wins, so that
+        // every later request shares one route (and its connections).
+        let mut stored = route.clone();
+        cache.rcu(|current| {
+            if let Some(r) = current.get(&key) {
+                stored = r.clone();
+                return Arc::clone(current);
+            }
+            let mut next = if current.len() >= MAX_BUILT {
+                HashMap::new()
+            } else {
+                HashMap::clone(current)
+            };
+            next.insert(key, route.clone());
+            stored = route.clone();
+            Arc::new(next)
+        });
+        Ok(stored)
     }
 
     /// The upstream a request's authority names; `None` when no policy matches.
@@ -513,6 +531,42 @@ mod tests {
             None,
             "ambiguous"
         );
+    }
+
+    #[tokio::test]
+    async fn captured_destinations_find_their_policy_or_a_shared_passthrough_route() {
+        let s = table(
+            &(upstream("echo", "default", 7001) + &upstream("pay", "p", 7002)),
+            "default",
+        );
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        // A policy's static endpoint is found by address.
+        assert_eq!(
+            s.route_addr(at(7002)).map(|r| r.name.to_string()),
+            Some("pay".into())
+        );
+        assert!(s.route_addr(at(7003)).is_none());
+
+        // Unknown destinations get a passthrough route, built once per destination and shared
+        // by every request to it.
+        let first = s.passthrough(at(7003)).unwrap();
+        let again = s.passthrough(at(7003)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.name.as_ref(), "passthrough");
+        let other = s.passthrough(at(7004)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        let endpoints = other.upstream.endpoints.endpoints();
+        assert_eq!(
+            endpoints.iter().map(|e| e.addr).collect::<Vec<_>>(),
+            [at(7004)]
+        );
+
+        // Past MAX_BUILT destinations the cache starts again, and still answers.
+        for port in 0..=MAX_BUILT as u16 {
+            s.passthrough(at(20_000 + port)).unwrap();
+        }
+        assert!(s.passthrough.load().len() <= MAX_BUILT);
+        assert!(!Arc::ptr_eq(&s.passthrough(at(7003)).unwrap(), &first));
     }
 
     #[tokio::test]
