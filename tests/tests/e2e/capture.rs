@@ -236,7 +236,10 @@ async fn http_h2c_and_grpc_pass_the_callers_and_the_callees_sidecars() {
         .into_inner();
     assert_eq!(reply.message, "through the mesh");
     assert_eq!(mesh.b_grpc.requests_to("/bulwark.test.v1.Echo/Unary"), 1);
-    assert!(!Mesh::lines(&mesh.a, "upstream", "orders-grpc").is_empty());
+    eventually(WAIT, || async {
+        (!Mesh::lines(&mesh.a, "upstream", "orders-grpc").is_empty()).then_some(())
+    })
+    .await;
 
     // A's own connections to B are not captured again: one captured connection per app
     // connection (no loop through its own listener).
