@@ -1,7 +1,11 @@
 //! Compiles `bulwark/v1/*.proto` with protox (pure Rust, no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["bulwark/v1/discovery.proto", "bulwark/v1/operator.proto"];
+    let files = [
+        "bulwark/v1/discovery.proto",
+        "bulwark/v1/operator.proto",
+        "bulwark/v1/identity.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

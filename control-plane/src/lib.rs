@@ -12,6 +12,7 @@ pub mod api;
 pub mod convergence;
 pub mod degradation;
 pub mod diff;
+pub mod identity;
 pub mod index;
 pub mod leader;
 pub mod metrics;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use bulwark_proto::fs::Durability;
 use bulwark_proto::v1::discovery_server::DiscoveryServer;
+use bulwark_proto::v1::identity_server::IdentityServer;
 use bulwark_proto::v1::operator_server::OperatorServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +39,7 @@ use crate::api::operator::OperatorService;
 use crate::api::ops::Ops;
 use crate::degradation::reports::HealthRecorder;
 use crate::degradation::runner::{Levels, LevelsConfig};
+use crate::identity::{IdentityConfig, IdentityService};
 use crate::index::SharedIndex;
 use crate::metrics::Metrics;
 use crate::store::keys::{BadPrefix, Keys};
@@ -73,6 +76,8 @@ pub struct Config {
     pub levels: LevelsConfig,
     /// The sidecar-injection webhook; off when `None`.
     pub webhook: Option<WebhookConfig>,
+    /// The Identity service (workload certificates); off when `None`.
+    pub identity: Option<Arc<IdentityConfig>>,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -186,22 +191,26 @@ pub async fn run(
     let rest = axum::serve(http, api::rest::router(ops.clone()))
         .with_graceful_shutdown(stopped(stop.clone()));
     let rest = tokio::spawn(async move { rest.await });
-    let grpc_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        // Finds sidecars that vanished without closing their stream.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(DiscoveryServer::new(DiscoveryService::new(
-            index.clone(),
-            acks,
-            health,
-            stop.clone(),
-        )))
-        .add_service(OperatorServer::new(OperatorService::new(ops)))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            stopped(stop.clone()),
-        );
+    let grpc_server =
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            // Finds sidecars that vanished without closing their stream.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(DiscoveryServer::new(DiscoveryService::new(
+                index.clone(),
+                acks,
+                health,
+                stop.clone(),
+            )))
+            .add_service(OperatorServer::new(OperatorService::new(ops)))
+            .add_optional_service(config.identity.clone().map(|identity| {
+                IdentityServer::new(IdentityService::new(identity, metrics.clone()))
+            }))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                stopped(stop.clone()),
+            );
     let grpc_server = tokio::spawn(grpc_server);
     let webhook = webhook_server.map(|(listener, _, tls, app)| {
         tokio::spawn(webhook::serve(listener, tls, app, stop.clone()))

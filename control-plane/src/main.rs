@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bulwark_control_plane::Config;
 use bulwark_control_plane::degradation::runner::LevelsConfig;
+use bulwark_control_plane::identity::IdentityConfig;
 use bulwark_control_plane::webhook::WebhookConfig;
 use clap::{Parser, ValueEnum};
 
@@ -110,6 +111,123 @@ struct Args {
     /// Image of the bulwark-init container (pods override it with bulwark.dev/init-image).
     #[arg(long, env = "BULWARK_INIT_IMAGE", default_value = bulwark_inject::DEFAULT_INIT_IMAGE)]
     init_image: String,
+
+    #[command(flatten)]
+    identity: IdentityArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct IdentityArgs {
+    /// The trust domain of workload identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
+    #[arg(long, env = "BULWARK_TRUST_DOMAIN", default_value = bulwark_identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+
+    /// Development identity: make a root and an issuer in DIR on first start (reused after)
+    /// and sign workload certificates with them. Its root.pem is the trust anchor to give
+    /// sidecars.
+    #[arg(long, env = "BULWARK_DEV_IDENTITY", value_name = "DIR", conflicts_with_all = ["issuer_cert", "issuer_key"])]
+    dev_identity: Option<PathBuf>,
+
+    /// The issuer's certificate (PEM; then any intermediates up to the root) that signs
+    /// workload certificates.
+    #[arg(
+        long,
+        env = "BULWARK_ISSUER_CERT",
+        value_name = "PATH",
+        requires = "issuer_key"
+    )]
+    issuer_cert: Option<PathBuf>,
+
+    /// The issuer's private key (PEM).
+    #[arg(
+        long,
+        env = "BULWARK_ISSUER_KEY",
+        value_name = "PATH",
+        requires = "issuer_cert"
+    )]
+    issuer_key: Option<PathBuf>,
+
+    /// How long workload certificates live.
+    #[arg(long, env = "BULWARK_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
+    cert_lifetime: Duration,
+
+    /// Join tokens for sidecars outside Kubernetes: a YAML or JSON file
+    /// `{tokens: [{token, namespace, serviceAccount}]}`, read at every request.
+    #[arg(long, env = "BULWARK_JOIN_TOKENS", value_name = "PATH")]
+    join_tokens: Option<PathBuf>,
+
+    /// The Kubernetes API that checks ServiceAccount tokens (TokenReview) [default: the
+    /// in-cluster address, when running in a pod].
+    #[arg(long, env = "BULWARK_KUBE_API", value_name = "URL")]
+    kube_api: Option<String>,
+
+    /// The Kubernetes API's CA bundle.
+    #[arg(long, env = "BULWARK_KUBE_CA", value_name = "PATH", default_value = bulwark_control_plane::identity::token_review::IN_CLUSTER_CA)]
+    kube_ca: PathBuf,
+
+    /// The control plane's own ServiceAccount token, sent with TokenReviews.
+    #[arg(long, env = "BULWARK_KUBE_TOKEN", value_name = "PATH", default_value = bulwark_control_plane::identity::token_review::IN_CLUSTER_TOKEN)]
+    kube_token: PathBuf,
+
+    /// The audience sidecars' ServiceAccount tokens must be for.
+    #[arg(long, env = "BULWARK_TOKEN_AUDIENCE", default_value = "bulwark")]
+    token_audience: String,
+}
+
+/// The Identity service's configuration; `None` when no issuer is configured.
+fn identity_config(args: IdentityArgs) -> anyhow::Result<Option<IdentityConfig>> {
+    use bulwark_control_plane::identity::proof::Verifier;
+    use bulwark_control_plane::identity::token_review::TokenReview;
+    bulwark_identity::spiffe::check_trust_domain(&args.trust_domain).context("--trust-domain")?;
+    let (cert, key) = match (&args.dev_identity, &args.issuer_cert, &args.issuer_key) {
+        (Some(dir), _, _) => {
+            let (files, made) = bulwark_identity::dev::DevAuthority::ensure(dir)
+                .with_context(|| format!("--dev-identity {}", dir.display()))?;
+            if made {
+                tracing::info!(dir = %dir.display(), "development identity authority made");
+            }
+            (files.issuer, files.issuer_key)
+        }
+        (None, Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => return Ok(None),
+    };
+    let chain = std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
+    let key_pem =
+        std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+    let issuer = bulwark_identity::Issuer::from_pem(&chain, &key_pem, args.cert_lifetime)
+        .with_context(|| format!("issuer {}", cert.display()))?;
+    let kube_api = args.kube_api.or_else(|| {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        Some(format!("https://{host}:{port}"))
+    });
+    let token_review = match kube_api {
+        Some(api) => {
+            let ca = std::fs::read(&args.kube_ca)
+                .with_context(|| format!("reading the Kubernetes CA {}", args.kube_ca.display()))?;
+            Some(
+                TokenReview::new(&api, &ca, args.kube_token, &args.token_audience)
+                    .map_err(anyhow::Error::msg)
+                    .context("TokenReview client")?,
+            )
+        }
+        None => None,
+    };
+    tracing::info!(
+        trust_domain = %args.trust_domain,
+        issuer = %issuer.info().subject,
+        join_tokens = args.join_tokens.is_some(),
+        token_review = token_review.is_some(),
+        "identity service on"
+    );
+    Ok(Some(IdentityConfig {
+        trust_domain: args.trust_domain,
+        issuer,
+        verifier: Verifier {
+            join_tokens: args.join_tokens,
+            token_review,
+        },
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,6 +323,7 @@ async fn run() -> anyhow::Result<()> {
         // clap requires the certificate and key with --webhook.
         _ => None,
     };
+    let identity = identity_config(args.identity)?.map(std::sync::Arc::new);
     let config = Config {
         replica_id: args
             .replica_id
@@ -227,6 +346,7 @@ async fn run() -> anyhow::Result<()> {
             min_gap: args.levels_min_gap,
         },
         webhook,
+        identity,
     };
     bulwark_control_plane::run(config, shutdown_signal())
         .await

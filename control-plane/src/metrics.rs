@@ -1,6 +1,6 @@
 //! The control plane's Prometheus metrics (`GET /metrics` on the REST port): the level and
 //! capabilities of every service as this replica's index holds them, whether this replica
-//! leads, and what became of alerts.
+//! leads, what became of alerts, and certificate requests.
 
 use std::sync::atomic::AtomicI64;
 
@@ -21,6 +21,7 @@ pub struct Metrics {
     levels: Family<Labels, Gauge>,
     capabilities: Family<Labels, Gauge>,
     leader: Gauge<i64, AtomicI64>,
+    certificates: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -56,18 +57,34 @@ impl Metrics {
             "1 while this replica is the elected one (computes levels, sends alerts)",
             leader.clone(),
         );
+        let certificates = Family::<Labels, Counter>::default();
+        registry.register(
+            "certificates",
+            "Certificate requests by proof (service-account-token, join-token, none) and result (issued, refused)",
+            certificates.clone(),
+        );
         Metrics {
             registry,
             alerts,
             levels,
             capabilities,
             leader,
+            certificates,
         }
     }
 
     pub fn alert(&self, result: &'static str) {
         self.alerts
             .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn certificate(&self, proof: &'static str, result: &'static str) {
+        self.certificates
+            .get_or_create(&vec![
+                ("proof", proof.to_string()),
+                ("result", result.to_string()),
+            ])
             .inc();
     }
 

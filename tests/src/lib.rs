@@ -31,6 +31,7 @@ pub mod fault;
 pub mod grpc_upstream;
 pub mod grpc_wire;
 pub mod http_upstream;
+pub mod kube;
 pub mod metrics;
 pub mod netns;
 pub mod pattern;

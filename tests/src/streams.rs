@@ -208,6 +208,11 @@ impl TestCa {
         Arc::new(config)
     }
 
+    /// The CA certificate, PEM: what a client given a CA file trusts.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
     /// A TLS client trusting only this CA.
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();

@@ -3,6 +3,7 @@
 //! sidecars' Discovery stream, with the shared test kit (`bulwark-tests`).
 
 mod discovery;
+mod identity;
 mod outage;
 mod rest;
 mod webhook;
