@@ -3,6 +3,7 @@
 //! the ServiceAccount token ([`proof`]) — and nothing else. The issuer comes from PEM files
 //! (a Kubernetes Secret) or, for development, from `--dev-identity DIR`.
 
+pub mod principal;
 pub mod proof;
 pub mod token_review;
 
@@ -15,7 +16,8 @@ use bulwark_proto::v1::{CertifyRequest, CertifyResponse, certify_request};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use proof::{Proof, ProofError, Verifier};
+use principal::ProofError;
+use proof::{Proof, Verifier};
 
 /// What the Identity service is given.
 #[derive(Debug)]

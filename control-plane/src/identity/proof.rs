@@ -6,14 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::principal::{Principal, ProofError};
 use super::token_review::TokenReview;
-
-/// The namespace and service account a proof stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub namespace: String,
-    pub service_account: String,
-}
 
 /// A request's proof.
 #[derive(Debug, Clone)]
@@ -29,27 +23,6 @@ impl Proof {
             Proof::JoinToken(_) => "join-token",
         }
     }
-}
-
-/// Why a proof does not hold.
-#[derive(Debug, thiserror::Error)]
-pub enum ProofError {
-    #[error("no proof: send the pod's service account token or a join token")]
-    Missing,
-    #[error("join tokens are not accepted by this control plane (no --join-tokens file)")]
-    NoJoinTokens,
-    #[error("the join token is not in the control plane's tokens file")]
-    UnknownJoinToken,
-    #[error("cannot read the join tokens file {path}: {reason}")]
-    TokensFile { path: PathBuf, reason: String },
-    #[error(
-        "service account tokens are not accepted: this control plane has no Kubernetes API to check them with"
-    )]
-    NoTokenReview,
-    #[error("the service account token was refused: {0}")]
-    Refused(String),
-    #[error("cannot check the service account token with the Kubernetes API: {0}")]
-    Unavailable(String),
 }
 
 /// The tokens file: `{"tokens": [{"token", "namespace", "serviceAccount"}]}` (YAML or JSON).

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::proof::{Principal, ProofError};
+use super::principal::{Principal, ProofError};
 
 /// The in-cluster API server address, CA and token, where Kubernetes mounts them.
 pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
