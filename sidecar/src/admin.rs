@@ -70,10 +70,17 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/config" => config(shared),
         "/breakers" => breakers(shared),
         "/capabilities" => json(&shared.health.degradation.levels().capabilities_json()),
+        "/identity" => match &shared.identity {
+            Some(identity) => json(&identity.describe()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no workload identity: start the sidecar with --trust-anchors\n".into(),
+            ),
+        },
         other => text(
             StatusCode::NOT_FOUND,
             format!(
-                "no admin endpoint {other}; try /health/live, /health/ready, /metrics, /config, /breakers, /capabilities\n"
+                "no admin endpoint {other}; try /health/live, /health/ready, /metrics, /config, /breakers, /capabilities, /identity\n"
             ),
         ),
     }
@@ -86,7 +93,11 @@ fn ready(shared: &Shared) -> Response<Full<Bytes>> {
         &shared.health.pod,
         &shared.health.degradation.levels(),
         &shared.health.app.load(),
-    );
+    )
+    .and_then(|()| match &shared.identity {
+        Some(identity) => identity.readiness(std::time::SystemTime::now()),
+        None => Ok(()),
+    });
     match verdict {
         Ok(()) => text(StatusCode::OK, "ready\n".into()),
         Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why + "\n"),

@@ -134,6 +134,43 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
 
+    /// Trust anchors (PEM: the mesh's root certificates) — turns on workload identity and
+    /// mTLS between sidecars. Reloaded when the file changes (root rotation).
+    #[arg(long, env = "BULWARK_TRUST_ANCHORS", value_name = "PATH")]
+    pub trust_anchors: Option<PathBuf>,
+
+    /// The trust domain of workload identities.
+    #[arg(long, env = "BULWARK_TRUST_DOMAIN", default_value = bulwark_identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// This pod's service account: its identity is
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+    #[arg(long, env = "BULWARK_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+
+    /// The pod's projected ServiceAccount token (audience bulwark), proof of identity in
+    /// Kubernetes; read again at every certificate request.
+    #[arg(
+        long,
+        env = "BULWARK_IDENTITY_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "join_token_file"
+    )]
+    pub identity_token_file: Option<PathBuf>,
+
+    /// A join token (proof of identity outside Kubernetes), in a file.
+    #[arg(long, env = "BULWARK_JOIN_TOKEN_FILE", value_name = "PATH")]
+    pub join_token_file: Option<PathBuf>,
+
+    /// Control-plane addresses that issue workload certificates [default: --control-plane].
+    #[arg(
+        long,
+        env = "BULWARK_IDENTITY_SERVER",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub identity_server: Vec<String>,
+
     /// Written (JSON with the bound addresses) once every listener is bound.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

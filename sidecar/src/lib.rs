@@ -20,6 +20,7 @@ pub mod config;
 pub mod errors;
 pub mod headers;
 pub mod health;
+pub mod identity;
 pub mod listen;
 pub mod metrics;
 pub mod policy_stack;
@@ -42,6 +43,7 @@ use bulwark_proto::fs::{Durability, write_atomically};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::identity::{Identity, IdentitySettings, ProofSource};
 use crate::listen::{ConnLimits, Connections, Listener, Target};
 use crate::route::LocalService;
 use crate::state::Shared;
@@ -105,7 +107,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 .with_context(|| format!("--deadline-header {name:?} is not a header name"))?,
         ),
     };
-    let shared = Arc::new(Shared::new(local, pod, deadline_header));
+    let identity = identity_settings(&config)?;
+    let identity = match identity {
+        Some((settings, anchors_pem)) => {
+            let identity = Arc::new(Identity::new(settings.id.clone(), &anchors_pem).map_err(
+                |e| anyhow::anyhow!("--trust-anchors {}: {e}", settings.anchors.display()),
+            )?);
+            Some((identity, settings, anchors_pem))
+        }
+        None => None,
+    };
+    let shared = Arc::new(
+        Shared::new(local, pod.clone(), deadline_header)
+            .with_identity(identity.as_ref().map(|(i, _, _)| i.clone())),
+    );
+    if let Some((identity, settings, anchors_pem)) = identity {
+        tokio::spawn(identity::renew::watch_anchors(
+            identity.clone(),
+            settings.anchors.clone(),
+            config.reload_interval,
+            anchors_pem,
+        ));
+        tokio::spawn(identity::renew::run(
+            identity,
+            settings,
+            shared.metrics.clone(),
+            pod,
+        ));
+    }
     tokio::spawn(health::probe::run(
         shared.health.app.clone(),
         shared.metrics.clone(),
@@ -304,4 +333,45 @@ fn restore_levels(shared: &Shared, snapshot_file: &std::path::Path) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the persisted degradation levels"),
     }
+}
+
+/// The identity settings of `config`: `None` without `--trust-anchors`.
+fn identity_settings(config: &Config) -> anyhow::Result<Option<(IdentitySettings, Vec<u8>)>> {
+    let Some(anchors) = &config.trust_anchors else {
+        return Ok(None);
+    };
+    let anchors_pem = std::fs::read(anchors)
+        .with_context(|| format!("cannot read --trust-anchors {}", anchors.display()))?;
+    let id = bulwark_identity::SpiffeId::new(
+        &config.trust_domain,
+        &config.namespace,
+        &config.service_account,
+    )
+    .context("this pod's identity")?;
+    let proof = match (&config.identity_token_file, &config.join_token_file) {
+        (Some(path), _) => ProofSource::ServiceAccountToken(path.clone()),
+        (None, Some(path)) => ProofSource::JoinToken(path.clone()),
+        (None, None) => anyhow::bail!(
+            "--trust-anchors needs a proof of identity: --identity-token-file (Kubernetes) or --join-token-file"
+        ),
+    };
+    let servers = if config.identity_server.is_empty() {
+        config.control_plane.clone()
+    } else {
+        config.identity_server.clone()
+    };
+    if servers.is_empty() {
+        anyhow::bail!(
+            "--trust-anchors needs a control plane to issue certificates: --control-plane or --identity-server"
+        );
+    }
+    Ok(Some((
+        IdentitySettings {
+            id,
+            servers,
+            proof,
+            anchors: anchors.clone(),
+        },
+        anchors_pem,
+    )))
 }

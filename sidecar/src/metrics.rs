@@ -139,6 +139,8 @@ pub struct Metrics {
     tunnels: Family<TunnelLabels, Counter>,
     open_tunnels: Family<TunnelLabels, Gauge>,
     tunnel_bytes: Family<TunnelBytesLabels, Counter>,
+    certificate_expiry: Gauge,
+    certificate_renewals: Family<ReloadLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -299,6 +301,18 @@ impl Metrics {
             "Policy snapshots offered to the sidecar, by result (applied or rejected)",
             reloads.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the workload certificate in force expires (unix seconds; 0 before the first)",
+            certificate_expiry.clone(),
+        );
+        let certificate_renewals = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "certificate_requests",
+            "Workload certificate requests to the control plane, by result (issued, failed)",
+            certificate_renewals.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -326,6 +340,8 @@ impl Metrics {
             tunnels,
             open_tunnels,
             tunnel_bytes,
+            certificate_expiry,
+            certificate_renewals,
         }
     }
 
@@ -399,6 +415,19 @@ impl Metrics {
                 .get_or_create(&CapabilityLabels { name: name.clone() })
                 .set(i64::from(*holds));
         }
+    }
+
+    /// The workload certificate in force expires at `unix` seconds.
+    pub fn certificate_expiry(&self, unix: u64) {
+        self.certificate_expiry
+            .set(i64::try_from(unix).unwrap_or(i64::MAX));
+    }
+
+    /// A certificate request: `issued` or `failed`.
+    pub fn certificate_renewal(&self, result: &'static str) {
+        self.certificate_renewals
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     pub fn app_healthy(&self, healthy: bool) {

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::health::levels::{Degradation, LevelIndex};
 use crate::health::probe::{AppHealth, ProbeTarget};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy_stack::breaker::BreakerEvent;
 use crate::route::{BuildEnv, LocalService, PolicySet, RouteTable};
@@ -32,9 +33,17 @@ pub struct Shared {
     pub in_flight: Arc<InFlight>,
     /// Degradation levels, the app probe's result, what the probe checks.
     pub health: Health,
+    /// The workload identity and its TLS configurations; `None` without mTLS.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl Shared {
+    /// With a workload identity: mTLS between sidecars.
+    pub fn with_identity(mut self, identity: Option<Arc<Identity>>) -> Shared {
+        self.identity = identity;
+        self
+    }
+
     /// The state of a sidecar that has applied no policy yet: NORMAL, no levels known.
     pub fn new(
         local: LocalService,
@@ -59,6 +68,7 @@ impl Shared {
             in_flight: Arc::default(),
             health,
             deadline_header,
+            identity: None,
         };
         if let Some(service) = &shared.local.service {
             // NORMAL until the control plane says otherwise (a file-source sidecar stays so).
