@@ -17,11 +17,12 @@ pub mod cert;
 pub mod credentials;
 pub mod dev;
 pub mod issue;
-pub mod spiffe;
 pub mod tls;
 pub mod verify;
 
 pub use anchors::TrustAnchors;
+/// Workload identities, defined beside the policy model (which names them).
+pub use bulwark_proto::spiffe;
 pub use cert::CertInfo;
 pub use credentials::{Certified, Credentials, PendingKey};
 pub use issue::{IssueError, Issued, Issuer};

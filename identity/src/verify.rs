@@ -69,14 +69,24 @@ impl ServerCertVerifier for MeshServerVerifier {
         let Some(expected) = SpiffeId::from_server_name(name.as_ref()) else {
             return Err(other(format!("{:?} names no mesh identity", name.as_ref())));
         };
+        let presented = peer_identity(end_entity);
+        // Another identity than the one asked for: the chain is still verified first (as the
+        // name it claims), so that a certificate from outside the mesh is named as such; a
+        // genuine one is then refused naming both identities.
+        let verified_as = match &presented {
+            Some(p) if *p != expected => {
+                ServerName::try_from(p.server_name()).map_err(|e| other(format!("{p}: {e}")))?
+            }
+            _ => server_name.to_owned(),
+        };
         self.anchors.load().server.verify_server_cert(
             end_entity,
             intermediates,
-            server_name,
+            &verified_as,
             ocsp,
             now,
         )?;
-        match peer_identity(end_entity) {
+        match presented {
             Some(presented) if presented == expected => Ok(ServerCertVerified::assertion()),
             Some(presented) => Err(other(format!(
                 "the server presented {presented}, not {expected}"

@@ -171,9 +171,37 @@ pub struct Config {
     )]
     pub identity_server: Vec<String>,
 
+    /// Whether inbound callers must use mutual TLS where the ServicePolicy does not say
+    /// (spec.inbound.mtls): strict (mTLS only), permissive (mTLS and plaintext) or disable.
+    #[arg(long, env = "BULWARK_INBOUND_MTLS", default_value = "permissive", value_parser = parse_mtls_mode)]
+    pub inbound_mtls: bulwark_proto::policy::MtlsMode,
+
+    /// The app's HTTP probe paths: kubelet probes (GET, User-Agent kube-probe/) of these
+    /// paths are admitted without mTLS or authorization (the injector sets them from the pod's
+    /// probes).
+    #[arg(
+        long,
+        env = "BULWARK_PROBE_PATHS",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub probe_paths: Vec<String>,
+
     /// Written (JSON with the bound addresses) once every listener is bound.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+}
+
+fn parse_mtls_mode(s: &str) -> Result<bulwark_proto::policy::MtlsMode, String> {
+    use bulwark_proto::policy::MtlsMode;
+    match s {
+        "strict" => Ok(MtlsMode::Strict),
+        "permissive" => Ok(MtlsMode::Permissive),
+        "disable" => Ok(MtlsMode::Disable),
+        other => Err(format!(
+            "{other:?} is not a mode: strict, permissive or disable"
+        )),
+    }
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {

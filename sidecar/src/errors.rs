@@ -39,6 +39,14 @@ pub enum ProxyError {
         endpoint: SocketAddr,
         timeout: Duration,
     },
+    #[error("upstream {upstream}: TLS ({mode}) with {endpoint} failed: {reason}")]
+    Tls {
+        upstream: String,
+        endpoint: SocketAddr,
+        /// `mesh` or `simple`.
+        mode: &'static str,
+        reason: String,
+    },
     #[error("upstream {upstream}: HTTP handshake with {endpoint} failed: {source}")]
     Handshake {
         upstream: String,
@@ -97,6 +105,21 @@ pub enum ProxyError {
         "CONNECT to {authority} is not allowed: UpstreamPolicy {upstream} does not set spec.allowConnect"
     )]
     ConnectNotAllowed { authority: String, upstream: String },
+    #[error(
+        "{policy} requires mutual TLS (spec.inbound.mtls strict): a plaintext request is refused; call it through a meshed sidecar"
+    )]
+    MtlsRequired { policy: String },
+    #[error(
+        "{caller} may not call {method} {path}: no rule of spec.inbound.authorization of {policy} allows it ({rules} rules)"
+    )]
+    Unauthorized {
+        /// The caller's SPIFFE ID, or "a caller without identity".
+        caller: String,
+        policy: String,
+        rules: usize,
+        method: http::Method,
+        path: String,
+    },
     #[error("invalid request: {0}")]
     BadRequest(String),
 }
@@ -111,6 +134,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => "connect-failure",
             ProxyError::ConnectTimeout { .. } => "connect-timeout",
             ProxyError::Handshake { .. } => "handshake-failure",
+            ProxyError::Tls { .. } => "tls-failure",
             ProxyError::Reset { .. } => "reset",
             ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
             ProxyError::AttemptTimeout { .. } => "attempt-timeout",
@@ -120,6 +144,8 @@ impl ProxyError {
             ProxyError::Shed { .. } => "shed",
             ProxyError::UpstreamEmergency { .. } => "upstream-emergency",
             ProxyError::ConnectNotAllowed { .. } => "connect-not-allowed",
+            ProxyError::MtlsRequired { .. } => "mtls-required",
+            ProxyError::Unauthorized { .. } => "unauthorized",
             ProxyError::BadRequest(_) => "bad-request",
         }
     }
@@ -136,12 +162,16 @@ impl ProxyError {
             | ProxyError::InboundLimit { .. }
             | ProxyError::Shed { .. }
             | ProxyError::UpstreamEmergency { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Handshake { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Handshake { .. } | ProxyError::Reset { .. } | ProxyError::Tls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::DeadlineExceeded { .. } | ProxyError::AttemptTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ConnectNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ConnectNotAllowed { .. }
+            | ProxyError::MtlsRequired { .. }
+            | ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -154,7 +184,10 @@ impl ProxyError {
                 GrpcCode::ResourceExhausted
             }
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => GrpcCode::Internal,
-            ProxyError::ConnectNotAllowed { .. } => GrpcCode::PermissionDenied,
+            ProxyError::ConnectNotAllowed { .. } | ProxyError::Unauthorized { .. } => {
+                GrpcCode::PermissionDenied
+            }
+            ProxyError::MtlsRequired { .. } => GrpcCode::Unauthenticated,
             _ => GrpcCode::Unavailable,
         }
     }

@@ -13,6 +13,9 @@ pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub const X_BULWARK_UPSTREAM: HeaderName = HeaderName::from_static("x-bulwark-upstream");
+/// The caller's verified SPIFFE ID, given to the app on inbound mTLS requests (and removed
+/// from every inbound request that carries its own).
+pub const X_BULWARK_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-bulwark-peer-identity");
 pub const X_BULWARK_ERROR: HeaderName = HeaderName::from_static("x-bulwark-error");
 pub const X_BULWARK_BREAKER: HeaderName = HeaderName::from_static("x-bulwark-breaker");
 pub const X_BULWARK_FALLBACK: HeaderName = HeaderName::from_static("x-bulwark-fallback");

@@ -95,6 +95,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         service: config.service.clone(),
         app_port: config.app_port,
         inbound_port: Some(listeners[1].local_addr().port()),
+        mtls_default: config.inbound_mtls,
     };
     let pod = config
         .pod
@@ -119,7 +120,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let shared = Arc::new(
         Shared::new(local, pod.clone(), deadline_header)
-            .with_identity(identity.as_ref().map(|(i, _, _)| i.clone())),
+            .with_identity(identity.as_ref().map(|(i, _, _)| i.clone()))
+            .with_probe_paths(config.probe_paths.clone()),
     );
     if let Some((identity, settings, anchors_pem)) = identity {
         tokio::spawn(identity::renew::watch_anchors(

@@ -87,6 +87,21 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShedLabels {
     pub priority: &'static str,
     pub level: &'static str,
@@ -141,6 +156,9 @@ pub struct Metrics {
     tunnel_bytes: Family<TunnelBytesLabels, Counter>,
     certificate_expiry: Gauge,
     certificate_renewals: Family<ReloadLabels, Counter>,
+    mtls_connections: Family<DirectionLabels, Counter>,
+    mtls_refused: Family<ReasonLabels, Counter>,
+    authorization: Family<DecisionLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -313,6 +331,24 @@ impl Metrics {
             "Workload certificate requests to the control plane, by result (issued, failed)",
             certificate_renewals.clone(),
         );
+        let mtls_connections = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "mtls_connections",
+            "Mutual-TLS connections established with other sidecars, by direction",
+            mtls_connections.clone(),
+        );
+        let mtls_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "inbound_mtls_refused",
+            "Inbound connections or requests refused for want of mutual TLS, by reason (plaintext, foreign-tls, handshake, no-certificate)",
+            mtls_refused.clone(),
+        );
+        let authorization = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "inbound_authorization",
+            "Inbound requests checked against spec.inbound.authorization, by decision (allowed, denied, dry-run-denied)",
+            authorization.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -342,7 +378,31 @@ impl Metrics {
             tunnel_bytes,
             certificate_expiry,
             certificate_renewals,
+            mtls_connections,
+            mtls_refused,
+            authorization,
         }
+    }
+
+    /// Counts mutual-TLS connections established, `inbound` or `outbound`.
+    pub fn mtls_connections(&self, direction: &'static str) -> Counter {
+        self.mtls_connections
+            .get_or_create(&DirectionLabels { direction })
+            .clone()
+    }
+
+    /// An inbound connection or request refused for want of mutual TLS.
+    pub fn mtls_refused(&self, reason: &'static str) {
+        self.mtls_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// An inbound request's authorization decision.
+    pub fn authorization(&self, decision: &'static str) {
+        self.authorization
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
     }
 
     /// One captured connection, by the protocol detected.

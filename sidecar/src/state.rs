@@ -35,6 +35,9 @@ pub struct Shared {
     pub health: Health,
     /// The workload identity and its TLS configurations; `None` without mTLS.
     pub identity: Option<Arc<Identity>>,
+    /// The pod's HTTP probe paths (`--probe-paths`): kubelet probes of them are admitted
+    /// without mTLS and authorization.
+    pub probe_paths: Vec<String>,
 }
 
 impl Shared {
@@ -42,6 +45,20 @@ impl Shared {
     pub fn with_identity(mut self, identity: Option<Arc<Identity>>) -> Shared {
         self.identity = identity;
         self
+    }
+
+    /// The pod's HTTP probe paths, admitted for the kubelet without mTLS.
+    pub fn with_probe_paths(mut self, paths: Vec<String>) -> Shared {
+        self.probe_paths = paths;
+        self
+    }
+
+    /// A kubelet probe (`GET`, `User-Agent: kube-probe/…`) of one of the pod's probe paths.
+    pub fn is_probe(&self, parts: &http::request::Parts) -> bool {
+        !self.probe_paths.is_empty()
+            && parts.method == http::Method::GET
+            && crate::headers::is_kubelet_probe(&parts.headers)
+            && self.probe_paths.iter().any(|p| p == parts.uri.path())
     }
 
     /// The state of a sidecar that has applied no policy yet: NORMAL, no levels known.
@@ -58,6 +75,7 @@ impl Shared {
             events: events.clone(),
             degradation: health.degradation.clone(),
             deadline_header: deadline_header.clone(),
+            identity: None,
         };
         let shared = Shared {
             table: ArcSwap::from_pointee(RouteTable::empty(&local, &env)),
@@ -69,6 +87,7 @@ impl Shared {
             health,
             deadline_header,
             identity: None,
+            probe_paths: Vec::new(),
         };
         if let Some(service) = &shared.local.service {
             // NORMAL until the control plane says otherwise (a file-source sidecar stays so).
@@ -122,6 +141,7 @@ impl Shared {
             events: self.events.clone(),
             degradation: self.health.degradation.clone(),
             deadline_header: self.deadline_header.clone(),
+            identity: self.identity.clone(),
         }
     }
 
@@ -271,6 +291,7 @@ mod tests {
             service: Some("orders".into()),
             app_port: None,
             inbound_port: None,
+            mtls_default: Default::default(),
         };
         Shared::new(local, "orders-1".into(), None)
     }

@@ -6,7 +6,8 @@
 //! itself (answering CANCELLED): the deadline tests must see the *sidecar* end a call, so this
 //! upstream waits for as long as the handler says.
 //!
-//! Echoed metadata: `x-request-id`, `traceparent`, `x-bulwark-attempt`, and `x-seen-authority`
+//! Echoed metadata: `x-request-id`, `traceparent`, `x-bulwark-attempt`,
+//! `x-bulwark-peer-identity`, and `x-seen-authority`
 //! (the `:authority`, or `Host`, this upstream received).
 //!
 //! A method outside `bulwark.test.v1.Echo` (e.g. `/bbd.v1.Dispatch/CreateOrder` of an example
@@ -225,7 +226,12 @@ struct EchoService {
     record: Arc<Record>,
 }
 
-const ECHOED: [&str; 3] = ["x-request-id", "traceparent", "x-bulwark-attempt"];
+const ECHOED: [&str; 4] = [
+    "x-request-id",
+    "traceparent",
+    "x-bulwark-attempt",
+    "x-bulwark-peer-identity",
+];
 
 /// The response metadata: selected request metadata and the authority seen.
 fn echoed<T>(req: &tonic::Request<T>) -> MetadataMap {

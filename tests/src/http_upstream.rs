@@ -52,6 +52,7 @@ pub struct HttpUpstreamBuilder {
     bind: SocketAddr,
     failures: FailurePlan,
     fault: Option<Fault>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl HttpUpstream {
@@ -68,6 +69,7 @@ impl HttpUpstream {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             failures: FailurePlan::default(),
             fault: None,
+            tls: None,
         }
     }
 
@@ -98,6 +100,12 @@ impl HttpUpstreamBuilder {
     }
 
     /// Answer the first `n` requests with 503.
+    /// Serves HTTPS with this configuration (see [`crate::streams::TestCa::server_config`]).
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     pub fn fail_first(mut self, n: u64) -> Self {
         self.failures.first = n;
         self
@@ -137,7 +145,7 @@ impl HttpUpstreamBuilder {
             let gate = handler_gate.subscribe();
             handle(record, gate, req)
         });
-        let serving = serve::spawn(listener, service)?;
+        let serving = serve::spawn_tls(listener, service, self.tls)?;
         Ok(HttpUpstream {
             record,
             gate,

@@ -42,6 +42,24 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    spawn_tls(listener, service, None)
+}
+
+/// Serves `service` on every connection `listener` accepts, over TLS with `tls` when given
+/// (ALPN h2 or http/1.1; a failed handshake ends only that connection).
+pub(crate) fn spawn_tls<S, B>(
+    listener: TcpListener,
+    service: S,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> std::io::Result<Serving>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
@@ -52,10 +70,21 @@ where
                     // Small echo replies must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
+                    let tls = tls.clone();
                     connections.spawn(async move {
                         let builder = auto::Builder::new(TokioExecutor::new());
                         // A connection error ends only that connection; the peer sees it.
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        match tls {
+                            None => {
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            Some(config) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                                if let Ok(tls) = acceptor.accept(stream).await {
+                                    let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                                }
+                            }
+                        }
                     });
                 }
                 // Reap finished connections so the set does not grow without bound.

@@ -155,6 +155,40 @@ pub struct UpstreamSpec {
     pub fallback: Option<Fallback>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// TLS to the endpoints: mutual TLS to meshed sidecars, TLS origination to external APIs,
+    /// or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the sidecar speaks TLS to an upstream's endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub mode: TlsMode,
+    /// `mesh`: the SPIFFE ID the endpoints must present (default: the upstream's service
+    /// account as the control plane knows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_identity: Option<String>,
+    /// `simple`: the server name sent and verified (default: the `dns` endpoint's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// `simple`: a PEM file of the CA certificates to trust instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// TLS towards an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Mutual TLS with the workload certificate, to another sidecar.
+    #[default]
+    Mesh,
+    /// TLS origination to a server outside the mesh, verified by its host name.
+    Simple,
+    /// Plaintext.
+    Disable,
 }
 
 /// Where the upstream's endpoints come from: exactly one of `dns` or `static`.
@@ -401,6 +435,10 @@ pub struct ServiceSpec {
     /// (`ready: false`, a critical dependency down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unready_percent: Option<Percent>,
+    /// The Kubernetes service account the service's pods run as (default `default`): the
+    /// identity its callers expect with `tls.mode: mesh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -476,6 +514,61 @@ pub struct Inbound {
     pub shed_retry_after: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Whether callers must use mutual TLS (default: the sidecar's `--inbound-mtls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsMode>,
+    /// Which callers may call the service; without it, every caller may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// What the inbound side accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Mutual TLS only; plaintext is refused (kubelet probes excepted).
+    Strict,
+    /// Mutual TLS and plaintext, for migration.
+    #[default]
+    Permissive,
+    /// Plaintext only; TLS is passed to the app untouched.
+    Disable,
+}
+
+/// Inbound authorization: a request is allowed when a rule matches it, else denied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Authorization {
+    /// Log and count what would be denied, and allow it.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRule>,
+}
+
+/// One allow rule: callers (`from`) and requests (`to`); an omitted side matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Callers>,
+    /// Any of these requests (the same matches as `routes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<RouteMatch>,
+}
+
+/// Verified callers: any listed identity, service account or namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Callers {
+    /// SPIFFE IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// `namespace/service-account`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,11 +9,12 @@ use std::time::Duration as StdDuration;
 use super::capability::CapabilityExpr;
 use super::defaults;
 use super::model::{
-    App, CircuitBreaker, Dependency, Endpoints, Fallback, Inbound, LevelActions, LevelRule,
-    Metadata, OutlierDetection, Resource, Retry, Route, RouteMatch, ServicePolicy, Timeouts,
-    UpstreamPolicy,
+    App, Authorization, CircuitBreaker, Dependency, Endpoints, Fallback, Inbound, LevelActions,
+    LevelRule, Metadata, OutlierDetection, Resource, Retry, Route, RouteMatch, ServicePolicy,
+    Timeouts, TlsMode, UpstreamPolicy, UpstreamTls,
 };
 use super::units::{Condition, Duration, GrpcCode, Percent};
+use crate::spiffe::SpiffeId;
 
 /// One problem in a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +322,62 @@ fn validate_upstream(p: &UpstreamPolicy, v: &mut Validator) {
         fallback(v, "spec.fallback", f, &p.metadata);
     }
     routes(v, "spec.routes", &s.routes);
+    if let Some(t) = &s.tls {
+        tls(v, "spec.tls", t, &s.endpoints);
+    }
+}
+
+fn tls(v: &mut Validator, path: &str, t: &UpstreamTls, e: &Endpoints) {
+    let only = |v: &mut Validator, field: &str, set: bool, modes: &str| {
+        if set {
+            v.error(at(path, field), format!("applies only to mode {modes}"));
+        }
+    };
+    only(
+        v,
+        "serverIdentity",
+        t.server_identity.is_some() && t.mode != TlsMode::Mesh,
+        "mesh",
+    );
+    only(
+        v,
+        "sni",
+        t.sni.is_some() && t.mode != TlsMode::Simple,
+        "simple",
+    );
+    only(
+        v,
+        "caFile",
+        t.ca_file.is_some() && t.mode != TlsMode::Simple,
+        "simple",
+    );
+    if let Some(id) = &t.server_identity
+        && let Err(e) = id.parse::<SpiffeId>()
+    {
+        v.error(at(path, "serverIdentity"), e.to_string());
+    }
+    if let Some(sni) = &t.sni
+        && !is_dns_name(sni)
+    {
+        v.error(
+            at(path, "sni"),
+            format!("must be a DNS name such as api.example.com, got {sni:?}"),
+        );
+    }
+    if let Some(f) = &t.ca_file
+        && !f.starts_with('/')
+    {
+        v.error(
+            at(path, "caFile"),
+            format!("must be an absolute path, got {f:?}"),
+        );
+    }
+    if t.mode == TlsMode::Simple && t.sni.is_none() && e.dns.is_none() {
+        v.error(
+            at(path, "sni"),
+            "is required with static endpoints (the name the server's certificate is checked against)",
+        );
+    }
 }
 
 fn endpoints(v: &mut Validator, e: &Endpoints) {
@@ -731,6 +788,9 @@ fn validate_service(p: &ServicePolicy, v: &mut Validator) {
     if let Some(p) = &s.max_unready_percent {
         v.percent("spec.maxUnreadyPercent", p);
     }
+    if let Some(sa) = &s.service_account {
+        dns_label(v, "spec.serviceAccount", sa);
+    }
     if let Some(0) = s.alerts.as_ref().and_then(|a| a.max_per_minute) {
         v.error("spec.alerts.maxPerMinute", "must be >= 1, got 0");
     }
@@ -864,6 +924,61 @@ fn inbound(v: &mut Validator, path: &str, i: &Inbound) {
     }
     if let Some(n) = i.max_concurrent {
         v.at_least(&at(path, "maxConcurrent"), n, 1);
+    }
+    if let Some(a) = &i.authorization {
+        authorization(v, &at(path, "authorization"), a);
+    }
+}
+
+fn authorization(v: &mut Validator, path: &str, a: &Authorization) {
+    if a.rules.is_empty() && !a.dry_run {
+        v.error(
+            at(path, "rules"),
+            "must allow something: without rules every request is denied (set dryRun to try that first)",
+        );
+    }
+    for (i, rule) in a.rules.iter().enumerate() {
+        let path = index(&at(path, "rules"), i);
+        if rule.from.is_none() && rule.to.is_empty() {
+            v.error(
+                &path,
+                "must set from or to (a rule without either allows everything)",
+            );
+        }
+        if let Some(from) = &rule.from {
+            let from_path = at(&path, "from");
+            if from.identities.is_empty()
+                && from.service_accounts.is_empty()
+                && from.namespaces.is_empty()
+            {
+                v.error(
+                    &from_path,
+                    "must set at least one of identities, serviceAccounts or namespaces",
+                );
+            }
+            for (j, id) in from.identities.iter().enumerate() {
+                if let Err(e) = id.parse::<SpiffeId>() {
+                    v.error(index(&at(&from_path, "identities"), j), e.to_string());
+                }
+            }
+            for (j, sa) in from.service_accounts.iter().enumerate() {
+                let ok = sa
+                    .split_once('/')
+                    .is_some_and(|(ns, name)| is_dns_label(ns) && is_dns_label(name));
+                if !ok {
+                    v.error(
+                        index(&at(&from_path, "serviceAccounts"), j),
+                        format!("must be namespace/service-account, got {sa:?}"),
+                    );
+                }
+            }
+            for (j, ns) in from.namespaces.iter().enumerate() {
+                dns_label(v, &index(&at(&from_path, "namespaces"), j), ns);
+            }
+        }
+        for (j, m) in rule.to.iter().enumerate() {
+            route_match(v, &index(&at(&path, "to"), j), m);
+        }
     }
 }
 

@@ -38,7 +38,10 @@ pub async fn run(
                 backoff.reset();
                 metrics.certificate_renewal("issued");
                 metrics.certificate_expiry(unix_seconds(not_after));
-                let at = renewal_time(not_before, not_after, fastrand::f64());
+                // Certificates are dated back a little (clock skew): the lifetime that counts is
+                // what is left of it from now.
+                let start = not_before.max(SystemTime::now());
+                let at = renewal_time(start, not_after, fastrand::f64());
                 {
                     let mut status = identity.status();
                     status.issued += 1;

@@ -148,6 +148,24 @@ impl Connections {
     }
 }
 
+fn target_is_app(target: &Target) -> bool {
+    matches!(target, Target::App)
+}
+
+/// Whether the connection starts with a TLS handshake record (HTTP never starts with 0x16);
+/// waits for its first byte at most [`FIRST_BYTE_WAIT`], then lets HTTP have it.
+async fn starts_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(FIRST_BYTE_WAIT, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
+}
+
+/// How long an inbound connection may stay silent before it is served as HTTP (whose own
+/// header-read timeout then applies).
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(10);
+
 /// Accepts until `stop` turns true. Each connection then finishes its in-flight requests
 /// (HTTP/1.1: closes after the current response; HTTP/2: GOAWAY) and closes.
 pub async fn serve(
@@ -158,6 +176,8 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let gauge = shared.metrics.connections(listener.name);
+    // Inbound connections may be mesh TLS when the pod has an identity.
+    let mesh_tls = shared.identity.is_some();
     loop {
         let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -191,6 +211,9 @@ pub async fn serve(
             match (capture, original) {
                 (Some(timeout), Some(original)) => {
                     captured::serve(conn, stream, original, &target, timeout).await
+                }
+                _ if mesh_tls && target_is_app(&target) && starts_tls(&stream).await => {
+                    conn.serve_mtls(stream, target).await
                 }
                 _ => conn.serve_http(TokioIo::new(stream), target).await,
             }
@@ -227,6 +250,7 @@ mod tests {
             service: None,
             app_port: None,
             inbound_port: None,
+            mtls_default: Default::default(),
         };
         let shared = Arc::new(Shared::new(local, "pod-1".into(), None));
         let yaml = format!(

@@ -10,12 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_proto::policy::defaults;
+use bulwark_proto::policy::{MtlsMode, defaults};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::conn::Conn;
 use super::detect::{Prefixed, Protocol, detect};
+use super::mtls::{Verdict, inbound_tls};
 use super::proxy::Target;
 use super::tunnel::{self, TunnelLog};
 use crate::balance::p2c::p2c;
@@ -63,13 +64,36 @@ pub async fn serve(
             let io = TokioIo::new(Prefixed::new(first, stream));
             conn.serve_http(io, target).await;
         }
+        Protocol::Tls { sni } if inbound => {
+            let mtls = conn.shared.table.load().access.mtls;
+            let verdict = inbound_tls(conn.shared.identity.as_deref(), mtls, sni.as_deref());
+            match verdict {
+                Verdict::Terminate => {
+                    let io = Prefixed::new(first, stream);
+                    conn.serve_mtls(io, Target::AppAddr(original)).await;
+                }
+                Verdict::Refuse(reason) => refuse(&conn, original, reason),
+                Verdict::PassThrough => {
+                    let log = TunnelLog {
+                        direction,
+                        kind: "tls",
+                        upstream: Arc::from(""),
+                        destination: original.to_string(),
+                        sni,
+                    };
+                    forward(&conn.shared, stream, &first, original, log).await;
+                }
+            }
+        }
+        Protocol::Opaque if inbound && conn.shared.table.load().access.mtls == MtlsMode::Strict => {
+            refuse(&conn, original, "plaintext");
+        }
         Protocol::Tls { sni } => {
-            let (destination, upstream) = match (inbound, sni.as_deref()) {
-                (true, _) => (original, Arc::from("")),
-                (false, Some(name)) => by_server_name(&conn.shared, name)
+            let (destination, upstream) = match sni.as_deref() {
+                Some(name) => by_server_name(&conn.shared, name)
                     .await
                     .unwrap_or((original, Arc::from(""))),
-                (false, None) => (original, Arc::from("")),
+                None => (original, Arc::from("")),
             };
             let log = TunnelLog {
                 direction,
@@ -91,6 +115,17 @@ pub async fn serve(
             forward(&conn.shared, stream, &first, original, log).await;
         }
     }
+}
+
+/// A connection to the app refused by strict mutual TLS: closed, logged and counted.
+fn refuse(conn: &Conn, original: SocketAddr, reason: &'static str) {
+    conn.shared.metrics.mtls_refused(reason);
+    tracing::warn!(
+        peer = %conn.peer,
+        destination = %original,
+        reason,
+        "inbound connection refused: mutual TLS is strict and this is not mesh TLS for this pod"
+    );
 }
 
 /// An endpoint of the UpstreamPolicy a TLS server name names, with the policy's name.

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
+use super::mtls::{PeerIdentity, terminate};
 use super::proxy::{self, Target};
 use crate::state::Shared;
 
@@ -20,6 +23,8 @@ pub struct Conn {
     pub name: &'static str,
     pub peer: SocketAddr,
     pub shared: Arc<Shared>,
+    /// The caller's verified identity, on an mTLS connection.
+    pub identity: Option<Arc<PeerIdentity>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
 }
@@ -36,9 +41,16 @@ impl Conn {
             name,
             peer,
             shared,
+            identity: None,
             builder,
             stop,
         }
+    }
+
+    /// The connection's caller proved this identity (mTLS).
+    pub fn with_identity(mut self, identity: Arc<PeerIdentity>) -> Conn {
+        self.identity = Some(identity);
+        self
     }
 
     /// Serves HTTP on `io` until it closes, or gracefully until in-flight requests end once
@@ -48,9 +60,11 @@ impl Conn {
         I: Read + Write + Unpin + Send + 'static,
     {
         let shared = self.shared.clone();
+        let identity = self.identity.clone();
         let service = service_fn(move |req| {
             let shared = shared.clone();
             let target = target.clone();
+            let identity = identity.clone();
             // A request's whole path through the stack is one state machine of a few kilobytes.
             // Boxed, hyper's server moves a pointer into the task it spawns per HTTP/2 stream
             // instead of the state; written into a box allocated first, the state is built in
@@ -58,7 +72,7 @@ impl Conn {
             // per request).
             let call = Box::into_pin(Box::write(
                 Box::new_uninit(),
-                proxy::handle(shared, target, req),
+                proxy::handle(shared, target, identity, req),
             ));
             async move { Ok::<_, Infallible>(call.await) }
         });
@@ -73,6 +87,30 @@ impl Conn {
         };
         if let Err(e) = result {
             tracing::debug!(listener = self.name, peer = %self.peer, error = %e, "connection closed with an error");
+        }
+    }
+}
+
+impl Conn {
+    /// Terminates mesh TLS on `io` with the pod's identity, then serves HTTP on it with the
+    /// caller's identity; a refused handshake is logged and counted.
+    pub async fn serve_mtls<I>(self, io: I, target: Target)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(identity) = self.shared.identity.clone() else {
+            return;
+        };
+        match terminate(io, &identity, &self.shared.metrics).await {
+            Ok((tls, peer)) => {
+                self.with_identity(peer)
+                    .serve_http(TokioIo::new(tls), target)
+                    .await;
+            }
+            Err((reason, why)) => {
+                self.shared.metrics.mtls_refused(reason);
+                tracing::warn!(listener = self.name, peer = %self.peer, reason, error = %why, "inbound mTLS refused");
+            }
         }
     }
 }

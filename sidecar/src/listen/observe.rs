@@ -33,6 +33,8 @@ pub struct Completion {
     pub status: StatusCode,
     pub grpc_status: Option<HeaderValue>,
     pub error: Option<&'static str>,
+    /// The peer's SPIFFE ID: the caller's (inbound mTLS) or the upstream's (outbound mTLS).
+    pub peer_identity: Option<Arc<str>>,
     /// Keeps the request counted as in flight until its response ends.
     pub in_flight: InFlightGuard,
 }
@@ -64,6 +66,7 @@ impl Completion {
             request_id = self.ids.request_id.to_str().unwrap_or(""),
             trace_id = self.ids.trace_id(),
             error = self.error.unwrap_or(""),
+            peer_identity = self.peer_identity.as_deref().unwrap_or(""),
             outcome,
             "request"
         );

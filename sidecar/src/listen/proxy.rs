@@ -13,6 +13,8 @@ use http::{Request, Response, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::admit::admit;
+use super::mtls::PeerIdentity;
 use super::observe::{Completion, ObservedBody};
 use super::upgrade::{self, Splice, Upgrade};
 use crate::balance::p2c::p2c;
@@ -42,6 +44,10 @@ pub enum Target {
 }
 
 impl Target {
+    fn inbound(&self) -> bool {
+        matches!(self, Target::App | Target::AppAddr(_))
+    }
+
     fn direction(&self) -> &'static str {
         match self {
             Target::ByAuthority | Target::Fixed(_) | Target::Captured(_) => "outbound",
@@ -50,10 +56,12 @@ impl Target {
     }
 }
 
-/// Proxies one request; never fails — errors become responses.
+/// Proxies one request (`peer`: the caller's verified identity, on an inbound mTLS
+/// connection); never fails — errors become responses.
 pub async fn handle(
     shared: Arc<Shared>,
     target: Target,
+    peer: Option<Arc<PeerIdentity>>,
     mut req: Request<Incoming>,
 ) -> Response<ObservedBody> {
     let started = Instant::now();
@@ -85,11 +93,26 @@ pub async fn handle(
         status: http::StatusCode::OK,
         grpc_status: None,
         error: None,
+        peer_identity: None,
         in_flight: shared.in_flight.start(),
     };
 
     let table = shared.table.load_full();
-    let routed = route(&shared, &table, &target, authority);
+    let admitted = if target.inbound() {
+        let probe = shared.is_probe(&parts);
+        admit(
+            &table.access,
+            &shared.metrics,
+            peer.as_deref(),
+            &mut parts,
+            grpc,
+            probe,
+        )
+    } else {
+        Ok(())
+    };
+    completion.peer_identity = peer.map(|p| p.text.clone());
+    let routed = admitted.and_then(|()| route(&shared, &table, &target, authority));
     let state = CallState::default();
     let prepared = match &upgrade {
         Some(u) => u.prepare(&mut parts),
@@ -99,6 +122,9 @@ pub async fn handle(
         (Err(e), _) | (_, Err(e)) => Err(e),
         (Ok((route, authority)), Ok(())) => {
             completion.upstream = Some(route.name.clone());
+            if completion.peer_identity.is_none() {
+                completion.peer_identity = route.upstream.peer_identity.clone();
+            }
             completion.metrics = Some(route.metrics.clone());
             let splice = |destination: String| Splice {
                 shared: shared.clone(),

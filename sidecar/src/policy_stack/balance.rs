@@ -86,7 +86,7 @@ impl Call for Balance {
         } else {
             cx.authority
         };
-        wire::prepare(&mut req, wire, target)?;
+        wire::prepare(&mut req, wire, target, self.connect.tls.is_some())?;
         let send = endpoint.send(wire, req, &self.connect);
         let result = match cx.attempt {
             Some(d) => match tokio::time::timeout_at(d.at, send).await {
@@ -150,6 +150,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             connects_http1: Counter::default(),
             connects_http2: Counter::default(),
+            tls: None,
         };
         let failure_on = crate::policy_stack::breaker::machine::default_failure_on();
         (

@@ -52,6 +52,7 @@ pub fn classify(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> 
         Err(e) => match e {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Tls { .. }
             | ProxyError::NoEndpoints { .. } => Some(Outcome::ConnectFailure),
             ProxyError::Reset { .. } | ProxyError::Handshake { .. } => Some(Outcome::Reset),
             ProxyError::AttemptTimeout { .. } => Some(Outcome::Timeout),

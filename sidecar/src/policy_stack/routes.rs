@@ -117,9 +117,10 @@ struct CompiledRoute {
     config: RouteConfig,
 }
 
-/// One route's `match`, ready for comparison; every condition present must hold.
+/// One route's `match`, ready for comparison; every condition present must hold. Inbound
+/// authorization rules match requests with it too.
 #[derive(Debug, Clone, PartialEq)]
-struct Matcher {
+pub struct Matcher {
     path: Option<Box<str>>,
     grpc: Option<GrpcMatch>,
     /// Without a trailing `/` (except the root prefix `/` itself).
@@ -229,7 +230,7 @@ fn compile_route(default: &RouteConfig, route: &Route, matcher: Matcher) -> Comp
 
 impl Matcher {
     /// `None` when the route can never match (a method that is not an HTTP token).
-    fn compile(m: &RouteMatch) -> Option<Matcher> {
+    pub fn compile(m: &RouteMatch) -> Option<Matcher> {
         let method = match &m.method {
             Some(text) => Some(http::Method::from_bytes(text.as_bytes()).ok()?),
             None => None,
@@ -274,7 +275,7 @@ impl Matcher {
         }
     }
 
-    fn matches(&self, method: &http::Method, path: &str, grpc: bool) -> bool {
+    pub fn matches(&self, method: &http::Method, path: &str, grpc: bool) -> bool {
         if self.method.as_ref().is_some_and(|m| m != method) {
             return false;
         }

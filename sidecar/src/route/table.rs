@@ -12,10 +12,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use bulwark_proto::policy::{
-    API_VERSION, Endpoints, Limits, Metadata, Protocol, Resource, ServicePolicy, UpstreamPolicy,
-    UpstreamSpec,
+    API_VERSION, Endpoints, Limits, Metadata, MtlsMode, Protocol, Resource, ServicePolicy,
+    UpstreamPolicy, UpstreamSpec,
 };
 
+use super::access::InboundAccess;
 use super::upstream::{BuildEnv, Side, Upstream};
 use crate::headers::host_of;
 use crate::health::actions::ServiceActions;
@@ -42,6 +43,8 @@ pub struct LocalService {
     pub app_port: Option<u16>,
     /// The sidecar's own inbound port: an app port equal to it would loop.
     pub inbound_port: Option<u16>,
+    /// `--inbound-mtls`: unless the ServicePolicy sets `spec.inbound.mtls`.
+    pub mtls_default: MtlsMode,
 }
 
 /// An upstream in the table: the compiled upstream and what a request routed to it goes
@@ -94,6 +97,8 @@ pub struct RouteTable {
     pub service: Option<ServicePolicy>,
     /// The own ServicePolicy's degradation actions and priority header, compiled.
     pub actions: Arc<ServiceActions>,
+    /// Whether inbound callers must use mTLS, and which may call.
+    pub access: Arc<InboundAccess>,
     own_namespace: String,
     /// What routes built on demand are built with.
     local: LocalService,
@@ -125,6 +130,7 @@ impl RouteTable {
             inbound: None,
             service: None,
             actions: Arc::default(),
+            access: Arc::new(InboundAccess::compile(None, local.mtls_default)),
             own_namespace: local.namespace.clone(),
             local: local.clone(),
             env: env.clone(),
@@ -240,6 +246,7 @@ impl RouteTable {
             upstreams,
             inbound,
             actions,
+            access: Arc::new(InboundAccess::compile(service.as_ref(), local.mtls_default)),
             service,
             own_namespace: local.namespace.clone(),
             local: local.clone(),
@@ -486,6 +493,7 @@ mod tests {
             service: None,
             app_port: None,
             inbound_port: None,
+            mtls_default: Default::default(),
         };
         let set = PolicySet {
             version: "1".into(),
@@ -501,6 +509,7 @@ mod tests {
             events: tokio::sync::broadcast::channel(16).0,
             degradation: Arc::default(),
             deadline_header: None,
+            identity: None,
         }
     }
 
@@ -576,6 +585,7 @@ mod tests {
             service: Some("orders".into()),
             app_port: None,
             inbound_port: Some(15006),
+            mtls_default: Default::default(),
         };
         let set = PolicySet {
             version: "1".into(),
@@ -600,6 +610,7 @@ mod tests {
             service: None,
             app_port: None,
             inbound_port: None,
+            mtls_default: Default::default(),
         };
         let env = env();
         let set = |yaml: &str| PolicySet {

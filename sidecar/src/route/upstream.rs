@@ -17,6 +17,7 @@ use crate::balance::endpoints::EndpointSet;
 use crate::balance::outlier::{OutlierConfig, OutlierDetector};
 use crate::health::levels::Degradation;
 use crate::health::stats::UpstreamStats;
+use crate::identity::Identity;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy_stack::balance::Balance;
 use crate::policy_stack::breaker::machine::{Breaker, BreakerConfig, default_failure_on};
@@ -28,6 +29,8 @@ use crate::policy_stack::routes::UpstreamRoutes;
 use crate::policy_stack::{self, AttemptParts, Attempts};
 use crate::upstream::ConnectSettings;
 
+use super::tls::upstream_tls;
+
 /// What an upstream needs from the sidecar when it is built.
 #[derive(Clone)]
 pub struct BuildEnv {
@@ -37,6 +40,8 @@ pub struct BuildEnv {
     pub degradation: Arc<Degradation>,
     /// The header HTTP callers give their deadline in (milliseconds), if any.
     pub deadline_header: Option<http::HeaderName>,
+    /// The workload identity, for `tls.mode: mesh`.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Which side of the pod an upstream is on.
@@ -72,6 +77,8 @@ pub struct Upstream {
     /// Attempts, failures and slow calls since the last health report.
     pub stats: Arc<UpstreamStats>,
     pub attempts: Arc<Attempts>,
+    /// `tls.mode: mesh`: the SPIFFE ID its endpoints prove.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -94,8 +101,13 @@ impl Upstream {
         previous: Option<&Upstream>,
     ) -> Result<Upstream, String> {
         let spec = &policy.spec;
+        // The endpoints hold the pooled connections: new ones when TLS changes.
         let endpoints = match previous {
-            Some(p) if p.policy.spec.endpoints == spec.endpoints => p.endpoints.clone(),
+            Some(p)
+                if p.policy.spec.endpoints == spec.endpoints && p.policy.spec.tls == spec.tls =>
+            {
+                p.endpoints.clone()
+            }
             _ => endpoint_set(policy)?,
         };
         let routes = Arc::new(UpstreamRoutes::compile(spec));
@@ -156,11 +168,14 @@ impl Upstream {
             namespace: namespace.clone(),
             metrics: metrics.clone(),
         });
+        let tls = upstream_tls(policy, env.identity.as_ref(), &env.metrics)?;
+        let peer_identity = tls.as_ref().and_then(|t| t.identity.clone());
         let connect = ConnectSettings {
             upstream: name.clone(),
             connect_timeout: routes.connect_timeout(),
             connects_http1: metrics.connects_http1.clone(),
             connects_http2: metrics.connects_http2.clone(),
+            tls,
         };
         let balance = Balance::new(
             info.clone(),
@@ -211,6 +226,7 @@ impl Upstream {
             slots,
             stats,
             attempts,
+            peer_identity,
         })
     }
 }

@@ -126,12 +126,14 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             service: None,
             app_port: None,
             inbound_port: None,
+            mtls_default: Default::default(),
         };
         let env = BuildEnv {
             metrics: Arc::new(Metrics::new()),
             events: tokio::sync::broadcast::channel(16).0,
             degradation: Arc::default(),
             deadline_header: None,
+            identity: None,
         };
         let set = PolicySet {
             version: "1".into(),
@@ -200,12 +202,14 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             service: None,
             app_port: None,
             inbound_port: None,
+            mtls_default: Default::default(),
         };
         let env = BuildEnv {
             metrics: Arc::new(Metrics::new()),
             events: tokio::sync::broadcast::channel(16).0,
             degradation: Arc::default(),
             deadline_header: None,
+            identity: None,
         };
         let changed = PolicySet {
             version: "2".into(),
@@ -229,6 +233,7 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             service: None,
             app_port: None,
             inbound_port: None,
+            mtls_default: Default::default(),
         };
         let shared = Arc::new(Shared::new(local, "p".into(), None));
         shared

@@ -11,6 +11,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 
 use super::connect::{ConnectSettings, connect};
 use super::http2;
@@ -132,9 +133,9 @@ impl Endpoint {
     }
 
     async fn h1_dial(&self, settings: &ConnectSettings) -> Result<H1Connection, ProxyError> {
-        let io = connect(self.addr, settings).await?;
+        let io = connect(self.addr, settings, Wire::Http1).await?;
         let (conn, task) = http1::Builder::new()
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.handshake_error(settings, e.into()))?;
         settings.connects_http1.inc();
@@ -180,8 +181,8 @@ impl Endpoint {
         if let Some(conn) = self.h2.load_full() {
             return Ok(conn);
         }
-        let io = connect(self.addr, settings).await?;
-        let conn = http2::handshake(io.into_inner(), settings.upstream.clone(), self.addr)
+        let io = connect(self.addr, settings, Wire::Http2).await?;
+        let conn = http2::handshake(io, settings.upstream.clone(), self.addr)
             .await
             .map_err(|e| self.handshake_error(settings, e.into()))?;
         settings.connects_http2.inc();
@@ -254,6 +255,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             connects_http1: Counter::default(),
             connects_http2: Counter::default(),
+            tls: None,
         }
     }
 

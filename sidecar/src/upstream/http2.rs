@@ -14,12 +14,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use super::connect::Io;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response};
 use http_body::Body as _;
-use tokio::net::TcpStream;
 
 use crate::body::Body;
 
@@ -34,7 +34,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes over `io` and spawns the task that drives the connection (and its keep-alive
 /// pings) until every handle is gone or the peer goes away.
 pub async fn handshake(
-    io: TcpStream,
+    io: Io,
     upstream: std::sync::Arc<str>,
     endpoint: std::net::SocketAddr,
 ) -> Result<SendRequest<Bytes>, h2::Error> {

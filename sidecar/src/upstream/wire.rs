@@ -29,11 +29,13 @@ impl Wire {
     }
 }
 
-/// Rewrites the request's version, URI form and Host for the upstream connection.
+/// Rewrites the request's version, URI form and Host for the upstream connection (`tls`: the
+/// connection is TLS, so HTTP/2's `:scheme` is `https`).
 pub fn prepare(
     req: &mut Request<Body>,
     wire: Wire,
     authority: &Authority,
+    tls: bool,
 ) -> Result<(), ProxyError> {
     let path = req
         .uri()
@@ -51,7 +53,7 @@ pub fn prepare(
         Wire::Http2 => {
             *req.version_mut() = Version::HTTP_2;
             let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
+                .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
                 .authority(authority.clone())
                 .path_and_query(path)
                 .build()
@@ -78,7 +80,13 @@ mod tests {
     fn http1_takes_origin_form_and_host() {
         let mut req = request("http://echo.default:8080/a/b?c=d");
         *req.version_mut() = Version::HTTP_2;
-        prepare(&mut req, Wire::Http1, &Authority::from_static("echo")).unwrap();
+        prepare(
+            &mut req,
+            Wire::Http1,
+            &Authority::from_static("echo"),
+            false,
+        )
+        .unwrap();
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.uri(), "/a/b?c=d");
         assert_eq!(req.headers()[header::HOST], "echo");
@@ -91,11 +99,15 @@ mod tests {
             &mut req,
             Wire::Http2,
             &Authority::from_static("pay.shop:9090"),
+            false,
         )
         .unwrap();
         assert_eq!(req.version(), Version::HTTP_2);
         assert_eq!(req.uri(), "http://pay.shop:9090/a?b");
         assert!(!req.headers().contains_key(header::HOST));
+        let mut req = request("/a");
+        prepare(&mut req, Wire::Http2, &Authority::from_static("api"), true).unwrap();
+        assert_eq!(req.uri(), "https://api/a", "TLS: :scheme https");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod http1;
 mod http2_grpc;
 mod kit;
 mod lifecycle;
+mod mtls;
 mod resilience_breaker;
 mod resilience_deadline;
 mod resilience_examples;

@@ -563,3 +563,73 @@ spec:
         "UpstreamPolicy/Payments/midtrans is invalid: metadata.namespace: must be a DNS-1123 label (at most 63 lowercase letters, digits or \"-\", starting and ending with a letter or digit), got \"Payments\"; spec.endpoints.dns: port must be between 1 and 65535, got 0; spec.timeouts.perTry: must be <= request (5s), got 10s; spec.retry.backoff.multiplier: must be >= 1.0, got 0.5; spec.retry.retryOn[2]: unknown condition \"4xx\"; expected connect-failure, reset, 5xx, gateway-error, timeout, a status code such as \"429\", or grpc-<code> such as grpc-unavailable; spec.fallback.failover[0]: must not name this policy itself; spec.fallback.response.grpcStatus: unknown gRPC status \"nope\"; expected a name such as unavailable or resource-exhausted; spec.routes[0].match.path: cannot be combined with grpcMethod"
     );
 }
+
+#[test]
+fn tls_fields_belong_to_their_mode_and_name_what_they_must() {
+    assert_eq!(upstream_with("  tls: { mode: mesh }\n"), none());
+    assert_eq!(
+        upstream_with(
+            "  tls: { mode: mesh, serverIdentity: \"spiffe://cluster.local/ns/payments/sa/midtrans\" }\n"
+        ),
+        none()
+    );
+    assert_eq!(
+        upstream_with("  tls: { mode: simple, sni: api.midtrans.com, caFile: /etc/ca.pem }\n"),
+        none()
+    );
+    assert_eq!(
+        upstream_with("  tls: { mode: mesh, serverIdentity: payments, sni: a.b }\n"),
+        [
+            "spec.tls.sni: applies only to mode simple",
+            "spec.tls.serverIdentity: \"payments\" is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
+        ]
+    );
+    assert_eq!(
+        upstream(
+            "  endpoints: { static: [\"10.0.0.1:443\"] }\n  tls: { mode: simple, caFile: ca.pem }\n"
+        ),
+        [
+            "spec.tls.caFile: must be an absolute path, got \"ca.pem\"",
+            "spec.tls.sni: is required with static endpoints (the name the server's certificate is checked against)",
+        ]
+    );
+    assert_eq!(
+        upstream_with("  tls: { mode: disable, serverIdentity: \"spiffe://x/ns/a/sa/b\" }\n"),
+        ["spec.tls.serverIdentity: applies only to mode mesh"]
+    );
+}
+
+#[test]
+fn authorization_rules_name_real_callers_and_requests() {
+    let ok = "  inbound:\n    mtls: strict\n    authorization:\n      rules:\n        - from: { serviceAccounts: [shop/orders], namespaces: [ops] }\n          to: [{ grpcMethod: /payments.v1.Payments/ }, { pathPrefix: /charge, method: POST }]\n        - to: [{ path: /health }]\n";
+    assert_eq!(service(ok), none());
+    assert_eq!(
+        service("  inbound: { authorization: { rules: [] } }\n"),
+        [
+            "spec.inbound.authorization.rules: must allow something: without rules every request is denied (set dryRun to try that first)"
+        ]
+    );
+    assert_eq!(
+        service(
+            "  inbound:\n    authorization:\n      rules:\n        - {}\n        - from: {}\n        - from: { identities: [orders], serviceAccounts: [orders], namespaces: [Shop] }\n          to: [{ grpcMethod: Pay }]\n"
+        ),
+        [
+            "spec.inbound.authorization.rules[0]: must set from or to (a rule without either allows everything)",
+            "spec.inbound.authorization.rules[1].from: must set at least one of identities, serviceAccounts or namespaces",
+            "spec.inbound.authorization.rules[2].from.identities[0]: \"orders\" is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>",
+            "spec.inbound.authorization.rules[2].from.serviceAccounts[0]: must be namespace/service-account, got \"orders\"",
+            "spec.inbound.authorization.rules[2].from.namespaces[0]: must be a DNS-1123 label (at most 63 lowercase letters, digits or \"-\", starting and ending with a letter or digit), got \"Shop\"",
+            "spec.inbound.authorization.rules[2].to[0].grpcMethod: must look like \"/package.Service/Method\" or \"/package.Service/\", got \"Pay\"",
+        ]
+    );
+    let unknown = parse_yaml(
+        "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: { name: a }\nspec:\n  inbound: { mtls: required }\n",
+    )
+    .expect_err("an unknown mode is refused when parsed");
+    assert!(
+        unknown
+            .to_string()
+            .contains("spec.inbound.mtls: unknown variant `required`"),
+        "{unknown}"
+    );
+}
