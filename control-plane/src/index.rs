@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bulwark_proto::policy::{Kind, Resource};
+use bulwark_proto::policy::{Kind, Resource, TlsMode};
+use bulwark_proto::spiffe::DEFAULT_TRUST_DOMAIN;
 use tokio::sync::watch;
 
 use crate::store::keys::{OverrideTarget, PodKey, ResourceKey, ServiceKey};
@@ -162,6 +163,8 @@ pub struct Index {
     levels_tx: watch::Sender<u64>,
     inputs_changed: bool,
     levels_changed: bool,
+    /// The trust domain of the identities filled into `tls.mode: mesh` policies.
+    trust_domain: String,
 }
 
 impl Default for Index {
@@ -195,7 +198,13 @@ impl Index {
             levels_tx: watch::channel(0).0,
             inputs_changed: false,
             levels_changed: false,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
         }
+    }
+
+    /// The trust domain of the identities filled into snapshots (`--trust-domain`).
+    pub fn set_trust_domain(&mut self, trust_domain: &str) {
+        self.trust_domain = trust_domain.to_string();
     }
 
     /// Replaces everything with a fresh listing taken at `revision`.
@@ -353,12 +362,50 @@ impl Index {
             .resources
             .values()
             .filter(|r| r.key.kind == Kind::UpstreamPolicy || r.key == policy)
-            .cloned()
+            .map(|r| self.resolved(r))
             .collect();
         Content {
             version: self.version(service),
             resources,
         }
+    }
+
+    /// `stored` as sidecars get it: an UpstreamPolicy with `tls.mode: mesh` and no
+    /// `serverIdentity` gets the identity of the service it names — the `spec.serviceAccount`
+    /// of the ServicePolicy with its name and namespace (`default` without one).
+    fn resolved(&self, stored: &Arc<StoredResource>) -> Arc<StoredResource> {
+        let Resource::UpstreamPolicy(p) = &stored.resource else {
+            return stored.clone();
+        };
+        let Some(tls) = &p.spec.tls else {
+            return stored.clone();
+        };
+        if tls.mode != TlsMode::Mesh || tls.server_identity.is_some() {
+            return stored.clone();
+        }
+        let callee = ResourceKey::new(
+            Kind::ServicePolicy,
+            stored.key.namespace.clone(),
+            stored.key.name.clone(),
+        );
+        let account = match self.resources.get(&callee).map(|r| &r.resource) {
+            Some(Resource::ServicePolicy(s)) => s.spec.service_account.as_deref(),
+            _ => None,
+        };
+        let mut filled = p.clone();
+        if let Some(tls) = filled.spec.tls.as_mut() {
+            tls.server_identity = Some(format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                self.trust_domain,
+                stored.key.namespace,
+                account.unwrap_or("default")
+            ));
+        }
+        Arc::new(StoredResource::new(
+            stored.key.clone(),
+            Resource::UpstreamPolicy(filled),
+            stored.mod_revision,
+        ))
     }
 
     /// Follows the snapshot of `service`: the receiver sees the current one and every change.
@@ -385,7 +432,15 @@ impl Index {
     fn changed(&mut self, key: &ResourceKey, revision: i64) {
         let last = self.last_change.entry(key.clone()).or_default();
         *last = (*last).max(revision);
-        if key.kind == Kind::UpstreamPolicy {
+        // A ServicePolicy's service account is the identity callers of its service expect
+        // (see `resolved`): every snapshot changes with it.
+        let callee = key.kind == Kind::ServicePolicy
+            && self.resources.contains_key(&ResourceKey::new(
+                Kind::UpstreamPolicy,
+                key.namespace.clone(),
+                key.name.clone(),
+            ));
+        if key.kind == Kind::UpstreamPolicy || callee {
             self.upstreams_version = self.upstreams_version.max(revision);
         }
     }
@@ -567,6 +622,80 @@ mod tests {
             .iter()
             .map(|r| r.key.to_string())
             .collect()
+    }
+
+    fn json(text: &str) -> Resource {
+        parse_json(text).unwrap().remove(0)
+    }
+
+    /// The `tls.serverIdentity` the snapshot of `shop/web` carries for UpstreamPolicy `name`.
+    fn server_identity(index: &Index, name: &str) -> Option<String> {
+        index
+            .snapshot(&svc("shop", "web"))
+            .resources
+            .iter()
+            .find(|r| r.key.name == name)
+            .and_then(|r| match &r.resource {
+                Resource::UpstreamPolicy(p) => p.spec.tls.as_ref()?.server_identity.clone(),
+                _ => None,
+            })
+    }
+
+    #[test]
+    fn mesh_upstreams_get_the_identity_of_their_services_account() {
+        let mesh_upstream = |name: &str, tls: &str| {
+            json(&format!(
+                r#"{{"apiVersion":"bulwark/v1","kind":"UpstreamPolicy","metadata":{{"name":"{name}","namespace":"pay"}},"spec":{{"endpoints":{{"static":["10.0.0.1:80"]}},"tls":{tls}}}}}"#
+            ))
+        };
+        let account = |sa: &str| {
+            json(&format!(
+                r#"{{"apiVersion":"bulwark/v1","kind":"ServicePolicy","metadata":{{"name":"payments","namespace":"pay"}},"spec":{{"serviceAccount":"{sa}"}}}}"#
+            ))
+        };
+        let mut index = Index::new();
+        index.set_trust_domain("prod.example");
+        index.reset(
+            10,
+            vec![
+                put(mesh_upstream("payments", r#"{"mode":"mesh"}"#), 4),
+                put(mesh_upstream("ledger", r#"{"mode":"mesh"}"#), 5),
+                put(
+                    mesh_upstream(
+                        "refunds",
+                        r#"{"mode":"mesh","serverIdentity":"spiffe://x/ns/a/sa/b"}"#,
+                    ),
+                    6,
+                ),
+                put(mesh_upstream("bank", r#"{"mode":"simple","sni":"a.b"}"#), 7),
+                put(account("payments-sa"), 8),
+            ],
+        );
+        assert_eq!(
+            server_identity(&index, "payments").as_deref(),
+            Some("spiffe://prod.example/ns/pay/sa/payments-sa")
+        );
+        assert_eq!(
+            server_identity(&index, "ledger").as_deref(),
+            Some("spiffe://prod.example/ns/pay/sa/default"),
+            "no ServicePolicy: the namespace's default account"
+        );
+        assert_eq!(
+            server_identity(&index, "refunds").as_deref(),
+            Some("spiffe://x/ns/a/sa/b"),
+            "an explicit identity stays"
+        );
+        assert_eq!(server_identity(&index, "bank"), None);
+
+        // The callee's account changes: every snapshot moves to the new version.
+        let before = index.snapshot(&svc("shop", "web")).version;
+        index.apply(11, vec![put(account("payments-v2"), 11)]);
+        assert_eq!(index.snapshot(&svc("shop", "web")).version, 11.max(before));
+        assert!(index.snapshot(&svc("shop", "web")).version > before);
+        assert_eq!(
+            server_identity(&index, "payments").as_deref(),
+            Some("spiffe://prod.example/ns/pay/sa/payments-v2")
+        );
     }
 
     fn loaded() -> Index {

@@ -127,6 +127,9 @@ pub async fn run(
         .await?,
     );
     let index = SharedIndex::new();
+    if let Some(identity) = &config.identity {
+        index.lock().set_trust_domain(&identity.trust_domain);
+    }
     let (stop_tx, stop) = watch::channel(false);
 
     let http = bind(config.http, "the REST API").await?;

@@ -210,6 +210,33 @@ pub struct Override {
     pub mesh: bool,
 }
 
+/// `GET /v1/pods`.
+#[derive(Debug, Deserialize)]
+pub struct PodList {
+    pub pods: Vec<Pod>,
+}
+
+/// A pod connected to the control plane.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Pod {
+    pub namespace: String,
+    pub service: String,
+    pub pod: String,
+    pub applied: i64,
+    /// `None`: no workload identity.
+    pub identity: Option<PodIdentity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodIdentity {
+    pub spiffe_id: String,
+    /// RFC 3339; empty without a certificate.
+    pub expires: String,
+    pub expires_unix_ms: i64,
+}
+
 /// `GET /v1/events`, newest first.
 #[derive(Debug, Deserialize)]
 pub struct Events {

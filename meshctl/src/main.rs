@@ -13,6 +13,7 @@ mod get;
 mod history;
 mod inject;
 mod output;
+mod pods;
 mod status;
 mod table;
 mod validate;
@@ -120,6 +121,16 @@ enum Command {
     /// reasons. Then, after a blank line, each resource's version, how many pods applied it,
     /// and every pod that refused a snapshot and why.
     Status,
+    /// Pods connected to the control plane, with their workload identity.
+    ///
+    /// Prints NAMESPACE, SERVICE, POD, VERSION (the snapshot it applied), IDENTITY (its
+    /// SPIFFE ID, `-` without mTLS) and EXPIRES (when its certificate runs out, `EXPIRED …
+    /// ago` when renewal failed) for the pods of -n's namespace, or of all with -A.
+    Pods {
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
     /// Level changes, breaker transitions and overrides, newest first.
     ///
     /// Prints TIME, SERVICE (`*` for the mesh-wide override), KIND (level, breaker or
@@ -296,6 +307,9 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             history::rollback(&client, kind, namespace, &name, to, &by).await
         }
         Command::Status => status::run(&client).await,
+        Command::Pods { all_namespaces } => {
+            pods::run(&client, (!all_namespaces).then_some(namespace)).await
+        }
         Command::Events { service, limit } => {
             let service = service
                 .as_deref()

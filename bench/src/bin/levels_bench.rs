@@ -137,6 +137,7 @@ fn report(open: bool, interval: Duration) -> pb::SidecarMessage {
     let requests = 100;
     pb::SidecarMessage {
         message: Some(pb::sidecar_message::Message::Health(pb::HealthReport {
+            identity: None,
             interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
             applied_version: 0,
             app: Some(pb::AppHealth {

@@ -87,6 +87,7 @@ fn record(pod: usize, open: Option<usize>, failing: Option<usize>) -> HealthReco
                 ejected: 0,
             })
             .collect(),
+        identity: None,
     }
 }
 

@@ -1,9 +1,11 @@
 //! The control plane's APIs: the operator API over REST ([`rest`]) and gRPC ([`operator`]),
-//! both through [`ops`] (and [`degradation`] for levels, events and overrides), and the
+//! both through [`ops`] (and [`degradation`] for levels, events and overrides, [`pods`] for
+//! the connected pods and their identities), and the
 //! sidecars' stream ([`discovery`]).
 
 pub mod degradation;
 pub mod discovery;
 pub mod operator;
 pub mod ops;
+pub mod pods;
 pub mod rest;

@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/levels"),
     ("get", "/v1/levels/{namespace}/{service}"),
     ("get", "/v1/events"),
+    ("get", "/v1/pods"),
     ("put", "/v1/degrade/mesh"),
     ("delete", "/v1/degrade/mesh"),
     ("put", "/v1/degrade/{namespace}/{service}"),
@@ -54,6 +55,7 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/v1/levels", get(levels))
         .route("/v1/levels/{namespace}/{service}", get(level))
         .route("/v1/events", get(events))
+        .route("/v1/pods", get(pods))
         .route("/v1/degrade/mesh", put(degrade_mesh).delete(clear_mesh))
         .route(
             "/v1/degrade/{namespace}/{service}",
@@ -243,6 +245,14 @@ async fn levels(
 ) -> Answer {
     let q = query(q)?;
     Ok(served(ops.levels(q.namespace.as_deref())?))
+}
+
+async fn pods(
+    State(ops): State<Arc<Ops>>,
+    q: Result<Query<LevelsQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    Ok(served(ops.pods(q.namespace.as_deref())?))
 }
 
 type ServicePath = Result<Path<(String, String)>, PathRejection>;

@@ -211,6 +211,7 @@ mod tests {
                 endpoints: 2,
                 ejected: 5,
             }],
+            identity: None,
         }
     }
 

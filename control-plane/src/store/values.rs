@@ -74,6 +74,18 @@ pub struct HealthRecord {
     pub replica: String,
     pub app: AppHealth,
     pub upstreams: Vec<UpstreamHealth>,
+    /// The pod's workload identity and its certificate's expiry, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityRecord>,
+}
+
+/// What a pod reported of its workload identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityRecord {
+    pub spiffe_id: String,
+    /// Unix milliseconds; 0 when the pod holds no certificate yet.
+    pub not_after: i64,
 }
 
 /// The sidecar's last probe of its app.
@@ -128,6 +140,10 @@ impl HealthRecord {
                     ejected: u.ejected.min(u.endpoints),
                 })
                 .collect(),
+            identity: report.identity.as_ref().map(|i| IdentityRecord {
+                spiffe_id: i.spiffe_id.clone(),
+                not_after: i.not_after_unix_ms,
+            }),
         }
     }
 }

@@ -73,6 +73,7 @@ spec:
       timeouts: { request: 1s }
       retry: { maxAttempts: 1 }
       idempotent: true
+  tls: { mode: simple, serverIdentity: "spiffe://a/ns/b/sa/c", sni: a.b, caFile: /a }
 ---
 apiVersion: bulwark/v1
 kind: ServicePolicy
@@ -84,10 +85,20 @@ spec:
   levels: { SEVERE: { unhealthyDependencies: 1, criticalUnhealthy: 1 } }
   capabilities: { c: d }
   actions: { SEVERE: { shedPriorities: [low], maxRetryAttempts: 1, ready: false } }
-  inbound: { priorityHeader: x-p, shedRetryAfter: 1s, maxConcurrent: 1 }
+  inbound:
+    priorityHeader: x-p
+    shedRetryAfter: 1s
+    maxConcurrent: 1
+    mtls: strict
+    authorization:
+      dryRun: true
+      rules:
+        - from: { identities: ["spiffe://a/ns/b/sa/c"], serviceAccounts: [a/b], namespaces: [a] }
+          to: [{ grpcMethod: /a.B/, pathPrefix: /, path: /, method: GET }]
   alerts: { webhook: "http://a/", maxPerMinute: 1 }
   lowerAfter: 1s
   maxUnreadyPercent: 1%
+  serviceAccount: a
 "#;
 
 /// Maps whose keys are user data; the docs name them by a placeholder.
@@ -128,9 +139,12 @@ fn walk(value: &Value, path: &str, all: &mut BTreeSet<String>, leaves: &mut BTre
                 walk(child, &child_path, all, leaves);
             }
         }
-        Value::Array(items) if path == "spec.routes" => {
+        // A list of objects (routes, authorization rules and their requests): one row per
+        // field of its items, `[i]` for the index.
+        Value::Array(items) if items.first().is_some_and(Value::is_object) => {
+            let item_path = format!("{path}[i]");
             for item in items {
-                walk(item, "spec.routes[i]", all, leaves);
+                walk(item, &item_path, all, leaves);
             }
         }
         _ => {

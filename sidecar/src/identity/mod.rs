@@ -108,6 +108,19 @@ impl Identity {
         Err(format!("not ready: {why}"))
     }
 
+    /// The identity and its certificate's expiry, for health reports.
+    pub fn to_wire(&self) -> bulwark_proto::v1::WorkloadIdentity {
+        let not_after = self
+            .credentials
+            .current()
+            .map(|c| unix_seconds(c.info.not_after))
+            .unwrap_or(0);
+        bulwark_proto::v1::WorkloadIdentity {
+            spiffe_id: self.id.to_string(),
+            not_after_unix_ms: i64::try_from(not_after.saturating_mul(1000)).unwrap_or(i64::MAX),
+        }
+    }
+
     /// `GET /identity`: the certificate in force (never the key) and how renewal goes.
     pub fn describe(&self) -> serde_json::Value {
         let status = self.status().clone();

@@ -55,6 +55,7 @@ pub fn build(
         applied_version,
         app: Some(app.to_wire()),
         upstreams,
+        identity: None,
     }
 }
 
@@ -90,7 +91,8 @@ pub async fn run(
         let table = shared.table.load_full();
         let app = shared.health.app.load_full();
         let version = *applied.borrow();
-        let report = build(&table, &app, interval, version, Instant::now());
+        let mut report = build(&table, &app, interval, version, Instant::now());
+        report.identity = shared.identity.as_ref().map(|i| i.to_wire());
         tracing::debug!(upstreams = report.upstreams.len(), "health report sent");
         permit.send(pb::SidecarMessage {
             message: Some(pb::sidecar_message::Message::Health(report)),

@@ -888,3 +888,152 @@ async fn root_rotation_with_two_anchors_in_the_overlap() {
         .expect("mTLS with the new root alone");
     assert_eq!(send("root-2").await.status, StatusCode::OK);
 }
+
+/// Runs meshctl against `cp`; its standard output (it must succeed).
+fn meshctl(cp: &ControlPlane, args: &[&str]) -> String {
+    let bin = std::env::current_exe()
+        .expect("test executable")
+        .parent()
+        .expect("deps dir")
+        .join("../meshctl");
+    let out = std::process::Command::new(&bin)
+        .env_remove("RUST_BACKTRACE")
+        .args(["--server", &cp.http_url()])
+        .args(args)
+        .output()
+        .expect("run meshctl");
+    assert!(
+        out.status.success(),
+        "meshctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Without capture (the app calls its sidecar on localhost) and with Kubernetes' proof of
+/// identity — projected ServiceAccount tokens, checked by a TokenReview against the test kit's
+/// stand-in for the Kubernetes API (no API server can run here). Policies come from the control
+/// plane, which fills in the identity the callee's ServicePolicy names; `meshctl pods` shows
+/// each pod's identity and expiry.
+#[tokio::test]
+async fn service_account_tokens_policies_from_the_control_plane_and_meshctl_pods() {
+    use bulwark_tests::kube::{KnownToken, TokenReviewApi};
+    let known = |token: &str, sa: &str| KnownToken {
+        token: token.into(),
+        namespace: "shop".into(),
+        service_account: sa.into(),
+        audiences: vec!["bulwark".into()],
+    };
+    let api = TokenReviewApi::start(
+        "control-plane-token",
+        vec![
+            known("frontend-projected", "frontend"),
+            known("orders-projected", "orders"),
+        ],
+    )
+    .await;
+    let dir = TempDir::new();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write a file");
+        p
+    };
+    let kube_ca = file("kube-ca.pem", &api.ca_pem());
+    let own_token = file("cp-token", "control-plane-token\n");
+    let ca_dir = dir.path().join("ca");
+    let etcd = Etcd::start().await;
+    let args = [
+        "--dev-identity",
+        path(&ca_dir),
+        "--kube-api",
+        &api.url(),
+        "--kube-ca",
+        path(&kube_ca),
+        "--kube-token",
+        path(&own_token),
+    ];
+    let cp = ControlPlane::start_with(&etcd.endpoint(), "cp-1", &args).await;
+    let anchors = ca_dir.join("root.pem");
+    let app = HttpUpstream::start().await;
+    let sidecar = |sa: &'static str| {
+        let token = file(&format!("{sa}-token"), &format!("{sa}-projected\n"));
+        Sidecar::builder()
+            .control_plane(cp.grpc_url())
+            .args(["--namespace", "shop", "--service", sa])
+            .args(["--pod", &format!("{sa}-1"), "--service-account", sa])
+            .args(["--report-interval", "200ms", "--inbound-mtls", "strict"])
+            .arg("--trust-anchors")
+            .arg(&anchors)
+            .arg("--identity-token-file")
+            .arg(&token)
+            .start()
+    };
+    let orders = sidecar("orders").await;
+    let frontend = sidecar("frontend").await;
+    let service = format!(
+        "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  app: {{ port: {} }}\n  serviceAccount: orders\n",
+        app.addr().port()
+    );
+    let upstream = format!(
+        "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  endpoints: {{ static: [\"{}\"] }}\n  tls: {{ mode: mesh }}\n",
+        orders.inbound()
+    );
+    let res = cp.apply(&format!("{service}---\n{upstream}")).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+
+    // The frontend's app calls its sidecar; the orders sidecar's inbound listener takes mTLS.
+    let http = client::http1_client(frontend.outbound());
+    let res = eventually(WAIT, || async {
+        let res = get(&http, "orders", "/headers", "loopback-1").await;
+        (res.status == StatusCode::OK).then_some(res)
+    })
+    .await;
+    assert_eq!(
+        seen(&res, "x-bulwark-peer-identity"),
+        serde_json::json!([FRONTEND])
+    );
+    let out = eventually(WAIT, || async { frontend.access_log("loopback-1") }).await;
+    assert_eq!(
+        out["peer_identity"], ORDERS,
+        "the identity the control plane filled in: {out}"
+    );
+    let reviews = api.reviews();
+    assert!(
+        reviews
+            .iter()
+            .any(|r| r["spec"]["token"] == "frontend-projected")
+            && reviews
+                .iter()
+                .any(|r| r["spec"]["token"] == "orders-projected"),
+        "{reviews:?}"
+    );
+    // Plaintext to the inbound listener, as an un-meshed caller: refused.
+    let plain = client::http1_client(orders.inbound());
+    let res = get(&plain, "orders", "/headers", "loopback-2").await;
+    assert_eq!(res.status, StatusCode::FORBIDDEN, "{}", res.text());
+
+    // Each pod's identity reaches the control plane in its health reports.
+    let pods = eventually(WAIT, || async {
+        let reply = cp.get("/v1/pods?namespace=shop").await;
+        let pods = reply.json["pods"].as_array()?.clone();
+        let with_expiry = pods
+            .iter()
+            .filter(|p| p["identity"]["expiresUnixMs"].as_i64().unwrap_or(0) > 0)
+            .count();
+        (with_expiry == 2).then_some(pods)
+    })
+    .await;
+    let orders_pod = pods
+        .iter()
+        .find(|p| p["pod"] == "orders-1")
+        .expect("orders-1");
+    assert_eq!(orders_pod["service"], "orders");
+    assert_eq!(orders_pod["identity"]["spiffeId"], ORDERS);
+    let out = meshctl(&cp, &["pods", "-n", "shop"]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("orders-1"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(ORDERS) && line.contains("(in 23h"), "{out}");
+    assert!(out.starts_with("NAMESPACE   SERVICE    POD"), "{out}");
+}

@@ -51,6 +51,7 @@ fn report(open: &[&str], failing: &[(&str, u64)]) -> HealthRecord {
                 ejected: 0,
             })
             .collect(),
+        identity: None,
     }
 }
 
