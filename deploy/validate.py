@@ -321,9 +321,12 @@ def check_rbac(objects):
                 fail(f"{name(role)}: grants {rule.get('resources')} in {rule.get('apiGroups')}; only namespaces may be read")
             if not set(rule.get("verbs", [])) <= {"get", "list", "watch"}:
                 fail(f"{name(role)}: verbs {rule.get('verbs')} go beyond get, list, watch")
+    # Built-in roles the control plane may be bound to: TokenReview for sidecars' proofs.
+    builtin = {("ClusterRole", "system:auth-delegator")}
     for binding in (o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
         ref = binding["roleRef"]
-        if not any(o["kind"] == ref["kind"] and o["metadata"]["name"] == ref["name"] for o in objects):
+        known = (ref["kind"], ref["name"]) in builtin
+        if not known and not any(o["kind"] == ref["kind"] and o["metadata"]["name"] == ref["name"] for o in objects):
             fail(f"{name(binding)}: {ref['kind']}/{ref['name']} is not defined")
         for subject in binding.get("subjects", []):
             if not any(
@@ -390,17 +393,22 @@ def check_webhook(objects, tls):
         if annotation or certificates:
             fail("the base must not depend on cert-manager")
         return
-    if len(certificates) != 1:
-        return fail(f"expected one cert-manager Certificate, found {len(certificates)}")
-    cert = certificates[0]
+    serving = [c for c in certificates if c.get("spec", {}).get("secretName") == "bulwark-webhook-tls"]
+    if len(serving) != 1:
+        return fail(f"expected one cert-manager Certificate for bulwark-webhook-tls, found {len(serving)}")
+    for other in certificates:
+        if other is not serving[0]:
+            check_certificate(objects, other, serving=False)
+    cert = serving[0]
     check_certificate(objects, cert)
     expected = f"{cert['metadata']['namespace']}/{cert['metadata']['name']}"
     if annotation != expected:
         fail(f"{name(config)}: annotation cert-manager.io/inject-ca-from must be {expected}, got {annotation!r}")
 
 
-def check_certificate(objects, cert):
-    """cert-manager objects are custom resources: kubernetes-validate cannot check them."""
+def check_certificate(objects, cert, serving=True):
+    """cert-manager objects are custom resources: kubernetes-validate cannot check them.
+    `serving`: the webhook's certificate (names of the Service); else a CA (the identity issuer)."""
     where = name(cert)
     if cert.get("apiVersion") != "cert-manager.io/v1":
         fail(f"{where}: apiVersion must be cert-manager.io/v1")
@@ -416,12 +424,16 @@ def check_certificate(objects, cert):
     }
     if spec.get("secretName") not in secrets:
         fail(f"{where}: secretName {spec.get('secretName')!r} is mounted by no pod")
-    for svc in (o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "bulwark-control-plane"):
-        host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
-        if host not in spec.get("dnsNames", []):
-            fail(f"{where}: dnsNames must include {host}")
+    if serving:
+        for svc in (o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "bulwark-control-plane"):
+            host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+            if host not in spec.get("dnsNames", []):
+                fail(f"{where}: dnsNames must include {host}")
+    elif spec.get("isCA") is not True:
+        fail(f"{where}: a certificate other than the webhook's must be a CA (isCA: true)")
+    allowed = {"server auth", "digital signature", "key encipherment", "client auth"} if serving else {"cert sign", "crl sign", "digital signature"}
     for usage in spec.get("usages", []):
-        if usage not in {"server auth", "digital signature", "key encipherment", "client auth"}:
+        if usage not in allowed:
             fail(f"{where}: usage {usage!r} is not expected")
     key = spec.get("privateKey", {})
     if key.get("algorithm") not in (None, "RSA", "ECDSA", "Ed25519") or key.get("rotationPolicy") not in (None, "Never", "Always"):

@@ -129,6 +129,10 @@ pub async fn run(
     let index = SharedIndex::new();
     if let Some(identity) = &config.identity {
         index.lock().set_trust_domain(&identity.trust_domain);
+        tokio::spawn(crate::identity::watch_issuer(
+            identity.clone(),
+            identity.issuer_reload_interval,
+        ));
     }
     let (stop_tx, stop) = watch::channel(false);
 

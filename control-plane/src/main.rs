@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bulwark_control_plane::Config;
 use bulwark_control_plane::degradation::runner::LevelsConfig;
-use bulwark_control_plane::identity::IdentityConfig;
+use bulwark_control_plane::identity::{IdentityConfig, IssuerFiles};
 use bulwark_control_plane::webhook::WebhookConfig;
 use clap::{Parser, ValueEnum};
 
@@ -108,6 +108,15 @@ struct Args {
     #[arg(long, env = "BULWARK_INJECT_CAPTURE", value_enum, default_value_t = Switch::Enabled)]
     inject_capture: Switch,
 
+    /// Whether injected pods get a workload identity (their ServiceAccount token for the
+    /// audience bulwark and the trust anchors); pods override it with bulwark.dev/identity.
+    #[arg(long, env = "BULWARK_INJECT_IDENTITY", value_enum, default_value_t = Switch::Enabled)]
+    inject_identity: Switch,
+
+    /// The ConfigMap (in each pod's namespace) holding the mesh's trust anchors as roots.pem.
+    #[arg(long, env = "BULWARK_TRUST_ANCHORS_CONFIGMAP", default_value = bulwark_inject::DEFAULT_TRUST_ANCHORS)]
+    trust_anchors_configmap: String,
+
     /// Image of the bulwark-init container (pods override it with bulwark.dev/init-image).
     #[arg(long, env = "BULWARK_INIT_IMAGE", default_value = bulwark_inject::DEFAULT_INIT_IMAGE)]
     init_image: String,
@@ -146,6 +155,10 @@ struct IdentityArgs {
         requires = "issuer_cert"
     )]
     issuer_key: Option<PathBuf>,
+
+    /// How often the issuer's files are checked for a renewed issuer.
+    #[arg(long, env = "BULWARK_ISSUER_RELOAD_INTERVAL", default_value = "30s", value_parser = duration)]
+    issuer_reload_interval: Duration,
 
     /// How long workload certificates live.
     #[arg(long, env = "BULWARK_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
@@ -191,11 +204,12 @@ fn identity_config(args: IdentityArgs) -> anyhow::Result<Option<IdentityConfig>>
         (None, Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => return Ok(None),
     };
-    let chain = std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
-    let key_pem =
-        std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
-    let issuer = bulwark_identity::Issuer::from_pem(&chain, &key_pem, args.cert_lifetime)
-        .with_context(|| format!("issuer {}", cert.display()))?;
+    let files = IssuerFiles {
+        cert,
+        key,
+        lifetime: args.cert_lifetime,
+    };
+    let (issuer, _) = files.load().map_err(anyhow::Error::msg)?;
     let kube_api = args.kube_api.or_else(|| {
         let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
         let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
@@ -222,7 +236,9 @@ fn identity_config(args: IdentityArgs) -> anyhow::Result<Option<IdentityConfig>>
     );
     Ok(Some(IdentityConfig {
         trust_domain: args.trust_domain,
-        issuer,
+        issuer: arc_swap::ArcSwap::from_pointee(issuer),
+        issuer_files: args.dev_identity.is_none().then_some(files),
+        issuer_reload_interval: args.issuer_reload_interval,
         verifier: Verifier {
             join_tokens: args.join_tokens,
             token_review,
@@ -317,6 +333,8 @@ async fn run() -> anyhow::Result<()> {
                 control_plane: args.sidecar_control_plane,
                 capture: args.inject_capture == Switch::Enabled,
                 init_image: args.init_image,
+                identity: args.inject_identity == Switch::Enabled,
+                trust_anchors: args.trust_anchors_configmap,
                 ..Default::default()
             },
         }),

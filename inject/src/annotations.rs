@@ -55,6 +55,14 @@ pub const SKIP_OUTBOUND_PORTS: &str = "bulwark.dev/skip-outbound-ports";
 /// CIDRs).
 pub const SKIP_OUTBOUND_CIDRS: &str = "bulwark.dev/skip-outbound-cidrs";
 
+/// `enabled` (the default unless the caller says otherwise): the sidecar gets a workload
+/// identity — the pod's projected ServiceAccount token (audience `bulwark`) as its proof, the
+/// mesh's trust anchors — and speaks mutual TLS; `disabled`: plaintext only.
+pub const IDENTITY: &str = "bulwark.dev/identity";
+/// `strict`, `permissive` or `disable`: whether the pod's callers must use mutual TLS where its
+/// ServicePolicy does not say (`BULWARK_INBOUND_MTLS`; unset: permissive).
+pub const INBOUND_MTLS: &str = "bulwark.dev/inbound-mtls";
+
 /// Label injection puts on the pod (template) so that NetworkPolicies can select the pods
 /// that carry a sidecar (the control plane admits their gRPC streams).
 pub const SIDECAR_LABEL: &str = "bulwark.dev/sidecar";
@@ -77,6 +85,10 @@ pub(crate) struct Settings {
     pub workers: Option<u8>,
     /// What `bulwark-init` captures; `None` without capture.
     pub capture: Option<Capture>,
+    /// The trust anchors' ConfigMap; `None` without a workload identity.
+    pub identity: Option<String>,
+    /// `bulwark.dev/inbound-mtls`, when the pod sets it.
+    pub inbound_mtls: Option<String>,
 }
 
 /// The `bulwark-init` container's settings.
@@ -135,6 +147,23 @@ impl Settings {
                 None => None,
             },
             capture: None,
+            identity: match text(IDENTITY)? {
+                None if opts.identity => Some(opts.trust_anchors.clone()),
+                None | Some("disabled") => None,
+                Some("enabled") => Some(opts.trust_anchors.clone()),
+                Some(other) => return Err(bad(IDENTITY, other, SWITCH_PROBLEM)),
+            },
+            inbound_mtls: match text(INBOUND_MTLS)? {
+                None => None,
+                Some(mode @ ("strict" | "permissive" | "disable")) => Some(mode.to_string()),
+                Some(other) => {
+                    return Err(bad(
+                        INBOUND_MTLS,
+                        other,
+                        "must be strict, permissive or disable",
+                    ));
+                }
+            },
         };
         let capture = match text(CAPTURE)? {
             None => opts.capture,

@@ -77,12 +77,12 @@ pub enum InjectError {
          captured; run it as another user or set bulwark.dev/capture: disabled"
     )]
     RunsAsSidecarUid { container: String, uid: u32 },
-    /// A volume of the pod already has the snapshot volume's name and is not the sidecar's.
+    /// A volume of the pod already has the name of one of the sidecar's and is not it.
     #[error(
-        "{list} already has a volume named \"bulwark-snapshot\" that is not an emptyDir; \
+        "{list} already has a volume named \"{name}\" that is not the sidecar's; \
          rename that volume, the Bulwark sidecar needs the name"
     )]
-    VolumeNameTaken { list: String },
+    VolumeNameTaken { list: String, name: String },
     /// Neither a label, an annotation nor a name says which service the pod belongs to.
     #[error(
         "cannot tell which service this pod belongs to: set the label app.kubernetes.io/name \

@@ -35,7 +35,8 @@ mod workload;
 pub use admission::{admission_review_response, should_inject};
 pub use errors::InjectError;
 pub use options::{
-    DEFAULT_CONTROL_PLANE, DEFAULT_IMAGE, DEFAULT_INIT_IMAGE, InjectOptions, Ports, Resources,
+    DEFAULT_CONTROL_PLANE, DEFAULT_IMAGE, DEFAULT_INIT_IMAGE, DEFAULT_TRUST_ANCHORS, InjectOptions,
+    Ports, Resources,
 };
 pub use patch::{PatchError, apply_patch, diff};
 pub use sidecar::{INIT_NAME, SIDECAR_NAME, SIDECAR_UID, SNAPSHOT_DIR, SNAPSHOT_VOLUME};

@@ -34,7 +34,14 @@ pub struct InjectOptions {
     pub capture: bool,
     /// The `bulwark-init` image (`bulwark.dev/init-image`).
     pub init_image: String,
+    /// Give sidecars a workload identity and mutual TLS (`bulwark.dev/identity`).
+    pub identity: bool,
+    /// The ConfigMap in the pod's namespace holding the mesh's trust anchors (`roots.pem`).
+    pub trust_anchors: String,
 }
+
+/// The trust anchors' ConfigMap unless the caller says otherwise.
+pub const DEFAULT_TRUST_ANCHORS: &str = "bulwark-trust-anchors";
 
 impl Default for InjectOptions {
     fn default() -> Self {
@@ -48,6 +55,8 @@ impl Default for InjectOptions {
             log_format: "json".to_string(),
             capture: true,
             init_image: DEFAULT_INIT_IMAGE.to_string(),
+            identity: true,
+            trust_anchors: DEFAULT_TRUST_ANCHORS.to_string(),
         }
     }
 }
@@ -83,6 +92,11 @@ impl InjectOptions {
         check("memory limit", &self.resources.memory_limit, check_quantity)?;
         check("log level", &self.log_level, check_log_level)?;
         check("log format", &self.log_format, check_log_format)?;
+        check(
+            "trust anchors ConfigMap",
+            &self.trust_anchors,
+            crate::values::check_dns_subdomain,
+        )?;
         for (option, port) in [
             ("admin port", self.ports.admin),
             ("inbound port", self.ports.inbound),

@@ -8,7 +8,9 @@ use serde_json::{Map, Value, json};
 use crate::annotations::{self, APP_NAME_LABEL, INJECTED, SERVICE, SIDECAR_LABEL, Settings};
 use crate::errors::InjectError;
 use crate::options::InjectOptions;
-use crate::sidecar::{self, INIT_NAME, SIDECAR_NAME, SIDECAR_UID, SNAPSHOT_VOLUME, ServiceName};
+use crate::sidecar::{
+    self, ANCHORS_VOLUME, INIT_NAME, PodFacts, SIDECAR_NAME, SIDECAR_UID, ServiceName, TOKEN_VOLUME,
+};
 use crate::values::check_dns_label;
 
 /// Adds the sidecar to `template`: a Pod, or a workload's pod template (both have `metadata`
@@ -50,7 +52,8 @@ pub(crate) fn inject_template(
     };
     check_spec(spec, &settings, &at)?;
 
-    let sidecar = sidecar::container(&settings, &service);
+    let facts = pod_facts(spec);
+    let sidecar = sidecar::container(&settings, &service, &facts);
     let init = list(spec, "initContainers", &at)?;
     match init.iter().position(|c| name_of(c) == Some(SIDECAR_NAME)) {
         Some(i) => init[i] = sidecar,
@@ -68,17 +71,33 @@ pub(crate) fn inject_template(
         (None, None) => {}
     }
     let volumes = list(spec, "volumes", &at)?;
-    let existing = volumes
-        .iter()
-        .position(|v| name_of(v) == Some(SNAPSHOT_VOLUME));
-    match existing {
-        Some(i) if volumes[i].get("emptyDir").is_some() => volumes[i] = sidecar::snapshot_volume(),
-        Some(_) => {
-            return Err(InjectError::VolumeNameTaken {
-                list: at("spec.volumes"),
-            });
+    let mut ours = vec![(sidecar::snapshot_volume(), "emptyDir")];
+    if let Some(anchors) = &settings.identity {
+        let [token, roots] = sidecar::identity_volumes(anchors);
+        ours.push((token, "projected"));
+        ours.push((roots, "configMap"));
+    }
+    for (volume, kind) in ours {
+        let name = name_of(&volume).map(str::to_string);
+        let existing = volumes.iter().position(|v| name_of(v) == name.as_deref());
+        match existing {
+            // Ours from an earlier injection: replaced.
+            Some(i) if volumes[i].get(kind).is_some() => volumes[i] = volume,
+            Some(_) => {
+                return Err(InjectError::VolumeNameTaken {
+                    list: at("spec.volumes"),
+                    name: name.unwrap_or_default(),
+                });
+            }
+            None => volumes.push(volume),
         }
-        None => volumes.push(sidecar::snapshot_volume()),
+    }
+    // Identity turned off since an earlier injection: its volumes go.
+    if settings.identity.is_none() {
+        volumes.retain(|v| {
+            !matches!(name_of(v), Some(TOKEN_VOLUME | ANCHORS_VOLUME))
+                || !(v.get("projected").is_some() || v.get("configMap").is_some())
+        });
     }
 
     let meta = template
@@ -89,6 +108,36 @@ pub(crate) fn inject_template(
     entry(meta, "annotations", &at)?.insert(INJECTED.into(), json!(opts.version));
     entry(meta, "labels", &at)?.insert(SIDECAR_LABEL.into(), json!("true"));
     Ok(())
+}
+
+/// The pod's service account, and the HTTP paths its app containers are probed on.
+fn pod_facts(spec: &Map<String, Value>) -> PodFacts {
+    let service_account = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    let mut probe_paths: Vec<String> = Vec::new();
+    let containers = spec.get("containers").and_then(Value::as_array);
+    for container in containers.into_iter().flatten() {
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let path = container
+                .get(probe)
+                .and_then(|p| p.get("httpGet"))
+                .and_then(|h| h.get("path"))
+                .and_then(Value::as_str);
+            if let Some(path) = path.filter(|p| p.starts_with('/') && !p.contains(','))
+                && !probe_paths.iter().any(|p| p == path)
+            {
+                probe_paths.push(path.to_string());
+            }
+        }
+    }
+    PodFacts {
+        service_account,
+        probe_paths,
+    }
 }
 
 /// What the pod does that the sidecar cannot live with.

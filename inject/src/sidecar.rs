@@ -14,9 +14,28 @@ pub const INIT_NAME: &str = "bulwark-init";
 pub const SNAPSHOT_VOLUME: &str = "bulwark-snapshot";
 /// Where the snapshot volume is mounted in the sidecar.
 pub const SNAPSHOT_DIR: &str = "/var/run/bulwark";
+/// The projected ServiceAccount token volume: the sidecar's proof of identity.
+pub const TOKEN_VOLUME: &str = "bulwark-identity-token";
+/// Where the token volume is mounted in the sidecar.
+pub const TOKEN_DIR: &str = "/var/run/secrets/bulwark/identity";
+/// The trust anchors' volume (the ConfigMap).
+pub const ANCHORS_VOLUME: &str = "bulwark-trust-anchors";
+/// Where the trust anchors are mounted in the sidecar.
+pub const ANCHORS_DIR: &str = "/var/run/bulwark/trust-anchors";
+/// The audience of the token: the control plane checks it with a TokenReview for this one.
+pub const TOKEN_AUDIENCE: &str = "bulwark";
 /// The user of the distroless `nonroot` image; numeric so that the kubelet can check
 /// `runAsNonRoot`.
 pub const SIDECAR_UID: u32 = 65532;
+
+/// What the sidecar needs to know of the pod it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PodFacts {
+    /// `spec.serviceAccountName` (`default` when unset): the identity it asks for.
+    pub service_account: String,
+    /// The HTTP paths of the app containers' probes, which the kubelet may call without mTLS.
+    pub probe_paths: Vec<String>,
+}
 
 /// Where the sidecar's service name comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +50,7 @@ pub(crate) enum ServiceName {
 /// kubelet starts it before the app containers — and, thanks to the startup probe, only
 /// once it serves — keeps it running beside them, stops it after them, and does not wait for it
 /// when deciding that a Job's pod has completed.
-pub(crate) fn container(settings: &Settings, service: &ServiceName) -> Value {
+pub(crate) fn container(settings: &Settings, service: &ServiceName, pod: &PodFacts) -> Value {
     let ports = settings.ports;
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let env_field = |name: &str, path: &str| {
@@ -71,6 +90,22 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName) -> Value {
     if settings.capture.is_some() {
         env.push(json!({"name": "BULWARK_CAPTURE", "value": "true"}));
     }
+    let mut mounts = vec![json!({"name": SNAPSHOT_VOLUME, "mountPath": SNAPSHOT_DIR})];
+    if settings.identity.is_some() {
+        env.extend([
+            json!({"name": "BULWARK_SERVICE_ACCOUNT", "value": pod.service_account}),
+            json!({"name": "BULWARK_IDENTITY_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token")}),
+            json!({"name": "BULWARK_TRUST_ANCHORS", "value": format!("{ANCHORS_DIR}/roots.pem")}),
+        ]);
+        if !pod.probe_paths.is_empty() {
+            env.push(json!({"name": "BULWARK_PROBE_PATHS", "value": pod.probe_paths.join(",")}));
+        }
+        mounts.push(json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}));
+        mounts.push(json!({"name": ANCHORS_VOLUME, "mountPath": ANCHORS_DIR, "readOnly": true}));
+    }
+    if let Some(mode) = &settings.inbound_mtls {
+        env.push(json!({"name": "BULWARK_INBOUND_MTLS", "value": mode}));
+    }
     json!({
         "name": SIDECAR_NAME,
         "image": settings.image,
@@ -106,7 +141,7 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName) -> Value {
             "runAsGroup": SIDECAR_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": SNAPSHOT_VOLUME, "mountPath": SNAPSHOT_DIR}],
+        "volumeMounts": mounts,
     })
 }
 
@@ -169,6 +204,22 @@ pub(crate) fn init_container(settings: &Settings, capture: &Capture) -> Value {
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     })
+}
+
+/// The identity volumes: the pod's ServiceAccount token for the audience `bulwark` (the kubelet
+/// rotates it; the sidecar reads it at every certificate request), and the trust anchors.
+pub(crate) fn identity_volumes(trust_anchors: &str) -> [Value; 2] {
+    [
+        json!({
+            "name": TOKEN_VOLUME,
+            "projected": {"sources": [{"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE,
+                "expirationSeconds": 3600,
+                "path": "token",
+            }}]},
+        }),
+        json!({"name": ANCHORS_VOLUME, "configMap": {"name": trust_anchors}}),
+    ]
 }
 
 /// The snapshot volume: an `emptyDir` survives restarts of the sidecar (which then boots from

@@ -95,6 +95,15 @@ pub(crate) fn check_log_format(text: &str) -> Result<(), &'static str> {
     }
 }
 
+/// A Kubernetes object name (ConfigMaps): RFC 1123 labels joined by dots, at most 253.
+pub(crate) fn check_dns_subdomain(text: &str) -> Result<(), &'static str> {
+    if text.len() <= 253 && text.split('.').all(|label| check_dns_label(label).is_ok()) {
+        Ok(())
+    } else {
+        Err("must be a DNS-1123 subdomain (lowercase letters, digits, \"-\" and \".\")")
+    }
+}
+
 /// RFC 1123 label as Kubernetes uses it for names, as ServicePolicy names must be.
 pub(crate) fn check_dns_label(text: &str) -> Result<(), &'static str> {
     let bytes = text.as_bytes();

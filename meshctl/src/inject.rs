@@ -22,6 +22,8 @@ pub struct Flags<'a> {
     /// Add the capture container (unless a pod says otherwise).
     pub capture: bool,
     pub init_image: Option<&'a str>,
+    /// Give sidecars a workload identity (unless a pod says otherwise).
+    pub identity: bool,
 }
 
 /// Injects every document of `files` (paths, or `-` for standard input), in order.
@@ -34,6 +36,7 @@ pub fn run(files: &[PathBuf], flags: &Flags<'_>) -> (Output, Option<CliError>) {
         opts.image = image.to_string();
     }
     opts.capture = flags.capture;
+    opts.identity = flags.identity;
     if let Some(image) = flags.init_image {
         opts.init_image = image.to_string();
     }

@@ -200,6 +200,10 @@ enum Command {
         /// The bulwark-init image [default: ghcr.io/bulwark-mesh/init:<meshctl's version>].
         #[arg(long, value_name = "IMAGE")]
         init_image: Option<String>,
+        /// Leave out the workload identity (the ServiceAccount token and trust anchors
+        /// volumes): no mutual TLS. Pods override it with bulwark.dev/identity.
+        #[arg(long)]
+        no_identity: bool,
     },
 }
 
@@ -235,6 +239,7 @@ fn main() -> ExitCode {
         image,
         no_capture,
         init_image,
+        no_identity,
     } = &cli.command
     {
         let flags = inject::Flags {
@@ -242,6 +247,7 @@ fn main() -> ExitCode {
             image: image.as_deref(),
             capture: !no_capture,
             init_image: init_image.as_deref(),
+            identity: !no_identity,
         };
         let (out, error) = inject::run(files, &flags);
         return finish(out, error);

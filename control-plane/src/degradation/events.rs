@@ -1,5 +1,5 @@
 //! Events: level changes, breaker transitions and overrides, stored under
-//! `events/{unix ms}-{random}` for a day. Keys sort by time, so the newest are one descending
+//! `events/{unix ms}-{count}{random}` for a day. Keys sort by time, so the newest are one descending
 //! range read away. Events share leases: one 24-hour lease per hour of writing, so an event
 //! lives between 23 and 24 hours.
 
@@ -64,9 +64,14 @@ pub fn record(
     }
 }
 
-/// The key of an event.
+/// The key of an event: its millisecond, then this replica's running count (so that the
+/// events it records within one millisecond keep their order) and three random digits (so that
+/// two replicas' events of the same millisecond never share a key).
 pub fn key(keys: &Keys, event: &EventRecord) -> String {
-    keys.event(event.time, u64::from(fastrand::u32(..)))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RECORDED: AtomicU64 = AtomicU64::new(0);
+    let count = RECORDED.fetch_add(1, Ordering::Relaxed) % 10_000_000;
+    keys.event(event.time, count * 1000 + u64::from(fastrand::u16(..1000)))
 }
 
 /// The newest events, of one service (`namespace/service`) or all, newest first.

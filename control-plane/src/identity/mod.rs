@@ -7,8 +7,11 @@ pub mod principal;
 pub mod proof;
 pub mod token_review;
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use bulwark_identity::{IssueError, Issuer, SpiffeId};
 use bulwark_proto::v1::identity_server::Identity;
@@ -23,8 +26,64 @@ use proof::{Proof, Verifier};
 #[derive(Debug)]
 pub struct IdentityConfig {
     pub trust_domain: String,
-    pub issuer: Issuer,
+    /// Replaced when its files change ([`watch_issuer`]).
+    pub issuer: ArcSwap<Issuer>,
     pub verifier: Verifier,
+    /// Where the issuer was read from, to reload it (`None`: development, made once).
+    pub issuer_files: Option<IssuerFiles>,
+    pub issuer_reload_interval: Duration,
+}
+
+/// The issuer's PEM files and the lifetime of the certificates it signs.
+#[derive(Debug, Clone)]
+pub struct IssuerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub lifetime: Duration,
+}
+
+impl IssuerFiles {
+    /// The issuer the files hold now, and their bytes.
+    pub fn load(&self) -> Result<(Issuer, Vec<u8>), String> {
+        let chain = std::fs::read(&self.cert)
+            .map_err(|e| format!("reading {}: {e}", self.cert.display()))?;
+        let key = std::fs::read_to_string(&self.key)
+            .map_err(|e| format!("reading {}: {e}", self.key.display()))?;
+        let issuer = Issuer::from_pem(&chain, &key, self.lifetime)
+            .map_err(|e| format!("issuer {}: {e}", self.cert.display()))?;
+        let mut seen = chain;
+        seen.extend_from_slice(key.as_bytes());
+        Ok((issuer, seen))
+    }
+}
+
+/// Reloads the issuer every `every` when its files changed (cert-manager renews the Secret;
+/// the kubelet updates the mounted files): certificates are signed by the new one from then
+/// on. Files that cannot be used leave the issuer in force, and say why.
+pub async fn watch_issuer(config: Arc<IdentityConfig>, every: Duration) {
+    let Some(files) = config.issuer_files.clone() else {
+        return;
+    };
+    let mut last = files.load().map(|(_, seen)| seen).unwrap_or_default();
+    loop {
+        tokio::time::sleep(every).await;
+        let mut seen = std::fs::read(&files.cert).unwrap_or_default();
+        seen.extend(std::fs::read(&files.key).unwrap_or_default());
+        if seen == last {
+            continue;
+        }
+        match files.load() {
+            Ok((issuer, seen)) => {
+                tracing::info!(issuer = %issuer.info().subject, not_after = bulwark_identity::cert::unix_seconds(issuer.info().not_after), "identity issuer reloaded");
+                config.issuer.store(Arc::new(issuer));
+                last = seen;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "identity issuer not reloaded; keeping the one in force");
+                last = seen;
+            }
+        }
+    }
 }
 
 /// The gRPC service.
@@ -83,6 +142,7 @@ impl Identity for IdentityService {
         let issued = self
             .config
             .issuer
+            .load()
             .issue(&request.csr, &allowed, SystemTime::now())
             .map_err(|e| {
                 let status = match e {

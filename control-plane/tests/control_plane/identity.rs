@@ -301,3 +301,68 @@ async fn service_account_tokens_are_checked_with_a_token_review() {
         "{message}"
     );
 }
+
+/// The issuer's files are renewed in place (cert-manager renews the Secret, the kubelet updates
+/// the mounted files): certificates are signed by the new issuer from then on, without a
+/// restart; files that do not hold an issuer leave the one in force.
+#[tokio::test]
+async fn a_renewed_issuer_signs_from_then_on() {
+    use bulwark_identity::dev::DevAuthority;
+    let dir = TempDir::new();
+    let (old, _) = DevAuthority::ensure(&dir.path().join("old")).expect("an authority");
+    let (new, _) = DevAuthority::ensure(&dir.path().join("new")).expect("another");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let install = |from: &DevAuthority| {
+        std::fs::copy(&from.issuer, &cert).expect("copy the issuer");
+        std::fs::copy(&from.issuer_key, &key).expect("copy its key");
+    };
+    install(&old);
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        "tokens:\n  - { token: t, namespace: shop, serviceAccount: orders }\n",
+    )
+    .expect("write the tokens file");
+    let etcd = Etcd::start().await;
+    let args = [
+        "--issuer-cert",
+        path(&cert),
+        "--issuer-key",
+        path(&key),
+        "--issuer-reload-interval",
+        "100ms",
+        "--join-tokens",
+        path(&tokens),
+    ];
+    let cp = replica_with(&[etcd.endpoint()], &args).await;
+    let orders = id("shop", "orders");
+    let issuer_of = |chain: &[Vec<u8>]| {
+        CertInfo::parse(&CertificateDer::from(chain[0].clone()))
+            .expect("a leaf")
+            .issuer
+    };
+    let subject = |file: &Path| {
+        let pem = std::fs::read(file).expect("the issuer");
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem).expect("a certificate");
+        CertInfo::parse(&der).expect("an issuer").subject
+    };
+    let (_, csr) = PendingKey::new(&orders).expect("a request");
+    let first = certify(&cp, csr, join("t")).await.expect("certified");
+    assert_eq!(issuer_of(&first.chain), subject(&old.issuer));
+
+    // Garbage first: refused, the old issuer stays.
+    std::fs::write(&cert, "not a certificate").expect("write garbage");
+    cp.wait_log("identity issuer not reloaded; keeping the one in force", 1)
+        .await;
+    let (_, csr) = PendingKey::new(&orders).expect("a request");
+    let still = certify(&cp, csr, join("t")).await.expect("certified");
+    assert_eq!(issuer_of(&still.chain), subject(&old.issuer));
+
+    install(&new);
+    cp.wait_log("identity issuer reloaded", 1).await;
+    let (_, csr) = PendingKey::new(&orders).expect("a request");
+    let renewed = certify(&cp, csr, join("t")).await.expect("certified");
+    assert_eq!(issuer_of(&renewed.chain), subject(&new.issuer));
+    let new_root = std::fs::read(&new.root).expect("the new root");
+    assert_verifies(&new_root, &renewed.chain, &orders);
+}

@@ -158,7 +158,11 @@ fn reinjection_replaces_the_sidecar_in_place() {
     let volumes = again["spec"]["template"]["spec"]["volumes"]
         .as_array()
         .expect("volumes");
-    assert_eq!(volumes.len(), 1, "no second snapshot volume");
+    assert_eq!(
+        volumes.len(),
+        3,
+        "no second snapshot, token or trust anchors volume"
+    );
 
     // A changed annotation changes the sidecar on the next injection.
     let mut annotated = first.clone();
@@ -410,7 +414,18 @@ fn pods_the_sidecar_cannot_join_are_refused() {
     assert_eq!(
         refusal(&volume),
         "spec.template.spec.volumes already has a volume named \"bulwark-snapshot\" that is not \
-         an emptyDir; rename that volume, the Bulwark sidecar needs the name"
+         the sidecar's; rename that volume, the Bulwark sidecar needs the name"
+    );
+    let token = deployment(json!({
+        "spec": {
+            "containers": [web(&[8080])],
+            "volumes": [{"name": "bulwark-identity-token", "emptyDir": {}}],
+        },
+    }));
+    assert_eq!(
+        refusal(&token),
+        "spec.template.spec.volumes already has a volume named \"bulwark-identity-token\" that \
+         is not the sidecar's; rename that volume, the Bulwark sidecar needs the name"
     );
     let nameless = json!({
         "apiVersion": "v1",
@@ -592,5 +607,81 @@ fn an_app_running_as_the_sidecars_uid_is_refused_with_capture() {
         refusal(&named),
         "spec.template.spec.containers already has a container named \"bulwark-init\", a name \
          Bulwark's injection needs; rename that container"
+    );
+}
+
+#[test]
+fn the_sidecar_gets_the_pods_identity_its_proof_and_the_trust_anchors() {
+    let mut app = web(&[8080]);
+    app["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": 8080}});
+    app["livenessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 8080}});
+    app["startupProbe"] = json!({"tcpSocket": {"port": 8080}});
+    let pod = deployment(json!({
+        "metadata": {"annotations": {"bulwark.dev/inbound-mtls": "strict"}},
+        "spec": {"serviceAccountName": "orders", "containers": [app]},
+    }));
+    let out = injected(&pod);
+    let side = sidecar(&out);
+    assert_eq!(env(side, "BULWARK_SERVICE_ACCOUNT")["value"], "orders");
+    assert_eq!(
+        env(side, "BULWARK_IDENTITY_TOKEN_FILE")["value"],
+        "/var/run/secrets/bulwark/identity/token"
+    );
+    assert_eq!(
+        env(side, "BULWARK_TRUST_ANCHORS")["value"],
+        "/var/run/bulwark/trust-anchors/roots.pem"
+    );
+    assert_eq!(env(side, "BULWARK_PROBE_PATHS")["value"], "/healthz,/ready");
+    assert_eq!(env(side, "BULWARK_INBOUND_MTLS")["value"], "strict");
+    let volumes = &out["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        volumes[1],
+        json!({"name": "bulwark-identity-token", "projected": {"sources": [{"serviceAccountToken":
+            {"audience": "bulwark", "expirationSeconds": 3600, "path": "token"}}]}})
+    );
+    assert_eq!(
+        volumes[2],
+        json!({"name": "bulwark-trust-anchors", "configMap": {"name": "bulwark-trust-anchors"}})
+    );
+    assert_eq!(
+        side["volumeMounts"],
+        json!([
+            {"name": "bulwark-snapshot", "mountPath": "/var/run/bulwark"},
+            {"name": "bulwark-identity-token", "mountPath": "/var/run/secrets/bulwark/identity", "readOnly": true},
+            {"name": "bulwark-trust-anchors", "mountPath": "/var/run/bulwark/trust-anchors", "readOnly": true},
+        ])
+    );
+
+    // Without a service account name, the namespace's default one.
+    let plain = injected(&deployment(json!({"spec": {"containers": [web(&[8080])]}})));
+    assert_eq!(
+        env(sidecar(&plain), "BULWARK_SERVICE_ACCOUNT")["value"],
+        "default"
+    );
+
+    // Turned off on a pod injected before: the variables and volumes go.
+    let mut off = out.clone();
+    off["spec"]["template"]["metadata"]["annotations"]["bulwark.dev/identity"] = json!("disabled");
+    let off = injected(&off);
+    let side = sidecar(&off);
+    assert!(
+        side["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().all(|v| v["name"] != "BULWARK_TRUST_ANCHORS")),
+        "{side}"
+    );
+    assert_eq!(
+        off["spec"]["template"]["spec"]["volumes"],
+        json!([{"name": "bulwark-snapshot", "emptyDir": {}}])
+    );
+
+    // A bad mode is refused by name.
+    let bad = deployment(json!({
+        "metadata": {"annotations": {"bulwark.dev/inbound-mtls": "required"}},
+        "spec": {"containers": [web(&[8080])]},
+    }));
+    assert_eq!(
+        refusal(&bad),
+        "annotation bulwark.dev/inbound-mtls: must be strict, permissive or disable, got \"required\""
     );
 }
