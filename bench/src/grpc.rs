@@ -62,6 +62,26 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<i32> {
         .ok()
 }
 
+/// What an answer with `grpc-status: code` says of its failure, for the report:
+/// `x-bulwark-error` (a proxy's reason) and `grpc-message`, each as ` (name: value)`; empty for
+/// a success or when neither is there.
+fn failure_detail(code: i32, headers: &HeaderMap, trailers: Option<&HeaderMap>) -> String {
+    let mut detail = String::new();
+    if code == 0 {
+        return detail;
+    }
+    for name in ["x-bulwark-error", "grpc-message"] {
+        let value = trailers
+            .and_then(|t| t.get(name))
+            .or_else(|| headers.get(name))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if let Some(value) = value {
+            detail.push_str(&format!(" ({name}: {value})"));
+        }
+    }
+    detail
+}
+
 /// Opens an HTTP/2 connection (prior knowledge, no Nagle delay) to `addr`.
 pub async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, BoxError> {
     let stream = TcpStream::connect(addr).await?;
@@ -114,8 +134,9 @@ impl GrpcUnary {
         Ok(slot.clone())
     }
 
-    /// The call's `grpc-status`, from a trailers-only answer or from the trailers.
-    async fn unary(&self) -> Result<Result<i32, String>, BoxError> {
+    /// The call's `grpc-status`, from a trailers-only answer or from the trailers, and what
+    /// the answer says of a failure (`grpc-message`, a proxy's `x-bulwark-error`).
+    async fn unary(&self) -> Result<Result<(i32, String), String>, BoxError> {
         let mut sender = self.sender().await?;
         sender.ready().await?;
         let req = Request::post(self.uri.clone())
@@ -127,12 +148,16 @@ impl GrpcUnary {
             return Ok(Err(format!("HTTP {}", res.status().as_u16())));
         }
         if let Some(code) = grpc_status(res.headers()) {
-            return Ok(Ok(code));
+            return Ok(Ok((code, failure_detail(code, res.headers(), None))));
         }
-        let body = res.into_body().collect().await?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await?;
         Ok(body
             .trailers()
-            .and_then(grpc_status)
+            .and_then(|t| {
+                let code = grpc_status(t)?;
+                Some((code, failure_detail(code, &parts.headers, Some(t))))
+            })
             .ok_or_else(|| "no grpc-status".to_string()))
     }
 }
@@ -140,8 +165,8 @@ impl GrpcUnary {
 impl Call for GrpcUnary {
     async fn call(&self) -> Outcome {
         match self.unary().await {
-            Ok(Ok(0)) => Outcome::Ok,
-            Ok(Ok(code)) => Outcome::Failed(format!("grpc-status {code}")),
+            Ok(Ok((0, _))) => Outcome::Ok,
+            Ok(Ok((code, detail))) => Outcome::Failed(format!("grpc-status {code}{detail}")),
             Ok(Err(why)) => Outcome::Failed(why),
             Err(e) => Outcome::Error(e.to_string()),
         }

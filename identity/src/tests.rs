@@ -403,3 +403,54 @@ fn forge(ca: &Authority, uri: &str, dns: &str, now: SystemTime) -> Arc<Credentia
     );
     forged
 }
+
+/// A second connection between the same two sidecars resumes the first one's session (a TLS
+/// 1.3 ticket): no certificate exchange, no signatures.
+#[tokio::test]
+async fn a_second_connection_resumes_the_session() {
+    let ca = Authority::new("resumption");
+    let now = SystemTime::now();
+    let trust = anchors(&[&ca.root_pem]);
+    let client = Arc::new(
+        mesh_client(
+            ca.credentials("shop", "orders", now),
+            trust.clone(),
+            ALPN_H2,
+        )
+        .unwrap(),
+    );
+    let server = Arc::new(mesh_server(ca.credentials("pay", "payments", now), trust).unwrap());
+    let payments: SpiffeId = "spiffe://cluster.local/ns/pay/sa/payments".parse().unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(client.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+        let name = ServerName::try_from(payments.server_name()).unwrap();
+        let (kind, _) = tokio::join!(
+            async {
+                let mut tls = connector.connect(name, a).await.unwrap();
+                tls.write_all(b"ping").await.unwrap();
+                let mut back = [0u8; 4];
+                // Reading the answer also reads the ticket the server sent after the handshake.
+                tls.read_exact(&mut back).await.unwrap();
+                tls.get_ref().1.handshake_kind()
+            },
+            async {
+                let mut tls = acceptor.accept(b).await.unwrap();
+                let mut buf = [0u8; 4];
+                tls.read_exact(&mut buf).await.unwrap();
+                tls.write_all(&buf).await.unwrap();
+                tls.flush().await.unwrap();
+            }
+        );
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}

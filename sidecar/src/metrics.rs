@@ -24,6 +24,11 @@ pub struct RequestLabels {
     pub upstream: String,
     pub protocol: &'static str,
     pub status_class: &'static str,
+    /// The caller's SPIFFE ID (inbound: the verified caller; outbound: this pod), or empty.
+    pub client_id: String,
+    /// The callee's SPIFFE ID (inbound: this pod; outbound: the identity the upstream proved
+    /// with `tls.mode: mesh`), or empty.
+    pub server_id: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -557,8 +562,27 @@ impl Metrics {
             metrics: self.clone(),
             direction,
             upstream: upstream.to_string(),
+            client_id: String::new(),
+            server_id: String::new(),
             counters: Default::default(),
             duration,
+        }
+    }
+}
+
+/// The request counters of one inbound mTLS connection's caller, resolved on first use so
+/// that a request counts without a lookup.
+#[derive(Debug)]
+pub struct CallerCounters {
+    client_id: String,
+    counters: [[OnceLock<Counter>; 5]; 3],
+}
+
+impl CallerCounters {
+    pub fn new(client_id: &str) -> CallerCounters {
+        CallerCounters {
+            client_id: client_id.to_string(),
+            counters: Default::default(),
         }
     }
 }
@@ -588,6 +612,10 @@ pub struct UpstreamMetrics {
     metrics: Arc<Metrics>,
     direction: &'static str,
     upstream: String,
+    /// The identities requests to this upstream are between, as far as they are known when it
+    /// is built (the caller of an inbound request is known per connection: [`CallerCounters`]).
+    client_id: String,
+    server_id: String,
     counters: [[OnceLock<Counter>; 5]; 3],
     duration: Histogram,
     /// Connections opened to this upstream's endpoints.
@@ -649,9 +677,33 @@ impl UpstreamMetrics {
             .inc();
     }
 
-    pub fn record(&self, protocol: ProtocolLabel, status: u16, elapsed: Duration) {
+    /// With the identities its requests are between: `client_id` and `server_id` labels.
+    pub fn identities(mut self, client_id: Option<&str>, server_id: Option<&str>) -> Self {
+        self.client_id = client_id.unwrap_or_default().to_string();
+        self.server_id = server_id.unwrap_or_default().to_string();
+        self
+    }
+
+    /// Whether its labels name these identities.
+    pub fn has_identities(&self, client_id: Option<&str>, server_id: Option<&str>) -> bool {
+        self.client_id == client_id.unwrap_or_default()
+            && self.server_id == server_id.unwrap_or_default()
+    }
+
+    /// A request that ended with `status`; `caller`: an inbound mTLS connection's caller.
+    pub fn record(
+        &self,
+        caller: Option<&CallerCounters>,
+        protocol: ProtocolLabel,
+        status: u16,
+        elapsed: Duration,
+    ) {
         let class = usize::from((status / 100).clamp(1, 5) - 1);
-        let counter = self.counters[protocol as usize][class].get_or_init(|| {
+        let (slot, client_id) = match caller {
+            Some(c) => (&c.counters[protocol as usize][class], &c.client_id),
+            None => (&self.counters[protocol as usize][class], &self.client_id),
+        };
+        let counter = slot.get_or_init(|| {
             self.metrics
                 .requests
                 .get_or_create(&RequestLabels {
@@ -659,6 +711,8 @@ impl UpstreamMetrics {
                     upstream: self.upstream.clone(),
                     protocol: protocol.as_str(),
                     status_class: STATUS_CLASSES[class],
+                    client_id: client_id.clone(),
+                    server_id: self.server_id.clone(),
                 })
                 .clone()
         });

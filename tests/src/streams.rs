@@ -226,6 +226,32 @@ impl TestCa {
             .with_no_client_auth();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
+
+    /// A TLS 1.3 client that presents a certificate of this CA naming `spiffe_id` and trusts
+    /// only `roots_pem`: a caller from outside the mesh that claims a mesh identity.
+    pub fn impostor_client(&self, spiffe_id: &str, roots_pem: &[u8]) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::pem::PemObject;
+        let key = rcgen::KeyPair::generate().expect("a leaf key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(spiffe_id).expect("a URI"),
+        )];
+        let leaf = params.signed_by(&key, &self.issuer).expect("the leaf");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+            .expect("a DER private key");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(roots_pem) {
+            roots.add(cert.expect("a PEM certificate")).expect("a root");
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(TestCa::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![leaf.der().clone(), self.cert.der().clone()], key)
+            .expect("the client configuration");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
 }
 
 impl Default for TestCa {

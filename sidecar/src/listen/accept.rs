@@ -40,6 +40,11 @@ pub fn connection_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
+        // One connection from another sidecar carries a whole pod's calls: when that pod's
+        // clients go away with calls in flight, their resets arrive together. hyper's default
+        // (20 reset streams not yet accepted) would then close the connection under every
+        // other call on it; a higher bound still stops a rapid-reset flood.
+        .max_pending_accept_reset_streams(512)
         .keep_alive_interval(Duration::from_secs(30))
         // WebSocket over HTTP/2 (RFC 8441): extended CONNECT with `:protocol`.
         .enable_connect_protocol();

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::metrics::{CallerCounters, Metrics};
 
 /// The verified identity of the caller on an inbound mTLS connection.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct PeerIdentity {
     /// The SPIFFE ID as the `x-bulwark-peer-identity` value, and as logged.
     pub text: Arc<str>,
     pub header: HeaderValue,
+    /// Its requests' counters (`client_id` label).
+    pub counters: CallerCounters,
 }
 
 /// What becomes of an inbound TLS connection.
@@ -88,6 +90,7 @@ where
     Ok((
         stream,
         Arc::new(PeerIdentity {
+            counters: CallerCounters::new(&text),
             id: peer,
             text,
             header,

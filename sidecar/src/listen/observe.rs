@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::mtls::PeerIdentity;
 use crate::body::{Body, BodyError};
 use crate::headers::GRPC_STATUS;
 use crate::metrics::{ProtocolLabel, UpstreamMetrics};
@@ -35,6 +36,8 @@ pub struct Completion {
     pub error: Option<&'static str>,
     /// The peer's SPIFFE ID: the caller's (inbound mTLS) or the upstream's (outbound mTLS).
     pub peer_identity: Option<Arc<str>>,
+    /// The verified caller of an inbound mTLS request.
+    pub caller: Option<Arc<PeerIdentity>>,
     /// Keeps the request counted as in flight until its response ends.
     pub in_flight: InFlightGuard,
 }
@@ -43,7 +46,8 @@ impl Completion {
     fn finish(self, outcome: &'static str) {
         let elapsed = self.started.elapsed();
         if let Some(m) = &self.metrics {
-            m.record(self.protocol, self.status.as_u16(), elapsed);
+            let caller = self.caller.as_ref().map(|c| &c.counters);
+            m.record(caller, self.protocol, self.status.as_u16(), elapsed);
         }
         let s = |v: &Option<HeaderValue>| {
             v.as_ref()

@@ -94,6 +94,7 @@ pub async fn handle(
         grpc_status: None,
         error: None,
         peer_identity: None,
+        caller: None,
         in_flight: shared.in_flight.start(),
     };
 
@@ -111,7 +112,8 @@ pub async fn handle(
     } else {
         Ok(())
     };
-    completion.peer_identity = peer.map(|p| p.text.clone());
+    completion.peer_identity = peer.as_ref().map(|p| p.text.clone());
+    completion.caller = peer;
     let routed = admitted.and_then(|()| route(&shared, &table, &target, authority));
     let state = CallState::default();
     let prepared = match &upgrade {

@@ -113,9 +113,20 @@ impl Upstream {
         let routes = Arc::new(UpstreamRoutes::compile(spec));
         let name: Arc<str> = Arc::from(policy.metadata.name.as_str());
         let namespace: Arc<str> = Arc::from(policy.metadata.namespace.as_str());
+        let tls = upstream_tls(policy, env.identity.as_ref(), &env.metrics)?;
+        let peer_identity = tls.as_ref().and_then(|t| t.identity.clone());
+        let own = env.identity.as_ref().map(|i| i.id.to_string());
+        let (client_id, server_id) = match side {
+            Side::Outbound => (own.as_deref(), peer_identity.as_deref()),
+            Side::Inbound(_) => (None, own.as_deref()),
+        };
         let metrics = match previous {
-            Some(p) => p.metrics.clone(),
-            None => Arc::new(env.metrics.upstream(side.label(), &name)),
+            Some(p) if p.metrics.has_identities(client_id, server_id) => p.metrics.clone(),
+            _ => Arc::new(
+                env.metrics
+                    .upstream(side.label(), &name)
+                    .identities(client_id, server_id),
+            ),
         };
         let stats = match previous {
             Some(p) => p.stats.clone(),
@@ -168,8 +179,6 @@ impl Upstream {
             namespace: namespace.clone(),
             metrics: metrics.clone(),
         });
-        let tls = upstream_tls(policy, env.identity.as_ref(), &env.metrics)?;
-        let peer_identity = tls.as_ref().and_then(|t| t.identity.clone());
         let connect = ConnectSettings {
             upstream: name.clone(),
             connect_timeout: routes.connect_timeout(),

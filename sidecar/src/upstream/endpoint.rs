@@ -28,7 +28,7 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
     h1_idle: Mutex<Vec<H1Connection>>,
-    h2: ArcSwapOption<h2::client::SendRequest<Bytes>>,
+    h2: ArcSwapOption<http2::Connection>,
     h2_connect: tokio::sync::Mutex<()>,
 }
 
@@ -87,8 +87,8 @@ impl Endpoint {
                 Ok(rsp.map(|b| lease.into_body(UpstreamStream::H1(b), reusable)))
             }
             Wire::Http2 => {
-                let conn = self.h2_checkout(settings).await?;
-                let rsp = http2::send(&conn, req).await.map_err(|e| {
+                let (conn, sender) = self.h2_ready(settings).await?;
+                let rsp = http2::send(sender, req).await.map_err(|e| {
                     if e.connection_lost {
                         self.forget_h2(&conn);
                     }
@@ -161,12 +161,39 @@ impl Endpoint {
         }
     }
 
+    /// The shared HTTP/2 connection with a stream slot for one request. A pooled connection
+    /// that ended, or cannot take a stream (it is going away), is dropped and a new one is
+    /// dialled once: the request was not sent, so nothing is repeated.
+    async fn h2_ready(
+        &self,
+        settings: &ConnectSettings,
+    ) -> Result<(Arc<http2::Connection>, h2::client::SendRequest<Bytes>), ProxyError> {
+        let mut redialled = false;
+        loop {
+            let conn = self.h2_checkout(settings).await?;
+            match http2::ready(&conn).await {
+                Ok(sender) => return Ok((conn, sender)),
+                Err(e) => {
+                    self.forget_h2(&conn);
+                    if redialled {
+                        return Err(self.request_error(settings, e.into()));
+                    }
+                    tracing::debug!(upstream = %settings.upstream, endpoint = %self.addr, error = %e, "HTTP/2 connection cannot take a stream; dialling a new one");
+                    redialled = true;
+                }
+            }
+        }
+    }
+
     async fn h2_checkout(
         &self,
         settings: &ConnectSettings,
-    ) -> Result<Arc<h2::client::SendRequest<Bytes>>, ProxyError> {
+    ) -> Result<Arc<http2::Connection>, ProxyError> {
         if let Some(conn) = self.h2.load_full() {
-            return Ok(conn);
+            if !conn.is_closed() {
+                return Ok(conn);
+            }
+            self.forget_h2(&conn);
         }
         // Boxed: connecting is rare, and its state would otherwise sit in every request's.
         Box::pin(self.h2_dial(settings)).await
@@ -175,10 +202,12 @@ impl Endpoint {
     async fn h2_dial(
         &self,
         settings: &ConnectSettings,
-    ) -> Result<Arc<h2::client::SendRequest<Bytes>>, ProxyError> {
+    ) -> Result<Arc<http2::Connection>, ProxyError> {
         // One caller connects; the others wait for it and share the connection.
         let _connecting = self.h2_connect.lock().await;
-        if let Some(conn) = self.h2.load_full() {
+        if let Some(conn) = self.h2.load_full()
+            && !conn.is_closed()
+        {
             return Ok(conn);
         }
         let io = connect(self.addr, settings, Wire::Http2).await?;
@@ -192,7 +221,7 @@ impl Endpoint {
     }
 
     /// Drops the shared HTTP/2 connection if it is still `conn` (a later one stays).
-    fn forget_h2(&self, conn: &Arc<h2::client::SendRequest<Bytes>>) {
+    fn forget_h2(&self, conn: &Arc<http2::Connection>) {
         let current = self.h2.load();
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             self.h2.compare_and_swap(&*current, None);
@@ -337,6 +366,57 @@ mod tests {
         assert_eq!(server.connections(), 1);
         assert_eq!(s.connects_http2.get(), 1);
         assert_eq!(endpoint.in_flight(), 0);
+    }
+
+    /// An HTTP/2 server that answers one request per connection, then sends GOAWAY and closes
+    /// it (as a server does that saw too many resets); the connections it accepted.
+    async fn one_request_per_connection() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    if let Some(Ok((_, mut respond))) = conn.accept().await {
+                        let rsp = http::Response::new(());
+                        let mut body = respond.send_response(rsp, false).unwrap();
+                        body.send_data(Bytes::from_static(b"ok"), true).unwrap();
+                    }
+                    conn.graceful_shutdown();
+                    while conn.accept().await.is_some() {}
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_pooled_http2_connection_the_server_closed_is_replaced_not_used() {
+        let (addr, accepted) = one_request_per_connection().await;
+        let endpoint = Endpoint::new(addr);
+        let s = settings();
+        for round in 1..=3 {
+            let rsp = endpoint
+                .send(Wire::Http2, get(http::Version::HTTP_2), &s)
+                .await
+                .unwrap_or_else(|e| panic!("request {round}: {e}"));
+            assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "ok");
+            // Until the client has seen the connection end, whichever comes first: the pool
+            // notices it ended, or the stream slot is refused — either way a new connection.
+            let closed = async {
+                while endpoint.h2.load().as_ref().is_some_and(|c| !c.is_closed()) {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), closed)
+                .await
+                .expect("the client sees the server close the connection");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(s.connects_http2.get(), 3);
     }
 
     #[tokio::test]

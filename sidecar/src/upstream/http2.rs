@@ -11,6 +11,8 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -31,13 +33,28 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An HTTP/2 connection to an endpoint, shared by every request to it.
+#[derive(Debug)]
+pub struct Connection {
+    pub send: SendRequest<Bytes>,
+    /// Set when the task driving the connection ended (the peer closed it, sent GOAWAY and
+    /// finished, or stopped answering pings): the pool must not hand it out again.
+    closed: Arc<AtomicBool>,
+}
+
+impl Connection {
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
 /// Handshakes over `io` and spawns the task that drives the connection (and its keep-alive
 /// pings) until every handle is gone or the peer goes away.
 pub async fn handshake(
     io: Io,
     upstream: std::sync::Arc<str>,
     endpoint: std::net::SocketAddr,
-) -> Result<SendRequest<Bytes>, h2::Error> {
+) -> Result<Connection, h2::Error> {
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -47,6 +64,8 @@ pub async fn handshake(
         .handshake::<_, Bytes>(io)
         .await?;
     let ping_pong = connection.ping_pong();
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = closed.clone();
     tokio::spawn(async move {
         let keepalive = async move {
             let Some(mut ping_pong) = ping_pong else {
@@ -73,8 +92,15 @@ pub async fn handshake(
                 tracing::debug!(%upstream, %endpoint, reason, "closing the HTTP/2 connection");
             }
         }
+        ended.store(true, Ordering::Release);
     });
-    Ok(send)
+    Ok(Connection { send, closed })
+}
+
+/// Waits for a stream slot on `connection`; an error means the connection cannot take the
+/// request (it is going away or gone), and the request was not sent.
+pub async fn ready(connection: &Connection) -> Result<SendRequest<Bytes>, h2::Error> {
+    connection.send.clone().ready().await
 }
 
 /// Why a request failed on an HTTP/2 connection.
@@ -95,20 +121,12 @@ impl From<h2::Error> for SendError {
     }
 }
 
-/// Sends one request: waits for a stream slot, sends the head, pipes the body while awaiting
-/// the response head.
+/// Sends one request on a connection that has a stream slot for it ([`ready`]): sends the
+/// head, pipes the body while awaiting the response head.
 pub async fn send(
-    connection: &SendRequest<Bytes>,
+    mut sender: SendRequest<Bytes>,
     req: Request<Body>,
 ) -> Result<Response<RecvStream>, SendError> {
-    let mut sender = connection
-        .clone()
-        .ready()
-        .await
-        .map_err(|error| SendError {
-            error,
-            connection_lost: true,
-        })?;
     let (parts, body) = req.into_parts();
     let end_of_stream = body.is_end_stream();
     let (mut response, stream) =

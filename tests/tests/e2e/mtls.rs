@@ -193,6 +193,8 @@ struct Mesh {
     _b_echo: StreamServer,
     _c_https: HttpUpstream,
     _c_impostor: HttpUpstream,
+    /// The CA of C's servers: outside the mesh.
+    ca: TestCa,
     _dir: TempDir,
 }
 
@@ -360,6 +362,7 @@ spec:
             _b_echo: b_echo,
             _c_https: c_https,
             _c_impostor: c_impostor,
+            ca,
             _dir: dir,
         }
     }
@@ -433,6 +436,26 @@ async fn strict_mtls_carries_the_callers_identity_and_refuses_plaintext() {
         &mesh.b.sidecar,
         "bulwark_mtls_connections_total",
         &[("direction", "inbound")],
+        1.0,
+    )
+    .await;
+    // Request metrics name both ends: the caller's and the callee's identity.
+    let between = [
+        ("client_id", FRONTEND),
+        ("server_id", ORDERS),
+        ("status_class", "2xx"),
+    ];
+    let outbound = [
+        &between[..],
+        &[("direction", "outbound"), ("upstream", "orders")],
+    ]
+    .concat();
+    metric_at_least(&mesh.a.sidecar, "bulwark_requests_total", &outbound, 1.0).await;
+    let inbound_labels = [&between[..], &[("direction", "inbound")]].concat();
+    metric_at_least(
+        &mesh.b.sidecar,
+        "bulwark_requests_total",
+        &inbound_labels,
         1.0,
     )
     .await;
@@ -555,6 +578,53 @@ async fn strict_mtls_carries_the_callers_identity_and_refuses_plaintext() {
             WAIT,
         )
         .await;
+
+    // A caller from outside the mesh that claims A's identity with a certificate of another
+    // CA: B's sidecar refuses the handshake, and nothing reaches the app.
+    let impostor = mesh
+        .ca
+        .impostor_client(FRONTEND, mesh.authority.root(1).as_bytes());
+    let tcp = mesh
+        .ns(2)
+        .connect(addr(1, 8080))
+        .await
+        .expect("connect to B");
+    let name = rustls::pki_types::ServerName::try_from("orders.shop.sa.bulwark.cluster.local")
+        .expect("a server name");
+    let answered = async {
+        let mut tls = impostor.connect(name, tcp).await?;
+        tls.write_all(b"GET /headers HTTP/1.1\r\nHost: orders\r\n\r\n")
+            .await?;
+        tls.flush().await?;
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    match answered.await {
+        Ok(buf) => assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf)),
+        Err(e) => assert!(e.to_string().contains("alert"), "{e}"),
+    }
+    mesh.b
+        .sidecar
+        .await_metric(
+            "bulwark_inbound_mtls_refused_total",
+            &[("reason", "handshake")],
+            1.0,
+            WAIT,
+        )
+        .await;
+    assert!(
+        mesh.b
+            .sidecar
+            .logs_contain("invalid peer certificate: UnknownIssuer"),
+        "{:?}",
+        mesh.b.sidecar.logs()
+    );
+    assert_eq!(
+        mesh.b_http.requests(),
+        before + 1,
+        "the impostor reached nothing"
+    );
 
     // The wrong identity, and a certificate from outside the mesh, fail A's check.
     let res = get(&http, "payments", "/headers", "wrong-id").await;
