@@ -170,7 +170,7 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 echo "   storefront's app → its sidecar (plaintext) → mTLS → orders' sidecar → orders' app; the app sees:"
-http_get 16001 orders /headers | tail -1 | tr ',' '\n' | grep -E '"x-bulwark-peer-identity"|"host"' | sed 's/^/     /'
+http_get 16001 orders /headers | tail -1 | grep -oE '"(host|x-bulwark-peer-identity)":\[[^]]*\]' | sed 's/^/     /'
 echo "   plaintext straight to orders' sidecar is refused:"
 http_get 19006 orders /headers | sed -n '1p;$p' | sed 's/^/     /'
 for _ in $(seq 50); do
