@@ -9,7 +9,7 @@ use bulwark_proto::policy::Kind;
 use bulwark_proto::policy::units::parse_duration;
 use serde::{Deserialize, Serialize};
 
-use super::ops::{OpError, Ops, Served, author};
+use super::ops::{OpError, Ops, Served, author, one_line};
 use crate::degradation::compute::{Level, ServiceStatus};
 use crate::degradation::events;
 use crate::degradation::runner::unix_ms;
@@ -21,6 +21,8 @@ pub const MAX_OVERRIDE: Duration = Duration::from_secs(24 * 3600);
 /// Events listed when a request names no limit, and the most it may ask for.
 pub const DEFAULT_EVENTS: usize = 100;
 pub const MAX_EVENTS: usize = 1000;
+/// The longest reason an override may give.
+pub const MAX_REASON: usize = 500;
 
 /// `GET /v1/levels`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,6 +145,8 @@ impl Ops {
                 "reason must say why the level is forced (it is recorded with the override)",
             ));
         }
+        one_line("reason", reason, MAX_REASON)?;
+        let by = author(request.by)?;
         if let OverrideTarget::Service(service) = &target {
             let policy =
                 ResourceKey::new(Kind::ServicePolicy, &service.namespace, &service.service);
@@ -152,7 +156,6 @@ impl Ops {
                 )));
             }
         }
-        let by = author(request.by);
         let now = unix_ms();
         let record = OverrideRecord {
             level: level.to_string(),
@@ -193,12 +196,12 @@ impl Ops {
         target: OverrideTarget,
         by: Option<String>,
     ) -> Result<ClearResponse, OpError> {
+        let by = author(by)?;
         let key = self.keys.override_of(&target);
         let before = self.index.lock().overrides().get(&target).cloned();
         if !self.store.delete(&key).await? {
             return Err(OpError::NotFound(format!("no override for {target}")));
         }
-        let by = author(by);
         let from = before.map(|o| o.level).unwrap_or_default();
         let text = format!("{target} override cleared by {by}");
         self.record_event(events::record(

@@ -224,8 +224,8 @@ impl Ops {
     /// Applies `resources` (JSON documents) all or nothing.
     pub async fn apply(&self, request: ApplyRequest) -> Result<ApplyResponse, OpError> {
         let desired = parse_resources(&request.resources)?;
-        self.write(desired, request.dry_run, &author(request.by), None)
-            .await
+        let by = author(request.by)?;
+        self.write(desired, request.dry_run, &by, None).await
     }
 
     /// One resource.
@@ -278,7 +278,7 @@ impl Ops {
         expected: Option<i64>,
         by: Option<String>,
     ) -> Result<DeleteResponse, OpError> {
-        let by = author(by);
+        let by = author(by)?;
         let policy_key = self.keys.policy(key);
         for _ in 0..WRITE_ATTEMPTS {
             let current = self
@@ -405,7 +405,7 @@ impl Ops {
         self.write(
             desired,
             false,
-            &author(request.by),
+            &author(request.by)?,
             Some(HistoryOp::RolledBack),
         )
         .await
@@ -622,10 +622,39 @@ fn pretty(resource: &Resource) -> String {
     serde_json::to_string_pretty(resource).unwrap_or_default()
 }
 
-pub(crate) fn author(by: Option<String>) -> String {
-    by.map(|b| b.trim().to_string())
+pub(crate) fn author(by: Option<String>) -> Result<String, OpError> {
+    let by = by
+        .map(|b| b.trim().to_string())
         .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| ANONYMOUS.to_string())
+        .unwrap_or_else(|| ANONYMOUS.to_string());
+    one_line("by", &by, MAX_BY)?;
+    Ok(by)
+}
+
+/// The longest `by` a request may give.
+const MAX_BY: usize = 128;
+
+/// Free text from a request that goes into logs, history and events must be one line of
+/// printable text: a line break would start a forged log line, an escape sequence would
+/// recolour or rewrite a terminal's text, and a bidirectional control reorders what a reader
+/// sees. Refused, naming the field and showing the text escaped.
+pub(crate) fn one_line(field: &str, text: &str, max: usize) -> Result<(), OpError> {
+    let forbidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if text.chars().any(forbidden) {
+        return Err(OpError::invalid(format!(
+            "{field} must be one line of printable text (no line breaks, control characters or escape sequences), got {text:?}"
+        )));
+    }
+    if text.chars().count() > max {
+        return Err(OpError::invalid(format!(
+            "{field} must be at most {max} characters, got {}",
+            text.chars().count()
+        )));
+    }
+    Ok(())
 }
 
 /// A conflict that names the current version.

@@ -635,3 +635,81 @@ async fn history_keeps_the_last_twenty_changes() {
     assert_eq!(reply.status, 404);
     assert_eq!(etcd.keys("/bulwark/v1/history/").len(), 20);
 }
+
+/// Free text that reaches logs, history and events cannot forge a record: a `by` or a
+/// `reason` with a line break, a control character, an escape sequence or a bidirectional
+/// control is refused, naming the field and showing it escaped, and nothing changes.
+#[tokio::test]
+async fn text_that_would_forge_log_lines_or_history_is_refused_and_nothing_changes() {
+    let (etcd, cp) = setup().await;
+    let forged = "eve\n2026-12-06T00:00:00Z INFO admin approved \u{1b}[31m";
+    let refusal = format!(
+        "by must be one line of printable text (no line breaks, control characters or escape sequences), got {forged:?}"
+    );
+
+    // Apply: nothing stored.
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [upstream("echo", "127.0.0.1:1")], "by": forged}),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.json["message"].as_str()),
+        (400, Some(refusal.as_str()))
+    );
+    assert!(etcd.stored_keys(PREFIX).is_empty());
+
+    // Delete with a forged `by` in the query: the resource stays, its history unchanged.
+    let stored = cp
+        .apply_json(vec![
+            upstream("echo", "127.0.0.1:1"),
+            service("shop", "orders", 8080),
+        ])
+        .await;
+    assert_eq!(stored["results"].as_array().map(Vec::len), Some(2));
+    let keys_before = etcd.stored_keys(PREFIX);
+    let reply = cp
+        .delete("/v1/UpstreamPolicy/default/echo?by=eve%0A2026-12-06T00:00:00Z%20INFO%20forged%1B%5B31m")
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.json);
+    assert_eq!(
+        reply.json["message"],
+        "by must be one line of printable text (no line breaks, control characters or escape sequences), got \"eve\\n2026-12-06T00:00:00Z INFO forged\\u{1b}[31m\""
+    );
+    assert_eq!(cp.get("/v1/UpstreamPolicy/default/echo").await.status, 200);
+
+    // An override with a forged reason, or a right-to-left override in `by`: not stored.
+    for body in [
+        json!({"level": "EMERGENCY", "ttl": "5m", "reason": "outage\nINFO all clear", "by": "ops"}),
+        json!({"level": "EMERGENCY", "ttl": "5m", "reason": "outage", "by": "ops\u{202e}nimda"}),
+        json!({"level": "EMERGENCY", "ttl": "5m", "reason": "x".repeat(501), "by": "ops"}),
+    ] {
+        let reply = cp
+            .rest(http::Method::PUT, "/v1/degrade/shop/orders", Some(body))
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.text());
+    }
+    let reply = cp
+        .rest(
+            http::Method::PUT,
+            "/v1/degrade/shop/orders",
+            Some(json!({"level": "EMERGENCY", "ttl": "5m", "reason": "a\u{1b}[2Jb", "by": "ops"})),
+        )
+        .await;
+    assert_eq!(
+        reply.json()["message"],
+        "reason must be one line of printable text (no line breaks, control characters or escape sequences), got \"a\\u{1b}[2Jb\""
+    );
+    assert_eq!(etcd.stored_keys(PREFIX), keys_before, "nothing was written");
+    // What the log says of the refusals is escaped: no line of it starts with the forged
+    // text, and no escape sequence reached it raw.
+    let logs = cp.logs();
+    assert!(
+        logs.iter().all(|l| !l.starts_with("2026-12-06T00:00:00Z")
+            && !l.starts_with("INFO all clear")
+            && !l.contains("\u{1b}[31m")
+            && !l.contains("\u{1b}[2J")),
+        "{logs:#?}"
+    );
+}
