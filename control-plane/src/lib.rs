@@ -55,6 +55,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub struct Config {
     /// etcd client URLs.
     pub etcd_endpoints: Vec<String>,
+    /// TLS to etcd (`https://` endpoints).
+    pub etcd_tls: Option<crate::store::EtcdTls>,
     /// Key prefix of everything Bulwark stores.
     pub etcd_prefix: String,
     /// REST listen address.
@@ -121,6 +123,7 @@ pub async fn run(
             &config.etcd_endpoints,
             StoreOptions {
                 op_timeout: config.etcd_timeout,
+                tls: config.etcd_tls.clone(),
                 ..StoreOptions::default()
             },
         )

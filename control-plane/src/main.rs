@@ -25,6 +25,25 @@ struct Args {
     )]
     etcd_endpoints: Vec<String>,
 
+    /// The CA that signed etcd's certificate (PEM): etcd is reached over TLS (https://
+    /// endpoints).
+    #[arg(long, env = "BULWARK_ETCD_CA", value_name = "PATH")]
+    etcd_ca: Option<PathBuf>,
+
+    /// This replica's client certificate for etcd (PEM, with its chain), for etcd's
+    /// --client-cert-auth.
+    #[arg(long, env = "BULWARK_ETCD_CERT", value_name = "PATH", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "BULWARK_ETCD_KEY",
+        value_name = "PATH",
+        requires = "etcd_cert"
+    )]
+    etcd_key: Option<PathBuf>,
+
     /// Key prefix of everything Bulwark stores in etcd.
     #[arg(long, env = "BULWARK_ETCD_PREFIX", default_value = "/bulwark/v1")]
     etcd_prefix: String,
@@ -342,7 +361,23 @@ async fn run() -> anyhow::Result<()> {
         _ => None,
     };
     let identity = identity_config(args.identity)?.map(std::sync::Arc::new);
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+    };
+    let etcd_tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        (None, _, _) => None,
+        (Some(ca), cert, key) => Some(bulwark_control_plane::store::EtcdTls {
+            ca: read(ca, "--etcd-ca")?,
+            client: match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    Some((read(cert, "--etcd-cert")?, read(key, "--etcd-key")?))
+                }
+                _ => None,
+            },
+        }),
+    };
     let config = Config {
+        etcd_tls,
         replica_id: args
             .replica_id
             .unwrap_or_else(|| format!("{}/{}", hostname(), std::process::id())),

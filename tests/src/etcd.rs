@@ -22,11 +22,54 @@ pub struct Etcd {
     dir: PathBuf,
     client: SocketAddr,
     peer: SocketAddr,
+    tls: Option<EtcdTlsFiles>,
+}
+
+/// The certificates of an etcd that serves clients over TLS and requires a client certificate
+/// (`--client-cert-auth`), all from one test CA.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate etcd accepts.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTlsFiles {
+    /// Issues them from `ca` into `dir`.
+    pub fn issue(ca: &crate::streams::TestCa, dir: &std::path::Path) -> EtcdTlsFiles {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write a certificate file");
+            path
+        };
+        let (server_cert, server_key) = ca.leaf_pem(&["127.0.0.1", "localhost"]);
+        let (client_cert, client_key) = ca.leaf_pem(&["bulwark-control-plane"]);
+        EtcdTlsFiles {
+            ca: write("etcd-ca.pem", &ca.cert_pem()),
+            server_cert: write("etcd-server.pem", &server_cert),
+            server_key: write("etcd-server.key", &server_key),
+            client_cert: write("etcd-client.pem", &client_cert),
+            client_key: write("etcd-client.key", &client_key),
+        }
+    }
 }
 
 impl Etcd {
     /// Starts a fresh etcd and waits until it answers.
     pub async fn start() -> Etcd {
+        Etcd::start_with(None).await
+    }
+
+    /// Starts a fresh etcd that serves clients over TLS only and requires a client
+    /// certificate, and waits until it answers.
+    pub async fn start_tls(tls: EtcdTlsFiles) -> Etcd {
+        Etcd::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdTlsFiles>) -> Etcd {
         let dir = unique_temp_dir();
         std::fs::create_dir_all(&dir).expect("create etcd's directory");
         let etcd = Etcd {
@@ -34,14 +77,16 @@ impl Etcd {
             dir,
             client: free_addr(),
             peer: free_addr(),
+            tls,
         };
         etcd.resume().await;
         etcd
     }
 
-    /// `http://127.0.0.1:PORT`, for `--etcd-endpoints`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), for `--etcd-endpoints`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     /// The client address.
@@ -70,6 +115,7 @@ impl Etcd {
             self.client,
             self.peer,
             &format!("test=http://{}", self.peer),
+            self.tls.as_ref(),
             &[],
         );
         *lock(&self.child) = Some(child);
@@ -86,11 +132,20 @@ impl Etcd {
 
     /// Runs `etcdctl` (API v3) against this etcd; `Err` carries its stderr.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(self.endpoint())
-            .args(["--dial-timeout", "1s", "--command-timeout", "3s"])
+            .args(["--dial-timeout", "1s", "--command-timeout", "3s"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        let out = cmd
             .args(args)
             .output()
             .map_err(|e| format!("run etcdctl: {e}"))?;
@@ -155,10 +210,23 @@ fn spawn_member(
     client: SocketAddr,
     peer: SocketAddr,
     initial: &str,
-    extra: &[&str],
+    tls: Option<&EtcdTlsFiles>,
+    more: &[&str],
 ) -> Child {
     let bin = std::env::var_os("BULWARK_ETCD_BIN").unwrap_or_else(|| "etcd".into());
-    let (client, peer) = (format!("http://{client}"), format!("http://{peer}"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (client, peer) = (format!("{scheme}://{client}"), format!("http://{peer}"));
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(tls) = tls {
+        extra.extend([
+            "--cert-file".into(),
+            tls.server_cert.clone().into_os_string(),
+        ]);
+        extra.extend(["--key-file".into(), tls.server_key.clone().into_os_string()]);
+        extra.extend(["--trusted-ca-file".into(), tls.ca.clone().into_os_string()]);
+        extra.push("--client-cert-auth".into());
+    }
+    extra.extend(more.iter().map(Into::into));
     Command::new(&bin)
         .args(["--name", name])
         .arg("--data-dir")
@@ -169,7 +237,7 @@ fn spawn_member(
         .args(["--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", initial])
         .args(["--initial-cluster-state", "new"])
-        .args(extra)
+        .args(&extra)
         .args([
             "--logger",
             "zap",
@@ -216,6 +284,7 @@ impl EtcdCluster {
                 clients[i],
                 peers[i],
                 &initial,
+                None,
                 // Fast elections, so that losing a member costs a test about a second.
                 &["--heartbeat-interval", "50", "--election-timeout", "500"],
             );

@@ -55,7 +55,7 @@ pub use body::{Body, BoxError};
 pub use control_plane::ControlPlane;
 pub use counters::{Record, SEEN_LIMIT, Seen};
 pub use discovery::DiscoveryStream;
-pub use etcd::{Etcd, EtcdCluster};
+pub use etcd::{Etcd, EtcdCluster, EtcdTlsFiles};
 pub use fault::Fault;
 pub use grpc_upstream::GrpcUpstream;
 pub use http_upstream::HttpUpstream;

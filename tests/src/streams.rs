@@ -208,6 +208,16 @@ impl TestCa {
         Arc::new(config)
     }
 
+    /// A leaf certificate for `names` (IP addresses become IP names) and its key, PEM.
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a leaf key");
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        let leaf = params.signed_by(&key, &self.issuer).expect("the leaf");
+        (leaf.pem(), key.serialize_pem())
+    }
+
     /// The CA certificate, PEM: what a client given a CA file trusts.
     pub fn cert_pem(&self) -> String {
         self.cert.pem()

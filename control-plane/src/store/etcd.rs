@@ -29,6 +29,17 @@ pub struct StoreOptions {
     pub op_timeout: Duration,
     /// The most one TCP connect may take.
     pub connect_timeout: Duration,
+    /// TLS to etcd (`https://` endpoints): the CA that signed etcd's certificate, and this
+    /// replica's client certificate for etcd's `--client-cert-auth`.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS towards etcd, as PEM.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: Vec<u8>,
+    /// Certificate (with its chain) and key, when etcd asks clients for one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for StoreOptions {
@@ -36,6 +47,7 @@ impl Default for StoreOptions {
         StoreOptions {
             op_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -71,13 +83,34 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(StoreError::Config("no etcd endpoints given".into()));
         }
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             // Finds a dead peer behind a silent network (no RST) while a watch is idle.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = &options.tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
+        }
         let mut clients = Vec::with_capacity(endpoints.len());
         for url in endpoints {
+            match (url.starts_with("https://"), options.tls.is_some()) {
+                (false, true) => {
+                    return Err(StoreError::Config(format!(
+                        "endpoint {url:?}: with --etcd-ca, etcd is reached over TLS: write https://"
+                    )));
+                }
+                (true, false) => {
+                    return Err(StoreError::Config(format!(
+                        "endpoint {url:?}: an https:// endpoint needs --etcd-ca (the CA that signed etcd's certificate)"
+                    )));
+                }
+                _ => {}
+            }
             let client = Client::connect([url.as_str()], Some(connect.clone()))
                 .await
                 .map_err(|e| StoreError::Config(format!("endpoint {url:?}: {e}")))?;

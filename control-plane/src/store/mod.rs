@@ -6,7 +6,7 @@ pub mod keys;
 pub mod plain;
 pub mod values;
 
-pub use etcd::{EtcdStore, LeaseKeeper, StoreOptions, Watcher};
+pub use etcd::{EtcdStore, EtcdTls, LeaseKeeper, StoreOptions, Watcher};
 pub use plain::{
     Commit, Entry, Guard, Listing, Read, ReadResult, StoreError, WatchEvent, WatchMessage,
     WritePlan,

@@ -3,6 +3,7 @@
 //! sidecars' Discovery stream, with the shared test kit (`bulwark-tests`).
 
 mod discovery;
+mod etcd_tls;
 mod identity;
 mod outage;
 mod rest;
