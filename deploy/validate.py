@@ -94,12 +94,20 @@ def merge(base, patch):
         elif isinstance(value, dict) and isinstance(old, dict):
             merge(old, value)
         elif named_list(value) and named_list(old):
+            # As kustomize merges: the patch's items first, in its order (merged into their
+            # twins), then the base's other items in theirs. Order matters for env: $(VAR)
+            # expands only a variable defined earlier in the list.
+            merged = []
             for item in value:
                 twin = next((o for o in old if o["name"] == item["name"]), None)
                 if twin is None:
-                    old.append(copy.deepcopy(item))
+                    merged.append(copy.deepcopy(item))
                 else:
                     merge(twin, item)
+                    merged.append(twin)
+            names = {item["name"] for item in value}
+            merged.extend(o for o in old if o["name"] not in names)
+            base[key] = merged
         else:
             base[key] = copy.deepcopy(value)
 
@@ -223,8 +231,21 @@ def env_value(container, var):
     return None
 
 
+def check_env_order(workload, container):
+    """A value's $(VAR) expands only when VAR is defined earlier in the container's env."""
+    import re
+    defined = set()
+    for item in container.get("env", []):
+        for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", item.get("value") or ""):
+            if ref not in defined:
+                fail(f"{name(workload)} container {container['name']}: {item['name']} uses $({ref}) before {ref} is defined")
+        defined.add(item["name"])
+
+
 def check_workloads(objects):
     for workload, template in pod_templates(objects):
+        for container in template["spec"].get("containers", []) + template["spec"].get("initContainers", []):
+            check_env_order(workload, container)
         spec = template["spec"]
         pod_security = spec.get("securityContext", {})
         if pod_security.get("runAsNonRoot") is not True:
@@ -304,14 +325,29 @@ def check_etcd(objects):
         fail(f"{name(sts)}: members need persistent volumes (volumeClaimTemplates)")
     members = [f"bulwark-etcd-{i}.{service}.{namespace}.svc" for i in range(replicas)]
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    expected = ",".join(f"bulwark-etcd-{i}=http://{m}:2380" for i, m in enumerate(members))
+    # With TLS (production), clients and peers are https and must present certificates.
+    tls = env_value(container, "ETCD_CLIENT_CERT_AUTH") == "true"
+    scheme = "https" if tls else "http"
+    if tls:
+        for var in ("ETCD_CERT_FILE", "ETCD_KEY_FILE", "ETCD_TRUSTED_CA_FILE", "ETCD_PEER_CERT_FILE",
+                    "ETCD_PEER_KEY_FILE", "ETCD_PEER_TRUSTED_CA_FILE"):
+            if not env_value(container, var):
+                fail(f"{name(sts)}: with ETCD_CLIENT_CERT_AUTH, {var} must be set")
+        if env_value(container, "ETCD_PEER_CLIENT_CERT_AUTH") != "true":
+            fail(f"{name(sts)}: with ETCD_CLIENT_CERT_AUTH, peers must authenticate too (ETCD_PEER_CLIENT_CERT_AUTH)")
+        for var in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_ADVERTISE_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS", "ETCD_INITIAL_ADVERTISE_PEER_URLS"):
+            if not (env_value(container, var) or "").startswith("https://"):
+                fail(f"{name(sts)}: with ETCD_CLIENT_CERT_AUTH, {var} must be https://")
+    expected = ",".join(f"bulwark-etcd-{i}={scheme}://{m}:2380" for i, m in enumerate(members))
     if env_value(container, "ETCD_INITIAL_CLUSTER") != expected:
         fail(f"{name(sts)}: ETCD_INITIAL_CLUSTER must be {expected}")
     for workload, template in pod_templates(objects):
         for c in template["spec"]["containers"]:
             endpoints = env_value(c, "BULWARK_ETCD_ENDPOINTS")
-            if endpoints is not None and endpoints.split(",") != [f"http://{m}:2379" for m in members]:
-                fail(f"{name(workload)}: BULWARK_ETCD_ENDPOINTS must list every etcd member")
+            if endpoints is not None and endpoints.split(",") != [f"{scheme}://{m}:2379" for m in members]:
+                fail(f"{name(workload)}: BULWARK_ETCD_ENDPOINTS must list every etcd member ({scheme}://)")
+            if endpoints is not None and tls and not all(env_value(c, v) for v in ("BULWARK_ETCD_CA", "BULWARK_ETCD_CERT", "BULWARK_ETCD_KEY")):
+                fail(f"{name(workload)}: etcd requires client certificates: set BULWARK_ETCD_CA, BULWARK_ETCD_CERT and BULWARK_ETCD_KEY")
 
 
 def check_rbac(objects):
@@ -408,7 +444,8 @@ def check_webhook(objects, tls):
 
 def check_certificate(objects, cert, serving=True):
     """cert-manager objects are custom resources: kubernetes-validate cannot check them.
-    `serving`: the webhook's certificate (names of the Service); else a CA (the identity issuer)."""
+    `serving`: the webhook's certificate (names of the Service); else a CA (the identity
+    issuer, etcd's CA) or an etcd member's or client's certificate (TLS both ways)."""
     where = name(cert)
     if cert.get("apiVersion") != "cert-manager.io/v1":
         fail(f"{where}: apiVersion must be cert-manager.io/v1")
@@ -422,16 +459,26 @@ def check_certificate(objects, cert, serving=True):
         for v in t["spec"].get("volumes", [])
         if "secret" in v
     }
+    # A CA's Secret is used by the Issuer that signs with it.
+    secrets |= {
+        o["spec"]["ca"]["secretName"]
+        for o in objects
+        if o["kind"] == "Issuer" and "ca" in o.get("spec", {})
+    }
     if spec.get("secretName") not in secrets:
-        fail(f"{where}: secretName {spec.get('secretName')!r} is mounted by no pod")
+        fail(f"{where}: secretName {spec.get('secretName')!r} is mounted by no pod nor used by an Issuer")
+    etcd_tls = spec.get("secretName") in ("bulwark-etcd-tls", "bulwark-etcd-client")
     if serving:
         for svc in (o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "bulwark-control-plane"):
             host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
             if host not in spec.get("dnsNames", []):
                 fail(f"{where}: dnsNames must include {host}")
-    elif spec.get("isCA") is not True:
-        fail(f"{where}: a certificate other than the webhook's must be a CA (isCA: true)")
-    allowed = {"server auth", "digital signature", "key encipherment", "client auth"} if serving else {"cert sign", "crl sign", "digital signature"}
+    elif spec.get("isCA") is not True and not etcd_tls:
+        fail(f"{where}: a certificate other than the webhook's and etcd's must be a CA (isCA: true)")
+    if serving or etcd_tls:
+        allowed = {"server auth", "digital signature", "key encipherment", "client auth"}
+    else:
+        allowed = {"cert sign", "crl sign", "digital signature"}
     for usage in spec.get("usages", []):
         if usage not in allowed:
             fail(f"{where}: usage {usage!r} is not expected")

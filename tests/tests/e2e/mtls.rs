@@ -1053,11 +1053,13 @@ async fn service_account_tokens_policies_from_the_control_plane_and_meshctl_pods
 
     // The frontend's app calls its sidecar; the orders sidecar's inbound listener takes mTLS.
     let http = client::http1_client(frontend.outbound());
-    let res = eventually(WAIT, || async {
-        let res = get(&http, "orders", "/headers", "loopback-1").await;
-        (res.status == StatusCode::OK).then_some(res)
+    // Until the policies reached the frontend's sidecar (it answers 503 no-route before).
+    eventually(WAIT, || async {
+        let res = get(&http, "orders", "/status/200", "loopback-0").await;
+        (res.status == StatusCode::OK).then_some(())
     })
     .await;
+    let res = get(&http, "orders", "/headers", "loopback-1").await;
     assert_eq!(
         seen(&res, "x-bulwark-peer-identity"),
         serde_json::json!([FRONTEND])
