@@ -132,6 +132,11 @@ struct Args {
     #[arg(long, env = "BULWARK_INJECT_IDENTITY", value_enum, default_value_t = Switch::Enabled)]
     inject_identity: Switch,
 
+    /// The mesh-wide inbound mTLS mode of injected pods (strict, permissive or disable) for
+    /// pods that set no bulwark.dev/inbound-mtls [default: the sidecar's, permissive].
+    #[arg(long, env = "BULWARK_INJECT_INBOUND_MTLS", value_name = "MODE")]
+    inject_inbound_mtls: Option<String>,
+
     /// The ConfigMap (in each pod's namespace) holding the mesh's trust anchors as roots.pem.
     #[arg(long, env = "BULWARK_TRUST_ANCHORS_CONFIGMAP", default_value = bulwark_inject::DEFAULT_TRUST_ANCHORS)]
     trust_anchors_configmap: String,
@@ -354,6 +359,7 @@ async fn run() -> anyhow::Result<()> {
                 init_image: args.init_image,
                 identity: args.inject_identity == Switch::Enabled,
                 trust_anchors: args.trust_anchors_configmap,
+                inbound_mtls: args.inject_inbound_mtls,
                 ..Default::default()
             },
         }),

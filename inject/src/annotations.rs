@@ -154,14 +154,11 @@ impl Settings {
                 Some(other) => return Err(bad(IDENTITY, other, SWITCH_PROBLEM)),
             },
             inbound_mtls: match text(INBOUND_MTLS)? {
-                None => None,
-                Some(mode @ ("strict" | "permissive" | "disable")) => Some(mode.to_string()),
-                Some(other) => {
-                    return Err(bad(
-                        INBOUND_MTLS,
-                        other,
-                        "must be strict, permissive or disable",
-                    ));
+                None => opts.inbound_mtls.clone(),
+                Some(mode) => {
+                    crate::values::check_mtls_mode(mode)
+                        .map_err(|problem| bad(INBOUND_MTLS, mode, problem))?;
+                    Some(mode.to_string())
                 }
             },
         };

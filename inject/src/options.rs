@@ -38,6 +38,9 @@ pub struct InjectOptions {
     pub identity: bool,
     /// The ConfigMap in the pod's namespace holding the mesh's trust anchors (`roots.pem`).
     pub trust_anchors: String,
+    /// The mesh-wide inbound mTLS mode (`strict`, `permissive`, `disable`) for pods that set no
+    /// `bulwark.dev/inbound-mtls`; `None`: the sidecar's own default, `permissive`.
+    pub inbound_mtls: Option<String>,
 }
 
 /// The trust anchors' ConfigMap unless the caller says otherwise.
@@ -57,6 +60,7 @@ impl Default for InjectOptions {
             init_image: DEFAULT_INIT_IMAGE.to_string(),
             identity: true,
             trust_anchors: DEFAULT_TRUST_ANCHORS.to_string(),
+            inbound_mtls: None,
         }
     }
 }
@@ -97,6 +101,9 @@ impl InjectOptions {
             &self.trust_anchors,
             crate::values::check_dns_subdomain,
         )?;
+        if let Some(mode) = &self.inbound_mtls {
+            check("inbound mTLS mode", mode, crate::values::check_mtls_mode)?;
+        }
         for (option, port) in [
             ("admin port", self.ports.admin),
             ("inbound port", self.ports.inbound),

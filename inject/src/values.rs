@@ -95,6 +95,14 @@ pub(crate) fn check_log_format(text: &str) -> Result<(), &'static str> {
     }
 }
 
+/// An inbound mTLS mode.
+pub(crate) fn check_mtls_mode(text: &str) -> Result<(), &'static str> {
+    match text {
+        "strict" | "permissive" | "disable" => Ok(()),
+        _ => Err("must be strict, permissive or disable"),
+    }
+}
+
 /// A Kubernetes object name (ConfigMaps): RFC 1123 labels joined by dots, at most 253.
 pub(crate) fn check_dns_subdomain(text: &str) -> Result<(), &'static str> {
     if text.len() <= 253 && text.split('.').all(|label| check_dns_label(label).is_ok()) {

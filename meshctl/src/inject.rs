@@ -24,6 +24,8 @@ pub struct Flags<'a> {
     pub init_image: Option<&'a str>,
     /// Give sidecars a workload identity (unless a pod says otherwise).
     pub identity: bool,
+    /// The inbound mTLS mode of pods that set none.
+    pub inbound_mtls: Option<&'a str>,
 }
 
 /// Injects every document of `files` (paths, or `-` for standard input), in order.
@@ -37,6 +39,7 @@ pub fn run(files: &[PathBuf], flags: &Flags<'_>) -> (Output, Option<CliError>) {
     }
     opts.capture = flags.capture;
     opts.identity = flags.identity;
+    opts.inbound_mtls = flags.inbound_mtls.map(str::to_string);
     if let Some(image) = flags.init_image {
         opts.init_image = image.to_string();
     }

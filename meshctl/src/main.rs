@@ -204,6 +204,10 @@ enum Command {
         /// volumes): no mutual TLS. Pods override it with bulwark.dev/identity.
         #[arg(long)]
         no_identity: bool,
+        /// The inbound mTLS mode of every injected pod (strict, permissive or disable) unless
+        /// it sets bulwark.dev/inbound-mtls [default: the sidecar's, permissive].
+        #[arg(long, value_name = "MODE")]
+        inbound_mtls: Option<String>,
     },
 }
 
@@ -240,6 +244,7 @@ fn main() -> ExitCode {
         no_capture,
         init_image,
         no_identity,
+        inbound_mtls,
     } = &cli.command
     {
         let flags = inject::Flags {
@@ -248,6 +253,7 @@ fn main() -> ExitCode {
             capture: !no_capture,
             init_image: init_image.as_deref(),
             identity: !no_identity,
+            inbound_mtls: inbound_mtls.as_deref(),
         };
         let (out, error) = inject::run(files, &flags);
         return finish(out, error);

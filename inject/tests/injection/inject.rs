@@ -675,6 +675,34 @@ fn the_sidecar_gets_the_pods_identity_its_proof_and_the_trust_anchors() {
         json!([{"name": "bulwark-snapshot", "emptyDir": {}}])
     );
 
+    // The injector's mesh-wide default applies where a pod says nothing; a pod's own wins.
+    let opts = bulwark_inject::InjectOptions {
+        inbound_mtls: Some("strict".into()),
+        ..Default::default()
+    };
+    let quiet = deployment(json!({"spec": {"containers": [web(&[8080])]}}));
+    let Ok(bulwark_inject::Injected::Injected(strict)) =
+        bulwark_inject::inject_object(&quiet, &opts)
+    else {
+        panic!("injected")
+    };
+    assert_eq!(
+        env(sidecar(&strict), "BULWARK_INBOUND_MTLS")["value"],
+        "strict"
+    );
+    let own = deployment(json!({
+        "metadata": {"annotations": {"bulwark.dev/inbound-mtls": "permissive"}},
+        "spec": {"containers": [web(&[8080])]},
+    }));
+    let Ok(bulwark_inject::Injected::Injected(own)) = bulwark_inject::inject_object(&own, &opts)
+    else {
+        panic!("injected")
+    };
+    assert_eq!(
+        env(sidecar(&own), "BULWARK_INBOUND_MTLS")["value"],
+        "permissive"
+    );
+
     // A bad mode is refused by name.
     let bad = deployment(json!({
         "metadata": {"annotations": {"bulwark.dev/inbound-mtls": "required"}},
