@@ -71,7 +71,37 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/health/ready", get(ready))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(json_bodies_only))
         .with_state(ops)
+}
+
+/// Writes (`POST`, `PUT`) carry JSON and must say so: a body of another type (a form, plain
+/// text a browser may send cross-site without asking) is refused with 415 before any route
+/// reads it.
+async fn json_bodies_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if matches!(*req.method(), Method::POST | Method::PUT) {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let json = content_type.as_deref().is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            let got = content_type.map_or_else(|| "none".to_string(), |t| format!("{t:?}"));
+            return error_body(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                &format!(
+                    "the request body must be JSON: send Content-Type: application/json (got {got})"
+                ),
+                &[],
+            );
+        }
+    }
+    next.run(req).await
 }
 
 /// An [`OpError`] on its way out as JSON.

@@ -713,3 +713,41 @@ async fn text_that_would_forge_log_lines_or_history_is_refused_and_nothing_chang
         "{logs:#?}"
     );
 }
+
+/// A write whose body does not say it is JSON — a form or plain text, as a browser sends
+/// cross-site without asking — is refused with 415 before anything reads it.
+#[tokio::test]
+async fn writes_without_a_json_content_type_are_refused_with_415() {
+    use bulwark_tests::client;
+    let (etcd, cp) = setup().await;
+    let http = client::http1_client(cp.http());
+    let body = json!({"resources": [upstream("echo", "127.0.0.1:1")]}).to_string();
+    let send = |content_type: Option<&'static str>| {
+        let mut req = client::request(http::Method::POST, "http://control-plane/v1/apply");
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        client::send(
+            &http,
+            req.body(client::full(body.clone())).expect("a request"),
+        )
+    };
+    for (content_type, got) in [
+        (Some("text/plain"), "\"text/plain\""),
+        (
+            Some("application/x-www-form-urlencoded"),
+            "\"application/x-www-form-urlencoded\"",
+        ),
+        (None, "none"),
+    ] {
+        let res = send(content_type).await;
+        assert_eq!(res.status, 415, "{content_type:?}");
+        assert_eq!(
+            res.json(),
+            json!({"error": "unsupported-media-type", "message": format!("the request body must be JSON: send Content-Type: application/json (got {got})"), "details": []})
+        );
+    }
+    assert!(etcd.stored_keys(PREFIX).is_empty(), "nothing was stored");
+    let res = send(Some("application/json; charset=utf-8")).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+}
