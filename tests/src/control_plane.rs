@@ -127,6 +127,24 @@ impl ControlPlane {
         format!("http://{}", self.ready.http)
     }
 
+    /// Runs the real `meshctl` against this replica and returns its standard output; it must
+    /// succeed.
+    pub fn meshctl(&self, args: &[&str]) -> String {
+        let bin = control_plane_bin().with_file_name("meshctl");
+        let out = Command::new(&bin)
+            .env_remove("RUST_BACKTRACE")
+            .args(["--server", &self.http_url()])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        assert!(
+            out.status.success(),
+            "meshctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The webhook's HTTPS address, when started with `--webhook`.
     pub fn webhook(&self) -> Option<SocketAddr> {
         self.ready.webhook

@@ -511,42 +511,37 @@ async fn failover_pod_death_and_overrides() {
     assert_eq!(s["level"], "NORMAL");
 
     // The same through meshctl, as an operator runs it.
-    let forced = meshctl(
-        survivor,
-        &[
-            "--by",
-            "bob",
-            "degrade",
-            "order-orchestrator",
-            "-n",
-            "mrg",
-            "--level",
-            "severe",
-            "--ttl",
-            "1m",
-            "--reason",
-            "manual drill",
-        ],
-    );
+    let forced = survivor.meshctl(&[
+        "--by",
+        "bob",
+        "degrade",
+        "order-orchestrator",
+        "-n",
+        "mrg",
+        "--level",
+        "severe",
+        "--ttl",
+        "1m",
+        "--reason",
+        "manual drill",
+    ]);
     assert!(
         forced.starts_with("mrg/order-orchestrator forced to SEVERE until "),
         "{forced}"
     );
     assert!(forced.trim_end().ends_with("(manual drill)"), "{forced}");
     let table = eventually(WAIT, || async {
-        let out = meshctl(survivor, &["status"]);
+        let out = survivor.meshctl(&["status"]);
         out.contains("SEVERE (forced)").then_some(out)
     })
     .await;
     assert!(table.contains("mrg/order-orchestrator"), "{table}");
-    let events = meshctl(survivor, &["events", "--service", "mrg/order-orchestrator"]);
+    let events = survivor.meshctl(&["events", "--service", "mrg/order-orchestrator"]);
     assert!(events.contains("manual drill"), "{events}");
     assert_eq!(
-        meshctl(
-            survivor,
-            &["degrade", "order-orchestrator", "-n", "mrg", "--clear"]
-        )
-        .trim_end(),
+        survivor
+            .meshctl(&["degrade", "order-orchestrator", "-n", "mrg", "--clear"])
+            .trim_end(),
         "mrg/order-orchestrator override cleared"
     );
     eventually(WAIT, || async {
@@ -554,25 +549,4 @@ async fn failover_pod_death_and_overrides() {
     })
     .await;
     drop(upstreams);
-}
-
-/// Runs meshctl against `cp`; its standard output (it must succeed).
-fn meshctl(cp: &ControlPlane, args: &[&str]) -> String {
-    let bin = std::env::current_exe()
-        .expect("test executable")
-        .parent()
-        .expect("deps dir")
-        .join("../meshctl");
-    let out = std::process::Command::new(&bin)
-        .env_remove("RUST_BACKTRACE")
-        .args(["--server", &cp.http_url()])
-        .args(args)
-        .output()
-        .expect("run meshctl");
-    assert!(
-        out.status.success(),
-        "meshctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -959,27 +959,6 @@ async fn root_rotation_with_two_anchors_in_the_overlap() {
     assert_eq!(send("root-2").await.status, StatusCode::OK);
 }
 
-/// Runs meshctl against `cp`; its standard output (it must succeed).
-fn meshctl(cp: &ControlPlane, args: &[&str]) -> String {
-    let bin = std::env::current_exe()
-        .expect("test executable")
-        .parent()
-        .expect("deps dir")
-        .join("../meshctl");
-    let out = std::process::Command::new(&bin)
-        .env_remove("RUST_BACKTRACE")
-        .args(["--server", &cp.http_url()])
-        .args(args)
-        .output()
-        .expect("run meshctl");
-    assert!(
-        out.status.success(),
-        "meshctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Without capture (the app calls its sidecar on localhost) and with Kubernetes' proof of
 /// identity — projected ServiceAccount tokens, checked by a TokenReview against the test kit's
 /// stand-in for the Kubernetes API (no API server can run here). Policies come from the control
@@ -1101,7 +1080,7 @@ async fn service_account_tokens_policies_from_the_control_plane_and_meshctl_pods
         .expect("orders-1");
     assert_eq!(orders_pod["service"], "orders");
     assert_eq!(orders_pod["identity"]["spiffeId"], ORDERS);
-    let out = meshctl(&cp, &["pods", "-n", "shop"]);
+    let out = cp.meshctl(&["pods", "-n", "shop"]);
     let line = out
         .lines()
         .find(|l| l.contains("orders-1"))
