@@ -5,9 +5,11 @@
 # failover), reloads a policy; then starts etcd, the control plane and a sidecar following it,
 # pushes examples/ with meshctl and shows convergence; a sidecar of the order orchestrator
 # reports its health and an operator forces EMERGENCY (meshctl degrade, status, events); the
-# control plane runs a development identity authority (--dev-identity), and two sidecars talk
-# mutual TLS: the callee's app sees the caller's verified identity, plaintext is refused, and
-# meshctl pods shows every pod's identity. Everything stops at the end.
+# control plane runs a development identity authority (--dev-identity): it serves TLS, every
+# sidecar streams with its workload certificate, meshctl uses a context with the development
+# root and administrator token (and shows the audit log), and two sidecars talk mutual TLS: the
+# callee's app sees the caller's verified identity, plaintext is refused, and meshctl pods shows
+# every pod's identity. Everything stops at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,19 +76,23 @@ pids+=($!)
 # demo's sidecars: the local stand-ins for the Secret and the ServiceAccount tokens of a cluster.
 cat >"$work/tokens.yaml" <<'EOF2'
 tokens:
-  - { token: storefront-demo-token, namespace: shop, serviceAccount: storefront }
-  - { token: orders-demo-token, namespace: shop, serviceAccount: orders }
+  - { token: storefront-demo-token, namespace: shop, serviceAccount: storefront, pod: storefront-0 }
+  - { token: orders-demo-token, namespace: shop, serviceAccount: orders, pod: orders-0 }
+  - { token: orch-demo-token, namespace: mrg, serviceAccount: default, pod: orch-0 }
 EOF2
 echo storefront-demo-token >"$work/storefront.token"
 echo orders-demo-token >"$work/orders.token"
+echo orch-demo-token >"$work/orch.token"
+# TLS on both listeners with a certificate the development issuer signs; the development
+# administrator's token is made in $work/ca/admin.token.
 target/debug/control-plane --etcd-endpoints http://127.0.0.1:12379 --http 127.0.0.1:18080 \
   --grpc 127.0.0.1:18090 --dev-identity "$work/ca" --join-tokens "$work/tokens.yaml" \
   --ready-file "$work/cp-ready.json" >"$work/control-plane.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 150); do [ -f "$work/cp-ready.json" ] && break; sleep 0.1; done
 [ -f "$work/cp-ready.json" ] || { echo "the control plane did not start"; cat "$work/control-plane.log"; exit 1; }
-echo "   control plane: REST 127.0.0.1:18080, gRPC 127.0.0.1:18090 (etcd on 127.0.0.1:12379)"
-target/debug/sidecar --control-plane http://127.0.0.1:18090 --namespace shop --service storefront \
+echo "   control plane: REST https://127.0.0.1:18080, gRPC https://127.0.0.1:18090 (etcd on 127.0.0.1:12379)"
+target/debug/sidecar --control-plane https://127.0.0.1:18090 --namespace shop --service storefront \
   --pod storefront-0 --snapshot-file "$work/snapshot.json" --report-interval 1s \
   --trust-anchors "$work/ca/root.pem" --service-account storefront \
   --join-token-file "$work/storefront.token" \
@@ -94,7 +100,14 @@ target/debug/sidecar --control-plane http://127.0.0.1:18090 --namespace shop --s
   --ready-file "$work/ready2.json" >"$work/sidecar2.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -f "$work/ready2.json" ] && break; sleep 0.1; done
-export BULWARK_SERVER=http://127.0.0.1:18080
+# meshctl's context: the server, the development root it verifies it with, and the token.
+export BULWARK_CONFIG="$work/meshctl-config"
+target/debug/meshctl config set-context demo --server https://127.0.0.1:18080 \
+  --ca "$work/ca/root.pem" --token-file "$work/ca/admin.token" | sed 's/^/   /'
+echo "── meshctl auth whoami"
+target/debug/meshctl auth whoami | sed 's/^/   /'
+echo "── with a token the control plane does not know, the API answers 401:"
+target/debug/meshctl --token not-a-token status 2>&1 | sed 's/^/   /' || true
 
 echo
 echo "── meshctl apply -f examples/ (the production examples) and examples/demo/ (local upstreams)"
@@ -114,8 +127,9 @@ target/debug/meshctl status | sed 's/^/   /'
 
 echo
 echo "── Degradation: a sidecar of mrg/order-orchestrator reports its health; an operator forces EMERGENCY"
-target/debug/sidecar --control-plane http://127.0.0.1:18090 --namespace mrg --service order-orchestrator \
+target/debug/sidecar --control-plane https://127.0.0.1:18090 --namespace mrg --service order-orchestrator \
   --pod orch-0 --report-interval 1s \
+  --trust-anchors "$work/ca/root.pem" --service-account default --join-token-file "$work/orch.token" \
   --outbound 127.0.0.1:17001 --inbound 127.0.0.1:17006 --admin 127.0.0.1:17000 \
   --ready-file "$work/ready3.json" >"$work/sidecar3.log" 2>&1 &
 pids+=($!)
@@ -125,18 +139,20 @@ for _ in $(seq 50); do
   target/debug/meshctl status 2>/dev/null | grep -qE "mrg/order-orchestrator +NORMAL +- +1 " && break
   sleep 0.2
 done
-target/debug/meshctl --by demo degrade order-orchestrator -n mrg --level EMERGENCY --ttl 1m \
+target/debug/meshctl degrade order-orchestrator -n mrg --level EMERGENCY --ttl 1m \
   --reason "payment provider outage" | sed 's/^/   /'
 for _ in $(seq 50); do target/debug/meshctl status 2>/dev/null | grep -q "EMERGENCY (forced)" && break; sleep 0.2; done
 echo "── meshctl status: levels first, then convergence"
 target/debug/meshctl status | sed 's/^/   /'
 echo "── meshctl events --limit 5"
 target/debug/meshctl events --limit 5 | sed 's/^/   /'
-target/debug/meshctl --by demo degrade order-orchestrator -n mrg --clear | sed 's/^/   /'
+target/debug/meshctl degrade order-orchestrator -n mrg --clear | sed 's/^/   /'
+echo "── meshctl audit -A --limit 5: every write, by the authenticated user"
+target/debug/meshctl audit -A --limit 5 | sed 's/^/   /'
 
 echo
 echo "── Mutual TLS: shop/orders gets a sidecar with its own identity (strict mTLS); storefront calls it"
-target/debug/sidecar --control-plane http://127.0.0.1:18090 --namespace shop --service orders \
+target/debug/sidecar --control-plane https://127.0.0.1:18090 --namespace shop --service orders \
   --pod orders-0 --report-interval 1s --inbound-mtls strict \
   --trust-anchors "$work/ca/root.pem" --service-account orders --join-token-file "$work/orders.token" \
   --outbound 127.0.0.1:19001 --inbound 127.0.0.1:19006 --admin 127.0.0.1:19000 \

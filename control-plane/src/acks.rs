@@ -22,14 +22,14 @@ const BATCH: usize = 64;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Identifies one stream of a pod: a pod that reconnects gets a new one, and the old
-/// stream's late messages no longer touch the pod's record.
+/// Identifies one stream of a pod. A pod may have two for a moment (it reconnected before the
+/// old one was seen to end): they are one pod, which stays until its last stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamId(u64);
 
 #[derive(Debug)]
 struct Live {
-    stream: StreamId,
+    streams: Vec<StreamId>,
     record: AckRecord,
 }
 
@@ -69,14 +69,29 @@ impl AckRecorder {
         let mut pending = self.lock();
         pending.next_stream += 1;
         let stream = StreamId(pending.next_stream);
-        let record = AckRecord {
-            version: applied,
-            error: String::new(),
-            replica: self.replica.to_string(),
-            at: timestamp::now(),
-            applied,
-        };
-        pending.live.insert(pod.clone(), Live { stream, record });
+        match pending.live.get_mut(pod) {
+            Some(live) => {
+                live.streams.push(stream);
+                live.record.applied = live.record.applied.max(applied);
+                live.record.at = timestamp::now();
+            }
+            None => {
+                let record = AckRecord {
+                    version: applied,
+                    error: String::new(),
+                    replica: self.replica.to_string(),
+                    at: timestamp::now(),
+                    applied,
+                };
+                pending.live.insert(
+                    pod.clone(),
+                    Live {
+                        streams: vec![stream],
+                        record,
+                    },
+                );
+            }
+        }
         pending.gone.remove(pod);
         pending.dirty.insert(pod.clone());
         drop(pending);
@@ -87,7 +102,11 @@ impl AckRecorder {
     /// The pod answered a snapshot: applied it (empty `error`) or refused it.
     pub fn answer(&self, pod: &PodKey, stream: StreamId, version: i64, error: &str) {
         let mut pending = self.lock();
-        let Some(live) = pending.live.get_mut(pod).filter(|l| l.stream == stream) else {
+        let Some(live) = pending
+            .live
+            .get_mut(pod)
+            .filter(|l| l.streams.contains(&stream))
+        else {
             return;
         };
         live.record.version = version;
@@ -104,7 +123,11 @@ impl AckRecorder {
     /// The pod's stream ended.
     pub fn disconnect(&self, pod: &PodKey, stream: StreamId) {
         let mut pending = self.lock();
-        if pending.live.get(pod).is_some_and(|l| l.stream == stream) {
+        let Some(live) = pending.live.get_mut(pod) else {
+            return;
+        };
+        live.streams.retain(|s| *s != stream);
+        if live.streams.is_empty() {
             pending.live.remove(pod);
             pending.dirty.remove(pod);
             pending.gone.insert(pod.clone());
@@ -312,13 +335,13 @@ mod tests {
     }
 
     #[test]
-    fn answers_update_the_record_of_the_current_stream_only() {
+    fn two_streams_of_a_pod_are_one_pod_with_one_record() {
         let recorder = AckRecorder::new("cp-1");
         let first = recorder.connect(&pod("a"), 5);
         let second = recorder.connect(&pod("a"), 5);
+        assert_eq!(recorder.lock().live.len(), 1);
         recorder.answer(&pod("a"), first, 9, "");
-        assert_eq!(recorder.lock().live[&pod("a")].record.version, 5);
-        recorder.answer(&pod("a"), second, 9, "");
+        assert_eq!(recorder.lock().live[&pod("a")].record.version, 9);
         recorder.answer(&pod("a"), second, 11, "spec: bad");
         let pending = recorder.lock();
         let record = &pending.live[&pod("a")].record;
@@ -326,6 +349,23 @@ mod tests {
         assert_eq!(record.error, "spec: bad");
         assert_eq!(record.replica, "cp-1");
         assert!(pending.dirty.contains(&pod("a")));
+    }
+
+    #[test]
+    fn a_pod_stays_until_its_last_stream_ends_in_either_order() {
+        let recorder = AckRecorder::new("cp-1");
+        let old = recorder.connect(&pod("a"), 0);
+        let new = recorder.connect(&pod("a"), 0);
+        recorder.disconnect(&pod("a"), new);
+        assert!(recorder.lock().live.contains_key(&pod("a")));
+        recorder.answer(&pod("a"), new, 4, "");
+        assert_eq!(
+            recorder.lock().live[&pod("a")].record.version,
+            0,
+            "an ended stream's late answer counts for nothing"
+        );
+        recorder.disconnect(&pod("a"), old);
+        assert!(recorder.lock().gone.contains(&pod("a")));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::store::keys::{OverrideTarget, PodKey, ResourceKey, ServiceKey};
 use crate::store::values::ServiceStatus;
-use crate::store::values::{AckRecord, HealthRecord, HistoryOp, OverrideRecord};
+use crate::store::values::{AckRecord, HealthRecord, HistoryOp, OverrideRecord, RoleBinding};
 
 /// A resource as stored, with its version.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +103,13 @@ pub enum Change {
     OverrideDeleted {
         target: OverrideTarget,
     },
+    RoleBinding {
+        name: String,
+        binding: RoleBinding,
+    },
+    RoleBindingDeleted {
+        name: String,
+    },
 }
 
 /// What a service's pods need: its ServicePolicy and every UpstreamPolicy.
@@ -165,6 +172,9 @@ pub struct Index {
     levels_changed: bool,
     /// The trust domain of the identities filled into `tls.mode: mesh` policies.
     trust_domain: String,
+    /// Role bindings of the operator API, by name; shared with requests that check them
+    /// (copied on change).
+    bindings: Arc<BTreeMap<String, RoleBinding>>,
 }
 
 impl Default for Index {
@@ -199,6 +209,7 @@ impl Index {
             inputs_changed: false,
             levels_changed: false,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            bindings: Arc::default(),
         }
     }
 
@@ -324,6 +335,11 @@ impl Index {
         &self.overrides
     }
 
+    /// The role bindings, by name.
+    pub fn role_bindings(&self) -> &Arc<BTreeMap<String, RoleBinding>> {
+        &self.bindings
+    }
+
     /// Follows changes to what levels are computed from.
     pub fn watch_inputs(&self) -> watch::Receiver<u64> {
         self.inputs_tx.subscribe()
@@ -341,17 +357,29 @@ impl Index {
             .iter()
             .filter(|(key, _)| {
                 *key == service
-                    || self.resources.contains_key(&ResourceKey::new(
-                        Kind::UpstreamPolicy,
-                        key.namespace.clone(),
-                        key.service.clone(),
-                    ))
+                    || self
+                        .resources
+                        .get(&ResourceKey::new(
+                            Kind::UpstreamPolicy,
+                            key.namespace.clone(),
+                            key.service.clone(),
+                        ))
+                        .is_some_and(|r| self.exported(r, &service.namespace))
             })
             .map(|(_, s)| s.clone())
             .collect()
     }
 
-    /// The snapshot for `service` as the index stands.
+    /// Whether `r` is an UpstreamPolicy that sidecars of `namespace` receive.
+    fn exported(&self, r: &StoredResource, namespace: &str) -> bool {
+        match &r.resource {
+            Resource::UpstreamPolicy(p) => p.spec.exported_to(&r.key.namespace, namespace),
+            Resource::ServicePolicy(_) => false,
+        }
+    }
+
+    /// The snapshot for `service` as the index stands: its ServicePolicy and the
+    /// UpstreamPolicies exported to its namespace.
     pub fn snapshot(&self, service: &ServiceKey) -> Content {
         let policy = ResourceKey::new(
             Kind::ServicePolicy,
@@ -361,12 +389,25 @@ impl Index {
         let resources = self
             .resources
             .values()
-            .filter(|r| r.key.kind == Kind::UpstreamPolicy || r.key == policy)
+            .filter(|r| r.key == policy || self.exported(r, &service.namespace))
             .map(|r| self.resolved(r))
             .collect();
         Content {
             version: self.version(service),
             resources,
+        }
+    }
+
+    /// The service account the pods of `namespace/service` run under, when it has a
+    /// ServicePolicy: its `spec.serviceAccount`, `default` when it declares none (Kubernetes'
+    /// own default). The only identity that may report for it; `None` without a ServicePolicy.
+    pub fn service_account_of(&self, namespace: &str, service: &str) -> Option<&str> {
+        let key = ResourceKey::new(Kind::ServicePolicy, namespace, service);
+        match self.resources.get(&key).map(|r| &r.resource) {
+            Some(Resource::ServicePolicy(s)) => {
+                Some(s.spec.service_account.as_deref().unwrap_or("default"))
+            }
+            _ => None,
         }
     }
 
@@ -383,22 +424,14 @@ impl Index {
         if tls.mode != TlsMode::Mesh || tls.server_identity.is_some() {
             return stored.clone();
         }
-        let callee = ResourceKey::new(
-            Kind::ServicePolicy,
-            stored.key.namespace.clone(),
-            stored.key.name.clone(),
-        );
-        let account = match self.resources.get(&callee).map(|r| &r.resource) {
-            Some(Resource::ServicePolicy(s)) => s.spec.service_account.as_deref(),
-            _ => None,
-        };
+        let account = self
+            .service_account_of(&stored.key.namespace, &stored.key.name)
+            .unwrap_or("default");
         let mut filled = p.clone();
         if let Some(tls) = filled.spec.tls.as_mut() {
             tls.server_identity = Some(format!(
                 "spiffe://{}/ns/{}/sa/{}",
-                self.trust_domain,
-                stored.key.namespace,
-                account.unwrap_or("default")
+                self.trust_domain, stored.key.namespace, account
             ));
         }
         Arc::new(StoredResource::new(
@@ -502,6 +535,12 @@ impl Index {
             Change::OverrideDeleted { target } => {
                 self.overrides.remove(&target);
                 self.inputs_changed = true;
+            }
+            Change::RoleBinding { name, binding } => {
+                Arc::make_mut(&mut self.bindings).insert(name, binding);
+            }
+            Change::RoleBindingDeleted { name } => {
+                Arc::make_mut(&mut self.bindings).remove(&name);
             }
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod acks;
 pub mod api;
+pub mod auth;
 pub mod convergence;
 pub mod degradation;
 pub mod diff;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod serve;
 pub mod store;
 pub mod sync;
 pub mod timestamp;
@@ -42,13 +44,19 @@ use crate::degradation::runner::{Levels, LevelsConfig};
 use crate::identity::{IdentityConfig, IdentityService};
 use crate::index::SharedIndex;
 use crate::metrics::Metrics;
+use crate::serve::certs::CertReloader;
 use crate::store::keys::{BadPrefix, Keys};
 use crate::store::{EtcdStore, StoreError, StoreOptions};
 use crate::webhook::WebhookConfig;
-use crate::webhook::certs::CertReloader;
 
 /// How long shutdown waits for connections and streams to end.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Operator connections served at once by the REST API.
+const API_MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once by gRPC: one per sidecar, and operators'.
+const GRPC_MAX_CONNECTIONS: usize = 65_536;
+/// A client must finish its TLS handshake, and send its request headers, within this.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a replica needs to know.
 #[derive(Debug, Clone)]
@@ -80,6 +88,33 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// The Identity service (workload certificates); off when `None`.
     pub identity: Option<Arc<IdentityConfig>>,
+    /// How the REST and gRPC listeners are secured.
+    pub listeners: Listeners,
+    /// How operator API callers are authenticated (and who is an administrator).
+    pub auth: Arc<auth::Authenticator>,
+}
+
+/// How the REST and gRPC listeners are secured.
+#[derive(Debug, Clone)]
+pub enum Listeners {
+    /// Plain TCP (`--insecure-dev`): sidecar streams without a certificate are taken at their
+    /// word. Loud in the log and in `bulwark_insecure_dev`.
+    InsecureDev,
+    Tls(TlsSettings),
+}
+
+/// TLS on the REST and gRPC listeners.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The serving certificate's PEM files (`--tls-cert`, `--tls-key`), read again when they
+    /// change. Without them the identity issuer signs one for `server_names`.
+    pub files: Option<(PathBuf, PathBuf)>,
+    /// The DNS names and addresses clients dial, for a self-issued certificate.
+    pub server_names: Vec<String>,
+    /// The mesh's trust anchors (PEM): the roots workloads' client certificates lead to.
+    pub trust_anchors: Vec<u8>,
+    /// The CA of operators' client certificates (PEM).
+    pub client_ca: Option<Vec<u8>>,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -106,6 +141,8 @@ pub enum RunError {
     Tls(#[from] rustls::Error),
     #[error("the {what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+    #[error("{0}")]
+    Listeners(String),
 }
 
 /// Runs a replica until `shutdown` completes, then drains: streams close, servers stop, the
@@ -191,39 +228,77 @@ pub async fn run(
         }
         .run(leading, stop.clone()),
     );
-    let ops = Arc::new(Ops::new(
-        store.clone(),
-        keys.clone(),
-        index.clone(),
-        metrics.clone(),
-    ));
+    let ops = Arc::new(
+        Ops::new(store.clone(), keys.clone(), index.clone(), metrics.clone())
+            .with_auth(config.auth.clone(), &config.replica_id),
+    );
 
-    let rest = axum::serve(http, api::rest::router(ops.clone()))
-        .with_graceful_shutdown(stopped(stop.clone()));
-    let rest = tokio::spawn(async move { rest.await });
-    let grpc_server =
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+    metrics.set_insecure_dev(matches!(config.listeners, Listeners::InsecureDev));
+    let (rest_tls, grpc_tls, enforcement) = listener_tls(&config)?;
+    let trust_domain = config
+        .identity
+        .as_ref()
+        .map(|i| i.trust_domain.clone())
+        .unwrap_or_else(|| bulwark_identity::spiffe::DEFAULT_TRUST_DOMAIN.to_string());
+    let rest = tokio::spawn(serve::serve(
+        http,
+        serve::Options {
+            what: "REST API",
+            tls: rest_tls,
+            max_connections: API_MAX_CONNECTIONS,
+            client_timeout: CLIENT_TIMEOUT,
+            keepalive: None,
+        },
+        api::rest::router(ops.clone()),
+        stop.clone(),
+    ));
+    let mut grpc_routes = tonic::service::Routes::new(DiscoveryServer::new(DiscoveryService::new(
+        index.clone(),
+        acks,
+        health,
+        stop.clone(),
+        api::discovery::Guard {
+            enforcement,
+            trust_domain,
+            metrics: metrics.clone(),
+        },
+    )))
+    .add_service(OperatorServer::new(OperatorService::new(ops)));
+    if let Some(identity) = config.identity.clone() {
+        grpc_routes = grpc_routes.add_service(IdentityServer::new(IdentityService::new(
+            identity,
+            metrics.clone(),
+        )));
+    }
+    let grpc_server = tokio::spawn(serve::serve(
+        grpc,
+        serve::Options {
+            what: "gRPC",
+            tls: grpc_tls,
+            max_connections: GRPC_MAX_CONNECTIONS,
+            client_timeout: CLIENT_TIMEOUT,
             // Finds sidecars that vanished without closing their stream.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(DiscoveryServer::new(DiscoveryService::new(
-                index.clone(),
-                acks,
-                health,
-                stop.clone(),
-            )))
-            .add_service(OperatorServer::new(OperatorService::new(ops)))
-            .add_optional_service(config.identity.clone().map(|identity| {
-                IdentityServer::new(IdentityService::new(identity, metrics.clone()))
-            }))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                stopped(stop.clone()),
-            );
-    let grpc_server = tokio::spawn(grpc_server);
+            keepalive: Some((Duration::from_secs(30), Duration::from_secs(10))),
+        },
+        grpc_routes.prepare().into_axum_router(),
+        stop.clone(),
+    ));
     let webhook = webhook_server.map(|(listener, _, tls, app)| {
-        tokio::spawn(webhook::serve(listener, tls, app, stop.clone()))
+        tokio::spawn(serve::serve(
+            listener,
+            serve::Options {
+                what: "webhook",
+                tls: Some(serve::Tls {
+                    config: tls,
+                    verifier: None,
+                }),
+                max_connections: webhook::MAX_CONNECTIONS,
+                client_timeout: webhook::CLIENT_TIMEOUT,
+                keepalive: None,
+            },
+            app,
+            stop.clone(),
+        ))
     });
 
     tracing::info!(
@@ -250,8 +325,8 @@ pub async fn run(
     let mut webhook = webhook;
     let failure = tokio::select! {
         _ = shutdown => None,
-        r = &mut rest => Some(RunError::Serve { what: "REST", message: joined(r.map(|r| r.map_err(|e| e.to_string()))) }),
-        r = &mut grpc_server => Some(RunError::Serve { what: "gRPC", message: joined(r.map(|r| r.map_err(|e| e.to_string()))) }),
+        r = &mut rest => Some(RunError::Serve { what: "REST", message: joined(r.map(Ok)) }),
+        r = &mut grpc_server => Some(RunError::Serve { what: "gRPC", message: joined(r.map(Ok)) }),
     };
     tracing::info!("shutting down: closing streams and servers");
     stop_tx.send_replace(true);
@@ -289,6 +364,91 @@ pub async fn run(
     }
 }
 
+/// TLS of the REST and gRPC listeners (`None` for both under `--insecure-dev`), and how
+/// sidecar streams are held to their certificates.
+#[allow(clippy::type_complexity)]
+fn listener_tls(
+    config: &Config,
+) -> Result<
+    (
+        Option<serve::Tls>,
+        Option<serve::Tls>,
+        identity::binding::Enforcement,
+    ),
+    RunError,
+> {
+    use bulwark_identity::tls::{ALPN_H2, ALPN_HTTP1, control_plane_server};
+    use bulwark_identity::verify::ControlPlaneClientVerifier;
+    let settings = match &config.listeners {
+        Listeners::InsecureDev => {
+            tracing::warn!(
+                "--insecure-dev: the REST API and gRPC listen in PLAINTEXT, sidecar streams without a certificate are taken at their word, and requests without credentials act as an administrator; never run this in production"
+            );
+            return Ok((None, None, identity::binding::Enforcement::InsecureDev));
+        }
+        Listeners::Tls(settings) => settings,
+    };
+    let certs: Arc<dyn rustls::server::ResolvesServerCert> = match (
+        &settings.files,
+        &config.identity,
+    ) {
+        (Some((cert, key)), _) => {
+            let reloader = Arc::new(CertReloader::new(
+                "API",
+                cert.clone(),
+                key.clone(),
+                bulwark_identity::provider(),
+            ));
+            reloader.refresh_now();
+            reloader
+        }
+        (None, Some(identity)) => {
+            let own = bulwark_identity::SpiffeId::new(
+                &identity.trust_domain,
+                CONTROL_PLANE_NAMESPACE,
+                CONTROL_PLANE_SERVICE_ACCOUNT,
+            )
+            .map_err(|e| RunError::Listeners(e.to_string()))?;
+            let issued =
+                identity::serving::SelfIssued::new(identity, settings.server_names.clone(), own)
+                    .map_err(|e| RunError::Listeners(e.to_string()))?;
+            tokio::spawn(issued.clone().renew(identity.clone()));
+            issued
+        }
+        (None, None) => {
+            return Err(RunError::Listeners(
+                "TLS needs a serving certificate: give --tls-cert and --tls-key, or an identity issuer (--issuer-cert and --issuer-key, or --dev-identity) to issue one; or run with --insecure-dev for local development".into(),
+            ));
+        }
+    };
+    let anchors = Arc::new(
+        bulwark_identity::TrustAnchors::from_pem(&settings.trust_anchors)
+            .map_err(|e| RunError::Listeners(format!("--trust-anchors: {e}")))?,
+    );
+    let verifier = Arc::new(
+        ControlPlaneClientVerifier::new(anchors, settings.client_ca.as_deref())
+            .map_err(|e| RunError::Listeners(format!("--client-ca: {e}")))?,
+    );
+    let tls = |alpn: &[&[u8]]| -> Result<serve::Tls, RunError> {
+        let config = control_plane_server(certs.clone(), verifier.clone(), alpn)
+            .map_err(RunError::Listeners)?;
+        Ok(serve::Tls {
+            config: Arc::new(config),
+            verifier: Some(verifier.clone()),
+        })
+    };
+    Ok((
+        Some(tls(&[ALPN_H2, ALPN_HTTP1])?),
+        Some(tls(&[ALPN_H2])?),
+        identity::binding::Enforcement::Required,
+    ))
+}
+
+/// The namespace and service account of the control plane's own identity (its serving
+/// certificate's SPIFFE ID).
+pub const CONTROL_PLANE_NAMESPACE: &str = "bulwark";
+pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "bulwark-control-plane";
+
 /// The webhook's listener, its address, TLS set-up and routes.
 async fn webhook_server(
     config: &WebhookConfig,
@@ -305,6 +465,7 @@ async fn webhook_server(
     let addr = local_addr(&listener, config.listen, "the webhook")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = Arc::new(CertReloader::new(
+        "webhook",
         config.cert.clone(),
         config.key.clone(),
         provider.clone(),
@@ -322,10 +483,6 @@ fn joined(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
         Ok(Err(e)) => e,
         Err(e) => e.to_string(),
     }
-}
-
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, RunError> {

@@ -3,11 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bulwark_control_plane::Config;
+use bulwark_control_plane::auth::{AuthConfig, Authenticator};
 use bulwark_control_plane::degradation::runner::LevelsConfig;
+use bulwark_control_plane::identity::token_review::TokenReview;
 use bulwark_control_plane::identity::{IdentityConfig, IssuerFiles};
 use bulwark_control_plane::webhook::WebhookConfig;
 use clap::{Parser, ValueEnum};
@@ -147,6 +150,222 @@ struct Args {
 
     #[command(flatten)]
     identity: IdentityArgs,
+
+    #[command(flatten)]
+    listeners: ListenerArgs,
+
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct AuthArgs {
+    /// Static bearer tokens for operators: a YAML or JSON file `{tokens: [{token, user,
+    /// groups}]}`, read again when it changes.
+    #[arg(long, env = "BULWARK_TOKENS_FILE", value_name = "PATH")]
+    tokens_file: Option<PathBuf>,
+
+    /// Members of these groups are administrators everywhere (comma-separated).
+    #[arg(
+        long = "admin-group",
+        env = "BULWARK_ADMIN_GROUPS",
+        value_delimiter = ',',
+        default_value = "bulwark:admins"
+    )]
+    admin_groups: Vec<String>,
+
+    /// Check operators' bearer tokens that are neither static nor OIDC with the Kubernetes API
+    /// (TokenReview), for these audiences (comma-separated; empty: the API server's own).
+    #[arg(
+        long = "token-review-audience",
+        env = "BULWARK_TOKEN_REVIEW_AUDIENCES",
+        value_delimiter = ','
+    )]
+    token_review_audiences: Vec<String>,
+
+    /// The OIDC issuer whose ID tokens authenticate operators (the `iss` they must carry).
+    #[arg(long, env = "BULWARK_OIDC_ISSUER", requires = "oidc_audience")]
+    oidc_issuer: Option<String>,
+
+    /// The audience OIDC tokens must be for (`aud`).
+    #[arg(long, env = "BULWARK_OIDC_AUDIENCE", requires = "oidc_issuer")]
+    oidc_audience: Option<String>,
+
+    /// The issuer's keys (JWKS) in a file, read again when it changes.
+    #[arg(
+        long,
+        env = "BULWARK_OIDC_JWKS_FILE",
+        value_name = "PATH",
+        conflicts_with = "oidc_jwks_url"
+    )]
+    oidc_jwks_file: Option<PathBuf>,
+
+    /// The issuer's keys (JWKS) at an HTTPS URL, fetched every 5 minutes and for unknown keys.
+    #[arg(long, env = "BULWARK_OIDC_JWKS_URL", value_name = "URL")]
+    oidc_jwks_url: Option<String>,
+
+    /// The claim that names the user.
+    #[arg(long, env = "BULWARK_OIDC_USERNAME_CLAIM", default_value = "sub")]
+    oidc_username_claim: String,
+
+    /// The claim that lists the user's groups.
+    #[arg(long, env = "BULWARK_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    oidc_groups_claim: String,
+}
+
+/// The operator API's authentication. With `--dev-identity DIR`, the development
+/// administrator's token is `DIR/admin.token` (made on first start).
+fn authenticator(
+    args: AuthArgs,
+    insecure_dev: bool,
+    dev_identity: Option<&std::path::Path>,
+    token_review: Option<Arc<TokenReview>>,
+) -> anyhow::Result<Arc<Authenticator>> {
+    use bulwark_control_plane::auth::oidc::{JwksSource, Oidc, OidcConfig};
+    use bulwark_control_plane::auth::tokens::{Entry, StaticTokens};
+    let mut extra = Vec::new();
+    if let Some(dir) = dev_identity {
+        let path = dir.join("admin.token");
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let token = dev_token().context("making the development administrator's token")?;
+                bulwark_identity::dev::write_private(&path, &token)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                tracing::info!(path = %path.display(), "development administrator's token made");
+                token
+            }
+        };
+        extra.push(Entry {
+            token,
+            user: "dev-admin".into(),
+            groups: vec!["bulwark:admins".into()],
+        });
+    }
+    let tokens = (args.tokens_file.is_some() || !extra.is_empty())
+        .then(|| StaticTokens::new(args.tokens_file, extra));
+    let oidc = match (args.oidc_issuer, args.oidc_audience) {
+        (Some(issuer), Some(audience)) => {
+            let jwks = match (args.oidc_jwks_file, args.oidc_jwks_url) {
+                (Some(file), _) => JwksSource::File(file),
+                (None, Some(url)) => JwksSource::Url(url),
+                (None, None) => anyhow::bail!(
+                    "--oidc-issuer needs the issuer's keys: --oidc-jwks-file or --oidc-jwks-url"
+                ),
+            };
+            Some(
+                Oidc::new(OidcConfig {
+                    issuer,
+                    audience,
+                    jwks,
+                    username_claim: args.oidc_username_claim,
+                    groups_claim: args.oidc_groups_claim,
+                })
+                .map_err(anyhow::Error::msg)
+                .context("OIDC")?,
+            )
+        }
+        _ => None,
+    };
+    Ok(Arc::new(Authenticator::new(AuthConfig {
+        insecure_dev,
+        tokens,
+        oidc,
+        token_review,
+        token_review_audiences: args.token_review_audiences,
+        admin_groups: args.admin_groups,
+    })))
+}
+
+/// 32 random bytes, hex.
+fn dev_token() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ListenerArgs {
+    /// Serve the REST API and gRPC in plaintext, take sidecar streams without a certificate at
+    /// their word, and let requests without credentials act as an administrator. For local
+    /// development only: the log and bulwark_insecure_dev say so.
+    #[arg(long, env = "BULWARK_INSECURE_DEV")]
+    insecure_dev: bool,
+
+    /// The REST API's and gRPC's certificate (PEM, with its chain), read again when it
+    /// changes [default: one the identity issuer signs for --server-name].
+    #[arg(
+        long,
+        env = "BULWARK_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key",
+        conflicts_with = "insecure_dev"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "BULWARK_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// DNS names and IP addresses the self-issued serving certificate is for (the names
+    /// sidecars and meshctl dial), comma-separated.
+    #[arg(
+        long = "server-name",
+        env = "BULWARK_SERVER_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,::1,bulwark-control-plane,bulwark-control-plane.bulwark,bulwark-control-plane.bulwark.svc,bulwark-control-plane.bulwark.svc.cluster.local"
+    )]
+    server_names: Vec<String>,
+
+    /// The mesh's trust anchors (PEM): sidecars' workload certificates must lead to one
+    /// [default: root.pem of --dev-identity].
+    #[arg(long, env = "BULWARK_TRUST_ANCHORS", value_name = "PATH")]
+    trust_anchors: Option<PathBuf>,
+
+    /// The CA of operators' client certificates (PEM): a certificate it signed authenticates
+    /// its subject's common name as the user and its organizations as groups.
+    #[arg(long, env = "BULWARK_CLIENT_CA", value_name = "PATH")]
+    client_ca: Option<PathBuf>,
+}
+
+/// How the REST and gRPC listeners are secured.
+fn listeners(
+    args: ListenerArgs,
+    dev_identity: Option<&std::path::Path>,
+) -> anyhow::Result<bulwark_control_plane::Listeners> {
+    use bulwark_control_plane::{Listeners, TlsSettings};
+    if args.insecure_dev {
+        return Ok(Listeners::InsecureDev);
+    }
+    let anchors = args
+        .trust_anchors
+        .or_else(|| dev_identity.map(|d| bulwark_identity::dev::DevAuthority::at(d).root))
+        .context("TLS listeners need --trust-anchors (the mesh's root certificates, to verify sidecars' workload certificates), or --dev-identity; or run with --insecure-dev for local development")?;
+    let trust_anchors = std::fs::read(&anchors)
+        .with_context(|| format!("reading --trust-anchors {}", anchors.display()))?;
+    let client_ca = args
+        .client_ca
+        .map(|p| std::fs::read(&p).with_context(|| format!("reading --client-ca {}", p.display())))
+        .transpose()?;
+    Ok(Listeners::Tls(TlsSettings {
+        files: args.tls_cert.zip(args.tls_key),
+        server_names: args
+            .server_names
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        trust_anchors,
+        client_ca,
+    }))
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -211,10 +430,30 @@ struct IdentityArgs {
     token_audience: String,
 }
 
+/// The TokenReview client (workloads' and operators' tokens), when there is a Kubernetes API.
+fn token_review(args: &IdentityArgs) -> anyhow::Result<Option<Arc<TokenReview>>> {
+    let kube_api = args.kube_api.clone().or_else(|| {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        Some(format!("https://{host}:{port}"))
+    });
+    let Some(api) = kube_api else {
+        return Ok(None);
+    };
+    let ca = std::fs::read(&args.kube_ca)
+        .with_context(|| format!("reading the Kubernetes CA {}", args.kube_ca.display()))?;
+    let review = TokenReview::new(&api, &ca, args.kube_token.clone(), &args.token_audience)
+        .map_err(anyhow::Error::msg)
+        .context("TokenReview client")?;
+    Ok(Some(Arc::new(review)))
+}
+
 /// The Identity service's configuration; `None` when no issuer is configured.
-fn identity_config(args: IdentityArgs) -> anyhow::Result<Option<IdentityConfig>> {
+fn identity_config(
+    args: IdentityArgs,
+    token_review: Option<Arc<TokenReview>>,
+) -> anyhow::Result<Option<IdentityConfig>> {
     use bulwark_control_plane::identity::proof::Verifier;
-    use bulwark_control_plane::identity::token_review::TokenReview;
     bulwark_identity::spiffe::check_trust_domain(&args.trust_domain).context("--trust-domain")?;
     let (cert, key) = match (&args.dev_identity, &args.issuer_cert, &args.issuer_key) {
         (Some(dir), _, _) => {
@@ -234,23 +473,6 @@ fn identity_config(args: IdentityArgs) -> anyhow::Result<Option<IdentityConfig>>
         lifetime: args.cert_lifetime,
     };
     let (issuer, _) = files.load().map_err(anyhow::Error::msg)?;
-    let kube_api = args.kube_api.or_else(|| {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        Some(format!("https://{host}:{port}"))
-    });
-    let token_review = match kube_api {
-        Some(api) => {
-            let ca = std::fs::read(&args.kube_ca)
-                .with_context(|| format!("reading the Kubernetes CA {}", args.kube_ca.display()))?;
-            Some(
-                TokenReview::new(&api, &ca, args.kube_token, &args.token_audience)
-                    .map_err(anyhow::Error::msg)
-                    .context("TokenReview client")?,
-            )
-        }
-        None => None,
-    };
     tracing::info!(
         trust_domain = %args.trust_domain,
         issuer = %issuer.info().subject,
@@ -366,7 +588,17 @@ async fn run() -> anyhow::Result<()> {
         // clap requires the certificate and key with --webhook.
         _ => None,
     };
-    let identity = identity_config(args.identity)?.map(std::sync::Arc::new);
+    let dev_identity = args.identity.dev_identity.clone();
+    let token_review = token_review(&args.identity)?;
+    let identity = identity_config(args.identity, token_review.clone())?.map(Arc::new);
+    let insecure_dev = args.listeners.insecure_dev;
+    let listeners = listeners(args.listeners, dev_identity.as_deref())?;
+    let auth = authenticator(
+        args.auth,
+        insecure_dev,
+        dev_identity.as_deref(),
+        token_review,
+    )?;
     let read = |p: &PathBuf, what: &str| {
         std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
     };
@@ -406,6 +638,8 @@ async fn run() -> anyhow::Result<()> {
         },
         webhook,
         identity,
+        listeners,
+        auth,
     };
     bulwark_control_plane::run(config, shutdown_signal())
         .await

@@ -22,6 +22,10 @@ pub struct Metrics {
     capabilities: Family<Labels, Gauge>,
     leader: Gauge<i64, AtomicI64>,
     certificates: Family<Labels, Counter>,
+    rejected_reports: Family<Labels, Counter>,
+    insecure_dev: Gauge<i64, AtomicI64>,
+    authorization: Family<Labels, Counter>,
+    authentication_failures: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,14 +67,64 @@ impl Metrics {
             "Certificate requests by proof (service-account-token, join-token, none) and result (issued, refused)",
             certificates.clone(),
         );
+        let rejected_reports = Family::<Labels, Counter>::default();
+        registry.register(
+            "rejected_reports",
+            "Sidecar streams and health reports refused for what their certificate does not cover, by reason (no-certificate, not-a-workload, trust-domain, namespace, pod, service-account)",
+            rejected_reports.clone(),
+        );
+        let insecure_dev = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "insecure_dev",
+            "1 when this replica runs with --insecure-dev: plaintext listeners, and requests without credentials act as an administrator",
+            insecure_dev.clone(),
+        );
+        let authorization = Family::<Labels, Counter>::default();
+        registry.register(
+            "api_authorization",
+            "Operator API authorisation decisions by decision (allowed, denied)",
+            authorization.clone(),
+        );
+        let authentication_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "api_authentication_failures",
+            "Operator API requests not authenticated, by reason (missing, refused, unavailable)",
+            authentication_failures.clone(),
+        );
         Metrics {
             registry,
+            authorization,
+            authentication_failures,
+            rejected_reports,
+            insecure_dev,
             alerts,
             levels,
             capabilities,
             leader,
             certificates,
         }
+    }
+
+    pub fn rejected_report(&self, reason: &'static str) {
+        self.rejected_reports
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn authorization(&self, decision: &'static str) {
+        self.authorization
+            .get_or_create(&vec![("decision", decision.to_string())])
+            .inc();
+    }
+
+    pub fn authentication_failed(&self, reason: &'static str) {
+        self.authentication_failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn set_insecure_dev(&self, on: bool) {
+        self.insecure_dev.set(i64::from(on));
     }
 
     pub fn alert(&self, result: &'static str) {

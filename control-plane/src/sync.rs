@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::index::{Change, HistoryEntry, SharedIndex, StoredResource};
 use crate::store::keys::{Keys, ParsedKey};
 use crate::store::values::ServiceStatus;
-use crate::store::values::{AckRecord, HealthRecord, HistoryRecord, OverrideRecord};
+use crate::store::values::{AckRecord, HealthRecord, HistoryRecord, OverrideRecord, RoleBinding};
 use crate::store::{Entry, EtcdStore, StoreError, WatchEvent, WatchMessage};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -109,7 +109,14 @@ pub fn decode(keys: &Keys, entry: &Entry) -> Option<Change> {
                 None
             }
         },
-        ParsedKey::Event => None,
+        ParsedKey::RoleBinding(name) => match serde_json::from_str::<RoleBinding>(text) {
+            Ok(binding) => Some(Change::RoleBinding { name, binding }),
+            Err(e) => {
+                tracing::warn!(key = %entry.key, error = %e, "skipping a role binding that does not parse");
+                None
+            }
+        },
+        ParsedKey::Event | ParsedKey::Audit => None,
     }
 }
 
@@ -122,7 +129,8 @@ pub fn decode_delete(keys: &Keys, key: &str, revision: i64) -> Option<Change> {
         ParsedKey::Health(pod) => Change::HealthDeleted { pod },
         ParsedKey::Status(service) => Change::StatusDeleted { service },
         ParsedKey::Override(target) => Change::OverrideDeleted { target },
-        ParsedKey::Event => return None,
+        ParsedKey::RoleBinding(name) => Change::RoleBindingDeleted { name },
+        ParsedKey::Event | ParsedKey::Audit => return None,
     })
 }
 

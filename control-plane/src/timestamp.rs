@@ -4,10 +4,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now, as `2025-11-22T03:12:00.123Z`.
 pub fn now() -> String {
+    format_unix_millis(unix_millis())
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_millis() -> i64 {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    format_unix_millis(since.as_millis().try_into().unwrap_or(i64::MAX))
+    since.as_millis().try_into().unwrap_or(i64::MAX)
 }
 
 /// Formats milliseconds since the Unix epoch, milliseconds included.

@@ -2,15 +2,13 @@
 //! `POST /inject` with an AdmissionReview (v1) for every opted-in pod it creates, and gets back
 //! `bulwark-inject`'s answer — a JSON Patch adding the sidecar, the pod unchanged, or a denial
 //! with the reason. The decision is the library's; this module owns the transport: TLS with a
-//! certificate that follows its files ([`certs`]), HTTP/1.1 and HTTP/2, limits, one log line per
+//! certificate that follows its files (`serve::certs`), HTTP/1.1 and HTTP/2, limits, one log line per
 //! review.
 //!
 //! ```text
 //!  accept ─► TLS handshake (CertReloader) ─► hyper (h1 | h2) ─► router: POST /inject
 //!                                                                  └ admission_review_response
 //! ```
-
-pub mod certs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,17 +22,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bulwark_inject::{InjectOptions, admission_review_response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 
-use self::certs::CertReloader;
+use crate::serve::certs::CertReloader;
 
 /// The largest AdmissionReview accepted. The API server sends the whole pod, which etcd caps at
 /// 1.5 MiB; more than that is not a pod.
@@ -42,11 +34,11 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// A client that has not finished its TLS handshake, or sent its request headers, by then is
 /// dropped (the API server gives the whole call 5 s: `timeoutSeconds`).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once; more wait to be accepted. The API server needs a handful per
 /// replica; the port is reachable from anywhere in the cluster.
-const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// What the webhook needs.
 #[derive(Debug, Clone)]
@@ -149,78 +141,6 @@ fn log_review(review: &Value, answer: &Value) {
         // Opted out, not a pod creation, or already injected as it would be.
         tracing::info!(%namespace, %pod, %uid, decision = "unchanged", "admission review");
     }
-}
-
-/// Accepts connections on `listener` until `stop` turns true, then lets the open ones finish
-/// their requests (the caller bounds how long).
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    app: Router,
-    stop: watch::Receiver<bool>,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let stopped = async move {
-        let mut stop = stop;
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::pin!(stopped);
-    loop {
-        let slot = tokio::select! {
-            _ = &mut stopped => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // never closed
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = &mut stopped => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, most likely: let connections close.
-                    tracing::warn!(error = %e, "webhook: cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                // Plain HTTP, a client that does not trust us, or no certificate yet (which the
-                // certificate loader reports once): nothing to say per connection.
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "webhook: TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "webhook: TLS handshake timed out");
-                    return;
-                }
-            };
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(CLIENT_TIMEOUT);
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "webhook: connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@ pub struct CertInfo {
     /// The SPIFFE ID among its URI names, when it has exactly one URI name that is one.
     pub spiffe_id: Option<SpiffeId>,
     pub subject: String,
+    /// The subject's common name; a workload certificate's is the pod it is bound to.
+    pub common_name: Option<String>,
+    /// The subject's organizations (an operator's certificate: its groups).
+    pub organizations: Vec<String>,
     pub issuer: String,
     pub serial: String,
     pub not_before: SystemTime,
@@ -50,6 +54,18 @@ impl CertInfo {
         Ok(CertInfo {
             spiffe_id,
             subject: cert.subject().to_string(),
+            common_name: cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_string),
+            organizations: cert
+                .subject()
+                .iter_organization()
+                .filter_map(|o| o.as_str().ok())
+                .map(str::to_string)
+                .collect(),
             issuer: cert.issuer().to_string(),
             serial: cert.raw_serial_as_string(),
             not_before: to_system_time(validity.not_before.timestamp()),

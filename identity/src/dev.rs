@@ -114,7 +114,8 @@ fn unique_tag() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+/// Writes a secret readable by its owner only (mode 0600).
+pub fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = fs::OpenOptions::new()

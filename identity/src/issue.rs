@@ -125,10 +125,13 @@ impl Issuer {
 
     /// A leaf for `csr`'s public key and `allowed` — the identity the caller proved — valid from
     /// a minute before `now` for the configured lifetime (never past the issuer's own expiry).
+    /// `pod`, when given, is the subject's common name: the pod the certificate is bound to
+    /// (the control plane accepts a pod's streams only under that name).
     pub fn issue(
         &self,
         csr: &[u8],
         allowed: &SpiffeId,
+        pod: Option<&str>,
         now: SystemTime,
     ) -> Result<Issued, IssueError> {
         let der = CertificateSigningRequestDer::from(csr);
@@ -151,6 +154,11 @@ impl Issuer {
         let not_after = (now + self.lifetime).min(self.info.not_after);
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
+        if let Some(pod) = pod.filter(|p| !p.is_empty()) {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, pod);
+        }
         // The SPIFFE ID, and its server-name form as a DNS name: a client that asks for an
         // identity by server name verifies it with standard host-name verification.
         let dns = allowed
@@ -178,6 +186,59 @@ impl Issuer {
         let mut chain = vec![leaf.der().clone()];
         chain.extend(self.chain.iter().cloned());
         Ok(Issued { chain, not_after })
+    }
+}
+
+impl Issuer {
+    /// A serving certificate for the control plane itself, with a key made here: the DNS names
+    /// and IP addresses clients reach it by (each of `names` is one or the other), and
+    /// `identity` as its SPIFFE ID. Valid like a workload's certificate.
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        identity: &SpiffeId,
+        now: SystemTime,
+    ) -> Result<(Issued, rustls_pki_types::PrivateKeyDer<'static>), IssueError> {
+        if now >= self.info.not_after {
+            return Err(IssueError::IssuerExpired);
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        let not_after = (now + self.lifetime).min(self.info.not_after);
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bulwark control plane");
+        let uri = identity
+            .to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| IssueError::Signing(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in names {
+            params.subject_alt_names.push(match name.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => {
+                    SanType::DnsName(name.as_str().try_into().map_err(|e: rcgen::Error| {
+                        IssueError::Names(format!("server name {name:?}: {e}"))
+                    })?)
+                }
+            });
+        }
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = not_after.into();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(&key, &self.signer)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(self.chain.iter().cloned());
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Ok((Issued { chain, not_after }, key))
     }
 }
 

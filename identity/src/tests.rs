@@ -62,7 +62,7 @@ impl Authority {
     fn credentials(&self, ns: &str, sa: &str, now: SystemTime) -> Arc<Credentials> {
         let id = SpiffeId::new("cluster.local", ns, sa).unwrap();
         let (pending, csr) = PendingKey::new(&id).unwrap();
-        let issued = self.issuer.issue(&csr, &id, now).unwrap();
+        let issued = self.issuer.issue(&csr, &id, None, now).unwrap();
         let credentials = Arc::new(Credentials::new());
         credentials.install(pending, issued.chain).unwrap();
         credentials
@@ -312,7 +312,10 @@ fn requests_for_another_identity_or_with_other_names_are_refused() {
     let payments: SpiffeId = "spiffe://cluster.local/ns/pay/sa/payments".parse().unwrap();
     let (_, csr) = PendingKey::new(&payments).unwrap();
     assert_eq!(
-        ca.issuer.issue(&csr, &orders, now).unwrap_err().to_string(),
+        ca.issuer
+            .issue(&csr, &orders, None, now)
+            .unwrap_err()
+            .to_string(),
         "the certificate request asks for spiffe://cluster.local/ns/pay/sa/payments, but the proof given is for spiffe://cluster.local/ns/shop/sa/orders"
     );
 
@@ -324,12 +327,15 @@ fn requests_for_another_identity_or_with_other_names_are_refused() {
     ];
     let csr = params.serialize_request(&key).unwrap().der().to_vec();
     assert_eq!(
-        ca.issuer.issue(&csr, &orders, now).unwrap_err().to_string(),
+        ca.issuer
+            .issue(&csr, &orders, None, now)
+            .unwrap_err()
+            .to_string(),
         "the certificate request must name exactly one SPIFFE ID (a URI subject alternative name) and nothing else; it names URI spiffe://cluster.local/ns/shop/sa/orders, DNS payments.pay.svc"
     );
     assert_eq!(
         ca.issuer
-            .issue(b"garbage", &orders, now)
+            .issue(b"garbage", &orders, None, now)
             .unwrap_err()
             .to_string(),
         "the certificate request cannot be read: Could not parse certificate signing request"
@@ -338,7 +344,7 @@ fn requests_for_another_identity_or_with_other_names_are_refused() {
     // A leaf that is not for the key that asked is not installed.
     let (pending, _) = PendingKey::new(&orders).unwrap();
     let (_, other_csr) = PendingKey::new(&orders).unwrap();
-    let issued = ca.issuer.issue(&other_csr, &orders, now).unwrap();
+    let issued = ca.issuer.issue(&other_csr, &orders, None, now).unwrap();
     let credentials = Credentials::new();
     assert_eq!(
         credentials.install(pending, issued.chain).unwrap_err(),

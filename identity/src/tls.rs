@@ -12,7 +12,9 @@ use rustls_pki_types::pem::PemObject;
 use crate::anchors::TrustAnchors;
 use crate::credentials::Credentials;
 use crate::provider;
-use crate::verify::{MeshClientVerifier, MeshServerVerifier};
+use crate::verify::{
+    AnchoredServerVerifier, ControlPlaneClientVerifier, MeshClientVerifier, MeshServerVerifier,
+};
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -76,5 +78,45 @@ pub fn simple_client(roots: RootCertStore, alpn: &[u8]) -> Result<ClientConfig, 
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// A sidecar (or any client) of the control plane: the control plane's certificate verified
+/// against `anchors` and the host dialled; the workload certificate presented once there is one
+/// (`credentials`), for the streams that require it. ALPN `h2` (gRPC).
+pub fn control_plane_client(
+    anchors: Arc<TrustAnchors>,
+    credentials: Option<Arc<Credentials>>,
+) -> Result<ClientConfig, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnchoredServerVerifier::new(anchors)));
+    let mut config = match credentials {
+        Some(credentials) => builder.with_client_cert_resolver(credentials),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption: a session resumed from the certificate request (made before there was a
+    // certificate) would carry no client certificate into the Discovery stream. Connections
+    // to the control plane are few and long-lived.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// The control plane's listeners: its certificate from `certs`, client certificates optional
+/// and verified by `verifier`; ALPN as given (`h2` for gRPC; `h2` and `http/1.1` for REST).
+pub fn control_plane_server(
+    certs: Arc<dyn rustls::server::ResolvesServerCert>,
+    verifier: Arc<ControlPlaneClientVerifier>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, String> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

@@ -10,7 +10,7 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/bulwark-mesh/sidecar:", env!("C
 pub const DEFAULT_INIT_IMAGE: &str =
     concat!("ghcr.io/bulwark-mesh/init:", env!("CARGO_PKG_VERSION"));
 /// The control plane's gRPC address in the standard install (`deploy/kubernetes`).
-pub const DEFAULT_CONTROL_PLANE: &str = "http://bulwark-control-plane.bulwark.svc:8081";
+pub const DEFAULT_CONTROL_PLANE: &str = "https://bulwark-control-plane.bulwark.svc:8081";
 
 /// The caller's defaults for every injected sidecar; pods override them by annotation.
 #[derive(Debug, Clone, PartialEq)]

@@ -387,6 +387,11 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
     }
 }
 
+/// One path segment, percent-encoded.
+pub fn encode_segment(text: &str) -> String {
+    encode(text, "")
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters and `keep`.
 fn encode(text: &str, keep: &str) -> String {
     let mut out = String::with_capacity(text.len());

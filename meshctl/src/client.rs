@@ -1,12 +1,14 @@
-//! The HTTP client to the control plane's REST API: plain HTTP/1.1 through hyper-util's
-//! pooled client, JSON in and out, bounded by a connect and a whole-request timeout. Failures
-//! are handed to [`CliError`]'s classifiers; nothing here decides an exit status.
+//! The HTTP client to the control plane's REST API: HTTPS (rustls, the CA of the context or
+//! Mozilla's roots; a client certificate when the context has one) or, for a control plane run
+//! with `--insecure-dev`, plain HTTP/1.1; a bearer token when the context has one; JSON in and
+//! out, bounded by a connect and a whole-request timeout. Failures are handed to
+//! [`CliError`]'s classifiers; nothing here decides an exit status.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -14,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::Server;
+use crate::config::{Connection, Credential, Server};
 use crate::errors::CliError;
 
 /// A control plane that does not accept a connection in this time is treated as down.
@@ -36,16 +38,35 @@ pub struct Reply<T> {
 /// One control plane's API.
 pub struct Client {
     server: Server,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    authorization: Option<HeaderValue>,
+    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Client {
-    pub fn new(server: Server) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
-        Client { server, http }
+    pub fn new(connection: Connection) -> Result<Self, CliError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls = tls(&connection)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let authorization = match &connection.credential {
+            Credential::Token(token) => Some(
+                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    CliError::Usage("the token holds characters a header cannot".into())
+                })?,
+            ),
+            _ => None,
+        };
+        Ok(Client {
+            server: connection.server,
+            authorization,
+            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+        })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, CliError> {
@@ -91,6 +112,9 @@ impl Client {
         if body.is_some() {
             request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::Usage(format!("cannot build the request: {e}")))?;
@@ -124,6 +148,47 @@ impl Client {
         let body = serde_json::from_slice(&bytes)
             .map_err(|e| CliError::bad_answer(server, format!("{path}: {e}")))?;
         Ok(Reply { body, stale })
+    }
+}
+
+/// TLS: the connection's CA (or Mozilla's roots) and its client certificate, if any.
+fn tls(connection: &Connection) -> Result<rustls::ClientConfig, CliError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let usage = |what: &str, e: &dyn std::fmt::Display| CliError::Usage(format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match &connection.ca {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| usage("the CA file", &e))?;
+                roots.add(cert).map_err(|e| usage("the CA file", &e))?;
+            }
+            if roots.is_empty() {
+                return Err(CliError::Usage(
+                    "the CA file holds no PEM certificate".into(),
+                ));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| usage("TLS", &e))?
+    .with_root_certificates(roots);
+    match &connection.credential {
+        Credential::Certificate { chain, key } => {
+            let chain = CertificateDer::pem_slice_iter(chain)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| usage("the client certificate", &e))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| usage("the client key", &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| usage("the client certificate", &e))
+        }
+        _ => Ok(builder.with_no_client_auth()),
     }
 }
 

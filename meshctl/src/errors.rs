@@ -66,9 +66,15 @@ pub enum CliError {
     /// No answer, or an answer saying the control plane cannot serve right now.
     #[error("cannot reach the control plane at {server}: {reason}")]
     Unreachable { server: String, reason: String },
+    /// The TLS handshake failed: a certificate one side does not trust.
+    #[error("TLS with the control plane at {server} failed: {reason}")]
+    Tls { server: String, reason: String },
     /// A 2xx answer whose body does not follow the API contract.
     #[error("unexpected answer from the control plane at {server}: {reason}")]
     BadAnswer { server: String, reason: String },
+    /// `auth can-i` said no: its output says so, and the exit status is 1.
+    #[error("not allowed")]
+    Denied(crate::output::Output),
     /// Writing to stdout or stderr failed (a closed pipe, a full disk).
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
@@ -82,6 +88,12 @@ impl CliError {
         error: &(dyn StdError + 'static),
         connect_timeout: Duration,
     ) -> Self {
+        if let Some(reason) = tls_reason(error) {
+            return CliError::Tls {
+                server: server.to_string(),
+                reason,
+            };
+        }
         CliError::Unreachable {
             server: server.to_string(),
             reason: transport_reason(error, connect_timeout),
@@ -137,6 +149,8 @@ impl CliError {
             | CliError::Refused { .. }
             | CliError::NotFound(_)
             | CliError::BadAnswer { .. }
+            | CliError::Tls { .. }
+            | CliError::Denied(_)
             | CliError::Output(_) => ExitCode::FAILURE,
         }
     }
@@ -173,6 +187,11 @@ fn refused_lines(request: &str, status: StatusCode, body: &ApiError) -> Vec<Stri
                 .collect()
         }
         StatusCode::CONFLICT => vec![with_message("conflict")],
+        StatusCode::UNAUTHORIZED => vec![
+            with_message("not authenticated"),
+            "meshctl: give a token (--token-file, $BULWARK_TOKEN or the context's tokenFile) or a client certificate (--client-cert and --client-key)".to_string(),
+        ],
+        StatusCode::FORBIDDEN => vec![with_message("forbidden")],
         StatusCode::NOT_FOUND => vec![with_message("not found")],
         _ => std::iter::once(with_message(&format!(
             "the control plane answered {status}"
@@ -180,6 +199,39 @@ fn refused_lines(request: &str, status: StatusCode, body: &ApiError) -> Vec<Stri
         .chain(body.details.iter().cloned())
         .collect(),
     }
+}
+
+/// What went wrong in a TLS handshake, in words that say what to do; `None` when the failure
+/// is not TLS's.
+fn tls_reason(error: &(dyn StdError + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let tls = rustls_error(e);
+        if let Some(tls) = tls {
+            use rustls::{AlertDescription, CertificateError, Error};
+            return Some(match tls {
+                Error::InvalidCertificate(CertificateError::UnknownIssuer) => "the control plane's certificate is not signed by a CA meshctl trusts (UnknownIssuer): give its CA with --ca or the context's ca".to_string(),
+                Error::InvalidCertificate(CertificateError::NotValidForName)
+                | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => format!("the control plane's certificate is not for the name dialled ({tls}): use a server name the certificate lists"),
+                Error::InvalidCertificate(CertificateError::Expired)
+                | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => format!("the control plane's certificate has expired ({tls})"),
+                Error::AlertReceived(alert @ (AlertDescription::BadCertificate | AlertDescription::UnknownCA | AlertDescription::CertificateExpired | AlertDescription::CertificateRequired | AlertDescription::CertificateUnknown)) => format!("the control plane refused the client certificate ({alert:?})"),
+                other => other.to_string(),
+            });
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// The rustls error inside `e`, through any layers of `io::Error` (the TLS stream wraps it in
+/// one, the connector in another).
+fn rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = e.downcast_ref::<io::Error>()?.get_ref()?;
+    rustls_error(inner)
 }
 
 /// A short reason for a transport failure: the common cases in plain words, otherwise the

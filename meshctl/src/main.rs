@@ -1,6 +1,7 @@
 //! `meshctl`, Bulwark's operator command line: parses the flags, runs one subcommand, prints
 //! what it produced and exits 0 (ok), 1 (input rejected) or 2 (control plane unreachable).
 
+mod access;
 mod api;
 mod apply;
 mod client;
@@ -32,14 +33,41 @@ use crate::output::Output;
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version, about = "Operate a Bulwark mesh")]
 struct Cli {
-    /// The control plane's REST address; otherwise `server:` in $BULWARK_CONFIG or
-    /// ~/.config/bulwark/meshctl.yaml, otherwise http://127.0.0.1:8080.
+    /// The control plane's REST address (https://host:port); otherwise the context's,
+    /// otherwise http://127.0.0.1:8080.
     #[arg(long, global = true, env = "BULWARK_SERVER", value_name = "URL")]
     server: Option<String>,
+    /// The context of the config file ($BULWARK_CONFIG or ~/.config/bulwark/config) to use
+    /// instead of its current one.
+    #[arg(long, global = true, env = "BULWARK_CONTEXT", value_name = "NAME")]
+    context: Option<String>,
+    /// The CA (PEM) the control plane's certificate is checked against [default: the
+    /// context's, else Mozilla's roots].
+    #[arg(long, global = true, env = "BULWARK_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// A bearer token (prefer --token-file: a flag's value is visible to other users).
+    #[arg(
+        long,
+        global = true,
+        env = "BULWARK_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, global = true, env = "BULWARK_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// A client certificate (PEM, with its chain) to authenticate with.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// The namespace of the resource(s) named on the command line.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     namespace: String,
-    /// Who makes a change, recorded in the history (default: $USER).
+    /// Who makes a change, recorded in the history (default: $USER) where the control plane
+    /// does not authenticate; otherwise the authenticated user is.
     #[arg(long, global = true, value_name = "WHO")]
     by: Option<String>,
     #[command(subcommand)]
@@ -173,6 +201,28 @@ enum Command {
         #[arg(long, conflicts_with_all = ["level", "ttl", "reason"])]
         clear: bool,
     },
+    /// Who you are to the control plane, and what you may do.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// Role bindings: who holds which role (viewer, editor, operator, admin), where.
+    #[command(subcommand)]
+    Rolebinding(BindingCommand),
+    /// The audit log: every write with who made it, from where, and how it ended.
+    ///
+    /// Prints TIME, USER, FROM, VERB, RESOURCE, NAME and RESULT, newest first, of -n's
+    /// namespace, or with -A of everything the caller may read.
+    Audit {
+        /// Every namespace (and cluster-wide records).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// At most this many records.
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// Contexts of the config file: server, CA and credentials, like kubeconfig.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Add the Bulwark sidecar to Kubernetes manifests, offline.
     ///
     /// Reads Deployments, StatefulSets, DaemonSets, Jobs, CronJobs and Pods (several
@@ -186,7 +236,7 @@ enum Command {
         #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
         files: Vec<PathBuf>,
         /// The control plane's gRPC address(es) the sidecars connect to, comma-separated
-        /// [default: http://bulwark-control-plane.bulwark.svc:8081].
+        /// [default: https://bulwark-control-plane.bulwark.svc:8081].
         #[arg(long, value_name = "URL")]
         control_plane: Option<String>,
         /// The sidecar image [default: ghcr.io/bulwark-mesh/sidecar:<meshctl's version>].
@@ -209,6 +259,62 @@ enum Command {
         #[arg(long, value_name = "MODE")]
         inbound_mtls: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// The authenticated user, its groups and roles.
+    Whoami,
+    /// Whether you may do something: `meshctl auth can-i apply upstreampolicies -n payments`
+    /// prints `yes` (exit 0) or `no` and why (exit 1).
+    CanI {
+        /// get, list, apply, delete or rollback.
+        verb: String,
+        /// servicepolicies, upstreampolicies, levels, events, pods, status, overrides,
+        /// rolebindings, audit or metrics.
+        resource: String,
+        /// Ask cluster-wide instead of in -n's namespace.
+        #[arg(long)]
+        cluster: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BindingCommand {
+    /// Every role binding you may read.
+    List,
+    /// Give a role to users, groups or service accounts, in -n's namespace or (--cluster)
+    /// everywhere; replaces a binding of the same name.
+    Set {
+        name: String,
+        /// viewer, editor, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// Cluster-wide instead of in -n's namespace.
+        #[arg(long)]
+        cluster: bool,
+        #[arg(long = "user", value_name = "NAME")]
+        users: Vec<String>,
+        #[arg(long = "group", value_name = "NAME")]
+        groups: Vec<String>,
+        #[arg(long = "serviceaccount", value_name = "NAMESPACE/NAME")]
+        service_accounts: Vec<String>,
+    },
+    /// Remove a role binding.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Add or replace a context from --server, --ca, --token-file and --client-cert /
+    /// --client-key (the first context becomes current).
+    SetContext { name: String },
+    /// Make a context the current one.
+    UseContext { name: String },
+    /// List the contexts; `*` marks the current one.
+    GetContexts,
+    /// Print the current context's name.
+    CurrentContext,
 }
 
 fn main() -> ExitCode {
@@ -258,6 +364,31 @@ fn main() -> ExitCode {
         let (out, error) = inject::run(files, &flags);
         return finish(out, error);
     }
+    if let Command::Config(command) = &cli.command {
+        let result = match command {
+            ConfigCommand::SetContext { name } => match &cli.server {
+                Some(server) => access::set_context(config::Context {
+                    name: name.clone(),
+                    server: server.clone(),
+                    ca: absolute(cli.ca.as_ref()),
+                    token_file: absolute(cli.token_file.as_ref()),
+                    token: None,
+                    client_cert: absolute(cli.client_cert.as_ref()),
+                    client_key: absolute(cli.client_key.as_ref()),
+                }),
+                None => Err(CliError::Usage(
+                    "config set-context needs --server URL".into(),
+                )),
+            },
+            ConfigCommand::UseContext { name } => access::use_context(name),
+            ConfigCommand::GetContexts => access::get_contexts(),
+            ConfigCommand::CurrentContext => access::current_context(),
+        };
+        return match result {
+            Ok(out) => finish(out, None),
+            Err(e) => finish(Output::default(), Some(e)),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -270,14 +401,26 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(out) => finish(out, None),
+        Err(CliError::Denied(out)) => {
+            let _ = write_all(&out);
+            ExitCode::FAILURE
+        }
         Err(error) => finish(Output::default(), Some(error)),
     }
 }
 
 /// Runs a command that talks to the control plane.
 async fn run(cli: Cli) -> Result<Output, CliError> {
-    let server = config::server(cli.server.as_deref())?;
-    let client = Client::new(server);
+    let connection = config::connection(&config::Flags {
+        context: cli.context.clone(),
+        server: cli.server.clone(),
+        ca: cli.ca.clone(),
+        token: cli.token.clone(),
+        token_file: cli.token_file.clone(),
+        client_cert: cli.client_cert.clone(),
+        client_key: cli.client_key.clone(),
+    })?;
+    let client = Client::new(connection)?;
     let by = config::by(cli.by.as_deref());
     let namespace = cli.namespace.as_str();
     match cli.command {
@@ -353,10 +496,53 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             )?;
             degrade::force(&client, &target, &force, &by).await
         }
+        Command::Auth(AuthCommand::Whoami) => access::whoami(&client).await,
+        Command::Auth(AuthCommand::CanI {
+            verb,
+            resource,
+            cluster,
+        }) => {
+            let (out, allowed) =
+                access::can_i(&client, &verb, &resource, (!cluster).then_some(namespace)).await?;
+            if allowed {
+                Ok(out)
+            } else {
+                Err(CliError::Denied(out))
+            }
+        }
+        Command::Rolebinding(BindingCommand::List) => access::list_bindings(&client).await,
+        Command::Rolebinding(BindingCommand::Set {
+            name,
+            role,
+            cluster,
+            users,
+            groups,
+            service_accounts,
+        }) => {
+            let who = access::Subjects {
+                users,
+                groups,
+                service_accounts,
+            };
+            access::set_binding(&client, &name, &role, (!cluster).then_some(namespace), &who).await
+        }
+        Command::Rolebinding(BindingCommand::Delete { name }) => {
+            access::delete_binding(&client, &name).await
+        }
+        Command::Audit {
+            limit,
+            all_namespaces,
+        } => access::audit(&client, (!all_namespaces).then_some(namespace), limit).await,
         // Handled in `main` before any runtime or server is set up.
+        Command::Config(_) => Err(CliError::Usage("config runs offline".into())),
         Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),
         Command::Inject { .. } => Err(CliError::Usage("inject runs offline".into())),
     }
+}
+
+/// A path as the config file keeps it: absolute, so that the context works from anywhere.
+fn absolute(path: Option<&PathBuf>) -> Option<PathBuf> {
+    path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
 }
 
 /// Prints a command's output, then its error if any, and picks the exit status.
@@ -381,4 +567,15 @@ fn write_all(out: &Output) -> std::io::Result<()> {
     let mut stderr = std::io::stderr().lock();
     stderr.write_all(out.stderr.as_bytes())?;
     stderr.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
 }

@@ -26,7 +26,8 @@ pub struct Config {
     )]
     pub policies: Option<PathBuf>,
 
-    /// Control-plane addresses (e.g. http://bulwark-control-plane.bulwark:8081), tried in turn.
+    /// Control-plane addresses (e.g. https://bulwark-control-plane.bulwark-system.svc:8081),
+    /// tried in turn; `https://` verifies the control plane against the trust anchors.
     /// Needs `--service`: the control plane sends a pod the policies of its service.
     #[arg(
         long = "control-plane",
@@ -161,6 +162,11 @@ pub struct Config {
     /// A join token (proof of identity outside Kubernetes), in a file.
     #[arg(long, env = "BULWARK_JOIN_TOKEN_FILE", value_name = "PATH")]
     pub join_token_file: Option<PathBuf>,
+
+    /// The CA of the control plane's certificate (PEM), for `https://` addresses, when it is
+    /// not one of the trust anchors.
+    #[arg(long, env = "BULWARK_CONTROL_PLANE_CA", value_name = "PATH")]
+    pub control_plane_ca: Option<PathBuf>,
 
     /// Control-plane addresses that issue workload certificates [default: --control-plane].
     #[arg(

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod channel;
 pub mod config;
 pub mod errors;
 pub mod headers;
@@ -109,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ),
     };
     let identity = identity_settings(&config)?;
-    let identity = match identity {
+    let mut identity = match identity {
         Some((settings, anchors_pem)) => {
             let identity = Arc::new(Identity::new(settings.id.clone(), &anchors_pem).map_err(
                 |e| anyhow::anyhow!("--trust-anchors {}: {e}", settings.anchors.display()),
@@ -117,6 +118,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Some((identity, settings, anchors_pem))
         }
         None => None,
+    };
+    let control_plane_tls = control_plane_tls(&config, identity.as_ref().map(|(i, _, _)| i))?;
+    if let Some((_, settings, _)) = identity.as_mut() {
+        settings.tls = control_plane_tls.clone();
+    }
+    let link = source::control_plane::Link {
+        tls: control_plane_tls,
+        certified: identity.as_ref().map(|(i, _, _)| i.certified.subscribe()),
     };
     let shared = Arc::new(
         Shared::new(local, pod.clone(), deadline_header)
@@ -160,7 +169,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Some((path.clone(), initial, fingerprint))
         }
         None => {
-            start_control_plane_source(&config, &shared).await;
+            start_control_plane_source(&config, &shared, link).await;
             None
         }
     };
@@ -276,7 +285,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// Starts following the control plane; waits up to `--control-plane-timeout` for its first
 /// snapshot, and boots from the snapshot file when none came.
-async fn start_control_plane_source(config: &Config, shared: &Arc<Shared>) {
+async fn start_control_plane_source(
+    config: &Config,
+    shared: &Arc<Shared>,
+    link: source::control_plane::Link,
+) {
     let who = source::control_plane::Registration {
         namespace: config.namespace.clone(),
         service: config.service.clone().unwrap_or_default(), // required by clap in this mode
@@ -286,6 +299,7 @@ async fn start_control_plane_source(config: &Config, shared: &Arc<Shared>) {
     tokio::spawn(source::control_plane::follow(
         shared.clone(),
         config.control_plane.clone(),
+        link,
         who,
         config.snapshot_file.clone(),
         config.report_interval,
@@ -337,6 +351,33 @@ fn restore_levels(shared: &Shared, snapshot_file: &std::path::Path) {
     }
 }
 
+/// TLS to `https://` control-plane addresses: the control plane verified against
+/// `--control-plane-ca`, else the trust anchors; the workload certificate presented when there
+/// is an identity. `None` when there is nothing to verify with.
+fn control_plane_tls(
+    config: &Config,
+    identity: Option<&Arc<Identity>>,
+) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    let anchors = match (&config.control_plane_ca, identity) {
+        (Some(path), _) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --control-plane-ca {}", path.display()))?;
+            Arc::new(
+                bulwark_identity::TrustAnchors::from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("--control-plane-ca {}: {e}", path.display()))?,
+            )
+        }
+        (None, Some(identity)) => identity.anchors.clone(),
+        (None, None) => return Ok(None),
+    };
+    let tls = bulwark_identity::tls::control_plane_client(
+        anchors,
+        identity.map(|i| i.credentials.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!("TLS to the control plane: {e}"))?;
+    Ok(Some(Arc::new(tls)))
+}
+
 /// The identity settings of `config`: `None` without `--trust-anchors`.
 fn identity_settings(config: &Config) -> anyhow::Result<Option<(IdentitySettings, Vec<u8>)>> {
     let Some(anchors) = &config.trust_anchors else {
@@ -373,6 +414,7 @@ fn identity_settings(config: &Config) -> anyhow::Result<Option<(IdentitySettings
             servers,
             proof,
             anchors: anchors.clone(),
+            tls: None,
         },
         anchors_pem,
     )))

@@ -11,7 +11,7 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::client::{self, Collected};
+use crate::client::Collected;
 use crate::poll::{PATIENCE, try_eventually, wait_for};
 use crate::process::{Logs, capture, kill, lock, unique_temp_dir};
 use crate::rest::{self, Reply};
@@ -41,6 +41,9 @@ pub struct ControlPlane {
     dir: PathBuf,
     ready: Ready,
     logs: Logs,
+    /// How the kit's own calls reach it: plain HTTP (`--insecure-dev`), or TLS with the
+    /// development root and the development administrator's token.
+    access: rest::Access,
 }
 
 impl ControlPlane {
@@ -49,8 +52,58 @@ impl ControlPlane {
         ControlPlane::start_with(etcd_endpoints, replica, &[]).await
     }
 
-    /// Starts a replica with extra command-line arguments.
+    /// Starts a replica with extra command-line arguments, with `--insecure-dev`: plaintext
+    /// listeners, and calls without credentials act as an administrator.
     pub async fn start_with(etcd_endpoints: &str, replica: &str, extra: &[&str]) -> ControlPlane {
+        let mut args = vec!["--insecure-dev"];
+        args.extend_from_slice(extra);
+        ControlPlane::spawn(etcd_endpoints, replica, &args, rest::Access::default()).await
+    }
+
+    /// Starts a replica as production runs it: TLS on every listener (its certificate issued by
+    /// the development authority in `dev_identity`, made there on first start), authentication
+    /// required. The kit's own calls use the development root and the development
+    /// administrator's token (`dev_identity/admin.token`).
+    pub async fn start_secure(
+        etcd_endpoints: &str,
+        replica: &str,
+        dev_identity: &std::path::Path,
+        extra: &[&str],
+    ) -> ControlPlane {
+        let dir = dev_identity.to_str().expect("a UTF-8 path");
+        let mut args = vec!["--dev-identity", dir];
+        args.extend_from_slice(extra);
+        let mut cp =
+            ControlPlane::spawn(etcd_endpoints, replica, &args, rest::Access::default()).await;
+        let ca = std::fs::read(dev_identity.join("root.pem")).expect("the development root");
+        let token = std::fs::read_to_string(dev_identity.join("admin.token")).ok();
+        cp.access = rest::Access {
+            ca: Some(ca),
+            token: token.map(|t| t.trim().to_string()),
+            certificate: None,
+        };
+        cp
+    }
+
+    /// How the kit reaches this replica (CA, token): a starting point for other clients.
+    pub fn access(&self) -> &rest::Access {
+        &self.access
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.access.ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    async fn spawn(
+        etcd_endpoints: &str,
+        replica: &str,
+        extra: &[&str],
+        access: rest::Access,
+    ) -> ControlPlane {
         let bin = control_plane_bin();
         assert!(
             bin.is_file(),
@@ -100,6 +153,7 @@ impl ControlPlane {
                 dir,
                 ready,
                 logs,
+                access,
             },
             Some(Err(status)) => panic!(
                 "the control plane exited ({status}) before it was ready:\n{}",
@@ -117,14 +171,20 @@ impl ControlPlane {
         self.ready.http
     }
 
-    /// The gRPC URL sidecars and gRPC clients use (`http://127.0.0.1:PORT`).
+    /// The gRPC URL sidecars and gRPC clients use (`http://127.0.0.1:PORT`, `https://` with
+    /// TLS).
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.ready.grpc)
+        format!("{}://{}", self.scheme(), self.ready.grpc)
     }
 
-    /// `http://127.0.0.1:PORT` of the REST API, for meshctl's `--server`.
+    /// The gRPC listener's address.
+    pub fn grpc(&self) -> SocketAddr {
+        self.ready.grpc
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with TLS) of the REST API, for meshctl's `--server`.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.ready.http)
+        format!("{}://{}", self.scheme(), self.ready.http)
     }
 
     /// Runs the real `meshctl` against this replica and returns its standard output; it must
@@ -152,19 +212,57 @@ impl ControlPlane {
 
     /// The URL of a REST path.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.ready.http)
+        format!("{}://{}{path}", self.scheme(), self.ready.http)
+    }
+
+    /// A REST call with the kit's access; it must get an answer.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
+        self.call_as(&self.access, method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// A REST call with other credentials; the error says why there is no answer.
+    pub async fn call_as(
+        &self,
+        access: &rest::Access,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        rest::request_with(access, method, &self.url(path), body).await
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        let (status, _, body) = rest::send_with(
+            &self.access,
+            Method::GET,
+            &self.url("/metrics"),
+            &[],
+            Default::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("/metrics: {e}"));
+        assert_eq!(status, 200, "/metrics: {}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// One sample of `/metrics`, `None` when the series is absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        crate::metrics::value(&self.metrics_text().await, name, labels)
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        rest::request(Method::GET, &self.url(path), None).await
+        self.call(Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        rest::request(Method::POST, &self.url(path), Some(&body)).await
+        self.call(Method::POST, path, Some(&body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Reply {
-        rest::request(Method::DELETE, &self.url(path), None).await
+        self.call(Method::DELETE, path, None).await
     }
 
     /// Applies `resources` (JSON), by `test`, expecting success; the answer's JSON.
@@ -210,15 +308,23 @@ impl ControlPlane {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Collected {
-        let http = client::http1_client(self.http());
-        let req = client::request(method, &format!("http://control-plane{path}"))
-            .header("content-type", "application/json")
-            .body(match body {
-                Some(b) => client::full(b.to_string()),
-                None => client::empty(),
-            })
-            .expect("request");
-        client::send(&http, req).await
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, headers, body) = rest::send_with(
+            &self.access,
+            method,
+            &self.url(path),
+            &[("content-type", "application/json")],
+            body.into(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        Collected {
+            status,
+            version: http::Version::HTTP_11,
+            headers,
+            body,
+            trailers: None,
+        }
     }
 
     /// POSTs `yaml`'s resources to `/v1/apply`, by `e2e`.

@@ -28,9 +28,32 @@ impl DiscoveryStream {
         pod: &str,
         last_applied_version: i64,
     ) -> DiscoveryStream {
-        let mut client = DiscoveryClient::connect(cp.grpc_url())
+        DiscoveryStream::open(
+            cp,
+            cp.access(),
+            namespace,
+            service,
+            pod,
+            last_applied_version,
+        )
+        .await
+        .expect("the stream opens")
+    }
+
+    /// Opens a stream with `access`'s credentials (a workload certificate, or none); the error
+    /// is the status the control plane refused it with.
+    pub async fn open(
+        cp: &ControlPlane,
+        access: &crate::rest::Access,
+        namespace: &str,
+        service: &str,
+        pod: &str,
+        last_applied_version: i64,
+    ) -> Result<DiscoveryStream, tonic::Status> {
+        let channel = crate::workload::channel(&cp.grpc_url(), access)
             .await
-            .expect("gRPC connects");
+            .map_err(tonic::Status::unavailable)?;
+        let mut client = DiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         tx.send(SidecarMessage {
             message: Some(sidecar_message::Message::Hello(Hello {
@@ -44,10 +67,19 @@ impl DiscoveryStream {
         .expect("the hello is queued");
         let inbound = client
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("the stream opens")
+            .await?
             .into_inner();
-        DiscoveryStream { tx, inbound }
+        Ok(DiscoveryStream { tx, inbound })
+    }
+
+    /// Sends a health report on the stream.
+    pub async fn report(&self, report: bulwark_proto::v1::HealthReport) {
+        let _ = self
+            .tx
+            .send(SidecarMessage {
+                message: Some(sidecar_message::Message::Health(report)),
+            })
+            .await;
     }
 
     /// The next snapshot (levels sent in between are skipped).
@@ -62,6 +94,20 @@ impl DiscoveryStream {
                 Some(control_plane_message::Message::Snapshot(s)) => return s,
                 Some(control_plane_message::Message::Levels(_)) => continue,
                 None => panic!("an empty message"),
+            }
+        }
+    }
+
+    /// The stream's end: its error, if any (snapshots and levels sent before it are skipped).
+    pub async fn end(&mut self) -> Option<tonic::Status> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.inbound.message())
+                .await
+                .expect("the stream ends in time")
+            {
+                Ok(None) => return None,
+                Ok(Some(_)) => continue,
+                Err(status) => return Some(status),
             }
         }
     }

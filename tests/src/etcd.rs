@@ -167,11 +167,11 @@ impl Etcd {
     }
 
     /// The keys an operator's writes leave under `prefix`: everything but the election key the
-    /// replicas hold.
+    /// replicas hold and the audit log (which records refused writes too).
     pub fn stored_keys(&self, prefix: &str) -> Vec<String> {
         self.keys(prefix)
             .into_iter()
-            .filter(|k| !k.ends_with("/leader"))
+            .filter(|k| !k.ends_with("/leader") && !k.contains("/audit/"))
             .collect()
     }
 

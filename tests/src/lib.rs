@@ -45,6 +45,7 @@ pub mod sidecar;
 pub mod streams;
 pub mod tcp_proxy;
 pub mod webhook_receiver;
+pub mod workload;
 
 /// The generated code of `proto/echo.proto`.
 pub mod pb {

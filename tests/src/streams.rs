@@ -218,6 +218,35 @@ impl TestCa {
         (leaf.pem(), key.serialize_pem())
     }
 
+    /// A leaf certificate whose fields `edit` sets, and its key, PEM (the chain: leaf, then
+    /// this CA).
+    pub fn leaf_pem_with(
+        &self,
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a leaf key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        edit(&mut params);
+        let leaf = params.signed_by(&key, &self.issuer).expect("the leaf");
+        (leaf.pem() + &self.cert.pem(), key.serialize_pem())
+    }
+
+    /// A leaf whose fields `edit` sets, signed by another CA given as PEM (its certificate and
+    /// key), and its key, PEM (the chain: leaf, then that CA).
+    pub fn sign_with(
+        ca_pem: &str,
+        ca_key_pem: &str,
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String) {
+        let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).expect("the CA key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).expect("the CA");
+        let key = rcgen::KeyPair::generate().expect("a leaf key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        edit(&mut params);
+        let leaf = params.signed_by(&key, &issuer).expect("the leaf");
+        (leaf.pem() + ca_pem, key.serialize_pem())
+    }
+
     /// The CA certificate, PEM: what a client given a CA file trusts.
     pub fn cert_pem(&self) -> String {
         self.cert.pem()

@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     let csr = params
         .serialize_request(&key)
         .context("make a certificate request")?;
-    let issued = issuer.issue(csr.der(), &args.spiffe_id, SystemTime::now())?;
+    let issued = issuer.issue(csr.der(), &args.spiffe_id, None, SystemTime::now())?;
 
     let chain: String = issued
         .chain

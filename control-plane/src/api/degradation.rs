@@ -10,6 +10,8 @@ use bulwark_proto::policy::units::parse_duration;
 use serde::{Deserialize, Serialize};
 
 use super::ops::{OpError, Ops, Served, author, one_line};
+use crate::auth::Actor;
+use crate::auth::rbac::{Resource, Scope, Target, Verb};
 use crate::degradation::compute::{Level, ServiceStatus};
 use crate::degradation::events;
 use crate::degradation::runner::unix_ms;
@@ -61,8 +63,16 @@ pub struct ClearResponse {
 }
 
 impl Ops {
-    /// Every service's status, of one namespace or all.
-    pub fn levels(&self, namespace: Option<&str>) -> Result<Served<LevelsResponse>, OpError> {
+    /// Every service's status, of one namespace or all (those `actor` may read).
+    pub fn levels(
+        &self,
+        actor: &Actor,
+        namespace: Option<&str>,
+    ) -> Result<Served<LevelsResponse>, OpError> {
+        if let Some(ns) = namespace {
+            self.authorize(actor, Verb::List, Resource::Levels, Scope::Namespace(ns))?;
+        }
+        let perms = self.permissions(actor);
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
         let services: Vec<ServiceStatus> = index
@@ -70,6 +80,14 @@ impl Ops {
             .values()
             .filter(|s| namespace.is_none_or(|ns| s.namespace == ns))
             .map(|s| s.as_ref().clone())
+            .collect();
+        drop(index);
+        let services: Vec<ServiceStatus> = services
+            .into_iter()
+            .filter(|s| {
+                namespace.is_some()
+                    || perms.may(Verb::List, Resource::Levels, Scope::Namespace(&s.namespace))
+            })
             .collect();
         Ok(Served {
             value: LevelsResponse {
@@ -81,7 +99,17 @@ impl Ops {
     }
 
     /// One service's status.
-    pub fn level(&self, service: &ServiceKey) -> Result<Served<ServiceStatus>, OpError> {
+    pub fn level(
+        &self,
+        actor: &Actor,
+        service: &ServiceKey,
+    ) -> Result<Served<ServiceStatus>, OpError> {
+        self.authorize(
+            actor,
+            Verb::Get,
+            Resource::Levels,
+            Scope::Namespace(&service.namespace),
+        )?;
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
         let status = index.statuses().get(service).ok_or_else(|| {
@@ -104,24 +132,68 @@ impl Ops {
     }
 
     /// The newest events, of one service (`namespace/service`) or all.
+    /// Of all services, only those of namespaces `actor` may read (mesh-wide events need a
+    /// cluster-wide viewer).
     pub async fn events(
         &self,
+        actor: &Actor,
         service: Option<&str>,
         limit: Option<usize>,
     ) -> Result<EventsResponse, OpError> {
+        let namespace_of = |service: &str| service.split_once('/').map(|(ns, _)| ns.to_string());
+        if let Some(s) = service {
+            match namespace_of(s) {
+                Some(ns) => {
+                    self.authorize(actor, Verb::List, Resource::Events, Scope::Namespace(&ns))?
+                }
+                None => self.authorize(actor, Verb::List, Resource::Events, Scope::Cluster)?,
+            }
+        }
         let limit = limit.unwrap_or(DEFAULT_EVENTS);
         if limit == 0 || limit > MAX_EVENTS {
             return Err(OpError::invalid(format!(
                 "limit must be between 1 and {MAX_EVENTS}, got {limit}"
             )));
         }
-        let events = events::list(&self.store, &self.keys, service, limit).await?;
+        let perms = self.permissions(actor);
+        let all = perms.may(Verb::List, Resource::Events, Scope::Cluster);
+        let events = events::list(&self.store, &self.keys, service, limit)
+            .await?
+            .into_iter()
+            .filter(|e| {
+                all || service.is_some()
+                    || namespace_of(&e.service).is_some_and(|ns| {
+                        perms.may(Verb::List, Resource::Events, Scope::Namespace(&ns))
+                    })
+            })
+            .collect();
         Ok(EventsResponse { events })
     }
 
     /// Forces a level until the TTL runs out.
     pub async fn degrade(
         &self,
+        actor: &Actor,
+        target: OverrideTarget,
+        request: DegradeRequest,
+    ) -> Result<DegradeResponse, OpError> {
+        let name = override_name(&target);
+        let audited = Target {
+            verb: Verb::Apply,
+            resource: Resource::Overrides,
+            scope: override_scope(&target),
+            name: &name,
+        };
+        self.authorize_write(actor, audited).await?;
+        let result = self.degrade_as(actor, target.clone(), request).await;
+        self.audit(actor, audited, result.as_ref().map(|_| ()))
+            .await;
+        result
+    }
+
+    async fn degrade_as(
+        &self,
+        actor: &Actor,
         target: OverrideTarget,
         request: DegradeRequest,
     ) -> Result<DegradeResponse, OpError> {
@@ -146,7 +218,7 @@ impl Ops {
             ));
         }
         one_line("reason", reason, MAX_REASON)?;
-        let by = author(request.by)?;
+        let by = author(actor, request.by)?;
         if let OverrideTarget::Service(service) = &target {
             let policy =
                 ResourceKey::new(Kind::ServicePolicy, &service.namespace, &service.service);
@@ -193,10 +265,26 @@ impl Ops {
     /// Ends an override before its TTL.
     pub async fn clear_degrade(
         &self,
+        actor: &Actor,
         target: OverrideTarget,
         by: Option<String>,
     ) -> Result<ClearResponse, OpError> {
-        let by = author(by)?;
+        let by = author(actor, by)?;
+        let name = override_name(&target);
+        let audited = Target {
+            verb: Verb::Delete,
+            resource: Resource::Overrides,
+            scope: override_scope(&target),
+            name: &name,
+        };
+        self.authorize_write(actor, audited).await?;
+        let result = self.clear_as(target.clone(), by).await;
+        self.audit(actor, audited, result.as_ref().map(|_| ()))
+            .await;
+        result
+    }
+
+    async fn clear_as(&self, target: OverrideTarget, by: String) -> Result<ClearResponse, OpError> {
         let key = self.keys.override_of(&target);
         let before = self.index.lock().overrides().get(&target).cloned();
         if !self.store.delete(&key).await? {
@@ -232,6 +320,23 @@ impl Ops {
             lease.forget();
             tracing::warn!(error = %e, text = %event.text, "cannot record an event");
         }
+    }
+}
+
+/// What an override is named in the audit log: its service (the namespace is the scope's), or
+/// `*` for the mesh.
+fn override_name(target: &OverrideTarget) -> String {
+    match target {
+        OverrideTarget::Mesh => "*".to_string(),
+        OverrideTarget::Service(s) => s.service.clone(),
+    }
+}
+
+/// Where an override acts: its service's namespace, or the whole mesh.
+fn override_scope(target: &OverrideTarget) -> Scope<'_> {
+    match target {
+        OverrideTarget::Mesh => Scope::Cluster,
+        OverrideTarget::Service(s) => Scope::Namespace(&s.namespace),
     }
 }
 

@@ -3,7 +3,10 @@
 //! none when the pod already applied the current version — and each ACK/NACK recorded; the
 //! levels of the pod's service and of the services it calls whenever they change; and the
 //! pod's health reports handed to the health recorder. A stream depends only on the index and
-//! the recorders, so it stays up while etcd is away.
+//! the recorders, so it stays up while etcd is away. Who a stream may speak for comes from its
+//! workload certificate ([`binding`](crate::identity::binding)): a Hello, or a report, for
+//! another namespace, service account or pod is refused, logged and counted, and nothing of it
+//! is stored.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +23,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::acks::AckRecorder;
 use crate::degradation::reports::HealthRecorder;
 use crate::degradation::runner::unix_ms;
+use crate::identity::binding::{self, Enforcement, Refused, Workload};
 use crate::index::{Content, SharedIndex};
+use crate::metrics::Metrics;
+use crate::serve::Peer;
 use crate::store::keys::{PodKey, check_segment};
 
 /// How long a new stream may take to say Hello.
@@ -37,6 +43,25 @@ pub struct DiscoveryService {
     health: HealthRecorder,
     shutdown: watch::Receiver<bool>,
     streams: Arc<AtomicUsize>,
+    guard: Guard,
+}
+
+/// How streams are held to their certificates.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub enforcement: Enforcement,
+    pub trust_domain: String,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Guard {
+    fn refuse(&self, peer: Option<&Peer>, pod: Option<&PodKey>, refused: Refused) -> Status {
+        self.metrics.rejected_report(refused.reason);
+        let addr = peer.map(|p| p.addr.to_string()).unwrap_or_default();
+        let pod = pod.map(|p| p.to_string()).unwrap_or_default();
+        tracing::warn!(peer = %addr, %pod, reason = refused.reason, error = %refused.status.message(), "sidecar stream refused");
+        refused.status
+    }
 }
 
 impl DiscoveryService {
@@ -45,6 +70,7 @@ impl DiscoveryService {
         acks: AckRecorder,
         health: HealthRecorder,
         shutdown: watch::Receiver<bool>,
+        guard: Guard,
     ) -> Self {
         DiscoveryService {
             index,
@@ -52,6 +78,7 @@ impl DiscoveryService {
             health,
             shutdown,
             streams: Arc::default(),
+            guard,
         }
     }
 }
@@ -67,6 +94,9 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::SidecarMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request.extensions().get::<Peer>().cloned();
+        let workload = binding::workload(peer.as_ref(), &self.guard.trust_domain)
+            .map_err(|refused| self.guard.refuse(peer.as_ref(), None, refused))?;
         let inbound = request.into_inner();
         // Snapshots supersede each other; a small buffer is enough.
         let (tx, rx) = mpsc::channel(2);
@@ -76,6 +106,9 @@ impl Discovery for DiscoveryService {
             health: self.health.clone(),
             shutdown: self.shutdown.clone(),
             streams: self.streams.clone(),
+            guard: self.guard.clone(),
+            peer,
+            workload,
         };
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -89,6 +122,9 @@ struct Session {
     health: HealthRecorder,
     shutdown: watch::Receiver<bool>,
     streams: Arc<AtomicUsize>,
+    guard: Guard,
+    peer: Option<Peer>,
+    workload: Option<Workload>,
 }
 
 type Tx = mpsc::Sender<Result<pb::ControlPlaneMessage, Status>>;
@@ -129,6 +165,17 @@ impl Session {
                 return;
             }
         };
+        let admitted = binding::admit(
+            self.guard.enforcement,
+            self.workload.as_ref(),
+            &pod,
+            &self.index.lock(),
+        );
+        if let Err(refused) = admitted {
+            let status = self.guard.refuse(self.peer.as_ref(), Some(&pod), refused);
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
         let open = self.streams.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(%pod, last_applied, streams = open, "sidecar connected");
         let stream = self.acks.connect(&pod, last_applied);
@@ -198,6 +245,16 @@ impl Session {
                         self.acks.answer(&pod, stream, ack.version, &ack.error);
                     }
                     Ok(Some(pb::SidecarMessage { message: Some(pb::sidecar_message::Message::Health(report)) })) => {
+                        // The service's account may have changed since Hello.
+                        let allowed = match &self.workload {
+                            Some(w) => binding::service_account(w, &pod, &self.index.lock()),
+                            None => Ok(()),
+                        };
+                        if let Err(refused) = allowed {
+                            let status = self.guard.refuse(self.peer.as_ref(), Some(&pod), refused);
+                            let _ = tx.send(Err(status)).await;
+                            break "its certificate no longer covers its service";
+                        }
                         self.health.report(&pod, &report, unix_ms());
                     }
                     Ok(Some(_)) => tracing::debug!(%pod, "ignoring a message that is neither an Ack nor a report"),

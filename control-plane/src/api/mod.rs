@@ -3,6 +3,7 @@
 //! the connected pods and their identities), and the
 //! sidecars' stream ([`discovery`]).
 
+pub mod access;
 pub mod degradation;
 pub mod discovery;
 pub mod operator;

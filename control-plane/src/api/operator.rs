@@ -1,5 +1,7 @@
 //! The gRPC operator API (`bulwark.v1.Operator`): the REST operations over protobuf, through
-//! the same [`ops`](super::ops), with the one mapping of [`OpError`] to gRPC statuses.
+//! the same [`ops`](super::ops), with the one mapping of [`OpError`] to gRPC statuses. Every
+//! call is authenticated as REST requests are (bearer token in the `authorization` metadata,
+//! or the client certificate) before the operation authorises it.
 
 use std::sync::Arc;
 
@@ -10,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 use super::degradation::{self, DegradeRequest};
 use super::ops::{self, OpError, Ops, Served};
+use crate::auth::{Actor, AuthError};
+use crate::serve::Peer;
 use crate::store::keys::OverrideTarget;
 
 /// The metadata key that marks a read served from an index that may be behind etcd.
@@ -37,6 +41,8 @@ pub fn rescue(e: OpError) -> Status {
         OpError::NotFound(_) => tonic::Code::NotFound,
         OpError::Unavailable(_) => tonic::Code::Unavailable,
         OpError::Internal(_) => tonic::Code::Internal,
+        OpError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+        OpError::Forbidden(_) => tonic::Code::PermissionDenied,
     };
     let message = match e.details() {
         [] => e.to_string(),
@@ -47,6 +53,39 @@ pub fn rescue(e: OpError) -> Status {
         .metadata_mut()
         .insert(ERROR_METADATA, MetadataValue::from_static(e.kind()));
     status
+}
+
+impl OperatorService {
+    /// Who made the call: its `authorization` metadata, else its client certificate.
+    async fn actor<T>(&self, request: &Request<T>) -> Result<Actor, Status> {
+        let peer = request.extensions().get::<Peer>().cloned();
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec());
+        match self
+            .ops
+            .authenticator()
+            .authenticate(peer.as_ref(), authorization.as_deref())
+            .await
+        {
+            Ok(user) => Ok(Actor {
+                user: std::sync::Arc::new(user),
+                from: peer.map_or_else(|| Peer::local().addr, |p| p.addr),
+            }),
+            Err(e) => {
+                self.ops.metrics.authentication_failed(match e {
+                    AuthError::Missing => "missing",
+                    AuthError::Refused(_) => "refused",
+                    AuthError::Unavailable(_) => "unavailable",
+                });
+                Err(rescue(match e {
+                    AuthError::Unavailable(m) => OpError::Unavailable(m),
+                    e => OpError::Unauthenticated(e.to_string()),
+                }))
+            }
+        }
+    }
 }
 
 fn served<T>(served: Served<T>) -> Response<T> {
@@ -97,9 +136,10 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::LevelsRequest>,
     ) -> Result<Response<pb::LevelsResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let namespace = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
-        let levels = self.ops.levels(namespace).map_err(rescue)?;
+        let levels = self.ops.levels(&actor, namespace).map_err(rescue)?;
         Ok(served(Served {
             value: pb::LevelsResponse {
                 computed_unix_ms: levels.value.computed_at,
@@ -124,10 +164,15 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<pb::EventsResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let service = (!r.service.is_empty()).then_some(r.service.as_str());
         let limit = (r.limit != 0).then_some(r.limit as usize);
-        let events = self.ops.events(service, limit).await.map_err(rescue)?;
+        let events = self
+            .ops
+            .events(&actor, service, limit)
+            .await
+            .map_err(rescue)?;
         Ok(Response::new(pb::EventsResponse {
             events: events
                 .events
@@ -150,12 +195,14 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::DegradeRequest>,
     ) -> Result<Response<pb::DegradeResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let target = override_target(r.mesh, &r.namespace, &r.service)?;
         let level = crate::degradation::compute::Level::from_pb(r.level());
         let answer = self
             .ops
             .degrade(
+                &actor,
                 target,
                 DegradeRequest {
                     level: level.to_string(),
@@ -182,11 +229,12 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::ClearDegradeRequest>,
     ) -> Result<Response<pb::DegradeResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let target = override_target(r.mesh, &r.namespace, &r.service)?;
         let who = by(r.by);
         self.ops
-            .clear_degrade(target, who.clone())
+            .clear_degrade(&actor, target, who.clone())
             .await
             .map_err(rescue)?;
         Ok(Response::new(pb::DegradeResponse { r#override: None }))
@@ -196,6 +244,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let request = request.into_inner();
         let mut resources = Vec::with_capacity(request.resources.len());
         let mut details = Vec::new();
@@ -213,11 +262,14 @@ impl Operator for OperatorService {
         }
         let response = self
             .ops
-            .apply(ops::ApplyRequest {
-                resources,
-                dry_run: request.dry_run,
-                by: by(request.by),
-            })
+            .apply(
+                &actor,
+                ops::ApplyRequest {
+                    resources,
+                    dry_run: request.dry_run,
+                    by: by(request.by),
+                },
+            )
             .await
             .map_err(rescue)?;
         Ok(Response::new(apply_response(response)))
@@ -227,9 +279,10 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
-        let found = self.ops.get(&key).map_err(rescue)?;
+        let found = self.ops.get(&actor, &key).map_err(rescue)?;
         let resource_version = found
             .value
             .metadata()
@@ -250,11 +303,13 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let kind = ops::parse_kind(&r.kind).map_err(rescue)?;
         let listed = self
             .ops
             .list(
+                &actor,
                 kind,
                 Some(r.namespace.as_str()).filter(|ns| !ns.is_empty()),
                 Some(r.selector.as_str()),
@@ -273,11 +328,12 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
         let deleted = self
             .ops
-            .delete(&key, expected(r.resource_version), by(r.by))
+            .delete(&actor, &key, expected(r.resource_version), by(r.by))
             .await
             .map_err(rescue)?;
         Ok(Response::new(pb::DeleteResponse {
@@ -290,9 +346,10 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
-        let history = self.ops.history(&key).map_err(rescue)?;
+        let history = self.ops.history(&actor, &key).map_err(rescue)?;
         Ok(served(Served {
             value: pb::HistoryResponse {
                 items: history
@@ -316,11 +373,13 @@ impl Operator for OperatorService {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let actor = self.actor(&request).await?;
         let r = request.into_inner();
         let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
         let response = self
             .ops
             .rollback(
+                &actor,
                 &key,
                 ops::RollbackRequest {
                     to_revision: r.to_revision,
@@ -337,7 +396,8 @@ impl Operator for OperatorService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let status = self.ops.status().map_err(rescue)?;
+        let actor = self.actor(&_request).await?;
+        let status = self.ops.status(&actor).map_err(rescue)?;
         let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         Ok(served(Served {
             value: pb::StatusResponse {

@@ -1,7 +1,9 @@
 //! The operator operations, once for REST and gRPC: apply (all or nothing, optimistic
 //! concurrency on `resourceVersion`), get, list, delete, history, rollback, dry-run with diff,
 //! status. Reads come from the index; writes are guarded etcd transactions that also write
-//! the history. Errors are [`OpError`]s, which each API maps in one place.
+//! the history. Errors are [`OpError`]s, which each API maps in one place. Every operation
+//! takes the [`Actor`] that asks, is authorised before it acts, and every write is audited
+//! ([`access`](super::access)); the history's `by` is the authenticated user.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use bulwark_proto::policy::{Kind, LoadError, Resource, parse_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::auth::rbac::{Authorizer, Resource as Res, Scope, Target, Verb};
+use crate::auth::{Actor, Authenticator};
 use crate::convergence::{self, Status};
 use crate::degradation::events::EventLease;
 use crate::diff;
@@ -24,6 +28,8 @@ use crate::timestamp;
 /// The most resources one apply may carry: each costs up to three operations of one etcd
 /// transaction, and etcd allows 128 by default.
 pub const MAX_APPLY: usize = 40;
+/// How long audit records are kept.
+pub const AUDIT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often a write is tried again when another write got in between (without an explicit
 /// `resourceVersion`, the last writer wins).
 const WRITE_ATTEMPTS: usize = 5;
@@ -50,6 +56,12 @@ pub enum OpError {
     /// etcd refused something it should not have.
     #[error("{0}")]
     Internal(String),
+    /// No credentials, or credentials that do not hold.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this: the message names the missing permission.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl OpError {
@@ -61,6 +73,21 @@ impl OpError {
             OpError::NotFound(_) => "not-found",
             OpError::Unavailable(_) => "unavailable",
             OpError::Internal(_) => "internal",
+            OpError::Unauthenticated(_) => "unauthenticated",
+            OpError::Forbidden(_) => "forbidden",
+        }
+    }
+
+    /// The HTTP status of the error (the REST API's, and the audit log's).
+    pub fn status(&self) -> u16 {
+        match self {
+            OpError::Invalid { .. } => 400,
+            OpError::Unauthenticated(_) => 401,
+            OpError::Forbidden(_) => 403,
+            OpError::NotFound(_) => 404,
+            OpError::Conflict(_) => 409,
+            OpError::Internal(_) => 500,
+            OpError::Unavailable(_) => 503,
         }
     }
 
@@ -199,6 +226,13 @@ pub struct Ops {
     pub(crate) metrics: Arc<Metrics>,
     /// The lease events recorded by this API are written under.
     pub(crate) event_lease: tokio::sync::Mutex<EventLease>,
+    /// The lease audit records are written under.
+    pub(crate) audit_lease: tokio::sync::Mutex<EventLease>,
+    /// Who calls.
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) authorizer: Authorizer,
+    /// This replica's name, in audit records.
+    pub(crate) replica: String,
     /// How long a write waits for its change to reach the index, so that a read right after
     /// it on this replica sees it.
     settle: Duration,
@@ -217,19 +251,80 @@ impl Ops {
             index,
             metrics,
             event_lease: tokio::sync::Mutex::default(),
+            audit_lease: tokio::sync::Mutex::new(EventLease::lasting(AUDIT_RETENTION)),
+            auth: Arc::new(Authenticator::new(crate::auth::AuthConfig {
+                insecure_dev: true,
+                ..Default::default()
+            })),
+            authorizer: Authorizer::default(),
+            replica: String::new(),
             settle: Duration::from_secs(3),
         }
     }
 
+    /// Authenticates with `auth` (the default lets anonymous requests through, as
+    /// `--insecure-dev`); `replica` names this replica in audit records.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>, replica: &str) -> Self {
+        self.authorizer = auth.authorizer();
+        self.auth = auth;
+        self.replica = replica.to_string();
+        self
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
     /// Applies `resources` (JSON documents) all or nothing.
-    pub async fn apply(&self, request: ApplyRequest) -> Result<ApplyResponse, OpError> {
+    pub async fn apply(
+        &self,
+        actor: &Actor,
+        request: ApplyRequest,
+    ) -> Result<ApplyResponse, OpError> {
         let desired = parse_resources(&request.resources)?;
-        let by = author(request.by)?;
-        self.write(desired, request.dry_run, &by, None).await
+        let by = author(actor, request.by)?;
+        // Every resource must be allowed before anything is written; a dry run is a read.
+        let verb = if request.dry_run {
+            Verb::Get
+        } else {
+            Verb::Apply
+        };
+        for d in &desired {
+            let target = Target {
+                verb,
+                resource: kind_resource(d.key.kind),
+                scope: Scope::Namespace(&d.key.namespace),
+                name: &d.key.name,
+            };
+            if request.dry_run {
+                self.authorize(actor, target.verb, target.resource, target.scope)?;
+            } else {
+                self.authorize_write(actor, target).await?;
+            }
+        }
+        let result = self.write(&desired, request.dry_run, &by, None).await;
+        if !request.dry_run {
+            for d in &desired {
+                let target = Target {
+                    verb: Verb::Apply,
+                    resource: kind_resource(d.key.kind),
+                    scope: Scope::Namespace(&d.key.namespace),
+                    name: &d.key.name,
+                };
+                self.audit(actor, target, result.as_ref().map(|_| ())).await;
+            }
+        }
+        result
     }
 
     /// One resource.
-    pub fn get(&self, key: &ResourceKey) -> Result<Served<Resource>, OpError> {
+    pub fn get(&self, actor: &Actor, key: &ResourceKey) -> Result<Served<Resource>, OpError> {
+        self.authorize(
+            actor,
+            Verb::Get,
+            kind_resource(key.kind),
+            Scope::Namespace(&key.namespace),
+        )?;
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
         match index.get(key) {
@@ -242,18 +337,29 @@ impl Ops {
     }
 
     /// Resources of `kind`, of `namespace` (all when `None`) whose labels match `selector`.
+    /// Without a namespace, the namespaces `actor` may list.
     pub fn list(
         &self,
+        actor: &Actor,
         kind: Kind,
         namespace: Option<&str>,
         selector: Option<&str>,
     ) -> Result<Served<ListResponse>, OpError> {
         let selector = parse_selector(selector.unwrap_or_default())?;
+        let namespace = namespace.filter(|ns| !ns.is_empty());
+        let resource = kind_resource(kind);
+        if let Some(ns) = namespace {
+            self.authorize(actor, Verb::List, resource, Scope::Namespace(ns))?;
+        }
+        let perms = self.permissions(actor);
+        let visible =
+            |ns: &str| namespace.is_some() || perms.may(Verb::List, resource, Scope::Namespace(ns));
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
         let items = index
-            .list(kind, namespace.filter(|ns| !ns.is_empty()))
+            .list(kind, namespace)
             .into_iter()
+            .filter(|r| visible(&r.key.namespace))
             .filter(|r| {
                 let labels = &r.resource.metadata().labels;
                 selector
@@ -274,11 +380,30 @@ impl Ops {
     /// Deletes one resource; with `expected`, only at that `resourceVersion`.
     pub async fn delete(
         &self,
+        actor: &Actor,
         key: &ResourceKey,
         expected: Option<i64>,
         by: Option<String>,
     ) -> Result<DeleteResponse, OpError> {
-        let by = author(by)?;
+        let by = author(actor, by)?;
+        let target = Target {
+            verb: Verb::Delete,
+            resource: kind_resource(key.kind),
+            scope: Scope::Namespace(&key.namespace),
+            name: &key.name,
+        };
+        self.authorize_write(actor, target).await?;
+        let result = self.delete_as(key, expected, &by).await;
+        self.audit(actor, target, result.as_ref().map(|_| ())).await;
+        result
+    }
+
+    async fn delete_as(
+        &self,
+        key: &ResourceKey,
+        expected: Option<i64>,
+        by: &str,
+    ) -> Result<DeleteResponse, OpError> {
         let policy_key = self.keys.policy(key);
         for _ in 0..WRITE_ATTEMPTS {
             let current = self
@@ -314,7 +439,7 @@ impl Ops {
                 current.revision + 1,
                 HistoryOp::Deleted,
                 None,
-                &by,
+                by,
             );
             match self.store.commit(&plan).await? {
                 Commit::Committed { revision } => {
@@ -332,7 +457,17 @@ impl Ops {
     }
 
     /// The resource's history, newest first.
-    pub fn history(&self, key: &ResourceKey) -> Result<Served<HistoryResponse>, OpError> {
+    pub fn history(
+        &self,
+        actor: &Actor,
+        key: &ResourceKey,
+    ) -> Result<Served<HistoryResponse>, OpError> {
+        self.authorize(
+            actor,
+            Verb::Get,
+            kind_resource(key.kind),
+            Scope::Namespace(&key.namespace),
+        )?;
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
         let entries = index.history(key);
@@ -364,8 +499,28 @@ impl Ops {
     /// Applies the resource as its history recorded it at `to_revision`.
     pub async fn rollback(
         &self,
+        actor: &Actor,
         key: &ResourceKey,
         request: RollbackRequest,
+    ) -> Result<ApplyResponse, OpError> {
+        let by = author(actor, request.by.clone())?;
+        let target = Target {
+            verb: Verb::Rollback,
+            resource: kind_resource(key.kind),
+            scope: Scope::Namespace(&key.namespace),
+            name: &key.name,
+        };
+        self.authorize_write(actor, target).await?;
+        let result = self.rollback_as(key, request, &by).await;
+        self.audit(actor, target, result.as_ref().map(|_| ())).await;
+        result
+    }
+
+    async fn rollback_as(
+        &self,
+        key: &ResourceKey,
+        request: RollbackRequest,
+        by: &str,
     ) -> Result<ApplyResponse, OpError> {
         let history = self
             .store
@@ -402,22 +557,48 @@ impl Ops {
             }
             d.expected = request.resource_version;
         }
-        self.write(
-            desired,
-            false,
-            &author(request.by)?,
-            Some(HistoryOp::RolledBack),
-        )
-        .await
+        self.write(&desired, false, by, Some(HistoryOp::RolledBack))
+            .await
     }
 
-    /// Convergence of every resource.
-    pub fn status(&self) -> Result<Served<Status>, OpError> {
+    /// Whether this replica can serve reads: its index was loaded; and the revision it holds.
+    pub fn readiness(&self) -> Result<Served<i64>, OpError> {
+        let index = self.index.lock();
+        let state = self.readable(&index.state())?;
+        Ok(Served {
+            value: state.revision,
+            stale: state.stale,
+        })
+    }
+
+    /// Convergence of every resource `actor` may see.
+    pub fn status(&self, actor: &Actor) -> Result<Served<Status>, OpError> {
+        let perms = self.permissions(actor);
+        let all = perms.may(Verb::Get, Res::Status, Scope::Cluster);
+        if !all {
+            let namespaces: BTreeSet<String> = self
+                .index
+                .lock()
+                .resources()
+                .map(|r| r.key.namespace.clone())
+                .collect();
+            if !namespaces
+                .iter()
+                .any(|ns| perms.may(Verb::Get, Res::Status, Scope::Namespace(ns)))
+            {
+                self.authorize(actor, Verb::Get, Res::Status, Scope::Cluster)?;
+            }
+        }
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
         let status = convergence::compute(
             state.revision,
-            index.resources().map(|r| r.as_ref()),
+            index
+                .resources()
+                .filter(|r| {
+                    all || perms.may(Verb::Get, Res::Status, Scope::Namespace(&r.key.namespace))
+                })
+                .map(|r| r.as_ref()),
             index.acks(),
         );
         Ok(Served {
@@ -444,7 +625,7 @@ impl Ops {
     /// operation (rollback).
     async fn write(
         &self,
-        desired: Vec<Desired>,
+        desired: &[Desired],
         dry_run: bool,
         by: &str,
         op: Option<HistoryOp>,
@@ -570,7 +751,7 @@ impl Ops {
         plan.deletes.extend(trimmed(history, HISTORY_LIMIT));
     }
 
-    async fn settle(&self, revision: i64) {
+    pub(crate) async fn settle(&self, revision: i64) {
         if !self.index.wait_for_revision(revision, self.settle).await {
             tracing::debug!(revision, "the index has not caught up with a write yet");
         }
@@ -622,7 +803,12 @@ fn pretty(resource: &Resource) -> String {
     serde_json::to_string_pretty(resource).unwrap_or_default()
 }
 
-pub(crate) fn author(by: Option<String>) -> Result<String, OpError> {
+/// Who a change is recorded as: the authenticated user; only an anonymous caller
+/// (`--insecure-dev`) names itself with `by`.
+pub(crate) fn author(actor: &Actor, by: Option<String>) -> Result<String, OpError> {
+    if !actor.user.anonymous {
+        return Ok(actor.user.name.clone());
+    }
     let by = by
         .map(|b| b.trim().to_string())
         .filter(|b| !b.is_empty())
@@ -820,6 +1006,14 @@ pub fn parse_selector(selector: &str) -> Result<Vec<(String, String)>, OpError> 
 }
 
 /// A kind named in a path or request.
+/// The resource of the permissions over a kind of policy.
+pub fn kind_resource(kind: Kind) -> Res {
+    match kind {
+        Kind::ServicePolicy => Res::ServicePolicies,
+        Kind::UpstreamPolicy => Res::UpstreamPolicies,
+    }
+}
+
 pub fn parse_kind(kind: &str) -> Result<Kind, OpError> {
     kind.parse()
         .map_err(|e: String| OpError::NotFound(format!("no such kind: {e}")))

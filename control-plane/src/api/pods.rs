@@ -5,6 +5,8 @@
 use serde::Serialize;
 
 use super::ops::{OpError, Ops, Served};
+use crate::auth::Actor;
+use crate::auth::rbac::{Resource, Scope, Verb};
 use crate::store::keys::PodKey;
 
 /// `GET /v1/pods`.
@@ -40,13 +42,26 @@ pub struct PodIdentity {
 
 impl Ops {
     /// The connected pods, of one namespace or all, sorted by namespace, service and name.
-    pub fn pods(&self, namespace: Option<&str>) -> Result<Served<PodsResponse>, OpError> {
+    pub fn pods(
+        &self,
+        actor: &Actor,
+        namespace: Option<&str>,
+    ) -> Result<Served<PodsResponse>, OpError> {
+        if let Some(ns) = namespace {
+            self.authorize(actor, Verb::List, Resource::Pods, Scope::Namespace(ns))?;
+        }
+        let perms = self.permissions(actor);
+        let all = perms.may(Verb::List, Resource::Pods, Scope::Cluster);
         let index = self.index.lock();
         let state = self.readable(&index.state())?;
         let pods = index
             .acks()
             .iter()
             .filter(|(key, _)| namespace.is_none_or(|ns| key.namespace == ns))
+            .filter(|(key, _)| {
+                all || namespace.is_some()
+                    || perms.may(Verb::List, Resource::Pods, Scope::Namespace(&key.namespace))
+            })
             .map(|(key, ack)| PodInfo {
                 namespace: key.namespace.clone(),
                 service: key.service.clone(),

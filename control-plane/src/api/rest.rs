@@ -1,9 +1,12 @@
 //! The REST/JSON operator API (axum): routes onto [`ops`](super::ops), JSON in and out, the
 //! `x-bulwark-stale` header on reads served while etcd is away, and the one mapping of
-//! [`OpError`] to HTTP statuses. `GET /openapi.json` describes it all.
+//! [`OpError`] to HTTP statuses. Every route but `/health/*` and `/openapi.json` is
+//! authenticated first ([`authenticate`]: 401 without good credentials); the operations then
+//! authorise. `GET /openapi.json` describes it all.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -14,8 +17,12 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::access::CanIQuery;
 use super::degradation::{self, DegradeRequest};
 use super::ops::{self, OpError, Ops, Served};
+use crate::auth::rbac::{Resource, RoleBinding, Scope, Verb};
+use crate::auth::{Actor, AuthError};
+use crate::serve::Peer;
 use crate::store::keys::{OverrideTarget, ServiceKey};
 
 /// The header that marks a read served from an index that may be behind etcd.
@@ -42,6 +49,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/{kind}/{namespace}/{name}"),
     ("get", "/v1/{kind}/{namespace}/{name}/history"),
     ("post", "/v1/{kind}/{namespace}/{name}/rollback"),
+    ("get", "/v1/rolebindings"),
+    ("get", "/v1/rolebindings/{name}"),
+    ("put", "/v1/rolebindings/{name}"),
+    ("delete", "/v1/rolebindings/{name}"),
+    ("get", "/v1/audit"),
+    ("get", "/v1/auth/whoami"),
+    ("get", "/v1/auth/can-i"),
     ("get", "/openapi.json"),
     ("get", "/health/live"),
     ("get", "/health/ready"),
@@ -49,6 +63,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The REST API over `ops`.
 pub fn router(ops: Arc<Ops>) -> Router {
+    let open = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready));
     Router::new()
         .route("/v1/apply", post(apply))
         .route("/v1/status", get(status))
@@ -66,13 +84,74 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/v1/{kind}/{namespace}/{name}", get(read).delete(delete))
         .route("/v1/{kind}/{namespace}/{name}/history", get(history))
         .route("/v1/{kind}/{namespace}/{name}/rollback", post(rollback))
-        .route("/openapi.json", get(openapi))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
+        .route("/v1/rolebindings", get(role_bindings))
+        .route(
+            "/v1/rolebindings/{name}",
+            get(role_binding)
+                .put(put_role_binding)
+                .delete(delete_role_binding),
+        )
+        .route("/v1/audit", get(audit))
+        .route("/v1/auth/whoami", get(whoami))
+        .route("/v1/auth/can-i", get(can_i))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            ops.clone(),
+            authenticate,
+        ))
+        .merge(open)
         .layer(axum::middleware::from_fn(json_bodies_only))
         .with_state(ops)
+}
+
+/// Who sent the request (its bearer token or client certificate), as an [`Actor`] extension
+/// for the handlers; 401 when there is no good credential, 503 when the authority that
+/// checks it cannot be reached.
+async fn authenticate(
+    State(ops): State<Arc<Ops>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req.extensions().get::<Peer>().cloned();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    match ops
+        .authenticator()
+        .authenticate(peer.as_ref(), authorization.as_deref())
+        .await
+    {
+        Ok(user) => {
+            req.extensions_mut().insert(Actor {
+                user: Arc::new(user),
+                from: peer.map_or_else(|| Peer::local().addr, |p| p.addr),
+            });
+            next.run(req).await
+        }
+        Err(e) => {
+            let from = peer.map(|p| p.addr.to_string()).unwrap_or_default();
+            ops.metrics.authentication_failed(match e {
+                AuthError::Missing => "missing",
+                AuthError::Refused(_) => "refused",
+                AuthError::Unavailable(_) => "unavailable",
+            });
+            tracing::info!(%from, path = %req.uri().path(), error = %e, "request not authenticated");
+            let error = match e {
+                AuthError::Unavailable(m) => OpError::Unavailable(m),
+                e => OpError::Unauthenticated(e.to_string()),
+            };
+            let mut response = ApiError(error).into_response();
+            if response.status() == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"bulwark\""),
+                );
+            }
+            response
+        }
+    }
 }
 
 /// Writes (`POST`, `PUT`) carry JSON and must say so: a body of another type (a form, plain
@@ -116,13 +195,8 @@ impl From<OpError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self.0 {
-            OpError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            OpError::Conflict(_) => StatusCode::CONFLICT,
-            OpError::NotFound(_) => StatusCode::NOT_FOUND,
-            OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::warn!(error = %self.0, "request failed");
         } else {
@@ -188,15 +262,17 @@ fn query<T>(extracted: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> 
 
 type ResourcePath = Result<Path<(String, String, String)>, PathRejection>;
 
-async fn apply(State(ops): State<Arc<Ops>>, bytes: Bytes) -> Answer {
+type Caller = Extension<Actor>;
+
+async fn apply(State(ops): State<Arc<Ops>>, Extension(actor): Caller, bytes: Bytes) -> Answer {
     let request: ops::ApplyRequest = body(&bytes)?;
-    Ok(json(&ops.apply(request).await?))
+    Ok(json(&ops.apply(&actor, request).await?))
 }
 
-async fn read(State(ops): State<Arc<Ops>>, p: ResourcePath) -> Answer {
+async fn read(State(ops): State<Arc<Ops>>, Extension(actor): Caller, p: ResourcePath) -> Answer {
     let (kind, namespace, name) = path(p)?;
     let key = ops::resource_key(&kind, &namespace, &name)?;
-    Ok(served(ops.get(&key)?))
+    Ok(served(ops.get(&actor, &key)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,12 +284,14 @@ struct ListQuery {
 
 async fn list(
     State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
     let kind = ops::parse_kind(&path(p)?)?;
     let q = query(q)?;
     Ok(served(ops.list(
+        &actor,
         kind,
         q.namespace.as_deref(),
         q.selector.as_deref(),
@@ -229,6 +307,7 @@ struct DeleteQuery {
 
 async fn delete(
     State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
     p: ResourcePath,
     q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Answer {
@@ -243,24 +322,29 @@ async fn delete(
             )))
         })?),
     };
-    Ok(json(&ops.delete(&key, expected, q.by).await?))
+    Ok(json(&ops.delete(&actor, &key, expected, q.by).await?))
 }
 
-async fn history(State(ops): State<Arc<Ops>>, p: ResourcePath) -> Answer {
+async fn history(State(ops): State<Arc<Ops>>, Extension(actor): Caller, p: ResourcePath) -> Answer {
     let (kind, namespace, name) = path(p)?;
     let key = ops::resource_key(&kind, &namespace, &name)?;
-    Ok(served(ops.history(&key)?))
+    Ok(served(ops.history(&actor, &key)?))
 }
 
-async fn rollback(State(ops): State<Arc<Ops>>, p: ResourcePath, bytes: Bytes) -> Answer {
+async fn rollback(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    p: ResourcePath,
+    bytes: Bytes,
+) -> Answer {
     let (kind, namespace, name) = path(p)?;
     let key = ops::resource_key(&kind, &namespace, &name)?;
     let request: ops::RollbackRequest = body(&bytes)?;
-    Ok(json(&ops.rollback(&key, request).await?))
+    Ok(json(&ops.rollback(&actor, &key, request).await?))
 }
 
-async fn status(State(ops): State<Arc<Ops>>) -> Answer {
-    Ok(served(ops.status()?))
+async fn status(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Answer {
+    Ok(served(ops.status(&actor)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,25 +355,29 @@ struct LevelsQuery {
 
 async fn levels(
     State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
     q: Result<Query<LevelsQuery>, QueryRejection>,
 ) -> Answer {
     let q = query(q)?;
-    Ok(served(ops.levels(q.namespace.as_deref())?))
+    Ok(served(ops.levels(&actor, q.namespace.as_deref())?))
 }
 
 async fn pods(
     State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
     q: Result<Query<LevelsQuery>, QueryRejection>,
 ) -> Answer {
     let q = query(q)?;
-    Ok(served(ops.pods(q.namespace.as_deref())?))
+    Ok(served(ops.pods(&actor, q.namespace.as_deref())?))
 }
 
 type ServicePath = Result<Path<(String, String)>, PathRejection>;
 
-async fn level(State(ops): State<Arc<Ops>>, p: ServicePath) -> Answer {
+async fn level(State(ops): State<Arc<Ops>>, Extension(actor): Caller, p: ServicePath) -> Answer {
     let (namespace, service) = path(p)?;
-    Ok(served(ops.level(&ServiceKey { namespace, service })?))
+    Ok(served(
+        ops.level(&actor, &ServiceKey { namespace, service })?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,22 +389,36 @@ struct EventsQuery {
 
 async fn events(
     State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Answer {
     let q = query(q)?;
-    Ok(json(&ops.events(q.service.as_deref(), q.limit).await?))
+    Ok(json(
+        &ops.events(&actor, q.service.as_deref(), q.limit).await?,
+    ))
 }
 
-async fn degrade_mesh(State(ops): State<Arc<Ops>>, bytes: Bytes) -> Answer {
+async fn degrade_mesh(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    bytes: Bytes,
+) -> Answer {
     let request: DegradeRequest = body(&bytes)?;
-    Ok(json(&ops.degrade(OverrideTarget::Mesh, request).await?))
+    Ok(json(
+        &ops.degrade(&actor, OverrideTarget::Mesh, request).await?,
+    ))
 }
 
-async fn degrade_service(State(ops): State<Arc<Ops>>, p: ServicePath, bytes: Bytes) -> Answer {
+async fn degrade_service(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    p: ServicePath,
+    bytes: Bytes,
+) -> Answer {
     let (namespace, service) = path(p)?;
     let target = degradation::parse_target(&namespace, &service)?;
     let request: DegradeRequest = body(&bytes)?;
-    Ok(json(&ops.degrade(target, request).await?))
+    Ok(json(&ops.degrade(&actor, target, request).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,24 +429,104 @@ struct ClearQuery {
 
 async fn clear_mesh(
     State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
     q: Result<Query<ClearQuery>, QueryRejection>,
 ) -> Answer {
     let q = query(q)?;
-    Ok(json(&ops.clear_degrade(OverrideTarget::Mesh, q.by).await?))
+    Ok(json(
+        &ops.clear_degrade(&actor, OverrideTarget::Mesh, q.by)
+            .await?,
+    ))
 }
 
 async fn clear_service(
     State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
     p: ServicePath,
     q: Result<Query<ClearQuery>, QueryRejection>,
 ) -> Answer {
     let (namespace, service) = path(p)?;
     let target = degradation::parse_target(&namespace, &service)?;
     let q = query(q)?;
-    Ok(json(&ops.clear_degrade(target, q.by).await?))
+    Ok(json(&ops.clear_degrade(&actor, target, q.by).await?))
 }
 
-async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+async fn role_bindings(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Answer {
+    Ok(served(ops.role_bindings(&actor)?))
+}
+
+async fn role_binding(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    p: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let name = path(p)?;
+    let list = ops.role_bindings(&actor)?;
+    match list.value.items.into_iter().find(|b| b.name == name) {
+        Some(b) => Ok(json(&b)),
+        None => Err(ApiError(OpError::NotFound(format!(
+            "role binding {name} not found"
+        )))),
+    }
+}
+
+async fn put_role_binding(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    p: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> Answer {
+    let name = path(p)?;
+    let binding: RoleBinding = body(&bytes)?;
+    Ok(json(&ops.put_role_binding(&actor, &name, binding).await?))
+}
+
+async fn delete_role_binding(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    p: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let name = path(p)?;
+    ops.delete_role_binding(&actor, &name).await?;
+    Ok(json(&serde_json::json!({"deleted": name})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    namespace: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    Ok(json(
+        &ops.audit_log(&actor, q.namespace.as_deref(), q.limit)
+            .await?,
+    ))
+}
+
+async fn whoami(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Answer {
+    Ok(json(&ops.whoami(&actor)))
+}
+
+async fn can_i(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    q: Result<Query<CanIQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    Ok(json(&ops.can_i(&actor, &q)?))
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Response {
+    if let Err(e) = ops.authorize(&actor, Verb::Get, Resource::Metrics, Scope::Cluster) {
+        return ApiError(e).into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -373,9 +555,9 @@ async fn live() -> Response {
 /// Ready once the index was loaded: this replica can serve reads and snapshots (stale ones
 /// while etcd is away, which every replica then shares).
 async fn ready(State(ops): State<Arc<Ops>>) -> Response {
-    match ops.status() {
+    match ops.readiness() {
         Ok(s) => served(Served {
-            value: serde_json::json!({"ready": true, "revision": s.value.revision, "stale": s.stale}),
+            value: serde_json::json!({"ready": true, "revision": s.value, "stale": s.stale}),
             stale: s.stale,
         }),
         Err(e) => ApiError(e).into_response(),

@@ -17,18 +17,34 @@ const LEASE_REUSE: Duration = Duration::from_secs(3600);
 /// The most events one listing scans when filtering by service.
 const SCAN: i64 = 2000;
 
-/// The lease events are written under, renewed every hour.
-#[derive(Debug, Default)]
+/// The lease events (and audit records) are written under, renewed every hour.
+#[derive(Debug)]
 pub struct EventLease {
+    lifetime: Duration,
     current: Option<(i64, Instant)>,
 }
 
+impl Default for EventLease {
+    fn default() -> Self {
+        EventLease::lasting(LIFETIME)
+    }
+}
+
 impl EventLease {
+    /// Leases of `lifetime`: what is written under one lives between `lifetime` less an hour
+    /// and `lifetime`.
+    pub fn lasting(lifetime: Duration) -> EventLease {
+        EventLease {
+            lifetime,
+            current: None,
+        }
+    }
+
     pub async fn get(&mut self, store: &EtcdStore) -> Result<i64, StoreError> {
         match self.current {
             Some((id, granted)) if granted.elapsed() < LEASE_REUSE => Ok(id),
             _ => {
-                let id = store.grant_lease(LIFETIME).await?;
+                let id = store.grant_lease(self.lifetime).await?;
                 self.current = Some((id, Instant::now()));
                 Ok(id)
             }

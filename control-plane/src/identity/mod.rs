@@ -3,8 +3,10 @@
 //! the ServiceAccount token ([`proof`]) — and nothing else. The issuer comes from PEM files
 //! (a Kubernetes Secret) or, for development, from `--dev-identity DIR`.
 
+pub mod binding;
 pub mod principal;
 pub mod proof;
+pub mod serving;
 pub mod token_review;
 
 use std::path::PathBuf;
@@ -139,11 +141,31 @@ impl Identity for IdentityService {
             let reason = format!("the proof's service account cannot be an identity: {e}");
             refuse(Status::permission_denied(&reason), &reason)
         })?;
+        // The certificate is bound to the pod the request names: the control plane accepts
+        // the pod's streams under that name only. A proof that names its pod allows no other.
+        crate::store::keys::check_segment(&request.pod).map_err(|e| {
+            let reason = format!("the request's pod name {:?}: {e}", request.pod);
+            refuse(Status::invalid_argument(&reason), &reason)
+        })?;
+        if let Some(bound) = principal.pod.as_deref()
+            && bound != request.pod
+        {
+            let reason = format!(
+                "the proof is for pod {bound}; it cannot get a certificate for pod {}",
+                request.pod
+            );
+            return Err(refuse(Status::permission_denied(&reason), &reason));
+        }
         let issued = self
             .config
             .issuer
             .load()
-            .issue(&request.csr, &allowed, SystemTime::now())
+            .issue(
+                &request.csr,
+                &allowed,
+                Some(&request.pod),
+                SystemTime::now(),
+            )
             .map_err(|e| {
                 let status = match e {
                     IssueError::Unreadable(_) | IssueError::Names(_) => {

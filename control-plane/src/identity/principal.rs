@@ -8,6 +8,9 @@ use std::path::PathBuf;
 pub struct Principal {
     pub namespace: String,
     pub service_account: String,
+    /// The pod the proof is bound to, when it names one (a bound ServiceAccount token does;
+    /// a join token may).
+    pub pod: Option<String>,
 }
 
 /// Why a proof does not hold.

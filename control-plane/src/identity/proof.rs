@@ -25,7 +25,8 @@ impl Proof {
     }
 }
 
-/// The tokens file: `{"tokens": [{"token", "namespace", "serviceAccount"}]}` (YAML or JSON).
+/// The tokens file: `{"tokens": [{"token", "namespace", "serviceAccount", "pod"?}]}` (YAML or
+/// JSON); a token with `pod` is good for that pod's certificate only.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokensFile {
@@ -38,6 +39,8 @@ struct JoinToken {
     token: String,
     namespace: String,
     service_account: String,
+    #[serde(default)]
+    pod: Option<String>,
 }
 
 /// Checks proofs.
@@ -45,7 +48,7 @@ struct JoinToken {
 pub struct Verifier {
     /// Read at every request, so that tokens added or revoked count at once.
     pub join_tokens: Option<PathBuf>,
-    pub token_review: Option<TokenReview>,
+    pub token_review: Option<std::sync::Arc<TokenReview>>,
 }
 
 impl Verifier {
@@ -81,6 +84,7 @@ impl Verifier {
                 found = Some(Principal {
                     namespace: entry.namespace.clone(),
                     service_account: entry.service_account.clone(),
+                    pod: entry.pod.clone(),
                 });
             }
         }

@@ -75,7 +75,40 @@ impl TokenReview {
         })
     }
 
+    /// A workload's proof: a ServiceAccount token for the configured audience.
     pub async fn review(&self, token: &str) -> Result<Principal, ProofError> {
+        let status = self
+            .review_for(token, std::slice::from_ref(&self.audience))
+            .await?;
+        principal(&status, &self.audience)
+    }
+
+    /// Any token (a person's, a tool's, a ServiceAccount's) for `audiences` (empty: the API
+    /// server's own): who the API server says it belongs to.
+    pub async fn user(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<ReviewedUser, ProofError> {
+        let status = self.review_for(token, audiences).await?;
+        if !status.authenticated {
+            return Err(ProofError::Refused(if status.error.is_empty() {
+                "not authenticated".to_string()
+            } else {
+                status.error
+            }));
+        }
+        Ok(ReviewedUser {
+            username: status.user.username,
+            groups: status.user.groups,
+        })
+    }
+
+    async fn review_for(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<ReviewStatus, ProofError> {
         let own = std::fs::read_to_string(&self.token_file).map_err(|e| {
             ProofError::Unavailable(format!(
                 "cannot read the control plane's token {}: {e}",
@@ -85,7 +118,7 @@ impl TokenReview {
         let body = json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
-            "spec": {"token": token, "audiences": [self.audience]},
+            "spec": {"token": token, "audiences": audiences},
         });
         let request = hyper::Request::post(format!(
             "{}/apis/authentication.k8s.io/v1/tokenreviews",
@@ -128,9 +161,19 @@ impl TokenReview {
         }
         let review: Review = serde_json::from_slice(&body)
             .map_err(|e| ProofError::Unavailable(format!("unreadable TokenReview: {e}")))?;
-        principal(&review.status, &self.audience)
+        Ok(review.status)
     }
 }
+
+/// Who the API server says a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewedUser {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// The `extra` key under which bound ServiceAccount tokens name their pod.
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 
 #[derive(Debug, Deserialize)]
 struct Review {
@@ -154,6 +197,10 @@ struct ReviewStatus {
 struct User {
     #[serde(default)]
     username: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The principal an authenticated review names.
@@ -179,6 +226,12 @@ fn principal(status: &ReviewStatus, audience: &str) -> Result<Principal, ProofEr
             Ok(Principal {
                 namespace: namespace.to_string(),
                 service_account: name.to_string(),
+                pod: status
+                    .user
+                    .extra
+                    .get(POD_NAME)
+                    .and_then(|pods| pods.first())
+                    .cloned(),
             })
         }
         _ => Err(ProofError::Refused(format!(

@@ -78,6 +78,10 @@ pub enum ParsedKey {
     Override(OverrideTarget),
     /// Events are read with a range request, not kept in the index.
     Event,
+    /// A role binding, by name.
+    RoleBinding(String),
+    /// Audit records are read with a range request, not kept in the index.
+    Audit,
 }
 
 /// What an operator's override applies to.
@@ -255,6 +259,23 @@ impl Keys {
         format!("{}/events/{unix_ms:013}-{seq:010}", self.prefix)
     }
 
+    pub fn role_bindings(&self) -> String {
+        format!("{}/rbac/bindings/", self.prefix)
+    }
+
+    pub fn role_binding(&self, name: &str) -> String {
+        format!("{}/rbac/bindings/{name}", self.prefix)
+    }
+
+    pub fn audit(&self) -> String {
+        format!("{}/audit/", self.prefix)
+    }
+
+    /// One audit record: the time is zero-padded so that keys sort by it.
+    pub fn audit_record(&self, unix_ms: i64, seq: u64) -> String {
+        format!("{}/audit/{unix_ms:013}-{seq:010}", self.prefix)
+    }
+
     /// The election key.
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)
@@ -306,6 +327,8 @@ impl Keys {
                 })))
             }
             ("events", [_]) => Some(ParsedKey::Event),
+            ("rbac", ["bindings", name]) => Some(ParsedKey::RoleBinding(name.to_string())),
+            ("audit", [_]) => Some(ParsedKey::Audit),
             _ => None,
         }
     }

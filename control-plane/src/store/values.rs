@@ -305,6 +305,76 @@ impl ServiceStatus {
     }
 }
 
+/// A role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Operator,
+    Admin,
+}
+
+/// Who a binding is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subject {
+    pub kind: SubjectKind,
+    pub name: String,
+    /// The service account's namespace (`ServiceAccount` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubjectKind {
+    User,
+    Group,
+    ServiceAccount,
+}
+
+/// A role given to subjects, in one namespace or (no namespace) cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleBinding {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub subjects: Vec<Subject>,
+}
+
+/// One audited request (`audit/{unix ms}-{seq}`): who, what, when, from where, and how it
+/// ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// RFC 3339, milliseconds.
+    pub at: String,
+    pub time: i64,
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// How the user was authenticated.
+    pub method: String,
+    /// The client's address.
+    pub from: String,
+    pub verb: String,
+    pub resource: String,
+    /// Empty for cluster-scoped requests.
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    /// `ok`, or the error kind (`forbidden`, `invalid`, `conflict`, …).
+    pub result: String,
+    /// The HTTP status the request got.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The replica that served it.
+    pub replica: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

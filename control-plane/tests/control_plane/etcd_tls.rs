@@ -92,7 +92,13 @@ async fn etcd_with_client_certificate_auth_admits_only_a_replica_with_its_certif
 fn tls_flags_and_endpoints_that_do_not_match_are_refused_at_start() {
     let run = |args: &[&str]| {
         let out = Command::new(control_plane_bin())
-            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args([
+                "--insecure-dev",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .output()
             .expect("run the control plane");

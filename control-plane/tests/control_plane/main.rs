@@ -2,6 +2,7 @@
 //! member, a cluster, or behind a proxy that cuts it off), driven through its REST API and the
 //! sidecars' Discovery stream, with the shared test kit (`bulwark-tests`).
 
+mod auth;
 mod discovery;
 mod etcd_tls;
 mod identity;

@@ -82,7 +82,7 @@ fn the_default_config_file_lives_under_home() {
     let home = scratch_dir("home-with-config");
     fs::create_dir_all(home.join(".config/bulwark")).expect("config dir");
     fs::write(
-        home.join(".config/bulwark/meshctl.yaml"),
+        home.join(".config/bulwark/config"),
         format!("server: {}\n", cp.url),
     )
     .expect("config written");
@@ -137,10 +137,20 @@ fn a_missing_named_config_file_or_a_bad_address_is_rejected_input() {
     );
     assert_eq!(run.code, Some(1));
 
-    let run = meshctl(&["--server", "https://cp:8443", "status"], &[]);
+    let run = meshctl(&["--server", "ftp://cp:8443", "status"], &[]);
     assert_eq!(
         run.stderr,
-        "meshctl: invalid server address \"https://cp:8443\": https is not supported yet; use http://\n"
+        "meshctl: invalid server address \"ftp://cp:8443\": expected https://host:port (or http:// for --insecure-dev)\n"
+    );
+    assert_eq!(run.code, Some(1));
+
+    let run = meshctl(
+        &["--server", "http://cp:8080", "--token", "t", "status"],
+        &[],
+    );
+    assert_eq!(
+        run.stderr,
+        "meshctl: refusing to send credentials in plaintext to http://cp:8080: use https://\n"
     );
     assert_eq!(run.code, Some(1));
 }

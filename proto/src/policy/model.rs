@@ -159,6 +159,22 @@ pub struct UpstreamSpec {
     /// or none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// The namespaces whose sidecars receive this policy: namespace names, `.` (its own) or
+    /// `*` (every namespace). Empty: every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+impl UpstreamSpec {
+    /// Whether sidecars of `namespace` receive the policy, which lives in `own`.
+    pub fn exported_to(&self, own: &str, namespace: &str) -> bool {
+        own == namespace
+            || self.export_to.is_empty()
+            || self
+                .export_to
+                .iter()
+                .any(|n| n == "*" || n == namespace || (n == "." && own == namespace))
+    }
 }
 
 /// How the sidecar speaks TLS to an upstream's endpoints.

@@ -325,6 +325,17 @@ fn validate_upstream(p: &UpstreamPolicy, v: &mut Validator) {
     if let Some(t) = &s.tls {
         tls(v, "spec.tls", t, &s.endpoints);
     }
+    for (i, n) in s.export_to.iter().enumerate() {
+        if n != "*" && n != "." {
+            let path = index("spec.exportTo", i);
+            if !is_dns_label(n) {
+                v.error(
+                    &path,
+                    format!("must be a namespace name, \".\" or \"*\", got {n:?}"),
+                );
+            }
+        }
+    }
 }
 
 fn tls(v: &mut Validator, path: &str, t: &UpstreamTls, e: &Endpoints) {

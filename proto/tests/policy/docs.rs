@@ -74,6 +74,7 @@ spec:
       retry: { maxAttempts: 1 }
       idempotent: true
   tls: { mode: simple, serverIdentity: "spiffe://a/ns/b/sa/c", sni: a.b, caFile: /a }
+  exportTo: [shop]
 ---
 apiVersion: bulwark/v1
 kind: ServicePolicy

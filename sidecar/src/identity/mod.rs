@@ -32,6 +32,8 @@ pub struct IdentitySettings {
     pub proof: ProofSource,
     /// The trust anchors' PEM bundle.
     pub anchors: PathBuf,
+    /// TLS to `https://` control-plane addresses.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What renewal last did, for `/identity` and readiness.
@@ -54,6 +56,8 @@ pub struct Identity {
     pub client_h2: Arc<rustls::ClientConfig>,
     /// Outbound mesh connections speaking HTTP/1.1.
     pub client_http1: Arc<rustls::ClientConfig>,
+    /// True from the first certificate on.
+    pub certified: tokio::sync::watch::Sender<bool>,
     status: Mutex<Status>,
 }
 
@@ -82,6 +86,7 @@ impl Identity {
             id,
             credentials,
             anchors,
+            certified: tokio::sync::watch::Sender::new(false),
             status: Mutex::default(),
         })
     }

@@ -96,14 +96,11 @@ async fn request(
             read_secret(path).map_err(|e| format!("join token {}: {e}", path.display()))?,
         ),
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("bad control-plane address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let channel = crate::channel::connect(addr, settings.tls.as_ref(), |e| {
+        e.connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+    })
+    .await?;
     let answer = IdentityClient::new(channel)
         .certify(CertifyRequest {
             csr,
@@ -121,6 +118,7 @@ async fn request(
         .into_inner();
     let chain = answer.chain.into_iter().map(CertificateDer::from).collect();
     let certified = identity.credentials.install(pending, chain)?;
+    identity.certified.send_replace(true);
     Ok((certified.info.not_before, certified.info.not_after))
 }
 

@@ -28,6 +28,16 @@ use crate::state::Shared;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// How the sidecar reaches the control plane.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    /// TLS for `https://` addresses.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Turns true once the pod has its first workload certificate: streams over TLS wait for
+    /// it (the control plane admits none without).
+    pub certified: Option<watch::Receiver<bool>>,
+}
+
 /// Who this sidecar is, as the control plane needs to know.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -123,6 +133,7 @@ pub fn load_persisted_levels(path: &Path) -> Result<Levels, String> {
 pub async fn follow(
     shared: Arc<Shared>,
     addrs: Vec<String>,
+    link: Link,
     who: Registration,
     snapshot_file: Option<PathBuf>,
     report_interval: Duration,
@@ -136,6 +147,7 @@ pub async fn follow(
         let stream = stream_once(
             &shared,
             addr,
+            &link,
             &who,
             snapshot_file.as_deref(),
             report_interval,
@@ -158,17 +170,24 @@ pub async fn follow(
 async fn stream_once(
     shared: &Arc<Shared>,
     addr: &str,
+    link: &Link,
     who: &Registration,
     snapshot_file: Option<&Path>,
     report_interval: Duration,
     applied: &watch::Sender<i64>,
 ) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("bad control-plane address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    if crate::channel::Address::parse(addr)?.tls
+        && let Some(mut certified) = link.certified.clone()
+        && !*certified.borrow()
+    {
+        tracing::info!(control_plane = %addr, "waiting for the workload certificate before opening the Discovery stream");
+        certified
+            .wait_for(|c| *c)
+            .await
+            .map_err(|_| "the identity task ended".to_string())?;
+    }
+    let channel =
+        crate::channel::connect(addr, link.tls.as_ref(), crate::channel::stream_settings).await?;
     let mut client = DiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel::<SidecarMessage>(16);
     let hello = SidecarMessage {

@@ -6,6 +6,7 @@ mod admin_reload;
 mod bad_input;
 mod capture;
 mod control_plane;
+mod control_plane_trust;
 mod degradation;
 mod http1;
 mod http2_grpc;

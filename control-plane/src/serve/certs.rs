@@ -1,4 +1,4 @@
-//! The webhook's TLS certificate: read from the PEM files that cert-manager (through the kubelet's
+//! A listener's TLS certificate (the webhook's, the API's): read from the PEM files that cert-manager (through the kubelet's
 //! Secret volume) or an operator keeps up to date, and read again when they change — so a
 //! rotation needs no restart.
 //!
@@ -73,6 +73,8 @@ pub enum Refresh {
 /// when the files change.
 #[derive(Debug)]
 pub struct CertReloader {
+    /// Whose certificate, for the log: `webhook`, `API`.
+    what: &'static str,
     cert: PathBuf,
     key: PathBuf,
     provider: Arc<CryptoProvider>,
@@ -112,8 +114,14 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 
 impl CertReloader {
     /// Reads nothing yet: see [`CertReloader::refresh_now`].
-    pub fn new(cert: PathBuf, key: PathBuf, provider: Arc<CryptoProvider>) -> CertReloader {
+    pub fn new(
+        what: &'static str,
+        cert: PathBuf,
+        key: PathBuf,
+        provider: Arc<CryptoProvider>,
+    ) -> CertReloader {
         CertReloader {
+            what,
             cert,
             key,
             provider,
@@ -154,7 +162,7 @@ impl CertReloader {
                 tracing::info!(
                     cert = %self.cert.display(),
                     key = %self.key.display(),
-                    "webhook certificate loaded"
+                    "{} certificate loaded", self.what
                 );
                 state.current = Some(Arc::new(key));
                 Refresh::Loaded
@@ -162,14 +170,14 @@ impl CertReloader {
             Err(error) if state.current.is_some() => {
                 tracing::warn!(
                     %error,
-                    "webhook certificate files changed but cannot be used; keeping the previous certificate"
+                    "{} certificate files changed but cannot be used; keeping the previous certificate", self.what
                 );
                 Refresh::Failed(error)
             }
             Err(error) => {
                 tracing::warn!(
                     %error,
-                    "no usable webhook certificate: the webhook refuses TLS handshakes until there is one"
+                    "no usable {what} certificate: TLS handshakes are refused until there is one", what = self.what
                 );
                 Refresh::Failed(error)
             }
@@ -261,6 +269,7 @@ mod tests {
 
     fn reloader(dir: &Dir) -> CertReloader {
         CertReloader::new(
+            "test",
             dir.0.join("tls.crt"),
             dir.0.join("tls.key"),
             Arc::new(rustls::crypto::ring::default_provider()),
