@@ -92,6 +92,29 @@ pub struct Config {
     pub listeners: Listeners,
     /// How operator API callers are authenticated (and who is an administrator).
     pub auth: Arc<auth::Authenticator>,
+    /// Limits against abuse.
+    pub limits: Limits,
+}
+
+/// Limits against abuse of the APIs.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest REST request body, in bytes.
+    pub max_request_body: usize,
+    /// Writes per user.
+    pub write_rate: api::limits::WriteRate,
+    /// Discovery streams one workload identity may hold at once on a replica.
+    pub max_streams_per_identity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body: api::rest::DEFAULT_MAX_BODY,
+            write_rate: api::limits::WriteRate::default(),
+            max_streams_per_identity: 1000,
+        }
+    }
 }
 
 /// How the REST and gRPC listeners are secured.
@@ -230,7 +253,8 @@ pub async fn run(
     );
     let ops = Arc::new(
         Ops::new(store.clone(), keys.clone(), index.clone(), metrics.clone())
-            .with_auth(config.auth.clone(), &config.replica_id),
+            .with_auth(config.auth.clone(), &config.replica_id)
+            .with_write_rate(config.limits.write_rate),
     );
 
     metrics.set_insecure_dev(matches!(config.listeners, Listeners::InsecureDev));
@@ -249,7 +273,7 @@ pub async fn run(
             client_timeout: CLIENT_TIMEOUT,
             keepalive: None,
         },
-        api::rest::router(ops.clone()),
+        api::rest::router_with(ops.clone(), config.limits.max_request_body),
         stop.clone(),
     ));
     let mut grpc_routes = tonic::service::Routes::new(DiscoveryServer::new(DiscoveryService::new(
@@ -261,6 +285,8 @@ pub async fn run(
             enforcement,
             trust_domain,
             metrics: metrics.clone(),
+            max_streams_per_identity: config.limits.max_streams_per_identity,
+            held: Arc::default(),
         },
     )))
     .add_service(OperatorServer::new(OperatorService::new(ops)));

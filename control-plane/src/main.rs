@@ -156,6 +156,25 @@ struct Args {
 
     #[command(flatten)]
     auth: AuthArgs,
+
+    /// The largest REST request body, in bytes (413 past it).
+    #[arg(long, env = "BULWARK_MAX_REQUEST_BODY", default_value_t = bulwark_control_plane::api::rest::DEFAULT_MAX_BODY,
+          value_parser = clap::value_parser!(usize))]
+    max_request_body: usize,
+
+    /// Writes (apply, delete, rollback, overrides, role bindings) each user may make per
+    /// second, after a burst of --write-burst (429 past it).
+    #[arg(long, env = "BULWARK_WRITES_PER_SECOND", default_value_t = 20.0)]
+    writes_per_second: f64,
+
+    /// Writes a user may make at once.
+    #[arg(long, env = "BULWARK_WRITE_BURST", default_value_t = 50.0)]
+    write_burst: f64,
+
+    /// Discovery streams one workload identity (a service account) may hold at once on a
+    /// replica (RESOURCE_EXHAUSTED past it).
+    #[arg(long, env = "BULWARK_MAX_STREAMS_PER_IDENTITY", default_value_t = 1000)]
+    max_streams_per_identity: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -640,6 +659,14 @@ async fn run() -> anyhow::Result<()> {
         identity,
         listeners,
         auth,
+        limits: bulwark_control_plane::Limits {
+            max_request_body: args.max_request_body,
+            write_rate: bulwark_control_plane::api::limits::WriteRate {
+                per_second: args.writes_per_second,
+                burst: args.write_burst,
+            },
+            max_streams_per_identity: args.max_streams_per_identity,
+        },
     };
     bulwark_control_plane::run(config, shutdown_signal())
         .await

@@ -104,6 +104,15 @@ impl ControlPlane {
         extra: &[&str],
         access: rest::Access,
     ) -> ControlPlane {
+        // Tests write in quick bursts; a test of the write limit sets its own.
+        let mut extra = extra.to_vec();
+        if !extra.contains(&"--writes-per-second") {
+            extra.extend_from_slice(&["--writes-per-second", "1000"]);
+        }
+        if !extra.contains(&"--write-burst") {
+            extra.extend_from_slice(&["--write-burst", "1000"]);
+        }
+        let extra = extra.as_slice();
         let bin = control_plane_bin();
         assert!(
             bin.is_file(),

@@ -98,6 +98,20 @@ impl DiscoveryStream {
         }
     }
 
+    /// The next snapshot, or the status the stream ended with (levels are skipped).
+    pub async fn next_snapshot_or_end(&mut self) -> Result<Snapshot, Option<tonic::Status>> {
+        loop {
+            match self.inbound.message().await {
+                Ok(Some(ControlPlaneMessage {
+                    message: Some(control_plane_message::Message::Snapshot(s)),
+                })) => return Ok(s),
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(None),
+                Err(status) => return Err(Some(status)),
+            }
+        }
+    }
+
     /// The stream's end: its error, if any (snapshots and levels sent before it are skipped).
     pub async fn end(&mut self) -> Option<tonic::Status> {
         loop {

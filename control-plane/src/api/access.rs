@@ -124,8 +124,22 @@ impl Ops {
         }
     }
 
-    /// [`Ops::authorize`] for a write, audited when refused.
+    /// [`Ops::authorize`] for a write, audited when refused; and the user's write rate. A
+    /// write refused for its rate is counted, not audited (that would let a flood through to
+    /// etcd after all).
     pub async fn authorize_write(&self, actor: &Actor, target: Target<'_>) -> Result<(), OpError> {
+        if let Err(retry_after) = self.writes.take(&actor.user.name) {
+            self.metrics.authorization("rate-limited");
+            tracing::info!(user = %actor.user.name, from = %actor.from, "write refused: too many writes");
+            return Err(OpError::RateLimited {
+                message: format!(
+                    "{} made too many writes: try again in {} ms",
+                    actor.user.name,
+                    retry_after.as_millis().max(1)
+                ),
+                retry_after,
+            });
+        }
         match self.authorize(actor, target.verb, target.resource, target.scope) {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -52,6 +52,59 @@ pub struct Guard {
     pub enforcement: Enforcement,
     pub trust_domain: String,
     pub metrics: Arc<Metrics>,
+    /// The most streams one workload identity may hold at once on this replica.
+    pub max_streams_per_identity: usize,
+    /// Streams held per identity.
+    pub held: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One stream counted against its identity; uncounted when dropped.
+struct Held {
+    held: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    identity: String,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.identity);
+            }
+        }
+    }
+}
+
+impl Guard {
+    /// Counts a stream of `workload` (none without a certificate); refused past the limit.
+    fn hold(&self, workload: Option<&Workload>) -> Result<Option<Held>, Refused> {
+        let Some(workload) = workload else {
+            return Ok(None);
+        };
+        let identity = workload.id.to_string();
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = held.entry(identity.clone()).or_default();
+        if *n >= self.max_streams_per_identity {
+            return Err(Refused {
+                reason: "too-many-streams",
+                status: Status::resource_exhausted(format!(
+                    "{identity} already holds {n} Discovery streams, the most this control plane allows one identity (--max-streams-per-identity)"
+                )),
+            });
+        }
+        *n += 1;
+        Ok(Some(Held {
+            held: self.held.clone(),
+            identity,
+        }))
+    }
 }
 
 impl Guard {
@@ -176,6 +229,14 @@ impl Session {
             let _ = tx.send(Err(status)).await;
             return;
         }
+        let _held = match self.guard.hold(self.workload.as_ref()) {
+            Ok(held) => held,
+            Err(refused) => {
+                let status = self.guard.refuse(self.peer.as_ref(), Some(&pod), refused);
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
         let open = self.streams.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(%pod, last_applied, streams = open, "sidecar connected");
         let stream = self.acks.connect(&pod, last_applied);

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod degradation;
 pub mod discovery;
+pub mod limits;
 pub mod operator;
 pub mod ops;
 pub mod pods;

@@ -43,6 +43,7 @@ pub fn rescue(e: OpError) -> Status {
         OpError::Internal(_) => tonic::Code::Internal,
         OpError::Unauthenticated(_) => tonic::Code::Unauthenticated,
         OpError::Forbidden(_) => tonic::Code::PermissionDenied,
+        OpError::RateLimited { .. } => tonic::Code::ResourceExhausted,
     };
     let message = match e.details() {
         [] => e.to_string(),

@@ -62,6 +62,12 @@ pub enum OpError {
     /// The caller may not do this: the message names the missing permission.
     #[error("{0}")]
     Forbidden(String),
+    /// The caller made too many writes; it may write again after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 impl OpError {
@@ -75,6 +81,7 @@ impl OpError {
             OpError::Internal(_) => "internal",
             OpError::Unauthenticated(_) => "unauthenticated",
             OpError::Forbidden(_) => "forbidden",
+            OpError::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -86,6 +93,7 @@ impl OpError {
             OpError::Forbidden(_) => 403,
             OpError::NotFound(_) => 404,
             OpError::Conflict(_) => 409,
+            OpError::RateLimited { .. } => 429,
             OpError::Internal(_) => 500,
             OpError::Unavailable(_) => 503,
         }
@@ -233,6 +241,8 @@ pub struct Ops {
     pub(crate) authorizer: Authorizer,
     /// This replica's name, in audit records.
     pub(crate) replica: String,
+    /// Writes per user.
+    pub(crate) writes: super::limits::WriteLimiter,
     /// How long a write waits for its change to reach the index, so that a read right after
     /// it on this replica sees it.
     settle: Duration,
@@ -258,6 +268,7 @@ impl Ops {
             })),
             authorizer: Authorizer::default(),
             replica: String::new(),
+            writes: super::limits::WriteLimiter::default(),
             settle: Duration::from_secs(3),
         }
     }
@@ -268,6 +279,12 @@ impl Ops {
         self.authorizer = auth.authorizer();
         self.auth = auth;
         self.replica = replica.to_string();
+        self
+    }
+
+    /// Limits each user's writes to `rate`.
+    pub fn with_write_rate(mut self, rate: super::limits::WriteRate) -> Self {
+        self.writes = super::limits::WriteLimiter::new(rate);
         self
     }
 

@@ -61,8 +61,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/health/ready"),
 ];
 
-/// The REST API over `ops`.
+/// The largest request body accepted unless configured otherwise.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// The REST API over `ops`, with request bodies of at most `max_body` bytes.
 pub fn router(ops: Arc<Ops>) -> Router {
+    router_with(ops, DEFAULT_MAX_BODY)
+}
+
+/// [`router`] with another body limit.
+pub fn router_with(ops: Arc<Ops>, max_body: usize) -> Router {
     let open = Router::new()
         .route("/openapi.json", get(openapi))
         .route("/health/live", get(live))
@@ -102,7 +110,49 @@ pub fn router(ops: Arc<Ops>) -> Router {
         ))
         .merge(open)
         .layer(axum::middleware::from_fn(json_bodies_only))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            bodies_within(max_body, req, next)
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(ops)
+}
+
+/// A body larger than `max` is a JSON 413 naming both sizes — before anything reads it when
+/// its length is declared, and when a chunked body runs past the limit while it is read.
+async fn bodies_within(
+    max: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let too_large = |size: Option<u64>| {
+        let said = size.map_or_else(|| "more than that".to_string(), |n| format!("{n} bytes"));
+        error_body(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            &format!(
+                "the request body is {said}; this control plane accepts at most {max} bytes (--max-request-body)"
+            ),
+            &[],
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large(declared);
+    }
+    let response = next.run(req).await;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|t| !t.as_bytes().starts_with(b"application/json"))
+    {
+        return too_large(None);
+    }
+    response
 }
 
 /// Who sent the request (its bearer token or client certificate), as an [`Actor`] extension
@@ -202,7 +252,14 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %self.0, "request refused");
         }
-        error_body(status, self.0.kind(), &self.0.to_string(), self.0.details())
+        let mut response = error_body(status, self.0.kind(), &self.0.to_string(), self.0.details());
+        if let OpError::RateLimited { retry_after, .. } = &self.0 {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 

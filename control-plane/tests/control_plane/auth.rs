@@ -878,3 +878,86 @@ async fn meshctl_uses_contexts_like_kubectl_and_says_what_failed() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn oversized_bodies_and_write_floods_are_refused_with_clear_errors() {
+    let s = Secured::start(&[
+        "--max-request-body",
+        "4096",
+        "--writes-per-second",
+        "1",
+        "--write-burst",
+        "2",
+    ])
+    .await;
+    s.bind("pay-editors", json!({"role": "editor", "namespace": "payments", "subjects": [{"kind": "Group", "name": "pay-team"}]})).await;
+    // Past the body limit: a JSON 413 naming both sizes, and nothing stored.
+    let mut big = upstream("payments", "big");
+    big["metadata"]["labels"] = json!({"padding": "x".repeat(5000)});
+    let (status, json) = s
+        .call(
+            Some("pat-token"),
+            Method::POST,
+            "/v1/apply",
+            Some(json!({"resources": [big]})),
+        )
+        .await;
+    assert_eq!(status, 413, "{json}");
+    assert_eq!(json["error"], "too-large");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("bytes; this control plane accepts at most 4096 bytes (--max-request-body)"),
+        "{json}"
+    );
+    // Two writes at once, then one a second: the third in a row is a 429 with Retry-After.
+    for name in ["a", "b"] {
+        let (status, json) = s
+            .call(
+                Some("pat-token"),
+                Method::POST,
+                "/v1/apply",
+                Some(json!({"resources": [upstream("payments", name)]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{json}");
+    }
+    let reply =
+        s.cp.call_as(
+            &s.as_user("pat-token"),
+            Method::POST,
+            "/v1/apply",
+            Some(&json!({"resources": [upstream("payments", "c")]})),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(reply.status, 429, "{}", reply.json);
+    assert_eq!(reply.json["error"], "rate-limited");
+    assert!(
+        reply.json["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("pat made too many writes: try again in "),
+        "{}",
+        reply.json
+    );
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(
+        s.stored()
+            .iter()
+            .filter(|k| k.contains("/policies/"))
+            .count(),
+        2,
+        "neither the oversized nor the rate-limited apply was stored"
+    );
+    // Another user has a bucket of their own.
+    let reply =
+        s.cp.call(
+            Method::POST,
+            "/v1/apply",
+            Some(&json!({"resources": [upstream("shop", "x")]})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+}

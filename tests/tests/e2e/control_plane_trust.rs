@@ -26,6 +26,10 @@ struct Secure {
 
 impl Secure {
     async fn start() -> Secure {
+        Secure::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Secure {
         let dir = TempDir::new();
         let tokens = dir.path().join("tokens.yaml");
         std::fs::write(
@@ -34,13 +38,11 @@ impl Secure {
         )
         .expect("write the join tokens");
         let etcd = Etcd::start().await;
-        let cp = ControlPlane::start_secure(
-            &etcd.endpoint(),
-            "trust-1",
-            &dir.path().join("ca"),
-            &["--join-tokens", tokens.to_str().expect("a UTF-8 path")],
-        )
-        .await;
+        let mut args = vec!["--join-tokens", tokens.to_str().expect("a UTF-8 path")];
+        args.extend_from_slice(extra);
+        let cp =
+            ControlPlane::start_secure(&etcd.endpoint(), "trust-1", &dir.path().join("ca"), &args)
+                .await;
         cp.wait_fresh().await;
         let applied = cp
             .apply(
@@ -408,4 +410,47 @@ async fn client_certificates_from_another_ca_or_expired_are_refused_in_the_hands
     assert_ne!(err.code(), tonic::Code::Ok);
     secure.cp.wait_log("TLS handshake failed", 2).await;
     assert!(secure.pods().await.is_empty(), "nothing was stored");
+}
+
+#[tokio::test]
+async fn one_identity_holds_a_bounded_number_of_discovery_streams() {
+    let secure = Secure::start_with(&["--max-streams-per-identity", "2"]).await;
+    let orders = secure.certificate(ORDERS, "orders-1", "orders-token").await;
+    let access = secure.presenting(&orders);
+    let mut first = DiscoveryStream::open(&secure.cp, &access, "shop", "orders", "orders-1", 0)
+        .await
+        .expect("admitted");
+    first.next_snapshot().await;
+    let mut second = DiscoveryStream::open(&secure.cp, &access, "shop", "orders", "orders-1", 0)
+        .await
+        .expect("admitted");
+    second.next_snapshot().await;
+    let mut third = DiscoveryStream::open(&secure.cp, &access, "shop", "orders", "orders-1", 0)
+        .await
+        .expect("the stream opens, then its Hello is refused");
+    let status = third.end().await.expect("refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "spiffe://cluster.local/ns/shop/sa/orders already holds 2 Discovery streams, the most this control plane allows one identity (--max-streams-per-identity)"
+    );
+    assert_eq!(secure.rejected("too-many-streams").await, 1.0);
+    // A stream that ends frees its place.
+    drop(second);
+    eventually(PATIENCE, || async {
+        let mut again = DiscoveryStream::open(&secure.cp, &access, "shop", "orders", "orders-1", 0)
+            .await
+            .ok()?;
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            again.next_snapshot_or_end(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    drop(first);
 }
