@@ -20,8 +20,8 @@ struct Args {
     /// The uid the sidecar runs as: its connections are not captured.
     #[arg(long, default_value_t = 65532)]
     sidecar_uid: u32,
-    /// Inbound ports not captured, comma-separated (the sidecar's admin port, for probes).
-    #[arg(long, value_delimiter = ',', default_value = "15000")]
+    /// Inbound ports not captured, comma-separated (the sidecar's health port, for probes).
+    #[arg(long, value_delimiter = ',', default_value = "15021")]
     skip_inbound_ports: Vec<u16>,
     /// Outbound destination ports not captured, comma-separated.
     #[arg(long, value_delimiter = ',')]

@@ -22,8 +22,10 @@ pub const INJECTED: &str = "bulwark.dev/injected";
 pub const SERVICE: &str = "bulwark.dev/service";
 /// Control-plane gRPC address(es), comma-separated.
 pub const CONTROL_PLANE: &str = "bulwark.dev/control-plane";
-/// The sidecar's admin port (probes, metrics).
+/// The sidecar's admin port (on loopback: policies, breakers, identity, metrics).
 pub const ADMIN_PORT: &str = "bulwark.dev/admin-port";
+/// The sidecar's health port (on the pod's IP: probes and metrics).
+pub const HEALTH_PORT: &str = "bulwark.dev/health-port";
 /// The sidecar's inbound port.
 pub const INBOUND_PORT: &str = "bulwark.dev/inbound-port";
 /// The sidecar's outbound port (where the app sends its calls).
@@ -47,7 +49,7 @@ pub const CAPTURE: &str = "bulwark.dev/capture";
 /// The `bulwark-init` image.
 pub const INIT_IMAGE: &str = "bulwark.dev/init-image";
 /// Ports the pod's callers reach directly, not through the sidecar (comma-separated); the
-/// sidecar's admin port always is.
+/// sidecar's health port always is.
 pub const SKIP_INBOUND_PORTS: &str = "bulwark.dev/skip-inbound-ports";
 /// Destination ports the app reaches directly, not through the sidecar (comma-separated).
 pub const SKIP_OUTBOUND_PORTS: &str = "bulwark.dev/skip-outbound-ports";
@@ -95,7 +97,7 @@ pub(crate) struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Capture {
     pub image: String,
-    /// The annotation's ports; the sidecar's admin port is added when the container is built.
+    /// The annotation's ports; the sidecar's health port is added when the container is built.
     pub skip_inbound_ports: Vec<u16>,
     pub skip_outbound_ports: Vec<u16>,
     /// Normalised `address/prefix`.
@@ -128,6 +130,7 @@ impl Settings {
             control_plane: checked(CONTROL_PLANE, check_control_plane, &opts.control_plane)?,
             ports: Ports {
                 admin: port(ADMIN_PORT, opts.ports.admin)?,
+                health: port(HEALTH_PORT, opts.ports.health)?,
                 inbound: port(INBOUND_PORT, opts.ports.inbound)?,
                 outbound: port(OUTBOUND_PORT, opts.ports.outbound)?,
             },
@@ -197,7 +200,7 @@ impl Settings {
 }
 
 impl Ports {
-    /// The three ports differ (the sidecar binds each).
+    /// The four ports differ (the sidecar binds each).
     pub(crate) fn check_distinct(&self) -> Result<(), InjectError> {
         let named = self.named();
         for (i, (first, a)) in named.iter().enumerate() {
@@ -215,9 +218,10 @@ impl Ports {
     }
 
     /// Each port with the annotation that overrides it.
-    pub(crate) fn named(&self) -> [(&'static str, u16); 3] {
+    pub(crate) fn named(&self) -> [(&'static str, u16); 4] {
         [
             (ADMIN_PORT, self.admin),
+            (HEALTH_PORT, self.health),
             (INBOUND_PORT, self.inbound),
             (OUTBOUND_PORT, self.outbound),
         ]

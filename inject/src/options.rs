@@ -106,6 +106,7 @@ impl InjectOptions {
         }
         for (option, port) in [
             ("admin port", self.ports.admin),
+            ("health port", self.ports.health),
             ("inbound port", self.ports.inbound),
             ("outbound port", self.ports.outbound),
         ] {
@@ -124,8 +125,12 @@ impl InjectOptions {
 /// The sidecar's listeners (defaults as in `docs/sidecar.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
-    /// Admin: probes, metrics (`bulwark.dev/admin-port`, default 15000).
+    /// Admin, on loopback: the applied policies, breakers, identity, metrics
+    /// (`bulwark.dev/admin-port`, default 15000).
     pub admin: u16,
+    /// Health, on the pod's IP: the kubelet's probes and Prometheus' scrapes
+    /// (`bulwark.dev/health-port`, default 15021).
+    pub health: u16,
     /// Inbound: callers of the app (`bulwark.dev/inbound-port`, default 15006).
     pub inbound: u16,
     /// Outbound: the app's calls (`bulwark.dev/outbound-port`, default 15001).
@@ -136,6 +141,7 @@ impl Default for Ports {
     fn default() -> Self {
         Ports {
             admin: 15000,
+            health: 15021,
             inbound: 15006,
             outbound: 15001,
         }

@@ -62,11 +62,12 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName, pod: &PodFac
         ServiceName::Field(path) => env_field("BULWARK_SERVICE", path),
         ServiceName::Literal(name) => json!({"name": "BULWARK_SERVICE", "value": name}),
     };
-    // The kubelet probes the pod's IP, so the admin listener cannot stay on loopback; the
-    // outbound listener can, and does (only the app should send through it).
+    // The kubelet probes the pod's IP: the health listener (probes and metrics only) binds
+    // there; the admin listener (the applied policies, breakers, identity) and the outbound
+    // listener stay on loopback (only the pod should reach them).
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
-            "httpGet": {"path": path, "port": ports.admin},
+            "httpGet": {"path": path, "port": ports.health},
             "periodSeconds": period,
             "timeoutSeconds": 1,
             "failureThreshold": failures,
@@ -78,7 +79,8 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName, pod: &PodFac
         service_env,
         json!({"name": "BULWARK_CONTROL_PLANE", "value": settings.control_plane}),
         json!({"name": "BULWARK_SNAPSHOT_FILE", "value": format!("{SNAPSHOT_DIR}/snapshot.json")}),
-        json!({"name": "BULWARK_ADMIN", "value": format!("0.0.0.0:{}", ports.admin)}),
+        json!({"name": "BULWARK_ADMIN", "value": format!("127.0.0.1:{}", ports.admin)}),
+        json!({"name": "BULWARK_HEALTH", "value": format!("0.0.0.0:{}", ports.health)}),
         json!({"name": "BULWARK_INBOUND", "value": format!("0.0.0.0:{}", ports.inbound)}),
         json!({"name": "BULWARK_OUTBOUND", "value": format!("127.0.0.1:{}", ports.outbound)}),
         json!({"name": "BULWARK_LOG", "value": settings.log_level}),
@@ -113,7 +115,7 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName, pod: &PodFac
         "restartPolicy": "Always",
         "env": env,
         "ports": [
-            {"name": "bulwark-admin", "containerPort": ports.admin, "protocol": "TCP"},
+            {"name": "bulwark-health", "containerPort": ports.health, "protocol": "TCP"},
             {"name": "bulwark-in", "containerPort": ports.inbound, "protocol": "TCP"},
             {"name": "bulwark-out", "containerPort": ports.outbound, "protocol": "TCP"},
         ],
@@ -147,18 +149,18 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName, pod: &PodFac
 
 /// The `bulwark-init` container: runs once, before the sidecar, and installs the rules that
 /// send the pod's TCP traffic to the sidecar's listeners — all but the sidecar's own (its uid),
-/// the admin port (the kubelet's probes) and what the pod's annotations skip. It needs
+/// the health port (the kubelet's probes) and what the pod's annotations skip. It needs
 /// `NET_ADMIN` and `NET_RAW` in the pod's network namespace and root for iptables; nothing
 /// else, and it is gone before the app starts.
 pub(crate) fn init_container(settings: &Settings, capture: &Capture) -> Value {
     let ports = settings.ports;
     let join = |items: Vec<String>| items.join(",");
-    let mut skip_inbound = vec![ports.admin];
+    let mut skip_inbound = vec![ports.health];
     skip_inbound.extend(
         capture
             .skip_inbound_ports
             .iter()
-            .filter(|p| **p != ports.admin),
+            .filter(|p| **p != ports.health),
     );
     let mut args = vec![
         "--outbound-port".to_string(),

@@ -1,6 +1,9 @@
-//! The admin listener (default 127.0.0.1:15000): liveness and readiness probes, Prometheus
-//! metrics, the applied policies with their version, breaker state, and the own service's
-//! degradation level and capabilities.
+//! The admin listener (default 127.0.0.1:15000, loopback only): liveness and readiness probes,
+//! Prometheus metrics, the applied policies with their version, breaker state, the workload
+//! identity, and the own service's degradation level and capabilities. And the health listener
+//! (`--health`, e.g. 0.0.0.0:15021 in Kubernetes): the probes and the metrics only, for the
+//! kubelet and Prometheus, which reach the pod's IP — nothing else of the admin endpoints is
+//! served beyond the pod.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,8 +23,22 @@ use crate::health::readiness::readiness;
 use crate::listen::conn::stopped;
 use crate::state::Shared;
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Everything (the admin listener).
+    All,
+    /// `/health/live`, `/health/ready` and `/metrics` (the health listener).
+    Health,
+}
+
 /// Serves admin requests until `stop` turns true.
-pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    tcp: TcpListener,
+    shared: Arc<Shared>,
+    endpoints: Endpoints,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = stopped(&mut stop) => return,
@@ -38,7 +55,7 @@ pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut stop: watch::Recei
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+                async move { Ok::<_, Infallible>(handle(&shared, endpoints, &req)) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -47,14 +64,25 @@ pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut stop: watch::Recei
     }
 }
 
-fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(shared: &Shared, endpoints: Endpoints, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD are served here\n".into(),
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if endpoints == Endpoints::Health
+        && !matches!(path, "/health/live" | "/health/ready" | "/metrics")
+    {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{path} is not served on the health listener (only /health/live, /health/ready, /metrics); the admin listener serves it on loopback\n"
+            ),
+        );
+    }
+    match path {
         "/health/live" => text(StatusCode::OK, "live\n".into()),
         "/health/ready" => ready(shared),
         "/metrics" => {

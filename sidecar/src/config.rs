@@ -79,9 +79,15 @@ pub struct Config {
     #[arg(long, env = "BULWARK_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration_arg)]
     pub detect_timeout: Duration,
 
-    /// Admin listener: probes, metrics, applied config.
+    /// Admin listener: probes, metrics, applied config, breakers, identity. Keep it on
+    /// loopback: it shows the policies this sidecar received.
     #[arg(long, env = "BULWARK_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+
+    /// Health listener: only /health/live, /health/ready and /metrics, for the kubelet's
+    /// probes and Prometheus (e.g. 0.0.0.0:15021) [default: none].
+    #[arg(long, env = "BULWARK_HEALTH")]
+    pub health: Option<SocketAddr>,
 
     /// The app's port on 127.0.0.1 for inbound traffic (overrides the ServicePolicy's app.port).
     #[arg(long, env = "BULWARK_APP_PORT")]

@@ -56,6 +56,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let admin = tokio::net::TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin))?;
+    let health = match config.health {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (health)"))?,
+        ),
+        None => None,
+    };
     let mut listeners = vec![
         Listener::bind("outbound", config.outbound, Target::ByAuthority).await?,
         Listener::bind("inbound", config.inbound, Target::App).await?,
@@ -175,12 +183,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let admin_addr = admin.local_addr()?;
-    let bound = serde_json::json!({
+    let mut bound = serde_json::json!({
         "admin": admin_addr.to_string(),
         "outbound": listeners[0].local_addr().to_string(),
         "inbound": listeners[1].local_addr().to_string(),
         "ports": ports,
     });
+    if let Some(health) = &health {
+        bound["health"] = health.local_addr()?.to_string().into();
+    }
     tracing::info!(listeners = %bound, "sidecar listening");
     if let Some(path) = &config.ready_file {
         write_atomically(path, bound.to_string().as_bytes(), Durability::Renamed)
@@ -239,7 +250,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), admin_stop_rx));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        shared.clone(),
+        admin::Endpoints::All,
+        admin_stop_rx.clone(),
+    ));
+    let health_task = health.map(|health| {
+        tokio::spawn(admin::serve(
+            health,
+            shared.clone(),
+            admin::Endpoints::Health,
+            admin_stop_rx,
+        ))
+    });
 
     shutdown.await;
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
@@ -280,6 +304,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
+    if let Some(task) = health_task {
+        let _ = task.await;
+    }
     Ok(())
 }
 

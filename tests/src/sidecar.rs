@@ -51,6 +51,9 @@ pub struct Ready {
     pub inbound: SocketAddr,
     #[serde(default)]
     pub ports: BTreeMap<String, SocketAddr>,
+    /// The health listener, when started with `--health`.
+    #[serde(default)]
+    pub health: Option<SocketAddr>,
 }
 
 /// Captured output lines, stdout and stderr interleaved as they arrived.

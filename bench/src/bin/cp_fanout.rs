@@ -4,6 +4,11 @@
 //! snapshot, then applies a change through the REST API and measures, per sidecar, the time
 //! from the apply until its new snapshot arrived and was ACKed: p50, p99 and max over rounds.
 //! It also reports the replica's RSS per connected sidecar (from /proc).
+//!
+//! With `--dev-identity DIR` (the replica's development authority) it runs as production does:
+//! each simulated sidecar gets its own workload certificate (signed here with the authority's
+//! issuer, bound to its pod) and its own mutual-TLS connection, and the applies go over HTTPS
+//! with the authority's administrator token.
 
 use std::time::Duration;
 
@@ -37,6 +42,114 @@ struct Args {
     /// The replica's pid, for its RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// The replica's development authority: mTLS streams, one connection per sidecar, and
+    /// HTTPS applies with its administrator token.
+    #[arg(long, value_name = "DIR")]
+    dev_identity: Option<std::path::PathBuf>,
+    /// Then this many reads (`GET` of the policy) one after another on one connection: the
+    /// per-request latency of the API (with authentication and authorisation when secure).
+    #[arg(long, default_value_t = 2000)]
+    api_requests: usize,
+}
+
+/// TLS for the run: the roots, the issuer that signs each sidecar's certificate, the token.
+struct Secure {
+    roots: rustls::RootCertStore,
+    issuer: bulwark_identity::Issuer,
+    token: String,
+}
+
+impl Secure {
+    fn load(dir: &std::path::Path) -> anyhow::Result<Secure> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let root = std::fs::read(dir.join("root.pem")).context("root.pem")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&root) {
+            roots.add(cert?)?;
+        }
+        let issuer = bulwark_identity::Issuer::from_pem(
+            &std::fs::read(dir.join("issuer.pem")).context("issuer.pem")?,
+            &std::fs::read_to_string(dir.join("issuer.key")).context("issuer.key")?,
+            Duration::from_secs(3600),
+        )?;
+        let token = std::fs::read_to_string(dir.join("admin.token"))
+            .context("admin.token")?
+            .trim()
+            .to_string();
+        Ok(Secure {
+            roots,
+            issuer,
+            token,
+        })
+    }
+
+    /// A client configuration presenting a fresh certificate for pod `pod`.
+    fn client(&self, pod: &str, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+        let id = bulwark_identity::SpiffeId::new("cluster.local", "bench", "default")?;
+        let (pending, csr) = bulwark_identity::PendingKey::new(&id).map_err(anyhow::Error::msg)?;
+        let issued = self
+            .issuer
+            .issue(&csr, &id, Some(pod), std::time::SystemTime::now())?;
+        let credentials = bulwark_identity::Credentials::new();
+        credentials
+            .install(pending, issued.chain)
+            .map_err(anyhow::Error::msg)?;
+        let key = credentials.current().context("installed")?.key.clone();
+        let mut config = rustls::ClientConfig::builder_with_provider(bulwark_identity::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots.clone())
+            .with_client_cert_resolver(std::sync::Arc::new(Fixed(key)));
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(config)
+    }
+}
+
+/// Always presents the one certificate it holds.
+#[derive(Debug)]
+struct Fixed(std::sync::Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Fixed {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A gRPC channel over TLS with `config` to `url` (`https://host:port`).
+async fn tls_channel(
+    url: &str,
+    config: rustls::ClientConfig,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let uri: http::Uri = url.parse()?;
+    let host = uri.host().context("host")?.to_string();
+    let port = uri.port_u16().context("port")?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone())?;
+    let config = std::sync::Arc::new(config);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let tls = tokio_rustls::TlsConnector::from(config.clone());
+        let name = name.clone();
+        let host = host.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tls.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        uri.authority().context("authority")?
+    ))?
+    .connect_with_connector(connector)
+    .await?)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -61,12 +174,82 @@ fn policy(round: usize) -> String {
     .to_string()
 }
 
-async fn apply(http: &str, round: usize) -> anyhow::Result<()> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let req = http::Request::post(format!("{http}/v1/apply"))
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(policy(round))))?;
-    let rsp = client.request(req).await.context("POST /v1/apply")?;
+/// `n` reads one after another on one keep-alive connection; their latencies, sorted.
+async fn reads(http: &str, n: usize, secure: Option<&Secure>) -> anyhow::Result<Vec<Duration>> {
+    let url = format!("{http}/v1/UpstreamPolicy/bench/fanout");
+    let request = || {
+        let mut req = http::Request::get(url.as_str());
+        if let Some(secure) = secure {
+            req = req.header("authorization", format!("Bearer {}", secure.token));
+        }
+        req.body(Full::new(bytes::Bytes::new()))
+    };
+    let mut latencies = Vec::with_capacity(n);
+    match secure {
+        None => {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+            for _ in 0..n {
+                let t0 = Instant::now();
+                let rsp = client.request(request()?).await?;
+                let _ = rsp.into_body().collect().await?;
+                latencies.push(t0.elapsed());
+            }
+        }
+        Some(secure) => {
+            let tls = rustls::ClientConfig::builder_with_provider(bulwark_identity::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(secure.roots.clone())
+                .with_no_client_auth();
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http1()
+                .build();
+            let client =
+                Client::builder(TokioExecutor::new()).build::<_, Full<bytes::Bytes>>(connector);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                let rsp = client.request(request()?).await?;
+                let status = rsp.status();
+                let _ = rsp.into_body().collect().await?;
+                if !status.is_success() {
+                    bail!("GET answered {status}");
+                }
+                latencies.push(t0.elapsed());
+            }
+        }
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+async fn apply(http: &str, round: usize, secure: Option<&Secure>) -> anyhow::Result<()> {
+    let mut req =
+        http::Request::post(format!("{http}/v1/apply")).header("content-type", "application/json");
+    if let Some(secure) = secure {
+        req = req.header("authorization", format!("Bearer {}", secure.token));
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(policy(round))))?;
+    let rsp = match secure {
+        None => {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+            client.request(req).await.context("POST /v1/apply")?
+        }
+        Some(secure) => {
+            let tls = rustls::ClientConfig::builder_with_provider(bulwark_identity::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(secure.roots.clone())
+                .with_no_client_auth();
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http1()
+                .build();
+            let client =
+                Client::builder(TokioExecutor::new()).build::<_, Full<bytes::Bytes>>(connector);
+            client.request(req).await.context("POST /v1/apply")?
+        }
+    };
     let status = rsp.status();
     let body = rsp.into_body().collect().await?.to_bytes();
     if !status.is_success() {
@@ -126,21 +309,41 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secure = args.dev_identity.as_deref().map(Secure::load).transpose()?;
     // The policy must exist before the sidecars connect, so every round is an update.
-    apply(&args.http, 0).await?;
+    apply(&args.http, 0, secure.as_ref()).await?;
     let rss_before = args.pid.and_then(rss_kib);
 
     let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
-    let connections = args.sidecars.div_ceil(args.per_connection.max(1));
+    // With mTLS every sidecar has its own connection (its certificate is its pod's).
+    let per_connection = if secure.is_some() {
+        1
+    } else {
+        args.per_connection.max(1)
+    };
+    let connections = args.sidecars.div_ceil(per_connection);
+    // Certificates are made before the clock starts: in production each pod has its own.
+    let configs = match &secure {
+        Some(secure) => (0..connections)
+            .map(|id| secure.client(&format!("pod-{id}"), b"h2"))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let started = Instant::now();
     let mut channels = Vec::with_capacity(connections);
+    let mut configs = configs.into_iter();
     for _ in 0..connections {
-        let channel = tonic::transport::Endpoint::from_shared(args.grpc.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("connect to {}", args.grpc))?;
+        let channel = match configs.next() {
+            Some(config) => tls_channel(&args.grpc, config).await,
+            None => tonic::transport::Endpoint::from_shared(args.grpc.clone())?
+                .connect()
+                .await
+                .map_err(anyhow::Error::from),
+        }
+        .with_context(|| format!("connect to {}", args.grpc))?;
         channels.push(channel);
     }
-    let started = Instant::now();
     for id in 0..args.sidecars {
         let channel = channels[id % connections].clone();
         let tx = arrivals_tx.clone();
@@ -171,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 1..=args.rounds {
         let before = latest.iter().copied().max().unwrap_or(0);
         let t0 = Instant::now();
-        apply(&args.http, round).await?;
+        apply(&args.http, round, secure.as_ref()).await?;
         let mut got = 0;
         let mut round_lat = Vec::with_capacity(args.sidecars);
         while got < args.sidecars {
@@ -206,6 +409,20 @@ async fn main() -> anyhow::Result<()> {
         ms(*all.last().unwrap_or(&Duration::ZERO)),
         ms(maxes.iter().copied().max().unwrap_or_default())
     );
+    if args.api_requests > 0 {
+        let latencies = reads(&args.http, args.api_requests, secure.as_ref()).await?;
+        println!(
+            "API reads ({} GETs on one connection{}): p50 {:.0} µs, p99 {:.0} µs",
+            args.api_requests,
+            if secure.is_some() {
+                ", TLS, bearer token, role check"
+            } else {
+                ", plaintext, no authentication"
+            },
+            percentile(&latencies, 0.50).as_secs_f64() * 1e6,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e6,
+        );
+    }
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         let per = (a.saturating_sub(b) as f64 * 1024.0) / args.sidecars as f64;
         println!(

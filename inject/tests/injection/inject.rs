@@ -179,6 +179,7 @@ fn annotations_override_every_setting() {
         "bulwark.dev/service": "payments-api",
         "bulwark.dev/control-plane": "https://cp.bulwark:8081",
         "bulwark.dev/admin-port": "16000",
+        "bulwark.dev/health-port": "16021",
         "bulwark.dev/inbound-port": "16006",
         "bulwark.dev/outbound-port": "16001",
         "bulwark.dev/cpu-request": "250m",
@@ -199,7 +200,8 @@ fn annotations_override_every_setting() {
         env(sidecar, "BULWARK_CONTROL_PLANE")["value"],
         "https://cp.bulwark:8081"
     );
-    assert_eq!(env(sidecar, "BULWARK_ADMIN")["value"], "0.0.0.0:16000");
+    assert_eq!(env(sidecar, "BULWARK_ADMIN")["value"], "127.0.0.1:16000");
+    assert_eq!(env(sidecar, "BULWARK_HEALTH")["value"], "0.0.0.0:16021");
     assert_eq!(env(sidecar, "BULWARK_INBOUND")["value"], "0.0.0.0:16006");
     assert_eq!(env(sidecar, "BULWARK_OUTBOUND")["value"], "127.0.0.1:16001");
     assert_eq!(env(sidecar, "BULWARK_LOG")["value"], "warn");
@@ -210,9 +212,9 @@ fn annotations_override_every_setting() {
         .iter()
         .map(|p| &p["containerPort"])
         .collect();
-    assert_eq!(ports, [&json!(16000), &json!(16006), &json!(16001)]);
+    assert_eq!(ports, [&json!(16021), &json!(16006), &json!(16001)]);
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
-        assert_eq!(sidecar[probe]["httpGet"]["port"], 16000, "{probe}");
+        assert_eq!(sidecar[probe]["httpGet"]["port"], 16021, "{probe}");
     }
     assert_eq!(
         sidecar["resources"],
@@ -487,11 +489,11 @@ fn args(container: &Value) -> Vec<&str> {
 }
 
 /// The capture container is what the pod's annotations say: the sidecar's ports, its uid, the
-/// admin port always skipped (the kubelet's probes), and the pod's exclusions.
+/// health port always skipped (the kubelet's probes), and the pod's exclusions.
 #[test]
 fn capture_follows_the_ports_and_the_exclusions() {
     let out = injected(&with_annotations(json!({
-        "bulwark.dev/admin-port": "15100",
+        "bulwark.dev/health-port": "15100",
         "bulwark.dev/outbound-port": "15101",
         "bulwark.dev/skip-inbound-ports": "9090, 15100",
         "bulwark.dev/skip-outbound-ports": "5432,6379",

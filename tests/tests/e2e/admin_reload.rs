@@ -25,6 +25,41 @@ async fn health_endpoints_answer() {
 }
 
 #[tokio::test]
+async fn the_health_listener_serves_probes_and_metrics_and_nothing_of_the_admin_listener() {
+    let sidecar = Sidecar::builder()
+        .args(["--health", "127.0.0.1:0"])
+        .start()
+        .await;
+    let health = sidecar
+        .ready()
+        .health
+        .expect("the health listener is bound");
+    let http = client::http1_client(health);
+    let ready = client::get(&http, &format!("http://{health}/health/ready")).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    let live = client::get(&http, &format!("http://{health}/health/live")).await;
+    assert_eq!(
+        (live.status, live.text().as_str()),
+        (StatusCode::OK, "live\n")
+    );
+    let metrics = client::get(&http, &format!("http://{health}/metrics")).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.text().contains("bulwark_"), "{}", metrics.text());
+    for private in ["/config", "/breakers", "/identity", "/capabilities"] {
+        let answer = client::get(&http, &format!("http://{health}{private}")).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{private}");
+        assert_eq!(
+            answer.text(),
+            format!(
+                "{private} is not served on the health listener (only /health/live, /health/ready, /metrics); the admin listener serves it on loopback\n"
+            )
+        );
+    }
+    // The admin listener still serves everything.
+    assert_eq!(sidecar.admin_get("/config").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn metrics_count_requests_by_upstream_protocol_and_status_class() {
     let upstream = HttpUpstream::start().await;
     let sidecar = Sidecar::builder()

@@ -132,9 +132,11 @@ async fn pods_at(pods: &[Pod], level: &str) -> Vec<Value> {
 }
 
 /// An inbound request to a pod's app with a priority.
+/// A call to the pod's app through its sidecar, to `/headers` (the app's health check takes
+/// `/status/200`, so counts of `/headers` are the test's calls alone).
 async fn inbound(pod: &Pod, priority: Option<&str>) -> Collected {
     let http = client::http1_client(pod.sidecar.inbound());
-    let mut req = client::request(Method::GET, "http://order-orchestrator/status/200");
+    let mut req = client::request(Method::GET, "http://order-orchestrator/headers");
     if let Some(p) = priority {
         req = req.header("x-priority", p);
     }
@@ -240,12 +242,12 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
     assert_eq!(s["capabilities"]["acceptOrders"], true);
     let caps = pods_at(&pods, "SEVERE").await;
     assert_eq!(caps[1]["capabilities"]["sendNotifications"], false);
-    let app_before = pods[0].app.requests();
+    let app_before = pods[0].app.requests_to("/headers");
     let shed = inbound(&pods[0], Some("low")).await;
     assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(shed.headers["retry-after"], "60");
     assert_eq!(
-        pods[0].app.requests(),
+        pods[0].app.requests_to("/headers"),
         app_before,
         "a shed request never reaches the app"
     );
@@ -289,8 +291,9 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
             );
         }
     }
+    // Calls go to /headers: the apps' health checks take /status/200.
     let call = |priority: &'static str| {
-        let req = client::request(Method::GET, "http://order-orchestrator/status/200")
+        let req = client::request(Method::GET, "http://order-orchestrator/headers")
             .header("x-priority", priority)
             .body(client::empty())
             .expect("request");
@@ -301,7 +304,7 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
         (call("low").await.status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
     })
     .await;
-    let apps_before: u64 = pods.iter().map(|p| p.app.requests()).sum();
+    let apps_before: u64 = pods.iter().map(|p| p.app.requests_to("/headers")).sum();
     let fail_fast = call("low").await;
     assert_eq!(fail_fast.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -309,7 +312,7 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
         "upstream order-orchestrator is at EMERGENCY: low-priority calls fail fast\n"
     );
     assert_eq!(call("high").await.status, StatusCode::OK);
-    let apps_after: u64 = pods.iter().map(|p| p.app.requests()).sum();
+    let apps_after: u64 = pods.iter().map(|p| p.app.requests_to("/headers")).sum();
     assert_eq!(
         apps_after,
         apps_before + 1,
