@@ -331,19 +331,35 @@ async fn main() -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let started = Instant::now();
-    let mut channels = Vec::with_capacity(connections);
+    // Pods connect at once, as after a control-plane restart; 256 handshakes in flight.
     let mut configs = configs.into_iter();
-    for _ in 0..connections {
-        let channel = match configs.next() {
-            Some(config) => tls_channel(&args.grpc, config).await,
-            None => tonic::transport::Endpoint::from_shared(args.grpc.clone())?
-                .connect()
-                .await
-                .map_err(anyhow::Error::from),
+    let mut pending = tokio::task::JoinSet::new();
+    let mut channels: Vec<Option<tonic::transport::Channel>> = vec![None; connections];
+    let mut next = 0;
+    while next < connections || !pending.is_empty() {
+        while next < connections && pending.len() < 256 {
+            let grpc = args.grpc.clone();
+            let config = configs.next();
+            let i = next;
+            pending.spawn(async move {
+                let channel = match config {
+                    Some(config) => tls_channel(&grpc, config).await,
+                    None => tonic::transport::Endpoint::from_shared(grpc.clone())?
+                        .connect()
+                        .await
+                        .map_err(anyhow::Error::from),
+                }
+                .with_context(|| format!("connect to {grpc}"))?;
+                Ok::<_, anyhow::Error>((i, channel))
+            });
+            next += 1;
         }
-        .with_context(|| format!("connect to {}", args.grpc))?;
-        channels.push(channel);
+        if let Some(done) = pending.join_next().await {
+            let (i, channel) = done??;
+            channels[i] = Some(channel);
+        }
     }
+    let channels: Vec<tonic::transport::Channel> = channels.into_iter().flatten().collect();
     for id in 0..args.sidecars {
         let channel = channels[id % connections].clone();
         let tx = arrivals_tx.clone();

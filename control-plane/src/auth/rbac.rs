@@ -150,7 +150,11 @@ impl Subject {
             SubjectKind::Group => user.groups.contains(&self.name),
             SubjectKind::ServiceAccount => {
                 let namespace = self.namespace.as_deref().unwrap_or_default();
-                user.name == format!("system:serviceaccount:{namespace}:{}", self.name)
+                user.name
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|rest| rest.strip_prefix(namespace))
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    == Some(self.name.as_str())
             }
         }
     }
@@ -245,23 +249,28 @@ impl Authorizer {
     pub fn check<'b>(
         &self,
         user: &User,
-        bindings: impl IntoIterator<Item = (&'b String, &'b RoleBinding)>,
+        bindings: impl IntoIterator<Item = (&'b String, &'b RoleBinding)> + Clone,
         verb: Verb,
         resource: Resource,
         scope: Scope<'_>,
     ) -> Result<(), String> {
-        let roles = self.roles(user, bindings);
-        let allowed = roles.iter().any(|(role, at)| {
-            role.allows(verb, resource)
-                && match (at, scope) {
+        // The common case, allowed, without allocating: the first binding that grants it.
+        if user.anonymous || user.groups.iter().any(|g| self.admin_groups.contains(g)) {
+            return Ok(());
+        }
+        let grants = |b: &RoleBinding| {
+            b.role.allows(verb, resource)
+                && match (&b.namespace, scope) {
                     (None, _) => true,
                     (Some(ns), Scope::Namespace(wanted)) => ns == wanted,
                     (Some(_), Scope::Cluster) => false,
                 }
-        });
-        if allowed {
+                && b.subjects.iter().any(|s| s.matches(user))
+        };
+        if bindings.clone().into_iter().any(|(_, b)| grants(b)) {
             return Ok(());
         }
+        let roles = self.roles(user, bindings);
         let held = if roles.is_empty() {
             "no role".to_string()
         } else {
