@@ -223,6 +223,15 @@ struct AuthArgs {
     #[arg(long, env = "BULWARK_OIDC_JWKS_URL", value_name = "URL")]
     oidc_jwks_url: Option<String>,
 
+    /// The CA (PEM) of --oidc-jwks-url's server [default: Mozilla's roots].
+    #[arg(
+        long,
+        env = "BULWARK_OIDC_CA",
+        value_name = "PATH",
+        requires = "oidc_jwks_url"
+    )]
+    oidc_ca: Option<PathBuf>,
+
     /// The claim that names the user.
     #[arg(long, env = "BULWARK_OIDC_USERNAME_CLAIM", default_value = "sub")]
     oidc_username_claim: String,
@@ -279,6 +288,13 @@ fn authenticator(
                     jwks,
                     username_claim: args.oidc_username_claim,
                     groups_claim: args.oidc_groups_claim,
+                    ca_pem: args
+                        .oidc_ca
+                        .map(|p| {
+                            std::fs::read(&p)
+                                .with_context(|| format!("reading --oidc-ca {}", p.display()))
+                        })
+                        .transpose()?,
                 })
                 .map_err(anyhow::Error::msg)
                 .context("OIDC")?,

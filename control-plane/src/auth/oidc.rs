@@ -45,6 +45,8 @@ pub struct OidcConfig {
     pub jwks: JwksSource,
     pub username_claim: String,
     pub groups_claim: String,
+    /// The CA (PEM) of the JWKS URL's server [default: Mozilla's roots].
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -89,7 +91,7 @@ impl Oidc {
         let tls = rustls::ClientConfig::builder_with_provider(bulwark_identity::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(bulwark_identity::tls::roots(None)?)
+            .with_root_certificates(bulwark_identity::tls::roots(config.ca_pem.as_deref())?)
             .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);

@@ -218,11 +218,54 @@ async fn no_credential_or_a_bad_one_is_a_401_on_every_route_and_rpc_and_nothing_
         .await
         .expect("TLS to gRPC");
     let mut client = OperatorClient::new(channel);
-    let status = client
-        .levels(bulwark_proto::v1::LevelsRequest::default())
-        .await
-        .expect_err("refused");
-    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    {
+        use bulwark_proto::v1 as pb;
+        let codes = [
+            client.apply(pb::ApplyRequest::default()).await.map(|_| ()),
+            client.get(pb::GetRequest::default()).await.map(|_| ()),
+            client.list(pb::ListRequest::default()).await.map(|_| ()),
+            client
+                .delete(pb::DeleteRequest::default())
+                .await
+                .map(|_| ()),
+            client
+                .history(pb::HistoryRequest::default())
+                .await
+                .map(|_| ()),
+            client
+                .rollback(pb::RollbackRequest::default())
+                .await
+                .map(|_| ()),
+            client
+                .status(pb::StatusRequest::default())
+                .await
+                .map(|_| ()),
+            client
+                .levels(pb::LevelsRequest::default())
+                .await
+                .map(|_| ()),
+            client
+                .events(pb::EventsRequest::default())
+                .await
+                .map(|_| ()),
+            client
+                .degrade(pb::DegradeRequest::default())
+                .await
+                .map(|_| ()),
+            client
+                .clear_degrade(pb::ClearDegradeRequest::default())
+                .await
+                .map(|_| ()),
+        ];
+        for (i, result) in codes.into_iter().enumerate() {
+            let status = result.expect_err("every RPC needs credentials");
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "RPC {i}: {status:?}"
+            );
+        }
+    }
     let mut request = tonic::Request::new(bulwark_proto::v1::ApplyRequest {
         resources: vec![upstream("shop", "a").to_string()],
         ..Default::default()
@@ -960,4 +1003,133 @@ async fn oversized_bodies_and_write_floods_are_refused_with_clear_errors() {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.json);
+}
+
+/// An HTTPS server of a JWKS document the test can replace, counting fetches: the OIDC
+/// issuer's keys endpoint.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ca: TestCa,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl JwksServer {
+    async fn start(body: String) -> JwksServer {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("its address");
+        let ca = TestCa::new();
+        let tls = tokio_rustls::TlsAcceptor::from(ca.server_config(&["127.0.0.1"]));
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (body.clone(), fetches.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (tls, served, counted) = (tls.clone(), served.clone(), counted.clone());
+                connections.spawn(async move {
+                    let Ok(stream) = tls.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |_req: hyper::Request<hyper::body::Incoming>| {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let text = served.lock().expect("the JWKS").clone();
+                            async move {
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from(text)),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            addr,
+            body,
+            fetches,
+            ca,
+            task,
+        }
+    }
+}
+
+#[tokio::test]
+async fn oidc_keys_from_a_url_are_fetched_again_for_a_key_not_seen_yet() {
+    let first = Issuer::new("k1");
+    let server = JwksServer::start(json!({"keys": [first.jwk]}).to_string()).await;
+    let dir = TempDir::new();
+    let ca = dir.path().join("oidc-ca.pem");
+    std::fs::write(&ca, server.ca.cert_pem()).expect("write the CA");
+    let url = format!("https://{}/jwks", server.addr);
+    let s = Secured::start(&[
+        "--oidc-issuer",
+        "https://login.example.test",
+        "--oidc-audience",
+        "bulwark",
+        "--oidc-jwks-url",
+        &url,
+        "--oidc-ca",
+        path(&ca),
+    ])
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        + 600;
+    let claims =
+        json!({"iss": "https://login.example.test", "aud": "bulwark", "exp": exp, "sub": "erin"});
+    let (status, me) = s
+        .call(
+            Some(&first.token("k1", claims.clone())),
+            Method::GET,
+            "/v1/auth/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"], "erin");
+    let fetched = server.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fetched, 1);
+    // The issuer rotates to a new key: tokens naming it are accepted once the keys are fetched
+    // again (at most every 10 s for keys not seen yet); the old key is gone.
+    let second = Issuer::new("k2");
+    *server.body.lock().expect("the JWKS") = json!({"keys": [second.jwk]}).to_string();
+    let rotated = second.token("k2", claims.clone());
+    bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
+        let (status, _) = s
+            .call(Some(&rotated), Method::GET, "/v1/auth/whoami", None)
+            .await;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert!(server.fetches.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let (status, json) = s
+        .call(
+            Some(&first.token("k1", claims)),
+            Method::GET,
+            "/v1/auth/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "{json}");
+    assert_eq!(
+        json["message"],
+        "the OIDC token was refused: the key id \"k1\" is not among the issuer's keys"
+    );
 }

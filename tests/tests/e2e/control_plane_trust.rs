@@ -454,3 +454,85 @@ async fn one_identity_holds_a_bounded_number_of_discovery_streams() {
     .await;
     drop(first);
 }
+
+#[tokio::test]
+async fn forged_reports_never_move_a_level_that_the_services_real_pods_drive() {
+    use bulwark_proto::v1::{BreakerState, UpstreamHealth};
+    let secure = Secure::start().await;
+    let applied = secure
+        .cp
+        .apply(
+            "\
+apiVersion: bulwark/v1
+kind: ServicePolicy
+metadata: { name: orders, namespace: shop }
+spec:
+  serviceAccount: orders
+  dependencies: { inventory: {} }
+  unhealthyWhen: { breakerOpenPods: 50% }
+  levels: { DEGRADED: { unhealthyDependencies: 1 } }
+",
+        )
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
+    let broken = || HealthReport {
+        interval_ms: 1000,
+        upstreams: vec![UpstreamHealth {
+            namespace: "shop".into(),
+            name: "inventory".into(),
+            requests: 20,
+            failures: 20,
+            breaker: BreakerState::Open as i32,
+            endpoints: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // An attacker with frontend's real certificate reports inventory broken in orders' name.
+    let frontend = secure
+        .certificate(FRONTEND, "frontend-1", "frontend-token")
+        .await;
+    let mut forged = DiscoveryStream::open(
+        &secure.cp,
+        &secure.presenting(&frontend),
+        "shop",
+        "orders",
+        "frontend-1",
+        0,
+    )
+    .await
+    .expect("the stream opens, then its Hello is refused");
+    forged.report(broken()).await;
+    forged.report(broken()).await;
+    let status = forged.end().await.expect("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(secure.rejected("service-account").await, 1.0);
+    // The elected replica computes orders' level from no report: NORMAL, no pod reporting.
+    let cp = &secure.cp;
+    let level = || async move {
+        let reply = cp.get("/v1/levels/shop/orders").await;
+        (reply.status == 200).then_some(reply.json)
+    };
+    let normal = eventually(PATIENCE, level).await;
+    assert_eq!(normal["level"], "NORMAL", "{normal}");
+    assert_eq!(normal["reportingPods"], 0, "{normal}");
+    // orders' real pod reports the same: its report counts, and the level moves.
+    let orders = secure.certificate(ORDERS, "orders-1", "orders-token").await;
+    let real = DiscoveryStream::open(
+        &secure.cp,
+        &secure.presenting(&orders),
+        "shop",
+        "orders",
+        "orders-1",
+        0,
+    )
+    .await
+    .expect("admitted");
+    let degraded = eventually(PATIENCE, || async {
+        real.report(broken()).await;
+        let now = level().await?;
+        (now["level"] == "DEGRADED").then_some(now)
+    })
+    .await;
+    assert_eq!(degraded["reportingPods"], 1, "{degraded}");
+}
