@@ -372,7 +372,14 @@ async fn delete(
     let key = ops::resource_key(&kind, &namespace, &name)?;
     let q = query(q)?;
     let expected = match q.resource_version.as_deref().map(str::trim) {
-        None | Some("") => None,
+        None => None,
+        // `?resourceVersion=` asks for a check and names no version: refused like `abc`,
+        // never taken as "no check".
+        Some("") => {
+            return Err(ApiError(OpError::invalid(
+                "resourceVersion must be a resource version (an integer), got \"\"",
+            )));
+        }
         Some(v) => Some(v.parse::<i64>().map_err(|_| {
             ApiError(OpError::invalid(format!(
                 "resourceVersion must be a resource version (an integer), got {v:?}"

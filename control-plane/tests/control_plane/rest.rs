@@ -194,6 +194,23 @@ async fn apply_get_list_delete_history_rollback() {
             "UpstreamPolicy/default/echo: resourceVersion {v1} does not match the current resourceVersion {v3}"
         )
     );
+    // An empty or unreadable precondition is refused, never taken as "no check".
+    for bad in ["", "abc", "%20"] {
+        let reply = cp
+            .delete(&format!("/v1/UpstreamPolicy/default/echo?resourceVersion={bad}"))
+            .await;
+        assert_eq!(reply.status, 400, "{bad:?}: {}", reply.json);
+        assert_eq!(reply.json["error"], "invalid");
+        assert!(
+            reply.json["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("resourceVersion must be a resource version (an integer), got "),
+            "{}",
+            reply.json
+        );
+    }
+    assert_eq!(cp.get("/v1/UpstreamPolicy/default/echo").await.status, 200, "still there");
     let reply = cp.delete("/v1/UpstreamPolicy/default/echo?by=dave").await;
     assert_eq!(reply.status, 200);
     let v4 = reply.json["revision"].as_i64().unwrap();
