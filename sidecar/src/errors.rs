@@ -63,6 +63,9 @@ pub enum ProxyError {
     },
     #[error("deadline of {} exceeded before {upstream} answered", DurationText(*timeout))]
     DeadlineExceeded { upstream: String, timeout: Duration },
+    /// The caller's deadline is too short to call the upstream at all.
+    #[error("the caller's deadline of {timeout:?} is too short to call {upstream}")]
+    DeadlineTooShort { upstream: String, timeout: Duration },
     #[error("upstream \"{upstream}\": attempt timed out after {}", DurationText(*timeout))]
     AttemptTimeout { upstream: String, timeout: Duration },
     #[error("circuit breaker of upstream \"{upstream}\" is open: {reason}")]
@@ -136,7 +139,9 @@ impl ProxyError {
             ProxyError::Handshake { .. } => "handshake-failure",
             ProxyError::Tls { .. } => "tls-failure",
             ProxyError::Reset { .. } => "reset",
-            ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
+            ProxyError::DeadlineExceeded { .. } | ProxyError::DeadlineTooShort { .. } => {
+                "deadline-exceeded"
+            }
             ProxyError::AttemptTimeout { .. } => "attempt-timeout",
             ProxyError::BreakerOpen { .. } => "breaker-open",
             ProxyError::BulkheadFull { .. } | ProxyError::InboundLimit { .. } => "bulkhead-full",
@@ -165,9 +170,9 @@ impl ProxyError {
             ProxyError::Handshake { .. } | ProxyError::Reset { .. } | ProxyError::Tls { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::DeadlineExceeded { .. } | ProxyError::AttemptTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::DeadlineExceeded { .. }
+            | ProxyError::DeadlineTooShort { .. }
+            | ProxyError::AttemptTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectNotAllowed { .. }
             | ProxyError::MtlsRequired { .. }
@@ -177,9 +182,9 @@ impl ProxyError {
 
     fn grpc_code(&self) -> GrpcCode {
         match self {
-            ProxyError::DeadlineExceeded { .. } | ProxyError::AttemptTimeout { .. } => {
-                GrpcCode::DeadlineExceeded
-            }
+            ProxyError::DeadlineExceeded { .. }
+            | ProxyError::DeadlineTooShort { .. }
+            | ProxyError::AttemptTimeout { .. } => GrpcCode::DeadlineExceeded,
             ProxyError::BulkheadFull { .. } | ProxyError::InboundLimit { .. } => {
                 GrpcCode::ResourceExhausted
             }

@@ -147,6 +147,7 @@ pub struct Metrics {
     breaker_state: Family<DurationLabels, Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
+    caller_deadlines: Family<FallbackLabels, Counter>,
     emergency_fail_fast: Family<DurationLabels, Counter>,
     shed: Family<ShedLabels, Counter>,
     /// `shed` handles by level and priority, resolved on first use.
@@ -259,6 +260,12 @@ impl Metrics {
             "Requests answered by a failover upstream or the static fallback response",
             fallbacks.clone(),
         );
+        let caller_deadlines = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "caller_deadlines",
+            "Callers' deadlines (grpc-timeout, or the deadline header) the sidecar could not use, by kind: malformed (ignored) or too-short (answered DEADLINE_EXCEEDED without calling the upstream)",
+            caller_deadlines.clone(),
+        );
         let emergency_fail_fast = counter(
             &mut registry,
             "emergency_fail_fast",
@@ -370,6 +377,7 @@ impl Metrics {
             breaker_state,
             breaker_transitions,
             fallbacks,
+            caller_deadlines,
             emergency_fail_fast,
             shed,
             shed_handles: Default::default(),
@@ -669,6 +677,18 @@ impl UpstreamMetrics {
     pub fn fallback(&self, kind: &'static str) {
         self.metrics
             .fallbacks
+            .get_or_create(&FallbackLabels {
+                direction: self.direction,
+                upstream: self.upstream.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// A caller's deadline that could not be used: `malformed` or `too-short`.
+    pub fn caller_deadline(&self, kind: &'static str) {
+        self.metrics
+            .caller_deadlines
             .get_or_create(&FallbackLabels {
                 direction: self.direction,
                 upstream: self.upstream.clone(),

@@ -197,7 +197,9 @@ async fn apply_get_list_delete_history_rollback() {
     // An empty or unreadable precondition is refused, never taken as "no check".
     for bad in ["", "abc", "%20"] {
         let reply = cp
-            .delete(&format!("/v1/UpstreamPolicy/default/echo?resourceVersion={bad}"))
+            .delete(&format!(
+                "/v1/UpstreamPolicy/default/echo?resourceVersion={bad}"
+            ))
             .await;
         assert_eq!(reply.status, 400, "{bad:?}: {}", reply.json);
         assert_eq!(reply.json["error"], "invalid");
@@ -210,7 +212,11 @@ async fn apply_get_list_delete_history_rollback() {
             reply.json
         );
     }
-    assert_eq!(cp.get("/v1/UpstreamPolicy/default/echo").await.status, 200, "still there");
+    assert_eq!(
+        cp.get("/v1/UpstreamPolicy/default/echo").await.status,
+        200,
+        "still there"
+    );
     let reply = cp.delete("/v1/UpstreamPolicy/default/echo?by=dave").await;
     assert_eq!(reply.status, 200);
     let v4 = reply.json["revision"].as_i64().unwrap();

@@ -313,3 +313,82 @@ async fn an_http_callers_deadline_header_shortens_the_deadline_and_travels_upstr
     );
     assert!(took >= ms(300) - TICK && took < ms(300) + SLACK, "{took:?}");
 }
+
+#[tokio::test]
+async fn a_grpc_deadline_too_short_to_meet_never_reaches_the_upstream_and_a_malformed_one_is_ignored()
+ {
+    let upstream = GrpcUpstream::start().await;
+    let sidecar = sidecar(&[policy::upstream("echo", upstream.addr())
+        .protocol("grpc")
+        .to_yaml()])
+    .await;
+    let h2 = client::h2c_client(sidecar.outbound());
+    let call = |key: &str, timeout: &str| {
+        let mut req = grpc_wire::unary(
+            "echo",
+            "/bulwark.test.v1.Echo/Unary",
+            &EchoRequest {
+                message: "m".into(),
+                ..Default::default()
+            },
+            &[("grpc-timeout", timeout)],
+        );
+        Fault::new().key(key).insert_into(req.headers_mut());
+        req
+    };
+    for (key, timeout, shown) in [
+        ("zero", "0n", "0ns"),
+        ("one-nano", "1n", "1ns"),
+        ("one-micro", "1u", "1µs"),
+        ("almost-a-ms", "999u", "999µs"),
+    ] {
+        let res = client::send(&h2, call(key, timeout)).await;
+        assert_eq!(
+            grpc_wire::status(&res),
+            Some((
+                Code::DeadlineExceeded as i32,
+                format!("the caller's deadline of {shown} is too short to call echo")
+            )),
+            "grpc-timeout {timeout}"
+        );
+        assert!(
+            upstream.seen_for(key).is_empty(),
+            "{timeout} reached the upstream"
+        );
+    }
+    // Malformed deadlines are ignored: the call goes through, without one.
+    for (key, timeout) in [
+        ("letters", "abc"),
+        ("unit", "5x"),
+        ("too-long", "123456789m"),
+    ] {
+        let res = client::send(&h2, call(key, timeout)).await;
+        assert_eq!(
+            grpc_wire::status(&res),
+            Some((0, String::new())),
+            "grpc-timeout {timeout}"
+        );
+        assert_eq!(upstream.seen_for(key).len(), 1);
+    }
+    // A millisecond is met as any deadline is.
+    let res = client::send(&h2, call("one-ms", "5m")).await;
+    assert_eq!(grpc_wire::status(&res), Some((0, String::new())));
+    assert_eq!(
+        sidecar
+            .metric(
+                "bulwark_caller_deadlines_total",
+                &[("upstream", "echo"), ("kind", "too-short")]
+            )
+            .await,
+        Some(4.0)
+    );
+    assert_eq!(
+        sidecar
+            .metric(
+                "bulwark_caller_deadlines_total",
+                &[("upstream", "echo"), ("kind", "malformed")]
+            )
+            .await,
+        Some(3.0)
+    );
+}
