@@ -80,6 +80,13 @@ pub struct TunnelBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MalformedLabels {
+    pub direction: &'static str,
+    /// `duplicate-host`, `host-mismatch`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CapturedLabels {
     pub direction: &'static str,
     /// What detection found: `http1`, `http2`, `tls` or `tcp`.
@@ -157,6 +164,7 @@ pub struct Metrics {
     app_healthy: Gauge,
     health_reports: Family<ReloadLabels, Counter>,
     captured: Family<CapturedLabels, Counter>,
+    malformed: Family<MalformedLabels, Counter>,
     tunnels: Family<TunnelLabels, Counter>,
     open_tunnels: Family<TunnelLabels, Gauge>,
     tunnel_bytes: Family<TunnelBytesLabels, Counter>,
@@ -308,6 +316,12 @@ impl Metrics {
             "Connections captured by iptables, by direction and the protocol detected",
             captured.clone(),
         );
+        let malformed = Family::<MalformedLabels, Counter>::default();
+        registry.register(
+            "malformed_requests",
+            "Requests refused with 400 for framing a proxy must not pass on (RFC 9112), by direction and reason; none reaches an upstream",
+            malformed.clone(),
+        );
         let tunnels = Family::<TunnelLabels, Counter>::default();
         registry.register(
             "tunnels",
@@ -386,6 +400,7 @@ impl Metrics {
             app_healthy,
             health_reports,
             captured,
+            malformed,
             tunnels,
             open_tunnels,
             tunnel_bytes,
@@ -415,6 +430,13 @@ impl Metrics {
     pub fn authorization(&self, decision: &'static str) {
         self.authorization
             .get_or_create(&DecisionLabels { decision })
+            .inc();
+    }
+
+    /// One request refused for its framing.
+    pub fn malformed(&self, direction: &'static str, reason: &'static str) {
+        self.malformed
+            .get_or_create(&MalformedLabels { direction, reason })
             .inc();
     }
 

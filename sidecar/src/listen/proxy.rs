@@ -69,6 +69,11 @@ pub async fn handle(
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
+    // Before anything reads or strips a header: framing a proxy must not pass on.
+    let malformed = malformed(&parts);
+    if let Some((reason, _)) = &malformed {
+        shared.metrics.malformed(target.direction(), reason);
+    }
     let grpc = is_grpc(&parts.headers);
     let protocol = match (grpc, parts.version) {
         (true, _) => ProtocolLabel::Grpc,
@@ -114,7 +119,12 @@ pub async fn handle(
     };
     completion.peer_identity = peer.as_ref().map(|p| p.text.clone());
     completion.caller = peer;
-    let routed = admitted.and_then(|()| route(&shared, &table, &target, authority));
+    let routed = match malformed {
+        Some((_, message)) => Err(ProxyError::BadRequest(message)),
+        None => admitted.and_then(|()| route(&shared, &table, &target, authority)),
+    };
+    let close =
+        matches!(&routed, Err(ProxyError::BadRequest(_))) && downstream_version < Version::HTTP_2;
     let state = CallState::default();
     let prepared = match &upgrade {
         Some(u) => u.prepare(&mut parts),
@@ -173,7 +183,14 @@ pub async fn handle(
         Err(err) => {
             tracing::debug!(error = %err, "request failed");
             completion.error = Some(err.kind());
-            rescue(&err, grpc)
+            let mut rsp = rescue(&err, grpc);
+            if close {
+                // Where the request ended is not known for sure: nothing more is read from
+                // this connection.
+                rsp.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            rsp
         }
     };
     completion.status = rsp.status();
@@ -182,6 +199,40 @@ pub async fn handle(
     }
     let (parts, body) = rsp.into_parts();
     Response::from_parts(parts, ObservedBody::new(body, completion))
+}
+
+/// An HTTP/1.1 request a proxy must refuse (RFC 9112): more than one `Host`, or a `Host` that
+/// disagrees with an absolute-form target — a request that names two destinations. The metric's
+/// reason and the message. (A request with both `Content-Length` and `Transfer-Encoding` never
+/// gets here as such: hyper reads it as chunked, drops the length and closes the connection
+/// after the response, so no second request can hide in the body.)
+fn malformed(parts: &http::request::Parts) -> Option<(&'static str, String)> {
+    if parts.version >= Version::HTTP_2 {
+        return None;
+    }
+    let headers = &parts.headers;
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Some((
+            "duplicate-host",
+            format!("a request carries one Host header; this one carries {hosts}"),
+        ));
+    }
+    if let (Some(target), Some(host)) = (parts.uri.authority(), headers.get(header::HOST))
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(target.as_str().as_bytes())
+    {
+        return Some((
+            "host-mismatch",
+            format!(
+                "the Host header {:?} disagrees with the request target's authority {:?}",
+                String::from_utf8_lossy(host.as_bytes()),
+                target.as_str()
+            ),
+        ));
+    }
+    None
 }
 
 /// A `CONNECT name:port` to an upstream that allows it: a tunnel to one of its endpoints.

@@ -128,3 +128,75 @@ async fn garbage_after_the_http2_preface_closes_only_that_connection() {
     assert_eq!(upstream.requests(), 1);
     assert!(!sidecar.has_exited());
 }
+
+/// Requests that name two destinations (RFC 9112): two Host headers, a Host that disagrees with
+/// an absolute-form target. Each is a 400 naming the problem, the connection is closed, nothing
+/// reaches the upstream, and it is counted. A request with both Content-Length and
+/// Transfer-Encoding is read as chunked and ends its connection: what hides behind its body
+/// never becomes a request.
+#[tokio::test]
+async fn requests_naming_two_destinations_are_refused_and_smuggling_gets_nothing_through() {
+    let (upstream, sidecar) = setup().await;
+    let cases: [(&str, &[u8], &str); 2] = [
+        (
+            "duplicate-host",
+            b"GET /status/200 HTTP/1.1\r\nHost: echo\r\nHost: other\r\n\r\n",
+            "invalid request: a request carries one Host header; this one carries 2",
+        ),
+        (
+            "host-mismatch",
+            b"GET http://echo/status/200 HTTP/1.1\r\nHost: other\r\n\r\n",
+            "invalid request: the Host header \"other\" disagrees with the request target's authority \"echo\"",
+        ),
+    ];
+    for (reason, request, message) in cases {
+        let mut conn = RawConn::connect(sidecar.outbound()).await;
+        assert!(conn.write(request).await, "{reason}");
+        let head = conn.read_head().await.expect("an answer");
+        assert_eq!(head.status, 400, "{reason}");
+        assert_eq!(head.header("connection"), Some("close"), "{reason}");
+        let body = conn.read_body(&head).await;
+        assert_eq!(
+            String::from_utf8_lossy(&body).trim_end(),
+            message,
+            "{reason}"
+        );
+        assert!(
+            conn.closed_by_peer().await,
+            "{reason}: the connection is closed"
+        );
+        assert_eq!(
+            sidecar
+                .metric(
+                    "bulwark_malformed_requests_total",
+                    &[("direction", "outbound"), ("reason", reason)]
+                )
+                .await,
+            Some(1.0),
+            "{reason}"
+        );
+    }
+    assert_eq!(upstream.requests(), 0, "nothing reached the upstream");
+    // Both framings: the body is read as chunked, the connection then closes, and the request
+    // hidden after the chunked body never reaches anyone.
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    assert!(
+        conn.write(b"POST /status/200 HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: echo\r\n\r\n")
+            .await
+    );
+    let head = conn.read_head().await.expect("an answer");
+    assert_eq!(head.status, 200);
+    let _ = conn.read_body(&head).await;
+    assert!(
+        conn.closed_by_peer().await,
+        "the connection ends after the response"
+    );
+    assert_eq!(
+        upstream.requests_to("/smuggled"),
+        0,
+        "the hidden request never reached the upstream"
+    );
+    // Well-framed requests are served as ever.
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut conn).await;
+}
