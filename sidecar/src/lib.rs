@@ -222,10 +222,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // app while it drains, and stops once no request is in flight.
     let (stop_inbound_tx, stop_inbound_rx) = watch::channel(false);
     let (stop_outbound_tx, stop_outbound_rx) = watch::channel(false);
-    let builder = Arc::new(listen::accept::connection_builder(ConnLimits {
+    let limits = ConnLimits {
         max_header_bytes: config.max_header_bytes,
         header_read_timeout: config.header_read_timeout,
-    }));
+    };
+    let builder = Arc::new(listen::accept::connection_builder(limits));
     let connections = Connections::default();
     let mut inbound_loops = Vec::new();
     let mut outbound_loops = Vec::new();
@@ -240,6 +241,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             l,
             shared.clone(),
             builder.clone(),
+            limits,
             connections.clone(),
             stop,
         ));

@@ -167,6 +167,20 @@ async fn starts_tls(stream: &tokio::net::TcpStream) -> bool {
     )
 }
 
+/// Whether the client sends anything within `limit`; `Err` says why not.
+async fn first_byte_within(
+    stream: &tokio::net::TcpStream,
+    limit: Duration,
+) -> Result<(), &'static str> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err("closed by the client"),
+        Ok(Err(_)) => Err("read error"),
+        Err(_) => Err("nothing sent within the header-read timeout"),
+    }
+}
+
 /// How long an inbound connection may stay silent before it is served as HTTP (whose own
 /// header-read timeout then applies).
 const FIRST_BYTE_WAIT: Duration = Duration::from_secs(10);
@@ -177,6 +191,7 @@ pub async fn serve(
     listener: Listener,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
     connections: Connections,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -207,6 +222,7 @@ pub async fn serve(
         );
         let target = listener.target.clone();
         let capture = listener.capture;
+        let listener_name = listener.name;
         let gauge = gauge.clone();
         let connections = connections.clone();
         gauge.inc();
@@ -220,7 +236,15 @@ pub async fn serve(
                 _ if mesh_tls && target_is_app(&target) && starts_tls(&stream).await => {
                     conn.serve_mtls(stream, target).await
                 }
-                _ => conn.serve_http(TokioIo::new(stream), target).await,
+                // A client that connects and never sends a byte holds a connection (and a
+                // task) for nothing: it gets the header-read timeout to start, as a slow one
+                // gets it to finish.
+                _ => match first_byte_within(&stream, limits.header_read_timeout).await {
+                    Ok(()) => conn.serve_http(TokioIo::new(stream), target).await,
+                    Err(why) => {
+                        tracing::debug!(listener = listener_name, %peer, why, "connection closed before its first request");
+                    }
+                },
             }
             gauge.dec();
             connections.close();

@@ -200,3 +200,33 @@ async fn requests_naming_two_destinations_are_refused_and_smuggling_gets_nothing
     let mut conn = RawConn::connect(sidecar.outbound()).await;
     still_served(&mut conn).await;
 }
+
+/// Clients that connect and never send a byte get the header-read timeout to start, then are
+/// closed: they hold no connection (nor task) for ever.
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_header_read_timeout() {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
+        .args(["--header-read-timeout", "300ms"])
+        .start()
+        .await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(RawConn::connect(sidecar.outbound()).await);
+    }
+    for conn in &mut silent {
+        assert!(conn.closed_by_peer().await, "a silent connection is closed");
+    }
+    bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
+        (sidecar
+            .metric("bulwark_active_connections", &[("listener", "outbound")])
+            .await
+            == Some(0.0))
+        .then_some(())
+    })
+    .await;
+    // A client that speaks is served as ever.
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut conn).await;
+}
