@@ -292,10 +292,11 @@ mod tests {
                 resources: parse_yaml(&yaml).unwrap(),
             })
             .unwrap();
-        let builder = Arc::new(connection_builder(ConnLimits {
+        let limits = ConnLimits {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(5),
-        }));
+        };
+        let builder = Arc::new(connection_builder(limits));
         let any = "127.0.0.1:0".parse().unwrap();
         let outbound = Listener::bind("outbound", any, Target::ByAuthority)
             .await
@@ -311,6 +312,7 @@ mod tests {
                     l,
                     shared.clone(),
                     builder.clone(),
+                    limits,
                     connections.clone(),
                     stop_rx.clone(),
                 ))
