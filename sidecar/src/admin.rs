@@ -122,6 +122,10 @@ fn ready(shared: &Shared) -> Response<Full<Bytes>> {
         &shared.health.degradation.levels(),
         &shared.health.app.load(),
     )
+    .map_err(|why| match shared.boot_problem.load_full() {
+        Some(problem) if !shared.table.load().is_loaded() => format!("{why}: {problem}"),
+        _ => why,
+    })
     .and_then(|()| match &shared.identity {
         Some(identity) => identity.readiness(std::time::SystemTime::now()),
         None => Ok(()),

@@ -358,7 +358,10 @@ async fn start_control_plane_source(
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, "control plane not answering and no usable snapshot file")
+            tracing::warn!(error = %e, "control plane not answering and no usable snapshot file: booting with no policies");
+            shared
+                .boot_problem
+                .store(Some(Arc::new(format!("no usable snapshot file ({e})"))));
         }
     }
 }

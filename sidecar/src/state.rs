@@ -38,6 +38,8 @@ pub struct Shared {
     /// The pod's HTTP probe paths (`--probe-paths`): kubelet probes of them are admitted
     /// without mTLS and authorization.
     pub probe_paths: Vec<String>,
+    /// Why the sidecar booted with no policies (no usable snapshot file), for readiness.
+    pub boot_problem: arc_swap::ArcSwapOption<String>,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             deadline_header,
             identity: None,
             probe_paths: Vec::new(),
+            boot_problem: arc_swap::ArcSwapOption::empty(),
         };
         if let Some(service) = &shared.local.service {
             // NORMAL until the control plane says otherwise (a file-source sidecar stays so).

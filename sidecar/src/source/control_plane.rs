@@ -80,11 +80,55 @@ pub fn to_policy_set(snapshot: &Snapshot, source: &str) -> Result<PolicySet, Str
     }
 }
 
-/// The last applied snapshot from `path`, if there is a readable one.
-pub fn load_persisted(path: &Path) -> Result<(i64, PolicySet), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// The first line of a snapshot file: the SHA-256 of the rest, so that a corrupt or truncated
+/// file is told from a good one.
+const HEADER: &str = "bulwark-snapshot sha256=";
+
+/// Where the previous good snapshot is kept: beside the file (`snapshot.json` →
+/// `snapshot.prev.json`).
+pub fn previous_path(snapshot_file: &Path) -> PathBuf {
+    snapshot_file.with_extension("prev.json")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A snapshot file's content: the checksum line, then the JSON.
+fn encode(persisted: &Persisted) -> serde_json::Result<Vec<u8>> {
+    let body = serde_json::to_vec(persisted)?;
+    let mut bytes = format!("{HEADER}{}\n", sha256_hex(&body)).into_bytes();
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// A snapshot file read back: its checksum must hold (a file written before checksums is taken
+/// as it is), and every resource must validate.
+fn decode(path: &Path) -> Result<(i64, PolicySet), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let body = match bytes.strip_prefix(HEADER.as_bytes()) {
+        Some(rest) => {
+            let newline = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| format!("{}: truncated in its checksum line", path.display()))?;
+            let (want, body) = (&rest[..newline], &rest[newline + 1..]);
+            if want != sha256_hex(body).as_bytes() {
+                return Err(format!(
+                    "{}: the checksum does not match: the file is corrupt or truncated",
+                    path.display()
+                ));
+            }
+            body
+        }
+        None => bytes.as_slice(),
+    };
     let p: Persisted =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(body).map_err(|e| format!("{}: {e}", path.display()))?;
     for r in &p.resources {
         r.validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -99,13 +143,32 @@ pub fn load_persisted(path: &Path) -> Result<(i64, PolicySet), String> {
     ))
 }
 
-/// Writes the snapshot durably.
+/// The newest usable snapshot: the file, else the previous generation beside it. The error
+/// names what was wrong with each.
+pub fn load_persisted(path: &Path) -> Result<(i64, PolicySet), String> {
+    let current = decode(path);
+    let previous = decode(&previous_path(path));
+    match (current, previous) {
+        (Ok(current), Ok(previous)) if previous.0 > current.0 => Ok(previous),
+        (Ok(current), _) => Ok(current),
+        (Err(e), Ok(previous)) => {
+            tracing::warn!(error = %e, previous = %previous_path(path).display(), "the snapshot file is not usable: booting from the previous generation");
+            Ok(previous)
+        }
+        (Err(e), Err(p)) => Err(format!("{e}; {p}")),
+    }
+}
+
+/// Writes the snapshot durably; the good one it replaces becomes the previous generation.
 fn persist(path: &Path, version: i64, set: &PolicySet) -> std::io::Result<()> {
-    let body = serde_json::to_vec(&Persisted {
+    let body = encode(&Persisted {
         version,
         source: set.source.clone(),
         resources: set.resources.clone(),
     })?;
+    if decode(path).is_ok() {
+        std::fs::rename(path, previous_path(path))?;
+    }
     write_atomically(path, &body, Durability::Synced)
 }
 
@@ -353,6 +416,50 @@ mod tests {
         assert_eq!(version, 9);
         assert_eq!(loaded.resources, set.resources);
         assert!(!path.with_extension("tmp").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_or_truncated_snapshot_falls_back_to_the_previous_generation() {
+        let dir = std::env::temp_dir().join(format!("bulwark-cp-gen-{}", std::process::id()));
+        let path = dir.join("snapshot.json");
+        let set = |version: i64| {
+            to_policy_set(
+                &Snapshot {
+                    version,
+                    resources: vec![wire(GOOD)],
+                },
+                "control-plane:x",
+            )
+            .unwrap()
+        };
+        persist(&path, 9, &set(9)).unwrap();
+        persist(&path, 10, &set(10)).unwrap();
+        assert_eq!(load_persisted(&path).unwrap().0, 10);
+        // Truncated: the checksum no longer holds; the previous generation is used.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(load_persisted(&path).unwrap().0, 9);
+        // A flipped byte is caught as well.
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 0x01;
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(load_persisted(&path).unwrap().0, 9);
+        // Both unusable: the error names both files.
+        std::fs::write(previous_path(&path), b"garbage").unwrap();
+        let err = load_persisted(&path).unwrap_err();
+        assert!(
+            err.contains(
+                "snapshot.json: the checksum does not match: the file is corrupt or truncated"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("snapshot.prev.json: "), "{err}");
+        // The next good write does not make a corrupt file the previous generation.
+        persist(&path, 11, &set(11)).unwrap();
+        assert_eq!(load_persisted(&path).unwrap().0, 11);
+        assert!(std::fs::read(previous_path(&path)).unwrap() == b"garbage");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

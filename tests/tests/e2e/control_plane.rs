@@ -214,6 +214,66 @@ async fn sidecars_keep_enforcing_without_the_control_plane_and_boot_from_their_s
 }
 
 #[tokio::test]
+async fn a_corrupt_snapshot_falls_back_to_the_previous_generation_and_none_says_why() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&etcd.endpoint(), "cp-1").await;
+    let (a, b) = (HttpUpstream::start().await, HttpUpstream::start().await);
+    let dir = bulwark_tests::TempDir::new();
+    let snapshot = dir.path().join("snapshot.json");
+    let start = || {
+        Sidecar::builder()
+            .control_plane(cp.grpc_url())
+            .snapshot_file(&snapshot)
+            .args(["--service", "web"])
+            .start()
+    };
+    let sidecar = start().await;
+    let http = client::http1_client(sidecar.outbound());
+    cp.apply(&policy::upstream("echo", a.addr()).to_yaml())
+        .await;
+    await_served_by(&http, &a, &b, "a").await;
+    cp.apply(&policy::upstream("echo", b.addr()).to_yaml())
+        .await;
+    await_served_by(&http, &a, &b, "b").await;
+    cp.kill();
+    drop(sidecar);
+
+    // Truncated (a crash in the middle of a copy, a full disk): the previous generation boots.
+    let bytes = std::fs::read(&snapshot).expect("the snapshot");
+    std::fs::write(&snapshot, &bytes[..bytes.len() / 2]).expect("truncate it");
+    let restarted = start().await;
+    let http = client::http1_client(restarted.outbound());
+    await_served_by(&http, &a, &b, "a").await;
+    assert_eq!(
+        restarted.admin_get("/health/ready").await.status,
+        StatusCode::OK
+    );
+    assert!(
+        restarted
+            .logs_contain("the snapshot file is not usable: booting from the previous generation")
+    );
+    drop(restarted);
+
+    // Both unusable: it boots with nothing, and readiness says why.
+    std::fs::write(dir.path().join("snapshot.prev.json"), b"{").expect("corrupt it");
+    let empty = start().await;
+    let ready = empty.admin_get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let why = ready.text();
+    assert!(
+        why.starts_with("not ready: no policies applied yet: no usable snapshot file ("),
+        "{why}"
+    );
+    assert!(
+        why.contains(
+            "snapshot.json: the checksum does not match: the file is corrupt or truncated"
+        ),
+        "{why}"
+    );
+    assert!(why.contains("snapshot.prev.json: "), "{why}");
+}
+
+#[tokio::test]
 async fn a_sidecar_moved_between_replicas_loses_no_update() {
     let etcd = Etcd::start().await;
     let cp1 = ControlPlane::start(&etcd.endpoint(), "cp-1").await;
