@@ -51,6 +51,8 @@ use crate::webhook::WebhookConfig;
 
 /// How long shutdown waits for connections and streams to end.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How often the replica checks that etcd still answers linearizable reads.
+const QUORUM_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Operator connections served at once by the REST API.
 const API_MAX_CONNECTIONS: usize = 1024;
 /// Connections served at once by gRPC: one per sidecar, and operators'.
@@ -215,6 +217,13 @@ pub async fn run(
         index.clone(),
         stop.clone(),
     ));
+    let quorum_probe = tokio::spawn(sync::probe_quorum(
+        store.clone(),
+        keys.clone(),
+        index.clone(),
+        QUORUM_PROBE_INTERVAL,
+        stop.clone(),
+    ));
     let acks = AckRecorder::new(&config.replica_id);
     let ack_writer = tokio::spawn(acks.clone().run(
         store.clone(),
@@ -371,6 +380,7 @@ pub async fn run(
         let _ = election.await;
         let _ = alert_worker.await;
         let _ = sync.await;
+        let _ = quorum_probe.await;
     })
     .await;
     if drained.is_err() {

@@ -264,6 +264,48 @@ fn outage(index: &SharedIndex, error: &StoreError) {
     index.mark_stale(error.to_string());
 }
 
+/// Marks the problems the quorum probe found (and only those are cleared by it).
+const NO_QUORUM: &str = "etcd does not answer linearizable reads (no quorum?)";
+
+/// Asks etcd for a linearizable read every `every`: a member that lost its quorum keeps the
+/// watch open but sees no changes and answers no read, so without this the index would serve
+/// reads as fresh while it can no longer know. A failed probe marks the index stale (reads
+/// then carry `x-bulwark-stale: true`); the next answer marks it fresh again — unless the watch
+/// itself is down, which the watch loop reports and clears.
+pub async fn probe_quorum(
+    store: Arc<EtcdStore>,
+    keys: Keys,
+    index: SharedIndex,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let probed = store.read(&[crate::store::Read::Key(keys.leader())]).await;
+        let mut index = index.lock();
+        let state = index.state();
+        match probed {
+            Err(e) if state.loaded && !state.stale => {
+                tracing::warn!(error = %e, "etcd answers no reads; serving reads from the index, marked stale");
+                index.mark_stale(format!("{NO_QUORUM}: {e}"));
+            }
+            Ok(_)
+                if state
+                    .problem
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with(NO_QUORUM)) =>
+            {
+                tracing::info!("etcd answers reads again");
+                index.mark_fresh();
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Waits the next backoff step; `true` when shutdown came first.
 async fn back_off(backoff: &mut Backoff, shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {

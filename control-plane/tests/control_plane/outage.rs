@@ -260,3 +260,35 @@ async fn a_dead_member_of_three_is_routed_around() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn reads_during_a_quorum_loss_say_they_may_be_stale() {
+    let cluster = EtcdCluster::start(3).await;
+    let cp = replica(&cluster.endpoints()).await;
+    cp.wait_fresh().await;
+    cp.apply_json(vec![upstream("payments", "127.0.0.1:1")])
+        .await;
+    let read = cp.get("/v1/UpstreamPolicy/default/payments").await;
+    assert_eq!((read.status, read.stale()), (200, false));
+    // Two members of three die: the last one keeps the replica's watch open but has no
+    // quorum, answers no read and sees no change.
+    cluster.kill(1);
+    cluster.kill(2);
+    for path in [
+        "/v1/UpstreamPolicy/default/payments",
+        "/v1/UpstreamPolicy",
+        "/v1/status",
+    ] {
+        let reply = wait_for("a read marked stale", || async {
+            let reply = cp.get(path).await;
+            reply.stale().then_some(reply)
+        })
+        .await;
+        assert_eq!(
+            reply.status, 200,
+            "{path}: served from the index all the same"
+        );
+    }
+    let ready = cp.get("/health/ready").await;
+    assert_eq!(ready.json["stale"], true, "{}", ready.json);
+}
