@@ -105,6 +105,12 @@ pub struct Config {
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub header_read_timeout: Duration,
 
+    /// Connections each listener serves at once; more wait in the backlog until one closes
+    /// (counted in bulwark_connection_limit_reached_total).
+    #[arg(long, env = "BULWARK_MAX_CONNECTIONS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "BULWARK_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration_arg)]
     pub drain_timeout: Duration,

@@ -225,6 +225,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let limits = ConnLimits {
         max_header_bytes: config.max_header_bytes,
         header_read_timeout: config.header_read_timeout,
+        max_connections: config.max_connections as usize,
     };
     let builder = Arc::new(listen::accept::connection_builder(limits));
     let connections = Connections::default();

@@ -143,6 +143,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily,
     connections: Family<ListenerLabels, Gauge>,
+    connection_limit: Family<ListenerLabels, Counter>,
     upstream_connects: Family<ConnectLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     attempts: Family<DurationLabels, Counter>,
@@ -209,6 +210,12 @@ impl Metrics {
             "active_connections",
             "Open downstream connections, by listener",
             connections.clone(),
+        );
+        let connection_limit = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connection_limit_reached",
+            "Times a listener held its most connections (--max-connections) and a new one had to wait in the backlog",
+            connection_limit.clone(),
         );
         registry.register(
             "upstream_connections",
@@ -380,6 +387,7 @@ impl Metrics {
             requests,
             durations,
             connections,
+            connection_limit,
             upstream_connects,
             reloads,
             attempts,
@@ -543,6 +551,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// The listener is full: a new connection waits.
+    pub fn connection_limit_reached(&self, listener: &'static str) {
+        self.connection_limit
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
     }
 
     pub fn connections(&self, listener: &'static str) -> Gauge {

@@ -25,6 +25,8 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
     /// How long a client may take to send a request head.
     pub header_read_timeout: Duration,
+    /// Connections one listener serves at once.
+    pub max_connections: usize,
 }
 
 pub fn connection_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
@@ -198,7 +200,28 @@ pub async fn serve(
     let gauge = shared.metrics.connections(listener.name);
     // Inbound connections may be mesh TLS when the pod has an identity.
     let mesh_tls = shared.identity.is_some();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        // At the limit, new connections wait in the kernel's backlog: said once per time the
+        // listener fills up, and counted.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                shared.metrics.connection_limit_reached(listener.name);
+                tracing::warn!(
+                    listener = listener.name,
+                    max = limits.max_connections,
+                    "listener holds its most connections (--max-connections): new ones wait until one closes"
+                );
+                tokio::select! {
+                    _ = stopped(&mut stop) => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break, // never closed
+                    },
+                }
+            }
+        };
         let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
             accepted = listener.tcp.accept() => accepted,
@@ -228,6 +251,7 @@ pub async fn serve(
         gauge.inc();
         connections.open();
         tokio::spawn(async move {
+            let _slot = slot;
             let original = capture.and_then(|_| captured::original_destination(&stream));
             match (capture, original) {
                 (Some(timeout), Some(original)) => {
@@ -295,6 +319,7 @@ mod tests {
         let limits = ConnLimits {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(5),
+            max_connections: 1024,
         };
         let builder = Arc::new(connection_builder(limits));
         let any = "127.0.0.1:0".parse().unwrap();

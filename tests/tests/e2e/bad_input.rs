@@ -230,3 +230,48 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
     let mut conn = RawConn::connect(sidecar.outbound()).await;
     still_served(&mut conn).await;
 }
+
+/// A listener serves at most `--max-connections` at once: one more waits in the backlog — and
+/// is served as soon as one closes — and the listener says it is full.
+#[tokio::test]
+async fn a_full_listener_makes_new_connections_wait_and_says_so() {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
+        .args(["--max-connections", "2"])
+        .start()
+        .await;
+    let mut first = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut first).await;
+    let mut second = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut second).await;
+    // The third waits: it is connected (the kernel's backlog) but nothing reads its request.
+    let mut third = RawConn::connect(sidecar.outbound()).await;
+    assert!(
+        third
+            .write(b"GET /status/200 HTTP/1.1\r\nHost: echo\r\n\r\n")
+            .await
+    );
+    bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
+        (sidecar
+            .metric(
+                "bulwark_connection_limit_reached_total",
+                &[("listener", "outbound")],
+            )
+            .await
+            >= Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert!(sidecar.logs_contain("listener holds its most connections (--max-connections)"));
+    assert_eq!(upstream.requests(), 2, "the third request waits");
+    // One closes: the third is served.
+    drop(first);
+    let head = third
+        .read_head()
+        .await
+        .expect("served once a place is free");
+    assert_eq!(head.status, 200);
+    assert_eq!(third.read_body(&head).await, b"status 200");
+    drop(second);
+}
