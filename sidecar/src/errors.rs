@@ -125,6 +125,10 @@ pub enum ProxyError {
     },
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The caller's request body could not be read (a chunk size that overflows, a body cut
+    /// short): its fault, not the upstream's.
+    #[error("invalid request: the request body is malformed: {0}")]
+    MalformedBody(String),
 }
 
 impl ProxyError {
@@ -151,7 +155,7 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed { .. } => "connect-not-allowed",
             ProxyError::MtlsRequired { .. } => "mtls-required",
             ProxyError::Unauthorized { .. } => "unauthorized",
-            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::BadRequest(_) | ProxyError::MalformedBody(_) => "bad-request",
         }
     }
 
@@ -173,7 +177,9 @@ impl ProxyError {
             ProxyError::DeadlineExceeded { .. }
             | ProxyError::DeadlineTooShort { .. }
             | ProxyError::AttemptTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoAuthority | ProxyError::BadRequest(_) | ProxyError::MalformedBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::ConnectNotAllowed { .. }
             | ProxyError::MtlsRequired { .. }
             | ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
@@ -188,7 +194,9 @@ impl ProxyError {
             ProxyError::BulkheadFull { .. } | ProxyError::InboundLimit { .. } => {
                 GrpcCode::ResourceExhausted
             }
-            ProxyError::NoAuthority | ProxyError::BadRequest(_) => GrpcCode::Internal,
+            ProxyError::NoAuthority | ProxyError::BadRequest(_) | ProxyError::MalformedBody(_) => {
+                GrpcCode::Internal
+            }
             ProxyError::ConnectNotAllowed { .. } | ProxyError::Unauthorized { .. } => {
                 GrpcCode::PermissionDenied
             }

@@ -82,7 +82,7 @@ pub struct TunnelBytesLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MalformedLabels {
     pub direction: &'static str,
-    /// `duplicate-host`, `host-mismatch`.
+    /// `duplicate-host`, `host-mismatch`, `malformed-body`.
     pub reason: &'static str,
 }
 

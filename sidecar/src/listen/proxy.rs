@@ -123,8 +123,6 @@ pub async fn handle(
         Some((_, message)) => Err(ProxyError::BadRequest(message)),
         None => admitted.and_then(|()| route(&shared, &table, &target, authority)),
     };
-    let close =
-        matches!(&routed, Err(ProxyError::BadRequest(_))) && downstream_version < Version::HTTP_2;
     let state = CallState::default();
     let prepared = match &upgrade {
         Some(u) => u.prepare(&mut parts),
@@ -184,7 +182,16 @@ pub async fn handle(
             tracing::debug!(error = %err, "request failed");
             completion.error = Some(err.kind());
             let mut rsp = rescue(&err, grpc);
-            if close {
+            if matches!(err, ProxyError::MalformedBody(_)) {
+                shared
+                    .metrics
+                    .malformed(target.direction(), "malformed-body");
+            }
+            if matches!(
+                err,
+                ProxyError::BadRequest(_) | ProxyError::MalformedBody(_)
+            ) && downstream_version < Version::HTTP_2
+            {
                 // Where the request ended is not known for sure: nothing more is read from
                 // this connection.
                 rsp.headers_mut()

@@ -100,6 +100,9 @@ impl Endpoint {
     }
 
     fn request_error(&self, settings: &ConnectSettings, source: BodyError) -> ProxyError {
+        if let Some(why) = callers_body_error(source.as_ref()) {
+            return ProxyError::MalformedBody(why);
+        }
         ProxyError::Reset {
             upstream: settings.upstream.to_string(),
             endpoint: self.addr,
@@ -266,6 +269,23 @@ impl ConnectionOwner<H1Connection> for Endpoint {
             self.h1_checkin(conn);
         }
     }
+}
+
+/// When sending failed because the caller's own request body could not be read (hyper's
+/// client reports its body stream's error, itself hyper's error reading the caller — a chunk
+/// size that overflows, a body cut short): the innermost reason. The caller sent it wrong; the
+/// upstream did nothing.
+fn callers_body_error(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let outer = error.downcast_ref::<hyper::Error>()?;
+    if !outer.is_user() {
+        return None;
+    }
+    let body = std::error::Error::source(outer)?.downcast_ref::<hyper::Error>()?;
+    let mut innermost: &(dyn std::error::Error + 'static) = body;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    Some(innermost.to_string())
 }
 
 #[cfg(test)]

@@ -275,3 +275,37 @@ async fn a_full_listener_makes_new_connections_wait_and_says_so() {
     assert_eq!(third.read_body(&head).await, b"status 200");
     drop(second);
 }
+
+/// A chunked body the caller gets wrong (a chunk size that overflows) is the caller's fault: a
+/// 400 in our words, the connection closed, counted — not a 502 blaming the upstream, and not a
+/// failure counted against its breaker.
+#[tokio::test]
+async fn a_malformed_chunked_body_is_a_400_in_our_words_not_an_upstream_failure() {
+    let (_upstream, sidecar) = setup().await;
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    assert!(
+        conn.write(b"POST /status/200 HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n")
+            .await
+    );
+    let head = conn.read_head().await.expect("an answer");
+    assert_eq!(head.status, 400);
+    assert_eq!(head.header("x-bulwark-error"), Some("bad-request"));
+    assert_eq!(head.header("connection"), Some("close"));
+    let body = conn.read_body(&head).await;
+    assert_eq!(
+        String::from_utf8_lossy(&body).trim_end(),
+        "invalid request: the request body is malformed: invalid chunk size: overflow"
+    );
+    assert!(conn.closed_by_peer().await);
+    assert_eq!(
+        sidecar
+            .metric(
+                "bulwark_malformed_requests_total",
+                &[("direction", "outbound"), ("reason", "malformed-body")]
+            )
+            .await,
+        Some(1.0)
+    );
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut conn).await;
+}
