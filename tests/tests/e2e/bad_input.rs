@@ -202,7 +202,8 @@ async fn requests_naming_two_destinations_are_refused_and_smuggling_gets_nothing
 }
 
 /// Clients that connect and never send a byte get the header-read timeout to start, then are
-/// closed: they hold no connection (nor task) for ever.
+/// closed: they hold no connection (nor task) for ever. So do keep-alive connections left idle
+/// between requests.
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_read_timeout() {
     let upstream = HttpUpstream::start().await;
@@ -226,9 +227,14 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
         .then_some(())
     })
     .await;
-    // A client that speaks is served as ever.
+    // A client that speaks is served as ever; once it stops, its idle keep-alive connection
+    // gets the same time before it is closed.
     let mut conn = RawConn::connect(sidecar.outbound()).await;
     still_served(&mut conn).await;
+    assert!(
+        conn.closed_by_peer().await,
+        "an idle keep-alive connection is closed"
+    );
 }
 
 /// A listener serves at most `--max-connections` at once: one more waits in the backlog — and
