@@ -141,7 +141,7 @@ pub async fn send_with(
 }
 
 /// An error with its causes (hyper's own text hides the TLS alert).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

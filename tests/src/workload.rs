@@ -38,18 +38,7 @@ pub async fn channel(url: &str, access: &Access) -> Result<Channel, String> {
     plain
         .connect_with_connector(connector)
         .await
-        .map_err(|e| describe(&e))
-}
-
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+        .map_err(|e| crate::rest::describe(&e))
 }
 
 /// A workload certificate chain and its key, as PEM.

@@ -84,6 +84,27 @@ impl Secure {
         })
     }
 
+    /// An HTTPS client of the replica's REST API, trusting the authority's root.
+    fn https_client(
+        &self,
+    ) -> anyhow::Result<
+        Client<
+            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+            Full<bytes::Bytes>,
+        >,
+    > {
+        let tls = rustls::ClientConfig::builder_with_provider(bulwark_identity::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(Client::builder(TokioExecutor::new()).build(connector))
+    }
+
     /// A client configuration presenting a fresh certificate for pod `pod`.
     fn client(&self, pod: &str, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
         let id = bulwark_identity::SpiffeId::new("cluster.local", "bench", "default")?;
@@ -196,17 +217,7 @@ async fn reads(http: &str, n: usize, secure: Option<&Secure>) -> anyhow::Result<
             }
         }
         Some(secure) => {
-            let tls = rustls::ClientConfig::builder_with_provider(bulwark_identity::provider())
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(secure.roots.clone())
-                .with_no_client_auth();
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_only()
-                .enable_http1()
-                .build();
-            let client =
-                Client::builder(TokioExecutor::new()).build::<_, Full<bytes::Bytes>>(connector);
+            let client = secure.https_client()?;
             for _ in 0..n {
                 let t0 = Instant::now();
                 let rsp = client.request(request()?).await?;
@@ -236,17 +247,7 @@ async fn apply(http: &str, round: usize, secure: Option<&Secure>) -> anyhow::Res
             client.request(req).await.context("POST /v1/apply")?
         }
         Some(secure) => {
-            let tls = rustls::ClientConfig::builder_with_provider(bulwark_identity::provider())
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(secure.roots.clone())
-                .with_no_client_auth();
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_only()
-                .enable_http1()
-                .build();
-            let client =
-                Client::builder(TokioExecutor::new()).build::<_, Full<bytes::Bytes>>(connector);
+            let client = secure.https_client()?;
             client.request(req).await.context("POST /v1/apply")?
         }
     };

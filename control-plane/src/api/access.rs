@@ -149,6 +149,20 @@ impl Ops {
         }
     }
 
+    /// Runs `write` (not started before) once `actor` is allowed `target`, and audits how it
+    /// ended — the one shape of every audited write.
+    pub async fn audited<T>(
+        &self,
+        actor: &Actor,
+        target: Target<'_>,
+        write: impl Future<Output = Result<T, OpError>>,
+    ) -> Result<T, OpError> {
+        self.authorize_write(actor, target).await?;
+        let result = write.await;
+        self.audit(actor, target, result.as_ref().map(|_| ())).await;
+        result
+    }
+
     /// Records a write and how it ended. Failing to record is logged, never fatal: the write
     /// itself already happened (or did not).
     pub async fn audit(&self, actor: &Actor, target: Target<'_>, result: Result<(), &OpError>) {

@@ -184,11 +184,12 @@ impl Ops {
             scope: override_scope(&target),
             name: &name,
         };
-        self.authorize_write(actor, audited).await?;
-        let result = self.degrade_as(actor, target.clone(), request).await;
-        self.audit(actor, audited, result.as_ref().map(|_| ()))
-            .await;
-        result
+        self.audited(
+            actor,
+            audited,
+            self.degrade_as(actor, target.clone(), request),
+        )
+        .await
     }
 
     async fn degrade_as(
@@ -277,11 +278,8 @@ impl Ops {
             scope: override_scope(&target),
             name: &name,
         };
-        self.authorize_write(actor, audited).await?;
-        let result = self.clear_as(target.clone(), by).await;
-        self.audit(actor, audited, result.as_ref().map(|_| ()))
-            .await;
-        result
+        self.audited(actor, audited, self.clear_as(target.clone(), by))
+            .await
     }
 
     async fn clear_as(&self, target: OverrideTarget, by: String) -> Result<ClearResponse, OpError> {

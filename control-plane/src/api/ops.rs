@@ -307,12 +307,7 @@ impl Ops {
             Verb::Apply
         };
         for d in &desired {
-            let target = Target {
-                verb,
-                resource: kind_resource(d.key.kind),
-                scope: Scope::Namespace(&d.key.namespace),
-                name: &d.key.name,
-            };
+            let target = policy_target(verb, &d.key);
             if request.dry_run {
                 self.authorize(actor, target.verb, target.resource, target.scope)?;
             } else {
@@ -322,12 +317,7 @@ impl Ops {
         let result = self.write(&desired, request.dry_run, &by, None).await;
         if !request.dry_run {
             for d in &desired {
-                let target = Target {
-                    verb: Verb::Apply,
-                    resource: kind_resource(d.key.kind),
-                    scope: Scope::Namespace(&d.key.namespace),
-                    name: &d.key.name,
-                };
+                let target = policy_target(Verb::Apply, &d.key);
                 self.audit(actor, target, result.as_ref().map(|_| ())).await;
             }
         }
@@ -403,16 +393,9 @@ impl Ops {
         by: Option<String>,
     ) -> Result<DeleteResponse, OpError> {
         let by = author(actor, by)?;
-        let target = Target {
-            verb: Verb::Delete,
-            resource: kind_resource(key.kind),
-            scope: Scope::Namespace(&key.namespace),
-            name: &key.name,
-        };
-        self.authorize_write(actor, target).await?;
-        let result = self.delete_as(key, expected, &by).await;
-        self.audit(actor, target, result.as_ref().map(|_| ())).await;
-        result
+        let target = policy_target(Verb::Delete, key);
+        self.audited(actor, target, self.delete_as(key, expected, &by))
+            .await
     }
 
     async fn delete_as(
@@ -521,16 +504,9 @@ impl Ops {
         request: RollbackRequest,
     ) -> Result<ApplyResponse, OpError> {
         let by = author(actor, request.by.clone())?;
-        let target = Target {
-            verb: Verb::Rollback,
-            resource: kind_resource(key.kind),
-            scope: Scope::Namespace(&key.namespace),
-            name: &key.name,
-        };
-        self.authorize_write(actor, target).await?;
-        let result = self.rollback_as(key, request, &by).await;
-        self.audit(actor, target, result.as_ref().map(|_| ())).await;
-        result
+        let target = policy_target(Verb::Rollback, key);
+        self.audited(actor, target, self.rollback_as(key, request, &by))
+            .await
     }
 
     async fn rollback_as(
@@ -1023,6 +999,16 @@ pub fn parse_selector(selector: &str) -> Result<Vec<(String, String)>, OpError> 
 }
 
 /// A kind named in a path or request.
+/// What a write of the policy `key` is, to authorise and audit.
+fn policy_target(verb: Verb, key: &ResourceKey) -> Target<'_> {
+    Target {
+        verb,
+        resource: kind_resource(key.kind),
+        scope: Scope::Namespace(&key.namespace),
+        name: &key.name,
+    }
+}
+
 /// The resource of the permissions over a kind of policy.
 pub fn kind_resource(kind: Kind) -> Res {
     match kind {
