@@ -1,9 +1,11 @@
 //! Alert webhooks: the elected replica posts every level change and breaker transition to the
 //! service's `alerts.webhook` as JSON with a Slack-compatible `text` field. Sending never
 //! blocks anything: alerts are queued (and dropped, counted, when the queue is full), limited
-//! per service to `alerts.maxPerMinute`, and each is delivered by its own task with retries
-//! and backoff. Deduplication happens upstream: only the leader makes alerts, one per
-//! transition of the service's state as stored in etcd (`levels`).
+//! per service to `alerts.maxPerMinute`, and delivered with retries and backoff. A service's
+//! alerts arrive in the order they were made (one delivery queue per service: a retried alert
+//! holds back the ones after it), while different services are delivered side by side.
+//! Deduplication happens upstream: only the leader makes alerts, one per transition of the
+//! service's state as stored in etcd (`levels`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,6 +102,7 @@ impl AlertWorker {
         };
         let deliveries = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
         let mut limits: HashMap<String, Bucket> = HashMap::new();
+        let mut queues: HashMap<String, mpsc::UnboundedSender<(Alert, Delivery)>> = HashMap::new();
         loop {
             let (alert, delivery) = tokio::select! {
                 next = self.rx.recv() => match next {
@@ -116,26 +119,48 @@ impl AlertWorker {
                 tracing::warn!(service = %alert.service, text = %alert.text, "alert rate limit reached; alert dropped");
                 continue;
             }
-            let Ok(permit) = deliveries.clone().acquire_owned().await else {
-                return;
-            };
-            let client = client.clone();
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move {
-                let result = deliver(&client, &alert, &delivery.webhook).await;
-                match result {
-                    Ok(()) => {
-                        metrics.alert("sent");
-                        tracing::info!(service = %alert.service, webhook = %delivery.webhook, text = %alert.text, "alert sent");
-                    }
-                    Err(e) => {
-                        metrics.alert("failed");
-                        tracing::warn!(service = %alert.service, webhook = %delivery.webhook, error = %e, "alert not delivered");
-                    }
-                }
-                drop(permit);
+            // The per-service rate limit bounds what each queue can hold.
+            let queue = queues.entry(alert.service.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(deliver_in_order(
+                    rx,
+                    client.clone(),
+                    deliveries.clone(),
+                    self.metrics.clone(),
+                ));
+                tx
             });
+            if queue.send((alert, delivery)).is_err() {
+                tracing::warn!("alert delivery queue closed; alert dropped");
+                self.metrics.alert("dropped");
+            }
         }
+    }
+}
+
+/// Delivers one service's alerts, one after the other, each holding one of the shared
+/// delivery permits while it is posted (and retried).
+async fn deliver_in_order(
+    mut rx: mpsc::UnboundedReceiver<(Alert, Delivery)>,
+    client: HttpsClient,
+    deliveries: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some((alert, delivery)) = rx.recv().await {
+        let Ok(permit) = deliveries.acquire().await else {
+            return;
+        };
+        match deliver(&client, &alert, &delivery.webhook).await {
+            Ok(()) => {
+                metrics.alert("sent");
+                tracing::info!(service = %alert.service, webhook = %delivery.webhook, text = %alert.text, "alert sent");
+            }
+            Err(e) => {
+                metrics.alert("failed");
+                tracing::warn!(service = %alert.service, webhook = %delivery.webhook, error = %e, "alert not delivered");
+            }
+        }
+        drop(permit);
     }
 }
 
