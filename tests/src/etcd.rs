@@ -132,28 +132,7 @@ impl Etcd {
 
     /// Runs `etcdctl` (API v3) against this etcd; `Err` carries its stderr.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(self.endpoint())
-            .args(["--dial-timeout", "1s", "--command-timeout", "3s"]);
-        if let Some(tls) = &self.tls {
-            cmd.arg("--cacert")
-                .arg(&tls.ca)
-                .arg("--cert")
-                .arg(&tls.client_cert)
-                .arg("--key")
-                .arg(&tls.client_key);
-        }
-        let out = cmd
-            .args(args)
-            .output()
-            .map_err(|e| format!("run etcdctl: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        etcdctl(&self.endpoint(), self.tls.as_ref(), args)
     }
 
     /// Every key under `prefix`.
@@ -256,13 +235,18 @@ fn spawn_member(
 }
 
 /// Several etcd members forming one cluster on loopback, with fast elections (50 ms
-/// heartbeats, 500 ms election timeout).
+/// heartbeats, 500 ms election timeout). A member can be killed and started again on its data.
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Mutex<Option<Child>>>,
     dir: TempDir,
     clients: Vec<SocketAddr>,
+    peers: Vec<SocketAddr>,
+    initial: String,
 }
+
+/// Fast elections, so that losing a member costs a test about a second.
+const FAST_ELECTIONS: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
 
 impl EtcdCluster {
     /// Starts `size` members and waits until each answers.
@@ -276,37 +260,51 @@ impl EtcdCluster {
             .map(|(i, p)| format!("m{i}=http://{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut members = Vec::new();
-        for i in 0..size {
-            let child = spawn_member(
-                &format!("m{i}"),
-                &dir.path().join(format!("m{i}")),
-                clients[i],
-                peers[i],
-                &initial,
-                None,
-                // Fast elections, so that losing a member costs a test about a second.
-                &["--heartbeat-interval", "50", "--election-timeout", "500"],
-            );
-            members.push(Mutex::new(Some(child)));
-        }
         let cluster = EtcdCluster {
-            members,
+            members: (0..size).map(|_| Mutex::new(None)).collect(),
             dir,
             clients,
+            peers,
+            initial,
         };
-        for endpoint in cluster.endpoints() {
-            eventually(ETCD_READY_TIMEOUT, || async {
-                let out = Command::new("etcdctl")
-                    .env("ETCDCTL_API", "3")
-                    .args(["--endpoints", &endpoint, "endpoint", "health"])
-                    .output()
-                    .ok()?;
-                out.status.success().then_some(())
-            })
-            .await;
+        for member in 0..size {
+            cluster.spawn(member);
+        }
+        for member in 0..size {
+            cluster.await_healthy(member).await;
         }
         cluster
+    }
+
+    fn spawn(&self, member: usize) {
+        let child = spawn_member(
+            &format!("m{member}"),
+            &self.dir.path().join(format!("m{member}")),
+            self.clients[member],
+            self.peers[member],
+            &self.initial,
+            None,
+            &FAST_ELECTIONS,
+        );
+        *lock(&self.members[member]) = Some(child);
+    }
+
+    async fn await_healthy(&self, member: usize) {
+        let endpoint = format!("http://{}", self.clients[member]);
+        eventually(ETCD_READY_TIMEOUT, || {
+            let endpoint = endpoint.clone();
+            async move {
+                // etcdctl blocks: not on the runtime, whose servers must go on answering.
+                tokio::task::spawn_blocking(move || {
+                    etcdctl(&endpoint, None, &["endpoint", "health"]).ok()
+                })
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+            }
+        })
+        .await;
     }
 
     /// Every member's client URL.
@@ -314,11 +312,86 @@ impl EtcdCluster {
         self.clients.iter().map(|c| format!("http://{c}")).collect()
     }
 
-    /// SIGKILL one member.
+    /// Every member's client address (to put a [`crate::TcpProxy`] in front of each).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.clients
+    }
+
+    /// SIGKILL one member, keeping its data.
     pub fn kill(&self, member: usize) {
         if let Some(mut child) = lock(&self.members[member]).take() {
             kill(&mut child);
         }
+    }
+
+    /// Starts a killed member again on its ports and data, without waiting: a member alone
+    /// in a cluster without quorum does not report healthy until enough others are back.
+    pub fn resume(&self, member: usize) {
+        if lock(&self.members[member]).is_none() {
+            self.spawn(member);
+        }
+    }
+
+    /// Waits until every member answers `endpoint health` (which needs quorum).
+    pub async fn await_all_healthy(&self) {
+        for member in 0..self.members.len() {
+            self.await_healthy(member).await;
+        }
+    }
+
+    /// `etcdctl` against the whole cluster; its stdout, or stderr as the error.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
+        etcdctl(&self.endpoints().join(","), None, args)
+    }
+
+    /// Every stored key and value under `prefix`, in key order, for comparing what was stored
+    /// before and after a fault.
+    pub fn dump(&self, prefix: &str) -> Vec<(String, String)> {
+        use base64::Engine as _;
+        let out = self
+            .etcdctl(&["get", "--prefix", prefix, "-w", "json"])
+            .unwrap_or_else(|e| panic!("etcdctl get --prefix {prefix}: {e}"));
+        let reply: serde_json::Value = serde_json::from_str(&out).expect("etcdctl's JSON");
+        let decode = |v: &serde_json::Value| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .expect("etcdctl's base64");
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        reply["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| (decode(&kv["key"]), decode(&kv["value"])))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Runs `etcdctl` against `endpoints` (comma-separated); its stdout, or stderr as the error.
+fn etcdctl(endpoints: &str, tls: Option<&EtcdTlsFiles>, args: &[&str]) -> Result<String, String> {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(["--dial-timeout", "1s", "--command-timeout", "3s"]);
+    if let Some(tls) = tls {
+        cmd.arg("--cacert")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.client_cert)
+            .arg("--key")
+            .arg(&tls.client_key);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .map_err(|e| format!("run etcdctl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

@@ -1,8 +1,8 @@
 //! Bulwark's test kit, for the end-to-end tests of every part: real HTTP and gRPC upstreams,
 //! the real `sidecar` and `control-plane` binaries and real etcd (one member or a cluster) as
 //! child processes, clients that dial them (HTTP, gRPC, the control plane's REST API, a raw
-//! Discovery stream), a TCP proxy that can cut a process off, and a bounded poller for
-//! cross-process waits.
+//! Discovery stream), a TCP proxy that can cut a process off, open-loop load for the chaos
+//! suite, and a bounded poller for cross-process waits.
 //!
 //! A test reads like this:
 //!
@@ -32,6 +32,7 @@ pub mod grpc_upstream;
 pub mod grpc_wire;
 pub mod http_upstream;
 pub mod kube;
+pub mod load;
 pub mod metrics;
 pub mod netns;
 pub mod pattern;
