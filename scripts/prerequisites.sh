@@ -21,6 +21,8 @@ install_prerequisites() {
     # deploy/validate.sh installs kubernetes-validate from PyPI into a venv.
     command -v python3 >/dev/null 2>&1 || packages+=(python3)
     python3 -c 'import ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
+    # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++).
+    command -v c++ >/dev/null 2>&1 || packages+=(g++)
   fi
   if [ ${#packages[@]} -gt 0 ]; then
     local sudo=""

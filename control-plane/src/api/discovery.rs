@@ -187,11 +187,15 @@ async fn hello(inbound: &mut Streaming<pb::SidecarMessage>) -> Result<(PodKey, i
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
         .await
         .map_err(|_| Status::deadline_exceeded("no Hello within 30s"))??;
-    let hello = match first.and_then(|m| m.message) {
-        Some(pb::sidecar_message::Message::Hello(hello)) => hello,
-        Some(_) => return Err(Status::invalid_argument("the first message must be Hello")),
-        None => return Err(Status::cancelled("the stream ended before Hello")),
-    };
+    match first.and_then(|m| m.message) {
+        Some(pb::sidecar_message::Message::Hello(hello)) => check_hello(hello),
+        Some(_) => Err(Status::invalid_argument("the first message must be Hello")),
+        None => Err(Status::cancelled("the stream ended before Hello")),
+    }
+}
+
+/// The pod a Hello names and the version it last applied, or why the Hello is refused.
+pub fn check_hello(hello: pb::Hello) -> Result<(PodKey, i64), Status> {
     for (field, value) in [
         ("namespace", &hello.namespace),
         ("service", &hello.service),
