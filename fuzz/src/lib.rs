@@ -28,6 +28,7 @@ pub const LIMITS: ConnLimits = ConnLimits {
     max_header_bytes: 16 * 1024,
     header_read_timeout: Duration::from_secs(2),
     max_connections: 1024,
+    idle_timeout: Duration::from_secs(3600),
 };
 
 /// The state of a sidecar of `shop/web` (its app on `app_port`), with no policy applied.

@@ -105,6 +105,18 @@ pub struct Config {
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub header_read_timeout: Duration,
 
+    /// A downstream connection with no request in progress for this long is closed
+    /// gracefully (HTTP/2: GOAWAY). An idle HTTP/1.1 keep-alive connection is closed sooner,
+    /// by --header-read-timeout.
+    #[arg(long, env = "BULWARK_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration_arg)]
+    pub idle_timeout: Duration,
+
+    /// An upstream connection unused for this long is closed (idle HTTP/1.1 keep-alive
+    /// connections and the HTTP/2 connection of an endpoint with nothing in flight). Keep it
+    /// below the upstream servers' own keep-alive timeout, so the sidecar closes first.
+    #[arg(long, env = "BULWARK_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_arg)]
+    pub upstream_idle_timeout: Duration,
+
     /// Connections each listener serves at once; more wait in the backlog until one closes
     /// (counted in bulwark_connection_limit_reached_total).
     #[arg(long, env = "BULWARK_MAX_CONNECTIONS", default_value_t = 100_000,

@@ -138,7 +138,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let shared = Arc::new(
         Shared::new(local, pod.clone(), deadline_header)
             .with_identity(identity.as_ref().map(|(i, _, _)| i.clone()))
-            .with_probe_paths(config.probe_paths.clone()),
+            .with_probe_paths(config.probe_paths.clone())
+            .with_upstream_idle_timeout(config.upstream_idle_timeout),
     );
     if let Some((identity, settings, anchors_pem)) = identity {
         tokio::spawn(identity::renew::watch_anchors(
@@ -226,6 +227,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         max_header_bytes: config.max_header_bytes,
         header_read_timeout: config.header_read_timeout,
         max_connections: config.max_connections as usize,
+        idle_timeout: config.idle_timeout,
     };
     let builder = Arc::new(listen::accept::connection_builder(limits));
     let connections = Connections::default();

@@ -16,6 +16,7 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy_stack::breaker::BreakerEvent;
 use crate::route::{BuildEnv, LocalService, PolicySet, RouteTable};
+use crate::upstream::connect::DEFAULT_IDLE_TIMEOUT;
 
 /// State every request and the admin listener read.
 pub struct Shared {
@@ -40,9 +41,17 @@ pub struct Shared {
     pub probe_paths: Vec<String>,
     /// Why the sidecar booted with no policies (no usable snapshot file), for readiness.
     pub boot_problem: arc_swap::ArcSwapOption<String>,
+    /// `--upstream-idle-timeout`, for the upstreams' connections.
+    pub upstream_idle_timeout: std::time::Duration,
 }
 
 impl Shared {
+    /// Upstream connections unused this long are closed.
+    pub fn with_upstream_idle_timeout(mut self, timeout: std::time::Duration) -> Shared {
+        self.upstream_idle_timeout = timeout;
+        self
+    }
+
     /// With a workload identity: mTLS between sidecars.
     pub fn with_identity(mut self, identity: Option<Arc<Identity>>) -> Shared {
         self.identity = identity;
@@ -78,6 +87,7 @@ impl Shared {
             degradation: health.degradation.clone(),
             deadline_header: deadline_header.clone(),
             identity: None,
+            upstream_idle_timeout: DEFAULT_IDLE_TIMEOUT,
         };
         let shared = Shared {
             table: ArcSwap::from_pointee(RouteTable::empty(&local, &env)),
@@ -91,6 +101,7 @@ impl Shared {
             identity: None,
             probe_paths: Vec::new(),
             boot_problem: arc_swap::ArcSwapOption::empty(),
+            upstream_idle_timeout: DEFAULT_IDLE_TIMEOUT,
         };
         if let Some(service) = &shared.local.service {
             // NORMAL until the control plane says otherwise (a file-source sidecar stays so).
@@ -145,6 +156,7 @@ impl Shared {
             degradation: self.health.degradation.clone(),
             deadline_header: self.deadline_header.clone(),
             identity: self.identity.clone(),
+            upstream_idle_timeout: self.upstream_idle_timeout,
         }
     }
 

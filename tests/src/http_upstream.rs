@@ -73,6 +73,11 @@ impl HttpUpstream {
         }
     }
 
+    /// Connections open to it now.
+    pub fn open_connections(&self) -> usize {
+        self.serving.open_connections()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.serving.addr()
     }

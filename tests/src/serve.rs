@@ -1,7 +1,10 @@
 //! The accept loop of the test upstreams: hyper-util's auto builder (HTTP/1.1 and h2c prior
-//! knowledge on one port), one task per connection, all stopped when the handle drops.
+//! knowledge on one port), one task per connection, all stopped when the handle drops; it
+//! counts the connections open now.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -18,11 +21,33 @@ use crate::body::BoxError;
 pub(crate) struct Serving {
     addr: SocketAddr,
     accept: AbortHandle,
+    open: Arc<AtomicUsize>,
 }
 
 impl Serving {
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections open now (accepted, not yet closed by either side).
+    pub(crate) fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts one connection open until dropped (with its task, however that ends).
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> OpenConnection {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -61,6 +86,8 @@ where
     B::Error: Into<BoxError>,
 {
     let addr = listener.local_addr()?;
+    let open = Arc::new(AtomicUsize::new(0));
+    let counted = open.clone();
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
         loop {
@@ -71,7 +98,9 @@ where
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
                     let tls = tls.clone();
+                    let open = OpenConnection::new(&counted);
                     connections.spawn(async move {
+                        let _open = open;
                         let builder = auto::Builder::new(TokioExecutor::new());
                         // A connection error ends only that connection; the peer sees it.
                         match tls {
@@ -95,5 +124,6 @@ where
     Ok(Serving {
         addr,
         accept: task.abort_handle(),
+        open,
     })
 }

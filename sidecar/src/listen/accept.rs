@@ -27,6 +27,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     /// Connections one listener serves at once.
     pub max_connections: usize,
+    /// How long a connection may go without a request in progress.
+    pub idle_timeout: Duration,
 }
 
 pub fn connection_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
@@ -242,7 +244,8 @@ pub async fn serve(
             shared.clone(),
             builder.clone(),
             stop.clone(),
-        );
+        )
+        .idle_timeout(limits.idle_timeout);
         let target = listener.target.clone();
         let capture = listener.capture;
         let listener_name = listener.name;
@@ -320,6 +323,7 @@ mod tests {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            idle_timeout: Duration::from_secs(3600),
         };
         let builder = Arc::new(connection_builder(limits));
         let any = "127.0.0.1:0".parse().unwrap();

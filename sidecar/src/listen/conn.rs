@@ -1,11 +1,18 @@
 //! Serving one accepted connection with hyper: HTTP/1.1 or HTTP/2, upgrades allowed, every
-//! request to [`proxy::handle`](super::proxy::handle), and a graceful end (in-flight requests
-//! finish) once its listener stops.
+//! request to [`proxy::handle`](super::proxy::handle), a graceful end (in-flight requests
+//! finish) once its listener stops, and the same graceful end once no request has been in
+//! progress on it for its idle timeout.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
@@ -13,9 +20,12 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::mtls::{PeerIdentity, terminate};
+use super::observe::ObservedBody;
 use super::proxy::{self, Target};
+use crate::body::BodyError;
 use crate::state::Shared;
 
 /// One accepted connection and what serving it needs.
@@ -27,6 +37,8 @@ pub struct Conn {
     pub identity: Option<Arc<PeerIdentity>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
+    /// Closed (gracefully) once no request has been in progress for this long.
+    idle_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -44,7 +56,15 @@ impl Conn {
             identity: None,
             builder,
             stop,
+            idle_timeout: None,
         }
+    }
+
+    /// Closes the connection gracefully once no request has been in progress on it for
+    /// `timeout` (HTTP/2: GOAWAY; HTTP/1.1: closed between requests).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Conn {
+        self.idle_timeout = Some(timeout);
+        self
     }
 
     /// The connection's caller proved this identity (mTLS).
@@ -61,10 +81,13 @@ impl Conn {
     {
         let shared = self.shared.clone();
         let identity = self.identity.clone();
+        let activity = self.idle_timeout.map(|_| Arc::new(Activity::new()));
+        let tracked = activity.clone();
         let service = service_fn(move |req| {
             let shared = shared.clone();
             let target = target.clone();
             let identity = identity.clone();
+            let active = tracked.as_ref().map(|a| a.begin());
             // A request's whole path through the stack is one state machine of a few kilobytes.
             // Boxed, hyper's server moves a pointer into the task it spawns per HTTP/2 stream
             // instead of the state; written into a box allocated first, the state is built in
@@ -74,13 +97,30 @@ impl Conn {
                 Box::new_uninit(),
                 proxy::handle(shared, target, identity, req),
             ));
-            async move { Ok::<_, Infallible>(call.await) }
+            async move {
+                let response = call.await;
+                Ok::<_, Infallible>(response.map(|inner| TrackedBody {
+                    inner,
+                    _active: active,
+                }))
+            }
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         let mut conn = std::pin::pin!(conn);
+        let idle = async {
+            match (&activity, self.idle_timeout) {
+                (Some(activity), Some(timeout)) => activity.idle_for(timeout).await,
+                _ => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = stopped(&mut self.stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = idle => {
+                tracing::debug!(listener = self.name, peer = %self.peer, "closing an idle connection");
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -88,6 +128,79 @@ impl Conn {
         if let Err(e) = result {
             tracing::debug!(listener = self.name, peer = %self.peer, error = %e, "connection closed with an error");
         }
+    }
+}
+
+/// Requests in progress on one connection, and since when none has been.
+struct Activity {
+    active: AtomicUsize,
+    opened: Instant,
+    /// When the last request ended, in milliseconds since `opened`.
+    last_ended_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            active: AtomicUsize::new(0),
+            opened: Instant::now(),
+            last_ended_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// Resolves once no request has been in progress for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let since = Duration::from_millis(self.last_ended_ms.load(Ordering::Relaxed));
+            let deadline = self.opened + since + timeout;
+            if self.active.load(Ordering::Relaxed) == 0 && Instant::now() >= deadline {
+                return;
+            }
+            // Busy, or not idle long enough yet: look again when it could be.
+            tokio::time::sleep_until(deadline.max(Instant::now() + timeout / 4)).await;
+        }
+    }
+}
+
+/// One request in progress, until its response body ends or is dropped.
+struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_ended_ms.store(ms, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in progress on the connection.
+pub struct TrackedBody {
+    inner: ObservedBody,
+    _active: Option<Active>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

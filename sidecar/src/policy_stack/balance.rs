@@ -148,6 +148,7 @@ mod tests {
         let connect = ConnectSettings {
             upstream: Arc::from("pay"),
             connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
             connects_http1: Counter::default(),
             connects_http2: Counter::default(),
             tls: None,

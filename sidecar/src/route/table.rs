@@ -510,6 +510,7 @@ mod tests {
             degradation: Arc::default(),
             deadline_header: None,
             identity: None,
+            upstream_idle_timeout: crate::upstream::connect::DEFAULT_IDLE_TIMEOUT,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct BuildEnv {
     pub deadline_header: Option<http::HeaderName>,
     /// The workload identity, for `tls.mode: mesh`.
     pub identity: Option<Arc<Identity>>,
+    /// `--upstream-idle-timeout`.
+    pub upstream_idle_timeout: std::time::Duration,
 }
 
 /// Which side of the pod an upstream is on.
@@ -182,6 +184,7 @@ impl Upstream {
         let connect = ConnectSettings {
             upstream: name.clone(),
             connect_timeout: routes.connect_timeout(),
+            idle_timeout: env.upstream_idle_timeout,
             connects_http1: metrics.connects_http1.clone(),
             connects_http2: metrics.connects_http2.clone(),
             tls,

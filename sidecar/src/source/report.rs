@@ -136,6 +136,7 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             degradation: Arc::default(),
             deadline_header: None,
             identity: None,
+            upstream_idle_timeout: crate::upstream::connect::DEFAULT_IDLE_TIMEOUT,
         };
         let set = PolicySet {
             version: "1".into(),
@@ -212,6 +213,7 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             degradation: Arc::default(),
             deadline_header: None,
             identity: None,
+            upstream_idle_timeout: crate::upstream::connect::DEFAULT_IDLE_TIMEOUT,
         };
         let changed = PolicySet {
             version: "2".into(),

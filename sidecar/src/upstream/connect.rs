@@ -26,11 +26,16 @@ use crate::errors::ProxyError;
 pub struct ConnectSettings {
     pub upstream: Arc<str>,
     pub connect_timeout: Duration,
+    /// Connections unused this long are closed (`--upstream-idle-timeout`).
+    pub idle_timeout: Duration,
     pub connects_http1: Counter,
     pub connects_http2: Counter,
     /// TLS over the TCP connection, if the policy asks for it.
     pub tls: Option<Arc<UpstreamTls>>,
 }
+
+/// `--upstream-idle-timeout`'s default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// TLS towards one upstream: a client configuration per wire protocol (each offers its ALPN
 /// only) and the server name sent and verified.

@@ -1,19 +1,23 @@
 //! One upstream endpoint (`ip:port`) and its connections: an idle list of HTTP/1.1 keep-alive
 //! connections and one multiplexed HTTP/2 connection, plus the in-flight count the balancer
 //! reads. A response body keeps its endpoint busy until it ends and hands an HTTP/1.1
-//! connection back here ([`ConnectionOwner`]).
+//! connection back here ([`ConnectionOwner`]). Connections unused for the upstream's idle
+//! timeout are closed: idle HTTP/1.1 ones by a sweeper task that runs while any are kept, the
+//! HTTP/2 one by its own task once the endpoint has had nothing in flight that long.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
-use super::connect::{ConnectSettings, connect};
+use super::connect::{ConnectSettings, DEFAULT_IDLE_TIMEOUT, connect};
 use super::http2;
 use super::wire::Wire;
 use crate::body::{
@@ -27,9 +31,24 @@ const MAX_IDLE_H1: usize = 64;
 pub struct Endpoint {
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
-    h1_idle: Mutex<Vec<H1Connection>>,
+    created: Instant,
+    /// When `in_flight` last fell to zero, in milliseconds since `created`.
+    idle_since_ms: AtomicU64,
+    /// The upstream's idle timeout (milliseconds), as its last request's settings say.
+    idle_timeout_ms: AtomicU64,
+    h1_idle: Mutex<IdleH1>,
     h2: ArcSwapOption<http2::Connection>,
     h2_connect: tokio::sync::Mutex<()>,
+    /// Itself, for the tasks that close idle connections.
+    me: Weak<Endpoint>,
+}
+
+/// Idle HTTP/1.1 connections, oldest first, each with when it became idle.
+#[derive(Default)]
+struct IdleH1 {
+    connections: Vec<(H1Connection, Instant)>,
+    /// A sweeper task is running.
+    sweeping: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -43,13 +62,38 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Arc<Endpoint> {
-        Arc::new(Endpoint {
+        Arc::new_cyclic(|me| Endpoint {
             addr,
             in_flight: AtomicUsize::new(0),
-            h1_idle: Mutex::new(Vec::new()),
+            created: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+            idle_timeout_ms: AtomicU64::new(millis(DEFAULT_IDLE_TIMEOUT)),
+            h1_idle: Mutex::new(IdleH1::default()),
             h2: ArcSwapOption::empty(),
             h2_connect: tokio::sync::Mutex::new(()),
+            me: me.clone(),
         })
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long nothing has been in flight; `None` while something is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight() > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some(self.created.elapsed().saturating_sub(since))
+    }
+
+    /// One request in flight ended.
+    fn done(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since_ms
+                .store(millis(self.created.elapsed()), Ordering::Relaxed);
+        }
     }
 
     /// Requests sent to this endpoint whose response has not finished.
@@ -74,6 +118,10 @@ impl Endpoint {
         settings: &ConnectSettings,
     ) -> Result<Response<UpstreamBody<H1Connection>>, ProxyError> {
         let lease = self.lease();
+        let timeout = millis(settings.idle_timeout);
+        if self.idle_timeout_ms.load(Ordering::Relaxed) != timeout {
+            self.idle_timeout_ms.store(timeout, Ordering::Relaxed);
+        }
         match wire {
             Wire::Http1 => {
                 let mut conn = self.h1_checkout(settings).await?;
@@ -120,7 +168,15 @@ impl Endpoint {
 
     async fn h1_checkout(&self, settings: &ConnectSettings) -> Result<H1Connection, ProxyError> {
         loop {
-            let idle = self.h1_idle.lock().ok().and_then(|mut idle| idle.pop());
+            let idle = self.h1_idle.lock().ok().and_then(|mut idle| {
+                let (conn, since) = idle.connections.pop()?;
+                if since.elapsed() >= settings.idle_timeout {
+                    // It and every older one are past the idle timeout: closed.
+                    idle.connections.clear();
+                    return None;
+                }
+                Some(conn)
+            });
             let Some(mut conn) = idle else { break };
             if conn.is_closed() {
                 continue;
@@ -158,9 +214,13 @@ impl Endpoint {
             return;
         }
         if let Ok(mut idle) = self.h1_idle.lock()
-            && idle.len() < MAX_IDLE_H1
+            && idle.connections.len() < MAX_IDLE_H1
         {
-            idle.push(conn);
+            idle.connections.push((conn, Instant::now()));
+            if !idle.sweeping {
+                idle.sweeping = true;
+                tokio::spawn(sweep_idle_h1(self.me.clone()));
+            }
         }
     }
 
@@ -214,9 +274,17 @@ impl Endpoint {
             return Ok(conn);
         }
         let io = connect(self.addr, settings, Wire::Http2).await?;
-        let conn = http2::handshake(io, settings.upstream.clone(), self.addr)
-            .await
-            .map_err(|e| self.handshake_error(settings, e.into()))?;
+        let me = self.me.clone();
+        // Gone from the endpoint set: as good as idle for ever.
+        let idle = move || me.upgrade().map_or(Some(Duration::MAX), |e| e.idle_for());
+        let conn = http2::handshake(
+            io,
+            settings.upstream.clone(),
+            self.addr,
+            (settings.idle_timeout, Box::new(idle)),
+        )
+        .await
+        .map_err(|e| self.handshake_error(settings, e.into()))?;
         settings.connects_http2.inc();
         let conn = Arc::new(conn);
         self.h2.store(Some(conn.clone()));
@@ -257,18 +325,49 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(e) = self.endpoint.take() {
-            e.in_flight.fetch_sub(1, Ordering::Relaxed);
+            e.done();
         }
     }
 }
 
 impl ConnectionOwner<H1Connection> for Endpoint {
     fn release(&self, connection: Option<H1Connection>, clean: bool) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.done();
         if let (Some(conn), true) = (connection, clean) {
             self.h1_checkin(conn);
         }
     }
+}
+
+/// Closes the endpoint's idle HTTP/1.1 connections as each passes the idle timeout; ends when
+/// none is left (the next one kept starts another) or the endpoint is gone.
+async fn sweep_idle_h1(endpoint: Weak<Endpoint>) {
+    loop {
+        let wait = {
+            let Some(endpoint) = endpoint.upgrade() else {
+                return;
+            };
+            let timeout = endpoint.idle_timeout();
+            let Ok(mut idle) = endpoint.h1_idle.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            idle.connections
+                .retain(|(conn, since)| !conn.is_closed() && now.duration_since(*since) < timeout);
+            match idle.connections.first() {
+                Some((_, oldest)) => (*oldest + timeout).saturating_duration_since(now),
+                None => {
+                    idle.sweeping = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// When sending failed because the caller's own request body could not be read (hyper's
@@ -305,6 +404,7 @@ mod tests {
             connects_http1: Counter::default(),
             connects_http2: Counter::default(),
             tls: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 

@@ -48,12 +48,17 @@ impl Connection {
     }
 }
 
+/// How long the connection's endpoint has had nothing in flight (`None` while it has).
+pub type IdleFor = Box<dyn Fn() -> Option<Duration> + Send>;
+
 /// Handshakes over `io` and spawns the task that drives the connection (and its keep-alive
-/// pings) until every handle is gone or the peer goes away.
+/// pings) until every handle is gone, the peer goes away, or the endpoint has had nothing in
+/// flight for the idle timeout.
 pub async fn handshake(
     io: Io,
     upstream: std::sync::Arc<str>,
     endpoint: std::net::SocketAddr,
+    (idle_timeout, idle_for): (Duration, IdleFor),
 ) -> Result<Connection, h2::Error> {
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -82,7 +87,20 @@ pub async fn handshake(
                 }
             }
         };
+        let idle = async move {
+            loop {
+                let wait = match idle_for() {
+                    Some(idle) if idle >= idle_timeout => return,
+                    Some(idle) => idle_timeout - idle,
+                    None => idle_timeout,
+                };
+                tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+            }
+        };
         tokio::select! {
+            () = idle => {
+                tracing::debug!(%upstream, %endpoint, "closing an idle HTTP/2 connection");
+            }
             result = &mut connection => {
                 if let Err(e) = result {
                     tracing::debug!(%upstream, %endpoint, error = %e, "HTTP/2 connection ended");

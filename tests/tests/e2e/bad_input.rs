@@ -315,3 +315,94 @@ async fn a_malformed_chunked_body_is_a_400_in_our_words_not_an_upstream_failure(
     let mut conn = RawConn::connect(sidecar.outbound()).await;
     still_served(&mut conn).await;
 }
+
+/// An HTTP/2 connection from a caller holds no resources for ever: once no stream has been
+/// open on it for `--idle-timeout` it gets GOAWAY and closes — but never under a request still
+/// in progress, however long that takes.
+#[tokio::test]
+async fn idle_http2_connections_from_callers_are_closed_but_not_under_a_request() {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
+        .args(["--idle-timeout", "500ms"])
+        .start()
+        .await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound())
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    // A request that takes three idle timeouts is not cut short.
+    let slow = bulwark_tests::Fault::new()
+        .delay_ms(1500)
+        .apply(client::request(http::Method::GET, "http://echo/status/200"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(slow).await.expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    drop(answer);
+    // Then, idle, the connection ends by itself (GOAWAY, then close).
+    tokio::time::timeout(bulwark_tests::PATIENCE, connection)
+        .await
+        .expect("the idle connection is closed")
+        .expect("join")
+        .expect("a graceful close");
+    bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
+        (sidecar
+            .metric("bulwark_active_connections", &[("listener", "outbound")])
+            .await
+            == Some(0.0))
+        .then_some(())
+    })
+    .await;
+}
+
+/// Connections to upstreams are closed once unused for `--upstream-idle-timeout`: HTTP/1.1
+/// keep-alive ones and an endpoint's HTTP/2 one; the next request opens a new one.
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_and_reopened_when_needed() {
+    let upstream = HttpUpstream::start().await;
+    let h2 = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(policy::documents([
+            policy::upstream("echo", upstream.addr()).to_yaml(),
+            policy::upstream("grpcish", h2.addr())
+                .protocol("http2")
+                .to_yaml(),
+        ]))
+        .args(["--upstream-idle-timeout", "500ms"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    for (name, server) in [("echo", &upstream), ("grpcish", &h2)] {
+        for round in 0..2 {
+            let answer = client::get(&http, &format!("http://{name}/status/200")).await;
+            assert_eq!(answer.status, StatusCode::OK, "{name}");
+            assert_eq!(
+                server.open_connections(),
+                1,
+                "{name}: one connection in use"
+            );
+            bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
+                (server.open_connections() == 0).then_some(())
+            })
+            .await;
+            assert_eq!(server.requests(), round + 1, "{name}");
+        }
+    }
+    assert_eq!(
+        sidecar
+            .metric(
+                "bulwark_upstream_connections_total",
+                &[("upstream", "echo"), ("protocol", "http1")]
+            )
+            .await,
+        Some(2.0),
+        "the second request needed a new connection"
+    );
+}
