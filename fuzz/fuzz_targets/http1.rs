@@ -13,7 +13,7 @@ use bulwark_proto::policy::parse_yaml;
 use bulwark_sidecar::listen::Target;
 use bulwark_sidecar::listen::conn::Conn;
 use bulwark_sidecar::state::Shared;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
             setup.builder.clone(),
             setup.stop.clone(),
         );
-        let serving = tokio::spawn(conn.serve_http(TokioIo::new(server), Target::ByAuthority));
+        let serving = tokio::spawn(
+            conn.timeouts(Duration::from_secs(2), Duration::from_secs(3600))
+                .serve_http(server, Target::ByAuthority),
+        );
         let (mut from_sidecar, mut to_sidecar) = tokio::io::split(client);
         let write = async {
             let _ = to_sidecar.write_all(data).await;

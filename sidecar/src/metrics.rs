@@ -326,7 +326,7 @@ impl Metrics {
         let malformed = Family::<MalformedLabels, Counter>::default();
         registry.register(
             "malformed_requests",
-            "Requests refused with 400 for framing a proxy must not pass on (RFC 9112), by direction and reason; none reaches an upstream",
+            "Requests refused for how they were sent, by direction and reason: 400 for framing a proxy must not pass on (RFC 9112: duplicate-host, host-mismatch, content-length-and-transfer-encoding, malformed-body), 408 for a head that did not arrive in time (head-timeout); none reaches an upstream",
             malformed.clone(),
         );
         let tunnels = Family::<TunnelLabels, Counter>::default();

@@ -19,7 +19,7 @@
 //! Fault headers travel with the request wherever the sidecar sends it, failover targets
 //! included; to fail one upstream and not another, give that one a builder fault.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -236,11 +236,21 @@ pub(crate) fn request_key(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// An address of 127.0.0.1 where nothing listens, so connecting to it is refused: a free port
-/// is taken and released at once.
+/// An address of 127.0.0.1 where nothing listens, so connecting to it is refused. Its port is
+/// held by a socket bound for the whole test process and never listening: no other test can
+/// take it (a port merely released could be bound again by a test running beside this one).
 pub fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("the bound address")
+    static REFUSED: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+    *REFUSED.get_or_init(|| {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("bind 127.0.0.1:0");
+        let addr = socket.local_addr().expect("the bound address");
+        // Held, not listening, for as long as the process runs.
+        std::mem::forget(socket);
+        addr
+    })
 }
 
 /// The time between consecutive arrivals (`arrivals_for`), i.e. what each retry waited plus

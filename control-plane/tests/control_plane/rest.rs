@@ -626,9 +626,17 @@ async fn the_grpc_operator_api_does_the_same() {
     assert_eq!(deleted.id, "UpstreamPolicy/default/echo");
     assert!(deleted.revision > v1);
 
-    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
+    // The index follows etcd through its watch: past the deletion only by its audit record,
+    // once it has seen that.
+    let status = bulwark_tests::wait_for("the audit record in the index", || {
+        let mut client = client.clone();
+        async move {
+            let status = client.status(StatusRequest {}).await.ok()?.into_inner();
+            (status.revision > deleted.revision).then_some(status)
+        }
+    })
+    .await;
     assert!(status.resources.is_empty());
-    // Past the deletion only by its audit record.
     assert_eq!(status.revision, deleted.revision + 1);
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,12 +31,17 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
 }
 
+/// How much later than the guard's hyper's header-read timer fires.
+const HEADER_TIMEOUT_BACKSTOP: Duration = Duration::from_secs(1);
+
 pub fn connection_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The connection's guard times request heads (and answers 408); hyper's own timer is a
+        // backstop for connections the guard stepped aside from.
+        .header_read_timeout(limits.header_read_timeout + HEADER_TIMEOUT_BACKSTOP)
         // hyper answers 431 when the head does not fit (its minimum buffer is 8 KiB).
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
@@ -245,7 +250,7 @@ pub async fn serve(
             builder.clone(),
             stop.clone(),
         )
-        .idle_timeout(limits.idle_timeout);
+        .timeouts(limits.header_read_timeout, limits.idle_timeout);
         let target = listener.target.clone();
         let capture = listener.capture;
         let listener_name = listener.name;
@@ -267,7 +272,7 @@ pub async fn serve(
                 // task) for nothing: it gets the header-read timeout to start, as a slow one
                 // gets it to finish.
                 _ => match first_byte_within(&stream, limits.header_read_timeout).await {
-                    Ok(()) => conn.serve_http(TokioIo::new(stream), target).await,
+                    Ok(()) => conn.serve_http(stream, target).await,
                     Err(why) => {
                         tracing::debug!(listener = listener_name, %peer, why, "connection closed before its first request");
                     }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_proto::policy::{MtlsMode, defaults};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::conn::Conn;
@@ -61,8 +60,7 @@ pub async fn serve(
             } else {
                 Target::Captured(original)
             };
-            let io = TokioIo::new(Prefixed::new(first, stream));
-            conn.serve_http(io, target).await;
+            conn.serve_http(Prefixed::new(first, stream), target).await;
         }
         Protocol::Tls { sni } if inbound => {
             let mtls = conn.shared.table.load().access.mtls;

@@ -7,21 +7,23 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Request;
 use http_body::{Frame, SizeHint};
-use hyper::rt::{Read, Write};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
+use super::activity::{Active, Activity};
+use super::guard::{FramedTwice, Framing, Guarded};
 use super::mtls::{PeerIdentity, terminate};
 use super::observe::ObservedBody;
 use super::proxy::{self, Target};
@@ -39,6 +41,8 @@ pub struct Conn {
     stop: watch::Receiver<bool>,
     /// Closed (gracefully) once no request has been in progress for this long.
     idle_timeout: Option<Duration>,
+    /// HTTP/1.1: how long a request head may take once the connection waits for one.
+    header_read_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -57,13 +61,17 @@ impl Conn {
             builder,
             stop,
             idle_timeout: None,
+            header_read_timeout: None,
         }
     }
 
     /// Closes the connection gracefully once no request has been in progress on it for
-    /// `timeout` (HTTP/2: GOAWAY; HTTP/1.1: closed between requests).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Conn {
-        self.idle_timeout = Some(timeout);
+    /// `idle` (HTTP/2: GOAWAY; HTTP/1.1: closed between requests); on HTTP/1.1, guards each
+    /// request head ([`Guarded`]): a head begun and not finished within `header_read` gets 408,
+    /// a connection silent that long is closed, and a head framed both ways is marked.
+    pub fn timeouts(mut self, header_read: Duration, idle: Duration) -> Conn {
+        self.header_read_timeout = Some(header_read);
+        self.idle_timeout = Some(idle);
         self
     }
 
@@ -77,17 +85,26 @@ impl Conn {
     /// the listener stops.
     pub async fn serve_http<I>(mut self, io: I, target: Target)
     where
-        I: Read + Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let shared = self.shared.clone();
         let identity = self.identity.clone();
-        let activity = self.idle_timeout.map(|_| Arc::new(Activity::new()));
+        let activity = Arc::new(Activity::new());
         let tracked = activity.clone();
-        let service = service_fn(move |req| {
+        let framing = Arc::new(Framing::default());
+        let marks = framing.clone();
+        let requests = AtomicU64::new(0);
+        let direction = target.direction();
+        let service = service_fn(move |mut req: Request<Incoming>| {
             let shared = shared.clone();
             let target = target.clone();
             let identity = identity.clone();
-            let active = tracked.as_ref().map(|a| a.begin());
+            let active = tracked.begin();
+            // hyper hands requests over in the order their heads arrived.
+            let index = requests.fetch_add(1, Ordering::Relaxed);
+            if marks.framed_twice(index) {
+                req.extensions_mut().insert(FramedTwice);
+            }
             // A request's whole path through the stack is one state machine of a few kilobytes.
             // Boxed, hyper's server moves a pointer into the task it spawns per HTTP/2 stream
             // instead of the state; written into a box allocated first, the state is built in
@@ -101,16 +118,29 @@ impl Conn {
                 let response = call.await;
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody {
                     inner,
-                    _active: active,
+                    _active: Some(active),
                 }))
             }
         });
-        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        let io: Box<dyn Io> = match self.header_read_timeout {
+            Some(timeout) => Box::new(Guarded::new(
+                io,
+                framing,
+                activity.clone(),
+                timeout,
+                self.shared.metrics.clone(),
+                direction,
+            )),
+            None => Box::new(io),
+        };
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         let idle = async {
-            match (&activity, self.idle_timeout) {
-                (Some(activity), Some(timeout)) => activity.idle_for(timeout).await,
-                _ => std::future::pending().await,
+            match self.idle_timeout {
+                Some(timeout) => activity.idle_for(timeout).await,
+                None => std::future::pending().await,
             }
         };
         let result = tokio::select! {
@@ -131,52 +161,9 @@ impl Conn {
     }
 }
 
-/// Requests in progress on one connection, and since when none has been.
-struct Activity {
-    active: AtomicUsize,
-    opened: Instant,
-    /// When the last request ended, in milliseconds since `opened`.
-    last_ended_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            active: AtomicUsize::new(0),
-            opened: Instant::now(),
-            last_ended_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> Active {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        Active(self.clone())
-    }
-
-    /// Resolves once no request has been in progress for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let since = Duration::from_millis(self.last_ended_ms.load(Ordering::Relaxed));
-            let deadline = self.opened + since + timeout;
-            if self.active.load(Ordering::Relaxed) == 0 && Instant::now() >= deadline {
-                return;
-            }
-            // Busy, or not idle long enough yet: look again when it could be.
-            tokio::time::sleep_until(deadline.max(Instant::now() + timeout / 4)).await;
-        }
-    }
-}
-
-/// One request in progress, until its response body ends or is dropped.
-struct Active(Arc<Activity>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_ended_ms.store(ms, Ordering::Relaxed);
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+/// What a connection is served over, boxed: the guard or not, TLS or not, one type for hyper.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A response body that keeps its request counted as in progress on the connection.
 pub struct TrackedBody {
@@ -216,9 +203,7 @@ impl Conn {
         };
         match terminate(io, &identity, &self.shared.metrics).await {
             Ok((tls, peer)) => {
-                self.with_identity(peer)
-                    .serve_http(TokioIo::new(tls), target)
-                    .await;
+                self.with_identity(peer).serve_http(tls, target).await;
             }
             Err((reason, why)) => {
                 self.shared.metrics.mtls_refused(reason);

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::admit::admit;
+use super::guard::FramedTwice;
 use super::mtls::PeerIdentity;
 use super::observe::{Completion, ObservedBody};
 use super::upgrade::{self, Splice, Upgrade};
@@ -48,7 +49,8 @@ impl Target {
         matches!(self, Target::App | Target::AppAddr(_))
     }
 
-    fn direction(&self) -> &'static str {
+    /// `outbound` or `inbound`, as metrics and logs say.
+    pub fn direction(&self) -> &'static str {
         match self {
             Target::ByAuthority | Target::Fixed(_) | Target::Captured(_) => "outbound",
             Target::App | Target::AppAddr(_) => "inbound",
@@ -208,14 +210,20 @@ pub async fn handle(
     Response::from_parts(parts, ObservedBody::new(body, completion))
 }
 
-/// An HTTP/1.1 request a proxy must refuse (RFC 9112): more than one `Host`, or a `Host` that
-/// disagrees with an absolute-form target — a request that names two destinations. The metric's
-/// reason and the message. (A request with both `Content-Length` and `Transfer-Encoding` never
-/// gets here as such: hyper reads it as chunked, drops the length and closes the connection
-/// after the response, so no second request can hide in the body.)
+/// An HTTP/1.1 request a proxy must refuse (RFC 9112): one framed both by `Content-Length`
+/// and `Transfer-Encoding` (request smuggling; hyper drops the length, the connection's guard
+/// saw it), more than one `Host`, or a `Host` that disagrees with an absolute-form target — a
+/// request that names two destinations. The metric's reason and the message.
 fn malformed(parts: &http::request::Parts) -> Option<(&'static str, String)> {
     if parts.version >= Version::HTTP_2 {
         return None;
+    }
+    if parts.extensions.get::<FramedTwice>().is_some() {
+        return Some((
+            "content-length-and-transfer-encoding",
+            "a request is framed by Content-Length or by Transfer-Encoding; this one has both"
+                .to_string(),
+        ));
     }
     let headers = &parts.headers;
     let hosts = headers.get_all(header::HOST).iter().count();

@@ -130,14 +130,25 @@ async fn garbage_after_the_http2_preface_closes_only_that_connection() {
 }
 
 /// Requests that name two destinations (RFC 9112): two Host headers, a Host that disagrees with
-/// an absolute-form target. Each is a 400 naming the problem, the connection is closed, nothing
-/// reaches the upstream, and it is counted. A request with both Content-Length and
-/// Transfer-Encoding is read as chunked and ends its connection: what hides behind its body
-/// never becomes a request.
+/// an absolute-form target, or framed both by Content-Length and Transfer-Encoding (in either
+/// order, also after a well-framed request on the same connection). Each is a 400 naming the
+/// problem, the connection is closed, nothing reaches the upstream — neither the request nor
+/// one hidden behind its body — and it is counted.
 #[tokio::test]
 async fn requests_naming_two_destinations_are_refused_and_smuggling_gets_nothing_through() {
     let (upstream, sidecar) = setup().await;
-    let cases: [(&str, &[u8], &str); 2] = [
+    let framed_twice = "invalid request: a request is framed by Content-Length or by Transfer-Encoding; this one has both";
+    let cases: [(&str, &[u8], &str); 4] = [
+        (
+            "content-length-and-transfer-encoding",
+            b"POST /status/200 HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: echo\r\n\r\n",
+            framed_twice,
+        ),
+        (
+            "content-length-and-transfer-encoding",
+            b"POST /status/200 HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: echo\r\n\r\n",
+            framed_twice,
+        ),
         (
             "duplicate-host",
             b"GET /status/200 HTTP/1.1\r\nHost: echo\r\nHost: other\r\n\r\n",
@@ -149,7 +160,9 @@ async fn requests_naming_two_destinations_are_refused_and_smuggling_gets_nothing
             "invalid request: the Host header \"other\" disagrees with the request target's authority \"echo\"",
         ),
     ];
+    let mut counts = std::collections::HashMap::new();
     for (reason, request, message) in cases {
+        *counts.entry(reason).or_insert(0.0) += 1.0;
         let mut conn = RawConn::connect(sidecar.outbound()).await;
         assert!(conn.write(request).await, "{reason}");
         let head = conn.read_head().await.expect("an answer");
@@ -172,33 +185,34 @@ async fn requests_naming_two_destinations_are_refused_and_smuggling_gets_nothing
                     &[("direction", "outbound"), ("reason", reason)]
                 )
                 .await,
-            Some(1.0),
+            counts.get(reason).copied(),
             "{reason}"
         );
     }
     assert_eq!(upstream.requests(), 0, "nothing reached the upstream");
-    // Both framings: the body is read as chunked, the connection then closes, and the request
-    // hidden after the chunked body never reaches anyone.
+    // After a well-framed request on the same connection: that one is served, the second is
+    // refused, and what hides behind it reaches no one.
     let mut conn = RawConn::connect(sidecar.outbound()).await;
+    still_served(&mut conn).await;
     assert!(
         conn.write(b"POST /status/200 HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: echo\r\n\r\n")
             .await
     );
     let head = conn.read_head().await.expect("an answer");
-    assert_eq!(head.status, 200);
+    assert_eq!(head.status, 400);
     let _ = conn.read_body(&head).await;
-    assert!(
-        conn.closed_by_peer().await,
-        "the connection ends after the response"
-    );
-    assert_eq!(
-        upstream.requests_to("/smuggled"),
-        0,
-        "the hidden request never reached the upstream"
-    );
-    // Well-framed requests are served as ever.
+    assert!(conn.closed_by_peer().await, "the connection is closed");
+    assert_eq!(upstream.requests(), 1, "only the well-framed request");
+    assert_eq!(upstream.requests_to("/smuggled"), 0);
+    // A body that merely contains such a head is a body: served.
+    let inner = "GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
     let mut conn = RawConn::connect(sidecar.outbound()).await;
-    still_served(&mut conn).await;
+    let request = format!(
+        "POST /status/200 HTTP/1.1\r\nHost: echo\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    assert!(conn.write(request.as_bytes()).await);
+    assert_eq!(conn.read_head().await.expect("an answer").status, 200);
 }
 
 /// Clients that connect and never send a byte get the header-read timeout to start, then are
@@ -235,6 +249,54 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
         conn.closed_by_peer().await,
         "an idle keep-alive connection is closed"
     );
+}
+
+/// A client that starts a request head and does not finish it within the header-read timeout
+/// (a slowloris) gets 408 and a closed connection, counted; so does one that starts its next
+/// head on a keep-alive connection and stalls. A request whose upstream takes longer than the
+/// timeout is not a slow head: it is answered.
+#[tokio::test]
+async fn a_request_head_that_never_finishes_gets_408() {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
+        .args(["--header-read-timeout", "500ms"])
+        .start()
+        .await;
+    let timed_out = "the request head did not arrive within the header-read timeout";
+    let mut slow = RawConn::connect(sidecar.outbound()).await;
+    assert!(slow.write(b"GET /status/200 HTTP/1.1\r\nHost: ec").await);
+    let head = slow.read_head().await.expect("an answer");
+    assert_eq!(head.status, 408);
+    assert_eq!(head.header("connection"), Some("close"));
+    assert_eq!(head.header("x-bulwark-error"), Some("request-timeout"));
+    assert_eq!(
+        String::from_utf8_lossy(&slow.read_body(&head).await).trim_end(),
+        timed_out
+    );
+    assert!(slow.closed_by_peer().await);
+    // A slow upstream (three timeouts) holds no timer against its caller; the next head,
+    // begun and stalled, is timed from the end of that response.
+    let mut conn = RawConn::connect(sidecar.outbound()).await;
+    assert!(
+        conn.write(b"GET /status/200 HTTP/1.1\r\nHost: echo\r\nx-fault-delay-ms: 1500\r\n\r\n")
+            .await
+    );
+    let head = conn.read_head().await.expect("an answer");
+    assert_eq!(head.status, 200);
+    let _ = conn.read_body(&head).await;
+    assert!(conn.write(b"GET /status/2").await);
+    assert_eq!(conn.read_head().await.expect("an answer").status, 408);
+    assert_eq!(
+        sidecar
+            .metric(
+                "bulwark_malformed_requests_total",
+                &[("direction", "outbound"), ("reason", "head-timeout")]
+            )
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(upstream.requests(), 1, "only the complete request");
 }
 
 /// A listener serves at most `--max-connections` at once: one more waits in the backlog — and
