@@ -8,7 +8,7 @@
 //! [`upstream`] (connections) → [`body`]. Beside the path: [`state`] (what requests and the
 //! admin listener share), [`source`] (policies and health reports), [`health`] (levels, the app
 //! probe, readiness), [`admin`], and the leaves [`errors`], [`headers`], [`metrics`],
-//! [`priority`], [`trace`] and [`config`].
+//! [`priority`], [`trace`], [`idle`] and [`config`].
 //!
 //! [`run`] is the whole program; `main.rs` only reads flags, sets up logging and waits for a
 //! signal.
@@ -22,6 +22,7 @@ pub mod errors;
 pub mod headers;
 pub mod health;
 pub mod identity;
+pub mod idle;
 pub mod listen;
 pub mod metrics;
 pub mod policy_stack;

@@ -1,27 +1,21 @@
-//! Requests in progress on one downstream connection, and since when none has been: what its
-//! idle timeout and its request-head timer start from.
+//! Requests in progress on one downstream connection: what its idle timeout watches and what
+//! tells its request-head timer when a head is being waited for. Nothing here reads the clock
+//! on a request's path: the idle watch samples the count of requests ended ([`crate::idle`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Activity {
     active: AtomicUsize,
-    opened: Instant,
-    /// When the last request ended, in milliseconds since `opened`.
-    last_ended_ms: AtomicU64,
+    /// Requests ended so far.
+    ended: AtomicU64,
 }
 
 impl Activity {
     pub fn new() -> Activity {
-        Activity {
-            active: AtomicUsize::new(0),
-            opened: Instant::now(),
-            last_ended_ms: AtomicU64::new(0),
-        }
+        Activity::default()
     }
 
     /// One request starts; it is in progress until the returned guard is dropped.
@@ -30,32 +24,19 @@ impl Activity {
         Active(self.clone())
     }
 
-    /// Since when no request has been in progress; `None` while one is.
-    pub fn idle_since(&self) -> Option<Instant> {
-        if self.active.load(Ordering::Relaxed) > 0 {
+    /// With no request in progress, how many have ended (it changes when one more has);
+    /// `None` while one is in progress.
+    pub fn quiet(&self) -> Option<u64> {
+        if self.active.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = Duration::from_millis(self.last_ended_ms.load(Ordering::Relaxed));
-        Some(self.opened + since)
+        Some(self.ended.load(Ordering::Acquire))
     }
 
-    /// Resolves once no request has been in progress for `timeout`.
+    /// Resolves once no request has been in progress for `timeout` (at most half as long
+    /// again: [`crate::idle`]).
     pub async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let deadline = match self.idle_since() {
-                Some(since) if Instant::now() >= since + timeout => return,
-                Some(since) => since + timeout,
-                // Busy: look again later.
-                None => Instant::now() + timeout,
-            };
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity::new()
+        crate::idle::until_idle(timeout, || self.quiet()).await;
     }
 }
 
@@ -65,27 +46,38 @@ pub struct Active(Arc<Activity>);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_ended_ms.store(ms, Ordering::Relaxed);
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.ended.fetch_add(1, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::Release);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::time::Instant;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn idle_only_once_the_last_request_ended_a_timeout_ago() {
+    async fn idle_once_nothing_started_or_ended_for_a_timeout() {
         let activity = Arc::new(Activity::new());
         let timeout = Duration::from_secs(10);
         let request = activity.begin();
-        assert_eq!(activity.idle_since(), None);
-        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(activity.quiet(), None);
+        let started = Instant::now();
+        let watch = activity.clone();
+        let idle = tokio::spawn(async move {
+            watch.idle_for(timeout).await;
+            Instant::now()
+        });
+        // A request in progress for three timeouts is not idleness.
+        tokio::time::sleep(timeout * 3).await;
+        assert!(!idle.is_finished());
         drop(request);
         let ended = Instant::now();
-        assert!(activity.idle_since().is_some());
-        activity.idle_for(timeout).await;
-        assert_eq!(Instant::now() - ended, timeout);
+        assert_eq!(activity.quiet(), Some(1));
+        let closed = idle.await.expect("join");
+        let waited = closed - ended;
+        assert!(waited >= timeout && waited <= timeout * 3 / 2, "{waited:?}");
+        assert!(closed - started > timeout * 3);
     }
 }

@@ -122,17 +122,14 @@ impl Conn {
                 }))
             }
         });
-        let io: Box<dyn Io> = match self.header_read_timeout {
-            Some(timeout) => Box::new(Guarded::new(
-                io,
-                framing,
-                activity.clone(),
-                timeout,
-                self.shared.metrics.clone(),
-                direction,
-            )),
-            None => Box::new(io),
-        };
+        let io = Guarded::new(
+            io,
+            framing,
+            activity.clone(),
+            self.header_read_timeout,
+            self.shared.metrics.clone(),
+            direction,
+        );
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -160,10 +157,6 @@ impl Conn {
         }
     }
 }
-
-/// What a connection is served over, boxed: the guard or not, TLS or not, one type for hyper.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A response body that keeps its request counted as in progress on the connection.
 pub struct TrackedBody {

@@ -92,6 +92,7 @@ enum State {
 struct Head {
     /// A byte of the request line arrived (leading empty lines do not count).
     started: bool,
+    /// The first bytes of a line split across reads, and its length so far.
     line: Vec<u8>,
     line_len: usize,
     request_line_done: bool,
@@ -219,45 +220,55 @@ impl Scanner {
         matches!(self.state, State::Off)
     }
 
-    /// Reads head bytes up to the end of one line; how many it used.
+    /// Reads head bytes up to the end of one line; how many it used. A line that arrives
+    /// whole is read in place; only one split across reads is copied (its first bytes).
     fn head_bytes(&mut self, bytes: &[u8], framing: &Framing) -> usize {
         let State::Head(head) = &mut self.state else {
             return 0;
         };
-        let mut used = 0;
-        for &b in bytes {
-            used += 1;
-            if !head.started {
-                // Empty lines before a request line are skipped (RFC 9112 §2.2).
-                if b == b'\r' || b == b'\n' {
-                    continue;
-                }
-                head.started = true;
+        let mut skipped = 0;
+        if !head.started {
+            // Empty lines before a request line are skipped (RFC 9112 §2.2).
+            skipped = bytes
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(bytes.len());
+            if skipped == bytes.len() {
+                return skipped;
             }
-            if b != b'\n' {
-                if head.line.len() < LINE_KEPT {
-                    head.line.push(b);
-                }
-                head.line_len += 1;
-                continue;
-            }
-            if head.line.last() == Some(&b'\r') {
-                head.line.pop();
-                head.line_len -= 1;
-            }
-            if !head.request_line_done {
-                head.request_line_done = true;
-                request_line(head);
-            } else if head.line_len == 0 {
-                self.end_of_head(framing);
-                return used;
-            } else {
-                header_line(head);
-            }
-            head.line.clear();
-            head.line_len = 0;
+            head.started = true;
         }
-        used
+        let bytes = &bytes[skipped..];
+        let Some(end) = memchr::memchr(b'\n', bytes) else {
+            let room = LINE_KEPT.saturating_sub(head.line.len());
+            head.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            head.line_len += bytes.len();
+            return skipped + bytes.len();
+        };
+        let whole;
+        let (line, len) = if head.line_len == 0 {
+            (&bytes[..end], end)
+        } else {
+            let room = LINE_KEPT.saturating_sub(head.line.len());
+            head.line.extend_from_slice(&bytes[..end.min(room)]);
+            whole = std::mem::take(&mut head.line);
+            (&whole[..], head.line_len + end)
+        };
+        head.line_len = 0;
+        let (line, len) = match line.last() {
+            Some(b'\r') if line.len() == len => (&line[..line.len() - 1], len - 1),
+            _ if len > 0 && len > line.len() => (line, len - 1),
+            _ => (line, len),
+        };
+        if !head.request_line_done {
+            head.request_line_done = true;
+            request_line(head, line, len);
+        } else if len == 0 {
+            self.end_of_head(framing);
+        } else {
+            header_line(head, line, len);
+        }
+        skipped + end + 1
     }
 
     fn end_of_head(&mut self, framing: &Framing) {
@@ -287,12 +298,12 @@ impl Scanner {
     }
 }
 
-fn request_line(head: &mut Head) {
-    let line = &head.line[..];
+/// `line` is what was kept of a line of `len` bytes (its CR dropped).
+fn request_line(head: &mut Head, line: &[u8], len: usize) {
     if line.starts_with(b"PRI * HTTP/2.0") || line.starts_with(b"CONNECT ") {
         head.step_aside = true;
     }
-    if head.line_len > LINE_KEPT {
+    if len > line.len() {
         // A long target: the version at its end was not kept; hyper reads it.
         return;
     }
@@ -301,9 +312,8 @@ fn request_line(head: &mut Head) {
     }
 }
 
-fn header_line(head: &mut Head) {
-    let line = &head.line[..];
-    let Some(colon) = line.iter().position(|&b| b == b':') else {
+fn header_line(head: &mut Head, line: &[u8], len: usize) {
+    let Some(colon) = memchr::memchr(b':', line) else {
         head.step_aside = true;
         return;
     };
@@ -313,8 +323,12 @@ fn header_line(head: &mut Head) {
         head.step_aside = true;
         return;
     }
+    // Only three names matter; their lengths tell most lines apart at once.
+    if !matches!(name.len(), 7 | 14 | 17) {
+        return;
+    }
     let value = line[colon + 1..].trim_ascii();
-    let truncated = head.line_len > LINE_KEPT;
+    let truncated = len > line.len();
     if name.eq_ignore_ascii_case(b"content-length") {
         let length = (!truncated && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
             .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
@@ -347,12 +361,15 @@ pub struct Guarded<I> {
     scanner: Scanner,
     framing: Arc<Framing>,
     activity: Arc<Activity>,
-    timeout: Duration,
+    /// The header-read timeout; without one, heads are not timed.
+    timeout: Option<Duration>,
     timer: Pin<Box<Sleep>>,
     metrics: Arc<Metrics>,
     direction: &'static str,
     /// The 408 being written, and how much of it is out.
     answering: Option<(Vec<u8>, usize)>,
+    /// Since when a head has been waited for, and the count of ended requests then.
+    waiting: Option<(Instant, u64)>,
 }
 
 impl<I> Guarded<I> {
@@ -360,7 +377,7 @@ impl<I> Guarded<I> {
         inner: I,
         framing: Arc<Framing>,
         activity: Arc<Activity>,
-        timeout: Duration,
+        timeout: Option<Duration>,
         metrics: Arc<Metrics>,
         direction: &'static str,
     ) -> Guarded<I> {
@@ -370,20 +387,33 @@ impl<I> Guarded<I> {
             framing,
             activity,
             timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            timer: Box::pin(tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4))),
             metrics,
             direction,
             answering: None,
+            waiting: None,
         }
     }
 
     /// When the head being waited for is due: `None` while a request is in progress (no head is
-    /// being waited for) or once the guard stepped aside.
-    fn head_due(&self) -> Option<Instant> {
-        if self.scanner.is_off() || !matches!(self.scanner.state, State::Head(_)) {
+    /// being waited for) or once the guard stepped aside. The wait starts when the guard first
+    /// finds the connection quiet after a request ended (or opened): hyper reads for the next
+    /// head from then on.
+    fn head_due(&mut self) -> Option<Instant> {
+        let timeout = self.timeout?;
+        if !matches!(self.scanner.state, State::Head(_)) {
             return None;
         }
-        self.activity.idle_since().map(|since| since + self.timeout)
+        let ended = self.activity.quiet()?;
+        let since = match self.waiting {
+            Some((since, seen)) if seen == ended => since,
+            _ => {
+                let now = Instant::now();
+                self.waiting = Some((now, ended));
+                now
+            }
+        };
+        Some(since + timeout)
     }
 }
 
@@ -430,11 +460,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
                 let Some(due) = this.head_due() else {
                     return Poll::Pending;
                 };
-                if this.timer.deadline() != due {
+                // A head is due later with every request that ends; the timer is not moved for
+                // each (a timer-wheel update per request): it may fire early, and is re-armed
+                // then.
+                if this.timer.deadline() > due {
                     this.timer.as_mut().reset(due);
                 }
-                if this.timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                loop {
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if Instant::now() >= due {
+                        break;
+                    }
+                    this.timer.as_mut().reset(due);
                 }
                 if !this.scanner.head_begun() {
                     // Nothing sent at all: closed without an answer.
@@ -517,6 +556,13 @@ mod tests {
         assert_eq!(marked(cl_te), vec![0]);
         assert_eq!(marked(te_cl), vec![0]);
         assert_eq!(marked(&[&ok[..], &ok[..], &cl_te[..]].concat()), vec![2]);
+        // Lines longer than what is kept of them, a target and a header.
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nCookie: {}\r\nContent-Length: 0\r\ntransfer-encoding: chunked\r\n\r\n",
+            "a".repeat(1000),
+            "c".repeat(5000)
+        );
+        assert_eq!(marked(long.as_bytes()), vec![0]);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! connections and one multiplexed HTTP/2 connection, plus the in-flight count the balancer
 //! reads. A response body keeps its endpoint busy until it ends and hands an HTTP/1.1
 //! connection back here ([`ConnectionOwner`]). Connections unused for the upstream's idle
-//! timeout are closed: idle HTTP/1.1 ones by a sweeper task that runs while any are kept, the
-//! HTTP/2 one by its own task once the endpoint has had nothing in flight that long.
+//! timeout are closed (between one and one and a half timeouts; no clock is read on a
+//! request's path): idle HTTP/1.1 ones by a sweeper task that runs while any are kept and
+//! counts sweeps of half a timeout, the HTTP/2 one by its own task once the endpoint has had
+//! nothing in flight that long ([`crate::idle`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +17,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::time::Instant;
 
 use super::connect::{ConnectSettings, DEFAULT_IDLE_TIMEOUT, connect};
 use super::http2;
@@ -31,9 +32,9 @@ const MAX_IDLE_H1: usize = 64;
 pub struct Endpoint {
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
-    created: Instant,
-    /// When `in_flight` last fell to zero, in milliseconds since `created`.
-    idle_since_ms: AtomicU64,
+    /// How often `in_flight` fell to zero: the HTTP/2 idle watch samples it (no clock read on
+    /// a request's path).
+    quieted: AtomicU64,
     /// The upstream's idle timeout (milliseconds), as its last request's settings say.
     idle_timeout_ms: AtomicU64,
     h1_idle: Mutex<IdleH1>,
@@ -43,12 +44,20 @@ pub struct Endpoint {
     me: Weak<Endpoint>,
 }
 
-/// Idle HTTP/1.1 connections, oldest first, each with when it became idle.
+/// Idle HTTP/1.1 connections, oldest first, each with the sweep it became idle in.
 #[derive(Default)]
 struct IdleH1 {
-    connections: Vec<(H1Connection, Instant)>,
+    connections: Vec<(H1Connection, u64)>,
+    /// Sweeps so far: one every half idle timeout while connections are kept.
+    sweep: u64,
     /// A sweeper task is running.
     sweeping: bool,
+}
+
+/// Idle since sweep `since` and now at sweep `now`: through three sweeps of half a timeout,
+/// at least one timeout (it became idle somewhere in the first).
+fn expired(now: u64, since: u64) -> bool {
+    now >= since + 3
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -65,8 +74,7 @@ impl Endpoint {
         Arc::new_cyclic(|me| Endpoint {
             addr,
             in_flight: AtomicUsize::new(0),
-            created: Instant::now(),
-            idle_since_ms: AtomicU64::new(0),
+            quieted: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(millis(DEFAULT_IDLE_TIMEOUT)),
             h1_idle: Mutex::new(IdleH1::default()),
             h2: ArcSwapOption::empty(),
@@ -79,20 +87,19 @@ impl Endpoint {
         Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
     }
 
-    /// How long nothing has been in flight; `None` while something is.
-    fn idle_for(&self) -> Option<Duration> {
+    /// With nothing in flight, how often that has been so (it changes when requests came and
+    /// went); `None` while something is in flight.
+    fn quiet(&self) -> Option<u64> {
         if self.in_flight() > 0 {
             return None;
         }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
-        Some(self.created.elapsed().saturating_sub(since))
+        Some(self.quieted.load(Ordering::Relaxed))
     }
 
     /// One request in flight ended.
     fn done(&self) {
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.idle_since_ms
-                .store(millis(self.created.elapsed()), Ordering::Relaxed);
+            self.quieted.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -170,7 +177,7 @@ impl Endpoint {
         loop {
             let idle = self.h1_idle.lock().ok().and_then(|mut idle| {
                 let (conn, since) = idle.connections.pop()?;
-                if since.elapsed() >= settings.idle_timeout {
+                if expired(idle.sweep, since) {
                     // It and every older one are past the idle timeout: closed.
                     idle.connections.clear();
                     return None;
@@ -216,7 +223,8 @@ impl Endpoint {
         if let Ok(mut idle) = self.h1_idle.lock()
             && idle.connections.len() < MAX_IDLE_H1
         {
-            idle.connections.push((conn, Instant::now()));
+            let sweep = idle.sweep;
+            idle.connections.push((conn, sweep));
             if !idle.sweeping {
                 idle.sweeping = true;
                 tokio::spawn(sweep_idle_h1(self.me.clone()));
@@ -275,8 +283,8 @@ impl Endpoint {
         }
         let io = connect(self.addr, settings, Wire::Http2).await?;
         let me = self.me.clone();
-        // Gone from the endpoint set: as good as idle for ever.
-        let idle = move || me.upgrade().map_or(Some(Duration::MAX), |e| e.idle_for());
+        // Gone from the endpoint set: quiet for ever.
+        let idle = move || me.upgrade().map_or(Some(u64::MAX), |e| e.quiet());
         let conn = http2::handshake(
             io,
             settings.upstream.clone(),
@@ -343,26 +351,27 @@ impl ConnectionOwner<H1Connection> for Endpoint {
 /// none is left (the next one kept starts another) or the endpoint is gone.
 async fn sweep_idle_h1(endpoint: Weak<Endpoint>) {
     loop {
-        let wait = {
+        let step = {
             let Some(endpoint) = endpoint.upgrade() else {
                 return;
             };
-            let timeout = endpoint.idle_timeout();
-            let Ok(mut idle) = endpoint.h1_idle.lock() else {
-                return;
-            };
-            let now = Instant::now();
-            idle.connections
-                .retain(|(conn, since)| !conn.is_closed() && now.duration_since(*since) < timeout);
-            match idle.connections.first() {
-                Some((_, oldest)) => (*oldest + timeout).saturating_duration_since(now),
-                None => {
-                    idle.sweeping = false;
-                    return;
-                }
-            }
+            endpoint.idle_timeout() / 2
         };
-        tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+        tokio::time::sleep(step.max(Duration::from_millis(5))).await;
+        let Some(endpoint) = endpoint.upgrade() else {
+            return;
+        };
+        let Ok(mut idle) = endpoint.h1_idle.lock() else {
+            return;
+        };
+        idle.sweep += 1;
+        let sweep = idle.sweep;
+        idle.connections
+            .retain(|(conn, since)| !conn.is_closed() && !expired(sweep, *since));
+        if idle.connections.is_empty() {
+            idle.sweeping = false;
+            return;
+        }
     }
 }
 

@@ -48,17 +48,19 @@ impl Connection {
     }
 }
 
-/// How long the connection's endpoint has had nothing in flight (`None` while it has).
-pub type IdleFor = Box<dyn Fn() -> Option<Duration> + Send>;
+/// With nothing in flight to the connection's endpoint, a count that changes whenever requests
+/// came and went; `None` while something is in flight.
+pub type Quiet = Box<dyn Fn() -> Option<u64> + Send>;
 
 /// Handshakes over `io` and spawns the task that drives the connection (and its keep-alive
 /// pings) until every handle is gone, the peer goes away, or the endpoint has had nothing in
-/// flight for the idle timeout.
+/// flight for the idle timeout (closed between one and one and a half timeouts after the last
+/// request ended: the watch looks every half timeout).
 pub async fn handshake(
     io: Io,
     upstream: std::sync::Arc<str>,
     endpoint: std::net::SocketAddr,
-    (idle_timeout, idle_for): (Duration, IdleFor),
+    (idle_timeout, quiet): (Duration, Quiet),
 ) -> Result<Connection, h2::Error> {
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -87,16 +89,7 @@ pub async fn handshake(
                 }
             }
         };
-        let idle = async move {
-            loop {
-                let wait = match idle_for() {
-                    Some(idle) if idle >= idle_timeout => return,
-                    Some(idle) => idle_timeout - idle,
-                    None => idle_timeout,
-                };
-                tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
-            }
-        };
+        let idle = crate::idle::until_idle(idle_timeout, quiet);
         tokio::select! {
             () = idle => {
                 tracing::debug!(%upstream, %endpoint, "closing an idle HTTP/2 connection");
