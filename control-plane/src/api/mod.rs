@@ -7,6 +7,7 @@ pub mod access;
 pub mod degradation;
 pub mod discovery;
 pub mod limits;
+pub mod openapi;
 pub mod operator;
 pub mod ops;
 pub mod pods;

@@ -28,8 +28,11 @@ use crate::store::keys::{OverrideTarget, ServiceKey};
 /// The header that marks a read served from an index that may be behind etcd.
 pub const STALE_HEADER: &str = "x-bulwark-stale";
 
-/// The hand-written OpenAPI 3.0 document of the routes below.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The `error` of answers given before a request reaches an operation (the operations' own are
+/// [`OpError::kind`]).
+const TOO_LARGE: &str = "too-large";
+const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported-media-type";
+const METHOD_NOT_ALLOWED: &str = "method-not-allowed";
 
 /// Every route (method, path) — the OpenAPI document lists exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -128,7 +131,7 @@ async fn bodies_within(
         let said = size.map_or_else(|| "more than that".to_string(), |n| format!("{n} bytes"));
         error_body(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
+            TOO_LARGE,
             &format!(
                 "the request body is {said}; this control plane accepts at most {max} bytes (--max-request-body)"
             ),
@@ -222,7 +225,7 @@ async fn json_bodies_only(req: axum::extract::Request, next: axum::middleware::N
             let got = content_type.map_or_else(|| "none".to_string(), |t| format!("{t:?}"));
             return error_body(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
+                UNSUPPORTED_MEDIA_TYPE,
                 &format!(
                     "the request body must be JSON: send Content-Type: application/json (got {got})"
                 ),
@@ -607,7 +610,7 @@ async fn openapi() -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        OPENAPI,
+        super::openapi::document(),
     )
         .into_response()
 }
@@ -639,7 +642,7 @@ async fn no_route(method: Method, uri: Uri) -> Response {
 async fn wrong_method(method: Method, uri: Uri) -> Response {
     error_body(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
+        METHOD_NOT_ALLOWED,
         &format!("{method} is not allowed on {}", uri.path()),
         &[],
     )
@@ -652,7 +655,8 @@ mod tests {
 
     #[test]
     fn the_openapi_document_lists_exactly_the_routes() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(super::super::openapi::document()).expect("the document is JSON");
         assert_eq!(doc["openapi"], "3.0.3");
         let documented: BTreeSet<(String, String)> = doc["paths"]
             .as_object()
@@ -674,8 +678,38 @@ mod tests {
     }
 
     #[test]
+    fn every_error_kind_is_in_the_openapi_document() {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::super::openapi::document()).expect("the document is JSON");
+        let documented: BTreeSet<&str> =
+            doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+                .as_array()
+                .expect("an enum")
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+        let errors = [
+            OpError::invalid("x"),
+            OpError::Conflict("x".into()),
+            OpError::NotFound("x".into()),
+            OpError::Unavailable("x".into()),
+            OpError::Internal("x".into()),
+            OpError::Unauthenticated("x".into()),
+            OpError::Forbidden("x".into()),
+            OpError::RateLimited {
+                message: "x".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            },
+        ];
+        let mut kinds: BTreeSet<&str> = errors.iter().map(OpError::kind).collect();
+        kinds.extend([TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, METHOD_NOT_ALLOWED]);
+        assert_eq!(documented, kinds);
+    }
+
+    #[test]
     fn every_reference_in_the_openapi_document_resolves() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(super::super::openapi::document()).expect("the document is JSON");
         let mut refs = Vec::new();
         collect_refs(&doc, &mut refs);
         assert!(!refs.is_empty());

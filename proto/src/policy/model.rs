@@ -15,6 +15,7 @@ pub const API_VERSION: &str = "bulwark/v1";
 // plain variants.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind")]
 pub enum Resource {
     UpstreamPolicy(UpstreamPolicy),
@@ -52,6 +53,7 @@ impl Resource {
 
 /// The resource kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Kind {
     UpstreamPolicy,
     ServicePolicy,
@@ -91,6 +93,7 @@ fn default_namespace() -> String {
 
 /// Name, namespace and labels of a resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     pub name: String,
@@ -122,6 +125,7 @@ impl Metadata {
 
 /// How every caller in the mesh talks to one upstream service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamPolicy {
     pub api_version: String,
@@ -130,6 +134,7 @@ pub struct UpstreamPolicy {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamSpec {
     pub endpoints: Endpoints,
@@ -179,6 +184,7 @@ impl UpstreamSpec {
 
 /// How the sidecar speaks TLS to an upstream's endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamTls {
     pub mode: TlsMode,
@@ -196,6 +202,7 @@ pub struct UpstreamTls {
 
 /// TLS towards an upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// Mutual TLS with the workload certificate, to another sidecar.
@@ -209,6 +216,7 @@ pub enum TlsMode {
 
 /// Where the upstream's endpoints come from: exactly one of `dns` or `static`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoints {
     /// `host:port`, re-resolved every `dnsRefresh`.
@@ -224,6 +232,7 @@ pub struct Endpoints {
 
 /// The protocol spoken to the upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// The protocol the caller used (HTTP/1.1 in, HTTP/1.1 out; HTTP/2 in, HTTP/2 out).
@@ -237,6 +246,7 @@ pub enum Protocol {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -248,6 +258,7 @@ pub struct Timeouts {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,6 +280,7 @@ pub struct Retry {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backoff {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +295,7 @@ pub struct Backoff {
 
 /// When a non-idempotent request (POST, PATCH, gRPC by default) may be retried.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum NonIdempotent {
     #[default]
@@ -292,6 +305,7 @@ pub enum NonIdempotent {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,6 +317,7 @@ pub struct RetryBudget {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -326,6 +341,7 @@ pub struct CircuitBreaker {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SlowCall {
     pub duration: Duration,
@@ -333,6 +349,7 @@ pub struct SlowCall {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -344,6 +361,7 @@ pub struct OutlierDetection {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -353,6 +371,7 @@ pub struct Limits {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fallback {
     /// Other UpstreamPolicies (same namespace, or `name.namespace`), tried in order.
@@ -364,6 +383,7 @@ pub struct Fallback {
 
 /// The answer given when the upstream and every failover target failed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StaticResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,6 +400,7 @@ pub struct StaticResponse {
 
 /// A per-method override; the most specific matching route wins.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -396,6 +417,7 @@ pub struct Route {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteMatch {
     /// `/package.Service/Method`, or `/package.Service/` for every method of a service.
@@ -414,6 +436,7 @@ pub struct RouteMatch {
 /// The service a sidecar sits beside: its app, its dependencies and how health maps to
 /// degradation levels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePolicy {
     pub api_version: String,
@@ -422,6 +445,7 @@ pub struct ServicePolicy {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -458,6 +482,7 @@ pub struct ServiceSpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct App {
     pub port: u16,
@@ -468,6 +493,7 @@ pub struct App {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
     /// HTTP path probed with GET; 2xx is healthy.
@@ -483,6 +509,7 @@ pub struct HealthCheck {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Dependency {
     #[serde(default)]
@@ -490,6 +517,7 @@ pub struct Dependency {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UnhealthyWhen {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -502,6 +530,7 @@ pub struct UnhealthyWhen {
 
 /// One level's rule; several keys are OR-ed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LevelRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -511,6 +540,7 @@ pub struct LevelRule {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LevelActions {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -522,6 +552,7 @@ pub struct LevelActions {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Inbound {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -540,6 +571,7 @@ pub struct Inbound {
 
 /// What the inbound side accepts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MtlsMode {
     /// Mutual TLS only; plaintext is refused (kubelet probes excepted).
@@ -553,6 +585,7 @@ pub enum MtlsMode {
 
 /// Inbound authorization: a request is allowed when a rule matches it, else denied.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Authorization {
     /// Log and count what would be denied, and allow it.
@@ -564,6 +597,7 @@ pub struct Authorization {
 
 /// One allow rule: callers (`from`) and requests (`to`); an omitted side matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -575,6 +609,7 @@ pub struct AuthorizationRule {
 
 /// Verified callers: any listed identity, service account or namespace.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Callers {
     /// SPIFFE IDs.
@@ -588,6 +623,7 @@ pub struct Callers {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Alerts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
