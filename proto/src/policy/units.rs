@@ -359,6 +359,39 @@ impl fmt::Display for Condition {
     }
 }
 
+// JSON Schema of the unit types (the control plane's OpenAPI document): strings as written in a
+// policy (numbers are accepted and reported by validation with the field's path).
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration: a number and a unit (ms, s, m, h), e.g. \"250ms\", \"2s\", \"1m30s\"",
+            "example": "2s"
+        })
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Percent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Percent".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A percentage from 0% to 100%, e.g. \"50%\" or \"12.5%\"",
+            "example": "50%"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,43 +489,5 @@ mod tests {
             GrpcCode::from_name("deadline_exceeded"),
             Some(GrpcCode::DeadlineExceeded)
         );
-    }
-}
-
-#[cfg(feature = "schema")]
-mod schema {
-    //! JSON Schema of the unit types: strings as written in a policy (numbers are accepted
-    //! and reported by validation with the field's path).
-
-    use std::borrow::Cow;
-
-    use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-
-    impl JsonSchema for super::Duration {
-        fn schema_name() -> Cow<'static, str> {
-            "Duration".into()
-        }
-
-        fn json_schema(_: &mut SchemaGenerator) -> Schema {
-            json_schema!({
-                "type": "string",
-                "description": "A duration: a number and a unit (ms, s, m, h), e.g. \"250ms\", \"2s\", \"1m30s\"",
-                "example": "2s"
-            })
-        }
-    }
-
-    impl JsonSchema for super::Percent {
-        fn schema_name() -> Cow<'static, str> {
-            "Percent".into()
-        }
-
-        fn json_schema(_: &mut SchemaGenerator) -> Schema {
-            json_schema!({
-                "type": "string",
-                "description": "A percentage from 0% to 100%, e.g. \"50%\" or \"12.5%\"",
-                "example": "50%"
-            })
-        }
     }
 }

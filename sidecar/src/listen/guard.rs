@@ -451,8 +451,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let framing = this.framing.clone();
-                this.scanner.feed(&buf.filled()[before..], &framing);
+                this.scanner.feed(&buf.filled()[before..], &this.framing);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
