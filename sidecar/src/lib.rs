@@ -8,7 +8,8 @@
 //! [`upstream`] (connections) → [`body`]. Beside the path: [`state`] (what requests and the
 //! admin listener share), [`source`] (policies and health reports), [`health`] (levels, the app
 //! probe, readiness), [`admin`], and the leaves [`errors`], [`headers`], [`metrics`],
-//! [`priority`], [`trace`], [`idle`] and [`config`].
+//! [`priority`], [`trace`], [`idle`], [`overload`] (the adaptive limit's arithmetic) and
+//! [`config`].
 //!
 //! [`run`] is the whole program; `main.rs` only reads flags, sets up logging and waits for a
 //! signal.
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod idle;
 pub mod listen;
 pub mod metrics;
+pub mod overload;
 pub mod policy_stack;
 pub mod priority;
 pub mod route;

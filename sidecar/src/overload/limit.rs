@@ -1,0 +1,406 @@
+//! The adaptive concurrency limit: how many requests may be in flight to what it protects,
+//! learned from latency. Every update interval the median latency of the interval is compared
+//! with a baseline — the latency of requests that did not queue — and the limit moves by the
+//! gradient between them (Envoy's gradient controller, Netflix's Gradient2):
+//!
+//! `limit ← limit × clamp(tolerance × baseline / median, 0.5, 2) + √limit`
+//!
+//! so it grows while requests take what unqueued ones take, and shrinks in proportion once they
+//! queue. The baseline is measured by a **probe**: at start and then every probe interval
+//! (jittered), the limit is briefly the probe concurrency — a few requests, whatever the
+//! configured floor — and the median of those requests' latency is the new baseline; then the
+//! limit returns to where it was before the probe. A floor set high is therefore never the probe
+//! level, and the limit never sticks at it: a baseline that went stale (the callee got slower
+//! for good) is replaced at the next probe, after which the limit climbs back. Between probes a
+//! faster interval lowers the baseline at once. The limit grows only while demand reaches at
+//! least half of it: an idle upstream teaches nothing about capacity.
+//!
+//! Pure: the caller gives the time, each sample's latency and the requests in flight when it
+//! started.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How the limit moves. [`LimitSettings::default`] gives every field a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitSettings {
+    /// The limit before the first update.
+    pub initial: usize,
+    /// The limit is never below this (at least 1)…
+    pub min: usize,
+    /// …nor above this.
+    pub max: usize,
+    /// How much slower than the baseline the median may be before the limit shrinks (1.25:
+    /// 25% slower).
+    pub tolerance: f64,
+    /// How often the limit is updated.
+    pub update_interval: Duration,
+    /// How often the baseline is measured again (jittered by ±15%).
+    pub probe_interval: Duration,
+    /// Requests in flight while the baseline is measured.
+    pub probe_concurrency: usize,
+    /// Requests the baseline is the median of.
+    pub probe_samples: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            initial: 20,
+            min: 1,
+            max: 1000,
+            tolerance: 1.25,
+            update_interval: Duration::from_millis(100),
+            probe_interval: Duration::from_secs(60),
+            probe_concurrency: 3,
+            probe_samples: 25,
+        }
+    }
+}
+
+/// The limit, its baseline, and what is being measured now.
+#[derive(Debug, Clone)]
+pub struct AdaptiveLimit {
+    settings: LimitSettings,
+    limit: f64,
+    /// The latency of unqueued requests (seconds); `None` until the first probe ends.
+    baseline: Option<f64>,
+    phase: Phase,
+    /// The current interval's latencies (seconds), and the most in flight among its samples.
+    window: Vec<f64>,
+    window_in_flight: usize,
+    window_started: Instant,
+    next_probe: Instant,
+    /// Probes so far, to vary their jitter.
+    probes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Learning,
+    /// Measuring the baseline; the limit to go back to afterwards.
+    Probing {
+        restore: f64,
+    },
+}
+
+impl AdaptiveLimit {
+    /// Starts with a probe: the baseline is measured first.
+    pub fn new(settings: LimitSettings, now: Instant) -> AdaptiveLimit {
+        let min = settings.min.max(1);
+        let max = settings.max.max(min);
+        let settings = LimitSettings {
+            min,
+            max,
+            probe_concurrency: settings.probe_concurrency.max(1),
+            probe_samples: settings.probe_samples.max(1),
+            tolerance: settings.tolerance.max(1.0),
+            ..settings
+        };
+        let limit = settings.initial.clamp(min, max) as f64;
+        AdaptiveLimit {
+            window: Vec::with_capacity(64),
+            window_in_flight: 0,
+            window_started: now,
+            next_probe: now,
+            phase: Phase::Probing { restore: limit },
+            baseline: None,
+            limit,
+            probes: 0,
+            settings,
+        }
+    }
+
+    /// Requests that may be in flight now.
+    pub fn limit(&self) -> usize {
+        match self.phase {
+            Phase::Probing { .. } => self.settings.probe_concurrency.min(self.settings.max),
+            Phase::Learning => self.limit as usize,
+        }
+    }
+
+    /// Whether the baseline is being measured now.
+    pub fn probing(&self) -> bool {
+        matches!(self.phase, Phase::Probing { .. })
+    }
+
+    /// The latency of unqueued requests, once measured.
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline.map(Duration::from_secs_f64)
+    }
+
+    /// One request ended at `now` after `rtt`; `in_flight` were in flight when it started
+    /// (itself included).
+    pub fn sample(&mut self, now: Instant, rtt: Duration, in_flight: usize) {
+        self.window.push(rtt.as_secs_f64().max(1e-6));
+        self.window_in_flight = self.window_in_flight.max(in_flight);
+        match self.phase {
+            Phase::Probing { restore } => {
+                if self.window.len() >= self.settings.probe_samples {
+                    self.baseline = Some(median(&mut self.window));
+                    self.limit = restore;
+                    self.phase = Phase::Learning;
+                    self.probes += 1;
+                    self.next_probe = now + self.jittered_probe_interval();
+                    self.start_window(now);
+                }
+            }
+            Phase::Learning => {
+                if now.duration_since(self.window_started) >= self.settings.update_interval {
+                    self.update();
+                    self.start_window(now);
+                }
+                if now >= self.next_probe {
+                    self.phase = Phase::Probing {
+                        restore: self.limit,
+                    };
+                    self.start_window(now);
+                }
+            }
+        }
+    }
+
+    fn start_window(&mut self, now: Instant) {
+        self.window.clear();
+        self.window_in_flight = 0;
+        self.window_started = now;
+    }
+
+    fn update(&mut self) {
+        let (Some(baseline), false) = (self.baseline, self.window.is_empty()) else {
+            return;
+        };
+        let median = median(&mut self.window);
+        let baseline = if median < baseline {
+            // Faster than the baseline: requests queue less than when it was measured.
+            self.baseline = Some(median);
+            median
+        } else {
+            baseline
+        };
+        let gradient = (self.settings.tolerance * baseline / median).clamp(0.5, 2.0);
+        // Demand below half the limit says nothing about capacity: no growth from it.
+        if gradient > 1.0 && (self.window_in_flight as f64) < self.limit / 2.0 {
+            return;
+        }
+        let next = self.limit * gradient + self.limit.sqrt();
+        self.limit = next.clamp(self.settings.min as f64, self.settings.max as f64);
+    }
+
+    /// The probe interval ±15%, varied per probe so that sidecars started together do not
+    /// probe together.
+    fn jittered_probe_interval(&self) -> Duration {
+        // A fixed pseudo-random sequence is enough to spread probes (no RNG on the path).
+        let x = self.probes.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+        let unit = (x as f64) / ((1u64 << 53) as f64);
+        self.settings.probe_interval.mul_f64(0.85 + 0.3 * unit)
+    }
+}
+
+/// The median of `values` (reorders them).
+fn median(values: &mut [f64]) -> f64 {
+    let mid = values.len() / 2;
+    let (_, m, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    *m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An app with `workers` workers and a fixed service time: up to `workers` requests in
+    /// flight take `service`; more queue and take proportionally longer.
+    #[derive(Clone, Copy)]
+    struct App {
+        workers: usize,
+        service: Duration,
+    }
+
+    impl App {
+        fn latency(self, in_flight: usize) -> Duration {
+            let load = in_flight.max(1) as f64 / self.workers as f64;
+            self.service.mul_f64(load.max(1.0))
+        }
+    }
+
+    /// Saturating demand for `time`: as many requests in flight as the limit allows, 20
+    /// samples per update interval. The limits seen, one per sample.
+    fn run(limit: &mut AdaptiveLimit, now: &mut Instant, app: App, time: Duration) -> Vec<usize> {
+        let step = limit.settings.update_interval / 20;
+        let end = *now + time;
+        let mut seen = Vec::new();
+        while *now < end {
+            *now += step;
+            let in_flight = limit.limit();
+            limit.sample(*now, app.latency(in_flight), in_flight);
+            seen.push(limit.limit());
+        }
+        seen
+    }
+
+    /// The limits seen over the last `part` of `seen`, outside probes (which are short).
+    fn settled(seen: &[usize], settings: &LimitSettings) -> (usize, usize) {
+        let tail = &seen[seen.len() * 3 / 4..];
+        let outside: Vec<usize> = tail
+            .iter()
+            .copied()
+            .filter(|&l| l != settings.probe_concurrency)
+            .collect();
+        (
+            *outside.iter().min().expect("limits"),
+            *outside.iter().max().expect("limits"),
+        )
+    }
+
+    fn app(workers: usize) -> App {
+        App {
+            workers,
+            service: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn the_first_probe_measures_the_baseline_then_the_limit_grows_to_the_capacity() {
+        let mut now = Instant::now();
+        let settings = LimitSettings {
+            initial: 4,
+            ..LimitSettings::default()
+        };
+        let mut limit = AdaptiveLimit::new(settings.clone(), now);
+        assert!(limit.probing());
+        assert_eq!(limit.limit(), 3);
+        let seen = run(&mut limit, &mut now, app(50), Duration::from_secs(30));
+        assert_eq!(limit.baseline().map(|b| b.as_micros()), Some(20_000));
+        let (lo, hi) = settled(&seen, &settings);
+        // Capacity 50; the tolerance and headroom allow some queueing above it.
+        assert!(
+            lo >= 50 && hi <= 80,
+            "settled between {lo} and {hi} for 50 workers"
+        );
+    }
+
+    #[test]
+    fn the_limit_shrinks_when_capacity_drops_and_climbs_back_when_it_returns() {
+        let mut now = Instant::now();
+        let settings = LimitSettings::default();
+        let mut limit = AdaptiveLimit::new(settings.clone(), now);
+        run(&mut limit, &mut now, app(100), Duration::from_secs(30));
+        let before = limit.limit();
+        assert!(before >= 100, "{before}");
+        let seen = run(&mut limit, &mut now, app(50), Duration::from_secs(30));
+        let (lo, hi) = settled(&seen, &settings);
+        assert!(
+            lo >= 50 && hi <= 80,
+            "{before} → {lo}..{hi} with half the workers"
+        );
+        let seen = run(&mut limit, &mut now, app(100), Duration::from_secs(30));
+        let (lo, _) = settled(&seen, &settings);
+        assert!(lo >= 100, "climbed back to {lo}");
+    }
+
+    #[test]
+    fn after_a_latency_spike_the_limit_recovers_and_a_high_floor_is_not_the_probe_level() {
+        let mut now = Instant::now();
+        let settings = LimitSettings {
+            min: 40,
+            probe_interval: Duration::from_secs(20),
+            ..LimitSettings::default()
+        };
+        let mut limit = AdaptiveLimit::new(settings.clone(), now);
+        run(&mut limit, &mut now, app(100), Duration::from_secs(15));
+        // Every request twenty times slower for two seconds.
+        let slow = App {
+            workers: 100,
+            service: Duration::from_millis(400),
+        };
+        let seen = run(&mut limit, &mut now, slow, Duration::from_secs(2));
+        assert_eq!(
+            *seen.last().expect("limits"),
+            40,
+            "down to the floor, not below"
+        );
+        let seen = run(&mut limit, &mut now, app(100), Duration::from_secs(30));
+        let (lo, _) = settled(&seen, &settings);
+        assert!(lo >= 100, "recovered to {lo}");
+        // The probes in between ran at the probe concurrency, under the floor of 40.
+        assert!(seen.contains(&3), "a probe ran at 3 in flight");
+    }
+
+    #[test]
+    fn a_baseline_gone_stale_is_replaced_at_the_next_probe() {
+        let mut now = Instant::now();
+        let settings = LimitSettings {
+            probe_interval: Duration::from_secs(30),
+            ..LimitSettings::default()
+        };
+        let mut limit = AdaptiveLimit::new(settings.clone(), now);
+        run(&mut limit, &mut now, app(100), Duration::from_secs(20));
+        // The callee becomes three times slower for good, with the same workers: every
+        // interval looks like queueing against the old baseline, and the limit sinks…
+        let slower = App {
+            workers: 100,
+            service: Duration::from_millis(60),
+        };
+        let seen = run(&mut limit, &mut now, slower, Duration::from_secs(5));
+        assert!(*seen.last().expect("limits") < 50);
+        // …until the next probe measures the new baseline; then it climbs back.
+        let seen = run(&mut limit, &mut now, slower, Duration::from_secs(60));
+        assert_eq!(limit.baseline().map(|b| b.as_micros()), Some(60_000));
+        let (lo, _) = settled(&seen, &settings);
+        assert!(lo >= 100, "climbed back to {lo}");
+    }
+
+    #[test]
+    fn little_demand_teaches_nothing() {
+        let mut now = Instant::now();
+        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
+        // The first probe.
+        for _ in 0..25 {
+            now += Duration::from_millis(5);
+            limit.sample(now, Duration::from_millis(20), 1);
+        }
+        assert!(!limit.probing());
+        // Requests one at a time, fast: the limit stays where it was.
+        for _ in 0..200 {
+            now += Duration::from_millis(5);
+            limit.sample(now, Duration::from_millis(20), 1);
+        }
+        assert_eq!(limit.limit(), 20);
+    }
+
+    #[test]
+    fn settings_are_clamped_into_a_sane_range() {
+        let limit = AdaptiveLimit::new(
+            LimitSettings {
+                initial: 0,
+                min: 0,
+                max: 0,
+                probe_concurrency: 0,
+                ..LimitSettings::default()
+            },
+            Instant::now(),
+        );
+        assert_eq!(limit.limit(), 1);
+        assert_eq!(limit.baseline(), None);
+    }
+
+    #[test]
+    fn probes_are_spread_around_their_interval() {
+        let limit = AdaptiveLimit::new(LimitSettings::default(), Instant::now());
+        let mut seen = Vec::new();
+        let mut probe = limit.clone();
+        for i in 0..20 {
+            probe.probes = i;
+            let d = probe.jittered_probe_interval();
+            assert!(
+                d >= Duration::from_secs(51) && d <= Duration::from_secs(69),
+                "{d:?}"
+            );
+            seen.push(d);
+        }
+        seen.sort();
+        seen.dedup();
+        assert!(seen.len() > 10, "varied: {seen:?}");
+    }
+}
