@@ -1,0 +1,92 @@
+//! A token bucket: `rate` tokens a second up to `burst`, for local rate limits. Taking a token
+//! that is not there says how long until one is (the `Retry-After` of the refusal). Pure: the
+//! caller gives the time.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// Full at `now`. A rate of zero refills nothing: only the burst is ever taken.
+    pub fn new(rate: f64, burst: u32, now: Instant) -> TokenBucket {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate: rate.max(0.0),
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes one token, or says how long until one is there (`None` when none ever will be).
+    pub fn take(&mut self, now: Instant) -> Result<(), Option<Duration>> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        if self.rate == 0.0 {
+            return Err(None);
+        }
+        Err(Some(Duration::from_secs_f64(
+            (1.0 - self.tokens) / self.rate,
+        )))
+    }
+
+    /// Changes the rate (a mesh-wide limit split again across a new number of pods), keeping
+    /// the tokens there are.
+    pub fn set_rate(&mut self, rate: f64, now: Instant) {
+        self.refill(now);
+        self.rate = rate.max(0.0);
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate_and_the_wait_for_the_next_token() {
+        let mut now = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 5, now);
+        for _ in 0..5 {
+            assert_eq!(bucket.take(now), Ok(()));
+        }
+        assert_eq!(bucket.take(now), Err(Some(Duration::from_millis(100))));
+        now += Duration::from_millis(50);
+        assert_eq!(bucket.take(now), Err(Some(Duration::from_millis(50))));
+        now += Duration::from_millis(50);
+        assert_eq!(bucket.take(now), Ok(()));
+        // An hour idle fills it to the burst, not beyond.
+        now += Duration::from_secs(3600);
+        let taken = (0..10).filter(|_| bucket.take(now).is_ok()).count();
+        assert_eq!(taken, 5);
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_now() {
+        let mut now = Instant::now();
+        let mut bucket = TokenBucket::new(1.0, 1, now);
+        assert_eq!(bucket.take(now), Ok(()));
+        bucket.set_rate(100.0, now);
+        now += Duration::from_millis(10);
+        assert_eq!(bucket.take(now), Ok(()));
+        bucket.set_rate(0.0, now);
+        now += Duration::from_secs(60);
+        assert_eq!(bucket.take(now), Err(None));
+    }
+}
