@@ -1,5 +1,6 @@
 //! A request's priority, from the priority header: what degradation levels shed first and
-//! which calls to an EMERGENCY upstream fail fast.
+//! which calls to an EMERGENCY upstream fail fast; and its criticality, the four tiers overload
+//! protection sheds by (Google's), onto which the priorities map.
 
 use std::fmt;
 
@@ -62,6 +63,76 @@ impl fmt::Display for Priority {
     }
 }
 
+/// How much a request matters when there is not capacity for all (Google's criticality tiers),
+/// least first: under overload `sheddable` goes first, `critical-plus` last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Criticality {
+    Sheddable,
+    SheddablePlus,
+    Critical,
+    CriticalPlus,
+}
+
+impl Criticality {
+    pub const ALL: [Criticality; 4] = [
+        Criticality::Sheddable,
+        Criticality::SheddablePlus,
+        Criticality::Critical,
+        Criticality::CriticalPlus,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Criticality::Sheddable => "sheddable",
+            Criticality::SheddablePlus => "sheddable-plus",
+            Criticality::Critical => "critical",
+            Criticality::CriticalPlus => "critical-plus",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The tier a value names: the four tier names in any case, with `-` or `_`
+    /// (`CRITICAL_PLUS`, as gRPC metadata often spells it), or a priority (`low`, `normal`,
+    /// `high`; [`Criticality::from_priority`]). `None` for anything else: the route's default
+    /// applies.
+    pub fn parse(value: &[u8]) -> Option<Criticality> {
+        let v = value.trim_ascii();
+        let named = Criticality::ALL.into_iter().find(|c| {
+            let name = c.as_str().as_bytes();
+            v.len() == name.len()
+                && v.iter()
+                    .zip(name)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*a == b'_' && *b == b'-'))
+        });
+        named.or_else(|| {
+            Priority::ALL
+                .into_iter()
+                .find(|p| v.eq_ignore_ascii_case(p.as_str().as_bytes()))
+                .map(Criticality::from_priority)
+        })
+    }
+
+    /// The tier of a priority: `critical` → `critical-plus`, `high` → `critical`, `normal` →
+    /// `sheddable-plus`, `low` → `sheddable`.
+    pub fn from_priority(priority: Priority) -> Criticality {
+        match priority {
+            Priority::Critical => Criticality::CriticalPlus,
+            Priority::High => Criticality::Critical,
+            Priority::Normal => Criticality::SheddablePlus,
+            Priority::Low => Criticality::Sheddable,
+        }
+    }
+}
+
+impl fmt::Display for Criticality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +151,35 @@ mod tests {
         assert_eq!(Priority::of(Some(&hv("urgent"))), Priority::Normal);
         assert_eq!(Priority::of(Some(&hv(""))), Priority::Normal);
         assert_eq!(Priority::of(Some(&hv("lowest"))), Priority::Normal);
+    }
+
+    #[test]
+    fn criticality_reads_the_four_tiers_and_the_priorities() {
+        assert_eq!(
+            Criticality::parse(b"critical-plus"),
+            Some(Criticality::CriticalPlus)
+        );
+        assert_eq!(
+            Criticality::parse(b" CRITICAL_PLUS "),
+            Some(Criticality::CriticalPlus)
+        );
+        assert_eq!(
+            Criticality::parse(b"Sheddable-Plus"),
+            Some(Criticality::SheddablePlus)
+        );
+        assert_eq!(
+            Criticality::parse(b"sheddable"),
+            Some(Criticality::Sheddable)
+        );
+        assert_eq!(Criticality::parse(b"high"), Some(Criticality::Critical));
+        assert_eq!(Criticality::parse(b"low"), Some(Criticality::Sheddable));
+        assert_eq!(Criticality::parse(b"critical"), Some(Criticality::Critical));
+        assert_eq!(Criticality::parse(b"urgent"), None);
+        assert_eq!(Criticality::parse(b"critical_"), None);
+        assert!(Criticality::Sheddable < Criticality::CriticalPlus);
+        for p in Priority::ALL {
+            let c = Criticality::from_priority(p);
+            assert_eq!(Criticality::parse(c.as_str().as_bytes()), Some(c));
+        }
     }
 }
