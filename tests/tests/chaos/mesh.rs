@@ -236,18 +236,34 @@ impl Mesh {
         .unwrap_or_else(|| panic!("sidecar {pod} did not reconnect within {CONVERGE_WITHIN:?}"));
     }
 
+    /// The replicas that say they lead now (`bulwark_leader`).
+    pub async fn leaders(&self) -> Vec<usize> {
+        let mut leading = Vec::new();
+        for (i, cp) in self.replicas.iter().enumerate() {
+            if let Some(cp) = cp
+                && cp.metric("bulwark_leader", &[]).await == Some(1.0)
+            {
+                leading.push(i);
+            }
+        }
+        leading
+    }
+
     /// The replica that leads now, once exactly one does.
     pub async fn leader(&self) -> usize {
         wait_for("exactly one leader", || async {
-            let mut leading = Vec::new();
-            for (i, cp) in self.replicas.iter().enumerate() {
-                if let Some(cp) = cp
-                    && cp.metric("bulwark_leader", &[]).await == Some(1.0)
-                {
-                    leading.push(i);
-                }
-            }
+            let leading = self.leaders().await;
             (leading.len() == 1).then(|| leading[0])
+        })
+        .await
+    }
+
+    /// Waits until replica `i` is the only one that leads; never are two leading at once.
+    pub async fn await_leader(&self, i: usize) {
+        wait_for("a new leader", || async {
+            let leading = self.leaders().await;
+            assert!(leading.len() <= 1, "two replicas lead at once: {leading:?}");
+            (leading == [i]).then_some(())
         })
         .await
     }
