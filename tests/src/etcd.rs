@@ -15,6 +15,9 @@ use crate::process::{TempDir, free_addr, kill, lock, unique_temp_dir};
 /// How long etcd may take to become healthy.
 pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Tries at starting a fresh etcd, each on new ports.
+const START_ATTEMPTS: usize = 3;
+
 /// A running (or stopped) single-member etcd.
 #[derive(Debug)]
 pub struct Etcd {
@@ -70,17 +73,29 @@ impl Etcd {
     }
 
     async fn start_with(tls: Option<EtcdTlsFiles>) -> Etcd {
+        // A port found free may be taken by a neighbour test before etcd binds it: then etcd
+        // exits at once, and is started again on other ports.
+        for _ in 0..START_ATTEMPTS - 1 {
+            let etcd = Etcd::on_free_ports(tls.clone());
+            if etcd.try_resume().await.is_ok() {
+                return etcd;
+            }
+        }
+        let etcd = Etcd::on_free_ports(tls);
+        etcd.resume().await;
+        etcd
+    }
+
+    fn on_free_ports(tls: Option<EtcdTlsFiles>) -> Etcd {
         let dir = unique_temp_dir();
         std::fs::create_dir_all(&dir).expect("create etcd's directory");
-        let etcd = Etcd {
+        Etcd {
             child: Mutex::new(None),
             dir,
             client: free_addr(),
             peer: free_addr(),
             tls,
-        };
-        etcd.resume().await;
-        etcd
+        }
     }
 
     /// `http://127.0.0.1:PORT` (`https://` with TLS), for `--etcd-endpoints`.
@@ -109,6 +124,14 @@ impl Etcd {
 
     /// Starts etcd again on the same ports and data, and waits until it answers.
     pub async fn resume(&self) {
+        if let Err(why) = self.try_resume().await {
+            panic!("etcd on {}: {why}", self.client);
+        }
+    }
+
+    /// Starts etcd on its ports and data and waits until it answers; why not, if it exits or
+    /// stays unhealthy for [`ETCD_READY_TIMEOUT`].
+    async fn try_resume(&self) -> Result<(), String> {
         let child = spawn_member(
             "test",
             &self.dir.join("data"),
@@ -119,15 +142,21 @@ impl Etcd {
             &[],
         );
         *lock(&self.child) = Some(child);
-        let healthy = try_eventually(ETCD_READY_TIMEOUT, || async {
-            self.etcdctl(&["endpoint", "health"]).ok().map(|_| ())
+        let outcome = try_eventually(ETCD_READY_TIMEOUT, || async {
+            if let Some(child) = lock(&self.child).as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Some(Err(format!("etcd exited at start ({status})")));
+            }
+            self.etcdctl(&["endpoint", "health"]).ok().map(|_| Ok(()))
         })
         .await;
-        assert!(
-            healthy.is_some(),
-            "etcd on {} not healthy within {ETCD_READY_TIMEOUT:?}",
-            self.client
-        );
+        let outcome =
+            outcome.unwrap_or_else(|| Err(format!("not healthy within {ETCD_READY_TIMEOUT:?}")));
+        if outcome.is_err() {
+            self.kill();
+        }
+        outcome
     }
 
     /// Runs `etcdctl` (API v3) against this etcd; `Err` carries its stderr.
