@@ -10,13 +10,30 @@ use http::StatusCode;
 const MAX_HEADER_BYTES: usize = 8192;
 
 async fn setup() -> (HttpUpstream, Sidecar) {
+    echo_sidecar(&["--max-header-bytes", &MAX_HEADER_BYTES.to_string()]).await
+}
+
+/// An upstream `echo` and a sidecar routing to it, started with `args`.
+async fn echo_sidecar(args: &[&str]) -> (HttpUpstream, Sidecar) {
     let upstream = HttpUpstream::start().await;
     let sidecar = Sidecar::builder()
         .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
-        .args(["--max-header-bytes", &MAX_HEADER_BYTES.to_string()])
+        .args(args)
         .start()
         .await;
     (upstream, sidecar)
+}
+
+/// Waits until the sidecar's outbound listener holds no connection.
+async fn no_outbound_connections(sidecar: &Sidecar) {
+    bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
+        (sidecar
+            .metric("bulwark_active_connections", &[("listener", "outbound")])
+            .await
+            == Some(0.0))
+        .then_some(())
+    })
+    .await;
 }
 
 /// A keep-alive request on `conn` that must still be answered 200 by the upstream.
@@ -220,12 +237,7 @@ async fn requests_naming_two_destinations_are_refused_and_smuggling_gets_nothing
 /// between requests.
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_read_timeout() {
-    let upstream = HttpUpstream::start().await;
-    let sidecar = Sidecar::builder()
-        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
-        .args(["--header-read-timeout", "300ms"])
-        .start()
-        .await;
+    let (_upstream, sidecar) = echo_sidecar(&["--header-read-timeout", "300ms"]).await;
     let mut silent = Vec::new();
     for _ in 0..50 {
         silent.push(RawConn::connect(sidecar.outbound()).await);
@@ -233,14 +245,7 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
     for conn in &mut silent {
         assert!(conn.closed_by_peer().await, "a silent connection is closed");
     }
-    bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
-        (sidecar
-            .metric("bulwark_active_connections", &[("listener", "outbound")])
-            .await
-            == Some(0.0))
-        .then_some(())
-    })
-    .await;
+    no_outbound_connections(&sidecar).await;
     // A client that speaks is served as ever; once it stops, its idle keep-alive connection
     // gets the same time before it is closed.
     let mut conn = RawConn::connect(sidecar.outbound()).await;
@@ -257,12 +262,7 @@ async fn silent_connections_are_closed_after_the_header_read_timeout() {
 /// timeout is not a slow head: it is answered.
 #[tokio::test]
 async fn a_request_head_that_never_finishes_gets_408() {
-    let upstream = HttpUpstream::start().await;
-    let sidecar = Sidecar::builder()
-        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
-        .args(["--header-read-timeout", "500ms"])
-        .start()
-        .await;
+    let (upstream, sidecar) = echo_sidecar(&["--header-read-timeout", "500ms"]).await;
     let timed_out = "the request head did not arrive within the header-read timeout";
     let mut slow = RawConn::connect(sidecar.outbound()).await;
     assert!(slow.write(b"GET /status/200 HTTP/1.1\r\nHost: ec").await);
@@ -303,12 +303,7 @@ async fn a_request_head_that_never_finishes_gets_408() {
 /// is served as soon as one closes — and the listener says it is full.
 #[tokio::test]
 async fn a_full_listener_makes_new_connections_wait_and_says_so() {
-    let upstream = HttpUpstream::start().await;
-    let sidecar = Sidecar::builder()
-        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
-        .args(["--max-connections", "2"])
-        .start()
-        .await;
+    let (upstream, sidecar) = echo_sidecar(&["--max-connections", "2"]).await;
     let mut first = RawConn::connect(sidecar.outbound()).await;
     still_served(&mut first).await;
     let mut second = RawConn::connect(sidecar.outbound()).await;
@@ -383,12 +378,7 @@ async fn a_malformed_chunked_body_is_a_400_in_our_words_not_an_upstream_failure(
 /// in progress, however long that takes.
 #[tokio::test]
 async fn idle_http2_connections_from_callers_are_closed_but_not_under_a_request() {
-    let upstream = HttpUpstream::start().await;
-    let sidecar = Sidecar::builder()
-        .policies_yaml(policy::upstream("echo", upstream.addr()).to_yaml())
-        .args(["--idle-timeout", "500ms"])
-        .start()
-        .await;
+    let (_upstream, sidecar) = echo_sidecar(&["--idle-timeout", "500ms"]).await;
     let stream = tokio::net::TcpStream::connect(sidecar.outbound())
         .await
         .expect("connect");
@@ -414,14 +404,7 @@ async fn idle_http2_connections_from_callers_are_closed_but_not_under_a_request(
         .expect("the idle connection is closed")
         .expect("join")
         .expect("a graceful close");
-    bulwark_tests::eventually(bulwark_tests::PATIENCE, || async {
-        (sidecar
-            .metric("bulwark_active_connections", &[("listener", "outbound")])
-            .await
-            == Some(0.0))
-        .then_some(())
-    })
-    .await;
+    no_outbound_connections(&sidecar).await;
 }
 
 /// Connections to upstreams are closed once unused for `--upstream-idle-timeout`: HTTP/1.1
