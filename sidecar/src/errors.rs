@@ -15,7 +15,8 @@ use crate::headers::{
     GRPC_MESSAGE, GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, X_BULWARK_BREAKER, X_BULWARK_DEGRADATION,
     X_BULWARK_ERROR, level_value, retry_after_secs,
 };
-use crate::priority::Priority;
+use crate::overload::Refusal;
+use crate::priority::{Criticality, Priority};
 
 /// A failure of the sidecar's own making or of the upstream, before a response began.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,17 @@ pub enum ProxyError {
         /// When the caller may come back (`Retry-After`, `grpc-retry-pushback-ms`).
         retry_after: Duration,
     },
+    #[error("{}", overloaded(target, *criticality, *refusal, *limit, *waited))]
+    Overloaded {
+        /// `upstream "name"`, or `namespace/service` for the app.
+        target: String,
+        criticality: Criticality,
+        refusal: Refusal,
+        /// The concurrency limit when the request was refused.
+        limit: usize,
+        /// How long it waited in the queue.
+        waited: Duration,
+    },
     #[error("upstream {upstream} is at EMERGENCY: low-priority calls fail fast")]
     UpstreamEmergency { upstream: String },
     #[error(
@@ -151,6 +163,7 @@ impl ProxyError {
             ProxyError::BulkheadFull { .. } | ProxyError::InboundLimit { .. } => "bulkhead-full",
             ProxyError::NoApp { .. } => "no-app",
             ProxyError::Shed { .. } => "shed",
+            ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::UpstreamEmergency { .. } => "upstream-emergency",
             ProxyError::ConnectNotAllowed { .. } => "connect-not-allowed",
             ProxyError::MtlsRequired { .. } => "mtls-required",
@@ -170,6 +183,7 @@ impl ProxyError {
             | ProxyError::BulkheadFull { .. }
             | ProxyError::InboundLimit { .. }
             | ProxyError::Shed { .. }
+            | ProxyError::Overloaded { .. }
             | ProxyError::UpstreamEmergency { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Handshake { .. } | ProxyError::Reset { .. } | ProxyError::Tls { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -191,9 +205,9 @@ impl ProxyError {
             ProxyError::DeadlineExceeded { .. }
             | ProxyError::DeadlineTooShort { .. }
             | ProxyError::AttemptTimeout { .. } => GrpcCode::DeadlineExceeded,
-            ProxyError::BulkheadFull { .. } | ProxyError::InboundLimit { .. } => {
-                GrpcCode::ResourceExhausted
-            }
+            ProxyError::BulkheadFull { .. }
+            | ProxyError::InboundLimit { .. }
+            | ProxyError::Overloaded { .. } => GrpcCode::ResourceExhausted,
             ProxyError::NoAuthority | ProxyError::BadRequest(_) | ProxyError::MalformedBody(_) => {
                 GrpcCode::Internal
             }
@@ -202,6 +216,43 @@ impl ProxyError {
             }
             ProxyError::MtlsRequired { .. } => GrpcCode::Unauthenticated,
             _ => GrpcCode::Unavailable,
+        }
+    }
+}
+
+/// The message of an [`ProxyError::Overloaded`] refusal.
+fn overloaded(
+    target: &str,
+    criticality: Criticality,
+    refusal: Refusal,
+    limit: usize,
+    waited: Duration,
+) -> String {
+    match refusal {
+        Refusal::QueueFull => format!(
+            "{target} is overloaded: its concurrency limit ({limit}) is reached and its queue is full of requests at least as critical as this {criticality} one"
+        ),
+        Refusal::QueueTimeout => format!(
+            "{target} is overloaded: this {criticality} request waited {} for its concurrency limit ({limit})",
+            DurationText(waited)
+        ),
+        Refusal::Displaced => format!(
+            "{target} is overloaded: this {criticality} request gave its place in the queue to a more critical one after {}",
+            DurationText(waited)
+        ),
+    }
+}
+
+impl ProxyError {
+    /// Why overload protection refused the request, and its tier (for the access log).
+    pub fn refusal(&self) -> Option<(Refusal, Criticality)> {
+        match self {
+            ProxyError::Overloaded {
+                refusal,
+                criticality,
+                ..
+            } => Some((*refusal, *criticality)),
+            _ => None,
         }
     }
 }

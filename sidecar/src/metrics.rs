@@ -4,6 +4,7 @@
 //! touches atomics.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use prometheus_client::registry::Registry;
 
 use bulwark_proto::level::Level;
 
-use crate::priority::Priority;
+use crate::overload::Refusal;
+use crate::priority::{Criticality, Priority};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -114,6 +116,29 @@ pub struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    pub criticality: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverloadLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    pub criticality: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RttLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    /// `baseline` (unqueued requests, from the last probe) or `median` (the last interval).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShedLabels {
     pub priority: &'static str,
     pub level: &'static str,
@@ -158,6 +183,11 @@ pub struct Metrics {
     caller_deadlines: Family<FallbackLabels, Counter>,
     emergency_fail_fast: Family<DurationLabels, Counter>,
     shed: Family<ShedLabels, Counter>,
+    concurrency_limit: Family<DurationLabels, Gauge>,
+    concurrency_in_flight: Family<DurationLabels, Gauge>,
+    concurrency_queued: Family<TierLabels, Gauge>,
+    concurrency_rtt: Family<RttLabels, Gauge<f64, AtomicU64>>,
+    overload_refused: Family<OverloadLabels, Counter>,
     /// `shed` handles by level and priority, resolved on first use.
     shed_handles: [[OnceLock<Counter>; 4]; 4],
     degradation_level: Family<ServiceLabels, Gauge>,
@@ -292,6 +322,36 @@ impl Metrics {
             "Inbound requests shed by the degradation level, by priority and level",
             shed.clone(),
         );
+        let concurrency_limit = Family::<DurationLabels, Gauge>::default();
+        registry.register(
+            "concurrency_limit",
+            "The adaptive concurrency limit (adaptiveConcurrency): requests that may be in flight now",
+            concurrency_limit.clone(),
+        );
+        let concurrency_in_flight = Family::<DurationLabels, Gauge>::default();
+        registry.register(
+            "concurrency_in_flight",
+            "Requests in flight under the adaptive concurrency limit",
+            concurrency_in_flight.clone(),
+        );
+        let concurrency_queued = Family::<TierLabels, Gauge>::default();
+        registry.register(
+            "concurrency_queued",
+            "Requests waiting for the adaptive concurrency limit, by criticality",
+            concurrency_queued.clone(),
+        );
+        let concurrency_rtt = Family::<RttLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "concurrency_rtt_seconds",
+            "Latency the adaptive concurrency limit works from: baseline (unqueued requests) and median (the last interval)",
+            concurrency_rtt.clone(),
+        );
+        let overload_refused = Family::<OverloadLabels, Counter>::default();
+        registry.register(
+            "overload_refused",
+            "Requests refused by overload protection, by criticality and reason (queue-full, queue-timeout, displaced)",
+            overload_refused.clone(),
+        );
         let degradation_level = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "degradation_level",
@@ -402,6 +462,11 @@ impl Metrics {
             caller_deadlines,
             emergency_fail_fast,
             shed,
+            concurrency_limit,
+            concurrency_in_flight,
+            concurrency_queued,
+            concurrency_rtt,
+            overload_refused,
             shed_handles: Default::default(),
             degradation_level,
             capability,
@@ -615,6 +680,27 @@ impl Metrics {
     }
 }
 
+/// The handles of one adaptive concurrency limit.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyMetrics {
+    pub limit: Gauge,
+    pub in_flight: Gauge,
+    /// Waiting requests per tier, least critical first.
+    pub queued: [Gauge; 4],
+    pub baseline: Gauge<f64, AtomicU64>,
+    pub median: Gauge<f64, AtomicU64>,
+    /// Refusals per tier and reason, resolved up front: refusing under overload touches only
+    /// an atomic.
+    refused: Arc<[[Counter; 3]; 4]>,
+}
+
+impl ConcurrencyMetrics {
+    /// A request of `criticality` refused for `reason`.
+    pub fn refused(&self, criticality: Criticality, reason: Refusal) {
+        self.refused[criticality.index()][reason.index()].inc();
+    }
+}
+
 /// The request counters of one inbound mTLS connection's caller, resolved on first use so
 /// that a request counts without a lookup.
 #[derive(Debug)]
@@ -708,6 +794,51 @@ impl UpstreamMetrics {
     /// One inbound request shed at `level` for its `priority`.
     pub fn shed(&self, level: Level, priority: Priority) {
         self.metrics.shed(level, priority);
+    }
+
+    /// The handles of the upstream's adaptive concurrency limit.
+    pub fn concurrency(&self) -> ConcurrencyMetrics {
+        let m = &self.metrics;
+        let labels = DurationLabels {
+            direction: self.direction,
+            upstream: self.upstream.clone(),
+        };
+        let rtt = |kind| {
+            m.concurrency_rtt
+                .get_or_create(&RttLabels {
+                    direction: self.direction,
+                    upstream: self.upstream.clone(),
+                    kind,
+                })
+                .clone()
+        };
+        ConcurrencyMetrics {
+            limit: m.concurrency_limit.get_or_create(&labels).clone(),
+            in_flight: m.concurrency_in_flight.get_or_create(&labels).clone(),
+            queued: Criticality::ALL.map(|c| {
+                m.concurrency_queued
+                    .get_or_create(&TierLabels {
+                        direction: self.direction,
+                        upstream: self.upstream.clone(),
+                        criticality: c.as_str(),
+                    })
+                    .clone()
+            }),
+            baseline: rtt("baseline"),
+            median: rtt("median"),
+            refused: Arc::new(Criticality::ALL.map(|c| {
+                Refusal::ALL.map(|reason| {
+                    m.overload_refused
+                        .get_or_create(&OverloadLabels {
+                            direction: self.direction,
+                            upstream: self.upstream.clone(),
+                            criticality: c.as_str(),
+                            reason: reason.as_str(),
+                        })
+                        .clone()
+                })
+            })),
+        }
     }
 
     /// A request answered by a failover upstream (`failover`) or the static response.

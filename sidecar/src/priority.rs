@@ -1,6 +1,8 @@
-//! A request's priority, from the priority header: what degradation levels shed first and
-//! which calls to an EMERGENCY upstream fail fast; and its criticality, the four tiers overload
-//! protection sheds by (Google's), onto which the priorities map.
+//! How much a request matters: its criticality, one of four tiers (Google's), from the
+//! criticality header, else from the older priority header (`low`, `normal`, `high`,
+//! `critical`, which map one to one onto the tiers), else its route's default. Level shedding
+//! (by priority names), the adaptive concurrency queue and its shedding all act on it, and it
+//! travels to the next hop in the criticality header.
 
 use std::fmt;
 
@@ -46,14 +48,15 @@ impl Priority {
     /// surrounding spaces ignored. A missing or unknown value is `normal`: a caller that says
     /// nothing neither jumps the queue nor volunteers to be shed first.
     pub fn of(value: Option<&HeaderValue>) -> Priority {
-        let Some(v) = value else {
-            return Priority::Normal;
-        };
-        let v = v.as_bytes().trim_ascii();
+        value.and_then(Priority::parse).unwrap_or(Priority::Normal)
+    }
+
+    /// The priority a header value names, in any case, surrounding spaces ignored.
+    pub fn parse(value: &HeaderValue) -> Option<Priority> {
+        let v = value.as_bytes().trim_ascii();
         Priority::ALL
             .into_iter()
             .find(|p| v.eq_ignore_ascii_case(p.as_str().as_bytes()))
-            .unwrap_or(Priority::Normal)
     }
 }
 
@@ -95,24 +98,57 @@ impl Criticality {
     }
 
     /// The tier a value names: the four tier names in any case, with `-` or `_`
-    /// (`CRITICAL_PLUS`, as gRPC metadata often spells it), or a priority (`low`, `normal`,
-    /// `high`; [`Criticality::from_priority`]). `None` for anything else: the route's default
-    /// applies.
+    /// (`CRITICAL_PLUS`, as gRPC metadata often spells it). `None` for anything else.
     pub fn parse(value: &[u8]) -> Option<Criticality> {
         let v = value.trim_ascii();
-        let named = Criticality::ALL.into_iter().find(|c| {
+        Criticality::ALL.into_iter().find(|c| {
             let name = c.as_str().as_bytes();
             v.len() == name.len()
                 && v.iter()
                     .zip(name)
                     .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*a == b'_' && *b == b'-'))
-        });
-        named.or_else(|| {
-            Priority::ALL
-                .into_iter()
-                .find(|p| v.eq_ignore_ascii_case(p.as_str().as_bytes()))
-                .map(Criticality::from_priority)
         })
+    }
+
+    /// The tier a policy names (`criticality: critical`).
+    pub fn from_name(name: &str) -> Option<Criticality> {
+        Criticality::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// A request's tier: from the criticality header, else from the priority header, else the
+    /// route's `default`.
+    pub fn of(
+        headers: &http::HeaderMap,
+        criticality_header: &http::HeaderName,
+        priority_header: &http::HeaderName,
+        default: Criticality,
+    ) -> Criticality {
+        headers
+            .get(criticality_header)
+            .and_then(|v| Criticality::parse(v.as_bytes()))
+            .or_else(|| {
+                headers
+                    .get(priority_header)
+                    .and_then(Priority::parse)
+                    .map(Criticality::from_priority)
+            })
+            .unwrap_or(default)
+    }
+
+    /// The tier's name as a header value, as it travels to the next hop.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+
+    /// The priority of the tier (the inverse of [`Criticality::from_priority`]), for level
+    /// shedding.
+    pub fn priority(self) -> Priority {
+        match self {
+            Criticality::CriticalPlus => Priority::Critical,
+            Criticality::Critical => Priority::High,
+            Criticality::SheddablePlus => Priority::Normal,
+            Criticality::Sheddable => Priority::Low,
+        }
     }
 
     /// The tier of a priority: `critical` → `critical-plus`, `high` → `critical`, `normal` →
@@ -154,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn criticality_reads_the_four_tiers_and_the_priorities() {
+    fn criticality_reads_the_four_tiers() {
         assert_eq!(
             Criticality::parse(b"critical-plus"),
             Some(Criticality::CriticalPlus)
@@ -171,15 +207,41 @@ mod tests {
             Criticality::parse(b"sheddable"),
             Some(Criticality::Sheddable)
         );
-        assert_eq!(Criticality::parse(b"high"), Some(Criticality::Critical));
-        assert_eq!(Criticality::parse(b"low"), Some(Criticality::Sheddable));
         assert_eq!(Criticality::parse(b"critical"), Some(Criticality::Critical));
+        assert_eq!(Criticality::parse(b"high"), None, "priorities have their own header");
         assert_eq!(Criticality::parse(b"urgent"), None);
         assert_eq!(Criticality::parse(b"critical_"), None);
         assert!(Criticality::Sheddable < Criticality::CriticalPlus);
         for p in Priority::ALL {
             let c = Criticality::from_priority(p);
+            assert_eq!(c.priority(), p);
             assert_eq!(Criticality::parse(c.as_str().as_bytes()), Some(c));
+            assert_eq!(Criticality::from_name(c.as_str()), Some(c));
         }
+    }
+
+    #[test]
+    fn a_requests_tier_comes_from_its_criticality_then_its_priority_then_the_route() {
+        let crit = http::HeaderName::from_static("x-bulwark-criticality");
+        let prio = http::HeaderName::from_static("x-priority");
+        let of = |pairs: &[(&http::HeaderName, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert((*k).clone(), hv(v));
+            }
+            Criticality::of(&h, &crit, &prio, Criticality::Critical)
+        };
+        assert_eq!(of(&[]), Criticality::Critical);
+        assert_eq!(of(&[(&prio, "low")]), Criticality::Sheddable);
+        assert_eq!(of(&[(&prio, "critical")]), Criticality::CriticalPlus);
+        assert_eq!(
+            of(&[(&crit, "sheddable"), (&prio, "critical")]),
+            Criticality::Sheddable
+        );
+        assert_eq!(
+            of(&[(&crit, "bogus"), (&prio, "high")]),
+            Criticality::Critical
+        );
+        assert_eq!(of(&[(&crit, "bogus")]), Criticality::Critical);
     }
 }

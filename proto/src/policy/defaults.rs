@@ -37,3 +37,20 @@ pub const SHED_RETRY_AFTER: Duration = Duration::from_secs(30);
 pub const LOWER_AFTER: Duration = Duration::from_secs(30);
 pub const MAX_UNREADY_PERCENT: f64 = 30.0;
 pub const ALERTS_MAX_PER_MINUTE: u32 = 10;
+
+pub const CRITICALITY_HEADER: &str = "x-bulwark-criticality";
+/// The criticality of a request that names none (and of a priority `normal`).
+pub const CRITICALITY: &str = "sheddable-plus";
+/// The criticality tiers, least critical first.
+pub const CRITICALITIES: [&str; 4] = ["sheddable", "sheddable-plus", "critical", "critical-plus"];
+
+pub const ADAPTIVE_MIN_LIMIT: u32 = 1;
+pub const ADAPTIVE_MAX_LIMIT: u32 = 1000;
+pub const ADAPTIVE_INITIAL_LIMIT: u32 = 20;
+pub const ADAPTIVE_TOLERANCE_PERCENT: f64 = 25.0;
+pub const ADAPTIVE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
+pub const ADAPTIVE_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+pub const ADAPTIVE_PROBE_CONCURRENCY: u32 = 3;
+pub const ADAPTIVE_PROBE_SAMPLES: u32 = 25;
+pub const ADAPTIVE_MAX_QUEUE: u32 = 100;
+pub const ADAPTIVE_MAX_QUEUE_WAIT: Duration = Duration::from_millis(500);

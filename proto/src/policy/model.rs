@@ -156,6 +156,12 @@ pub struct UpstreamSpec {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// A concurrency limit learned from latency, with a queue served by criticality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
+    /// The criticality of calls that name none (a tier name; default `sheddable-plus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criticality: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -370,6 +376,44 @@ pub struct Limits {
     pub max_pending: Option<u32>,
 }
 
+/// An adaptive concurrency limit: how many requests may be in flight, learned from their
+/// latency, and a queue in front of it served (and shed) by criticality.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdaptiveConcurrency {
+    /// The limit never goes below this…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_limit: Option<u32>,
+    /// …nor above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_limit: Option<u32>,
+    /// The limit until the first measurements move it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_limit: Option<u32>,
+    /// How much slower than unqueued requests the median may be before the limit shrinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<Percent>,
+    /// How often the limit moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_interval: Option<Duration>,
+    /// How often the latency of unqueued requests is measured again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_interval: Option<Duration>,
+    /// Requests in flight while it is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_concurrency: Option<u32>,
+    /// Requests it is measured over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_samples: Option<u32>,
+    /// Requests that may wait for the limit; more shed the least critical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
+    /// How long a request waits at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_wait: Option<Duration>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -414,6 +458,9 @@ pub struct Route {
     /// Marks a gRPC method (or HTTP route) idempotent, so it may be retried like a GET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotent: Option<bool>,
+    /// The criticality of the route's calls that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criticality: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -567,6 +614,31 @@ pub struct Inbound {
     /// Which callers may call the service; without it, every caller may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// The header (gRPC metadata key) requests name their criticality in
+    /// (default `x-bulwark-criticality`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criticality_header: Option<String>,
+    /// The criticality of inbound requests that name none (default `sheddable-plus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criticality: Option<String>,
+    /// Per-route criticality of inbound requests that name none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<InboundRoute>,
+    /// An adaptive concurrency limit in front of the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
+}
+
+/// The criticality of the inbound requests a route matches, when they name none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundRoute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    pub criticality: String,
 }
 
 /// What the inbound side accepts.

@@ -9,7 +9,7 @@ use std::time::Duration as StdDuration;
 use super::capability::CapabilityExpr;
 use super::defaults;
 use super::model::{
-    App, Authorization, CircuitBreaker, Dependency, Endpoints, Fallback, Inbound, LevelActions,
+    AdaptiveConcurrency, App, Authorization, CircuitBreaker, Dependency, Endpoints, Fallback, Inbound, LevelActions,
     LevelRule, Metadata, OutlierDetection, Resource, Retry, Route, RouteMatch, ServicePolicy,
     Timeouts, TlsMode, UpstreamPolicy, UpstreamTls,
 };
@@ -317,6 +317,12 @@ fn validate_upstream(p: &UpstreamPolicy, v: &mut Validator) {
     }
     if let Some(n) = s.limits.as_ref().and_then(|l| l.max_concurrent) {
         v.at_least("spec.limits.maxConcurrent", n, 1);
+    }
+    if let Some(a) = &s.adaptive_concurrency {
+        adaptive_concurrency(v, "spec.adaptiveConcurrency", a);
+    }
+    if let Some(c) = &s.criticality {
+        criticality(v, "spec.criticality", c);
     }
     if let Some(f) = &s.fallback {
         fallback(v, "spec.fallback", f, &p.metadata);
@@ -688,8 +694,84 @@ fn routes(v: &mut Validator, base: &str, routes: &[Route]) {
         if let Some(retry_policy) = &r.retry {
             retry(v, &at(&path, "retry"), retry_policy);
         }
+        if let Some(c) = &r.criticality {
+            criticality(v, &at(&path, "criticality"), c);
+        }
     }
 }
+
+/// A criticality tier's name.
+fn criticality(v: &mut Validator, path: &str, c: &str) {
+    if !defaults::CRITICALITIES.contains(&c) {
+        v.error(
+            path,
+            format!(
+                "unknown criticality {c:?}; expected sheddable, sheddable-plus, critical or critical-plus"
+            ),
+        );
+    }
+}
+
+fn adaptive_concurrency(v: &mut Validator, path: &str, a: &AdaptiveConcurrency) {
+    let min = a.min_limit.unwrap_or(defaults::ADAPTIVE_MIN_LIMIT);
+    let max = a.max_limit.unwrap_or(defaults::ADAPTIVE_MAX_LIMIT);
+    if let Some(n) = a.min_limit {
+        v.at_least(&at(path, "minLimit"), n, 1);
+    }
+    if let Some(n) = a.max_limit {
+        let p = at(path, "maxLimit");
+        v.at_least(&p, n, 1);
+        v.at_most(&p, n.into(), MAX_ADAPTIVE_LIMIT.into());
+    }
+    if min > max {
+        v.error(
+            at(path, "minLimit"),
+            format!("must be <= maxLimit ({max}), got {min}"),
+        );
+    }
+    if let Some(n) = a.initial_limit
+        && (n < min || n > max)
+    {
+        v.error(
+            at(path, "initialLimit"),
+            format!("must be between minLimit ({min}) and maxLimit ({max}), got {n}"),
+        );
+    }
+    if let Some(p) = &a.tolerance {
+        v.percent(&at(path, "tolerance"), p);
+    }
+    let update = v
+        .positive_field(&at(path, "updateInterval"), &a.update_interval)
+        .map(|(_, d)| d);
+    if let Some((text, probe)) = v.positive_field(&at(path, "probeInterval"), &a.probe_interval) {
+        let update = update.unwrap_or(defaults::ADAPTIVE_UPDATE_INTERVAL);
+        if probe <= update {
+            v.error(
+                at(path, "probeInterval"),
+                format!("must be longer than updateInterval ({update:?}), got {text}"),
+            );
+        }
+    }
+    if let Some(n) = a.probe_concurrency {
+        let p = at(path, "probeConcurrency");
+        v.at_least(&p, n, 1);
+        v.at_most(&p, n.into(), max.into());
+    }
+    if let Some(n) = a.probe_samples {
+        let p = at(path, "probeSamples");
+        v.at_least(&p, n, 1);
+        v.at_most(&p, n.into(), MAX_PROBE_SAMPLES.into());
+    }
+    if let Some(n) = a.max_queue {
+        v.at_most(&at(path, "maxQueue"), n.into(), MAX_ADAPTIVE_QUEUE.into());
+    }
+    v.duration_field(&at(path, "maxQueueWait"), &a.max_queue_wait);
+}
+
+/// Bounds that keep the limiter's state small whatever a policy says.
+const MAX_ADAPTIVE_LIMIT: u32 = 100_000;
+const MAX_ADAPTIVE_QUEUE: u32 = 100_000;
+const MAX_PROBE_SAMPLES: u32 = 10_000;
 
 fn route_match(v: &mut Validator, path: &str, m: &RouteMatch) {
     if m.grpc_method.is_none() && m.path.is_none() && m.path_prefix.is_none() && m.method.is_none()
@@ -930,6 +1012,19 @@ fn inbound(v: &mut Validator, path: &str, i: &Inbound) {
             format!("must be a lowercase header name such as x-priority, got {h:?}"),
         );
     }
+    if let Some(h) = &i.criticality_header
+        && !is_lowercase_header_name(h)
+    {
+        v.error(
+            at(path, "criticalityHeader"),
+            format!("must be a lowercase header name such as x-bulwark-criticality, got {h:?}"),
+        );
+    } else if i.criticality_header.is_some() && i.criticality_header == i.priority_header {
+        v.error(
+            at(path, "criticalityHeader"),
+            "must differ from priorityHeader: one header carries priorities, the other criticalities",
+        );
+    }
     if let Some(d) = &i.shed_retry_after {
         v.positive_duration(&at(path, "shedRetryAfter"), d);
     }
@@ -938,6 +1033,31 @@ fn inbound(v: &mut Validator, path: &str, i: &Inbound) {
     }
     if let Some(a) = &i.authorization {
         authorization(v, &at(path, "authorization"), a);
+    }
+    if let Some(c) = &i.criticality {
+        criticality(v, &at(path, "criticality"), c);
+    }
+    let routes_path = at(path, "routes");
+    for (n, r) in i.routes.iter().enumerate() {
+        let path = index(&routes_path, n);
+        if let Some(name) = &r.name {
+            let name_path = at(&path, "name");
+            dns_label(v, &name_path, name);
+            if let Some(first) = i.routes[..n]
+                .iter()
+                .position(|o| o.name.as_ref() == Some(name))
+            {
+                v.error(&name_path, format!("duplicates routes[{first}].name"));
+            }
+        }
+        route_match(v, &at(&path, "match"), &r.matches);
+        if let Some(first) = i.routes[..n].iter().position(|o| o.matches == r.matches) {
+            v.error(at(&path, "match"), format!("same as routes[{first}].match"));
+        }
+        criticality(v, &at(&path, "criticality"), &r.criticality);
+    }
+    if let Some(a) = &i.adaptive_concurrency {
+        adaptive_concurrency(v, &at(path, "adaptiveConcurrency"), a);
     }
 }
 

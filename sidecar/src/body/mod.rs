@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 
 pub use error::BodyError;
 pub use http2::H2Body;
@@ -35,7 +34,7 @@ pub enum Body {
     Upstream(UpstreamBody<H1Connection>),
     /// A request body that retries and failover can send again.
     Replay(ReplayBody<Body>),
-    /// A body that holds a bulkhead slot until it is dropped.
+    /// A body that holds a slot (bulkhead, concurrency limit) until it is dropped.
     Guarded(Box<Guarded>),
     /// A complete body held in memory (taken on first poll).
     Full(Option<Bytes>),
@@ -53,20 +52,27 @@ impl Body {
         }
     }
 
-    /// Keeps the bulkhead slot `permit` taken until this body is dropped.
-    pub fn guarded(self, permit: OwnedSemaphorePermit) -> Body {
+    /// Keeps `slot` (a bulkhead permit, a concurrency limit's slot) taken until this body is
+    /// dropped: a streaming response occupies its upstream as long as it streams.
+    pub fn guarded(self, slot: impl Slot + 'static) -> Body {
         Body::Guarded(Box::new(Guarded {
             inner: self,
-            _permit: permit,
+            _slot: slot,
         }))
     }
 }
 
-/// A body and the bulkhead slot it keeps taken until it is dropped (one allocation for both).
+/// What a body can keep taken until it is dropped, released by its own `Drop`.
+pub trait Slot: Send + Sync + std::fmt::Debug {}
+
+impl<T: Send + Sync + std::fmt::Debug> Slot for T {}
+
+/// A body and the slot it keeps taken until it is dropped (one allocation for both, the slot's
+/// type erased).
 #[derive(Debug)]
-pub struct Guarded {
+pub struct Guarded<S: ?Sized + Slot = dyn Slot> {
     pub inner: Body,
-    _permit: OwnedSemaphorePermit,
+    _slot: S,
 }
 
 impl From<Incoming> for Body {

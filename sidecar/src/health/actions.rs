@@ -16,6 +16,8 @@ use crate::priority::Priority;
 pub struct ServiceActions {
     /// The header callers give their priority in (inbound and outbound alike).
     pub priority_header: HeaderName,
+    /// The header callers give their criticality in, and it travels on in.
+    pub criticality_header: HeaderName,
     /// `Retry-After` of a shed request.
     pub shed_retry_after: Duration,
     /// Bit `p` set at index `l`: priority `p` is shed at level `l`.
@@ -28,6 +30,7 @@ impl Default for ServiceActions {
     fn default() -> Self {
         ServiceActions {
             priority_header: HeaderName::from_static(defaults::PRIORITY_HEADER),
+            criticality_header: HeaderName::from_static(defaults::CRITICALITY_HEADER),
             shed_retry_after: defaults::SHED_RETRY_AFTER,
             shed: [0; 4],
             max_retry_attempts: [None; 4],
@@ -57,6 +60,13 @@ impl ServiceActions {
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
             {
                 actions.priority_header = h;
+            }
+            if let Some(h) = inbound
+                .criticality_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            {
+                actions.criticality_header = h;
             }
             if let Some(d) = &inbound.shed_retry_after {
                 actions.shed_retry_after = d.get();

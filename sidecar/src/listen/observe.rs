@@ -16,6 +16,8 @@ use crate::body::{Body, BodyError};
 use crate::headers::GRPC_STATUS;
 use crate::metrics::{ProtocolLabel, UpstreamMetrics};
 use crate::state::InFlightGuard;
+use crate::overload::Refusal;
+use crate::priority::Criticality;
 use crate::trace::RequestIds;
 
 /// What the access log line says about one request.
@@ -34,6 +36,8 @@ pub struct Completion {
     pub status: StatusCode,
     pub grpc_status: Option<HeaderValue>,
     pub error: Option<&'static str>,
+    /// Why overload protection refused the request, and the request's criticality.
+    pub refused: Option<(Refusal, Criticality)>,
     /// The peer's SPIFFE ID: the caller's (inbound mTLS) or the upstream's (outbound mTLS).
     pub peer_identity: Option<Arc<str>>,
     /// The verified caller of an inbound mTLS request.
@@ -70,6 +74,8 @@ impl Completion {
             request_id = self.ids.request_id.to_str().unwrap_or(""),
             trace_id = self.ids.trace_id(),
             error = self.error.unwrap_or(""),
+            reason = self.refused.map_or("", |(r, _)| r.as_str()),
+            criticality = self.refused.map_or("", |(_, c)| c.as_str()),
             peer_identity = self.peer_identity.as_deref().unwrap_or(""),
             outcome,
             "request"

@@ -100,6 +100,7 @@ pub async fn handle(
         status: http::StatusCode::OK,
         grpc_status: None,
         error: None,
+        refused: None,
         peer_identity: None,
         caller: None,
         in_flight: shared.in_flight.start(),
@@ -183,6 +184,7 @@ pub async fn handle(
         Err(err) => {
             tracing::debug!(error = %err, "request failed");
             completion.error = Some(err.kind());
+            completion.refused = err.refusal();
             let mut rsp = rescue(&err, grpc);
             if matches!(err, ProxyError::MalformedBody(_)) {
                 shared

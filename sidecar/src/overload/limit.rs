@@ -66,6 +66,8 @@ pub struct AdaptiveLimit {
     limit: f64,
     /// The latency of unqueued requests (seconds); `None` until the first probe ends.
     baseline: Option<f64>,
+    /// The median latency of the last interval (seconds).
+    median: Option<f64>,
     phase: Phase,
     /// The current interval's latencies (seconds), and the most in flight among its samples.
     window: Vec<f64>,
@@ -106,6 +108,7 @@ impl AdaptiveLimit {
             next_probe: now,
             phase: Phase::Probing { restore: limit },
             baseline: None,
+            median: None,
             limit,
             probes: 0,
             settings,
@@ -128,6 +131,11 @@ impl AdaptiveLimit {
     /// The latency of unqueued requests, once measured.
     pub fn baseline(&self) -> Option<Duration> {
         self.baseline.map(Duration::from_secs_f64)
+    }
+
+    /// The median latency of the last interval, once there was one.
+    pub fn median(&self) -> Option<Duration> {
+        self.median.map(Duration::from_secs_f64)
     }
 
     /// One request ended at `now` after `rtt`; `in_flight` were in flight when it started
@@ -172,6 +180,7 @@ impl AdaptiveLimit {
             return;
         };
         let median = median(&mut self.window);
+        self.median = Some(median);
         let baseline = if median < baseline {
             // Faster than the baseline: requests queue less than when it was measured.
             self.baseline = Some(median);

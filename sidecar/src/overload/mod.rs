@@ -7,3 +7,30 @@ pub mod bucket;
 pub mod limit;
 pub mod queue;
 pub mod throttle;
+
+/// Why overload protection refused a request (the `reason` label and the access log's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The limit was reached and the queue was full of requests at least as critical.
+    QueueFull,
+    /// It waited in the queue as long as it may.
+    QueueTimeout,
+    /// It waited in the queue and a more critical request took its place.
+    Displaced,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [Refusal::QueueFull, Refusal::QueueTimeout, Refusal::Displaced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::QueueFull => "queue-full",
+            Refusal::QueueTimeout => "queue-timeout",
+            Refusal::Displaced => "displaced",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}

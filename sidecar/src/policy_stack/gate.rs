@@ -1,5 +1,5 @@
-//! The degradation gate, the first layer of every stack. Inbound: a request whose priority the
-//! own level's `shedPriorities` lists is answered at once (503 with `Retry-After`, gRPC
+//! The degradation gate, the first layer of every stack. Inbound: a request whose priority (its
+//! criticality's, [`crate::priority`]) the own level's `shedPriorities` lists is answered at once (503 with `Retry-After`, gRPC
 //! UNAVAILABLE with `grpc-retry-pushback-ms`) without reaching the app; every other request
 //! reaches the app with `x-bulwark-degradation: <LEVEL>` and, when the own service has
 //! capabilities, `x-bulwark-capabilities`. Outbound: a low-priority call to an upstream whose
@@ -57,9 +57,10 @@ impl<S> Gate<S> {
 
 impl<S: Call> Call for Gate<S> {
     async fn call<'a>(&'a self, mut req: Req, cx: Cx<'a>) -> Result<Rsp, ProxyError> {
+        let priority = cx.criticality.priority();
         let refused = match self.direction {
-            Direction::Outbound => self.emergency(&req),
-            Direction::Inbound => self.shed(&mut req),
+            Direction::Outbound => self.emergency(priority),
+            Direction::Inbound => self.shed(&mut req, priority),
         };
         match refused {
             Some(err) => Err(err),
@@ -70,10 +71,9 @@ impl<S: Call> Call for Gate<S> {
 
 impl<S> Gate<S> {
     /// Inbound: sheds the request, or marks it with the level it reaches the app at.
-    fn shed(&self, req: &mut Req) -> Option<ProxyError> {
+    fn shed(&self, req: &mut Req, priority: Priority) -> Option<ProxyError> {
         let levels = self.degradation.levels();
         let level = levels.own_level();
-        let priority = Priority::of(req.headers().get(&self.actions.priority_header));
         if self.actions.sheds(level, priority) && !is_kubelet_probe(req.headers()) {
             self.info.metrics.shed(level, priority);
             tracing::debug!(%level, %priority, "request shed");
@@ -96,13 +96,12 @@ impl<S> Gate<S> {
     }
 
     /// Outbound: fails a low-priority call to an EMERGENCY upstream.
-    fn emergency(&self, req: &Req) -> Option<ProxyError> {
+    fn emergency(&self, priority: Priority) -> Option<ProxyError> {
         let levels = self.degradation.levels();
         if !levels.any_emergency() {
             return None;
         }
         let level = levels.level_of(&self.info.namespace, &self.info.name);
-        let priority = Priority::of(req.headers().get(&self.actions.priority_header));
         if !fails_fast(level, priority) {
             return None;
         }

@@ -18,6 +18,7 @@ use super::routes::RouteConfig;
 use crate::body::Body;
 use crate::errors::ProxyError;
 use crate::metrics::UpstreamMetrics;
+use crate::priority::Criticality;
 
 pub type Req = Request<Body>;
 pub type Rsp = Response<Body>;
@@ -61,6 +62,8 @@ pub struct Cx<'a> {
     pub deadline: Option<Instant>,
     /// The current attempt's deadline, once the per-try layer set one.
     pub attempt: Option<AttemptDeadline>,
+    /// How much the request matters: what it is shed and queued by.
+    pub criticality: Criticality,
 }
 
 /// The deadline of the current attempt and the per-try limit it came from.

@@ -12,13 +12,15 @@
 //!          └ Retry       retryOn, budget, backoff, body replay
 //!            └ PerTry    timeouts.perTry, grpc-timeout to the upstream
 //!              └ CircuitBreaker   fail fast while open; every attempt is an outcome
-//!                └ Bulkhead       limits.maxConcurrent / maxPending
-//!                  └ Balance      p2c over endpoints not ejected; one attempt on the wire
+//!                └ Concurrency    adaptiveConcurrency: learned limit, queue by criticality
+//!                  └ Bulkhead     limits.maxConcurrent / maxPending
+//!                    └ Balance    p2c over endpoints not ejected; one attempt on the wire
 //! ```
 
 pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
+pub mod concurrency;
 pub mod deadline;
 pub mod failover;
 pub mod gate;
@@ -43,9 +45,11 @@ use crate::errors::ProxyError;
 use crate::headers::is_grpc;
 use crate::health::actions::ServiceActions;
 use crate::health::levels::Degradation;
+use crate::priority::Criticality;
 use balance::Balance;
 use breaker::{BreakerParts, CircuitBreaker};
 use bulkhead::{Bulkhead, Limited, Slots};
+use concurrency::{Concurrency, Limiter};
 use deadline::Deadline;
 use failover::{Failover, StaticResponse, Target};
 use gate::{Direction, Gate};
@@ -57,7 +61,7 @@ use retry::budget::RetryBudget;
 use routes::UpstreamRoutes;
 
 /// The layers every attempt of one upstream goes through, top to bottom.
-type AttemptLayers = Retry<PerTry<CircuitBreaker<Bulkhead<Balance>>>>;
+type AttemptLayers = Retry<PerTry<CircuitBreaker<Concurrency<Bulkhead<Balance>>>>>;
 
 /// The layers a request routed to an upstream goes through, top to bottom; the primary's and
 /// the failover targets' attempts at the bottom.
@@ -66,6 +70,8 @@ type RequestLayers = Gate<Deadline<Failover<Arc<Attempts>, Arc<Attempts>>>>;
 /// What a request routed to an upstream goes through.
 pub struct Stack {
     routes: Arc<UpstreamRoutes>,
+    /// The own ServicePolicy's actions: the headers a request names its criticality in.
+    actions: Arc<ServiceActions>,
     layers: RequestLayers,
 }
 
@@ -75,12 +81,23 @@ impl Stack {
     /// here, once, and travels down in the context.
     pub async fn call(
         &self,
-        req: Req,
+        mut req: Req,
         authority: &Authority,
         state: &CallState,
     ) -> Result<Rsp, ProxyError> {
         let grpc = is_grpc(req.headers());
         let route = self.routes.select(req.method(), req.uri().path(), grpc);
+        // The request's criticality, settled once and sent on, so the next hop (and the app,
+        // which passes it on like a trace header) sees the same.
+        let header = &self.actions.criticality_header;
+        let criticality = Criticality::of(
+            req.headers(),
+            header,
+            &self.actions.priority_header,
+            route.criticality,
+        );
+        req.headers_mut()
+            .insert(header.clone(), criticality.header_value());
         let cx = Cx {
             route,
             grpc,
@@ -88,6 +105,7 @@ impl Stack {
             state,
             deadline: None,
             attempt: None,
+            criticality,
         };
         self.layers.call(req, cx).await
     }
@@ -151,6 +169,8 @@ pub struct AttemptParts {
     pub breaker: BreakerParts,
     pub slots: Option<Arc<Slots>>,
     pub limited: Limited,
+    /// `adaptiveConcurrency`, when set.
+    pub limiter: Option<Arc<Limiter>>,
     pub balance: Balance,
 }
 
@@ -163,10 +183,14 @@ pub fn attempts(parts: AttemptParts) -> Arc<Attempts> {
     let balance = parts.balance;
     // Bulkhead: bounds concurrent and waiting requests to this upstream; a slot is held until
     // the response body ends.
-    let bulkhead = Bulkhead::new(info.clone(), parts.slots, parts.limited, balance);
+    let bulkhead = Bulkhead::new(info.clone(), parts.slots, parts.limited.clone(), balance);
+    // Adaptive concurrency: a limit learned from the attempts' latency, a queue served by
+    // criticality in front of it. Above the bulkhead so a static limit stays a hard cap under
+    // it; below the breaker, which fails fast without queueing.
+    let concurrency = Concurrency::new(info.clone(), parts.limiter, parts.limited, bulkhead);
     // Circuit breaker: fails fast without touching the upstream while open; every attempt is
-    // one outcome. Above the bulkhead so an open breaker queues nothing.
-    let breaker = CircuitBreaker::new(info.clone(), parts.breaker, bulkhead);
+    // one outcome. Above the limits so an open breaker queues nothing.
+    let breaker = CircuitBreaker::new(info.clone(), parts.breaker, concurrency);
     // Per-try timeout: gives each attempt its deadline (never past the overall one) and tells
     // the upstream its budget in `grpc-timeout`. The timer itself fires at the bottom, so the
     // breaker and outlier detector see a timeout as an outcome.
@@ -219,6 +243,7 @@ pub fn stack(attempts: Arc<Attempts>, parts: StackParts) -> Stack {
     // Degradation gate: first, so a request the level refuses costs no deadline timer, no
     // failover and no attempt. Inbound it sheds by priority and tells the app its level;
     // outbound it fails low-priority calls to an EMERGENCY upstream fast.
+    let actions = parts.actions.clone();
     let gate = Gate::new(
         info,
         parts.direction,
@@ -228,6 +253,7 @@ pub fn stack(attempts: Arc<Attempts>, parts: StackParts) -> Stack {
     );
     Stack {
         routes,
+        actions,
         layers: gate,
     }
 }

@@ -53,6 +53,7 @@ use bulwark_proto::policy::{Route, RouteMatch, Timeouts, UpstreamSpec, defaults}
 
 use super::retry::budget::BudgetConfig;
 use super::retry::policy::RetryConfig;
+use crate::priority::Criticality;
 
 /// Request deadlines of one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,8 @@ pub struct RouteConfig {
     pub retry: RetryConfig,
     /// The route's `idempotent` override; `None`: decided by the HTTP method.
     pub idempotent: Option<bool>,
+    /// The criticality of the route's requests that name none.
+    pub criticality: Criticality,
 }
 
 /// An upstream's routes, compiled and sorted by precedence, plus its per-upstream settings.
@@ -163,6 +166,7 @@ impl UpstreamRoutes {
             timeouts: TimeoutConfig::from_policy(spec.timeouts.as_ref()),
             retry: RetryConfig::from_policy(spec.retry.as_ref()),
             idempotent: None,
+            criticality: criticality(spec.criticality.as_deref()).unwrap_or(Criticality::SheddablePlus),
         };
         let mut ranked: Vec<(Specificity, CompiledRoute)> = spec
             .routes
@@ -224,8 +228,14 @@ fn compile_route(default: &RouteConfig, route: &Route, matcher: Matcher) -> Comp
             timeouts: default.timeouts.merge(route.timeouts.as_ref()),
             retry: default.retry.merge(route.retry.as_ref()),
             idempotent: route.idempotent,
+            criticality: criticality(route.criticality.as_deref()).unwrap_or(default.criticality),
         },
     }
+}
+
+/// A tier a policy names; `None` when it names none (validated policies name known tiers).
+fn criticality(name: Option<&str>) -> Option<Criticality> {
+    name.and_then(Criticality::from_name)
 }
 
 impl Matcher {
@@ -562,6 +572,27 @@ mod tests {
         assert_eq!((name(g), g.idempotent), (Some("get-status"), Some(true)));
         let p = routes.select(&Method::GET, "/pay", false);
         assert_eq!((name(p), p.idempotent), (None, Some(false)));
+    }
+
+    #[test]
+    fn criticality_defaults_to_the_upstreams_then_sheddable_plus() {
+        let routes = UpstreamRoutes::compile(&spec(
+            r#"  criticality: critical
+  routes:
+    - match: { path: /pay }
+      criticality: critical-plus
+    - match: { path: /report }
+"#,
+        ));
+        let tier = |path| routes.select(&Method::GET, path, false).criticality;
+        assert_eq!(tier("/pay"), Criticality::CriticalPlus);
+        assert_eq!(tier("/report"), Criticality::Critical);
+        assert_eq!(tier("/other"), Criticality::Critical);
+        let plain = UpstreamRoutes::compile(&spec(""));
+        assert_eq!(
+            plain.default_route().criticality,
+            Criticality::SheddablePlus
+        );
     }
 
     #[test]

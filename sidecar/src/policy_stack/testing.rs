@@ -227,6 +227,7 @@ pub fn cx<'a>(route: &'a RouteConfig, state: &'a CallState) -> Cx<'a> {
         state,
         deadline: None,
         attempt: None,
+        criticality: route.criticality,
     }
 }
 

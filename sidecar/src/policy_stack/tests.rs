@@ -878,6 +878,19 @@ async fn the_inbound_limit_names_the_service() {
 
 // ───────────────────────────── degradation gate ─────────────────────────────
 
+/// `cx` with the request's criticality, as [`super::Stack::call`] settles it.
+fn with_criticality<'a>(req: &Req, actions: &ServiceActions, cx: Cx<'a>) -> Cx<'a> {
+    Cx {
+        criticality: crate::priority::Criticality::of(
+            req.headers(),
+            &actions.criticality_header,
+            &actions.priority_header,
+            cx.route.criticality,
+        ),
+        ..cx
+    }
+}
+
 fn actions(yaml_spec: &str) -> Arc<ServiceActions> {
     let yaml = format!(
         "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec: {yaml_spec}\n"
@@ -911,22 +924,22 @@ async fn inbound_requests_are_shed_by_priority_or_told_the_level_and_capabilitie
     let app = Script::ok("orders");
     let (info, metrics) = info("orders");
     let degradation = Arc::new(Degradation::default());
+    let acts = actions(
+        "{ actions: { SEVERE: { shedPriorities: [low] } }, inbound: { priorityHeader: x-prio, shedRetryAfter: 20s } }",
+    );
     let gate = Gate::new(
         info,
         Direction::Inbound,
         degradation.clone(),
-        actions(
-            "{ actions: { SEVERE: { shedPriorities: [low] } }, inbound: { priorityHeader: x-prio, shedRetryAfter: 20s } }",
-        ),
+        acts.clone(),
         app.clone(),
     );
     let routes = routes("");
     let state = CallState::default();
     let send = |headers: &'static [(&'static str, &'static str)]| {
-        gate.call(
-            request("GET", "", headers),
-            cx(routes.default_route(), &state),
-        )
+        let req = request("GET", "", headers);
+        let cx = with_criticality(&req, &acts, cx(routes.default_route(), &state));
+        gate.call(req, cx)
     };
 
     // NORMAL: through, told its level whatever the caller claimed.
@@ -986,24 +999,21 @@ async fn low_priority_calls_to_an_emergency_upstream_fail_before_any_attempt() {
         metrics: Arc::new(metrics.upstream("outbound", "payments")),
     });
     let degradation = Arc::new(Degradation::default());
+    let acts = actions("{}");
     let gate = Gate::new(
         info,
         Direction::Outbound,
         degradation.clone(),
-        actions("{}"),
+        acts.clone(),
         upstream.clone(),
     );
     let routes = routes("");
     let state = CallState::default();
     degradation.swap(levels(&[("pay", "payments", pb::Level::Emergency)], &[]));
 
-    let err = gate
-        .call(
-            request("GET", "", &[("x-priority", "low")]),
-            cx(routes.default_route(), &state),
-        )
-        .await
-        .unwrap_err();
+    let low = request("GET", "", &[("x-priority", "low")]);
+    let low_cx = with_criticality(&low, &acts, cx(routes.default_route(), &state));
+    let err = gate.call(low, low_cx).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "upstream payments is at EMERGENCY: low-priority calls fail fast"

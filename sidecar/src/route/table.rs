@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use bulwark_proto::policy::{
-    API_VERSION, Endpoints, Limits, Metadata, MtlsMode, Protocol, Resource, ServicePolicy,
+    API_VERSION, Endpoints, Limits, Metadata, MtlsMode, Protocol, Resource, Route as PolicyRoute, ServicePolicy,
     UpstreamPolicy, UpstreamSpec,
 };
 
@@ -431,7 +431,9 @@ fn failover_targets(
 }
 
 /// The inbound "upstream": the local app at `addr`, or on 127.0.0.1 at its port, with
-/// `spec.inbound.maxConcurrent` as its limit. `None` when no app port is known.
+/// `spec.inbound.maxConcurrent` as its limit, `spec.inbound.adaptiveConcurrency` in front of
+/// it, and the criticality of requests that name none from `spec.inbound.criticality` and
+/// `spec.inbound.routes`. `None` when no app port is known.
 fn app_policy(
     local: &LocalService,
     service: Option<&ServicePolicy>,
@@ -454,9 +456,8 @@ fn app_policy(
         ));
     }
     let name = local.service.clone().unwrap_or_else(|| "app".to_string());
-    let max_concurrent = service
-        .and_then(|s| s.spec.inbound.as_ref())
-        .and_then(|i| i.max_concurrent);
+    let inbound = service.and_then(|s| s.spec.inbound.as_ref());
+    let max_concurrent = inbound.and_then(|i| i.max_concurrent);
     Ok(Some(UpstreamPolicy {
         api_version: API_VERSION.to_string(),
         metadata: Metadata::new(name, local.namespace.clone()),
@@ -470,6 +471,21 @@ fn app_policy(
                 max_concurrent: Some(max),
                 max_pending: Some(0),
             }),
+            adaptive_concurrency: inbound.and_then(|i| i.adaptive_concurrency.clone()),
+            criticality: inbound.and_then(|i| i.criticality.clone()),
+            routes: inbound
+                .map(|i| {
+                    i.routes
+                        .iter()
+                        .map(|r| PolicyRoute {
+                            name: r.name.clone(),
+                            matches: r.matches.clone(),
+                            criticality: Some(r.criticality.clone()),
+                            ..PolicyRoute::default()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..UpstreamSpec::default()
         },
     }))

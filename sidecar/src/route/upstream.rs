@@ -23,6 +23,7 @@ use crate::policy_stack::balance::Balance;
 use crate::policy_stack::breaker::machine::{Breaker, BreakerConfig, default_failure_on};
 use crate::policy_stack::breaker::{BreakerEvent, BreakerParts};
 use crate::policy_stack::bulkhead::{Limited, Slots};
+use crate::policy_stack::concurrency::{ConcurrencySettings, Limiter};
 use crate::policy_stack::layer::UpstreamInfo;
 use crate::policy_stack::retry::budget::{BudgetConfig, RetryBudget};
 use crate::policy_stack::routes::UpstreamRoutes;
@@ -76,6 +77,8 @@ pub struct Upstream {
     pub outlier: Option<Arc<Mutex<OutlierDetector>>>,
     pub budget: Arc<RetryBudget>,
     pub slots: Option<Arc<Slots>>,
+    /// `adaptiveConcurrency`: the learned limit and its queue.
+    pub limiter: Option<Arc<Limiter>>,
     /// Attempts, failures and slow calls since the last health report.
     pub stats: Arc<UpstreamStats>,
     pub attempts: Arc<Attempts>,
@@ -176,6 +179,12 @@ impl Upstream {
                 _ => Arc::new(Slots::new(max, pending)),
             },
         );
+        let limiter = ConcurrencySettings::from_policy(spec.adaptive_concurrency.as_ref()).map(
+            |settings| match previous.and_then(|p| p.limiter.as_ref()) {
+                Some(l) if *l.settings() == settings => l.clone(),
+                _ => Limiter::new(settings, metrics.concurrency()),
+            },
+        );
         let info = Arc::new(UpstreamInfo {
             name: name.clone(),
             namespace: namespace.clone(),
@@ -224,6 +233,7 @@ impl Upstream {
                 Side::Outbound => Limited::Upstream,
                 Side::Inbound(service) => Limited::Inbound(service),
             },
+            limiter: limiter.clone(),
             balance,
         });
         Ok(Upstream {
@@ -236,6 +246,7 @@ impl Upstream {
             outlier,
             budget,
             slots,
+            limiter,
             stats,
             attempts,
             peer_identity,

@@ -1,0 +1,425 @@
+//! The adaptive concurrency limit (`adaptiveConcurrency`, or `spec.inbound.adaptiveConcurrency`
+//! for the app): at most as many attempts in flight as the [`AdaptiveLimit`] allows now, learned
+//! from their latency; past it an attempt waits in a bounded queue served most critical first
+//! ([`TierQueue`]) for at most `maxQueueWait` (and never past its per-try deadline). A full
+//! queue sheds its least critical, most recent waiter for a more critical newcomer, and refuses
+//! a newcomer with none below it — 503 / `RESOURCE_EXHAUSTED`, `x-bulwark-error: overloaded`.
+//! A slot is held until the response body ends; its latency sample is taken when the response
+//! headers arrive (what the callee's queueing shows in), from responses and timeouts only: a
+//! refused connection says nothing about how busy the callee is.
+//!
+//! One lock per limiter, held for a few comparisons; nothing in this layer allocates unless the
+//! request has to wait.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bulwark_proto::policy::{AdaptiveConcurrency, defaults};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::bulkhead::Limited;
+use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
+use crate::errors::ProxyError;
+use crate::headers::is_kubelet_probe;
+use crate::metrics::ConcurrencyMetrics;
+use crate::overload::Refusal;
+use crate::overload::limit::{AdaptiveLimit, LimitSettings};
+use crate::overload::queue::{Offered, TierQueue};
+use crate::priority::Criticality;
+
+/// What a policy's `adaptiveConcurrency` compiles to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcurrencySettings {
+    pub limit: LimitSettings,
+    pub max_queue: usize,
+    pub max_queue_wait: Duration,
+}
+
+impl ConcurrencySettings {
+    /// A validated block, defaults for absent fields; `None` without one (no limit).
+    pub fn from_policy(block: Option<&AdaptiveConcurrency>) -> Option<ConcurrencySettings> {
+        let b = block?;
+        let n = |v: Option<u32>, default: u32| v.unwrap_or(default) as usize;
+        let tolerance = b
+            .tolerance
+            .as_ref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(defaults::ADAPTIVE_TOLERANCE_PERCENT);
+        Some(ConcurrencySettings {
+            limit: LimitSettings {
+                initial: n(b.initial_limit, defaults::ADAPTIVE_INITIAL_LIMIT),
+                min: n(b.min_limit, defaults::ADAPTIVE_MIN_LIMIT),
+                max: n(b.max_limit, defaults::ADAPTIVE_MAX_LIMIT),
+                tolerance: 1.0 + tolerance / 100.0,
+                update_interval: b
+                    .update_interval
+                    .as_ref()
+                    .map_or(defaults::ADAPTIVE_UPDATE_INTERVAL, |d| d.get()),
+                probe_interval: b
+                    .probe_interval
+                    .as_ref()
+                    .map_or(defaults::ADAPTIVE_PROBE_INTERVAL, |d| d.get()),
+                probe_concurrency: n(b.probe_concurrency, defaults::ADAPTIVE_PROBE_CONCURRENCY),
+                probe_samples: n(b.probe_samples, defaults::ADAPTIVE_PROBE_SAMPLES),
+            },
+            max_queue: n(b.max_queue, defaults::ADAPTIVE_MAX_QUEUE),
+            max_queue_wait: b
+                .max_queue_wait
+                .as_ref()
+                .map_or(defaults::ADAPTIVE_MAX_QUEUE_WAIT, |d| d.get()),
+        })
+    }
+}
+
+/// One upstream's limit, what is in flight under it and who waits; kept across policy versions
+/// while its settings do not change.
+#[derive(Debug)]
+pub struct Limiter {
+    settings: ConcurrencySettings,
+    state: Mutex<State>,
+    metrics: ConcurrencyMetrics,
+}
+
+#[derive(Debug)]
+struct State {
+    limit: AdaptiveLimit,
+    in_flight: usize,
+    queue: TierQueue<oneshot::Sender<Slot>>,
+}
+
+/// A place under the limit, released when dropped (when the response body ends).
+#[derive(Debug)]
+pub struct Slot {
+    /// `None` once handed back without being used.
+    limiter: Option<Arc<Limiter>>,
+    /// Requests in flight when this one started, itself included.
+    in_flight: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(limiter) = self.limiter.take() {
+            limiter.release();
+        }
+    }
+}
+
+/// Why a request got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub refusal: Refusal,
+    pub limit: usize,
+    pub waited: Duration,
+}
+
+impl Limiter {
+    pub fn new(settings: ConcurrencySettings, metrics: ConcurrencyMetrics) -> Arc<Limiter> {
+        let limit = AdaptiveLimit::new(settings.limit.clone(), Instant::now());
+        metrics.limit.set(limit.limit() as i64);
+        Arc::new(Limiter {
+            state: Mutex::new(State {
+                limit,
+                in_flight: 0,
+                queue: TierQueue::new(settings.max_queue),
+            }),
+            settings,
+            metrics,
+        })
+    }
+
+    pub fn settings(&self) -> &ConcurrencySettings {
+        &self.settings
+    }
+
+    /// The limit now, what is in flight and what waits per tier (for the admin listener and
+    /// tests).
+    pub fn snapshot(&self) -> (usize, usize, [usize; 4]) {
+        let s = self.lock();
+        (s.limit.limit(), s.in_flight, s.queue.lengths())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent at every step: a panic elsewhere never leaves it half
+        // updated, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a request of `tier`, waiting until `wait_until` at most.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        tier: Criticality,
+        wait_until: Instant,
+    ) -> Result<Slot, Refused> {
+        let started = Instant::now();
+        let rx = {
+            let mut s = self.lock();
+            let limit = s.limit.limit();
+            if s.in_flight < limit && s.queue.is_empty() {
+                s.in_flight += 1;
+                self.metrics.in_flight.set(s.in_flight as i64);
+                return Ok(Slot {
+                    limiter: Some(self.clone()),
+                    in_flight: s.in_flight,
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            let mut offered = s.queue.offer(tier, tx);
+            if let Offered::Refused(tx) = offered {
+                // Waiters that stopped waiting still hold places: make room, then try again.
+                s.queue.forget(oneshot::Sender::is_closed);
+                offered = s.queue.offer(tier, tx);
+            }
+            match offered {
+                Offered::Queued => {}
+                // Dropping its sender tells the displaced waiter.
+                Offered::QueuedInstead(displaced) => drop(displaced),
+                Offered::Refused(_) => {
+                    return Err(Refused {
+                        refusal: Refusal::QueueFull,
+                        limit,
+                        waited: Duration::ZERO,
+                    });
+                }
+            }
+            self.dispatch(&mut s);
+            self.queued_metrics(&s);
+            rx
+        };
+        let result = tokio::time::timeout_at(wait_until, rx).await;
+        let refused = |refusal| {
+            let s = self.lock();
+            self.queued_metrics(&s);
+            Refused {
+                refusal,
+                limit: s.limit.limit(),
+                waited: started.elapsed(),
+            }
+        };
+        match result {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_)) => Err(refused(Refusal::Displaced)),
+            // Its sender stays queued, closed, until it is skipped or forgotten.
+            Err(_) => Err(refused(Refusal::QueueTimeout)),
+        }
+    }
+
+    /// An attempt under `slot` got its answer after `rtt`.
+    pub fn sample(self: &Arc<Self>, slot: &Slot, rtt: Duration) {
+        let mut s = self.lock();
+        s.limit.sample(Instant::now(), rtt, slot.in_flight);
+        let limit = s.limit.limit();
+        self.metrics.limit.set(limit as i64);
+        if let Some(m) = s.limit.median() {
+            self.metrics.median.set(m.as_secs_f64());
+        }
+        if let Some(b) = s.limit.baseline() {
+            self.metrics.baseline.set(b.as_secs_f64());
+        }
+        // A grown limit lets waiters in at once.
+        self.dispatch(&mut s);
+        self.queued_metrics(&s);
+    }
+
+    /// A slot was given back: to the next waiter while the limit allows, else freed.
+    fn release(self: Arc<Self>) {
+        let mut s = self.lock();
+        s.in_flight -= 1;
+        self.dispatch(&mut s);
+        self.metrics.in_flight.set(s.in_flight as i64);
+        self.queued_metrics(&s);
+    }
+
+    /// Hands slots to waiters, most critical first, while the limit allows.
+    fn dispatch(self: &Arc<Self>, s: &mut State) {
+        while s.in_flight < s.limit.limit() {
+            let Some((_, tx)) = s.queue.take_next() else {
+                break;
+            };
+            s.in_flight += 1;
+            let slot = Slot {
+                limiter: Some(self.clone()),
+                in_flight: s.in_flight,
+            };
+            if let Err(mut unused) = tx.send(slot) {
+                // It stopped waiting: the slot goes to the next one (not released through
+                // `Drop`, which would take the lock held here).
+                unused.limiter = None;
+                s.in_flight -= 1;
+            }
+        }
+        self.metrics.in_flight.set(s.in_flight as i64);
+    }
+
+    fn queued_metrics(&self, s: &State) {
+        for (gauge, n) in self.metrics.queued.iter().zip(s.queue.lengths()) {
+            gauge.set(n as i64);
+        }
+    }
+}
+
+/// The adaptive concurrency layer over `S`.
+pub struct Concurrency<S> {
+    info: Arc<UpstreamInfo>,
+    /// `None`: no limit.
+    limiter: Option<Arc<Limiter>>,
+    limited: Limited,
+    inner: S,
+}
+
+impl<S> Concurrency<S> {
+    pub fn new(
+        info: Arc<UpstreamInfo>,
+        limiter: Option<Arc<Limiter>>,
+        limited: Limited,
+        inner: S,
+    ) -> Self {
+        Concurrency {
+            info,
+            limiter,
+            limited,
+            inner,
+        }
+    }
+
+    fn refused(&self, limiter: &Limiter, tier: Criticality, r: Refused) -> ProxyError {
+        limiter.metrics.refused(tier, r.refusal);
+        tracing::debug!(upstream = %self.info.name, criticality = %tier, reason = r.refusal.as_str(), "request refused by the adaptive concurrency limit");
+        ProxyError::Overloaded {
+            target: match &self.limited {
+                Limited::Upstream => format!("upstream {:?}", self.info.name.as_ref()),
+                Limited::Inbound(service) => service.to_string(),
+            },
+            criticality: tier,
+            refusal: r.refusal,
+            limit: r.limit,
+            waited: r.waited,
+        }
+    }
+}
+
+impl<S: Call> Call for Concurrency<S> {
+    async fn call<'a>(&'a self, req: Req, cx: Cx<'a>) -> Result<Rsp, ProxyError> {
+        let Some(limiter) = &self.limiter else {
+            return self.inner.call(req, cx).await;
+        };
+        if matches!(self.limited, Limited::Inbound(_)) && is_kubelet_probe(req.headers()) {
+            return self.inner.call(req, cx).await;
+        }
+        let mut wait_until = Instant::now() + limiter.settings.max_queue_wait;
+        if let Some(attempt) = cx.attempt {
+            wait_until = wait_until.min(attempt.at);
+        }
+        let slot = match limiter.acquire(cx.criticality, wait_until).await {
+            Ok(slot) => slot,
+            Err(r) => return Err(self.refused(limiter, cx.criticality, r)),
+        };
+        let started = Instant::now();
+        let result = self.inner.call(req, cx).await;
+        match &result {
+            Ok(_) | Err(ProxyError::AttemptTimeout { .. }) => {
+                limiter.sample(&slot, started.elapsed());
+            }
+            Err(_) => {}
+        }
+        result.map(|rsp| rsp.map(|b| b.guarded(slot)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn limiter(initial: usize, max_queue: usize) -> Arc<Limiter> {
+        let metrics = Arc::new(Metrics::new());
+        let settings = ConcurrencySettings {
+            limit: LimitSettings {
+                initial,
+                min: initial,
+                max: initial,
+                probe_concurrency: initial,
+                ..LimitSettings::default()
+            },
+            max_queue,
+            max_queue_wait: Duration::from_secs(1),
+        };
+        Limiter::new(settings, metrics.upstream("outbound", "up").concurrency())
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(1)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_slot_goes_to_the_most_critical_waiter() {
+        let l = limiter(1, 10);
+        let held = l.acquire(Criticality::Sheddable, later()).await.unwrap();
+        let low = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Criticality::Sheddable, later()).await }
+        });
+        tokio::task::yield_now().await;
+        let high = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Criticality::CriticalPlus, later()).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(l.snapshot(), (1, 1, [1, 0, 0, 1]));
+        drop(held);
+        let high = high.await.unwrap().expect("the critical-plus waiter gets the slot");
+        assert_eq!(l.snapshot(), (1, 1, [1, 0, 0, 0]));
+        drop(high);
+        let low = low.await.unwrap().expect("then the sheddable one");
+        drop(low);
+        assert_eq!(l.snapshot(), (1, 0, [0, 0, 0, 0]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_sheds_the_least_critical_for_a_more_critical_newcomer() {
+        let l = limiter(1, 1);
+        let _held = l.acquire(Criticality::Critical, later()).await.unwrap();
+        let low = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Criticality::Sheddable, later()).await }
+        });
+        tokio::task::yield_now().await;
+        // As critical as the queue's only waiter's: refused at once.
+        let same = l.acquire(Criticality::Sheddable, later()).await.unwrap_err();
+        assert_eq!(same.refusal, Refusal::QueueFull);
+        assert_eq!(same.waited, Duration::ZERO);
+        // More critical: takes its place.
+        let high = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Criticality::Critical, later()).await }
+        });
+        let displaced = low.await.unwrap().unwrap_err();
+        assert_eq!(displaced.refusal, Refusal::Displaced);
+        assert_eq!(l.snapshot(), (1, 1, [0, 0, 1, 0]));
+        drop(_held);
+        assert!(high.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_deadline_and_its_place_is_reused() {
+        let l = limiter(1, 1);
+        let held = l.acquire(Criticality::Critical, later()).await.unwrap();
+        let start = Instant::now();
+        let until = start + Duration::from_millis(250);
+        let timed_out = l.acquire(Criticality::Critical, until).await.unwrap_err();
+        assert_eq!(timed_out.refusal, Refusal::QueueTimeout);
+        assert_eq!(timed_out.waited, Duration::from_millis(250));
+        // The stale place does not keep a newcomer out…
+        let next = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Criticality::Sheddable, later()).await }
+        });
+        tokio::task::yield_now().await;
+        // …and the freed slot skips the waiter that left.
+        drop(held);
+        let slot = next.await.unwrap().expect("the newcomer gets the slot");
+        assert_eq!(l.snapshot(), (1, 1, [0, 0, 0, 0]));
+        drop(slot);
+        assert_eq!(l.snapshot().1, 0, "every slot came back");
+    }
+}
