@@ -64,6 +64,18 @@ spec:
     failureOn: [reset]
   outlierDetection: { consecutiveFailures: 1, baseEjection: 1s, maxEjectedPercent: 1 }
   limits: { maxConcurrent: 1, maxPending: 1 }
+  adaptiveConcurrency:
+    minLimit: 1
+    maxLimit: 1
+    initialLimit: 1
+    tolerance: 1%
+    updateInterval: 1s
+    probeInterval: 2s
+    probeConcurrency: 1
+    probeSamples: 1
+    maxQueue: 1
+    maxQueueWait: 1s
+  criticality: critical
   fallback:
     failover: [c]
     response: { status: 503, body: x, grpcStatus: unavailable, grpcMessage: x, headers: { k: v } }
@@ -73,6 +85,7 @@ spec:
       timeouts: { request: 1s }
       retry: { maxAttempts: 1 }
       idempotent: true
+      criticality: critical
   tls: { mode: simple, serverIdentity: "spiffe://a/ns/b/sa/c", sni: a.b, caFile: /a }
   exportTo: [shop]
 ---
@@ -88,6 +101,13 @@ spec:
   actions: { SEVERE: { shedPriorities: [low], maxRetryAttempts: 1, ready: false } }
   inbound:
     priorityHeader: x-p
+    criticalityHeader: x-c
+    criticality: critical
+    routes:
+      - name: r
+        match: { grpcMethod: /a.B/, pathPrefix: /, path: /, method: GET }
+        criticality: critical
+    adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, tolerance: 1%, updateInterval: 1s, probeInterval: 2s, probeConcurrency: 1, probeSamples: 1, maxQueue: 1, maxQueueWait: 1s }
     shedRetryAfter: 1s
     maxConcurrent: 1
     mtls: strict
@@ -111,7 +131,8 @@ const KEYED: [(&str, &str); 4] = [
 ];
 
 /// Fields documented as a whole, without rows for what is inside.
-const WHOLE: [&str; 5] = [
+const WHOLE: [&str; 6] = [
+    "spec.inbound.adaptiveConcurrency",
     "metadata.labels",
     "metadata.annotations",
     "spec.fallback.response.headers",
@@ -203,6 +224,18 @@ fn documented_defaults_are_the_models() {
             defaults::HEALTH_CHECK_TIMEOUT,
         ),
         ("spec.inbound.shedRetryAfter", defaults::SHED_RETRY_AFTER),
+        (
+            "spec.adaptiveConcurrency.updateInterval",
+            defaults::ADAPTIVE_UPDATE_INTERVAL,
+        ),
+        (
+            "spec.adaptiveConcurrency.probeInterval",
+            defaults::ADAPTIVE_PROBE_INTERVAL,
+        ),
+        (
+            "spec.adaptiveConcurrency.maxQueueWait",
+            defaults::ADAPTIVE_MAX_QUEUE_WAIT,
+        ),
         ("spec.lowerAfter", defaults::LOWER_AFTER),
     ];
     for (path, expected) in durations {
@@ -232,6 +265,21 @@ fn documented_defaults_are_the_models() {
             defaults::OUTLIER_MAX_EJECTED_PERCENT,
         ),
         ("spec.alerts.maxPerMinute", defaults::ALERTS_MAX_PER_MINUTE),
+        ("spec.adaptiveConcurrency.minLimit", defaults::ADAPTIVE_MIN_LIMIT),
+        ("spec.adaptiveConcurrency.maxLimit", defaults::ADAPTIVE_MAX_LIMIT),
+        (
+            "spec.adaptiveConcurrency.initialLimit",
+            defaults::ADAPTIVE_INITIAL_LIMIT,
+        ),
+        (
+            "spec.adaptiveConcurrency.probeConcurrency",
+            defaults::ADAPTIVE_PROBE_CONCURRENCY,
+        ),
+        (
+            "spec.adaptiveConcurrency.probeSamples",
+            defaults::ADAPTIVE_PROBE_SAMPLES,
+        ),
+        ("spec.adaptiveConcurrency.maxQueue", defaults::ADAPTIVE_MAX_QUEUE),
     ];
     for (path, expected) in integers {
         assert_eq!(default(path).parse::<u32>(), Ok(expected), "{path}");
@@ -255,6 +303,10 @@ fn documented_defaults_are_the_models() {
             defaults::BREAKER_FAILURE_RATE_PERCENT,
         ),
         ("spec.maxUnreadyPercent", defaults::MAX_UNREADY_PERCENT),
+        (
+            "spec.adaptiveConcurrency.tolerance",
+            defaults::ADAPTIVE_TOLERANCE_PERCENT,
+        ),
     ];
     for (path, expected) in percents {
         assert_eq!(Percent::new(default(path)).parse(), Ok(expected), "{path}");
@@ -264,4 +316,11 @@ fn documented_defaults_are_the_models() {
         default("spec.inbound.priorityHeader"),
         defaults::PRIORITY_HEADER
     );
+    assert_eq!(
+        default("spec.inbound.criticalityHeader"),
+        defaults::CRITICALITY_HEADER
+    );
+    for path in ["spec.criticality", "spec.inbound.criticality"] {
+        assert_eq!(default(path), defaults::CRITICALITY, "{path}");
+    }
 }

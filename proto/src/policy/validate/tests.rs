@@ -633,3 +633,51 @@ fn authorization_rules_name_real_callers_and_requests() {
         "{unknown}"
     );
 }
+
+#[test]
+fn adaptive_concurrency_and_criticality_are_checked_field_by_field() {
+    assert_eq!(
+        upstream_with("  adaptiveConcurrency: {}\n  criticality: critical-plus\n"),
+        none()
+    );
+    assert_eq!(
+        upstream_with(
+            "  adaptiveConcurrency: { minLimit: 0, maxLimit: 200000, initialLimit: 0, tolerance: 150%, updateInterval: 0s, probeInterval: 50ms, probeConcurrency: 0, probeSamples: 0, maxQueue: 100001, maxQueueWait: soon }\n  criticality: urgent\n  routes:\n    - match: { path: /a }\n      criticality: HIGH\n"
+        ),
+        [
+            "spec.adaptiveConcurrency.minLimit: must be >= 1, got 0",
+            "spec.adaptiveConcurrency.maxLimit: must be <= 100000, got 200000",
+            "spec.adaptiveConcurrency.tolerance: must be between 0% and 100%, got \"150%\"",
+            "spec.adaptiveConcurrency.updateInterval: must be greater than 0, got 0s",
+            "spec.adaptiveConcurrency.probeInterval: must be longer than updateInterval (100ms), got 50ms",
+            "spec.adaptiveConcurrency.probeConcurrency: must be >= 1, got 0",
+            "spec.adaptiveConcurrency.probeSamples: must be >= 1, got 0",
+            "spec.adaptiveConcurrency.maxQueue: must be <= 100000, got 100001",
+            "spec.adaptiveConcurrency.maxQueueWait: must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got \"soon\"",
+            "spec.criticality: unknown criticality \"urgent\"; expected sheddable, sheddable-plus, critical or critical-plus",
+            "spec.routes[0].criticality: unknown criticality \"HIGH\"; expected sheddable, sheddable-plus, critical or critical-plus",
+        ]
+    );
+    assert_eq!(
+        upstream_with("  adaptiveConcurrency: { minLimit: 50, maxLimit: 10, initialLimit: 5 }\n"),
+        [
+            "spec.adaptiveConcurrency.minLimit: must be <= maxLimit (10), got 50",
+            "spec.adaptiveConcurrency.initialLimit: must be between minLimit (50) and maxLimit (10), got 5",
+        ]
+    );
+    assert_eq!(
+        service(
+            "  inbound:\n    criticalityHeader: x-priority\n    priorityHeader: x-priority\n    criticality: sheddable\n    routes:\n      - name: pay\n        match: { grpcMethod: /pay.Pay/Charge }\n        criticality: critical\n      - name: pay\n        match: { grpcMethod: /pay.Pay/Charge }\n        criticality: high\n    adaptiveConcurrency: { maxQueue: 0, maxQueueWait: 0s }\n"
+        ),
+        [
+            "spec.inbound.criticalityHeader: must differ from priorityHeader: one header carries priorities, the other criticalities",
+            "spec.inbound.routes[1].name: duplicates routes[0].name",
+            "spec.inbound.routes[1].match: same as routes[0].match",
+            "spec.inbound.routes[1].criticality: unknown criticality \"high\"; expected sheddable, sheddable-plus, critical or critical-plus",
+        ]
+    );
+    assert_eq!(
+        service("  inbound:\n    criticalityHeader: X-Crit\n"),
+        ["spec.inbound.criticalityHeader: must be a lowercase header name such as x-bulwark-criticality, got \"X-Crit\""]
+    );
+}
