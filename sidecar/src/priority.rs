@@ -208,7 +208,11 @@ mod tests {
             Some(Criticality::Sheddable)
         );
         assert_eq!(Criticality::parse(b"critical"), Some(Criticality::Critical));
-        assert_eq!(Criticality::parse(b"high"), None, "priorities have their own header");
+        assert_eq!(
+            Criticality::parse(b"high"),
+            None,
+            "priorities have their own header"
+        );
         assert_eq!(Criticality::parse(b"urgent"), None);
         assert_eq!(Criticality::parse(b"critical_"), None);
         assert!(Criticality::Sheddable < Criticality::CriticalPlus);

@@ -11,6 +11,7 @@
 //! | `/hold` | never answers; counts a cancellation when the request is dropped |
 //! | `/slow/{ms}` | 200 `slept {ms}ms` after that long |
 //! | `/gate` | 200 `gate opened` once the test calls [`HttpUpstream::open_gate`] |
+//! | `/work/{ms}` | 200 `worked {ms}ms`: takes one of the builder's `workers` (waiting for one, as a server with a fixed pool does), keeps it that long — an app of known capacity |
 //! | `/trailers` | body `payload` then the trailer `x-checksum: abc` |
 //! | `/no-content` | 204 · `/not-modified`: 304 |
 //! | `/health/live`, `/health/ready` | 200 `ok` (for policies that probe an app's health) |
@@ -43,7 +44,16 @@ use crate::serve::{self, Serving};
 pub struct HttpUpstream {
     record: Arc<Record>,
     gate: Arc<tokio::sync::watch::Sender<bool>>,
+    workers: Arc<Workers>,
     serving: Serving,
+}
+
+/// The worker pool of `/work/{ms}`, and how busy it got.
+#[derive(Debug)]
+struct Workers {
+    pool: tokio::sync::Semaphore,
+    busy: std::sync::atomic::AtomicUsize,
+    most_busy: std::sync::atomic::AtomicUsize,
 }
 
 /// Where and how an [`HttpUpstream`] runs.
@@ -53,6 +63,7 @@ pub struct HttpUpstreamBuilder {
     failures: FailurePlan,
     fault: Option<Fault>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    workers: usize,
 }
 
 impl HttpUpstream {
@@ -70,10 +81,18 @@ impl HttpUpstream {
             failures: FailurePlan::default(),
             fault: None,
             tls: None,
+            workers: tokio::sync::Semaphore::MAX_PERMITS,
         }
     }
 
     /// Connections open to it now.
+    /// The most `/work` requests it ever worked on at once (never more than its workers).
+    pub fn most_busy(&self) -> usize {
+        self.workers
+            .most_busy
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn open_connections(&self) -> usize {
         self.serving.open_connections()
     }
@@ -111,6 +130,12 @@ impl HttpUpstreamBuilder {
         self
     }
 
+    /// Workers of `/work/{ms}` (default: as many as there are requests).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
     pub fn fail_first(mut self, n: u64) -> Self {
         self.failures.first = n;
         self
@@ -145,17 +170,44 @@ impl HttpUpstreamBuilder {
         let handler_record = record.clone();
         let gate = Arc::new(tokio::sync::watch::Sender::new(false));
         let handler_gate = gate.clone();
+        let workers = Arc::new(Workers {
+            pool: tokio::sync::Semaphore::new(self.workers),
+            busy: Default::default(),
+            most_busy: Default::default(),
+        });
+        let handler_workers = workers.clone();
         let service = hyper::service::service_fn(move |req| {
             let record = handler_record.clone();
             let gate = handler_gate.subscribe();
-            handle(record, gate, req)
+            handle(record, gate, handler_workers.clone(), req)
         });
         let serving = serve::spawn_tls(listener, service, self.tls)?;
         Ok(HttpUpstream {
             record,
             gate,
+            workers,
             serving,
         })
+    }
+}
+
+/// One `/work` request at work, counted until it ends or is dropped.
+struct Busy<'a>(&'a Workers);
+
+impl<'a> Busy<'a> {
+    fn start(workers: &'a Workers) -> Busy<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = workers.busy.fetch_add(1, SeqCst) + 1;
+        workers.most_busy.fetch_max(now, SeqCst);
+        Busy(workers)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -175,6 +227,7 @@ impl std::error::Error for InjectedReset {}
 async fn handle(
     record: Arc<Record>,
     gate: tokio::sync::watch::Receiver<bool>,
+    workers: Arc<Workers>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, BoxError> {
     let path = req.uri().path().to_string();
@@ -203,7 +256,7 @@ async fn handle(
             }
         }
     }
-    Ok(route(record, gate, req, path).await)
+    Ok(route(record, gate, &workers, req, path).await)
 }
 
 /// `Retry-After` / `grpc-retry-pushback-ms` on an injected failure, as the fault asks.
@@ -227,6 +280,7 @@ fn add_pushback(headers: &mut HeaderMap, fault: &Fault) {
 async fn route(
     record: Arc<Record>,
     mut gate: tokio::sync::watch::Receiver<bool>,
+    workers: &Workers,
     req: Request<Incoming>,
     path: String,
 ) -> Response<Body> {
@@ -261,6 +315,17 @@ async fn route(
                 text(StatusCode::OK, format!("slept {ms}ms"))
             }
             Err(_) => text(StatusCode::BAD_REQUEST, format!("bad delay {ms:?}\n")),
+        },
+        ["work", ms] => match ms.parse::<u64>() {
+            Ok(ms) => {
+                let Ok(_worker) = workers.pool.acquire().await else {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "no workers\n");
+                };
+                let _busy = Busy::start(workers);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                text(StatusCode::OK, format!("worked {ms}ms"))
+            }
+            Err(_) => text(StatusCode::BAD_REQUEST, format!("bad duration {ms:?}\n")),
         },
         ["gate"] => {
             let guard = CancelGuard::for_key(&record, key);

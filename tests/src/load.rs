@@ -31,6 +31,8 @@ pub struct LoadReport {
     pub failures: Vec<Failure>,
     /// The slowest successful answer.
     pub slowest: Duration,
+    /// The slowest failed one.
+    pub slowest_failure: Duration,
 }
 
 impl LoadReport {
@@ -49,6 +51,12 @@ impl LoadReport {
         self.ok += other.ok;
         self.failures.extend(other.failures);
         self.slowest = self.slowest.max(other.slowest);
+        self.slowest_failure = self.slowest_failure.max(other.slowest_failure);
+    }
+
+    /// The share of requests answered 200.
+    pub fn success_ratio(&self) -> f64 {
+        self.ok as f64 / (self.ok as usize + self.failures.len()).max(1) as f64
     }
 }
 
@@ -63,6 +71,17 @@ pub struct OpenLoad {
 impl OpenLoad {
     /// Sends `GET uri` through `client` `per_second` times a second.
     pub fn start(client: HttpClient, uri: &str, per_second: u32) -> OpenLoad {
+        OpenLoad::start_with(client, uri, &[], per_second)
+    }
+
+    /// Like [`OpenLoad::start`], each request with `headers`.
+    pub fn start_with(
+        client: HttpClient,
+        uri: &str,
+        headers: &[(&'static str, &'static str)],
+        per_second: u32,
+    ) -> OpenLoad {
+        let headers: Arc<[(&'static str, &'static str)]> = Arc::from(headers);
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let uri = uri.to_string();
@@ -81,15 +100,21 @@ impl OpenLoad {
                 let sent_at = started.elapsed();
                 lock(&shared).sent += 1;
                 let (client, uri, shared) = (client.clone(), uri.clone(), shared.clone());
+                let headers = headers.clone();
                 in_flight.spawn(async move {
-                    let outcome = one(&client, &uri).await;
+                    let started = Instant::now();
+                    let outcome = one(&client, &uri, &headers).await;
+                    let took = started.elapsed();
                     let mut report = lock(&shared);
                     match outcome {
-                        Ok(took) => {
+                        Ok(()) => {
                             report.ok += 1;
                             report.slowest = report.slowest.max(took);
                         }
-                        Err(reason) => report.failures.push(Failure { sent_at, reason }),
+                        Err(reason) => {
+                            report.slowest_failure = report.slowest_failure.max(took);
+                            report.failures.push(Failure { sent_at, reason });
+                        }
                     }
                 });
                 // Finished requests leave the set as it goes.
@@ -121,13 +146,20 @@ impl OpenLoad {
     }
 }
 
-async fn one(client: &HttpClient, uri: &str) -> Result<Duration, String> {
-    let request = client::request(Method::GET, uri)
+async fn one(
+    client: &HttpClient,
+    uri: &str,
+    headers: &[(&'static str, &'static str)],
+) -> Result<(), String> {
+    let mut request = client::request(Method::GET, uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(client::empty())
         .map_err(|e| format!("build the request: {e}"))?;
-    let started = Instant::now();
     match tokio::time::timeout(REQUEST_TIMEOUT, client::try_send(client, request)).await {
-        Ok(Ok(answer)) if answer.status == StatusCode::OK => Ok(started.elapsed()),
+        Ok(Ok(answer)) if answer.status == StatusCode::OK => Ok(()),
         Ok(Ok(answer)) => Err(format!("{}: {}", answer.status, answer.text().trim())),
         Ok(Err(e)) => Err(format!("no answer: {e}")),
         Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),

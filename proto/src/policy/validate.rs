@@ -9,9 +9,9 @@ use std::time::Duration as StdDuration;
 use super::capability::CapabilityExpr;
 use super::defaults;
 use super::model::{
-    AdaptiveConcurrency, App, Authorization, CircuitBreaker, Dependency, Endpoints, Fallback, Inbound, LevelActions,
-    LevelRule, Metadata, OutlierDetection, Resource, Retry, Route, RouteMatch, ServicePolicy,
-    Timeouts, TlsMode, UpstreamPolicy, UpstreamTls,
+    AdaptiveConcurrency, App, Authorization, CircuitBreaker, Dependency, Endpoints, Fallback,
+    Inbound, LevelActions, LevelRule, Metadata, OutlierDetection, Resource, Retry, Route,
+    RouteMatch, ServicePolicy, Timeouts, TlsMode, UpstreamPolicy, UpstreamTls,
 };
 use super::units::{Condition, Duration, GrpcCode, Percent};
 use crate::spiffe::SpiffeId;

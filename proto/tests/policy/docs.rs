@@ -265,8 +265,14 @@ fn documented_defaults_are_the_models() {
             defaults::OUTLIER_MAX_EJECTED_PERCENT,
         ),
         ("spec.alerts.maxPerMinute", defaults::ALERTS_MAX_PER_MINUTE),
-        ("spec.adaptiveConcurrency.minLimit", defaults::ADAPTIVE_MIN_LIMIT),
-        ("spec.adaptiveConcurrency.maxLimit", defaults::ADAPTIVE_MAX_LIMIT),
+        (
+            "spec.adaptiveConcurrency.minLimit",
+            defaults::ADAPTIVE_MIN_LIMIT,
+        ),
+        (
+            "spec.adaptiveConcurrency.maxLimit",
+            defaults::ADAPTIVE_MAX_LIMIT,
+        ),
         (
             "spec.adaptiveConcurrency.initialLimit",
             defaults::ADAPTIVE_INITIAL_LIMIT,
@@ -279,7 +285,10 @@ fn documented_defaults_are_the_models() {
             "spec.adaptiveConcurrency.probeSamples",
             defaults::ADAPTIVE_PROBE_SAMPLES,
         ),
-        ("spec.adaptiveConcurrency.maxQueue", defaults::ADAPTIVE_MAX_QUEUE),
+        (
+            "spec.adaptiveConcurrency.maxQueue",
+            defaults::ADAPTIVE_MAX_QUEUE,
+        ),
     ];
     for (path, expected) in integers {
         assert_eq!(default(path).parse::<u32>(), Ok(expected), "{path}");

@@ -15,9 +15,9 @@ use super::mtls::PeerIdentity;
 use crate::body::{Body, BodyError};
 use crate::headers::GRPC_STATUS;
 use crate::metrics::{ProtocolLabel, UpstreamMetrics};
-use crate::state::InFlightGuard;
 use crate::overload::Refusal;
 use crate::priority::Criticality;
+use crate::state::InFlightGuard;
 use crate::trace::RequestIds;
 
 /// What the access log line says about one request.

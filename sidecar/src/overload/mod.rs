@@ -20,7 +20,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [Refusal::QueueFull, Refusal::QueueTimeout, Refusal::Displaced];
+    pub const ALL: [Refusal; 3] = [
+        Refusal::QueueFull,
+        Refusal::QueueTimeout,
+        Refusal::Displaced,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -367,7 +367,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(l.snapshot(), (1, 1, [1, 0, 0, 1]));
         drop(held);
-        let high = high.await.unwrap().expect("the critical-plus waiter gets the slot");
+        let high = high
+            .await
+            .unwrap()
+            .expect("the critical-plus waiter gets the slot");
         assert_eq!(l.snapshot(), (1, 1, [1, 0, 0, 0]));
         drop(high);
         let low = low.await.unwrap().expect("then the sheddable one");
@@ -385,7 +388,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         // As critical as the queue's only waiter's: refused at once.
-        let same = l.acquire(Criticality::Sheddable, later()).await.unwrap_err();
+        let same = l
+            .acquire(Criticality::Sheddable, later())
+            .await
+            .unwrap_err();
         assert_eq!(same.refusal, Refusal::QueueFull);
         assert_eq!(same.waited, Duration::ZERO);
         // More critical: takes its place.
@@ -421,5 +427,136 @@ mod tests {
         assert_eq!(l.snapshot(), (1, 1, [0, 0, 0, 0]));
         drop(slot);
         assert_eq!(l.snapshot().1, 0, "every slot came back");
+    }
+
+    /// An app with `workers` workers and a fixed service time: what it cannot start at once
+    /// waits in its own queue, as a real server's accept queue would.
+    struct App {
+        workers: Arc<tokio::sync::Semaphore>,
+        service: Duration,
+        busy: std::sync::atomic::AtomicUsize,
+        most_busy: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Call for App {
+        async fn call<'a>(&'a self, _req: Req, _cx: Cx<'a>) -> Result<Rsp, ProxyError> {
+            use std::sync::atomic::Ordering::Relaxed;
+            let _worker = self.workers.acquire().await.expect("never closed");
+            let now = self.busy.fetch_add(1, Relaxed) + 1;
+            self.most_busy.fetch_max(now, Relaxed);
+            tokio::time::sleep(self.service).await;
+            self.busy.fetch_sub(1, Relaxed);
+            Ok(http::Response::new(crate::body::Body::Empty))
+        }
+    }
+
+    /// Per tier: (succeeded, refused) and the slowest success.
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Tally {
+        ok: u32,
+        refused: u32,
+        slowest: Duration,
+    }
+
+    /// Offers `rate` requests a second for `secs` seconds, 20% critical, 50% sheddable-plus and
+    /// 30% sheddable, and waits for every answer.
+    async fn offer(
+        layer: &'static Concurrency<App>,
+        route: &'static super::super::routes::RouteConfig,
+        rate: u32,
+        secs: u32,
+    ) -> [Tally; 4] {
+        let tally = Arc::new(Mutex::new([Tally::default(); 4]));
+        let start = Instant::now();
+        let every = Duration::from_secs(1) / rate;
+        let mut tasks = Vec::new();
+        for i in 0..rate * secs {
+            tokio::time::sleep_until(start + every * i).await;
+            let tier = match i % 10 {
+                0 | 1 => Criticality::Critical,
+                2..=6 => Criticality::SheddablePlus,
+                _ => Criticality::Sheddable,
+            };
+            let tally = tally.clone();
+            tasks.push(tokio::spawn(async move {
+                let state = super::super::layer::CallState::default();
+                let cx = Cx {
+                    criticality: tier,
+                    ..super::super::testing::cx(route, &state)
+                };
+                let began = Instant::now();
+                let result = layer.call(super::super::testing::get("/"), cx).await;
+                let took = began.elapsed();
+                let mut t = tally.lock().unwrap();
+                let t = &mut t[tier.index()];
+                match result {
+                    Ok(_) => {
+                        t.ok += 1;
+                        t.slowest = t.slowest.max(took);
+                    }
+                    Err(ProxyError::Overloaded { .. }) => t.refused += 1,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        *tally.lock().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_three_times_its_capacity_an_app_serves_the_critical_and_sheds_the_sheddable() {
+        // 10 workers × 10 ms: 1,000 requests a second.
+        let app = App {
+            workers: Arc::new(tokio::sync::Semaphore::new(10)),
+            service: Duration::from_millis(10),
+            busy: Default::default(),
+            most_busy: Default::default(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let settings =
+            ConcurrencySettings::from_policy(Some(&AdaptiveConcurrency::default())).expect("on");
+        let limiter = Limiter::new(settings, metrics.upstream("inbound", "app").concurrency());
+        let info = Arc::new(UpstreamInfo {
+            name: Arc::from("app"),
+            namespace: Arc::from("shop"),
+            metrics: Arc::new(metrics.upstream("inbound", "app")),
+        });
+        let layer: &'static Concurrency<App> = Box::leak(Box::new(Concurrency::new(
+            info,
+            Some(limiter.clone()),
+            Limited::Inbound(Arc::from("shop/orders")),
+            app,
+        )));
+        let routes = Box::leak(Box::new(super::super::testing::routes("")));
+        let route = routes.default_route();
+
+        let overload = offer(layer, route, 3000, 5).await;
+        let [sheddable, sheddable_plus, critical, _] = overload;
+        let ratio = |t: Tally| f64::from(t.ok) / f64::from(t.ok + t.refused);
+        assert!(ratio(critical) >= 0.99, "critical {critical:?}");
+        assert!(ratio(sheddable) <= 0.05, "sheddable {sheddable:?}");
+        let served = critical.ok + sheddable_plus.ok + sheddable.ok;
+        assert!(
+            f64::from(served) >= 0.9 * 5000.0,
+            "goodput: {served} of the app's 5,000 in 5 s"
+        );
+        assert!(
+            critical.slowest <= Duration::from_millis(100),
+            "critical requests wait little: {critical:?}"
+        );
+        let (limit, in_flight, queued) = limiter.snapshot();
+        assert!(
+            (8..=40).contains(&limit),
+            "the limit found the app's 10 workers: {limit}"
+        );
+        assert_eq!((in_flight, queued), (0, [0; 4]));
+
+        // The spike is over: at half its capacity every request is served again.
+        let calm = offer(layer, route, 500, 3).await;
+        for t in &calm[..3] {
+            assert_eq!(t.refused, 0, "{calm:?}");
+        }
     }
 }

@@ -166,7 +166,8 @@ impl UpstreamRoutes {
             timeouts: TimeoutConfig::from_policy(spec.timeouts.as_ref()),
             retry: RetryConfig::from_policy(spec.retry.as_ref()),
             idempotent: None,
-            criticality: criticality(spec.criticality.as_deref()).unwrap_or(Criticality::SheddablePlus),
+            criticality: criticality(spec.criticality.as_deref())
+                .unwrap_or(Criticality::SheddablePlus),
         };
         let mut ranked: Vec<(Specificity, CompiledRoute)> = spec
             .routes

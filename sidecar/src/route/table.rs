@@ -12,8 +12,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use bulwark_proto::policy::{
-    API_VERSION, Endpoints, Limits, Metadata, MtlsMode, Protocol, Resource, Route as PolicyRoute, ServicePolicy,
-    UpstreamPolicy, UpstreamSpec,
+    API_VERSION, Endpoints, Limits, Metadata, MtlsMode, Protocol, Resource, Route as PolicyRoute,
+    ServicePolicy, UpstreamPolicy, UpstreamSpec,
 };
 
 use super::access::InboundAccess;

@@ -179,12 +179,13 @@ impl Upstream {
                 _ => Arc::new(Slots::new(max, pending)),
             },
         );
-        let limiter = ConcurrencySettings::from_policy(spec.adaptive_concurrency.as_ref()).map(
-            |settings| match previous.and_then(|p| p.limiter.as_ref()) {
-                Some(l) if *l.settings() == settings => l.clone(),
-                _ => Limiter::new(settings, metrics.concurrency()),
-            },
-        );
+        let limiter =
+            ConcurrencySettings::from_policy(spec.adaptive_concurrency.as_ref()).map(|settings| {
+                match previous.and_then(|p| p.limiter.as_ref()) {
+                    Some(l) if *l.settings() == settings => l.clone(),
+                    _ => Limiter::new(settings, metrics.concurrency()),
+                }
+            });
         let info = Arc::new(UpstreamInfo {
             name: name.clone(),
             namespace: namespace.clone(),

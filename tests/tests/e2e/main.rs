@@ -13,6 +13,7 @@ mod http2_grpc;
 mod kit;
 mod lifecycle;
 mod mtls;
+mod overload;
 mod resilience_breaker;
 mod resilience_deadline;
 mod resilience_examples;

@@ -678,6 +678,8 @@ fn adaptive_concurrency_and_criticality_are_checked_field_by_field() {
     );
     assert_eq!(
         service("  inbound:\n    criticalityHeader: X-Crit\n"),
-        ["spec.inbound.criticalityHeader: must be a lowercase header name such as x-bulwark-criticality, got \"X-Crit\""]
+        [
+            "spec.inbound.criticalityHeader: must be a lowercase header name such as x-bulwark-criticality, got \"X-Crit\""
+        ]
     );
 }

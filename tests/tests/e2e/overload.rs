@@ -1,0 +1,237 @@
+//! Overload protection through the real sidecar: the adaptive concurrency limit in front of an
+//! app and of an upstream, its queue served and shed by criticality, the exact answers
+//! (503 / RESOURCE_EXHAUSTED, `x-bulwark-error: overloaded`), metrics and access log; a
+//! request's criticality settled from its headers or its route and sent on to the next hop.
+
+use std::time::Duration;
+
+use bulwark_tests::client;
+use bulwark_tests::load::OpenLoad;
+use bulwark_tests::pb::EchoRequest;
+use bulwark_tests::{HttpUpstream, Sidecar, eventually, policy};
+use http::{Method, StatusCode};
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A ServicePolicy `shop/orders` for an app on `port` with `inbound` settings.
+fn service(port: u16, inbound: &str) -> String {
+    format!(
+        "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  app: {{ port: {port} }}\n  inbound: {inbound}\n"
+    )
+}
+
+async fn send(
+    http: &client::HttpClient,
+    path: &str,
+    criticality: Option<&'static str>,
+) -> client::Collected {
+    let mut req = client::request(Method::GET, &format!("http://orders{path}"));
+    if let Some(c) = criticality {
+        req = req.header("x-bulwark-criticality", c);
+    }
+    client::send(http, req.body(client::empty()).expect("request")).await
+}
+
+/// With a limit of one and a queue of one, every decision of the queue is visible: a more
+/// critical request displaces a waiting sheddable one, an equally critical newcomer is refused
+/// at once (a gRPC one with RESOURCE_EXHAUSTED), and the critical one is served when the slot
+/// frees. None of the refused requests reaches the app.
+#[tokio::test]
+async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
+    let app = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(service(
+            app.addr().port(),
+            "{ adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, probeConcurrency: 1, maxQueue: 1, maxQueueWait: 30s }, routes: [{ match: { path: /gate }, criticality: critical-plus }] }",
+        ))
+        .args(["--service", "orders", "--namespace", "shop"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.inbound());
+
+    // The only slot: held by a request the app answers when the test opens its gate.
+    let held = tokio::spawn({
+        let http = http.clone();
+        async move { send(&http, "/gate", None).await }
+    });
+    eventually(WAIT, || async {
+        (app.requests_to("/gate") == 1).then_some(())
+    })
+    .await;
+    // A sheddable request waits in the queue…
+    let waiting = tokio::spawn({
+        let http = http.clone();
+        async move { send(&http, "/status/200", Some("sheddable")).await }
+    });
+    sidecar
+        .await_metric(
+            "bulwark_concurrency_queued",
+            &[("upstream", "orders"), ("criticality", "sheddable")],
+            1.0,
+            WAIT,
+        )
+        .await;
+    // …until a critical one takes its place.
+    let critical = tokio::spawn({
+        let http = http.clone();
+        async move { send(&http, "/headers", Some("CRITICAL")).await }
+    });
+    let displaced = waiting.await.expect("task");
+    assert_eq!(displaced.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(displaced.header("x-bulwark-error"), Some("overloaded"));
+    let text = displaced.text();
+    assert!(
+        text.starts_with(
+            "shop/orders is overloaded: this sheddable request gave its place in the queue to a more critical one after "
+        ),
+        "{text}"
+    );
+
+    // The queue holds the critical request: a sheddable-plus newcomer is refused at once, and
+    // a gRPC caller gets RESOURCE_EXHAUSTED.
+    let refused = send(&http, "/status/200", None).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.text(),
+        "shop/orders is overloaded: its concurrency limit (1) is reached and its queue is full of requests at least as critical as this sheddable-plus one\n"
+    );
+    let mut grpc = client::grpc_client(sidecar.inbound()).await;
+    let status = grpc
+        .unary(EchoRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "shop/orders is overloaded: its concurrency limit (1) is reached and its queue is full of requests at least as critical as this sheddable-plus one"
+    );
+
+    // The slot frees: the critical request is served, told its criticality.
+    app.open_gate();
+    assert_eq!(held.await.expect("task").status, StatusCode::OK);
+    let served = critical.await.expect("task");
+    assert_eq!(served.status, StatusCode::OK, "{}", served.text());
+    let seen: serde_json::Value = serde_json::from_slice(&served.body).expect("json");
+    assert_eq!(seen["headers"]["x-bulwark-criticality"][0], "critical");
+    assert_eq!(
+        app.requests_to("/status/200"),
+        0,
+        "no refused request reached the app"
+    );
+    for (criticality, reason, n) in [
+        ("sheddable", "displaced", 1.0),
+        ("sheddable-plus", "queue-full", 2.0),
+    ] {
+        sidecar
+            .await_metric(
+                "bulwark_overload_refused_total",
+                &[
+                    ("direction", "inbound"),
+                    ("upstream", "orders"),
+                    ("criticality", criticality),
+                    ("reason", reason),
+                ],
+                n,
+                WAIT,
+            )
+            .await;
+    }
+    let logged = eventually(WAIT, || async {
+        sidecar
+            .access_lines()
+            .into_iter()
+            .find(|l| l["reason"] == "displaced")
+    })
+    .await;
+    assert_eq!(logged["error"], "overloaded");
+    assert_eq!(logged["criticality"], "sheddable");
+    assert_eq!(logged["status"], 503);
+}
+
+/// An upstream of known capacity (4 workers × 50 ms: 80 requests a second) behind a caller's
+/// sidecar with `adaptiveConcurrency`, offered three times that — 20% critical, 50%
+/// sheddable-plus, 30% sheddable: the critical requests keep succeeding, the sheddable ones are
+/// refused, fast and in our words, and the upstream keeps working at its capacity.
+#[tokio::test]
+async fn at_three_times_an_upstreams_capacity_critical_calls_succeed_and_sheddable_ones_are_shed() {
+    let upstream = HttpUpstream::builder()
+        .workers(4)
+        .start()
+        .await
+        .expect("upstream");
+    let sidecar = Sidecar::builder()
+        .policies_yaml(
+            policy::upstream("orders", upstream.addr())
+                .spec("adaptiveConcurrency: { maxQueueWait: 250ms }")
+                .to_yaml(),
+        )
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    let tiers = [("critical", 48), ("sheddable-plus", 120), ("sheddable", 72)];
+    let loads: Vec<OpenLoad> = tiers
+        .iter()
+        .map(|&(tier, rate)| {
+            OpenLoad::start_with(
+                http.clone(),
+                "http://orders/work/50",
+                &[("x-bulwark-criticality", tier)],
+                rate,
+            )
+        })
+        .collect();
+    // Four seconds of load, counted by the upstream (its own clock, not a sleep here).
+    eventually(Duration::from_secs(30), || async {
+        (upstream.requests_to("/work/50") >= 300).then_some(())
+    })
+    .await;
+    let mut reports = Vec::new();
+    for load in loads {
+        reports.push(load.stop().await);
+    }
+    let [critical, sheddable_plus, sheddable] = [&reports[0], &reports[1], &reports[2]];
+    assert!(
+        critical.success_ratio() >= 0.99,
+        "critical: {} of {} failed:\n{}",
+        critical.failures.len(),
+        critical.sent,
+        critical.describe_failures()
+    );
+    assert!(
+        sheddable.success_ratio() <= 0.25,
+        "sheddable: {} of {} served",
+        sheddable.ok,
+        sheddable.sent
+    );
+    assert!(
+        sheddable_plus.success_ratio() < 0.9,
+        "sheddable-plus: {} of {} served",
+        sheddable_plus.ok,
+        sheddable_plus.sent
+    );
+    for report in [sheddable, sheddable_plus] {
+        for f in &report.failures {
+            assert!(
+                f.reason
+                    .starts_with("503 Service Unavailable: upstream \"orders\" is overloaded: "),
+                "{}",
+                f.reason
+            );
+        }
+        assert!(
+            report.slowest_failure < Duration::from_secs(1),
+            "refused within the queue's 250ms wait: {:?}",
+            report.slowest_failure
+        );
+    }
+    assert!(upstream.most_busy() <= 4);
+    let limit = sidecar
+        .metric("bulwark_concurrency_limit", &[("upstream", "orders")])
+        .await
+        .expect("the limit is exported");
+    assert!(
+        (1.0..=40.0).contains(&limit),
+        "the limit stays near the upstream's 4 workers: {limit}"
+    );
+}
