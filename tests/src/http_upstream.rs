@@ -12,6 +12,7 @@
 //! | `/slow/{ms}` | 200 `slept {ms}ms` after that long |
 //! | `/gate` | 200 `gate opened` once the test calls [`HttpUpstream::open_gate`] |
 //! | `/work/{ms}` | 200 `worked {ms}ms`: takes one of the builder's `workers` (waiting for one, as a server with a fixed pool does), keeps it that long — an app of known capacity |
+//! | `/work-stats` | JSON `{"most_busy", "most_in_app"}`: the most `/work` requests at work, and in the app (at work or waiting for a worker), at once since the last `/work-stats`; reads reset them |
 //! | `/trailers` | body `payload` then the trailer `x-checksum: abc` |
 //! | `/no-content` | 204 · `/not-modified`: 304 |
 //! | `/health/live`, `/health/ready` | 200 `ok` (for policies that probe an app's health) |
@@ -54,6 +55,8 @@ struct Workers {
     pool: tokio::sync::Semaphore,
     busy: std::sync::atomic::AtomicUsize,
     most_busy: std::sync::atomic::AtomicUsize,
+    in_app: std::sync::atomic::AtomicUsize,
+    most_in_app: std::sync::atomic::AtomicUsize,
 }
 
 /// Where and how an [`HttpUpstream`] runs.
@@ -174,6 +177,8 @@ impl HttpUpstreamBuilder {
             pool: tokio::sync::Semaphore::new(self.workers),
             busy: Default::default(),
             most_busy: Default::default(),
+            in_app: Default::default(),
+            most_in_app: Default::default(),
         });
         let handler_workers = workers.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -191,23 +196,24 @@ impl HttpUpstreamBuilder {
     }
 }
 
-/// One `/work` request at work, counted until it ends or is dropped.
-struct Busy<'a>(&'a Workers);
+/// One `/work` request counted (in the app, or at work) until it ends or is dropped, with the
+/// most counted at once.
+struct Count<'a>(&'a std::sync::atomic::AtomicUsize);
 
-impl<'a> Busy<'a> {
-    fn start(workers: &'a Workers) -> Busy<'a> {
+impl<'a> Count<'a> {
+    fn start(
+        count: &'a std::sync::atomic::AtomicUsize,
+        most: &std::sync::atomic::AtomicUsize,
+    ) -> Count<'a> {
         use std::sync::atomic::Ordering::SeqCst;
-        let now = workers.busy.fetch_add(1, SeqCst) + 1;
-        workers.most_busy.fetch_max(now, SeqCst);
-        Busy(workers)
+        most.fetch_max(count.fetch_add(1, SeqCst) + 1, SeqCst);
+        Count(count)
     }
 }
 
-impl Drop for Busy<'_> {
+impl Drop for Count<'_> {
     fn drop(&mut self) {
-        self.0
-            .busy
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -318,15 +324,24 @@ async fn route(
         },
         ["work", ms] => match ms.parse::<u64>() {
             Ok(ms) => {
+                let _in_app = Count::start(&workers.in_app, &workers.most_in_app);
                 let Ok(_worker) = workers.pool.acquire().await else {
                     return text(StatusCode::SERVICE_UNAVAILABLE, "no workers\n");
                 };
-                let _busy = Busy::start(workers);
+                let _busy = Count::start(&workers.busy, &workers.most_busy);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 text(StatusCode::OK, format!("worked {ms}ms"))
             }
             Err(_) => text(StatusCode::BAD_REQUEST, format!("bad duration {ms:?}\n")),
         },
+        ["work-stats"] => {
+            use std::sync::atomic::Ordering::SeqCst;
+            let stats = serde_json::json!({
+                "most_busy": workers.most_busy.swap(workers.busy.load(SeqCst), SeqCst),
+                "most_in_app": workers.most_in_app.swap(workers.in_app.load(SeqCst), SeqCst),
+            });
+            json(StatusCode::OK, &stats)
+        }
         ["gate"] => {
             let guard = CancelGuard::for_key(&record, key);
             let _ = gate.wait_for(|open| *open).await;

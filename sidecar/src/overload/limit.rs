@@ -3,7 +3,8 @@
 //! with a baseline — the latency of requests that did not queue — and the limit moves by the
 //! gradient between them (Envoy's gradient controller, Netflix's Gradient2):
 //!
-//! `limit ← limit × clamp(tolerance × baseline / median, 0.5, 2) + √limit`
+//! `gradient = clamp(tolerance × baseline / median, 0.5, 2)`, `limit ← limit × gradient`, plus
+//! `√limit` of headroom while `gradient ≥ 1`
 //!
 //! so it grows while requests take what unqueued ones take, and shrinks in proportion once they
 //! queue. The baseline is measured by a **probe**: at start and then every probe interval
@@ -193,7 +194,14 @@ impl AdaptiveLimit {
         if gradient > 1.0 && (self.window_in_flight as f64) < self.limit / 2.0 {
             return;
         }
-        let next = self.limit * gradient + self.limit.sqrt();
+        // Headroom (√limit) only while answers take what unqueued ones take: once they queue,
+        // the limit shrinks in proportion, so it settles where queueing begins instead of
+        // √limit past it.
+        let next = if gradient >= 1.0 {
+            self.limit * gradient + self.limit.sqrt()
+        } else {
+            self.limit * gradient
+        };
         self.limit = next.clamp(self.settings.min as f64, self.settings.max as f64);
     }
 

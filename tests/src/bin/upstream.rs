@@ -2,7 +2,7 @@
 //! demo and the benchmarks.
 //!
 //! ```text
-//! bulwark-upstream --http 127.0.0.1:8081 --grpc 127.0.0.1:9091 [--fail-percent 10]
+//! bulwark-upstream --http 127.0.0.1:8081 --grpc 127.0.0.1:9091 [--fail-percent 10] [--workers 8]
 //! ```
 //!
 //! Prints `listening http=ADDR grpc=ADDR` once both are bound; stops on SIGINT or SIGTERM.
@@ -27,14 +27,22 @@ struct Args {
     /// Share of requests (0–100) answered with 503 / gRPC UNAVAILABLE, evenly spread.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
     fail_percent: u32,
+    /// Workers of the HTTP upstream's `/work/{ms}` (default: no limit): an app of known
+    /// capacity, `workers` / `ms` requests a millisecond.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let http = HttpUpstream::builder()
+    let mut http = HttpUpstream::builder()
         .bind(args.http)
-        .fail_percent(args.fail_percent)
+        .fail_percent(args.fail_percent);
+    if let Some(n) = args.workers {
+        http = http.workers(n);
+    }
+    let http = http
         .start()
         .await
         .with_context(|| format!("bind the HTTP upstream on {}", args.http))?;
