@@ -103,7 +103,7 @@ pub enum ProxyError {
         /// When the caller may come back (`Retry-After`, `grpc-retry-pushback-ms`).
         retry_after: Duration,
     },
-    #[error("{}", overloaded(target, *criticality, *refusal, *limit, *waited))]
+    #[error("{}", overloaded(target, *criticality, *refusal, *limit, *wait))]
     Overloaded {
         /// `upstream "name"`, or `namespace/service` for the app.
         target: String,
@@ -111,8 +111,8 @@ pub enum ProxyError {
         refusal: Refusal,
         /// The concurrency limit when the request was refused.
         limit: usize,
-        /// How long it waited in the queue.
-        waited: Duration,
+        /// How long it waited in the queue (`queue-wait`: would have waited).
+        wait: Duration,
     },
     #[error("upstream {upstream} is at EMERGENCY: low-priority calls fail fast")]
     UpstreamEmergency { upstream: String },
@@ -226,19 +226,26 @@ fn overloaded(
     criticality: Criticality,
     refusal: Refusal,
     limit: usize,
-    waited: Duration,
+    wait: Duration,
 ) -> String {
     match refusal {
         Refusal::QueueFull => format!(
             "{target} is overloaded: its concurrency limit ({limit}) is reached and its queue is full of requests at least as critical as this {criticality} one"
         ),
+        Refusal::QueueWait if wait == Duration::MAX => format!(
+            "{target} is overloaded: its concurrency limit ({limit}) is reached and the queue of {criticality} requests does not move: more critical ones take every slot"
+        ),
+        Refusal::QueueWait => format!(
+            "{target} is overloaded: its concurrency limit ({limit}) is reached and the {criticality} requests ahead of this one would keep it waiting about {}, longer than it may wait",
+            DurationText(wait)
+        ),
         Refusal::QueueTimeout => format!(
             "{target} is overloaded: this {criticality} request waited {} for its concurrency limit ({limit})",
-            DurationText(waited)
+            DurationText(wait)
         ),
         Refusal::Displaced => format!(
             "{target} is overloaded: this {criticality} request gave its place in the queue to a more critical one after {}",
-            DurationText(waited)
+            DurationText(wait)
         ),
     }
 }

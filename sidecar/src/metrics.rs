@@ -349,7 +349,7 @@ impl Metrics {
         let overload_refused = Family::<OverloadLabels, Counter>::default();
         registry.register(
             "overload_refused",
-            "Requests refused by overload protection, by criticality and reason (queue-full, queue-timeout, displaced)",
+            "Requests refused by overload protection, by criticality and reason (queue-full, queue-wait, queue-timeout, displaced)",
             overload_refused.clone(),
         );
         let degradation_level = Family::<ServiceLabels, Gauge>::default();
@@ -691,7 +691,7 @@ pub struct ConcurrencyMetrics {
     pub median: Gauge<f64, AtomicU64>,
     /// Refusals per tier and reason, resolved up front: refusing under overload touches only
     /// an atomic.
-    refused: Arc<[[Counter; 3]; 4]>,
+    refused: Arc<[[Counter; 4]; 4]>,
 }
 
 impl ConcurrencyMetrics {

@@ -23,6 +23,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The share of the way to its target the limit grows per interval.
+const GROWTH_SMOOTHING: f64 = 0.2;
+
 /// How the limit moves. [`LimitSettings::default`] gives every field a value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitSettings {
@@ -198,7 +201,11 @@ impl AdaptiveLimit {
         // the limit shrinks in proportion, so it settles where queueing begins instead of
         // √limit past it.
         let next = if gradient >= 1.0 {
-            self.limit * gradient + self.limit.sqrt()
+            // Growth is smoothed (a fifth of the way each interval), shrinking is not: a
+            // limit that overshoots queues requests until the next interval, one that
+            // undershoots only waits for the next interval to grow.
+            let target = self.limit * gradient + self.limit.sqrt();
+            self.limit + GROWTH_SMOOTHING * (target - self.limit)
         } else {
             self.limit * gradient
         };

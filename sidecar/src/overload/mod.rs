@@ -13,6 +13,9 @@ pub mod throttle;
 pub enum Refusal {
     /// The limit was reached and the queue was full of requests at least as critical.
     QueueFull,
+    /// The limit was reached and the requests ahead in the queue would keep it waiting longer
+    /// than it may wait.
+    QueueWait,
     /// It waited in the queue as long as it may.
     QueueTimeout,
     /// It waited in the queue and a more critical request took its place.
@@ -20,8 +23,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [
+    pub const ALL: [Refusal; 4] = [
         Refusal::QueueFull,
+        Refusal::QueueWait,
         Refusal::QueueTimeout,
         Refusal::Displaced,
     ];
@@ -29,6 +33,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::QueueFull => "queue-full",
+            Refusal::QueueWait => "queue-wait",
             Refusal::QueueTimeout => "queue-timeout",
             Refusal::Displaced => "displaced",
         }

@@ -86,6 +86,60 @@ struct State {
     limit: AdaptiveLimit,
     in_flight: usize,
     queue: TierQueue<oneshot::Sender<Slot>>,
+    /// How fast each tier gets slots.
+    grants: Grants,
+}
+
+/// How fast each tier's queue moves: slots given to the tier per second while it had waiters,
+/// measured over windows of [`GRANT_WINDOW`] and smoothed. What the tiers above take is in it.
+/// A window in which the tier had no waiters leaves its rate as it was: an idle tier's queue
+/// has not slowed down.
+#[derive(Debug)]
+struct Grants {
+    counted: [u32; 4],
+    waited: [bool; 4],
+    since: Instant,
+    per_second: [Option<f64>; 4],
+}
+
+const GRANT_WINDOW: Duration = Duration::from_millis(100);
+
+impl Grants {
+    fn new(now: Instant) -> Grants {
+        Grants {
+            counted: [0; 4],
+            waited: [false; 4],
+            since: now,
+            per_second: [None; 4],
+        }
+    }
+
+    fn granted(&mut self, tier: Criticality) {
+        self.counted[tier.index()] += 1;
+    }
+
+    fn queued(&mut self, tier: Criticality) {
+        self.waited[tier.index()] = true;
+    }
+
+    /// Closes the window once it is over; `waiting` are the queue's lengths now.
+    fn roll(&mut self, now: Instant, waiting: [usize; 4]) {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < GRANT_WINDOW {
+            return;
+        }
+        let secs = elapsed.as_secs_f64();
+        for t in 0..4 {
+            if self.waited[t] || waiting[t] > 0 {
+                let rate = f64::from(self.counted[t]) / secs;
+                self.per_second[t] =
+                    Some(self.per_second[t].map_or(rate, |old| (old + rate) / 2.0));
+            }
+            self.counted[t] = 0;
+            self.waited[t] = waiting[t] > 0;
+        }
+        self.since = now;
+    }
 }
 
 /// A place under the limit, released when dropped (when the response body ends).
@@ -110,7 +164,8 @@ impl Drop for Slot {
 pub struct Refused {
     pub refusal: Refusal,
     pub limit: usize,
-    pub waited: Duration,
+    /// How long it waited (`queue-wait`: would have waited).
+    pub wait: Duration,
 }
 
 impl Limiter {
@@ -122,6 +177,7 @@ impl Limiter {
                 limit,
                 in_flight: 0,
                 queue: TierQueue::new(settings.max_queue),
+                grants: Grants::new(Instant::now()),
             }),
             settings,
             metrics,
@@ -155,12 +211,28 @@ impl Limiter {
         let rx = {
             let mut s = self.lock();
             let limit = s.limit.limit();
+            let now = Instant::now();
+            let waiting = s.queue.lengths();
+            s.grants.roll(now, waiting);
             if s.in_flight < limit && s.queue.is_empty() {
                 s.in_flight += 1;
+                s.grants.granted(tier);
                 self.metrics.in_flight.set(s.in_flight as i64);
                 return Ok(Slot {
                     limiter: Some(self.clone()),
                     in_flight: s.in_flight,
+                });
+            }
+            // Refused now rather than after waiting in vain: when its tier's queue would take
+            // more than half the time it may wait (the rate a queue moves at varies with the
+            // tiers above it and the limit, so half leaves room for that).
+            if let Some(wait) = expected_wait(&s, tier)
+                && wait > wait_until.saturating_duration_since(now) / 2
+            {
+                return Err(Refused {
+                    refusal: Refusal::QueueWait,
+                    limit,
+                    wait,
                 });
             }
             let (tx, rx) = oneshot::channel();
@@ -171,14 +243,17 @@ impl Limiter {
                 offered = s.queue.offer(tier, tx);
             }
             match offered {
-                Offered::Queued => {}
+                Offered::Queued => s.grants.queued(tier),
                 // Dropping its sender tells the displaced waiter.
-                Offered::QueuedInstead(displaced) => drop(displaced),
+                Offered::QueuedInstead(displaced) => {
+                    s.grants.queued(tier);
+                    drop(displaced);
+                }
                 Offered::Refused(_) => {
                     return Err(Refused {
                         refusal: Refusal::QueueFull,
                         limit,
-                        waited: Duration::ZERO,
+                        wait: Duration::ZERO,
                     });
                 }
             }
@@ -193,7 +268,7 @@ impl Limiter {
             Refused {
                 refusal,
                 limit: s.limit.limit(),
-                waited: started.elapsed(),
+                wait: started.elapsed(),
             }
         };
         match result {
@@ -233,10 +308,11 @@ impl Limiter {
     /// Hands slots to waiters, most critical first, while the limit allows.
     fn dispatch(self: &Arc<Self>, s: &mut State) {
         while s.in_flight < s.limit.limit() {
-            let Some((_, tx)) = s.queue.take_next() else {
+            let Some((tier, tx)) = s.queue.take_next() else {
                 break;
             };
             s.in_flight += 1;
+            s.grants.granted(tier);
             let slot = Slot {
                 limiter: Some(self.clone()),
                 in_flight: s.in_flight,
@@ -256,6 +332,22 @@ impl Limiter {
             gauge.set(n as i64);
         }
     }
+}
+
+/// How long a request of `tier` would wait for a slot: its tier's waiters ahead of it and
+/// itself, at the rate its tier's queue moves. `None` when none of its tier waits or the rate
+/// is not known yet (nothing says it would wait long); `Duration::MAX` when its tier's queue
+/// does not move at all (the tiers above take every slot).
+fn expected_wait(s: &State, tier: Criticality) -> Option<Duration> {
+    let ahead = s.queue.lengths()[tier.index()];
+    if ahead == 0 {
+        return None;
+    }
+    let rate = s.grants.per_second[tier.index()]?;
+    if rate <= 0.0 {
+        return Some(Duration::MAX);
+    }
+    Some(Duration::try_from_secs_f64((ahead + 1) as f64 / rate).unwrap_or(Duration::MAX))
 }
 
 /// The adaptive concurrency layer over `S`.
@@ -293,7 +385,7 @@ impl<S> Concurrency<S> {
             criticality: tier,
             refusal: r.refusal,
             limit: r.limit,
-            waited: r.waited,
+            wait: r.wait,
         }
     }
 }
@@ -393,7 +485,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(same.refusal, Refusal::QueueFull);
-        assert_eq!(same.waited, Duration::ZERO);
+        assert_eq!(same.wait, Duration::ZERO);
         // More critical: takes its place.
         let high = tokio::spawn({
             let l = l.clone();
@@ -414,7 +506,7 @@ mod tests {
         let until = start + Duration::from_millis(250);
         let timed_out = l.acquire(Criticality::Critical, until).await.unwrap_err();
         assert_eq!(timed_out.refusal, Refusal::QueueTimeout);
-        assert_eq!(timed_out.waited, Duration::from_millis(250));
+        assert_eq!(timed_out.wait, Duration::from_millis(250));
         // The stale place does not keep a newcomer out…
         let next = tokio::spawn({
             let l = l.clone();
