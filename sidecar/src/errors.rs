@@ -114,6 +114,22 @@ pub enum ProxyError {
         /// How long it waited in the queue (`queue-wait`: would have waited).
         wait: Duration,
     },
+    #[error("{}", rate_limited(target, caller.as_deref(), limit))]
+    RateLimited {
+        /// `upstream "name"`, or `namespace/service` for the app.
+        target: String,
+        /// Inbound: the caller over its limit.
+        caller: Option<String>,
+        /// `100 requests per 1s (burst 200)`.
+        limit: String,
+        /// When the next request would be let through (`Retry-After`, `grpc-retry-pushback-ms`).
+        retry_after: Duration,
+    },
+    #[error(
+        "upstream \"{upstream}\" refuses many requests for overload: this one was not sent (client-side throttling refuses {:.0}% now)",
+        probability * 100.0
+    )]
+    Throttled { upstream: String, probability: f64 },
     #[error("upstream {upstream} is at EMERGENCY: low-priority calls fail fast")]
     UpstreamEmergency { upstream: String },
     #[error(
@@ -164,6 +180,8 @@ impl ProxyError {
             ProxyError::NoApp { .. } => "no-app",
             ProxyError::Shed { .. } => "shed",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::RateLimited { .. } => "rate-limited",
+            ProxyError::Throttled { .. } => "throttled",
             ProxyError::UpstreamEmergency { .. } => "upstream-emergency",
             ProxyError::ConnectNotAllowed { .. } => "connect-not-allowed",
             ProxyError::MtlsRequired { .. } => "mtls-required",
@@ -184,10 +202,12 @@ impl ProxyError {
             | ProxyError::InboundLimit { .. }
             | ProxyError::Shed { .. }
             | ProxyError::Overloaded { .. }
+            | ProxyError::Throttled { .. }
             | ProxyError::UpstreamEmergency { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Handshake { .. } | ProxyError::Reset { .. } | ProxyError::Tls { .. } => {
                 StatusCode::BAD_GATEWAY
             }
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::DeadlineExceeded { .. }
             | ProxyError::DeadlineTooShort { .. }
             | ProxyError::AttemptTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -207,7 +227,8 @@ impl ProxyError {
             | ProxyError::AttemptTimeout { .. } => GrpcCode::DeadlineExceeded,
             ProxyError::BulkheadFull { .. }
             | ProxyError::InboundLimit { .. }
-            | ProxyError::Overloaded { .. } => GrpcCode::ResourceExhausted,
+            | ProxyError::Overloaded { .. }
+            | ProxyError::RateLimited { .. } => GrpcCode::ResourceExhausted,
             ProxyError::NoAuthority | ProxyError::BadRequest(_) | ProxyError::MalformedBody(_) => {
                 GrpcCode::Internal
             }
@@ -217,6 +238,30 @@ impl ProxyError {
             ProxyError::MtlsRequired { .. } => GrpcCode::Unauthenticated,
             _ => GrpcCode::Unavailable,
         }
+    }
+}
+
+/// When the caller may come back: `grpc-retry-pushback-ms` for gRPC, `Retry-After` (whole
+/// seconds, rounded up) for HTTP.
+fn pushback(h: &mut http::HeaderMap, after: Duration, grpc: bool) {
+    if grpc {
+        h.insert(
+            GRPC_RETRY_PUSHBACK_MS,
+            HeaderValue::from(u64::try_from(after.as_millis()).unwrap_or(u64::MAX)),
+        );
+    } else {
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(after)),
+        );
+    }
+}
+
+/// The message of a [`ProxyError::RateLimited`] refusal.
+fn rate_limited(target: &str, caller: Option<&str>, limit: &str) -> String {
+    match caller {
+        None => format!("{target} is rate limited to {limit} from this sidecar"),
+        Some(caller) => format!("{target} limits each caller to {limit}; {caller} is over it"),
     }
 }
 
@@ -279,21 +324,12 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
         ProxyError::BreakerOpen { .. } => {
             h.insert(X_BULWARK_BREAKER, HeaderValue::from_static("open"));
         }
+        ProxyError::RateLimited { retry_after, .. } => pushback(h, *retry_after, grpc),
         ProxyError::Shed {
             level, retry_after, ..
         } => {
             h.insert(X_BULWARK_DEGRADATION, level_value(*level));
-            if grpc {
-                h.insert(
-                    GRPC_RETRY_PUSHBACK_MS,
-                    HeaderValue::from(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
-                );
-            } else {
-                h.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after_secs(*retry_after)),
-                );
-            }
+            pushback(h, *retry_after, grpc);
         }
         ProxyError::UpstreamEmergency { .. } => {
             h.insert(X_BULWARK_DEGRADATION, level_value(Level::Emergency));

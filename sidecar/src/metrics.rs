@@ -182,12 +182,14 @@ pub struct Metrics {
     fallbacks: Family<FallbackLabels, Counter>,
     caller_deadlines: Family<FallbackLabels, Counter>,
     emergency_fail_fast: Family<DurationLabels, Counter>,
+    throttled: Family<DurationLabels, Counter>,
     shed: Family<ShedLabels, Counter>,
     concurrency_limit: Family<DurationLabels, Gauge>,
     concurrency_in_flight: Family<DurationLabels, Gauge>,
     concurrency_queued: Family<TierLabels, Gauge>,
     concurrency_rtt: Family<RttLabels, Gauge<f64, AtomicU64>>,
     overload_refused: Family<OverloadLabels, Counter>,
+    rate_limited: Family<TierLabels, Counter>,
     /// `shed` handles by level and priority, resolved on first use.
     shed_handles: [[OnceLock<Counter>; 4]; 4],
     degradation_level: Family<ServiceLabels, Gauge>,
@@ -316,6 +318,11 @@ impl Metrics {
             "emergency_fail_fast",
             "Low-priority calls failed fast because the upstream's service is at EMERGENCY",
         );
+        let throttled = counter(
+            &mut registry,
+            "throttled",
+            "Requests refused by client-side throttling (throttling) while the upstream refused many for overload",
+        );
         let shed = Family::<ShedLabels, Counter>::default();
         registry.register(
             "shed",
@@ -351,6 +358,12 @@ impl Metrics {
             "overload_refused",
             "Requests refused by overload protection, by criticality and reason (queue-full, queue-wait, queue-timeout, displaced)",
             overload_refused.clone(),
+        );
+        let rate_limited = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit (rateLimit, inbound.rateLimit), by criticality",
+            rate_limited.clone(),
         );
         let degradation_level = Family::<ServiceLabels, Gauge>::default();
         registry.register(
@@ -461,12 +474,14 @@ impl Metrics {
             fallbacks,
             caller_deadlines,
             emergency_fail_fast,
+            throttled,
             shed,
             concurrency_limit,
             concurrency_in_flight,
             concurrency_queued,
             concurrency_rtt,
             overload_refused,
+            rate_limited,
             shed_handles: Default::default(),
             degradation_level,
             capability,
@@ -666,6 +681,7 @@ impl Metrics {
             bulkhead_rejections: self.bulkhead_rejections.get_or_create(&labels).clone(),
             ejections: self.ejections.get_or_create(&labels).clone(),
             emergency_fail_fast: self.emergency_fail_fast.get_or_create(&labels).clone(),
+            throttled: self.throttled.get_or_create(&labels).clone(),
             breaker_state: self.breaker_state.get_or_create(&labels).clone(),
             connects_http1: connects("http1"),
             connects_http2: connects("http2"),
@@ -676,6 +692,7 @@ impl Metrics {
             server_id: String::new(),
             counters: Default::default(),
             duration,
+            rate_limited: Default::default(),
         }
     }
 }
@@ -759,7 +776,10 @@ pub struct UpstreamMetrics {
     pub bulkhead_rejections: Counter,
     pub ejections: Counter,
     pub emergency_fail_fast: Counter,
+    pub throttled: Counter,
     breaker_state: Gauge,
+    /// `rate_limited` handles per tier, resolved on first use.
+    rate_limited: [OnceLock<Counter>; 4],
 }
 
 impl std::fmt::Debug for UpstreamMetrics {
@@ -794,6 +814,22 @@ impl UpstreamMetrics {
     /// One inbound request shed at `level` for its `priority`.
     pub fn shed(&self, level: Level, priority: Priority) {
         self.metrics.shed(level, priority);
+    }
+
+    /// One request of `criticality` refused by a rate limit.
+    pub fn rate_limited(&self, criticality: Criticality) {
+        self.rate_limited[criticality.index()]
+            .get_or_init(|| {
+                self.metrics
+                    .rate_limited
+                    .get_or_create(&TierLabels {
+                        direction: self.direction,
+                        upstream: self.upstream.clone(),
+                        criticality: criticality.as_str(),
+                    })
+                    .clone()
+            })
+            .inc();
     }
 
     /// The handles of the upstream's adaptive concurrency limit.

@@ -54,3 +54,7 @@ pub const ADAPTIVE_PROBE_CONCURRENCY: u32 = 3;
 pub const ADAPTIVE_PROBE_SAMPLES: u32 = 25;
 pub const ADAPTIVE_MAX_QUEUE: u32 = 100;
 pub const ADAPTIVE_MAX_QUEUE_WAIT: Duration = Duration::from_millis(500);
+
+pub const RATE_LIMIT_PER: Duration = Duration::from_secs(1);
+pub const THROTTLING_MULTIPLIER: f64 = 2.0;
+pub const THROTTLING_WINDOW: Duration = Duration::from_secs(120);

@@ -162,6 +162,12 @@ pub struct UpstreamSpec {
     /// The criticality of calls that name none (a tier name; default `sheddable-plus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub criticality: Option<String>,
+    /// Calls this sidecar sends the upstream at most, per time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Client-side throttling: calls refused here while the upstream refuses many for overload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling: Option<Throttling>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -374,6 +380,61 @@ pub struct Limits {
     pub max_concurrent: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending: Option<u32>,
+}
+
+/// A local rate limit: a token bucket refilled with `requests` every `per`, `burst` deep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// A rate limit per caller of the app.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundRateLimit {
+    pub requests: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// What a caller is: `identity` (default), `client-ip` or `header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<RateLimitKey>,
+    /// With `by: header`: the header whose value names the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+/// What an inbound rate limit tells callers apart by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum RateLimitKey {
+    /// The verified SPIFFE ID; callers without one by their IP address.
+    #[default]
+    Identity,
+    ClientIp,
+    /// A header's value; requests without it by their IP address.
+    Header,
+}
+
+/// Google's adaptive throttling: a call is refused here with probability
+/// `max(0, (requests − multiplier × accepts) / (requests + 1))` over the last `window`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Throttling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
 }
 
 /// An adaptive concurrency limit: how many requests may be in flight, learned from their
@@ -627,6 +688,9 @@ pub struct Inbound {
     /// An adaptive concurrency limit in front of the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive_concurrency: Option<AdaptiveConcurrency>,
+    /// Requests each caller may make, per time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<InboundRateLimit>,
 }
 
 /// The criticality of the inbound requests a route matches, when they name none.

@@ -10,8 +10,9 @@ use super::capability::CapabilityExpr;
 use super::defaults;
 use super::model::{
     AdaptiveConcurrency, App, Authorization, CircuitBreaker, Dependency, Endpoints, Fallback,
-    Inbound, LevelActions, LevelRule, Metadata, OutlierDetection, Resource, Retry, Route,
-    RouteMatch, ServicePolicy, Timeouts, TlsMode, UpstreamPolicy, UpstreamTls,
+    Inbound, InboundRateLimit, LevelActions, LevelRule, Metadata, OutlierDetection, RateLimitKey,
+    Resource, Retry, Route, RouteMatch, ServicePolicy, Throttling, Timeouts, TlsMode,
+    UpstreamPolicy, UpstreamTls,
 };
 use super::units::{Condition, Duration, GrpcCode, Percent};
 use crate::spiffe::SpiffeId;
@@ -323,6 +324,12 @@ fn validate_upstream(p: &UpstreamPolicy, v: &mut Validator) {
     }
     if let Some(c) = &s.criticality {
         criticality(v, "spec.criticality", c);
+    }
+    if let Some(r) = &s.rate_limit {
+        rate(v, "spec.rateLimit", r.requests, r.per.as_ref(), r.burst);
+    }
+    if let Some(t) = &s.throttling {
+        throttling(v, "spec.throttling", t);
     }
     if let Some(f) = &s.fallback {
         fallback(v, "spec.fallback", f, &p.metadata);
@@ -1058,6 +1065,59 @@ fn inbound(v: &mut Validator, path: &str, i: &Inbound) {
     }
     if let Some(a) = &i.adaptive_concurrency {
         adaptive_concurrency(v, &at(path, "adaptiveConcurrency"), a);
+    }
+    if let Some(r) = &i.rate_limit {
+        inbound_rate_limit(v, &at(path, "rateLimit"), r);
+    }
+}
+
+/// A token bucket's `requests`, `per` and `burst`.
+fn rate(v: &mut Validator, path: &str, requests: u32, per: Option<&Duration>, burst: Option<u32>) {
+    v.at_least(&at(path, "requests"), requests, 1);
+    if let Some(d) = per
+        && let Some(value) = v.positive_duration(&at(path, "per"), d)
+        && value > MAX_RATE_PER
+    {
+        v.error(at(path, "per"), format!("must be at most 1h, got {d}"));
+    }
+    if let Some(b) = burst {
+        v.at_least(&at(path, "burst"), b, 1);
+    }
+}
+
+const MAX_RATE_PER: StdDuration = StdDuration::from_secs(3600);
+
+fn inbound_rate_limit(v: &mut Validator, path: &str, r: &InboundRateLimit) {
+    rate(v, path, r.requests, r.per.as_ref(), r.burst);
+    match (r.by.unwrap_or_default(), &r.header) {
+        (RateLimitKey::Header, None) => v.error(at(path, "header"), "is required with by: header"),
+        (RateLimitKey::Header, Some(h)) if !is_lowercase_header_name(h) => v.error(
+            at(path, "header"),
+            format!("must be a lowercase header name such as x-api-key, got {h:?}"),
+        ),
+        (RateLimitKey::Identity | RateLimitKey::ClientIp, Some(_)) => {
+            v.error(at(path, "header"), "is only allowed with by: header")
+        }
+        _ => {}
+    }
+}
+
+fn throttling(v: &mut Validator, path: &str, t: &Throttling) {
+    if let Some(m) = t.multiplier
+        && !(1.0..=100.0).contains(&m)
+    {
+        v.error(
+            at(path, "multiplier"),
+            format!("must be between 1 and 100, got {m}"),
+        );
+    }
+    if let Some((text, window)) = v.positive_field(&at(path, "window"), &t.window)
+        && window > MAX_RATE_PER
+    {
+        v.error(
+            at(path, "window"),
+            format!("must be at most 1h, got {text}"),
+        );
     }
 }
 

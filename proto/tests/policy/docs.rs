@@ -76,6 +76,8 @@ spec:
     maxQueue: 1
     maxQueueWait: 1s
   criticality: critical
+  rateLimit: { requests: 1, per: 1s, burst: 1 }
+  throttling: { multiplier: 2.0, window: 1s }
   fallback:
     failover: [c]
     response: { status: 503, body: x, grpcStatus: unavailable, grpcMessage: x, headers: { k: v } }
@@ -108,6 +110,7 @@ spec:
         match: { grpcMethod: /a.B/, pathPrefix: /, path: /, method: GET }
         criticality: critical
     adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, tolerance: 1%, updateInterval: 1s, probeInterval: 2s, probeConcurrency: 1, probeSamples: 1, maxQueue: 1, maxQueueWait: 1s }
+    rateLimit: { requests: 1, per: 1s, burst: 1, by: header, header: x-k }
     shedRetryAfter: 1s
     maxConcurrent: 1
     mtls: strict
@@ -236,6 +239,9 @@ fn documented_defaults_are_the_models() {
             "spec.adaptiveConcurrency.maxQueueWait",
             defaults::ADAPTIVE_MAX_QUEUE_WAIT,
         ),
+        ("spec.rateLimit.per", defaults::RATE_LIMIT_PER),
+        ("spec.inbound.rateLimit.per", defaults::RATE_LIMIT_PER),
+        ("spec.throttling.window", defaults::THROTTLING_WINDOW),
         ("spec.lowerAfter", defaults::LOWER_AFTER),
     ];
     for (path, expected) in durations {
@@ -300,6 +306,10 @@ fn documented_defaults_are_the_models() {
     assert_eq!(
         default("spec.retry.backoff.multiplier").parse::<f64>(),
         Ok(defaults::BACKOFF_MULTIPLIER)
+    );
+    assert_eq!(
+        default("spec.throttling.multiplier").parse::<f64>(),
+        Ok(defaults::THROTTLING_MULTIPLIER)
     );
     let percents = [
         (

@@ -95,6 +95,7 @@ impl Conn {
         let marks = framing.clone();
         let requests = AtomicU64::new(0);
         let direction = target.direction();
+        let client = self.peer.ip();
         let service = service_fn(move |mut req: Request<Incoming>| {
             let shared = shared.clone();
             let target = target.clone();
@@ -112,7 +113,7 @@ impl Conn {
             // per request).
             let call = Box::into_pin(Box::write(
                 Box::new_uninit(),
-                proxy::handle(shared, target, identity, req),
+                proxy::handle(shared, target, client, identity, req),
             ));
             async move {
                 let response = call.await;

@@ -58,11 +58,12 @@ impl Target {
     }
 }
 
-/// Proxies one request (`peer`: the caller's verified identity, on an inbound mTLS
-/// connection); never fails — errors become responses.
+/// Proxies one request from `client` (`peer`: the caller's verified identity, on an inbound
+/// mTLS connection); never fails — errors become responses.
 pub async fn handle(
     shared: Arc<Shared>,
     target: Target,
+    client: std::net::IpAddr,
     peer: Option<Arc<PeerIdentity>>,
     mut req: Request<Incoming>,
 ) -> Response<ObservedBody> {
@@ -126,7 +127,7 @@ pub async fn handle(
         Some((_, message)) => Err(ProxyError::BadRequest(message)),
         None => admitted.and_then(|()| route(&shared, &table, &target, authority)),
     };
-    let state = CallState::default();
+    let state = CallState::from_client(client);
     let prepared = match &upgrade {
         Some(u) => u.prepare(&mut parts),
         None => Ok(()),

@@ -28,8 +28,15 @@ impl TokenBucket {
 
     /// Takes one token, or says how long until one is there (`None` when none ever will be).
     pub fn take(&mut self, now: Instant) -> Result<(), Option<Duration>> {
+        self.take_keeping(now, 0.0)
+    }
+
+    /// Takes one token if `keep` tokens are left after it (a reserve for more critical
+    /// requests), or says how long until that holds.
+    pub fn take_keeping(&mut self, now: Instant, keep: f64) -> Result<(), Option<Duration>> {
         self.refill(now);
-        if self.tokens >= 1.0 {
+        let needed = 1.0 + keep.max(0.0);
+        if self.tokens >= needed {
             self.tokens -= 1.0;
             return Ok(());
         }
@@ -37,8 +44,19 @@ impl TokenBucket {
             return Err(None);
         }
         Err(Some(Duration::from_secs_f64(
-            (1.0 - self.tokens) / self.rate,
+            (needed - self.tokens) / self.rate,
         )))
+    }
+
+    /// The most tokens it holds.
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// Whether it is full at `now`: whoever used it has not for a while.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
     }
 
     /// Changes the rate (a mesh-wide limit split again across a new number of pods), keeping
@@ -75,6 +93,26 @@ mod tests {
         now += Duration::from_secs(3600);
         let taken = (0..10).filter(|_| bucket.take(now).is_ok()).count();
         assert_eq!(taken, 5);
+    }
+
+    #[test]
+    fn a_reserve_is_kept_for_whoever_may_use_it() {
+        let mut now = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 4, now);
+        // Keeping 2 of 4: two are taken, the third waits for a token.
+        assert_eq!(bucket.take_keeping(now, 2.0), Ok(()));
+        assert_eq!(bucket.take_keeping(now, 2.0), Ok(()));
+        assert_eq!(
+            bucket.take_keeping(now, 2.0),
+            Err(Some(Duration::from_millis(100)))
+        );
+        // The reserve is there for a take that keeps none.
+        assert_eq!(bucket.take(now), Ok(()));
+        assert_eq!(bucket.take(now), Ok(()));
+        assert_eq!(bucket.take(now), Err(Some(Duration::from_millis(100))));
+        assert!(!bucket.is_full(now));
+        now += Duration::from_millis(400);
+        assert!(bucket.is_full(now));
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! with a baseline — the latency of requests that did not queue — and the limit moves by the
 //! gradient between them (Envoy's gradient controller, Netflix's Gradient2):
 //!
-//! `gradient = clamp(tolerance × baseline / median, 0.5, 2)`, `limit ← limit × gradient`, plus
-//! `√limit` of headroom while `gradient ≥ 1`
+//! `gradient = clamp(tolerance × baseline / median, 0.5, 2)`; while `gradient ≥ 1` the limit
+//! grows a fifth of the way to `limit × gradient + √limit`, else it drops to `limit × gradient`
 //!
 //! so it grows while requests take what unqueued ones take, and shrinks in proportion once they
-//! queue. The baseline is measured by a **probe**: at start and then every probe interval
+//! queue: it settles where queueing begins. The baseline is measured by a **probe**: at start and then every probe interval
 //! (jittered), the limit is briefly the probe concurrency — a few requests, whatever the
 //! configured floor — and the median of those requests' latency is the new baseline; then the
 //! limit returns to where it was before the probe. A floor set high is therefore never the probe
@@ -15,6 +15,10 @@
 //! for good) is replaced at the next probe, after which the limit climbs back. Between probes a
 //! faster interval lowers the baseline at once. The limit grows only while demand reaches at
 //! least half of it: an idle upstream teaches nothing about capacity.
+//!
+//! Each change downwards (and each probe) is judged only by requests that started after it:
+//! those let in before queued behind what the higher limit let in, and would shrink it again
+//! for the same cause.
 //!
 //! Pure: the caller gives the time, each sample's latency and the requests in flight when it
 //! started.
@@ -80,6 +84,9 @@ pub struct AdaptiveLimit {
     next_probe: Instant,
     /// Probes so far, to vary their jitter.
     probes: u64,
+    /// Requests that started before this say nothing of the limit in force: they were let in
+    /// under a higher one (or before a probe began).
+    fresh_since: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +122,7 @@ impl AdaptiveLimit {
             median: None,
             limit,
             probes: 0,
+            fresh_since: now,
             settings,
         }
     }
@@ -145,6 +153,14 @@ impl AdaptiveLimit {
     /// One request ended at `now` after `rtt`; `in_flight` were in flight when it started
     /// (itself included).
     pub fn sample(&mut self, now: Instant, rtt: Duration, in_flight: usize) {
+        // A request let in under an earlier, higher limit queued behind what that limit let
+        // in: judging the present limit by it would shrink it again for the same cause.
+        if now
+            .checked_sub(rtt)
+            .is_some_and(|started| started < self.fresh_since)
+        {
+            return;
+        }
         self.window.push(rtt.as_secs_f64().max(1e-6));
         self.window_in_flight = self.window_in_flight.max(in_flight);
         match self.phase {
@@ -160,13 +176,18 @@ impl AdaptiveLimit {
             }
             Phase::Learning => {
                 if now.duration_since(self.window_started) >= self.settings.update_interval {
+                    let before = self.limit;
                     self.update();
+                    if self.limit < before {
+                        self.fresh_since = now;
+                    }
                     self.start_window(now);
                 }
                 if now >= self.next_probe {
                     self.phase = Phase::Probing {
                         restore: self.limit,
                     };
+                    self.fresh_since = now;
                     self.start_window(now);
                 }
             }
@@ -376,10 +397,42 @@ mod tests {
     }
 
     #[test]
+    fn a_decrease_is_judged_only_by_requests_let_in_after_it() {
+        let ms = Duration::from_millis;
+        let mut now = Instant::now();
+        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
+        now += ms(20);
+        for _ in 0..25 {
+            now += ms(1);
+            limit.sample(now, ms(20), 3);
+        }
+        assert_eq!((limit.limit(), limit.baseline()), (20, Some(ms(20))));
+        // Answers queued five times as long: the limit halves at the end of the interval.
+        while limit.limit() == 20 {
+            now += ms(5);
+            limit.sample(now, ms(100), 20);
+        }
+        assert_eq!(limit.limit(), 10);
+        // Requests let in before that, answered as slowly, do not halve it again…
+        for _ in 0..19 {
+            now += ms(5);
+            limit.sample(now, ms(100), 20);
+        }
+        assert_eq!(limit.limit(), 10);
+        // …those let in after it do, when they are as slow.
+        for _ in 0..20 {
+            now += ms(5);
+            limit.sample(now, ms(100), 10);
+        }
+        assert_eq!(limit.limit(), 5);
+    }
+
+    #[test]
     fn little_demand_teaches_nothing() {
         let mut now = Instant::now();
         let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
-        // The first probe.
+        // The first probe, of requests that started after the limiter did.
+        now += Duration::from_millis(20);
         for _ in 0..25 {
             now += Duration::from_millis(5);
             limit.sample(now, Duration::from_millis(20), 1);

@@ -129,14 +129,19 @@ impl Grants {
             return;
         }
         let secs = elapsed.as_secs_f64();
-        for t in 0..4 {
-            if self.waited[t] || waiting[t] > 0 {
-                let rate = f64::from(self.counted[t]) / secs;
-                self.per_second[t] =
-                    Some(self.per_second[t].map_or(rate, |old| (old + rate) / 2.0));
+        let tiers = self
+            .per_second
+            .iter_mut()
+            .zip(&mut self.counted)
+            .zip(&mut self.waited)
+            .zip(waiting);
+        for (((rate, counted), waited), waiting) in tiers {
+            if *waited || waiting > 0 {
+                let now_rate = f64::from(*counted) / secs;
+                *rate = Some(rate.map_or(now_rate, |old| (old + now_rate) / 2.0));
             }
-            self.counted[t] = 0;
-            self.waited[t] = waiting[t] > 0;
+            *counted = 0;
+            *waited = waiting > 0;
         }
         self.since = now;
     }
@@ -223,10 +228,12 @@ impl Limiter {
                     in_flight: s.in_flight,
                 });
             }
-            // Refused now rather than after waiting in vain: when its tier's queue would take
-            // more than half the time it may wait (the rate a queue moves at varies with the
-            // tiers above it and the limit, so half leaves room for that).
-            if let Some(wait) = expected_wait(&s, tier)
+            // A sheddable request is refused now rather than after waiting in vain: when its
+            // tier's queue would take more than half the time it may wait (the rate a queue
+            // moves at varies with the tiers above it and the limit, so half leaves room for
+            // that). A critical one is not refused on an estimate: it waits its turn.
+            if tier < Criticality::Critical
+                && let Some(wait) = expected_wait(&s, tier)
                 && wait > wait_until.saturating_duration_since(now) / 2
             {
                 return Err(Refused {

@@ -74,11 +74,14 @@ pub struct AttemptDeadline {
 }
 
 /// What the layers of one request share across its attempts: how many were made and which
-/// endpoints they went to (the last few, so a retry goes elsewhere when it can).
+/// endpoints they went to (the last few, so a retry goes elsewhere when it can), and where the
+/// request came from.
 #[derive(Debug, Default)]
 pub struct CallState {
     attempts: AtomicU32,
     tried: Mutex<Tried>,
+    /// The address of the connection the request came on.
+    client: Option<std::net::IpAddr>,
 }
 
 /// The endpoints of the last [`TRIED`] attempts, without allocating.
@@ -93,6 +96,19 @@ struct Tried {
 const TRIED: usize = 8;
 
 impl CallState {
+    /// The state of a request that came on a connection from `client`.
+    pub fn from_client(client: std::net::IpAddr) -> CallState {
+        CallState {
+            client: Some(client),
+            ..CallState::default()
+        }
+    }
+
+    /// The address of the connection the request came on.
+    pub fn client(&self) -> Option<std::net::IpAddr> {
+        self.client
+    }
+
     /// Attempts started so far.
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Relaxed)

@@ -4,17 +4,19 @@
 //! sits beside the layer that applies it and is unit-tested with explicit clocks.
 //!
 //! ```text
-//! Stack::call            route selected once (spec.routes), carried down in the context
-//!  └ Gate                degradation: shed inbound by priority, fail fast to EMERGENCY
-//!    └ Deadline          timeouts.request ∧ the caller's grpc-timeout
-//!      └ Failover        primary, then fallback.failover upstreams, then fallback.response
-//!        └ Attempts      (what a failover from another upstream goes through)
-//!          └ Retry       retryOn, budget, backoff, body replay
-//!            └ PerTry    timeouts.perTry, grpc-timeout to the upstream
-//!              └ CircuitBreaker   fail fast while open; every attempt is an outcome
-//!                └ Concurrency    adaptiveConcurrency: learned limit, queue by criticality
-//!                  └ Bulkhead     limits.maxConcurrent / maxPending
-//!                    └ Balance    p2c over endpoints not ejected; one attempt on the wire
+//! Stack::call              route and criticality settled once, carried in the context
+//!  └ Gate                  degradation: shed inbound by priority, fail fast to EMERGENCY
+//!   └ RateLimited          rateLimit / inbound.rateLimit: token buckets, a reserve by tier
+//!    └ Deadline            timeouts.request ∧ the caller's grpc-timeout
+//!     └ Failover           primary, then fallback.failover upstreams, then fallback.response
+//!      └ Attempts          (what a failover from another upstream goes through)
+//!       └ Throttled        throttling: refuse here while the upstream refuses for overload
+//!        └ Retry           retryOn, budget, backoff, body replay
+//!         └ PerTry         timeouts.perTry, grpc-timeout to the upstream
+//!          └ CircuitBreaker  fail fast while open; every attempt is an outcome
+//!           └ Concurrency  adaptiveConcurrency: learned limit, queue by criticality
+//!            └ Bulkhead    limits.maxConcurrent / maxPending
+//!             └ Balance    p2c over endpoints not ejected; one attempt on the wire
 //! ```
 
 pub mod balance;
@@ -27,8 +29,10 @@ pub mod gate;
 pub mod layer;
 pub mod outcome;
 pub mod per_try;
+pub mod rate_limit;
 pub mod retry;
 pub mod routes;
+pub mod throttling;
 
 #[cfg(test)]
 mod testing;
@@ -56,16 +60,18 @@ use gate::{Direction, Gate};
 use layer::{Call, CallState, Cx, Req, Rsp, UpstreamInfo};
 use outcome::ConditionSet;
 use per_try::PerTry;
+use rate_limit::{RateLimited, RateLimiter};
 use retry::Retry;
 use retry::budget::RetryBudget;
 use routes::UpstreamRoutes;
+use throttling::{Throttled, Throttler};
 
 /// The layers every attempt of one upstream goes through, top to bottom.
-type AttemptLayers = Retry<PerTry<CircuitBreaker<Concurrency<Bulkhead<Balance>>>>>;
+type AttemptLayers = Throttled<Retry<PerTry<CircuitBreaker<Concurrency<Bulkhead<Balance>>>>>>;
 
 /// The layers a request routed to an upstream goes through, top to bottom; the primary's and
 /// the failover targets' attempts at the bottom.
-type RequestLayers = Gate<Deadline<Failover<Arc<Attempts>, Arc<Attempts>>>>;
+type RequestLayers = Gate<RateLimited<Deadline<Failover<Arc<Attempts>, Arc<Attempts>>>>>;
 
 /// What a request routed to an upstream goes through.
 pub struct Stack {
@@ -171,6 +177,8 @@ pub struct AttemptParts {
     pub limited: Limited,
     /// `adaptiveConcurrency`, when set.
     pub limiter: Option<Arc<Limiter>>,
+    /// `throttling`, when set.
+    pub throttler: Option<Arc<Throttler>>,
     pub balance: Balance,
 }
 
@@ -199,12 +207,15 @@ pub fn attempts(parts: AttemptParts) -> Arc<Attempts> {
     // replays the request body. Above the per-try timeout so a timed-out attempt can be
     // retried; below failover so each upstream retries with its own policy.
     let retry = Retry::new(info.clone(), parts.budget, parts.retry_cap, per_try);
+    // Client-side throttling: above retry, so a request counts once however many attempts it
+    // makes; at the top of the attempts, so a throttled primary still fails over.
+    let throttled = Throttled::new(info.clone(), parts.throttler, retry);
     Arc::new(Attempts {
         info,
         routes: parts.routes,
         failure_on,
         authority: parts.authority,
-        layers: retry,
+        layers: throttled,
     })
 }
 
@@ -220,6 +231,8 @@ pub struct StackParts {
     pub failover: Vec<Arc<Attempts>>,
     /// `fallback.response`, compiled.
     pub response: Option<StaticResponse>,
+    /// `rateLimit` (outbound) or `inbound.rateLimit`, when set.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Builds what a request routed to the upstream of `attempts` goes through.
@@ -240,6 +253,9 @@ pub fn stack(attempts: Arc<Attempts>, parts: StackParts) -> Stack {
     // Overall deadline: the route's timeouts.request shortened by the caller's deadline;
     // bounds retries and failover together.
     let deadline = Deadline::new(info.clone(), parts.deadline_header, failover);
+    // Rate limit: each request takes one token (its retries and failover none); above the
+    // deadline so a refused request costs no timer, below the gate so shed requests take none.
+    let rate_limited = RateLimited::new(info.clone(), parts.rate_limiter, deadline);
     // Degradation gate: first, so a request the level refuses costs no deadline timer, no
     // failover and no attempt. Inbound it sheds by priority and tells the app its level;
     // outbound it fails low-priority calls to an EMERGENCY upstream fast.
@@ -249,7 +265,7 @@ pub fn stack(attempts: Arc<Attempts>, parts: StackParts) -> Stack {
         parts.direction,
         parts.degradation,
         parts.actions,
-        deadline,
+        rate_limited,
     );
     Stack {
         routes,

@@ -22,6 +22,7 @@ use crate::headers::host_of;
 use crate::health::actions::ServiceActions;
 use crate::policy_stack::failover::StaticResponse;
 use crate::policy_stack::gate::Direction;
+use crate::policy_stack::rate_limit::{RateLimiter, RateSettings};
 use crate::policy_stack::{self, Attempts, Stack, StackParts};
 
 /// A complete, validated set of policies with its version, as a source delivers it.
@@ -99,6 +100,9 @@ pub struct RouteTable {
     pub actions: Arc<ServiceActions>,
     /// Whether inbound callers must use mTLS, and which may call.
     pub access: Arc<InboundAccess>,
+    /// `spec.inbound.rateLimit` of the own ServicePolicy: one bucket per caller, for every
+    /// address of the app.
+    inbound_rate: Option<Arc<RateLimiter>>,
     own_namespace: String,
     /// What routes built on demand are built with.
     local: LocalService,
@@ -131,6 +135,7 @@ impl RouteTable {
             service: None,
             actions: Arc::default(),
             access: Arc::new(InboundAccess::compile(None, local.mtls_default)),
+            inbound_rate: None,
             own_namespace: local.namespace.clone(),
             local: local.clone(),
             env: env.clone(),
@@ -186,13 +191,25 @@ impl RouteTable {
             }
         }
         let actions = Arc::new(ServiceActions::from_policy(service.as_ref()));
-        let parts = |direction, failover, response| StackParts {
+        let inbound_rate = service
+            .as_ref()
+            .and_then(|s| s.spec.inbound.as_ref())
+            .and_then(|i| i.rate_limit.as_ref())
+            .map(|r| {
+                let settings = RateSettings::inbound(r);
+                match &previous.inbound_rate {
+                    Some(old) if *old.settings() == settings => old.clone(),
+                    _ => RateLimiter::new(settings),
+                }
+            });
+        let parts = |direction, failover, response, rate_limiter| StackParts {
             direction,
             degradation: env.degradation.clone(),
             actions: actions.clone(),
             deadline_header: env.deadline_header.clone(),
             failover,
             response,
+            rate_limiter,
         };
         let mut upstreams: HashMap<String, HashMap<String, Route>> = HashMap::new();
         for (name, by_ns) in &compiled {
@@ -206,7 +223,12 @@ impl RouteTable {
                     .map(StaticResponse::compile);
                 let stack = policy_stack::stack(
                     upstream.attempts.clone(),
-                    parts(Direction::Outbound, failover, response),
+                    parts(
+                        Direction::Outbound,
+                        failover,
+                        response,
+                        upstream.rate_limiter.clone(),
+                    ),
                 );
                 upstreams.entry(name.clone()).or_default().insert(
                     namespace.clone(),
@@ -234,7 +256,7 @@ impl RouteTable {
                 };
                 let stack = policy_stack::stack(
                     upstream.attempts.clone(),
-                    parts(Direction::Inbound, Vec::new(), None),
+                    parts(Direction::Inbound, Vec::new(), None, inbound_rate.clone()),
                 );
                 Some(Route { upstream, stack })
             }
@@ -247,6 +269,7 @@ impl RouteTable {
             inbound,
             actions,
             access: Arc::new(InboundAccess::compile(service.as_ref(), local.mtls_default)),
+            inbound_rate,
             service,
             own_namespace: local.namespace.clone(),
             local: local.clone(),
@@ -314,6 +337,10 @@ impl RouteTable {
     }
 
     fn route_without_fallback(&self, upstream: Arc<Upstream>, direction: Direction) -> Arc<Route> {
+        let rate_limiter = match direction {
+            Direction::Inbound => self.inbound_rate.clone(),
+            Direction::Outbound => upstream.rate_limiter.clone(),
+        };
         let stack = policy_stack::stack(
             upstream.attempts.clone(),
             StackParts {
@@ -323,6 +350,7 @@ impl RouteTable {
                 deadline_header: self.env.deadline_header.clone(),
                 failover: Vec::new(),
                 response: None,
+                rate_limiter,
             },
         );
         Arc::new(Route { upstream, stack })

@@ -25,8 +25,10 @@ use crate::policy_stack::breaker::{BreakerEvent, BreakerParts};
 use crate::policy_stack::bulkhead::{Limited, Slots};
 use crate::policy_stack::concurrency::{ConcurrencySettings, Limiter};
 use crate::policy_stack::layer::UpstreamInfo;
+use crate::policy_stack::rate_limit::{RateLimiter, RateSettings};
 use crate::policy_stack::retry::budget::{BudgetConfig, RetryBudget};
 use crate::policy_stack::routes::UpstreamRoutes;
+use crate::policy_stack::throttling::{ThrottleSettings, Throttler};
 use crate::policy_stack::{self, AttemptParts, Attempts};
 use crate::upstream::ConnectSettings;
 
@@ -79,6 +81,10 @@ pub struct Upstream {
     pub slots: Option<Arc<Slots>>,
     /// `adaptiveConcurrency`: the learned limit and its queue.
     pub limiter: Option<Arc<Limiter>>,
+    /// `throttling`: what the upstream accepted lately.
+    pub throttler: Option<Arc<Throttler>>,
+    /// `rateLimit` (outbound only: the app's limit is per caller, kept by the routing table).
+    pub rate_limiter: Option<Arc<RateLimiter>>,
     /// Attempts, failures and slow calls since the last health report.
     pub stats: Arc<UpstreamStats>,
     pub attempts: Arc<Attempts>,
@@ -186,6 +192,20 @@ impl Upstream {
                     _ => Limiter::new(settings, metrics.concurrency()),
                 }
             });
+        let throttler = spec.throttling.as_ref().map(|t| {
+            let settings = ThrottleSettings::from_policy(t);
+            match previous.and_then(|p| p.throttler.as_ref()) {
+                Some(old) if *old.settings() == settings => old.clone(),
+                _ => Throttler::new(settings),
+            }
+        });
+        let rate_limiter = spec.rate_limit.as_ref().map(|r| {
+            let settings = RateSettings::outbound(r);
+            match previous.and_then(|p| p.rate_limiter.as_ref()) {
+                Some(old) if *old.settings() == settings => old.clone(),
+                _ => RateLimiter::new(settings),
+            }
+        });
         let info = Arc::new(UpstreamInfo {
             name: name.clone(),
             namespace: namespace.clone(),
@@ -235,6 +255,7 @@ impl Upstream {
                 Side::Inbound(service) => Limited::Inbound(service),
             },
             limiter: limiter.clone(),
+            throttler: throttler.clone(),
             balance,
         });
         Ok(Upstream {
@@ -248,6 +269,8 @@ impl Upstream {
             budget,
             slots,
             limiter,
+            throttler,
+            rate_limiter,
             stats,
             attempts,
             peer_identity,

@@ -235,3 +235,184 @@ async fn at_three_times_an_upstreams_capacity_critical_calls_succeed_and_sheddab
         "the limit stays near the upstream's 4 workers: {limit}"
     );
 }
+
+/// `spec.inbound.rateLimit` by header: each caller has its own bucket; past it a caller gets
+/// 429 with `Retry-After` (gRPC: RESOURCE_EXHAUSTED with `grpc-retry-pushback-ms`) and the app
+/// never sees the request, while another caller goes on.
+#[tokio::test]
+async fn each_caller_of_the_app_has_its_own_rate_limit() {
+    let app = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(service(
+            app.addr().port(),
+            "{ rateLimit: { requests: 3, per: 1h, by: header, header: x-api-key } }",
+        ))
+        .args(["--service", "orders", "--namespace", "shop"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.inbound());
+    let call = |key: &'static str| {
+        let http = http.clone();
+        async move {
+            let req = client::request(Method::GET, "http://orders/status/200")
+                .header("x-api-key", key)
+                .header("x-bulwark-criticality", "critical");
+            client::send(&http, req.body(client::empty()).expect("request")).await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(call("alice").await.status, StatusCode::OK);
+    }
+    let refused = call("alice").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-bulwark-error"), Some("rate-limited"));
+    // A token comes back every 20 minutes.
+    assert_eq!(refused.header("retry-after"), Some("1200"));
+    assert_eq!(
+        refused.text(),
+        "shop/orders limits each caller to 3 requests per 1h (burst 3); alice is over it\n"
+    );
+    assert_eq!(
+        call("bob").await.status,
+        StatusCode::OK,
+        "another caller goes on"
+    );
+    assert_eq!(
+        app.requests_to("/status/200"),
+        4,
+        "the refused call never reached the app"
+    );
+
+    let mut grpc = client::grpc_client(sidecar.inbound()).await;
+    let mut req = tonic::Request::new(EchoRequest::default());
+    req.metadata_mut()
+        .insert("x-api-key", "alice".parse().expect("metadata"));
+    let status = grpc.unary(req).await.expect_err("over the limit");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "shop/orders limits each caller to 3 requests per 1h (burst 3); alice is over it"
+    );
+    // A sheddable-plus call leaves a quarter of the burst: its token is 1.75 × 20 minutes
+    // away (less the moments the test took).
+    let pushback: u64 = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("grpc-retry-pushback-ms");
+    assert!((2_000_000..=2_100_000).contains(&pushback), "{pushback}");
+    sidecar
+        .await_metric(
+            "bulwark_rate_limited_total",
+            &[("direction", "inbound"), ("criticality", "sheddable-plus")],
+            1.0,
+            WAIT,
+        )
+        .await;
+    sidecar
+        .await_metric(
+            "bulwark_rate_limited_total",
+            &[("direction", "inbound"), ("criticality", "critical")],
+            1.0,
+            WAIT,
+        )
+        .await;
+}
+
+/// `rateLimit` on an UpstreamPolicy bounds what this sidecar sends, and keeps a reserve of its
+/// burst for the more critical calls: sheddable calls stop at half of it, critical ones go on.
+#[tokio::test]
+async fn an_upstreams_rate_limit_keeps_a_reserve_for_critical_calls() {
+    let upstream = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(
+            policy::upstream("orders", upstream.addr())
+                .spec("rateLimit: { requests: 4, per: 1h }")
+                .to_yaml(),
+        )
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    let call = |tier: &'static str| {
+        let http = http.clone();
+        async move {
+            let req = client::request(Method::GET, "http://orders/status/200")
+                .header("x-bulwark-criticality", tier);
+            client::send(&http, req.body(client::empty()).expect("request")).await
+        }
+    };
+    assert_eq!(call("sheddable").await.status, StatusCode::OK);
+    assert_eq!(call("sheddable").await.status, StatusCode::OK);
+    let refused = call("sheddable").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.text(),
+        "upstream \"orders\" is rate limited to 4 requests per 1h (burst 4) from this sidecar\n"
+    );
+    assert_eq!(call("critical").await.status, StatusCode::OK);
+    assert_eq!(call("critical").await.status, StatusCode::OK);
+    assert_eq!(
+        call("critical").await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the burst is spent"
+    );
+    assert_eq!(upstream.requests_to("/status/200"), 4);
+}
+
+/// Client-side throttling: a callee that refuses every call for overload (503) stops getting
+/// most of them from a caller whose policy throttles, while a caller without throttling sends
+/// every one; the throttled calls are answered by the caller's sidecar, in its words.
+#[tokio::test]
+async fn throttling_on_the_callers_side_cuts_what_an_overloaded_callee_receives() {
+    const CALLS: usize = 200;
+    let mut received = Vec::new();
+    for throttling in [false, true] {
+        let upstream = HttpUpstream::builder()
+            .always_fail(503)
+            .start()
+            .await
+            .expect("upstream");
+        let mut spec = policy::upstream("orders", upstream.addr());
+        if throttling {
+            spec = spec.spec("throttling: { multiplier: 2, window: 1m }");
+        }
+        let sidecar = Sidecar::builder()
+            .policies_yaml(spec.to_yaml())
+            .start()
+            .await;
+        let http = client::http1_client(sidecar.outbound());
+        let mut throttled = 0;
+        for _ in 0..CALLS {
+            let res = client::get(&http, "http://orders/status/200").await;
+            assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+            if res.header("x-bulwark-error") == Some("throttled") {
+                throttled += 1;
+                let text = res.text();
+                assert!(
+                    text.starts_with("upstream \"orders\" refuses many requests for overload: this one was not sent (client-side throttling refuses "),
+                    "{text}"
+                );
+            }
+        }
+        let seen = upstream.requests() as usize;
+        assert_eq!(seen + throttled, CALLS);
+        if throttling {
+            sidecar
+                .await_metric(
+                    "bulwark_throttled_total",
+                    &[("upstream", "orders")],
+                    throttled as f64,
+                    WAIT,
+                )
+                .await;
+        }
+        received.push(seen);
+    }
+    assert_eq!(received[0], CALLS, "without throttling every call is sent");
+    assert!(
+        received[1] <= CALLS / 5,
+        "with throttling the callee got {} of {CALLS}",
+        received[1]
+    );
+}

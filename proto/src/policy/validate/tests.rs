@@ -683,3 +683,41 @@ fn adaptive_concurrency_and_criticality_are_checked_field_by_field() {
         ]
     );
 }
+
+#[test]
+fn rate_limits_and_throttling_are_checked_field_by_field() {
+    assert_eq!(
+        upstream_with("  rateLimit: { requests: 100 }\n  throttling: {}\n"),
+        none()
+    );
+    assert_eq!(
+        upstream_with(
+            "  rateLimit: { requests: 0, per: 2h, burst: 0 }\n  throttling: { multiplier: 0.5, window: 0s }\n"
+        ),
+        [
+            "spec.rateLimit.requests: must be >= 1, got 0",
+            "spec.rateLimit.per: must be at most 1h, got 2h",
+            "spec.rateLimit.burst: must be >= 1, got 0",
+            "spec.throttling.multiplier: must be between 1 and 100, got 0.5",
+            "spec.throttling.window: must be greater than 0, got 0s",
+        ]
+    );
+    assert_eq!(
+        service("  inbound:\n    rateLimit: { requests: 10, by: header }\n"),
+        ["spec.inbound.rateLimit.header: is required with by: header"]
+    );
+    assert_eq!(
+        service("  inbound:\n    rateLimit: { requests: 10, header: x-api-key }\n"),
+        ["spec.inbound.rateLimit.header: is only allowed with by: header"]
+    );
+    assert_eq!(
+        service("  inbound:\n    rateLimit: { requests: 10, by: header, header: X-Key }\n"),
+        [
+            "spec.inbound.rateLimit.header: must be a lowercase header name such as x-api-key, got \"X-Key\""
+        ]
+    );
+    assert_eq!(
+        service("  inbound:\n    rateLimit: { requests: 10, by: client-ip }\n"),
+        none()
+    );
+}

@@ -1,0 +1,274 @@
+//! Local rate limits: `rateLimit` of an UpstreamPolicy (what this sidecar sends the upstream)
+//! and `spec.inbound.rateLimit` of the own ServicePolicy (what each caller may send the app,
+//! told apart by verified identity, client IP or a header). Token buckets, one per upstream or
+//! per caller, each request taking one token — retries and failover attempts below do not. A
+//! bucket keeps a reserve for the more critical: a `sheddable` request takes a token only while
+//! half the burst is left after it, a `sheddable-plus` one while a quarter is, `critical` and
+//! `critical-plus` ones while any is. Past the limit: 429 with `Retry-After` (gRPC
+//! `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`), `x-bulwark-error: rate-limited`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_proto::policy::{InboundRateLimit, RateLimit, RateLimitKey, defaults};
+use http::HeaderName;
+use tokio::time::Instant;
+
+use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
+use crate::errors::ProxyError;
+use crate::headers::{X_BULWARK_PEER_IDENTITY, is_kubelet_probe};
+use crate::overload::bucket::TokenBucket;
+use crate::priority::Criticality;
+
+/// What a `rateLimit` block compiles to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateSettings {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    /// `None`: one bucket for every request (outbound); else one per caller.
+    pub by: Option<CallerKey>,
+}
+
+/// How an inbound limit tells callers apart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallerKey {
+    Identity,
+    ClientIp,
+    Header(HeaderName),
+}
+
+impl RateSettings {
+    pub fn outbound(r: &RateLimit) -> RateSettings {
+        RateSettings::new(r.requests, r.per.as_ref(), r.burst, None)
+    }
+
+    pub fn inbound(r: &InboundRateLimit) -> RateSettings {
+        let by = match r.by.unwrap_or_default() {
+            RateLimitKey::Identity => CallerKey::Identity,
+            RateLimitKey::ClientIp => CallerKey::ClientIp,
+            RateLimitKey::Header => match r
+                .header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            {
+                Some(h) => CallerKey::Header(h),
+                // Validation requires the header; without one, by address.
+                None => CallerKey::ClientIp,
+            },
+        };
+        RateSettings::new(r.requests, r.per.as_ref(), r.burst, Some(by))
+    }
+
+    fn new(
+        requests: u32,
+        per: Option<&bulwark_proto::policy::Duration>,
+        burst: Option<u32>,
+        by: Option<CallerKey>,
+    ) -> RateSettings {
+        RateSettings {
+            requests: requests.max(1),
+            per: per.map_or(defaults::RATE_LIMIT_PER, |d| d.get()),
+            burst: burst.unwrap_or(requests).max(1),
+            by,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        f64::from(self.requests) / self.per.as_secs_f64().max(1e-3)
+    }
+
+    /// Tokens a request of `tier` leaves in the bucket.
+    fn reserve(&self, tier: Criticality) -> f64 {
+        let burst = f64::from(self.burst);
+        match tier {
+            Criticality::Sheddable => burst / 2.0,
+            Criticality::SheddablePlus => burst / 4.0,
+            Criticality::Critical | Criticality::CriticalPlus => 0.0,
+        }
+    }
+
+    /// `100 requests per 1s (burst 200)`.
+    fn describe(&self) -> String {
+        format!(
+            "{} requests per {} (burst {})",
+            self.requests,
+            bulwark_proto::policy::units::DurationText(self.per),
+            self.burst
+        )
+    }
+}
+
+/// Callers tracked at most per shard: beyond, buckets that are full again (their caller has
+/// been quiet) are dropped first, then any.
+const KEYS_PER_SHARD: usize = 1024;
+const SHARDS: usize = 16;
+
+/// One shard's buckets, by caller.
+type Callers = HashMap<Box<str>, TokenBucket>;
+
+/// The buckets of one limit; kept across policy versions while its settings do not change.
+#[derive(Debug)]
+pub struct RateLimiter {
+    settings: RateSettings,
+    single: Mutex<TokenBucket>,
+    /// Per caller, sharded so callers seldom wait for each other.
+    shards: Box<[Mutex<Callers>]>,
+    hasher: RandomState,
+}
+
+impl RateLimiter {
+    pub fn new(settings: RateSettings) -> Arc<RateLimiter> {
+        let now = Instant::now();
+        Arc::new(RateLimiter {
+            single: Mutex::new(TokenBucket::new(settings.rate(), settings.burst, now)),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &RateSettings {
+        &self.settings
+    }
+
+    /// Takes a token for a request of `tier` from `caller`'s bucket (or the one bucket).
+    fn take(&self, caller: Option<&str>, tier: Criticality) -> Result<(), Option<Duration>> {
+        let now = Instant::now();
+        let keep = self.settings.reserve(tier);
+        let Some(caller) = caller else {
+            let mut bucket = self.single.lock().unwrap_or_else(|e| e.into_inner());
+            return bucket.take_keeping(now, keep);
+        };
+        let shard = self.hasher.hash_one(caller) as usize % SHARDS;
+        let mut buckets = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = buckets.get_mut(caller) {
+            return bucket.take_keeping(now, keep);
+        }
+        if buckets.len() >= KEYS_PER_SHARD {
+            buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= KEYS_PER_SHARD
+                && let Some(any) = buckets.keys().next().cloned()
+            {
+                buckets.remove(&any);
+            }
+        }
+        let mut bucket = TokenBucket::new(self.settings.rate(), self.settings.burst, now);
+        let taken = bucket.take_keeping(now, keep);
+        buckets.insert(caller.into(), bucket);
+        taken
+    }
+}
+
+/// The rate limit layer over `S`.
+pub struct RateLimited<S> {
+    info: Arc<UpstreamInfo>,
+    /// `None`: no limit.
+    limiter: Option<Arc<RateLimiter>>,
+    inner: S,
+}
+
+impl<S> RateLimited<S> {
+    pub fn new(info: Arc<UpstreamInfo>, limiter: Option<Arc<RateLimiter>>, inner: S) -> Self {
+        RateLimited {
+            info,
+            limiter,
+            inner,
+        }
+    }
+}
+
+/// The caller a request comes from, as `by` tells them apart: its verified identity (which
+/// admission set in `x-bulwark-peer-identity`), its header value, else its IP address.
+fn caller_of(by: &CallerKey, req: &Req, client: Option<IpAddr>) -> String {
+    let header = match by {
+        CallerKey::Identity => req.headers().get(X_BULWARK_PEER_IDENTITY),
+        CallerKey::Header(name) => req.headers().get(name),
+        CallerKey::ClientIp => None,
+    };
+    match (header.and_then(|v| v.to_str().ok()), client) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(ip)) => ip.to_string(),
+        (None, None) => "unknown".to_string(),
+    }
+}
+
+impl<S: Call> Call for RateLimited<S> {
+    async fn call<'a>(&'a self, req: Req, cx: Cx<'a>) -> Result<Rsp, ProxyError> {
+        let Some(limiter) = &self.limiter else {
+            return self.inner.call(req, cx).await;
+        };
+        let settings = &limiter.settings;
+        let caller = match &settings.by {
+            Some(_) if is_kubelet_probe(req.headers()) => {
+                return self.inner.call(req, cx).await;
+            }
+            Some(by) => Some(caller_of(by, &req, cx.state.client())),
+            None => None,
+        };
+        if let Err(wait) = limiter.take(caller.as_deref(), cx.criticality) {
+            self.info.metrics.rate_limited(cx.criticality);
+            return Err(ProxyError::RateLimited {
+                target: match &caller {
+                    None => format!("upstream {:?}", self.info.name.as_ref()),
+                    Some(_) => format!("{}/{}", self.info.namespace, self.info.name),
+                },
+                caller,
+                limit: settings.describe(),
+                retry_after: wait.unwrap_or(settings.per),
+            });
+        }
+        self.inner.call(req, cx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(requests: u32, burst: u32, by: Option<CallerKey>) -> RateSettings {
+        RateSettings {
+            requests,
+            per: Duration::from_secs(1),
+            burst,
+            by,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_caller_has_its_own_bucket_and_the_less_critical_leave_a_reserve() {
+        let limiter = RateLimiter::new(settings(4, 4, Some(CallerKey::Identity)));
+        let take = |caller, tier| limiter.take(Some(caller), tier);
+        // Sheddable requests leave half the burst: two of four.
+        assert!(take("a", Criticality::Sheddable).is_ok());
+        assert!(take("a", Criticality::Sheddable).is_ok());
+        assert_eq!(
+            take("a", Criticality::Sheddable),
+            Err(Some(Duration::from_millis(250)))
+        );
+        // Critical ones may take the rest.
+        assert!(take("a", Criticality::Critical).is_ok());
+        assert!(take("a", Criticality::CriticalPlus).is_ok());
+        assert!(take("a", Criticality::CriticalPlus).is_err());
+        // Another caller is not held back by the first.
+        assert!(take("b", Criticality::Sheddable).is_ok());
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert!(take("a", Criticality::Critical).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_beyond_what_a_shard_holds_evict_the_quiet_first() {
+        let limiter = RateLimiter::new(settings(1, 1, Some(CallerKey::ClientIp)));
+        for i in 0..(KEYS_PER_SHARD * SHARDS * 2) {
+            let _ = limiter.take(
+                Some(&format!("10.0.{}.{}", i / 256, i % 256)),
+                Criticality::Critical,
+            );
+        }
+        let held: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= KEYS_PER_SHARD * SHARDS, "{held}");
+    }
+}
