@@ -159,6 +159,7 @@ fn report(open: bool, interval: Duration) -> pb::SidecarMessage {
                 .into(),
                 endpoints: 2,
                 ejected: 0,
+                overloaded: 0,
             }],
         })),
     }

@@ -203,6 +203,7 @@ fn judge(
     };
     let mut pods = 0;
     let mut open = 0;
+    let mut overloaded = 0;
     let mut requests = 0u64;
     let mut failures = 0u64;
     for (_, report) in reports {
@@ -214,6 +215,9 @@ fn judge(
             pods += 1;
             if u.breaker != BreakerState::Closed {
                 open += 1;
+            }
+            if u.overloaded > 0 {
+                overloaded += 1;
             }
             requests = requests.saturating_add(u.requests);
             failures = failures.saturating_add(u.failures);
@@ -231,6 +235,12 @@ fn judge(
         && open as f64 >= share * pods as f64
     {
         why.push(format!("breaker open on {open}/{pods} pods"));
+    }
+    if let Some(share) = &when.overloaded_pods
+        && overloaded > 0
+        && overloaded as f64 >= share.fraction() * pods as f64
+    {
+        why.push(format!("overloaded on {overloaded}/{pods} pods"));
     }
     if let Some(threshold) = &when.success_rate_below {
         let min = u64::from(when.min_requests.unwrap_or(1).max(1));
@@ -251,6 +261,7 @@ fn judge(
         reason: why.join(", "),
         pods,
         breaker_open_pods: open,
+        overloaded_pods: overloaded,
         requests,
         failures,
     }

@@ -210,6 +210,7 @@ mod tests {
                 breaker: pb::BreakerState::Open.into(),
                 endpoints: 2,
                 ejected: 5,
+                overloaded: 0,
             }],
             identity: None,
         }

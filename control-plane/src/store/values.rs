@@ -108,6 +108,10 @@ pub struct UpstreamHealth {
     pub breaker: BreakerState,
     pub endpoints: u32,
     pub ejected: u32,
+    /// Requests refused for overload since the previous report (records written before there
+    /// was such a count have none).
+    #[serde(default)]
+    pub overloaded: u64,
 }
 
 pub use bulwark_proto::breaker::BreakerState;
@@ -138,6 +142,7 @@ impl HealthRecord {
                     breaker: BreakerState::from_wire(u.breaker),
                     endpoints: u.endpoints,
                     ejected: u.ejected.min(u.endpoints),
+                    overloaded: u.overloaded,
                 })
                 .collect(),
             identity: report.identity.as_ref().map(|i| IdentityRecord {
@@ -197,6 +202,9 @@ pub struct DependencyStatus {
     /// Pods that reported it.
     pub pods: usize,
     pub breaker_open_pods: usize,
+    /// Pods that saw it refuse requests for overload.
+    #[serde(default)]
+    pub overloaded_pods: usize,
     pub requests: u64,
     pub failures: u64,
 }

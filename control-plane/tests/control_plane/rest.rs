@@ -293,7 +293,7 @@ async fn invalid_resources_are_refused_with_every_field_path_and_nothing_is_stor
         json!({"error": "invalid", "message": "3 problems found; nothing was stored", "details": [
             "UpstreamPolicy/default/bad: spec.endpoints.static[0]: must be ip:port such as \"10.0.0.5:8080\" or \"[fd00::5]:8080\", got \"nowhere\"",
             "UpstreamPolicy/default/bad: spec.retry.maxAttempts: must be >= 1, got 0",
-            "UpstreamPolicy/default/typo: spec.timeout: unknown field `timeout`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `fallback`, `routes`, `tls`, `exportTo`"
+            "UpstreamPolicy/default/typo: spec.timeout: unknown field `timeout`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`"
         ]})
     );
     // Not even the valid one.

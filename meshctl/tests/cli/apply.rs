@@ -214,7 +214,7 @@ spec:
         format!(
             "{invalid}: UpstreamPolicy/payments/midtrans: spec.timeouts.perTry: must be <= request (5s), got 10s\n\
              {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.backoff.multiplier: must be >= 1.0, got 0.5\n\
-             {unparsable}: document 1: spec.endpoint: unknown field `endpoint`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `fallback`, `routes`, `tls`, `exportTo`\n"
+             {unparsable}: document 1: spec.endpoint: unknown field `endpoint`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`\n"
         )
     );
     assert_eq!(run.code, Some(1));

@@ -88,7 +88,7 @@ spec:
              {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.backoff.multiplier: must be >= 1.0, got 0.5\n\
              {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.retryOn[2]: unknown condition \"4xx\"; expected connect-failure, reset, 5xx, gateway-error, timeout, a status code such as \"429\", or grpc-<code> such as grpc-unavailable\n\
              {invalid}: ServicePolicy/payments/checkout: spec.capabilities.pay: \"xendit\" is not a dependency declared in spec.dependencies\n\
-             {unparsable}: document 2: spec.retries: unknown field `retries`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `fallback`, `routes`, `tls`, `exportTo`\n"
+             {unparsable}: document 2: spec.retries: unknown field `retries`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`\n"
         )
     );
     assert_eq!(out.status.code(), Some(1));

@@ -632,6 +632,10 @@ pub struct UnhealthyWhen {
     pub breaker_open_pods: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_rate_below: Option<Percent>,
+    /// Unhealthy when at least this share of the reporting pods saw the dependency refuse
+    /// requests for overload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overloaded_pods: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u32>,
 }

@@ -864,6 +864,9 @@ fn validate_service(p: &ServicePolicy, v: &mut Validator) {
         if let Some(p) = &u.success_rate_below {
             v.positive_percent(&at(PATH, "successRateBelow"), p);
         }
+        if let Some(p) = &u.overloaded_pods {
+            v.positive_percent(&at(PATH, "overloadedPods"), p);
+        }
     }
     for (level, rule) in &s.levels {
         let path = key("spec.levels", level);

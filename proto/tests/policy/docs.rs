@@ -97,7 +97,7 @@ metadata: { name: a }
 spec:
   app: { port: 1, protocol: http1, healthCheck: { http: /, grpc: "", interval: 1s, timeout: 1s } }
   dependencies: { d: { critical: true } }
-  unhealthyWhen: { breakerOpenPods: 1%, successRateBelow: 1%, minRequests: 1 }
+  unhealthyWhen: { breakerOpenPods: 1%, successRateBelow: 1%, overloadedPods: 1%, minRequests: 1 }
   levels: { SEVERE: { unhealthyDependencies: 1, criticalUnhealthy: 1 } }
   capabilities: { c: d }
   actions: { SEVERE: { shedPriorities: [low], maxRetryAttempts: 1, ready: false } }

@@ -1,5 +1,5 @@
 //! Per-upstream health counters: attempts that completed, those the breaker's rules call
-//! failures and slow, since the last health report. Lock-free: the request path adds with
+//! failures and slow, and requests refused for overload, since the last health report. Lock-free: the request path adds with
 //! relaxed atomics, the reporter swaps them back to zero.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,7 @@ pub struct UpstreamStats {
     requests: AtomicU64,
     failures: AtomicU64,
     slow: AtomicU64,
+    overloaded: AtomicU64,
 }
 
 /// The counts taken by one report.
@@ -19,6 +20,7 @@ pub struct Counts {
     pub requests: u64,
     pub failures: u64,
     pub slow: u64,
+    pub overloaded: u64,
 }
 
 impl UpstreamStats {
@@ -35,6 +37,11 @@ impl UpstreamStats {
         }
     }
 
+    /// One request refused for overload: by this sidecar's protection, or by the upstream's.
+    pub fn overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Takes the counts since the previous call and starts again from zero. The three swaps
     /// are not one atomic step: an attempt recorded meanwhile may have its failure counted in
     /// the next report, so failures and slow calls are clamped to the requests.
@@ -46,6 +53,7 @@ impl UpstreamStats {
             requests,
             failures: failures.min(requests),
             slow: slow.min(requests),
+            overloaded: self.overloaded.swap(0, Ordering::Relaxed),
         }
     }
 }
@@ -71,17 +79,21 @@ mod tests {
             Counts {
                 requests: 4,
                 failures: 2,
-                slow: 2
+                slow: 2,
+                overloaded: 0
             }
         );
         assert_eq!(s.take(), Counts::default());
         s.record(true, false);
+        s.overloaded();
+        s.overloaded();
         assert_eq!(
             s.take(),
             Counts {
                 requests: 1,
                 failures: 1,
-                slow: 0
+                slow: 0,
+                overloaded: 2
             }
         );
     }

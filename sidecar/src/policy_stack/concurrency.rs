@@ -383,6 +383,7 @@ impl<S> Concurrency<S> {
 
     fn refused(&self, limiter: &Limiter, tier: Criticality, r: Refused) -> ProxyError {
         limiter.metrics.refused(tier, r.refusal);
+        self.info.stats.overloaded();
         tracing::debug!(upstream = %self.info.name, criticality = %tier, reason = r.refusal.as_str(), "request refused by the adaptive concurrency limit");
         ProxyError::Overloaded {
             target: match &self.limited {
@@ -621,6 +622,7 @@ mod tests {
             name: Arc::from("app"),
             namespace: Arc::from("shop"),
             metrics: Arc::new(metrics.upstream("inbound", "app")),
+            stats: Default::default(),
         });
         let layer: &'static Concurrency<App> = Box::leak(Box::new(Concurrency::new(
             info,

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::routes::RouteConfig;
 use crate::body::Body;
 use crate::errors::ProxyError;
+use crate::health::stats::UpstreamStats;
 use crate::metrics::UpstreamMetrics;
 use crate::priority::Criticality;
 
@@ -138,12 +139,15 @@ impl CallState {
     }
 }
 
-/// What every layer of an upstream's stack knows of it: its name and metric handles.
+/// What every layer of an upstream's stack knows of it: its name, metric handles and health
+/// counters.
 #[derive(Debug)]
 pub struct UpstreamInfo {
     pub name: Arc<str>,
     pub namespace: Arc<str>,
     pub metrics: Arc<UpstreamMetrics>,
+    /// What the next health report says of it.
+    pub stats: Arc<UpstreamStats>,
 }
 
 #[cfg(test)]

@@ -192,6 +192,7 @@ pub fn info(name: &str) -> (Arc<UpstreamInfo>, Arc<Metrics>) {
         name: Arc::from(name),
         namespace: Arc::from("shop"),
         metrics: Arc::new(metrics.upstream("outbound", name)),
+        stats: Default::default(),
     });
     (info, metrics)
 }

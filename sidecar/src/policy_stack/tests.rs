@@ -997,6 +997,7 @@ async fn low_priority_calls_to_an_emergency_upstream_fail_before_any_attempt() {
         name: Arc::from("payments"),
         namespace: Arc::from("pay"),
         metrics: Arc::new(metrics.upstream("outbound", "payments")),
+        stats: Default::default(),
     });
     let degradation = Arc::new(Degradation::default());
     let acts = actions("{}");

@@ -118,6 +118,7 @@ impl<S: Call> Call for Throttled<S> {
         };
         if let Some(probability) = throttler.refuse(fastrand::f64()) {
             self.info.metrics.throttled.inc();
+            self.info.stats.overloaded();
             return Err(ProxyError::Throttled {
                 upstream: self.info.name.to_string(),
                 probability,

@@ -210,6 +210,7 @@ impl Upstream {
             name: name.clone(),
             namespace: namespace.clone(),
             metrics: metrics.clone(),
+            stats: stats.clone(),
         });
         let connect = ConnectSettings {
             upstream: name.clone(),

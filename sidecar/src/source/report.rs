@@ -44,6 +44,7 @@ pub fn build(
                 requests: counts.requests,
                 failures: counts.failures,
                 slow: counts.slow,
+                overloaded: counts.overloaded,
                 breaker: breaker.to_wire() as i32,
                 endpoints: saturating_u32(u.endpoints.endpoints().len()),
                 ejected: saturating_u32(ejected),
@@ -174,6 +175,7 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             breaker: pb::BreakerState::Closed as i32,
             endpoints: 1,
             ejected: 0,
+            overloaded: 0,
         };
         assert_eq!(
             report.upstreams,

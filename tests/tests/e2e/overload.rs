@@ -8,7 +8,7 @@ use std::time::Duration;
 use bulwark_tests::client;
 use bulwark_tests::load::OpenLoad;
 use bulwark_tests::pb::EchoRequest;
-use bulwark_tests::{HttpUpstream, Sidecar, eventually, policy};
+use bulwark_tests::{ControlPlane, Etcd, HttpUpstream, Sidecar, eventually, policy};
 use http::{Method, StatusCode};
 use tonic::Code;
 
@@ -415,4 +415,66 @@ async fn throttling_on_the_callers_side_cuts_what_an_overloaded_callee_receives(
         "with throttling the callee got {} of {CALLS}",
         received[1]
     );
+}
+
+/// Overload seen by the callers reaches the control plane: a caller's sidecar whose limit
+/// refuses calls to a dependency reports it, and the caller's ServicePolicy, with
+/// `unhealthyWhen.overloadedPods`, turns DEGRADED naming why.
+#[tokio::test]
+async fn callers_that_see_a_dependency_overloaded_make_it_unhealthy() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start_with(
+        &etcd.endpoint(),
+        "cp-1",
+        &["--levels-interval", "200ms", "--levels-min-gap", "50ms"],
+    )
+    .await;
+    let upstream = HttpUpstream::start().await;
+    let docs = [
+        policy::upstream("orders", upstream.addr())
+            .namespace("shop")
+            .spec("adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, probeConcurrency: 1, maxQueue: 0 }")
+            .to_yaml(),
+        "apiVersion: bulwark/v1\nkind: ServicePolicy\nmetadata: { name: web, namespace: shop }\nspec:\n  dependencies: { orders: {} }\n  unhealthyWhen: { overloadedPods: 50% }\n  levels: { DEGRADED: { unhealthyDependencies: 1 } }\n".to_string(),
+    ];
+    for doc in docs {
+        let res = cp.apply(&doc).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    }
+    let sidecar = Sidecar::builder()
+        .control_plane(cp.grpc_url())
+        .args(["--namespace", "shop", "--service", "web", "--pod", "web-1"])
+        .args(["--report-interval", "200ms"])
+        .start()
+        .await;
+    let http = client::http1_client(sidecar.outbound());
+    eventually(WAIT, || async {
+        let res = client::get(&http, "http://orders/status/200").await;
+        (res.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    // The only slot held; the next call is refused by the limit, and reported.
+    let held = tokio::spawn({
+        let http = http.clone();
+        async move { client::get(&http, "http://orders/gate").await }
+    });
+    eventually(WAIT, || async {
+        (upstream.requests_to("/gate") == 1).then_some(())
+    })
+    .await;
+    let refused = client::get(&http, "http://orders/status/200").await;
+    assert_eq!(refused.header("x-bulwark-error"), Some("overloaded"));
+    let status = eventually(WAIT, || async {
+        let res = cp.rest(Method::GET, "/v1/levels/shop/web", None).await;
+        let status = (res.status == StatusCode::OK).then(|| res.json())?;
+        (status["level"] == "DEGRADED").then_some(status)
+    })
+    .await;
+    assert_eq!(
+        status["reasons"][0],
+        "orders unhealthy (overloaded on 1/1 pods)"
+    );
+    assert_eq!(status["dependencies"][0]["overloadedPods"], 1);
+    upstream.open_gate();
+    assert_eq!(held.await.expect("task").status, StatusCode::OK);
 }

@@ -49,6 +49,7 @@ fn report(open: &[&str], failing: &[(&str, u64)]) -> HealthRecord {
                 },
                 endpoints: 2,
                 ejected: 0,
+                overloaded: 0,
             })
             .collect(),
         identity: None,
@@ -362,4 +363,54 @@ fn levels_parse_in_any_case() {
     assert_eq!(Level::parse("Severe"), Some(Level::Severe));
     assert_eq!(Level::parse("CRITICAL"), None);
     assert!(Level::Emergency > Level::Severe);
+}
+
+#[test]
+fn a_dependency_its_callers_see_overloaded_is_unhealthy_under_overloaded_pods() {
+    let mut run = Run::new();
+    run.policy.spec.unhealthy_when = Some(bulwark_proto::policy::UnhealthyWhen {
+        overloaded_pods: Some(bulwark_proto::policy::Percent::new("50%")),
+        ..run.policy.spec.unhealthy_when.clone().unwrap_or_default()
+    });
+    let overloaded = |on: bool| {
+        let mut r = report(&[], &[]);
+        for u in &mut r.upstreams {
+            if u.name == "sendgrid" && on {
+                u.overloaded = 7;
+            }
+        }
+        r
+    };
+    // One pod of four: not enough.
+    let pods = [
+        ("pod-a", overloaded(true)),
+        ("pod-b", overloaded(false)),
+        ("pod-c", overloaded(false)),
+        ("pod-d", overloaded(false)),
+    ];
+    run.step(0, &pods);
+    assert_eq!(run.status().level, Level::Normal);
+    let sendgrid = |run: &Run| {
+        run.status()
+            .dependencies
+            .iter()
+            .find(|d| d.name == "sendgrid")
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(sendgrid(&run).overloaded_pods, 1);
+    // Two of four: unhealthy, and why.
+    let pods = [
+        ("pod-a", overloaded(true)),
+        ("pod-b", overloaded(true)),
+        ("pod-c", overloaded(false)),
+        ("pod-d", overloaded(false)),
+    ];
+    run.step(1_000, &pods);
+    assert_eq!(run.status().level, Level::Degraded);
+    assert_eq!(
+        run.status().reasons,
+        ["sendgrid unhealthy (overloaded on 2/4 pods)"]
+    );
+    assert_eq!(sendgrid(&run).overloaded_pods, 2);
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
 use super::outcome::{ConditionSet, classify};
 use crate::errors::ProxyError;
+use crate::headers::X_BULWARK_ERROR;
 use crate::health::stats::{UpstreamStats, is_slow};
 use machine::{Admission, Breaker, BreakerState, Transition};
 
@@ -91,6 +92,15 @@ impl<S> CircuitBreaker<S> {
 
     /// Counts one completed attempt for the health report, classified as the breaker does.
     fn count(&self, result: &Result<Rsp, ProxyError>, elapsed: Duration) {
+        // The upstream's own sidecar shed it: the upstream is overloaded.
+        if let Ok(rsp) = result
+            && rsp
+                .headers()
+                .get(X_BULWARK_ERROR)
+                .is_some_and(|v| v.as_bytes() == b"overloaded")
+        {
+            self.stats.overloaded();
+        }
         if let Some(outcome) = classify(result) {
             self.stats.record(
                 self.failure_on.matches(&outcome),
