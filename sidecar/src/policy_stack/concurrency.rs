@@ -164,6 +164,15 @@ impl Drop for Slot {
     }
 }
 
+/// What entering the limiter came to.
+#[derive(Debug)]
+pub enum Entry {
+    Slot(Slot),
+    Refused(Refused),
+    /// Queued: the slot comes through here.
+    Queued(oneshot::Receiver<Slot>),
+}
+
 /// Why a request got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused {
@@ -212,8 +221,17 @@ impl Limiter {
         tier: Criticality,
         wait_until: Instant,
     ) -> Result<Slot, Refused> {
-        let started = Instant::now();
-        let rx = {
+        match self.enter(tier, wait_until) {
+            Entry::Slot(slot) => Ok(slot),
+            Entry::Refused(refused) => Err(refused),
+            Entry::Queued(rx) => self.wait(rx, wait_until, Instant::now()).await,
+        }
+    }
+
+    /// A slot at once, a refusal at once, or a place in the queue: no waiting here, so that a
+    /// request that need not wait carries no timer in its state.
+    pub fn enter(self: &Arc<Self>, tier: Criticality, wait_until: Instant) -> Entry {
+        {
             let mut s = self.lock();
             let limit = s.limit.limit();
             let now = Instant::now();
@@ -223,7 +241,7 @@ impl Limiter {
                 s.in_flight += 1;
                 s.grants.granted(tier);
                 self.metrics.in_flight.set(s.in_flight as i64);
-                return Ok(Slot {
+                return Entry::Slot(Slot {
                     limiter: Some(self.clone()),
                     in_flight: s.in_flight,
                 });
@@ -236,7 +254,7 @@ impl Limiter {
                 && let Some(wait) = expected_wait(&s, tier)
                 && wait > wait_until.saturating_duration_since(now) / 2
             {
-                return Err(Refused {
+                return Entry::Refused(Refused {
                     refusal: Refusal::QueueWait,
                     limit,
                     wait,
@@ -257,7 +275,7 @@ impl Limiter {
                     drop(displaced);
                 }
                 Offered::Refused(_) => {
-                    return Err(Refused {
+                    return Entry::Refused(Refused {
                         refusal: Refusal::QueueFull,
                         limit,
                         wait: Duration::ZERO,
@@ -266,8 +284,17 @@ impl Limiter {
             }
             self.dispatch(&mut s);
             self.queued_metrics(&s);
-            rx
-        };
+            Entry::Queued(rx)
+        }
+    }
+
+    /// Waits in the queue (entered at `started`) for a slot, until `wait_until` at most.
+    pub async fn wait(
+        self: &Arc<Self>,
+        rx: oneshot::Receiver<Slot>,
+        wait_until: Instant,
+        started: Instant,
+    ) -> Result<Slot, Refused> {
         let result = tokio::time::timeout_at(wait_until, rx).await;
         let refused = |refusal| {
             let s = self.lock();
@@ -410,9 +437,16 @@ impl<S: Call> Call for Concurrency<S> {
         if let Some(attempt) = cx.attempt {
             wait_until = wait_until.min(attempt.at);
         }
-        let slot = match limiter.acquire(cx.criticality, wait_until).await {
-            Ok(slot) => slot,
-            Err(r) => return Err(self.refused(limiter, cx.criticality, r)),
+        let slot = match limiter.enter(cx.criticality, wait_until) {
+            Entry::Slot(slot) => slot,
+            Entry::Refused(r) => return Err(self.refused(limiter, cx.criticality, r)),
+            // Boxed: the wait (a timer and a channel) is in the state of waiting requests only.
+            Entry::Queued(rx) => {
+                match Box::pin(limiter.wait(rx, wait_until, Instant::now())).await {
+                    Ok(slot) => slot,
+                    Err(r) => return Err(self.refused(limiter, cx.criticality, r)),
+                }
+            }
         };
         let started = Instant::now();
         let result = self.inner.call(req, cx).await;

@@ -94,7 +94,9 @@ impl Stack {
         let grpc = is_grpc(req.headers());
         let route = self.routes.select(req.method(), req.uri().path(), grpc);
         // The request's criticality, settled once and sent on, so the next hop (and the app,
-        // which passes it on like a trace header) sees the same.
+        // which passes it on like a trace header) sees the same. A request that names it goes
+        // on as it is; one that named none and has the default sends none, and the next hop's
+        // own defaults apply to it.
         let header = &self.actions.criticality_header;
         let criticality = Criticality::of(
             req.headers(),
@@ -102,8 +104,16 @@ impl Stack {
             &self.actions.priority_header,
             route.criticality,
         );
-        req.headers_mut()
-            .insert(header.clone(), criticality.header_value());
+        let named = req
+            .headers()
+            .get(header)
+            .and_then(|v| Criticality::parse(v.as_bytes()));
+        if named != Some(criticality)
+            && (criticality != Criticality::SheddablePlus || req.headers().contains_key(header))
+        {
+            req.headers_mut()
+                .insert(header.clone(), criticality.header_value());
+        }
         let cx = Cx {
             route,
             grpc,

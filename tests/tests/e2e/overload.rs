@@ -43,7 +43,7 @@ async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
     let sidecar = Sidecar::builder()
         .policies_yaml(service(
             app.addr().port(),
-            "{ adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, probeConcurrency: 1, maxQueue: 1, maxQueueWait: 30s }, routes: [{ match: { path: /gate }, criticality: critical-plus }] }",
+            "{ adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, probeConcurrency: 1, maxQueue: 1, maxQueueWait: 30s }, routes: [{ match: { path: /gate }, criticality: critical-plus }, { match: { path: /headers }, criticality: critical }] }",
         ))
         .args(["--service", "orders", "--namespace", "shop"])
         .start()
@@ -72,10 +72,10 @@ async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
             WAIT,
         )
         .await;
-    // …until a critical one takes its place.
+    // …until a critical one (by its route) takes its place.
     let critical = tokio::spawn({
         let http = http.clone();
-        async move { send(&http, "/headers", Some("CRITICAL")).await }
+        async move { send(&http, "/headers", None).await }
     });
     let displaced = waiting.await.expect("task");
     assert_eq!(displaced.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -107,7 +107,7 @@ async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
         "shop/orders is overloaded: its concurrency limit (1) is reached and its queue is full of requests at least as critical as this sheddable-plus one"
     );
 
-    // The slot frees: the critical request is served, told its criticality.
+    // The slot frees: the critical request is served, told the criticality its route gave.
     app.open_gate();
     assert_eq!(held.await.expect("task").status, StatusCode::OK);
     let served = critical.await.expect("task");
