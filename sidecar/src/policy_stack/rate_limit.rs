@@ -259,6 +259,40 @@ mod tests {
         assert!(take("a", Criticality::Critical).is_ok());
     }
 
+    #[test]
+    fn a_caller_is_its_verified_identity_or_header_else_its_address() {
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let req = |headers: &[(&'static str, &'static str)]| {
+            let mut b = http::Request::get("/");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(crate::body::Body::Empty).unwrap()
+        };
+        let spiffe = "spiffe://cluster.local/ns/shop/sa/web";
+        let key = HeaderName::from_static("x-api-key");
+        let with_both = req(&[("x-bulwark-peer-identity", spiffe), ("x-api-key", "k1")]);
+        assert_eq!(
+            caller_of(&CallerKey::Identity, &with_both, Some(ip)),
+            spiffe
+        );
+        assert_eq!(
+            caller_of(&CallerKey::Header(key.clone()), &with_both, Some(ip)),
+            "k1"
+        );
+        assert_eq!(
+            caller_of(&CallerKey::ClientIp, &with_both, Some(ip)),
+            "10.0.0.7"
+        );
+        let bare = req(&[]);
+        assert_eq!(caller_of(&CallerKey::Identity, &bare, Some(ip)), "10.0.0.7");
+        assert_eq!(
+            caller_of(&CallerKey::Header(key), &bare, Some(ip)),
+            "10.0.0.7"
+        );
+        assert_eq!(caller_of(&CallerKey::Identity, &bare, None), "unknown");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn callers_beyond_what_a_shard_holds_evict_the_quiet_first() {
         let limiter = RateLimiter::new(settings(1, 1, Some(CallerKey::ClientIp)));
