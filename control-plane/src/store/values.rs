@@ -309,6 +309,7 @@ impl ServiceStatus {
                 expires_unix_ms: o.expires,
                 mesh: o.mesh,
             }),
+            reporting_pods: u32::try_from(self.reporting_pods).unwrap_or(u32::MAX),
         }
     }
 }

@@ -392,6 +392,10 @@ pub struct RateLimit {
     pub per: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// `requests` and `burst` are for all pods of the service together, split evenly across
+    /// the pods the control plane counts as reporting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_wide: Option<bool>,
 }
 
 /// A rate limit per caller of the app.
@@ -410,6 +414,10 @@ pub struct InboundRateLimit {
     /// With `by: header`: the header whose value names the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// `requests` and `burst` are for each caller across all pods of the service, split
+    /// evenly across the pods the control plane counts as reporting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_wide: Option<bool>,
 }
 
 /// What an inbound rate limit tells callers apart by.

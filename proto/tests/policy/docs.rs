@@ -76,7 +76,7 @@ spec:
     maxQueue: 1
     maxQueueWait: 1s
   criticality: critical
-  rateLimit: { requests: 1, per: 1s, burst: 1 }
+  rateLimit: { requests: 1, per: 1s, burst: 1, meshWide: true }
   throttling: { multiplier: 2.0, window: 1s }
   fallback:
     failover: [c]
@@ -110,7 +110,7 @@ spec:
         match: { grpcMethod: /a.B/, pathPrefix: /, path: /, method: GET }
         criticality: critical
     adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, tolerance: 1%, updateInterval: 1s, probeInterval: 2s, probeConcurrency: 1, probeSamples: 1, maxQueue: 1, maxQueueWait: 1s }
-    rateLimit: { requests: 1, per: 1s, burst: 1, by: header, header: x-k }
+    rateLimit: { requests: 1, per: 1s, burst: 1, by: header, header: x-k, meshWide: true }
     shedRetryAfter: 1s
     maxConcurrent: 1
     mtls: strict

@@ -33,6 +33,8 @@ pub struct ServiceLevel {
     pub unready_pods: Vec<String>,
     pub since_unix_ms: i64,
     pub overridden: Option<Override>,
+    /// The service's pods with current health reports (0: not known).
+    pub reporting_pods: u32,
 }
 
 impl ServiceLevel {
@@ -49,6 +51,7 @@ impl ServiceLevel {
             reasons: s.reasons.clone(),
             unready_pods: s.unready_pods.clone(),
             since_unix_ms: s.since_unix_ms,
+            reporting_pods: s.reporting_pods,
             overridden: s.r#override.as_ref().map(|o| Override {
                 level: Level::from_wire(o.level),
                 reason: o.reason.clone(),
@@ -102,6 +105,12 @@ impl LevelIndex {
     /// The own service's level: NORMAL when none is known.
     pub fn own_level(&self) -> Level {
         self.own.as_ref().map_or(Level::Normal, |s| s.level)
+    }
+
+    /// The own service's pods with current health reports, at least 1: what a mesh-wide rate
+    /// limit is split across.
+    pub fn own_pods(&self) -> u32 {
+        self.own.as_ref().map_or(1, |s| s.reporting_pods.max(1))
     }
 
     /// The own service's entry, when the control plane sent one.

@@ -59,11 +59,13 @@ impl TokenBucket {
         self.tokens + elapsed * self.rate >= self.burst
     }
 
-    /// Changes the rate (a mesh-wide limit split again across a new number of pods), keeping
-    /// the tokens there are.
-    pub fn set_rate(&mut self, rate: f64, now: Instant) {
+    /// Changes the rate and the burst (a mesh-wide limit split again across a new number of
+    /// pods), keeping the tokens there are, up to the new burst.
+    pub fn set(&mut self, rate: f64, burst: f64, now: Instant) {
         self.refill(now);
         self.rate = rate.max(0.0);
+        self.burst = burst.max(1.0);
+        self.tokens = self.tokens.min(self.burst);
     }
 
     fn refill(&mut self, now: Instant) {
@@ -120,11 +122,16 @@ mod tests {
         let mut now = Instant::now();
         let mut bucket = TokenBucket::new(1.0, 1, now);
         assert_eq!(bucket.take(now), Ok(()));
-        bucket.set_rate(100.0, now);
+        bucket.set(100.0, 1.0, now);
         now += Duration::from_millis(10);
         assert_eq!(bucket.take(now), Ok(()));
-        bucket.set_rate(0.0, now);
+        bucket.set(0.0, 1.0, now);
         now += Duration::from_secs(60);
         assert_eq!(bucket.take(now), Err(None));
+        // A smaller burst takes effect at once.
+        let mut bucket = TokenBucket::new(10.0, 10, now);
+        bucket.set(5.0, 2.0, now);
+        let taken = (0..10).filter(|_| bucket.take(now).is_ok()).count();
+        assert_eq!(taken, 2);
     }
 }

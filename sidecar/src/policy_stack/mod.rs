@@ -265,7 +265,12 @@ pub fn stack(attempts: Arc<Attempts>, parts: StackParts) -> Stack {
     let deadline = Deadline::new(info.clone(), parts.deadline_header, failover);
     // Rate limit: each request takes one token (its retries and failover none); above the
     // deadline so a refused request costs no timer, below the gate so shed requests take none.
-    let rate_limited = RateLimited::new(info.clone(), parts.rate_limiter, deadline);
+    let rate_limited = RateLimited::new(
+        info.clone(),
+        parts.rate_limiter,
+        parts.degradation.clone(),
+        deadline,
+    );
     // Degradation gate: first, so a request the level refuses costs no deadline timer, no
     // failover and no attempt. Inbound it sheds by priority and tells the app its level;
     // outbound it fails low-priority calls to an EMERGENCY upstream fast.

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
 use crate::errors::ProxyError;
 use crate::headers::{X_BULWARK_PEER_IDENTITY, is_kubelet_probe};
+use crate::health::levels::Degradation;
 use crate::overload::bucket::TokenBucket;
 use crate::priority::Criticality;
 
@@ -31,6 +32,8 @@ pub struct RateSettings {
     pub burst: u32,
     /// `None`: one bucket for every request (outbound); else one per caller.
     pub by: Option<CallerKey>,
+    /// `meshWide`: `requests` and `burst` are split across the service's reporting pods.
+    pub mesh_wide: bool,
 }
 
 /// How an inbound limit tells callers apart.
@@ -43,7 +46,7 @@ pub enum CallerKey {
 
 impl RateSettings {
     pub fn outbound(r: &RateLimit) -> RateSettings {
-        RateSettings::new(r.requests, r.per.as_ref(), r.burst, None)
+        RateSettings::new(r.requests, r.per.as_ref(), r.burst, None, r.mesh_wide)
     }
 
     pub fn inbound(r: &InboundRateLimit) -> RateSettings {
@@ -60,7 +63,7 @@ impl RateSettings {
                 None => CallerKey::ClientIp,
             },
         };
-        RateSettings::new(r.requests, r.per.as_ref(), r.burst, Some(by))
+        RateSettings::new(r.requests, r.per.as_ref(), r.burst, Some(by), r.mesh_wide)
     }
 
     fn new(
@@ -68,22 +71,31 @@ impl RateSettings {
         per: Option<&bulwark_proto::policy::Duration>,
         burst: Option<u32>,
         by: Option<CallerKey>,
+        mesh_wide: Option<bool>,
     ) -> RateSettings {
         RateSettings {
             requests: requests.max(1),
             per: per.map_or(defaults::RATE_LIMIT_PER, |d| d.get()),
             burst: burst.unwrap_or(requests).max(1),
             by,
+            mesh_wide: mesh_wide.unwrap_or(false),
         }
     }
 
-    fn rate(&self) -> f64 {
-        f64::from(self.requests) / self.per.as_secs_f64().max(1e-3)
+    /// This sidecar's share of the rate (tokens a second) and of the burst, when the service
+    /// has `pods` reporting pods.
+    fn share(&self, pods: u32) -> (f64, f64) {
+        let pods = if self.mesh_wide {
+            f64::from(pods.max(1))
+        } else {
+            1.0
+        };
+        let rate = f64::from(self.requests) / self.per.as_secs_f64().max(1e-3);
+        (rate / pods, (f64::from(self.burst) / pods).max(1.0))
     }
 
-    /// Tokens a request of `tier` leaves in the bucket.
-    fn reserve(&self, tier: Criticality) -> f64 {
-        let burst = f64::from(self.burst);
+    /// Tokens a request of `tier` leaves in a bucket `burst` deep.
+    fn reserve(tier: Criticality, burst: f64) -> f64 {
         match tier {
             Criticality::Sheddable => burst / 2.0,
             Criticality::SheddablePlus => burst / 4.0,
@@ -91,14 +103,19 @@ impl RateSettings {
         }
     }
 
-    /// `100 requests per 1s (burst 200)`.
-    fn describe(&self) -> String {
-        format!(
+    /// `100 requests per 1s (burst 200)`, and for a mesh-wide limit this pod's share.
+    fn describe(&self, pods: u32) -> String {
+        let limit = format!(
             "{} requests per {} (burst {})",
             self.requests,
             bulwark_proto::policy::units::DurationText(self.per),
             self.burst
-        )
+        );
+        if self.mesh_wide {
+            format!("{limit} across its {} pods", pods.max(1))
+        } else {
+            limit
+        }
     }
 }
 
@@ -123,8 +140,9 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(settings: RateSettings) -> Arc<RateLimiter> {
         let now = Instant::now();
+        let (rate, _) = settings.share(1);
         Arc::new(RateLimiter {
-            single: Mutex::new(TokenBucket::new(settings.rate(), settings.burst, now)),
+            single: Mutex::new(TokenBucket::new(rate, settings.burst, now)),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             settings,
@@ -135,18 +153,31 @@ impl RateLimiter {
         &self.settings
     }
 
-    /// Takes a token for a request of `tier` from `caller`'s bucket (or the one bucket).
-    fn take(&self, caller: Option<&str>, tier: Criticality) -> Result<(), Option<Duration>> {
+    /// Takes a token for a request of `tier` from `caller`'s bucket (or the one bucket), the
+    /// service having `pods` reporting pods.
+    fn take(
+        &self,
+        caller: Option<&str>,
+        tier: Criticality,
+        pods: u32,
+    ) -> Result<(), Option<Duration>> {
         let now = Instant::now();
-        let keep = self.settings.reserve(tier);
+        let (rate, burst) = self.settings.share(pods);
+        let keep = RateSettings::reserve(tier, burst);
+        let take = |bucket: &mut TokenBucket| {
+            if self.settings.mesh_wide {
+                bucket.set(rate, burst, now);
+            }
+            bucket.take_keeping(now, keep)
+        };
         let Some(caller) = caller else {
             let mut bucket = self.single.lock().unwrap_or_else(|e| e.into_inner());
-            return bucket.take_keeping(now, keep);
+            return take(&mut bucket);
         };
         let shard = self.hasher.hash_one(caller) as usize % SHARDS;
         let mut buckets = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bucket) = buckets.get_mut(caller) {
-            return bucket.take_keeping(now, keep);
+            return take(bucket);
         }
         if buckets.len() >= KEYS_PER_SHARD {
             buckets.retain(|_, b| !b.is_full(now));
@@ -156,8 +187,8 @@ impl RateLimiter {
                 buckets.remove(&any);
             }
         }
-        let mut bucket = TokenBucket::new(self.settings.rate(), self.settings.burst, now);
-        let taken = bucket.take_keeping(now, keep);
+        let mut bucket = TokenBucket::new(rate, self.settings.burst, now);
+        let taken = take(&mut bucket);
         buckets.insert(caller.into(), bucket);
         taken
     }
@@ -168,14 +199,22 @@ pub struct RateLimited<S> {
     info: Arc<UpstreamInfo>,
     /// `None`: no limit.
     limiter: Option<Arc<RateLimiter>>,
+    /// The levels in force: how many pods a mesh-wide limit is split across.
+    degradation: Arc<Degradation>,
     inner: S,
 }
 
 impl<S> RateLimited<S> {
-    pub fn new(info: Arc<UpstreamInfo>, limiter: Option<Arc<RateLimiter>>, inner: S) -> Self {
+    pub fn new(
+        info: Arc<UpstreamInfo>,
+        limiter: Option<Arc<RateLimiter>>,
+        degradation: Arc<Degradation>,
+        inner: S,
+    ) -> Self {
         RateLimited {
             info,
             limiter,
+            degradation,
             inner,
         }
     }
@@ -209,7 +248,12 @@ impl<S: Call> Call for RateLimited<S> {
             Some(by) => Some(caller_of(by, &req, cx.state.client())),
             None => None,
         };
-        if let Err(wait) = limiter.take(caller.as_deref(), cx.criticality) {
+        let pods = if settings.mesh_wide {
+            self.degradation.levels().own_pods()
+        } else {
+            1
+        };
+        if let Err(wait) = limiter.take(caller.as_deref(), cx.criticality, pods) {
             self.info.metrics.rate_limited(cx.criticality);
             return Err(ProxyError::RateLimited {
                 target: match &caller {
@@ -217,7 +261,7 @@ impl<S: Call> Call for RateLimited<S> {
                     Some(_) => format!("{}/{}", self.info.namespace, self.info.name),
                 },
                 caller,
-                limit: settings.describe(),
+                limit: settings.describe(pods),
                 retry_after: wait.unwrap_or(settings.per),
             });
         }
@@ -235,13 +279,14 @@ mod tests {
             per: Duration::from_secs(1),
             burst,
             by,
+            mesh_wide: false,
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn each_caller_has_its_own_bucket_and_the_less_critical_leave_a_reserve() {
         let limiter = RateLimiter::new(settings(4, 4, Some(CallerKey::Identity)));
-        let take = |caller, tier| limiter.take(Some(caller), tier);
+        let take = |caller, tier| limiter.take(Some(caller), tier, 1);
         // Sheddable requests leave half the burst: two of four.
         assert!(take("a", Criticality::Sheddable).is_ok());
         assert!(take("a", Criticality::Sheddable).is_ok());
@@ -257,6 +302,35 @@ mod tests {
         assert!(take("b", Criticality::Sheddable).is_ok());
         tokio::time::advance(Duration::from_millis(250)).await;
         assert!(take("a", Criticality::Critical).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mesh_wide_limit_takes_this_pods_share() {
+        let limiter = RateLimiter::new(RateSettings {
+            mesh_wide: true,
+            ..settings(10, 10, None)
+        });
+        // 5 pods: 2 tokens a second, a burst of 2 here.
+        let taken = (0..10)
+            .filter(|_| limiter.take(None, Criticality::Critical, 5).is_ok())
+            .count();
+        assert_eq!(taken, 2);
+        assert_eq!(
+            limiter.take(None, Criticality::Critical, 5),
+            Err(Some(Duration::from_millis(500)))
+        );
+        // Down to 1 pod: the whole rate from then on (the tokens there are stay).
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(limiter.take(None, Criticality::Critical, 1).is_ok());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let taken = (0..20)
+            .filter(|_| limiter.take(None, Criticality::Critical, 1).is_ok())
+            .count();
+        assert_eq!(taken, 10);
+        assert_eq!(
+            limiter.settings().describe(4),
+            "10 requests per 1s (burst 10) across its 4 pods"
+        );
     }
 
     #[test]
@@ -300,6 +374,7 @@ mod tests {
             let _ = limiter.take(
                 Some(&format!("10.0.{}.{}", i / 256, i % 256)),
                 Criticality::Critical,
+                1,
             );
         }
         let held: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();

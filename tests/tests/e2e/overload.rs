@@ -478,3 +478,77 @@ async fn callers_that_see_a_dependency_overloaded_make_it_unhealthy() {
     upstream.open_gate();
     assert_eq!(held.await.expect("task").status, StatusCode::OK);
 }
+
+/// A mesh-wide inbound limit is split across the service's reporting pods by the count the
+/// control plane sends: with two pods each takes half, and says so when it refuses.
+#[tokio::test]
+async fn a_mesh_wide_limit_is_split_across_the_reporting_pods() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start_with(
+        &etcd.endpoint(),
+        "cp-1",
+        &["--levels-interval", "200ms", "--levels-min-gap", "50ms"],
+    )
+    .await;
+    let mut pods = Vec::new();
+    for name in ["orders-0", "orders-1"] {
+        let app = HttpUpstream::start().await;
+        let res = cp
+            .apply(&service(
+                app.addr().port(),
+                "{ rateLimit: { requests: 8, per: 1h, by: header, header: x-api-key, meshWide: true } }",
+            ))
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+        let sidecar = Sidecar::builder()
+            .control_plane(cp.grpc_url())
+            .args(["--namespace", "shop", "--service", "orders", "--pod", name])
+            .args(["--report-interval", "200ms"])
+            .args(["--app-port", &app.addr().port().to_string()])
+            .start()
+            .await;
+        pods.push((app, sidecar));
+    }
+    // Both pods report: the control plane counts two.
+    eventually(WAIT, || async {
+        let res = cp.rest(Method::GET, "/v1/levels/shop/orders", None).await;
+        let status = (res.status == StatusCode::OK).then(|| res.json())?;
+        (status["reportingPods"] == 2).then_some(())
+    })
+    .await;
+    let (_, sidecar) = &pods[0];
+    let http = client::http1_client(sidecar.inbound());
+    let call = |caller: String| {
+        let http = http.clone();
+        async move {
+            let req = client::request(Method::GET, "http://orders/status/200")
+                .header("x-api-key", caller)
+                .header("x-bulwark-criticality", "critical");
+            client::send(&http, req.body(client::empty()).expect("request")).await
+        }
+    };
+    // The sidecar hears of the second pod with the levels; until then a caller has all 8
+    // here. Each try is a new caller, with a bucket of its own.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let (caller, refused) = eventually(WAIT, || async {
+        let caller = format!(
+            "caller-{}",
+            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        for served in 0..=8 {
+            let res = call(caller.clone()).await;
+            if res.status != StatusCode::OK {
+                return (served == 4 && res.status == StatusCode::TOO_MANY_REQUESTS)
+                    .then_some((caller, res));
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(
+        refused.text(),
+        format!(
+            "shop/orders limits each caller to 8 requests per 1h (burst 8) across its 2 pods; {caller} is over it\n"
+        )
+    );
+}
