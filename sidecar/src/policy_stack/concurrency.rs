@@ -85,7 +85,7 @@ pub struct Limiter {
 struct State {
     limit: AdaptiveLimit,
     in_flight: usize,
-    queue: TierQueue<oneshot::Sender<Slot>>,
+    queue: TierQueue<Waiter>,
     /// How fast each tier gets slots.
     grants: Grants,
 }
@@ -145,6 +145,13 @@ impl Grants {
         }
         self.since = now;
     }
+}
+
+/// A request waiting for a slot: since when, and where its slot goes.
+#[derive(Debug)]
+struct Waiter {
+    since: Instant,
+    tx: oneshot::Sender<Slot>,
 }
 
 /// A place under the limit, released when dropped (when the response body ends).
@@ -260,12 +267,24 @@ impl Limiter {
                     wait,
                 });
             }
+            // A queue that stands — the oldest waiter of its tier has waited half of what this
+            // one may — will not serve it in time either: refused at once, whatever its tier.
+            if let Some(oldest) = s.queue.oldest(tier).filter(|w| !w.tx.is_closed()) {
+                let waited = now.saturating_duration_since(oldest.since);
+                if waited > wait_until.saturating_duration_since(now) / 2 {
+                    return Entry::Refused(Refused {
+                        refusal: Refusal::QueueWait,
+                        limit,
+                        wait: waited,
+                    });
+                }
+            }
             let (tx, rx) = oneshot::channel();
-            let mut offered = s.queue.offer(tier, tx);
-            if let Offered::Refused(tx) = offered {
+            let mut offered = s.queue.offer(tier, Waiter { since: now, tx });
+            if let Offered::Refused(waiter) = offered {
                 // Waiters that stopped waiting still hold places: make room, then try again.
-                s.queue.forget(oneshot::Sender::is_closed);
-                offered = s.queue.offer(tier, tx);
+                s.queue.forget(|w| w.tx.is_closed());
+                offered = s.queue.offer(tier, waiter);
             }
             match offered {
                 Offered::Queued => s.grants.queued(tier),
@@ -342,7 +361,7 @@ impl Limiter {
     /// Hands slots to waiters, most critical first, while the limit allows.
     fn dispatch(self: &Arc<Self>, s: &mut State) {
         while s.in_flight < s.limit.limit() {
-            let Some((tier, tx)) = s.queue.take_next() else {
+            let Some((tier, Waiter { tx, .. })) = s.queue.take_next() else {
                 break;
             };
             s.in_flight += 1;
