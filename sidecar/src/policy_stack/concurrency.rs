@@ -253,10 +253,6 @@ impl Limiter {
                     in_flight: s.in_flight,
                 });
             }
-            // A sheddable request is refused now rather than after waiting in vain: when its
-            // tier's queue would take more than half the time it may wait (the rate a queue
-            // moves at varies with the tiers above it and the limit, so half leaves room for
-            // that). A critical one is not refused on an estimate: it waits its turn.
             if tier < Criticality::Critical
                 && let Some(wait) = expected_wait(&s, tier)
                 && wait > wait_until.saturating_duration_since(now) / 2
@@ -267,9 +263,14 @@ impl Limiter {
                     wait,
                 });
             }
-            // A queue that stands — the oldest waiter of its tier has waited half of what this
-            // one may — will not serve it in time either: refused at once, whatever its tier.
-            if let Some(oldest) = s.queue.oldest(tier).filter(|w| !w.tx.is_closed()) {
+            // A sheddable request is refused at once rather than after waiting in vain when its
+            // tier's queue stands — the oldest waiter of its tier has waited half of what this
+            // one may — or (below) would take more than half of that, judged from the rate it
+            // moves at (which varies with the tiers above it and the limit, hence the half). A
+            // critical request is never refused on what others waited: it waits its turn.
+            if tier < Criticality::Critical
+                && let Some(oldest) = s.queue.oldest(tier).filter(|w| !w.tx.is_closed())
+            {
                 let waited = now.saturating_duration_since(oldest.since);
                 if waited > wait_until.saturating_duration_since(now) / 2 {
                     return Entry::Refused(Refused {
