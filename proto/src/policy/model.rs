@@ -398,7 +398,8 @@ pub struct RateLimit {
     pub mesh_wide: Option<bool>,
 }
 
-/// A rate limit per caller of the app.
+/// A rate limit per caller of the app: [`RateLimit`]'s fields, written out (serde's `flatten`
+/// would lose `deny_unknown_fields`), and how callers are told apart.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -21,16 +21,40 @@ fn service(port: u16, inbound: &str) -> String {
     )
 }
 
+/// `GET http://orders{path}` with `headers`.
 async fn send(
     http: &client::HttpClient,
     path: &str,
-    criticality: Option<&'static str>,
+    headers: &[(&str, &str)],
 ) -> client::Collected {
     let mut req = client::request(Method::GET, &format!("http://orders{path}"));
-    if let Some(c) = criticality {
-        req = req.header("x-bulwark-criticality", c);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     client::send(http, req.body(client::empty()).expect("request")).await
+}
+
+/// An app and the sidecar of `shop/orders` in front of it, with `inbound` settings.
+async fn app_behind_sidecar(inbound: &str) -> (HttpUpstream, Sidecar) {
+    let app = HttpUpstream::start().await;
+    let sidecar = Sidecar::builder()
+        .policies_yaml(service(app.addr().port(), inbound))
+        .args(["--service", "orders", "--namespace", "shop"])
+        .start()
+        .await;
+    (app, sidecar)
+}
+
+/// A real etcd and one control-plane replica computing levels every 200ms.
+async fn control_plane() -> (Etcd, ControlPlane) {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start_with(
+        &etcd.endpoint(),
+        "cp-1",
+        &["--levels-interval", "200ms", "--levels-min-gap", "50ms"],
+    )
+    .await;
+    (etcd, cp)
 }
 
 /// With a limit of one and a queue of one, every decision of the queue is visible: a more
@@ -39,21 +63,16 @@ async fn send(
 /// frees. None of the refused requests reaches the app.
 #[tokio::test]
 async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
-    let app = HttpUpstream::start().await;
-    let sidecar = Sidecar::builder()
-        .policies_yaml(service(
-            app.addr().port(),
-            "{ adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, probeConcurrency: 1, maxQueue: 1, maxQueueWait: 30s }, routes: [{ match: { path: /gate }, criticality: critical-plus }, { match: { path: /headers }, criticality: critical }] }",
-        ))
-        .args(["--service", "orders", "--namespace", "shop"])
-        .start()
-        .await;
+    let (app, sidecar) = app_behind_sidecar(
+        "{ adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, probeConcurrency: 1, maxQueue: 1, maxQueueWait: 30s }, routes: [{ match: { path: /gate }, criticality: critical-plus }, { match: { path: /headers }, criticality: critical }] }",
+    )
+    .await;
     let http = client::http1_client(sidecar.inbound());
 
     // The only slot: held by a request the app answers when the test opens its gate.
     let held = tokio::spawn({
         let http = http.clone();
-        async move { send(&http, "/gate", None).await }
+        async move { send(&http, "/gate", &[]).await }
     });
     eventually(WAIT, || async {
         (app.requests_to("/gate") == 1).then_some(())
@@ -62,7 +81,14 @@ async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
     // A sheddable request waits in the queue…
     let waiting = tokio::spawn({
         let http = http.clone();
-        async move { send(&http, "/status/200", Some("sheddable")).await }
+        async move {
+            send(
+                &http,
+                "/status/200",
+                &[("x-bulwark-criticality", "sheddable")],
+            )
+            .await
+        }
     });
     sidecar
         .await_metric(
@@ -75,7 +101,7 @@ async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
     // …until a critical one (by its route) takes its place.
     let critical = tokio::spawn({
         let http = http.clone();
-        async move { send(&http, "/headers", None).await }
+        async move { send(&http, "/headers", &[]).await }
     });
     let displaced = waiting.await.expect("task");
     assert_eq!(displaced.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -90,7 +116,7 @@ async fn the_queue_in_front_of_the_app_serves_and_sheds_by_criticality() {
 
     // The queue holds the critical request: a sheddable-plus newcomer is refused at once, and
     // a gRPC caller gets RESOURCE_EXHAUSTED.
-    let refused = send(&http, "/status/200", None).await;
+    let refused = send(&http, "/status/200", &[]).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         refused.text(),
@@ -241,23 +267,16 @@ async fn at_three_times_an_upstreams_capacity_critical_calls_succeed_and_sheddab
 /// never sees the request, while another caller goes on.
 #[tokio::test]
 async fn each_caller_of_the_app_has_its_own_rate_limit() {
-    let app = HttpUpstream::start().await;
-    let sidecar = Sidecar::builder()
-        .policies_yaml(service(
-            app.addr().port(),
-            "{ rateLimit: { requests: 3, per: 1h, by: header, header: x-api-key } }",
-        ))
-        .args(["--service", "orders", "--namespace", "shop"])
-        .start()
-        .await;
+    let (app, sidecar) = app_behind_sidecar(
+        "{ rateLimit: { requests: 3, per: 1h, by: header, header: x-api-key } }",
+    )
+    .await;
     let http = client::http1_client(sidecar.inbound());
     let call = |key: &'static str| {
         let http = http.clone();
         async move {
-            let req = client::request(Method::GET, "http://orders/status/200")
-                .header("x-api-key", key)
-                .header("x-bulwark-criticality", "critical");
-            client::send(&http, req.body(client::empty()).expect("request")).await
+            let headers = [("x-api-key", key), ("x-bulwark-criticality", "critical")];
+            send(&http, "/status/200", &headers).await
         }
     };
     for _ in 0..3 {
@@ -336,11 +355,7 @@ async fn an_upstreams_rate_limit_keeps_a_reserve_for_critical_calls() {
     let http = client::http1_client(sidecar.outbound());
     let call = |tier: &'static str| {
         let http = http.clone();
-        async move {
-            let req = client::request(Method::GET, "http://orders/status/200")
-                .header("x-bulwark-criticality", tier);
-            client::send(&http, req.body(client::empty()).expect("request")).await
-        }
+        async move { send(&http, "/status/200", &[("x-bulwark-criticality", tier)]).await }
     };
     assert_eq!(call("sheddable").await.status, StatusCode::OK);
     assert_eq!(call("sheddable").await.status, StatusCode::OK);
@@ -422,13 +437,7 @@ async fn throttling_on_the_callers_side_cuts_what_an_overloaded_callee_receives(
 /// `unhealthyWhen.overloadedPods`, turns DEGRADED naming why.
 #[tokio::test]
 async fn callers_that_see_a_dependency_overloaded_make_it_unhealthy() {
-    let etcd = Etcd::start().await;
-    let cp = ControlPlane::start_with(
-        &etcd.endpoint(),
-        "cp-1",
-        &["--levels-interval", "200ms", "--levels-min-gap", "50ms"],
-    )
-    .await;
+    let (_etcd, cp) = control_plane().await;
     let upstream = HttpUpstream::start().await;
     let docs = [
         policy::upstream("orders", upstream.addr())
@@ -483,13 +492,7 @@ async fn callers_that_see_a_dependency_overloaded_make_it_unhealthy() {
 /// control plane sends: with two pods each takes half, and says so when it refuses.
 #[tokio::test]
 async fn a_mesh_wide_limit_is_split_across_the_reporting_pods() {
-    let etcd = Etcd::start().await;
-    let cp = ControlPlane::start_with(
-        &etcd.endpoint(),
-        "cp-1",
-        &["--levels-interval", "200ms", "--levels-min-gap", "50ms"],
-    )
-    .await;
+    let (_etcd, cp) = control_plane().await;
     let mut pods = Vec::new();
     for name in ["orders-0", "orders-1"] {
         let app = HttpUpstream::start().await;
@@ -521,10 +524,11 @@ async fn a_mesh_wide_limit_is_split_across_the_reporting_pods() {
     let call = |caller: String| {
         let http = http.clone();
         async move {
-            let req = client::request(Method::GET, "http://orders/status/200")
-                .header("x-api-key", caller)
-                .header("x-bulwark-criticality", "critical");
-            client::send(&http, req.body(client::empty()).expect("request")).await
+            let headers = [
+                ("x-api-key", caller.as_str()),
+                ("x-bulwark-criticality", "critical"),
+            ];
+            send(&http, "/status/200", &headers).await
         }
     };
     // The sidecar hears of the second pod with the levels; until then a caller has all 8
