@@ -89,6 +89,17 @@ pub struct Point {
 #[derive(Debug, Default)]
 struct Tally {
     tiers: [TierCount; 3],
+    trace: Vec<Traced>,
+}
+
+/// One request of a run: when it was due (from the start), its tier, how it ended and how long
+/// it took — for `bulwark-overload run --trace`, to see when in a run the slow ones came.
+#[derive(Debug, Clone, Copy)]
+pub struct Traced {
+    pub at: Duration,
+    pub tier: usize,
+    pub outcome: &'static str,
+    pub took: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -177,15 +188,15 @@ pub struct Shape {
 
 /// Sends `shape.rate` requests a second for `shape.duration`, tiers by [`tier_of`], and
 /// counts per tier. Must run inside a tokio runtime.
-pub async fn run(caller: Arc<TieredGet>, shape: Shape) -> anyhow::Result<Vec<TierResult>> {
+pub async fn run(
+    caller: Arc<TieredGet>,
+    shape: Shape,
+) -> anyhow::Result<(Vec<TierResult>, Vec<Traced>)> {
     let handle = tokio::runtime::Handle::current();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (in_flight, mut all_done) = mpsc::channel::<()>(1);
-    let schedule = Schedule::new(
-        Instant::now() + Duration::from_millis(20),
-        shape.rate,
-        shape.duration,
-    );
+    let start = Instant::now() + Duration::from_millis(20);
+    let schedule = Schedule::new(start, shape.rate, shape.duration);
     let pacer_tally = tally.clone();
     let pacer = std::thread::spawn(move || {
         let mut i = 0u64;
@@ -202,6 +213,18 @@ pub async fn run(caller: Arc<TieredGet>, shape: Shape) -> anyhow::Result<Vec<Tie
                 };
                 let took = Instant::now().saturating_duration_since(intended);
                 let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+                let outcome = match &answer {
+                    Answer::Ok if took <= shape.deadline => "good",
+                    Answer::Ok => "late",
+                    Answer::Refused(_) => "refused",
+                    Answer::Error(_) => "error",
+                };
+                tally.trace.push(Traced {
+                    at: intended.saturating_duration_since(start),
+                    tier,
+                    outcome,
+                    took,
+                });
                 let t = &mut tally.tiers[tier];
                 t.result.sent += 1;
                 match answer {
@@ -229,7 +252,7 @@ pub async fn run(caller: Arc<TieredGet>, shape: Shape) -> anyhow::Result<Vec<Tie
         .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     let _ = tokio::time::timeout(shape.timeout + Duration::from_secs(1), all_done.recv()).await;
     let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-    Ok(tally
+    let tiers = tally
         .tiers
         .iter_mut()
         .map(|t| {
@@ -238,7 +261,10 @@ pub async fn run(caller: Arc<TieredGet>, shape: Shape) -> anyhow::Result<Vec<Tie
             result.refusal_latency = t.refusals.percentiles();
             result
         })
-        .collect())
+        .collect();
+    let mut trace = std::mem::take(&mut tally.trace);
+    trace.sort_by_key(|t| t.at);
+    Ok((tiers, trace))
 }
 
 /// Goodput of `tiers` over `seconds`, as a share of `capacity_rps`.

@@ -52,6 +52,9 @@ enum Command {
         /// The app's HTTP address, for its `/work-stats`.
         #[arg(long)]
         app: Option<SocketAddr>,
+        /// Also write every request (due at, tier, outcome, milliseconds) to this CSV file.
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// The table (Markdown) and the plot (SVG) of a file of points.
     Report {
@@ -97,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
             deadline_ms,
             connections,
             app,
+            trace,
         } => {
             anyhow::ensure!(
                 capacity > 0.0 && load > 0.0,
@@ -116,7 +120,20 @@ async fn main() -> anyhow::Result<()> {
             let caller = TieredGet::new(addr, &host, &path, connections)
                 .await
                 .map_err(|e| anyhow::anyhow!("connect to {addr}: {e}"))?;
-            let tiers = overload::run(Arc::new(caller), shape).await?;
+            let (tiers, traced) = overload::run(Arc::new(caller), shape).await?;
+            if let Some(path) = trace {
+                let mut csv = String::from("at_ms,tier,outcome,ms\n");
+                for t in traced {
+                    csv.push_str(&format!(
+                        "{:.1},{},{},{:.2}\n",
+                        t.at.as_secs_f64() * 1e3,
+                        overload::TIERS[t.tier],
+                        t.outcome,
+                        t.took.as_secs_f64() * 1e3
+                    ));
+                }
+                std::fs::write(&path, csv).with_context(|| format!("write {}", path.display()))?;
+            }
             let point = Point {
                 target,
                 load,

@@ -51,9 +51,10 @@ pub const ADAPTIVE_TOLERANCE_PERCENT: f64 = 25.0;
 pub const ADAPTIVE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 pub const ADAPTIVE_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 pub const ADAPTIVE_PROBE_CONCURRENCY: u32 = 3;
-pub const ADAPTIVE_PROBE_SAMPLES: u32 = 25;
+pub const ADAPTIVE_PROBE_SAMPLES: u32 = 10;
 pub const ADAPTIVE_MAX_QUEUE: u32 = 100;
 pub const ADAPTIVE_MAX_QUEUE_WAIT: Duration = Duration::from_millis(500);
+pub const ADAPTIVE_STANDING_QUEUE_WAIT: Duration = Duration::from_millis(5);
 
 pub const RATE_LIMIT_PER: Duration = Duration::from_secs(1);
 pub const THROTTLING_MULTIPLIER: f64 = 2.0;

@@ -482,6 +482,10 @@ pub struct AdaptiveConcurrency {
     /// How long a request waits at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queue_wait: Option<Duration>,
+    /// How long a sheddable request waits at most once the queue has not emptied for an update
+    /// interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standing_queue_wait: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

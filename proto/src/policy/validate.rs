@@ -772,7 +772,20 @@ fn adaptive_concurrency(v: &mut Validator, path: &str, a: &AdaptiveConcurrency) 
     if let Some(n) = a.max_queue {
         v.at_most(&at(path, "maxQueue"), n.into(), MAX_ADAPTIVE_QUEUE.into());
     }
-    v.duration_field(&at(path, "maxQueueWait"), &a.max_queue_wait);
+    let max_wait = v
+        .duration_field(&at(path, "maxQueueWait"), &a.max_queue_wait)
+        .map(|(_, d)| d);
+    if let Some((text, standing)) =
+        v.duration_field(&at(path, "standingQueueWait"), &a.standing_queue_wait)
+    {
+        let max_wait = max_wait.unwrap_or(defaults::ADAPTIVE_MAX_QUEUE_WAIT);
+        if standing > max_wait {
+            v.error(
+                at(path, "standingQueueWait"),
+                format!("must not be longer than maxQueueWait ({max_wait:?}), got {text}"),
+            );
+        }
+    }
 }
 
 /// Bounds that keep the limiter's state small whatever a policy says.

@@ -75,6 +75,7 @@ spec:
     probeSamples: 1
     maxQueue: 1
     maxQueueWait: 1s
+    standingQueueWait: 1ms
   criticality: critical
   rateLimit: { requests: 1, per: 1s, burst: 1, meshWide: true }
   throttling: { multiplier: 2.0, window: 1s }
@@ -109,7 +110,7 @@ spec:
       - name: r
         match: { grpcMethod: /a.B/, pathPrefix: /, path: /, method: GET }
         criticality: critical
-    adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, tolerance: 1%, updateInterval: 1s, probeInterval: 2s, probeConcurrency: 1, probeSamples: 1, maxQueue: 1, maxQueueWait: 1s }
+    adaptiveConcurrency: { minLimit: 1, maxLimit: 1, initialLimit: 1, tolerance: 1%, updateInterval: 1s, probeInterval: 2s, probeConcurrency: 1, probeSamples: 1, maxQueue: 1, maxQueueWait: 1s, standingQueueWait: 1ms }
     rateLimit: { requests: 1, per: 1s, burst: 1, by: header, header: x-k, meshWide: true }
     shedRetryAfter: 1s
     maxConcurrent: 1
@@ -238,6 +239,10 @@ fn documented_defaults_are_the_models() {
         (
             "spec.adaptiveConcurrency.maxQueueWait",
             defaults::ADAPTIVE_MAX_QUEUE_WAIT,
+        ),
+        (
+            "spec.adaptiveConcurrency.standingQueueWait",
+            defaults::ADAPTIVE_STANDING_QUEUE_WAIT,
         ),
         ("spec.rateLimit.per", defaults::RATE_LIMIT_PER),
         ("spec.inbound.rateLimit.per", defaults::RATE_LIMIT_PER),

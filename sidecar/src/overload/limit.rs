@@ -7,14 +7,18 @@
 //! grows a fifth of the way to `limit × gradient + √limit`, else it drops to `limit × gradient`
 //!
 //! so it grows while requests take what unqueued ones take, and shrinks in proportion once they
-//! queue: it settles where queueing begins. The baseline is measured by a **probe**: at start and then every probe interval
-//! (jittered), the limit is briefly the probe concurrency — a few requests, whatever the
-//! configured floor — and the median of those requests' latency is the new baseline; then the
-//! limit returns to where it was before the probe. A floor set high is therefore never the probe
-//! level, and the limit never sticks at it: a baseline that went stale (the callee got slower
-//! for good) is replaced at the next probe, after which the limit climbs back. Between probes a
-//! faster interval lowers the baseline at once. The limit grows only while demand reaches at
-//! least half of it: an idle upstream teaches nothing about capacity.
+//! queue: it settles where queueing begins. An interval whose answers already take twice what
+//! is tolerated ends early, once a limit's worth of them (and a quarter of the interval) is in:
+//! a surge that finds the limit high is cut within a round trip or two. The baseline is measured by a **probe**: at
+//! start and then every probe interval (jittered) in which answers take longer than the
+//! baseline tolerates, the limit is briefly the probe concurrency —
+//! a few requests, whatever the configured floor — and the median of those requests' latency is
+//! the new baseline; then the limit returns to where it was before the probe. A floor set high
+//! is therefore never the probe level, and the limit never sticks at it: a baseline that went
+//! stale (the callee got slower for good) is replaced at the next probe, after which the limit
+//! climbs back. Between probes a faster interval lowers the baseline at once. The limit grows
+//! only while demand reaches at least half of it: an idle upstream teaches nothing about
+//! capacity.
 //!
 //! Each change downwards (and each probe) is judged only by requests that started after it:
 //! those let in before queued behind what the higher limit let in, and would shrink it again
@@ -29,6 +33,9 @@ use tokio::time::Instant;
 
 /// The share of the way to its target the limit grows per interval.
 const GROWTH_SMOOTHING: f64 = 0.2;
+
+/// The fewest answers an interval may end early on.
+const EARLY_SAMPLES: usize = 8;
 
 /// How the limit moves. [`LimitSettings::default`] gives every field a value.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +69,7 @@ impl Default for LimitSettings {
             update_interval: Duration::from_millis(100),
             probe_interval: Duration::from_secs(60),
             probe_concurrency: 3,
-            probe_samples: 25,
+            probe_samples: 10,
         }
     }
 }
@@ -87,6 +94,9 @@ pub struct AdaptiveLimit {
     /// Requests that started before this say nothing of the limit in force: they were let in
     /// under a higher one (or before a probe began).
     fresh_since: Instant,
+    /// Whether the limit has found where queueing begins: it had demand enough and answers as
+    /// fast as tolerated at least once.
+    found: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +133,7 @@ impl AdaptiveLimit {
             limit,
             probes: 0,
             fresh_since: now,
+            found: false,
             settings,
         }
     }
@@ -133,6 +144,12 @@ impl AdaptiveLimit {
             Phase::Probing { .. } => self.settings.probe_concurrency.min(self.settings.max),
             Phase::Learning => self.limit as usize,
         }
+    }
+
+    /// Whether the limit has found where queueing begins (once found, always): until then it
+    /// is still moving from where it started, and what queues is its own doing.
+    pub fn found(&self) -> bool {
+        self.found
     }
 
     /// Whether the baseline is being measured now.
@@ -175,7 +192,8 @@ impl AdaptiveLimit {
                 }
             }
             Phase::Learning => {
-                if now.duration_since(self.window_started) >= self.settings.update_interval {
+                let elapsed = now.duration_since(self.window_started);
+                if elapsed >= self.settings.update_interval || self.queueing_already(elapsed) {
                     let before = self.limit;
                     self.update();
                     if self.limit < before {
@@ -183,7 +201,10 @@ impl AdaptiveLimit {
                     }
                     self.start_window(now);
                 }
-                if now >= self.next_probe {
+                // A probe tells a callee that got slower for good from one that queues: due
+                // only when answers take longer than the baseline tolerates. One that answers
+                // as fast as ever is not probed (a probe queues or sheds what comes meanwhile).
+                if now >= self.next_probe && self.slower_than_tolerated() {
                     self.phase = Phase::Probing {
                         restore: self.limit,
                     };
@@ -192,6 +213,26 @@ impl AdaptiveLimit {
                 }
             }
         }
+    }
+
+    /// Whether the interval may end early, `elapsed` into it: it has answers for the whole
+    /// limit (at least [`EARLY_SAMPLES`]), a quarter of the interval went by, and their median
+    /// is already twice what the limit tolerates (the limit will halve). So a surge that finds
+    /// the limit high (as it is after quiet times, when nothing tells it where capacity ends)
+    /// is cut within a round trip or two rather than a whole interval later, while the small
+    /// swings of a limit near capacity wait for the interval. Growth always waits for it.
+    fn queueing_already(&mut self, elapsed: Duration) -> bool {
+        let Some(baseline) = self.baseline else {
+            return false;
+        };
+        elapsed >= self.settings.update_interval / 4
+            && self.window.len() >= (self.limit as usize).max(EARLY_SAMPLES)
+            && median(&mut self.window) > 2.0 * self.settings.tolerance * baseline
+    }
+
+    /// Whether the last interval's median was past what the baseline tolerates.
+    fn slower_than_tolerated(&self) -> bool {
+        matches!((self.median, self.baseline), (Some(m), Some(b)) if m > self.settings.tolerance * b)
     }
 
     fn start_window(&mut self, now: Instant) {
@@ -218,14 +259,22 @@ impl AdaptiveLimit {
         if gradient > 1.0 && (self.window_in_flight as f64) < self.limit / 2.0 {
             return;
         }
-        // Headroom (√limit) only while answers take what unqueued ones take: once they queue,
-        // the limit shrinks in proportion, so it settles where queueing begins instead of
-        // √limit past it.
+        // Headroom (up to √limit) only while answers take less than the limit tolerates, in
+        // proportion to how much less: none once they take just that. So the limit slows as it
+        // nears where queueing begins and settles there instead of √limit past it (once they
+        // queue more, it shrinks in proportion).
         let next = if gradient >= 1.0 {
+            self.found = true;
+            let span = self.settings.tolerance - 1.0;
+            let room = if span > 0.0 {
+                ((gradient - 1.0) / span).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
             // Growth is smoothed (a fifth of the way each interval), shrinking is not: a
             // limit that overshoots queues requests until the next interval, one that
             // undershoots only waits for the next interval to grow.
-            let target = self.limit * gradient + self.limit.sqrt();
+            let target = self.limit * gradient + room * self.limit.sqrt();
             self.limit + GROWTH_SMOOTHING * (target - self.limit)
         } else {
             self.limit * gradient
@@ -353,7 +402,9 @@ mod tests {
             ..LimitSettings::default()
         };
         let mut limit = AdaptiveLimit::new(settings.clone(), now);
-        run(&mut limit, &mut now, app(100), Duration::from_secs(15));
+        let seen = run(&mut limit, &mut now, app(100), Duration::from_secs(15));
+        // The probe ran at the probe concurrency, under the floor of 40.
+        assert_eq!(seen.iter().min(), Some(&3), "a probe ran at 3 in flight");
         // Every request twenty times slower for two seconds.
         let slow = App {
             workers: 100,
@@ -368,8 +419,7 @@ mod tests {
         let seen = run(&mut limit, &mut now, app(100), Duration::from_secs(30));
         let (lo, _) = settled(&seen, &settings);
         assert!(lo >= 100, "recovered to {lo}");
-        // The probes in between ran at the probe concurrency, under the floor of 40.
-        assert!(seen.contains(&3), "a probe ran at 3 in flight");
+        assert!(seen.iter().all(|&l| l == 3 || l >= 40), "{seen:?}");
     }
 
     #[test]
@@ -402,12 +452,12 @@ mod tests {
         let mut now = Instant::now();
         let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
         now += ms(20);
-        for _ in 0..25 {
+        for _ in 0..LimitSettings::default().probe_samples {
             now += ms(1);
             limit.sample(now, ms(20), 3);
         }
         assert_eq!((limit.limit(), limit.baseline()), (20, Some(ms(20))));
-        // Answers queued five times as long: the limit halves at the end of the interval.
+        // Answers queued five times as long: the limit halves.
         while limit.limit() == 20 {
             now += ms(5);
             limit.sample(now, ms(100), 20);
@@ -433,7 +483,7 @@ mod tests {
         let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
         // The first probe, of requests that started after the limiter did.
         now += Duration::from_millis(20);
-        for _ in 0..25 {
+        for _ in 0..LimitSettings::default().probe_samples {
             now += Duration::from_millis(5);
             limit.sample(now, Duration::from_millis(20), 1);
         }
@@ -444,6 +494,66 @@ mod tests {
             limit.sample(now, Duration::from_millis(20), 1);
         }
         assert_eq!(limit.limit(), 20);
+    }
+
+    #[test]
+    fn a_surge_that_finds_the_limit_high_is_cut_within_the_interval() {
+        let mut now = Instant::now();
+        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
+        now += Duration::from_millis(20);
+        for _ in 0..LimitSettings::default().probe_samples {
+            now += Duration::from_millis(5);
+            limit.sample(now, Duration::from_millis(20), 1);
+        }
+        // Quiet times left the limit at 20; a surge fills it, and its answers queue (60 ms
+        // against a 20 ms baseline: past twice the tolerated 25 ms).
+        let surge = now;
+        while limit.limit() == 20 {
+            now += Duration::from_millis(1);
+            limit.sample(now, Duration::from_millis(60), 20);
+        }
+        let cut_after = now - surge;
+        assert!(
+            cut_after >= Duration::from_millis(25) && cut_after < Duration::from_millis(100),
+            "cut after {cut_after:?}: a limit's worth of answers and a quarter of the interval"
+        );
+        assert_eq!(limit.limit(), 10, "by the gradient, halved at most");
+        // Fast answers do not end an interval early: growth waits for the whole interval.
+        let calm = now;
+        while limit.limit() == 10 {
+            now += Duration::from_millis(1);
+            limit.sample(now, Duration::from_millis(20), 10);
+        }
+        assert!(
+            now - calm >= Duration::from_millis(100),
+            "grew after {:?}",
+            now - calm
+        );
+    }
+
+    #[test]
+    fn a_callee_as_fast_as_its_baseline_is_not_probed_again() {
+        let mut now = Instant::now();
+        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
+        now += Duration::from_millis(20);
+        for _ in 0..LimitSettings::default().probe_samples {
+            now += Duration::from_millis(5);
+            limit.sample(now, Duration::from_millis(20), 1);
+        }
+        // Three probe intervals of answers as fast as the baseline: no probe.
+        let end = now + Duration::from_secs(210);
+        while now < end {
+            now += Duration::from_millis(5);
+            limit.sample(now, Duration::from_millis(21), 12);
+            assert!(!limit.probing());
+        }
+        // Slower than tolerated: the overdue probe comes at the next interval.
+        let slow = now;
+        while !limit.probing() {
+            now += Duration::from_millis(5);
+            limit.sample(now, Duration::from_millis(40), 12);
+        }
+        assert!(now - slow <= Duration::from_millis(200), "{:?}", now - slow);
     }
 
     #[test]

@@ -65,11 +65,6 @@ impl<T> TierQueue<T> {
         }
     }
 
-    /// The oldest waiter of `tier`, the next of its tier to be served.
-    pub fn oldest(&self, tier: Criticality) -> Option<&T> {
-        self.tiers[tier.index()].front()
-    }
-
     /// The next waiter to serve: the oldest of the most critical tier.
     pub fn take_next(&mut self) -> Option<(Criticality, T)> {
         let tier = Criticality::ALL

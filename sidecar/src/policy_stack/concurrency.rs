@@ -1,9 +1,12 @@
 //! The adaptive concurrency limit (`adaptiveConcurrency`, or `spec.inbound.adaptiveConcurrency`
 //! for the app): at most as many attempts in flight as the [`AdaptiveLimit`] allows now, learned
 //! from their latency; past it an attempt waits in a bounded queue served most critical first
-//! ([`TierQueue`]) for at most `maxQueueWait` (and never past its per-try deadline). A full
-//! queue sheds its least critical, most recent waiter for a more critical newcomer, and refuses
-//! a newcomer with none below it — 503 / `RESOURCE_EXHAUSTED`, `x-bulwark-error: overloaded`.
+//! ([`TierQueue`]) for at most `maxQueueWait` — a burst — or, a sheddable one,
+//! `standingQueueWait` once the queue has not emptied for an update interval (a standing queue
+//! only adds latency), and never past its per-try deadline. A full queue sheds its least critical, most recent waiter for a more
+//! critical newcomer, and refuses a newcomer with none below it; while a tier is refused the
+//! tiers below it get no slot; a sheddable newcomer that would wait longer than it may is
+//! refused at once — 503 / `RESOURCE_EXHAUSTED`, `x-bulwark-error: overloaded`.
 //! A slot is held until the response body ends; its latency sample is taken when the response
 //! headers arrive (what the callee's queueing shows in), from responses and timeouts only: a
 //! refused connection says nothing about how busy the callee is.
@@ -34,6 +37,8 @@ pub struct ConcurrencySettings {
     pub limit: LimitSettings,
     pub max_queue: usize,
     pub max_queue_wait: Duration,
+    /// How long a request may wait once the queue has stood for an update interval.
+    pub standing_queue_wait: Duration,
 }
 
 impl ConcurrencySettings {
@@ -68,6 +73,10 @@ impl ConcurrencySettings {
                 .max_queue_wait
                 .as_ref()
                 .map_or(defaults::ADAPTIVE_MAX_QUEUE_WAIT, |d| d.get()),
+            standing_queue_wait: b
+                .standing_queue_wait
+                .as_ref()
+                .map_or(defaults::ADAPTIVE_STANDING_QUEUE_WAIT, |d| d.get()),
         })
     }
 }
@@ -88,26 +97,93 @@ struct State {
     queue: TierQueue<Waiter>,
     /// How fast each tier gets slots.
     grants: Grants,
+    /// Per tier, since when the queue has held a waiter of that tier or a more critical one
+    /// without a break: what a newcomer of the tier waits behind. Restarted while the limit
+    /// probes, which queues requests on purpose.
+    busy_since: [Option<Instant>; 4],
+    /// Per tier, when that queue was last seen standing.
+    stood_at: [Option<Instant>; 4],
+    /// Per tier, when a request of the tier was last refused.
+    shed_at: [Option<Instant>; 4],
+}
+
+impl State {
+    /// Whether the queue a newcomer of `tier` joins stands at `now`: it has been busy for
+    /// `interval`, or stood less than `interval` ago — a standing queue that empties for a
+    /// moment (as a short one does all the time) still stands until it stays empty for an
+    /// interval. Not a burst being absorbed, then, but more demand than the limit lets
+    /// through — so it must also have had more requests come than get slots in the last grant
+    /// window: a backlog going away is not standing. A probe, which queues requests on purpose, starts no
+    /// standing queue (but does not end one); nor does the queue that builds while the limit
+    /// first looks for the callee's capacity.
+    fn standing(&self, tier: Criticality, now: Instant, interval: Duration) -> bool {
+        let i = tier.index();
+        let ago = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+        self.limit.found()
+            && ((!self.limit.probing()
+                && self.grants.outran(tier)
+                && ago(self.busy_since[i]).is_some_and(|busy| busy >= interval))
+                || ago(self.stood_at[i]).is_some_and(|ago| ago < interval))
+    }
+
+    /// Whether a tier more critical than `tier` had a request refused within `interval` of
+    /// `now`: then no request of `tier` waits — it could only take a slot a more critical one
+    /// is refused for, the moment their queue is short.
+    fn shedding_above(&self, tier: Criticality, now: Instant, interval: Duration) -> bool {
+        self.shed_at[tier.index() + 1..]
+            .iter()
+            .flatten()
+            .any(|&at| now.saturating_duration_since(at) < interval)
+    }
+
+    /// Brings [`State::busy_since`] and [`State::stood_at`] up to date after the queue changed.
+    fn track(&mut self, now: Instant, interval: Duration) {
+        let lengths = self.queue.lengths();
+        let probing = self.limit.probing();
+        let mut ahead = 0;
+        for tier in Criticality::ALL.into_iter().rev() {
+            let i = tier.index();
+            ahead += lengths[i];
+            // Standing and still busy: it stands on (an empty queue lets it lapse).
+            if ahead > 0 && self.standing(tier, now, interval) {
+                self.stood_at[i] = Some(now);
+            }
+            self.busy_since[i] = match (ahead, self.busy_since[i]) {
+                (0, _) => None,
+                (_, Some(since)) if !probing => Some(since),
+                _ => Some(now),
+            };
+        }
+    }
 }
 
 /// How fast each tier's queue moves: slots given to the tier per second while it had waiters,
 /// measured over windows of [`GRANT_WINDOW`] and smoothed. What the tiers above take is in it.
 /// A window in which the tier had no waiters leaves its rate as it was: an idle tier's queue
-/// has not slowed down.
+/// has not slowed down. A rate not measured for [`RATE_MEMORY`] is forgotten, so that a tier
+/// refused on it gets to wait (and be measured) again.
 #[derive(Debug)]
 struct Grants {
     counted: [u32; 4],
+    /// Requests of each tier that came in this window.
+    came: [u32; 4],
+    /// Per tier, (came, got slots) in the last window closed.
+    last: [(u32, u32); 4],
     waited: [bool; 4],
     since: Instant,
-    per_second: [Option<f64>; 4],
+    /// Per tier, the rate and when it was last measured.
+    per_second: [Option<(f64, Instant)>; 4],
 }
 
 const GRANT_WINDOW: Duration = Duration::from_millis(100);
+const RATE_MEMORY: Duration = Duration::from_secs(1);
 
 impl Grants {
     fn new(now: Instant) -> Grants {
         Grants {
             counted: [0; 4],
+            came: [0; 4],
+            last: [(0, 0); 4],
             waited: [false; 4],
             since: now,
             per_second: [None; 4],
@@ -118,8 +194,27 @@ impl Grants {
         self.counted[tier.index()] += 1;
     }
 
+    fn arrived(&mut self, tier: Criticality) {
+        self.came[tier.index()] += 1;
+    }
+
+    /// Whether, in the last window closed, more requests of `tier` and the tiers above came
+    /// than got slots: their demand outran what they got (refused, or left waiting).
+    fn outran(&self, tier: Criticality) -> bool {
+        let (came, got) = self.last[tier.index()..]
+            .iter()
+            .fold((0, 0), |(c, g), &(came, got)| (c + came, g + got));
+        came > got
+    }
+
     fn queued(&mut self, tier: Criticality) {
         self.waited[tier.index()] = true;
+    }
+
+    /// Slots per second `tier` got while it waited, if measured lately.
+    fn rate(&self, tier: Criticality, now: Instant) -> Option<f64> {
+        let (rate, at) = self.per_second[tier.index()]?;
+        (now.saturating_duration_since(at) < RATE_MEMORY).then_some(rate)
     }
 
     /// Closes the window once it is over; `waiting` are the queue's lengths now.
@@ -129,6 +224,10 @@ impl Grants {
             return;
         }
         let secs = elapsed.as_secs_f64();
+        for ((last, came), counted) in self.last.iter_mut().zip(&mut self.came).zip(&self.counted) {
+            *last = (*came, *counted);
+            *came = 0;
+        }
         let tiers = self
             .per_second
             .iter_mut()
@@ -138,7 +237,8 @@ impl Grants {
         for (((rate, counted), waited), waiting) in tiers {
             if *waited || waiting > 0 {
                 let now_rate = f64::from(*counted) / secs;
-                *rate = Some(rate.map_or(now_rate, |old| (old + now_rate) / 2.0));
+                let smoothed = rate.map_or(now_rate, |(old, _)| (old + now_rate) / 2.0);
+                *rate = Some((smoothed, now));
             }
             *counted = 0;
             *waited = waiting > 0;
@@ -147,10 +247,9 @@ impl Grants {
     }
 }
 
-/// A request waiting for a slot: since when, and where its slot goes.
+/// A request waiting for a slot: where its slot goes.
 #[derive(Debug)]
 struct Waiter {
-    since: Instant,
     tx: oneshot::Sender<Slot>,
 }
 
@@ -176,8 +275,11 @@ impl Drop for Slot {
 pub enum Entry {
     Slot(Slot),
     Refused(Refused),
-    /// Queued: the slot comes through here.
-    Queued(oneshot::Receiver<Slot>),
+    /// Queued: the slot comes through `rx`, if it comes before `until`.
+    Queued {
+        rx: oneshot::Receiver<Slot>,
+        until: Instant,
+    },
 }
 
 /// Why a request got no slot.
@@ -199,6 +301,9 @@ impl Limiter {
                 in_flight: 0,
                 queue: TierQueue::new(settings.max_queue),
                 grants: Grants::new(Instant::now()),
+                busy_since: [None; 4],
+                stood_at: [None; 4],
+                shed_at: [None; 4],
             }),
             settings,
             metrics,
@@ -222,29 +327,69 @@ impl Limiter {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A slot for a request of `tier`, waiting until `wait_until` at most.
+    /// A slot for a request of `tier`, waiting as long as the queue allows and never past
+    /// `deadline`.
     pub async fn acquire(
         self: &Arc<Self>,
         tier: Criticality,
-        wait_until: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Slot, Refused> {
-        match self.enter(tier, wait_until) {
+        match self.enter(tier, deadline) {
             Entry::Slot(slot) => Ok(slot),
             Entry::Refused(refused) => Err(refused),
-            Entry::Queued(rx) => self.wait(rx, wait_until, Instant::now()).await,
+            Entry::Queued { rx, until } => self.wait(tier, rx, until, Instant::now()).await,
         }
+    }
+
+    /// How long a newcomer of `tier` may wait from `now`: `maxQueueWait`, or — a sheddable one
+    /// — `standingQueueWait` (at least two slot turnovers) once the queue it joins has stood for
+    /// an update interval (then waiting longer only adds latency: the limit is already full all
+    /// the time), and never past `deadline`.
+    fn wait_until(
+        &self,
+        s: &State,
+        tier: Criticality,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Instant {
+        let settings = &self.settings;
+        // A critical request waits its turn: a queue of them stands only while they alone are
+        // more than the callee can take, and then serving them late beats refusing them.
+        let patience = if tier < Criticality::Critical
+            && s.standing(tier, now, settings.limit.update_interval)
+        {
+            // Never less than two slots take to free up (the latency over the limit): a
+            // newcomer may always wait for the next ones, however slow the callee.
+            let turnover = s
+                .limit
+                .median()
+                .map_or(Duration::ZERO, |m| m / s.limit.limit().max(1) as u32);
+            settings
+                .standing_queue_wait
+                .max(turnover * 2)
+                .min(settings.max_queue_wait)
+        } else {
+            settings.max_queue_wait
+        };
+        let until = now + patience;
+        deadline.map_or(until, |d| d.min(until))
     }
 
     /// A slot at once, a refusal at once, or a place in the queue: no waiting here, so that a
     /// request that need not wait carries no timer in its state.
-    pub fn enter(self: &Arc<Self>, tier: Criticality, wait_until: Instant) -> Entry {
+    pub fn enter(self: &Arc<Self>, tier: Criticality, deadline: Option<Instant>) -> Entry {
         {
             let mut s = self.lock();
             let limit = s.limit.limit();
             let now = Instant::now();
             let waiting = s.queue.lengths();
             s.grants.roll(now, waiting);
-            if s.in_flight < limit && s.queue.is_empty() {
+            s.grants.arrived(tier);
+            let interval = self.settings.limit.update_interval;
+            // A free slot is taken by whoever comes, but not by a tier below one being shed:
+            // it is kept for the more critical request that comes next.
+            let shedding_above = s.shedding_above(tier, now, interval);
+            if s.in_flight < limit && s.queue.is_empty() && !shedding_above {
                 s.in_flight += 1;
                 s.grants.granted(tier);
                 self.metrics.in_flight.set(s.in_flight as i64);
@@ -253,35 +398,31 @@ impl Limiter {
                     in_flight: s.in_flight,
                 });
             }
-            if tier < Criticality::Critical
-                && let Some(wait) = expected_wait(&s, tier)
-                && wait > wait_until.saturating_duration_since(now) / 2
-            {
+            // Refused at once, rather than after waiting in vain, while more critical requests
+            // are being refused, or (a sheddable one) when those of its tier ahead of it would
+            // take longer than it may wait, judged from the rate its tier's queue has been
+            // moving at (what the tiers above leave it).
+            let until = self.wait_until(&s, tier, now, deadline);
+            let wait = if shedding_above {
+                Some(Duration::MAX)
+            } else if tier < Criticality::Critical {
+                expected_wait(&s, tier, now)
+                    .filter(|&wait| wait > until.saturating_duration_since(now))
+            } else {
+                // A critical request waits its turn (until its time is up): the rate its tier
+                // moves at is a guess, worst while the limit is still moving.
+                None
+            };
+            if let Some(wait) = wait {
+                s.shed_at[tier.index()] = Some(now);
                 return Entry::Refused(Refused {
                     refusal: Refusal::QueueWait,
                     limit,
                     wait,
                 });
             }
-            // A sheddable request is refused at once rather than after waiting in vain when its
-            // tier's queue stands — the oldest waiter of its tier has waited half of what this
-            // one may — or (below) would take more than half of that, judged from the rate it
-            // moves at (which varies with the tiers above it and the limit, hence the half). A
-            // critical request is never refused on what others waited: it waits its turn.
-            if tier < Criticality::Critical
-                && let Some(oldest) = s.queue.oldest(tier).filter(|w| !w.tx.is_closed())
-            {
-                let waited = now.saturating_duration_since(oldest.since);
-                if waited > wait_until.saturating_duration_since(now) / 2 {
-                    return Entry::Refused(Refused {
-                        refusal: Refusal::QueueWait,
-                        limit,
-                        wait: waited,
-                    });
-                }
-            }
             let (tx, rx) = oneshot::channel();
-            let mut offered = s.queue.offer(tier, Waiter { since: now, tx });
+            let mut offered = s.queue.offer(tier, Waiter { tx });
             if let Offered::Refused(waiter) = offered {
                 // Waiters that stopped waiting still hold places: make room, then try again.
                 s.queue.forget(|w| w.tx.is_closed());
@@ -295,6 +436,8 @@ impl Limiter {
                     drop(displaced);
                 }
                 Offered::Refused(_) => {
+                    s.shed_at[tier.index()] = Some(now);
+                    s.track(now, interval);
                     return Entry::Refused(Refused {
                         refusal: Refusal::QueueFull,
                         limit,
@@ -304,20 +447,26 @@ impl Limiter {
             }
             self.dispatch(&mut s);
             self.queued_metrics(&s);
-            Entry::Queued(rx)
+            Entry::Queued { rx, until }
         }
     }
 
     /// Waits in the queue (entered at `started`) for a slot, until `wait_until` at most.
     pub async fn wait(
         self: &Arc<Self>,
+        tier: Criticality,
         rx: oneshot::Receiver<Slot>,
         wait_until: Instant,
         started: Instant,
     ) -> Result<Slot, Refused> {
         let result = tokio::time::timeout_at(wait_until, rx).await;
         let refused = |refusal| {
-            let s = self.lock();
+            let mut s = self.lock();
+            let now = Instant::now();
+            s.shed_at[tier.index()] = Some(now);
+            // Its place (closed now) goes at once, so that the queue's length is what waits.
+            s.queue.forget(|w| w.tx.is_closed());
+            s.track(now, self.settings.limit.update_interval);
             self.queued_metrics(&s);
             Refused {
                 refusal,
@@ -328,7 +477,6 @@ impl Limiter {
         match result {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_)) => Err(refused(Refusal::Displaced)),
-            // Its sender stays queued, closed, until it is skipped or forgotten.
             Err(_) => Err(refused(Refusal::QueueTimeout)),
         }
     }
@@ -378,6 +526,7 @@ impl Limiter {
                 s.in_flight -= 1;
             }
         }
+        s.track(Instant::now(), self.settings.limit.update_interval);
         self.metrics.in_flight.set(s.in_flight as i64);
     }
 
@@ -388,20 +537,18 @@ impl Limiter {
     }
 }
 
-/// How long a request of `tier` would wait for a slot: its tier's waiters ahead of it and
-/// itself, at the rate its tier's queue moves. `None` when none of its tier waits or the rate
-/// is not known yet (nothing says it would wait long); `Duration::MAX` when its tier's queue
-/// does not move at all (the tiers above take every slot).
-fn expected_wait(s: &State, tier: Criticality) -> Option<Duration> {
+/// How long a request of `tier` would wait at `now` before it is next of its tier: its tier's
+/// waiters ahead of it, at the rate its tier's queue has been moving at. (Once next it may still
+/// wait; it is not refused for that: a slot that frees up finds it waiting rather than nobody.)
+/// `None` when the rate is not known (nothing says it would wait long); `Duration::MAX` when its
+/// tier's queue does not move at all (the tiers above take every slot).
+fn expected_wait(s: &State, tier: Criticality, now: Instant) -> Option<Duration> {
     let ahead = s.queue.lengths()[tier.index()];
-    if ahead == 0 {
-        return None;
-    }
-    let rate = s.grants.per_second[tier.index()]?;
+    let rate = s.grants.rate(tier, now)?;
     if rate <= 0.0 {
         return Some(Duration::MAX);
     }
-    Some(Duration::try_from_secs_f64((ahead + 1) as f64 / rate).unwrap_or(Duration::MAX))
+    Some(Duration::try_from_secs_f64(ahead as f64 / rate).unwrap_or(Duration::MAX))
 }
 
 /// The adaptive concurrency layer over `S`.
@@ -453,16 +600,13 @@ impl<S: Call> Call for Concurrency<S> {
         if matches!(self.limited, Limited::Inbound(_)) && is_kubelet_probe(req.headers()) {
             return self.inner.call(req, cx).await;
         }
-        let mut wait_until = Instant::now() + limiter.settings.max_queue_wait;
-        if let Some(attempt) = cx.attempt {
-            wait_until = wait_until.min(attempt.at);
-        }
-        let slot = match limiter.enter(cx.criticality, wait_until) {
+        let deadline = cx.attempt.map(|attempt| attempt.at);
+        let slot = match limiter.enter(cx.criticality, deadline) {
             Entry::Slot(slot) => slot,
             Entry::Refused(r) => return Err(self.refused(limiter, cx.criticality, r)),
             // Boxed: the wait (a timer and a channel) is in the state of waiting requests only.
-            Entry::Queued(rx) => {
-                match Box::pin(limiter.wait(rx, wait_until, Instant::now())).await {
+            Entry::Queued { rx, until } => {
+                match Box::pin(limiter.wait(cx.criticality, rx, until, Instant::now())).await {
                     Ok(slot) => slot,
                     Err(r) => return Err(self.refused(limiter, cx.criticality, r)),
                 }
@@ -497,6 +641,7 @@ mod tests {
             },
             max_queue,
             max_queue_wait: Duration::from_secs(1),
+            standing_queue_wait: Duration::from_millis(20),
         };
         Limiter::new(settings, metrics.upstream("outbound", "up").concurrency())
     }
@@ -508,15 +653,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_freed_slot_goes_to_the_most_critical_waiter() {
         let l = limiter(1, 10);
-        let held = l.acquire(Criticality::Sheddable, later()).await.unwrap();
+        let held = l
+            .acquire(Criticality::Sheddable, Some(later()))
+            .await
+            .unwrap();
         let low = tokio::spawn({
             let l = l.clone();
-            async move { l.acquire(Criticality::Sheddable, later()).await }
+            async move { l.acquire(Criticality::Sheddable, Some(later())).await }
         });
         tokio::task::yield_now().await;
         let high = tokio::spawn({
             let l = l.clone();
-            async move { l.acquire(Criticality::CriticalPlus, later()).await }
+            async move { l.acquire(Criticality::CriticalPlus, Some(later())).await }
         });
         tokio::task::yield_now().await;
         assert_eq!(l.snapshot(), (1, 1, [1, 0, 0, 1]));
@@ -535,15 +683,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_sheds_the_least_critical_for_a_more_critical_newcomer() {
         let l = limiter(1, 1);
-        let _held = l.acquire(Criticality::Critical, later()).await.unwrap();
+        let _held = l
+            .acquire(Criticality::Critical, Some(later()))
+            .await
+            .unwrap();
         let low = tokio::spawn({
             let l = l.clone();
-            async move { l.acquire(Criticality::Sheddable, later()).await }
+            async move { l.acquire(Criticality::Sheddable, Some(later())).await }
         });
         tokio::task::yield_now().await;
         // As critical as the queue's only waiter's: refused at once.
         let same = l
-            .acquire(Criticality::Sheddable, later())
+            .acquire(Criticality::Sheddable, Some(later()))
             .await
             .unwrap_err();
         assert_eq!(same.refusal, Refusal::QueueFull);
@@ -551,7 +702,7 @@ mod tests {
         // More critical: takes its place.
         let high = tokio::spawn({
             let l = l.clone();
-            async move { l.acquire(Criticality::Critical, later()).await }
+            async move { l.acquire(Criticality::Critical, Some(later())).await }
         });
         let displaced = low.await.unwrap().unwrap_err();
         assert_eq!(displaced.refusal, Refusal::Displaced);
@@ -563,17 +714,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_at_its_deadline_and_its_place_is_reused() {
         let l = limiter(1, 1);
-        let held = l.acquire(Criticality::Critical, later()).await.unwrap();
+        let held = l
+            .acquire(Criticality::Critical, Some(later()))
+            .await
+            .unwrap();
         let start = Instant::now();
         let until = start + Duration::from_millis(250);
-        let timed_out = l.acquire(Criticality::Critical, until).await.unwrap_err();
+        let timed_out = l
+            .acquire(Criticality::Critical, Some(until))
+            .await
+            .unwrap_err();
         assert_eq!(timed_out.refusal, Refusal::QueueTimeout);
         assert_eq!(timed_out.wait, Duration::from_millis(250));
         // The stale place does not keep a newcomer out…
-        let next = tokio::spawn({
-            let l = l.clone();
-            async move { l.acquire(Criticality::Sheddable, later()).await }
-        });
+        let next = waiting(&l, Criticality::Critical);
         tokio::task::yield_now().await;
         // …and the freed slot skips the waiter that left.
         drop(held);
@@ -581,6 +735,113 @@ mod tests {
         assert_eq!(l.snapshot(), (1, 1, [0, 0, 0, 0]));
         drop(slot);
         assert_eq!(l.snapshot().1, 0, "every slot came back");
+    }
+
+    /// Ends the limiter's first probe (its limit comes back from the probe level), then lets
+    /// it find the callee's capacity (answers as fast as the baseline for an interval).
+    async fn probed(l: &Arc<Limiter>) {
+        let slot = l.acquire(Criticality::Critical, None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        for _ in 0..LimitSettings::default().probe_samples {
+            l.sample(&slot, Duration::from_millis(10));
+        }
+        assert!(!l.lock().limit.probing());
+        drop(slot);
+        let slot = l.acquire(Criticality::Critical, None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        l.sample(&slot, Duration::from_millis(10));
+        assert!(l.lock().limit.found());
+    }
+
+    fn waiting(
+        l: &Arc<Limiter>,
+        tier: Criticality,
+    ) -> tokio::task::JoinHandle<Result<Slot, Refused>> {
+        tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(tier, None).await }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_the_queue_has_stood_for_an_interval_newcomers_wait_briefly() {
+        let l = limiter(1, 10);
+        probed(&l).await;
+        let held = l.acquire(Criticality::Critical, None).await.unwrap();
+        // A burst: the first waiter may wait maxQueueWait (1s).
+        let first = waiting(&l, Criticality::Critical);
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let second = waiting(&l, Criticality::SheddablePlus);
+        tokio::task::yield_now().await;
+        // The queue has not emptied for an update interval (100ms): it stands, and a newcomer
+        // that waits behind it may wait standingQueueWait (here 20ms) only.
+        tokio::time::advance(Duration::from_millis(60)).await;
+        let began = Instant::now();
+        let late = l.acquire(Criticality::Sheddable, None).await.unwrap_err();
+        assert_eq!(late.refusal, Refusal::QueueTimeout);
+        assert_eq!(late.wait, Duration::from_millis(20));
+        assert_eq!(began.elapsed(), Duration::from_millis(20));
+        // Those that came during the burst keep what they were given.
+        drop(held);
+        let first = first.await.unwrap().expect("the first waiter is served");
+        assert_eq!(l.snapshot(), (1, 1, [0, 1, 0, 0]));
+        drop(first);
+        drop(second.await.unwrap().expect("so is the second"));
+        // The queue emptied: the next burst may wait long again.
+        let held = l.acquire(Criticality::Critical, None).await.unwrap();
+        let next = waiting(&l, Criticality::Sheddable);
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drop(held);
+        assert!(next.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_a_tier_is_refused_the_tiers_below_it_get_no_slot() {
+        let l = limiter(2, 10);
+        probed(&l).await;
+        let held = l.acquire(Criticality::Critical, None).await.unwrap();
+        let other = l.acquire(Criticality::Critical, None).await.unwrap();
+        // A critical request that may not wait (its deadline is now) is refused…
+        let now = Instant::now();
+        let late = l
+            .acquire(Criticality::Critical, Some(now))
+            .await
+            .unwrap_err();
+        assert_eq!(late.refusal, Refusal::QueueTimeout);
+        drop(other);
+        // …so for an update interval a sheddable-plus one neither takes the free slot nor
+        // waits: the slot is kept for the next critical request.
+        let below = l
+            .acquire(Criticality::SheddablePlus, None)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (below.refusal, below.wait),
+            (Refusal::QueueWait, Duration::MAX)
+        );
+        assert_eq!(l.snapshot(), (2, 1, [0; 4]));
+        let critical = l.acquire(Criticality::Critical, None).await.unwrap();
+        drop((held, critical));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(l.acquire(Criticality::SheddablePlus, None).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_built_by_the_probe_does_not_count_as_standing() {
+        // Still in its first probe, at 1 slot: requests queue because the limit measures.
+        let l = limiter(1, 10);
+        let held = l.acquire(Criticality::Critical, None).await.unwrap();
+        let first = waiting(&l, Criticality::Critical);
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let second = waiting(&l, Criticality::Sheddable);
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(300)).await;
+        drop(held);
+        drop(first.await.unwrap().expect("served"));
+        assert!(second.await.unwrap().is_ok(), "waited 300ms, not 20ms");
     }
 
     /// An app with `workers` workers and a fixed service time: what it cannot start at once
@@ -604,33 +865,42 @@ mod tests {
         }
     }
 
-    /// Per tier: (succeeded, refused) and the slowest success.
-    #[derive(Debug, Default, Clone, Copy)]
+    /// Per tier: how long each success and each refusal took.
+    #[derive(Debug, Default, Clone)]
     struct Tally {
-        ok: u32,
-        refused: u32,
-        slowest: Duration,
+        served: Vec<Duration>,
+        refused: Vec<Duration>,
     }
 
-    /// Offers `rate` requests a second for `secs` seconds, 20% critical, 50% sheddable-plus and
-    /// 30% sheddable, and waits for every answer.
+    impl Tally {
+        fn ratio(&self) -> f64 {
+            self.served.len() as f64 / (self.served.len() + self.refused.len()) as f64
+        }
+    }
+
+    /// The `q` quantile of `times`.
+    fn quantile(times: &[Duration], q: f64) -> Duration {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        sorted[((sorted.len() - 1) as f64 * q) as usize]
+    }
+
+    /// Offers `rate` requests a second for `secs` seconds, the `i`th of tier `mix(i)`, and
+    /// waits for every answer.
     async fn offer(
         layer: &'static Concurrency<App>,
         route: &'static super::super::routes::RouteConfig,
         rate: u32,
         secs: u32,
+        mix: fn(u32) -> Criticality,
     ) -> [Tally; 4] {
-        let tally = Arc::new(Mutex::new([Tally::default(); 4]));
+        let tally = Arc::new(Mutex::new(<[Tally; 4]>::default()));
         let start = Instant::now();
         let every = Duration::from_secs(1) / rate;
         let mut tasks = Vec::new();
         for i in 0..rate * secs {
             tokio::time::sleep_until(start + every * i).await;
-            let tier = match i % 10 {
-                0 | 1 => Criticality::Critical,
-                2..=6 => Criticality::SheddablePlus,
-                _ => Criticality::Sheddable,
-            };
+            let tier = mix(i);
             let tally = tally.clone();
             tasks.push(tokio::spawn(async move {
                 let state = super::super::layer::CallState::default();
@@ -644,11 +914,8 @@ mod tests {
                 let mut t = tally.lock().unwrap();
                 let t = &mut t[tier.index()];
                 match result {
-                    Ok(_) => {
-                        t.ok += 1;
-                        t.slowest = t.slowest.max(took);
-                    }
-                    Err(ProxyError::Overloaded { .. }) => t.refused += 1,
+                    Ok(_) => t.served.push(took),
+                    Err(ProxyError::Overloaded { .. }) => t.refused.push(took),
                     Err(e) => panic!("unexpected {e}"),
                 }
             }));
@@ -656,12 +923,26 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        *tally.lock().unwrap()
+        let tally = tally.lock().unwrap();
+        tally.clone()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn at_three_times_its_capacity_an_app_serves_the_critical_and_sheds_the_sheddable() {
-        // 10 workers × 10 ms: 1,000 requests a second.
+    /// 20% critical, 50% sheddable-plus, 30% sheddable.
+    fn mixed(i: u32) -> Criticality {
+        match i % 10 {
+            0 | 1 => Criticality::Critical,
+            2..=6 => Criticality::SheddablePlus,
+            _ => Criticality::Sheddable,
+        }
+    }
+
+    /// An app of 10 workers × 10 ms (1,000 requests a second) behind the inbound layer with
+    /// every default.
+    fn app_behind_limit() -> (
+        &'static Concurrency<App>,
+        Arc<Limiter>,
+        &'static super::super::routes::RouteConfig,
+    ) {
         let app = App {
             workers: Arc::new(tokio::sync::Semaphore::new(10)),
             service: Duration::from_millis(10),
@@ -685,21 +966,24 @@ mod tests {
             app,
         )));
         let routes = Box::leak(Box::new(super::super::testing::routes("")));
-        let route = routes.default_route();
+        (layer, limiter, routes.default_route())
+    }
 
-        let overload = offer(layer, route, 3000, 5).await;
-        let [sheddable, sheddable_plus, critical, _] = overload;
-        let ratio = |t: Tally| f64::from(t.ok) / f64::from(t.ok + t.refused);
-        assert!(ratio(critical) >= 0.99, "critical {critical:?}");
-        assert!(ratio(sheddable) <= 0.05, "sheddable {sheddable:?}");
-        let served = critical.ok + sheddable_plus.ok + sheddable.ok;
+    #[tokio::test(start_paused = true)]
+    async fn at_three_times_its_capacity_an_app_serves_the_critical_and_sheds_the_sheddable() {
+        let (layer, limiter, route) = app_behind_limit();
+        let [sheddable, sheddable_plus, critical, _] = offer(layer, route, 3000, 5, mixed).await;
+        assert!(critical.ratio() >= 0.99, "critical {}", critical.ratio());
+        assert!(sheddable.ratio() <= 0.05, "sheddable {}", sheddable.ratio());
+        let served = critical.served.len() + sheddable_plus.served.len() + sheddable.served.len();
         assert!(
-            f64::from(served) >= 0.9 * 5000.0,
+            served as f64 >= 0.9 * 5000.0,
             "goodput: {served} of the app's 5,000 in 5 s"
         );
+        let slowest = quantile(&critical.served, 1.0);
         assert!(
-            critical.slowest <= Duration::from_millis(100),
-            "critical requests wait little: {critical:?}"
+            slowest <= Duration::from_millis(100),
+            "critical requests wait little: {slowest:?}"
         );
         let (limit, in_flight, queued) = limiter.snapshot();
         assert!(
@@ -708,10 +992,36 @@ mod tests {
         );
         assert_eq!((in_flight, queued), (0, [0; 4]));
 
-        // The spike is over: at half its capacity every request is served again.
-        let calm = offer(layer, route, 500, 3).await;
-        for t in &calm[..3] {
-            assert_eq!(t.refused, 0, "{calm:?}");
+        // The spike is over: an update interval later (a tier is shed for an interval after
+        // the last refusal above it), at half its capacity every request is served again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let calm = offer(layer, route, 500, 3, mixed).await;
+        for (tier, t) in Criticality::ALL.iter().zip(&calm) {
+            assert!(t.refused.is_empty(), "{tier}: {} refused", t.refused.len());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_sustained_overload_the_queue_stays_short() {
+        // Twice what the app can do, every request sheddable-plus: no tier to shed first, so
+        // the queue must not grow to maxQueueWait (500ms) in front of every request served.
+        let (layer, _, route) = app_behind_limit();
+        // It ran at half its capacity before: the limit has its baseline.
+        offer(layer, route, 500, 1, |_| Criticality::SheddablePlus).await;
+        let [_, tier, _, _] = offer(layer, route, 2000, 5, |_| Criticality::SheddablePlus).await;
+        assert!(
+            tier.served.len() as f64 >= 0.9 * 5000.0,
+            "goodput: {} of the app's 5,000 in 5 s",
+            tier.served.len()
+        );
+        // Served: the app's 10 ms, what the limit queues inside it, and a few ms in front —
+        // but for the start of the overload, a burst as far as the queue can tell, which waits
+        // up to the 100 requests it holds.
+        let p95 = quantile(&tier.served, 0.95);
+        assert!(p95 <= Duration::from_millis(30), "served p95 {p95:?}");
+        let slowest = quantile(&tier.served, 1.0);
+        assert!(slowest <= Duration::from_millis(200), "slowest {slowest:?}");
+        let p99 = quantile(&tier.refused, 0.99);
+        assert!(p99 <= Duration::from_millis(5), "refused p99 {p99:?}");
     }
 }

@@ -659,6 +659,18 @@ fn adaptive_concurrency_and_criticality_are_checked_field_by_field() {
         ]
     );
     assert_eq!(
+        upstream_with("  adaptiveConcurrency: { standingQueueWait: 1s }\n"),
+        [
+            "spec.adaptiveConcurrency.standingQueueWait: must not be longer than maxQueueWait (500ms), got 1s"
+        ]
+    );
+    assert_eq!(
+        upstream_with(
+            "  adaptiveConcurrency: { maxQueueWait: 2s, standingQueueWait: 1s }\n  criticality: critical\n"
+        ),
+        none()
+    );
+    assert_eq!(
         upstream_with("  adaptiveConcurrency: { minLimit: 50, maxLimit: 10, initialLimit: 5 }\n"),
         [
             "spec.adaptiveConcurrency.minLimit: must be <= maxLimit (10), got 50",
