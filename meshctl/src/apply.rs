@@ -15,11 +15,12 @@ use crate::validate;
 pub async fn run(
     client: &Client,
     files: &[PathBuf],
+    namespace: &str,
     dry_run: bool,
     by: &str,
 ) -> Result<Output, CliError> {
     // Nothing reaches the server unless every file is valid: a half-valid batch is a typo.
-    let report = validate::run(files);
+    let report = validate::run(files, namespace);
     if !report.problems.is_empty() {
         return Err(CliError::Invalid(report.problems));
     }

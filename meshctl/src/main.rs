@@ -63,7 +63,8 @@ struct Cli {
     /// The client certificate's key (PEM).
     #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
     client_key: Option<PathBuf>,
-    /// The namespace of the resource(s) named on the command line.
+    /// The namespace of the resource(s) named on the command line, and of those in files
+    /// (`apply`, `validate`) that name none.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     namespace: String,
     /// Who makes a change, recorded in the history (default: $USER) where the control plane
@@ -331,7 +332,7 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Validate { files } = &cli.command {
-        let report = validate::run(files);
+        let report = validate::run(files, &cli.namespace);
         let mut out = Output::default();
         for id in &report.valid {
             out.line(format_args!("ok: {id}"));
@@ -424,7 +425,9 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
     let by = config::by(cli.by.as_deref());
     let namespace = cli.namespace.as_str();
     match cli.command {
-        Command::Apply { files, dry_run } => apply::run(&client, &files, dry_run, &by).await,
+        Command::Apply { files, dry_run } => {
+            apply::run(&client, &files, namespace, dry_run, &by).await
+        }
         Command::Get {
             kind,
             name,

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use bulwark_proto::policy::{Resource, parse_documents, policy_files};
+use bulwark_proto::policy::{Resource, parse_documents_in, policy_files};
 
 /// What `meshctl validate` found.
 #[derive(Debug, Default)]
@@ -22,7 +22,7 @@ pub struct Report {
 }
 
 /// Validates every resource in `inputs` (files, directories, or `-` for standard input).
-pub fn run(inputs: &[PathBuf]) -> Report {
+pub fn run(inputs: &[PathBuf], namespace: &str) -> Report {
     let mut report = Report::default();
     // Resource id → the file that defined it first: applying both would silently keep one.
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -32,7 +32,7 @@ pub fn run(inputs: &[PathBuf]) -> Report {
         for file in expand(input, &mut report) {
             let canonical = fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
             if file == Path::new("-") || read_files.insert(canonical) {
-                check_file(&file, &mut report, &mut seen);
+                check_file(&file, namespace, &mut report, &mut seen);
             }
         }
     }
@@ -74,13 +74,19 @@ fn read(file: &Path) -> std::io::Result<String> {
     }
 }
 
-fn check_file(file: &Path, report: &mut Report, seen: &mut BTreeMap<String, String>) {
+/// Checks one file; a resource in it without `metadata.namespace` is in `namespace`.
+fn check_file(
+    file: &Path,
+    namespace: &str,
+    report: &mut Report,
+    seen: &mut BTreeMap<String, String>,
+) {
     let name = file.display().to_string();
     let text = match read(file) {
         Ok(text) => text,
         Err(e) => return report.problems.push(format!("{name}: cannot read: {e}")),
     };
-    let resources = match parse_documents(&text) {
+    let resources = match parse_documents_in(&text, namespace) {
         Ok(resources) => resources,
         Err(e) => return report.problems.push(format!("{name}: {e}")),
     };

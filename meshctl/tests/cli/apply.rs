@@ -173,6 +173,37 @@ fn standard_input_is_read_with_dash() {
 }
 
 #[test]
+fn dash_n_is_the_namespace_of_resources_that_name_none() {
+    let cp = FakeControlPlane::start(&[(
+        "POST /v1/apply",
+        Reply::ok(json!({"results": [
+            {"id": "UpstreamPolicy/shop/echo", "action": "created", "resourceVersion": 3},
+            {"id": "UpstreamPolicy/payments/xendit", "action": "created", "resourceVersion": 3}
+        ]})),
+    )]);
+    let manifest = "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: { name: echo }\nspec:\n  endpoints: { static: [\"127.0.0.1:9000\"] }\n---\napiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: { name: xendit, namespace: payments }\nspec:\n  endpoints: { static: [\"127.0.0.1:9001\"] }\n";
+    let run = meshctl_with_stdin(
+        &["--server", &cp.url, "-n", "shop", "apply", "-f", "-"],
+        &[],
+        manifest,
+    );
+    assert_eq!((run.stderr.as_str(), run.code), ("", Some(0)));
+    let body = cp.requests()[0].json();
+    assert_eq!(body["resources"][0]["metadata"]["namespace"], json!("shop"));
+    assert_eq!(
+        body["resources"][1]["metadata"]["namespace"],
+        json!("payments"),
+        "a namespace the manifest names is kept"
+    );
+    // validate reads files the same way.
+    let run = meshctl_with_stdin(&["-n", "shop", "validate", "-f", "-"], &[], manifest);
+    assert_eq!(
+        run.stdout,
+        "ok: UpstreamPolicy/shop/echo\nok: UpstreamPolicy/payments/xendit\n"
+    );
+}
+
+#[test]
 fn invalid_input_is_rejected_locally_with_field_paths_and_nothing_is_sent() {
     let cp = FakeControlPlane::start(&[("POST /v1/apply", payments_results())]);
     let invalid = scratch(

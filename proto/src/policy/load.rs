@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::defaults;
 use super::model::{API_VERSION, Kind, Resource};
 
 /// A document that is not a well-formed policy resource.
@@ -54,40 +55,60 @@ pub fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Parses YAML or JSON, deciding by the first non-blank character (`{` or `[` means JSON).
+/// Parses YAML or JSON, deciding by the first non-blank character (`{` or `[` means JSON). A
+/// resource without `metadata.namespace` is in `default`.
 pub fn parse_documents(text: &str) -> Result<Vec<Resource>, LoadError> {
+    parse_documents_in(text, defaults::NAMESPACE)
+}
+
+/// Like [`parse_documents`], a resource without `metadata.namespace` being in `namespace` (what
+/// `meshctl -n` names).
+pub fn parse_documents_in(text: &str, namespace: &str) -> Result<Vec<Resource>, LoadError> {
     match text.trim_start().chars().next() {
-        Some('{') | Some('[') => parse_json(text),
-        _ => parse_yaml(text),
+        Some('{') | Some('[') => json_in(text, namespace),
+        _ => yaml_in(text, namespace),
     }
 }
 
 /// Parses a multi-document YAML stream; empty documents are skipped.
 pub fn parse_yaml(text: &str) -> Result<Vec<Resource>, LoadError> {
+    yaml_in(text, defaults::NAMESPACE)
+}
+
+/// Parses one JSON resource or a JSON array of resources.
+pub fn parse_json(text: &str) -> Result<Vec<Resource>, LoadError> {
+    json_in(text, defaults::NAMESPACE)
+}
+
+fn yaml_in(text: &str, namespace: &str) -> Result<Vec<Resource>, LoadError> {
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(text).map_err(|e| LoadError::Yaml(e.to_string()))?;
     docs.into_iter()
         .filter(|d| !d.is_null())
         .enumerate()
-        .map(|(i, d)| resource_from_value(i + 1, d))
+        .map(|(i, d)| resource_from_value(i + 1, d, namespace))
         .collect()
 }
 
-/// Parses one JSON resource or a JSON array of resources.
-pub fn parse_json(text: &str) -> Result<Vec<Resource>, LoadError> {
+fn json_in(text: &str, namespace: &str) -> Result<Vec<Resource>, LoadError> {
     let value: Value = serde_json::from_str(text).map_err(|e| LoadError::Json(e.to_string()))?;
     match value {
         Value::Array(items) => items
             .into_iter()
             .enumerate()
-            .map(|(i, d)| resource_from_value(i + 1, d))
+            .map(|(i, d)| resource_from_value(i + 1, d, namespace))
             .collect(),
-        other => Ok(vec![resource_from_value(1, other)?]),
+        other => Ok(vec![resource_from_value(1, other, namespace)?]),
     }
 }
 
-/// Turns one parsed document into a resource, naming the field that does not fit.
-pub(crate) fn resource_from_value(doc: usize, value: Value) -> Result<Resource, LoadError> {
+/// Turns one parsed document into a resource, naming the field that does not fit; one
+/// without `metadata.namespace` is put in `namespace`.
+pub(crate) fn resource_from_value(
+    doc: usize,
+    value: Value,
+    namespace: &str,
+) -> Result<Resource, LoadError> {
     let field = |path: &str, message: String| LoadError::Field {
         doc,
         path: path.to_string(),
@@ -123,6 +144,10 @@ pub(crate) fn resource_from_value(doc: usize, value: Value) -> Result<Resource, 
     let mut body = value;
     if let Value::Object(m) = &mut body {
         m.remove("kind");
+        if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+            meta.entry("namespace")
+                .or_insert_with(|| Value::String(namespace.to_string()));
+        }
     }
     let typed = match kind {
         Kind::UpstreamPolicy => {
@@ -139,6 +164,25 @@ pub(crate) fn resource_from_value(doc: usize, value: Value) -> Result<Resource, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_that_names_no_namespace_is_put_in_the_one_given() {
+        let text = "apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: { name: a }\nspec: { endpoints: { static: [\"127.0.0.1:1\"] } }\n---\napiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: { name: b, namespace: pay }\nspec: { endpoints: { static: [\"127.0.0.1:1\"] } }\n";
+        let ids = |rs: Vec<Resource>| rs.iter().map(Resource::id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(parse_documents_in(text, "shop").expect("parses")),
+            ["UpstreamPolicy/shop/a", "UpstreamPolicy/pay/b"]
+        );
+        assert_eq!(
+            ids(parse_documents(text).expect("parses")),
+            ["UpstreamPolicy/default/a", "UpstreamPolicy/pay/b"]
+        );
+        let json = r#"[{"apiVersion": "bulwark/v1", "kind": "ServicePolicy", "metadata": {"name": "a"}, "spec": {}}]"#;
+        assert_eq!(
+            ids(parse_documents_in(json, "shop").expect("parses")),
+            ["ServicePolicy/shop/a"]
+        );
+    }
 
     #[test]
     fn a_directory_holds_its_visible_policy_files_in_name_order() {

@@ -13,7 +13,9 @@ pub mod units;
 mod validate;
 
 pub use capability::CapabilityExpr;
-pub use load::{LoadError, parse_documents, parse_json, parse_yaml, policy_files};
+pub use load::{
+    LoadError, parse_documents, parse_documents_in, parse_json, parse_yaml, policy_files,
+};
 pub use model::*;
 pub use units::{Condition, Duration, GrpcCode, Percent};
 pub use validate::{FieldError, ValidationErrors};
