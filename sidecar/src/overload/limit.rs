@@ -446,16 +446,24 @@ mod tests {
         assert!(lo >= 100, "climbed back to {lo}");
     }
 
+    /// A limiter with every default whose first probe measured a 20 ms baseline (from
+    /// requests that started after the limiter did), and the time then.
+    fn after_first_probe() -> (AdaptiveLimit, Instant) {
+        let mut now = Instant::now();
+        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
+        now += Duration::from_millis(20);
+        for _ in 0..LimitSettings::default().probe_samples {
+            now += Duration::from_millis(5);
+            limit.sample(now, Duration::from_millis(20), 1);
+        }
+        assert!(!limit.probing());
+        (limit, now)
+    }
+
     #[test]
     fn a_decrease_is_judged_only_by_requests_let_in_after_it() {
         let ms = Duration::from_millis;
-        let mut now = Instant::now();
-        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
-        now += ms(20);
-        for _ in 0..LimitSettings::default().probe_samples {
-            now += ms(1);
-            limit.sample(now, ms(20), 3);
-        }
+        let (mut limit, mut now) = after_first_probe();
         assert_eq!((limit.limit(), limit.baseline()), (20, Some(ms(20))));
         // Answers queued five times as long: the limit halves.
         while limit.limit() == 20 {
@@ -479,15 +487,7 @@ mod tests {
 
     #[test]
     fn little_demand_teaches_nothing() {
-        let mut now = Instant::now();
-        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
-        // The first probe, of requests that started after the limiter did.
-        now += Duration::from_millis(20);
-        for _ in 0..LimitSettings::default().probe_samples {
-            now += Duration::from_millis(5);
-            limit.sample(now, Duration::from_millis(20), 1);
-        }
-        assert!(!limit.probing());
+        let (mut limit, mut now) = after_first_probe();
         // Requests one at a time, fast: the limit stays where it was.
         for _ in 0..200 {
             now += Duration::from_millis(5);
@@ -498,13 +498,7 @@ mod tests {
 
     #[test]
     fn a_surge_that_finds_the_limit_high_is_cut_within_the_interval() {
-        let mut now = Instant::now();
-        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
-        now += Duration::from_millis(20);
-        for _ in 0..LimitSettings::default().probe_samples {
-            now += Duration::from_millis(5);
-            limit.sample(now, Duration::from_millis(20), 1);
-        }
+        let (mut limit, mut now) = after_first_probe();
         // Quiet times left the limit at 20; a surge fills it, and its answers queue (60 ms
         // against a 20 ms baseline: past twice the tolerated 25 ms).
         let surge = now;
@@ -533,13 +527,7 @@ mod tests {
 
     #[test]
     fn a_callee_as_fast_as_its_baseline_is_not_probed_again() {
-        let mut now = Instant::now();
-        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
-        now += Duration::from_millis(20);
-        for _ in 0..LimitSettings::default().probe_samples {
-            now += Duration::from_millis(5);
-            limit.sample(now, Duration::from_millis(20), 1);
-        }
+        let (mut limit, mut now) = after_first_probe();
         // Three probe intervals of answers as fast as the baseline: no probe.
         let end = now + Duration::from_secs(210);
         while now < end {
