@@ -37,6 +37,14 @@ const GROWTH_SMOOTHING: f64 = 0.2;
 /// The fewest answers an interval may end early on.
 const EARLY_SAMPLES: usize = 8;
 
+/// The share of the way the limit's long-run level moves towards the limit per interval: about
+/// ten intervals' memory.
+const LEVEL_SMOOTHING: f64 = 0.1;
+
+/// How far (as a share of its long-run level) the limit may be from that level and still be
+/// settled.
+const SETTLED_SPREAD: f64 = 0.2;
+
 /// How the limit moves. [`LimitSettings::default`] gives every field a value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitSettings {
@@ -97,6 +105,8 @@ pub struct AdaptiveLimit {
     /// Whether the limit has found where queueing begins: it had demand enough and answers as
     /// fast as tolerated at least once.
     found: bool,
+    /// The limit's long-run level: smoothed over about ten intervals.
+    level: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +144,7 @@ impl AdaptiveLimit {
             probes: 0,
             fresh_since: now,
             found: false,
+            level: limit,
             settings,
         }
     }
@@ -150,6 +161,17 @@ impl AdaptiveLimit {
     /// is still moving from where it started, and what queues is its own doing.
     pub fn found(&self) -> bool {
         self.found
+    }
+
+    /// Whether the limit is where it has been lately (within [`SETTLED_SPREAD`] of its long-run
+    /// level) and not probing: then a queue that stands is demand past the callee's capacity,
+    /// not the limit's own doing — as it is while the limit climbs back after a cut or a probe,
+    /// or still looks for the capacity after a start, and lets through less than the callee
+    /// could take.
+    pub fn settled(&self) -> bool {
+        !self.probing()
+            && self.found
+            && (self.limit - self.level).abs() <= SETTLED_SPREAD * self.level
     }
 
     /// Whether the baseline is being measured now.
@@ -280,6 +302,7 @@ impl AdaptiveLimit {
             self.limit * gradient
         };
         self.limit = next.clamp(self.settings.min as f64, self.settings.max as f64);
+        self.level += LEVEL_SMOOTHING * (self.limit - self.level);
     }
 
     /// The probe interval ±15%, varied per probe so that sidecars started together do not
@@ -391,6 +414,22 @@ mod tests {
         let seen = run(&mut limit, &mut now, app(100), Duration::from_secs(30));
         let (lo, _) = settled(&seen, &settings);
         assert!(lo >= 100, "climbed back to {lo}");
+    }
+
+    #[test]
+    fn a_limit_that_just_moved_is_not_settled_until_it_stays() {
+        let mut now = Instant::now();
+        let mut limit = AdaptiveLimit::new(LimitSettings::default(), now);
+        assert!(!limit.settled(), "probing");
+        run(&mut limit, &mut now, app(100), Duration::from_secs(10));
+        assert!(limit.settled(), "at the capacity: {}", limit.limit());
+        // Half the workers: the limit is cut, and lets through less than it did a moment ago.
+        run(&mut limit, &mut now, app(50), Duration::from_millis(300));
+        assert!(limit.limit() < 80, "cut to {}", limit.limit());
+        assert!(!limit.settled());
+        // Where it stays, it settles within a few seconds.
+        run(&mut limit, &mut now, app(50), Duration::from_secs(3));
+        assert!(limit.settled(), "settled at {}", limit.limit());
     }
 
     #[test]

@@ -119,10 +119,20 @@ impl State {
     fn standing(&self, tier: Criticality, now: Instant, interval: Duration) -> bool {
         let i = tier.index();
         let ago = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+        // A queue of critical requests starts standing only while the limit is settled (not
+        // letting through less than it could, as it does while it climbs back after a cut or
+        // a probe, or still looks for the callee's capacity) and after two intervals: then
+        // they alone are more than the callee can take.
+        let (settled, start) = if tier >= Criticality::Critical {
+            (self.limit.settled(), interval)
+        } else {
+            (true, interval)
+        };
         self.limit.found()
-            && ((!self.limit.probing()
+            && ((settled
+                && !self.limit.probing()
                 && self.grants.outran(tier)
-                && ago(self.busy_since[i]).is_some_and(|busy| busy >= interval))
+                && ago(self.busy_since[i]).is_some_and(|busy| busy >= start))
                 || ago(self.stood_at[i]).is_some_and(|ago| ago < interval))
     }
 
@@ -341,10 +351,10 @@ impl Limiter {
         }
     }
 
-    /// How long a newcomer of `tier` may wait from `now`: `maxQueueWait`, or — a sheddable one
-    /// — `standingQueueWait` (at least two slot turnovers) once the queue it joins has stood for
-    /// an update interval (then waiting longer only adds latency: the limit is already full all
-    /// the time), and never past `deadline`.
+    /// How long a newcomer of `tier` may wait from `now`: `maxQueueWait`, or `standingQueueWait`
+    /// (at least two slot turnovers) once the queue it joins has stood for an update interval
+    /// (then waiting longer only adds latency: the limit is already full all the time), and
+    /// never past `deadline`.
     fn wait_until(
         &self,
         s: &State,
@@ -353,11 +363,8 @@ impl Limiter {
         deadline: Option<Instant>,
     ) -> Instant {
         let settings = &self.settings;
-        // A critical request waits its turn: a queue of them stands only while they alone are
-        // more than the callee can take, and then serving them late beats refusing them.
-        let patience = if tier < Criticality::Critical
-            && s.standing(tier, now, settings.limit.update_interval)
-        {
+        let standing = s.standing(tier, now, settings.limit.update_interval);
+        let patience = if standing {
             // Never less than two slots take to free up (the latency over the limit): a
             // newcomer may always wait for the next ones, however slow the callee.
             let turnover = s
@@ -399,18 +406,19 @@ impl Limiter {
                 });
             }
             // Refused at once, rather than after waiting in vain, while more critical requests
-            // are being refused, or (a sheddable one) when those of its tier ahead of it would
-            // take longer than it may wait, judged from the rate its tier's queue has been
-            // moving at (what the tiers above leave it).
+            // are being refused, or (a sheddable one, or a critical one in a standing queue)
+            // when those of its tier ahead of it would take longer than it may wait, judged
+            // from the rate its tier's queue has been moving at (what the tiers above leave
+            // it).
             let until = self.wait_until(&s, tier, now, deadline);
             let wait = if shedding_above {
                 Some(Duration::MAX)
-            } else if tier < Criticality::Critical {
+            } else if tier < Criticality::Critical || s.standing(tier, now, interval) {
                 expected_wait(&s, tier, now)
                     .filter(|&wait| wait > until.saturating_duration_since(now))
             } else {
-                // A critical request waits its turn (until its time is up): the rate its tier
-                // moves at is a guess, worst while the limit is still moving.
+                // A critical request waits its turn (until its time is up) unless its queue
+                // stands: the rate its tier moves at is a guess, worst while the limit moves.
                 None
             };
             if let Some(wait) = wait {
@@ -1005,10 +1013,30 @@ mod tests {
     async fn under_sustained_overload_the_queue_stays_short() {
         // Twice what the app can do, every request sheddable-plus: no tier to shed first, so
         // the queue must not grow to maxQueueWait (500ms) in front of every request served.
+        sustained_overload(Criticality::SheddablePlus).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn critical_requests_alone_past_capacity_wait_briefly_too() {
+        // Critical requests alone twice what the app can do: the limit is settled at the
+        // app's capacity, so their queue stands too, and they are served in about the app's
+        // time or refused, not after maxQueueWait.
+        sustained_overload(Criticality::Critical).await;
+    }
+
+    async fn sustained_overload(tier: Criticality) {
         let (layer, _, route) = app_behind_limit();
-        // It ran at half its capacity before: the limit has its baseline.
+        // It ran at half its capacity before: the limit has its baseline; then a second of
+        // the overload brought the limit down from where it started (20) to the app's
+        // capacity and it settled there (until then a critical request waits its turn).
         offer(layer, route, 500, 1, |_| Criticality::SheddablePlus).await;
-        let [_, tier, _, _] = offer(layer, route, 2000, 5, |_| Criticality::SheddablePlus).await;
+        let mix: fn(u32) -> Criticality = match tier {
+            Criticality::Critical => |_| Criticality::Critical,
+            _ => |_| Criticality::SheddablePlus,
+        };
+        offer(layer, route, 2000, 1, mix).await;
+        let tallies = offer(layer, route, 2000, 5, mix).await;
+        let tier = &tallies[tier.index()];
         assert!(
             tier.served.len() as f64 >= 0.9 * 5000.0,
             "goodput: {} of the app's 5,000 in 5 s",
