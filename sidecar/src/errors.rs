@@ -190,6 +190,13 @@ impl ProxyError {
         }
     }
 
+    /// Whether a request that ended in this error failed: the caller is told 5xx (or its gRPC
+    /// counterpart). One refused for what the caller did — a bad request, its rate limit, its
+    /// authorization — did not.
+    pub fn is_failure(&self) -> bool {
+        self.http_status().is_server_error()
+    }
+
     fn http_status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. }

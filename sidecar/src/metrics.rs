@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use bulwark_proto::level::Level;
+use bulwark_proto::policy::GrpcCode;
 
 use crate::overload::Refusal;
 use crate::priority::{Criticality, Priority};
@@ -26,6 +27,11 @@ pub struct RequestLabels {
     pub upstream: String,
     pub protocol: &'static str,
     pub status_class: &'static str,
+    /// The gRPC status the response ended with (`OK`, `UNAVAILABLE`, …), from its headers or
+    /// trailers; empty for HTTP requests and for gRPC responses that carried none.
+    pub grpc_status: &'static str,
+    /// `success` or `failure`, by the upstream's `failureOn` — the breaker's rules.
+    pub classification: &'static str,
     /// The caller's SPIFFE ID (inbound: the verified caller; outbound: this pod), or empty.
     pub client_id: String,
     /// The callee's SPIFFE ID (inbound: this pod; outbound: the identity the upstream proved
@@ -37,6 +43,13 @@ pub struct RequestLabels {
 pub struct DurationLabels {
     pub direction: &'static str,
     pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestDurationLabels {
+    pub direction: &'static str,
+    pub upstream: String,
+    pub classification: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,7 +168,7 @@ pub struct CapabilityLabels {
     pub name: String,
 }
 
-type HistogramFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<RequestDurationLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     // 100 µs to ~6.5 s.
@@ -230,12 +243,12 @@ impl Metrics {
         let upstream_connects = Family::<ConnectLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests proxied, by direction, upstream, protocol and status class",
+            "Requests proxied, by direction, upstream (empty: matched none), protocol, status class, gRPC status and classification",
             requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
-            "Time from receiving a request to the end of its response",
+            "Time from receiving a request to the end of its response, by classification",
             durations.clone(),
         );
         registry.register(
@@ -653,13 +666,7 @@ impl Metrics {
 
     /// Handles for one upstream (or the inbound app) in one direction.
     pub fn upstream(self: &Arc<Self>, direction: &'static str, upstream: &str) -> UpstreamMetrics {
-        let duration = self
-            .durations
-            .get_or_create(&DurationLabels {
-                direction,
-                upstream: upstream.to_string(),
-            })
-            .clone();
+        let duration = self.request_durations(direction, upstream);
         let connects = |protocol| {
             self.upstream_connects
                 .get_or_create(&ConnectLabels {
@@ -697,6 +704,48 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The request metrics of requests that matched no upstream (`upstream=""`): they have
+    /// no attempts, connections or breaker, so only their request counters and durations are
+    /// exported.
+    pub fn unrouted(self: &Arc<Self>, direction: &'static str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            attempts: Counter::default(),
+            retries: Counter::default(),
+            retry_budget_exhausted: Counter::default(),
+            breaker_rejections: Counter::default(),
+            bulkhead_rejections: Counter::default(),
+            ejections: Counter::default(),
+            emergency_fail_fast: Counter::default(),
+            throttled: Counter::default(),
+            breaker_state: Gauge::default(),
+            connects_http1: Counter::default(),
+            connects_http2: Counter::default(),
+            metrics: self.clone(),
+            direction,
+            upstream: String::new(),
+            client_id: String::new(),
+            server_id: String::new(),
+            counters: Default::default(),
+            duration: self.request_durations(direction, ""),
+            rate_limited: Default::default(),
+        }
+    }
+
+    /// The latency histograms of one upstream's requests, by classification.
+    fn request_durations(&self, direction: &'static str, upstream: &str) -> [Histogram; 2] {
+        Classification::ALL.map(|c| {
+            self.durations
+                .get_or_create(&RequestDurationLabels {
+                    direction,
+                    upstream: upstream.to_string(),
+                    classification: c.as_str(),
+                })
+                .clone()
+        })
+    }
+}
+
 /// The handles of one adaptive concurrency limit.
 #[derive(Debug, Clone)]
 pub struct ConcurrencyMetrics {
@@ -723,7 +772,7 @@ impl ConcurrencyMetrics {
 #[derive(Debug)]
 pub struct CallerCounters {
     client_id: String,
-    counters: [[OnceLock<Counter>; 5]; 3],
+    counters: RequestCounters,
 }
 
 impl CallerCounters {
@@ -755,6 +804,61 @@ impl ProtocolLabel {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Whether a request succeeded, by the upstream's `failureOn` (the circuit breaker's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classification {
+    Success = 0,
+    Failure = 1,
+}
+
+impl Classification {
+    pub const ALL: [Classification; 2] = [Classification::Success, Classification::Failure];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Success => "success",
+            Classification::Failure => "failure",
+        }
+    }
+}
+
+/// How a request ended, as its counter is labelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    pub protocol: ProtocolLabel,
+    pub status: u16,
+    /// gRPC requests: the status the response ended with, if it carried one.
+    pub grpc: Option<GrpcCode>,
+    pub classification: Classification,
+}
+
+/// Request counters, resolved on first use so that a request counts without a lookup: per
+/// protocol a table allocated the first time it is used, of status class × classification
+/// (× gRPC status for gRPC).
+#[derive(Debug, Default)]
+struct RequestCounters {
+    tables: [OnceLock<Box<[OnceLock<Counter>]>>; 3],
+}
+
+/// gRPC statuses, and none.
+const GRPC_STATUSES: usize = GrpcCode::ALL.len() + 1;
+
+impl RequestCounters {
+    fn slot(&self, e: &Ending, class: usize) -> &OnceLock<Counter> {
+        let grpc = match e.protocol {
+            ProtocolLabel::Grpc => GRPC_STATUSES,
+            _ => 1,
+        };
+        let table = self.tables[e.protocol as usize]
+            .get_or_init(|| (0..grpc * 5 * 2).map(|_| OnceLock::new()).collect());
+        let status = match (e.protocol, e.grpc) {
+            (ProtocolLabel::Grpc, Some(code)) => code as usize + 1,
+            _ => 0,
+        };
+        &table[(status * 5 + class) * 2 + e.classification as usize]
+    }
+}
+
 /// Pre-resolved metric handles of one upstream.
 pub struct UpstreamMetrics {
     metrics: Arc<Metrics>,
@@ -764,8 +868,8 @@ pub struct UpstreamMetrics {
     /// is built (the caller of an inbound request is known per connection: [`CallerCounters`]).
     client_id: String,
     server_id: String,
-    counters: [[OnceLock<Counter>; 5]; 3],
-    duration: Histogram,
+    counters: RequestCounters,
+    duration: [Histogram; 2],
     /// Connections opened to this upstream's endpoints.
     pub connects_http1: Counter,
     pub connects_http2: Counter,
@@ -914,18 +1018,13 @@ impl UpstreamMetrics {
             && self.server_id == server_id.unwrap_or_default()
     }
 
-    /// A request that ended with `status`; `caller`: an inbound mTLS connection's caller.
-    pub fn record(
-        &self,
-        caller: Option<&CallerCounters>,
-        protocol: ProtocolLabel,
-        status: u16,
-        elapsed: Duration,
-    ) {
-        let class = usize::from((status / 100).clamp(1, 5) - 1);
+    /// A request that ended as `ending` after `elapsed`; `caller`: an inbound mTLS
+    /// connection's caller.
+    pub fn record(&self, caller: Option<&CallerCounters>, ending: Ending, elapsed: Duration) {
+        let class = usize::from((ending.status / 100).clamp(1, 5) - 1);
         let (slot, client_id) = match caller {
-            Some(c) => (&c.counters[protocol as usize][class], &c.client_id),
-            None => (&self.counters[protocol as usize][class], &self.client_id),
+            Some(c) => (c.counters.slot(&ending, class), &c.client_id),
+            None => (self.counters.slot(&ending, class), &self.client_id),
         };
         let counter = slot.get_or_init(|| {
             self.metrics
@@ -933,15 +1032,20 @@ impl UpstreamMetrics {
                 .get_or_create(&RequestLabels {
                     direction: self.direction,
                     upstream: self.upstream.clone(),
-                    protocol: protocol.as_str(),
+                    protocol: ending.protocol.as_str(),
                     status_class: STATUS_CLASSES[class],
+                    grpc_status: match (ending.protocol, ending.grpc) {
+                        (ProtocolLabel::Grpc, Some(code)) => code.canonical(),
+                        _ => "",
+                    },
+                    classification: ending.classification.as_str(),
                     client_id: client_id.clone(),
                     server_id: self.server_id.clone(),
                 })
                 .clone()
         });
         counter.inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration[ending.classification as usize].observe(elapsed.as_secs_f64());
     }
 }
 

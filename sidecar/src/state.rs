@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::health::levels::{Degradation, LevelIndex};
 use crate::health::probe::{AppHealth, ProbeTarget};
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy_stack::breaker::BreakerEvent;
 use crate::route::{BuildEnv, LocalService, PolicySet, RouteTable};
 use crate::upstream::connect::DEFAULT_IDLE_TIMEOUT;
@@ -43,9 +43,17 @@ pub struct Shared {
     pub boot_problem: arc_swap::ArcSwapOption<String>,
     /// `--upstream-idle-timeout`, for the upstreams' connections.
     pub upstream_idle_timeout: std::time::Duration,
+    /// The request metrics of requests that matched no upstream (`upstream=""`), inbound and
+    /// outbound.
+    pub unrouted: [Arc<UpstreamMetrics>; 2],
 }
 
 impl Shared {
+    /// Where requests that matched no upstream are counted, for `direction`.
+    pub fn unrouted(&self, direction: &str) -> Arc<UpstreamMetrics> {
+        self.unrouted[usize::from(direction == "outbound")].clone()
+    }
+
     /// Upstream connections unused this long are closed.
     pub fn with_upstream_idle_timeout(mut self, timeout: std::time::Duration) -> Shared {
         self.upstream_idle_timeout = timeout;
@@ -91,7 +99,7 @@ impl Shared {
         };
         let shared = Shared {
             table: ArcSwap::from_pointee(RouteTable::empty(&local, &env)),
-            metrics,
+            metrics: metrics.clone(),
             events,
             local,
             draining: AtomicBool::new(false),
@@ -102,6 +110,7 @@ impl Shared {
             probe_paths: Vec::new(),
             boot_problem: arc_swap::ArcSwapOption::empty(),
             upstream_idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            unrouted: ["inbound", "outbound"].map(|d| Arc::new(metrics.unrouted(d))),
         };
         if let Some(service) = &shared.local.service {
             // NORMAL until the control plane says otherwise (a file-source sidecar stays so).

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bulwark_proto::policy::GrpcCode;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{HeaderValue, Method, StatusCode, Uri};
@@ -14,8 +15,9 @@ use tokio::time::Instant;
 use super::mtls::PeerIdentity;
 use crate::body::{Body, BodyError};
 use crate::headers::GRPC_STATUS;
-use crate::metrics::{ProtocolLabel, UpstreamMetrics};
+use crate::metrics::{Classification, Ending, ProtocolLabel, UpstreamMetrics};
 use crate::overload::Refusal;
+use crate::policy_stack::outcome::{ConditionSet, Outcome};
 use crate::priority::Criticality;
 use crate::state::InFlightGuard;
 use crate::trace::RequestIds;
@@ -35,6 +37,11 @@ pub struct Completion {
     pub attempts: u32,
     pub status: StatusCode,
     pub grpc_status: Option<HeaderValue>,
+    /// What counts as a failure of the upstream's answers (its `failureOn`).
+    pub failure_on: Option<Arc<ConditionSet>>,
+    /// Whether the request failed, when the sidecar answered it (an error) rather than the
+    /// upstream.
+    pub failed: Option<bool>,
     pub error: Option<&'static str>,
     /// Why overload protection refused the request, and the request's criticality.
     pub refused: Option<(Refusal, Criticality)>,
@@ -47,11 +54,43 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// How the request ended, for its metrics: `outcome` is how its response body ended.
+    fn ending(&self, outcome: &'static str) -> Ending {
+        let status = self.status.as_u16();
+        let grpc = match self.protocol {
+            ProtocolLabel::Grpc => self
+                .grpc_status
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .and_then(GrpcCode::from_i32),
+            _ => None,
+        };
+        let failed = self.failed.unwrap_or_else(|| {
+            // The upstream's answer, judged as the breaker judges it; one whose body broke
+            // off failed whatever its status said.
+            outcome == "upstream-error"
+                || self.failure_on.as_deref().map_or(status >= 500, |f| {
+                    f.matches(&Outcome::Response { status, grpc })
+                })
+        });
+        Ending {
+            protocol: self.protocol,
+            status,
+            grpc,
+            classification: if failed {
+                Classification::Failure
+            } else {
+                Classification::Success
+            },
+        }
+    }
+
     fn finish(self, outcome: &'static str) {
         let elapsed = self.started.elapsed();
         if let Some(m) = &self.metrics {
             let caller = self.caller.as_ref().map(|c| &c.counters);
-            m.record(caller, self.protocol, self.status.as_u16(), elapsed);
+            m.record(caller, self.ending(outcome), elapsed);
         }
         let s = |v: &Option<HeaderValue>| {
             v.as_ref()

@@ -90,7 +90,7 @@ pub async fn handle(
     let mut completion = Completion {
         direction: target.direction(),
         upstream: None,
-        metrics: None,
+        metrics: Some(shared.unrouted(target.direction())),
         protocol,
         method: parts.method.clone(),
         authority: authority.clone(),
@@ -100,6 +100,8 @@ pub async fn handle(
         attempts: 0,
         status: http::StatusCode::OK,
         grpc_status: None,
+        failure_on: None,
+        failed: None,
         error: None,
         refused: None,
         peer_identity: None,
@@ -140,6 +142,7 @@ pub async fn handle(
                 completion.peer_identity = route.upstream.peer_identity.clone();
             }
             completion.metrics = Some(route.metrics.clone());
+            completion.failure_on = Some(route.upstream.failure_on.clone());
             let splice = |destination: String| Splice {
                 shared: shared.clone(),
                 direction: target.direction(),
@@ -185,6 +188,7 @@ pub async fn handle(
         Err(err) => {
             tracing::debug!(error = %err, "request failed");
             completion.error = Some(err.kind());
+            completion.failed = Some(err.is_failure());
             completion.refused = err.refusal();
             let mut rsp = rescue(&err, grpc);
             if matches!(err, ProxyError::MalformedBody(_)) {

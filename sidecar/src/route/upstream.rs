@@ -25,6 +25,7 @@ use crate::policy_stack::breaker::{BreakerEvent, BreakerParts};
 use crate::policy_stack::bulkhead::{Limited, Slots};
 use crate::policy_stack::concurrency::{ConcurrencySettings, Limiter};
 use crate::policy_stack::layer::UpstreamInfo;
+use crate::policy_stack::outcome::ConditionSet;
 use crate::policy_stack::rate_limit::{RateLimiter, RateSettings};
 use crate::policy_stack::retry::budget::{BudgetConfig, RetryBudget};
 use crate::policy_stack::routes::UpstreamRoutes;
@@ -90,6 +91,9 @@ pub struct Upstream {
     pub attempts: Arc<Attempts>,
     /// `tls.mode: mesh`: the SPIFFE ID its endpoints prove.
     pub peer_identity: Option<Arc<str>>,
+    /// What counts as a failure (`circuitBreaker.failureOn`, or the default): also how its
+    /// requests are classified in metrics.
+    pub failure_on: Arc<ConditionSet>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -156,6 +160,7 @@ impl Upstream {
             .as_ref()
             .map(|c| c.failure_on.clone())
             .unwrap_or_else(default_failure_on);
+        let classified_by = Arc::new(failure_on.clone());
         let outlier = match (
             OutlierConfig::from_policy(spec.outlier_detection.as_ref()),
             previous.and_then(|p| p.outlier.as_ref()),
@@ -275,6 +280,7 @@ impl Upstream {
             stats,
             attempts,
             peer_identity,
+            failure_on: classified_by,
         })
     }
 }

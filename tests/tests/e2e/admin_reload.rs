@@ -1,12 +1,15 @@
-//! The admin listener (health, Prometheus metrics, the applied config) and hot reload of the
+//! The admin listener (health, Prometheus metrics — classified by status, gRPC status and the
+//! breaker's rules — the applied config) and hot reload of the
 //! policy file: a new upstream appears without a restart, an invalid file is refused with its
 //! validation error logged and the running policies kept.
 
 use std::time::Duration;
 
 use bulwark_tests::client::{self, HttpClient};
-use bulwark_tests::{HttpUpstream, Sidecar, eventually, metrics, policy};
+use bulwark_tests::pb::EchoRequest;
+use bulwark_tests::{GrpcUpstream, HttpUpstream, Sidecar, eventually, metrics, policy};
 use http::StatusCode;
+use tonic::{Code, IntoRequest};
 
 /// Reloads poll every 100 ms; allow a generous multiple for a loaded machine.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
@@ -131,6 +134,101 @@ async fn metrics_count_requests_by_upstream_protocol_and_status_class() {
     .expect("bulwark_active_connections{listener=\"outbound\"}");
     assert!(active >= 1.0, "{text}");
     drop(http);
+}
+
+/// A gRPC call that ends with UNAVAILABLE is counted with its code and as a failure (not as
+/// the 2xx its HTTP status says), one that ends OK as a success, one that ends NOT_FOUND (the
+/// caller's doing) as a success with its code; a request that matches no upstream is counted
+/// too, under `upstream=""`; and the latency histogram is split by classification.
+#[tokio::test]
+async fn metrics_classify_grpc_statuses_and_count_unrouted_requests() {
+    let healthy = GrpcUpstream::start().await;
+    let broken = GrpcUpstream::builder()
+        .always_fail(Code::Unavailable)
+        .start()
+        .await
+        .expect("gRPC upstream");
+    let sidecar = Sidecar::builder()
+        .policies_yaml(policy::documents([
+            policy::upstream("echo", healthy.addr())
+                .protocol("grpc")
+                .to_yaml(),
+            policy::upstream("broken", broken.addr())
+                .protocol("grpc")
+                .spec("retry: { maxAttempts: 1 }")
+                .to_yaml(),
+        ]))
+        .start()
+        .await;
+    let mut echo = client::grpc_client_for(sidecar.outbound(), "echo").await;
+    for _ in 0..2 {
+        echo.unary(EchoRequest::default()).await.expect("OK");
+    }
+    let mut missing = EchoRequest::default().into_request();
+    missing
+        .metadata_mut()
+        .insert("x-fault-grpc", "5".parse().expect("metadata"));
+    let status = echo.unary(missing).await.expect_err("NOT_FOUND");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let mut broken_client = client::grpc_client_for(sidecar.outbound(), "broken").await;
+    for _ in 0..3 {
+        let status = broken_client
+            .unary(EchoRequest::default())
+            .await
+            .expect_err("UNAVAILABLE");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let http = client::http1_client(sidecar.outbound());
+    assert_eq!(
+        client::get(&http, "http://nowhere/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let grpc = |upstream: &'static str, code: &'static str, classification: &'static str| {
+        [
+            ("direction", "outbound"),
+            ("upstream", upstream),
+            ("protocol", "grpc"),
+            ("status_class", "2xx"),
+            ("grpc_status", code),
+            ("classification", classification),
+        ]
+    };
+    let unrouted = [
+        ("direction", "outbound"),
+        ("upstream", ""),
+        ("protocol", "http1"),
+        ("status_class", "5xx"),
+        ("grpc_status", ""),
+        ("classification", "failure"),
+    ];
+    let text = eventually(WAIT, || async {
+        let text = sidecar.admin_get("/metrics").await.text();
+        (metrics::value(&text, "bulwark_requests_total", &unrouted) == Some(1.0)).then_some(text)
+    })
+    .await;
+    for (labels, count) in [
+        (grpc("broken", "UNAVAILABLE", "failure"), 3.0),
+        (grpc("echo", "OK", "success"), 2.0),
+        (grpc("echo", "NOT_FOUND", "success"), 1.0),
+    ] {
+        assert_eq!(
+            metrics::value(&text, "bulwark_requests_total", &labels),
+            Some(count),
+            "{labels:?}:\n{text}"
+        );
+    }
+    for (label, n) in [("success", Some(0.0)), ("failure", Some(3.0))] {
+        assert_eq!(
+            metrics::value(
+                &text,
+                "bulwark_request_duration_seconds_count",
+                &[("upstream", "broken"), ("classification", label)]
+            ),
+            n,
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -65,13 +65,19 @@ pub struct SlowCallConfig {
 }
 
 /// What `failureOn` means when the policy does not say: the outcomes that say the upstream
-/// itself is in trouble. 4xx and gRPC statuses are the caller's business unless listed.
+/// itself is in trouble — a 5xx, and the gRPC statuses a server gives for its own faults
+/// (UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS: what a 5xx is to HTTP). 4xx and the other gRPC
+/// statuses are the caller's business unless listed.
 pub fn default_failure_on() -> ConditionSet {
     ConditionSet::new(&[
         Condition::Status5xx,
         Condition::ConnectFailure,
         Condition::Reset,
         Condition::Timeout,
+        Condition::Grpc(GrpcCode::Unknown),
+        Condition::Grpc(GrpcCode::Internal),
+        Condition::Grpc(GrpcCode::Unavailable),
+        Condition::Grpc(GrpcCode::DataLoss),
     ])
 }
 
@@ -715,15 +721,36 @@ mod tests {
         assert_eq!(c.max_open_for, secs(300));
         assert_eq!(c.half_open_probes, 3);
         assert_eq!(c.failure_on, default_failure_on());
-        // 4xx and gRPC statuses are not failures by default; 5xx and transport errors are.
+        // 4xx and the gRPC statuses of the caller's doing are not failures by default; 5xx,
+        // the gRPC statuses of a server's own faults and transport errors are.
         assert!(!c.failure_on.matches(&Outcome::Response {
             status: 429,
             grpc: None
         }));
-        assert!(!c.failure_on.matches(&Outcome::Response {
-            status: 200,
-            grpc: Some(GrpcCode::Unavailable)
-        }));
+        for code in [
+            GrpcCode::ResourceExhausted,
+            GrpcCode::NotFound,
+            GrpcCode::DeadlineExceeded,
+        ] {
+            assert!(!c.failure_on.matches(&Outcome::Response {
+                status: 200,
+                grpc: Some(code)
+            }));
+        }
+        for code in [
+            GrpcCode::Unknown,
+            GrpcCode::Internal,
+            GrpcCode::Unavailable,
+            GrpcCode::DataLoss,
+        ] {
+            assert!(
+                c.failure_on.matches(&Outcome::Response {
+                    status: 200,
+                    grpc: Some(code)
+                }),
+                "{code:?}"
+            );
+        }
         for o in [
             E503,
             Outcome::ConnectFailure,
@@ -1053,7 +1080,7 @@ mod tests {
         assert_eq!(b.record(p1, &OK, FAST, now), None);
         let grpc = Outcome::Response {
             status: 200,
-            grpc: Some(GrpcCode::Unavailable),
+            grpc: Some(GrpcCode::NotFound),
         };
         // Not a failure under the default failureOn: counts as a success.
         let p3 = b.try_acquire(now).unwrap().admission;
