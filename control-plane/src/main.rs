@@ -17,7 +17,7 @@ use clap::{Parser, ValueEnum};
 
 /// Bulwark control plane: the policy API over etcd and policy snapshots for sidecars.
 #[derive(Debug, Parser)]
-#[command(name = "control-plane", version)]
+#[command(name = "control-plane", version = bulwark_telemetry::LONG_VERSION)]
 struct Args {
     /// etcd client URLs, comma-separated.
     #[arg(

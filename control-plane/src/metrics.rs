@@ -4,7 +4,6 @@
 
 use std::sync::atomic::AtomicI64;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,6 +16,8 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// `process_*`, unprefixed.
+    process: Registry,
     alerts: Family<Labels, Counter>,
     levels: Family<Labels, Gauge>,
     capabilities: Family<Labels, Gauge>,
@@ -37,6 +38,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("bulwark");
+        bulwark_telemetry::register_build_info(&mut registry);
         let alerts = Family::<Labels, Counter>::default();
         registry.register(
             "alerts",
@@ -93,6 +95,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            process: bulwark_telemetry::process_registry(),
             authorization,
             authentication_failures,
             rejected_reports,
@@ -169,7 +172,7 @@ impl Metrics {
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = bulwark_telemetry::encode(&mut out, &[&self.registry, &self.process]);
         out
     }
 }

@@ -31,7 +31,7 @@ use crate::get::{Format, Query, Scope};
 use crate::output::Output;
 
 #[derive(Debug, Parser)]
-#[command(name = "meshctl", version, about = "Operate a Bulwark mesh")]
+#[command(name = "meshctl", version = bulwark_telemetry::LONG_VERSION, about = "Operate a Bulwark mesh")]
 struct Cli {
     /// The control plane's REST address (https://host:port); otherwise the context's,
     /// otherwise http://127.0.0.1:8080.

@@ -15,7 +15,7 @@ pub enum LogFormat {
 
 /// Bulwark sidecar: applies resilience policies to an app's outbound and inbound calls.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "sidecar", version)]
+#[command(name = "sidecar", version = bulwark_telemetry::LONG_VERSION)]
 pub struct Config {
     /// Policy file or directory (standalone mode): YAML or JSON, reloaded when it changes.
     #[arg(

@@ -178,6 +178,8 @@ fn latency_histogram() -> Histogram {
 /// The sidecar's metric registry and families.
 pub struct Metrics {
     registry: Registry,
+    /// `process_*`, unprefixed.
+    process: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily,
     connections: Family<ListenerLabels, Gauge>,
@@ -236,6 +238,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("bulwark");
+        bulwark_telemetry::register_build_info(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let connections = Family::<ListenerLabels, Gauge>::default();
@@ -470,6 +473,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            process: bulwark_telemetry::process_registry(),
             requests,
             durations,
             connections,
@@ -640,7 +644,7 @@ impl Metrics {
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if bulwark_telemetry::encode(&mut out, &[&self.registry, &self.process]).is_err() {
             out.clear();
         }
         out

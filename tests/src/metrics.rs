@@ -1,4 +1,4 @@
-//! Reading the sidecar's Prometheus text exposition: samples with their labels, and a lookup
+//! Reading the Prometheus text exposition of the sidecar and the control plane: samples with their labels, and a lookup
 //! by name and a subset of labels (so tests do not depend on label order).
 
 use std::collections::BTreeMap;
@@ -27,6 +27,38 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                     .all(|(k, v)| s.labels.get(*k).is_some_and(|have| have == v))
         })
         .map(|s| s.value)
+}
+
+/// Asserts what every Bulwark binary exports about itself: `bulwark_build_info` naming the
+/// version and commit these tests were built from, and the process's own `process_*` metrics
+/// with values a live process has.
+pub fn assert_build_and_process(text: &str) {
+    let build = [
+        ("version", bulwark_telemetry::VERSION),
+        ("revision", bulwark_telemetry::REVISION),
+    ];
+    assert_eq!(
+        value(text, "bulwark_build_info", &build),
+        Some(1.0),
+        "{text}"
+    );
+    let process = |name| value(text, name, &[]).unwrap_or_else(|| panic!("{name}:\n{text}"));
+    assert!(process("process_resident_memory_bytes") > 1e6, "{text}");
+    assert!(process("process_open_fds") >= 3.0, "{text}");
+    assert!(
+        process("process_max_fds") >= process("process_open_fds"),
+        "{text}"
+    );
+    assert!(process("process_threads") >= 1.0, "{text}");
+    assert!(process("process_cpu_seconds_total") >= 0.0, "{text}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let started = process("process_start_time_seconds");
+    assert!(
+        (now - 600.0..=now + 1.0).contains(&started),
+        "started at {started}, now {now}"
+    );
 }
 
 fn parse_line(line: &str) -> Option<Sample> {

@@ -480,6 +480,18 @@ async fn the_openapi_document_and_health_are_served() {
     assert_eq!(reply.json["error"], "not-found");
 }
 
+/// The control plane names its build and reports its process beside its own metrics:
+/// `bulwark_build_info{version, revision}` and the `process_*` every Prometheus client exports.
+#[tokio::test]
+async fn the_metrics_name_the_build_and_the_process() {
+    let (_etcd, cp) = setup().await;
+    let http = bulwark_tests::client::http1_client(cp.http());
+    let text = bulwark_tests::client::get(&http, &cp.url("/metrics"))
+        .await
+        .text();
+    bulwark_tests::metrics::assert_build_and_process(&text);
+}
+
 #[tokio::test]
 async fn the_grpc_operator_api_does_the_same() {
     use bulwark_proto::v1::operator_client::OperatorClient;

@@ -125,6 +125,7 @@ async fn metrics_count_requests_by_upstream_protocol_and_status_class() {
         text.contains("bulwark_request_duration_seconds_bucket"),
         "a histogram: {text}"
     );
+    metrics::assert_build_and_process(&text);
     // The client's pooled keep-alive connection is still open.
     let active = metrics::value(
         &text,
