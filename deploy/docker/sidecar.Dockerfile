@@ -6,6 +6,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# The commit the binaries name in bulwark_build_info and --version (.git is not sent):
+#   --build-arg BULWARK_REVISION=$(git rev-parse --short=12 HEAD)
+ARG BULWARK_REVISION=unknown
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p bulwark-sidecar --bins
 # Keep the symbols (readable backtraces), drop the DWARF the release profile keeps for profiling.
