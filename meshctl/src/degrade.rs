@@ -162,7 +162,7 @@ mod tests {
         );
         assert_eq!(
             usage(Force::parse("SEVERE", "15x", "x")),
-            "--ttl must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got \"15x\""
+            "--ttl must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units us, ms, s, m, h), got \"15x\""
         );
         assert_eq!(
             usage(Force::parse("SEVERE", "0s", "x")),

@@ -49,14 +49,18 @@ impl fmt::Display for Duration {
     }
 }
 
-/// A duration shown as a policy writes it: `300ms`, `2s`, `1.5s`, `1m30s`, `2h`, `1h5m`
-/// (whole milliseconds; the one formatter of durations in errors, logs and admin answers).
+/// A duration shown as a policy writes it: `500us`, `300ms`, `2s`, `1.5s`, `1m30s`, `2h`,
+/// `1h5m` (whole microseconds below a millisecond, whole milliseconds above; the one formatter
+/// of durations in errors, logs and admin answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationText(pub std::time::Duration);
 
 impl fmt::Display for DurationText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
+        if ms == 0 && !self.0.is_zero() {
+            return write!(f, "{}us", self.0.as_micros());
+        }
         if ms < 1000 {
             return write!(f, "{ms}ms");
         }
@@ -94,7 +98,7 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
-/// Parses `250ms`, `10s`, `1.5s`, `30m`, `1h`, `1m30s`.
+/// Parses `500us` (or `500µs`), `250ms`, `10s`, `1.5s`, `30m`, `1h`, `1m30s`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
     if t.is_empty() {
@@ -102,7 +106,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     }
     let bad = || {
         format!(
-            "must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got {text:?}"
+            "must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units us, ms, s, m, h), got {text:?}"
         )
     };
     let mut total = 0f64;
@@ -120,6 +124,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
         let scale = match &rest[..unit_end] {
+            "us" | "µs" => 0.000_001,
             "ms" => 0.001,
             "s" => 1.0,
             "m" => 60.0,
@@ -424,6 +429,12 @@ mod tests {
     fn durations_print_as_policies_write_them() {
         let text = |ms: u64| DurationText(std::time::Duration::from_millis(ms)).to_string();
         assert_eq!(text(0), "0ms");
+        let micros = |us: u64| DurationText(std::time::Duration::from_micros(us)).to_string();
+        assert_eq!(micros(500), "500us");
+        assert_eq!(
+            parse_duration(&micros(750)),
+            Ok(std::time::Duration::from_micros(750))
+        );
         assert_eq!(text(300), "300ms");
         assert_eq!(text(2_000), "2s");
         assert_eq!(text(1_500), "1.5s");
@@ -455,9 +466,14 @@ mod tests {
         assert_eq!(ms("1h"), Ok(3_600_000));
         assert_eq!(ms("1m30s"), Ok(90_000));
         assert_eq!(ms("0s"), Ok(0));
+        let us = |t: &str| parse_duration(t).map(|d| d.as_micros());
+        assert_eq!(us("500us"), Ok(500));
+        assert_eq!(us("500µs"), Ok(500));
+        assert_eq!(us("1ms500us"), Ok(1_500));
+        assert_eq!(us("2.5us"), Ok(2));
         assert_eq!(
             ms("10"),
-            Err("must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got \"10\"".into())
+            Err("must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units us, ms, s, m, h), got \"10\"".into())
         );
         assert!(ms("s").is_err());
         assert!(ms("10 s").is_err());

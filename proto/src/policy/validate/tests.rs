@@ -236,12 +236,21 @@ fn timeouts_parse_are_positive_and_nest() {
     assert_eq!(
         upstream_with("  timeouts: { request: 10, perTry: 0ms, connect: 1s }\n"),
         [
-            "spec.timeouts.request: must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got \"10\"",
+            "spec.timeouts.request: must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units us, ms, s, m, h), got \"10\"",
             "spec.timeouts.perTry: must be greater than 0, got 0ms",
         ]
     );
     // Only pairs written in the same block are compared.
     assert_eq!(upstream_with("  timeouts: { perTry: 1h }\n"), none());
+    // Below a millisecond, to the microsecond.
+    assert_eq!(
+        upstream_with("  timeouts: { request: 1ms, perTry: 500us, connect: 750µs }\n"),
+        none()
+    );
+    assert_eq!(
+        upstream_with("  timeouts: { request: 400us, perTry: 500us }\n"),
+        ["spec.timeouts.perTry: must be <= request (400us), got 500us"]
+    );
 }
 
 #[test]
@@ -653,7 +662,7 @@ fn adaptive_concurrency_and_criticality_are_checked_field_by_field() {
             "spec.adaptiveConcurrency.probeConcurrency: must be >= 1, got 0",
             "spec.adaptiveConcurrency.probeSamples: must be >= 1, got 0",
             "spec.adaptiveConcurrency.maxQueue: must be <= 100000, got 100001",
-            "spec.adaptiveConcurrency.maxQueueWait: must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units ms, s, m, h), got \"soon\"",
+            "spec.adaptiveConcurrency.maxQueueWait: must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units us, ms, s, m, h), got \"soon\"",
             "spec.criticality: unknown criticality \"urgent\"; expected sheddable, sheddable-plus, critical or critical-plus",
             "spec.routes[0].criticality: unknown criticality \"HIGH\"; expected sheddable, sheddable-plus, critical or critical-plus",
         ]
