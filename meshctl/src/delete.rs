@@ -1,4 +1,5 @@
-//! `meshctl delete KIND NAME`: removes one resource, optionally only at a known version.
+//! `meshctl delete KIND NAME`: removes one resource, optionally only at a known version; an
+//! UpstreamPolicy other policies still name only with `--force`.
 
 use bulwark_proto::policy::Kind;
 
@@ -14,10 +15,14 @@ pub async fn run(
     name: &str,
     resource_version: Option<&str>,
     by: &str,
+    force: bool,
 ) -> Result<Output, CliError> {
     let mut pairs = vec![("by", by)];
     if let Some(version) = resource_version {
         pairs.push(("resourceVersion", version));
+    }
+    if force {
+        pairs.push(("force", "true"));
     }
     let path = format!(
         "{}{}",

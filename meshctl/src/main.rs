@@ -116,6 +116,10 @@ enum Command {
         /// Delete only if the stored resource is still at this version.
         #[arg(long, value_name = "VERSION")]
         resource_version: Option<String>,
+        /// Delete an UpstreamPolicy even though other policies still name it (as a failover
+        /// target or a dependency); without it, the control plane refuses and names them.
+        #[arg(long)]
+        force: bool,
     },
     /// List a resource's recorded changes, newest first.
     History { kind: String, name: String },
@@ -452,10 +456,11 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             kind,
             name,
             resource_version,
+            force,
         } => {
             let kind = api::parse_kind(&kind)?;
             let version = resource_version.as_deref();
-            delete::run(&client, kind, namespace, &name, version, &by).await
+            delete::run(&client, kind, namespace, &name, version, &by, force).await
         }
         Command::History { kind, name } => {
             history::history(&client, api::parse_kind(&kind)?, namespace, &name).await

@@ -334,7 +334,13 @@ impl Operator for OperatorService {
         let key = ops::resource_key(&r.kind, &r.namespace, &r.name).map_err(rescue)?;
         let deleted = self
             .ops
-            .delete(&actor, &key, expected(r.resource_version), by(r.by))
+            .delete(
+                &actor,
+                &key,
+                expected(r.resource_version),
+                by(r.by),
+                r.force,
+            )
             .await
             .map_err(rescue)?;
         Ok(Response::new(pb::DeleteResponse {

@@ -5,11 +5,11 @@
 //! takes the [`Actor`] that asks, is authorised before it acts, and every write is audited
 //! ([`access`](super::access)); the history's `by` is the authenticated user.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_proto::policy::{Kind, LoadError, Resource, parse_json};
+use bulwark_proto::policy::{Kind, LoadError, Resource, parse_json, refs};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -384,18 +384,56 @@ impl Ops {
         })
     }
 
-    /// Deletes one resource; with `expected`, only at that `resourceVersion`.
+    /// Deletes one resource; with `expected`, only at that `resourceVersion`. An
+    /// UpstreamPolicy that other policies still name (a failover target, a dependency) is
+    /// deleted only with `force`.
     pub async fn delete(
         &self,
         actor: &Actor,
         key: &ResourceKey,
         expected: Option<i64>,
         by: Option<String>,
+        force: bool,
     ) -> Result<DeleteResponse, OpError> {
         let by = author(actor, by)?;
         let target = policy_target(Verb::Delete, key);
-        self.audited(actor, target, self.delete_as(key, expected, &by))
-            .await
+        self.audited(actor, target, async {
+            if !force {
+                self.unreferenced(key)?;
+            }
+            self.delete_as(key, expected, &by).await
+        })
+        .await
+    }
+
+    /// Refuses to delete `key` while other policies name it, naming each and the field.
+    fn unreferenced(&self, key: &ResourceKey) -> Result<(), OpError> {
+        if key.kind != Kind::UpstreamPolicy {
+            return Ok(());
+        }
+        let index = self.index.lock();
+        if index.get(key).is_none() {
+            return Err(OpError::NotFound(format!("{key} not found")));
+        }
+        let referrers: Vec<String> = index
+            .resources()
+            .filter(|r| r.key != *key)
+            .flat_map(|r| {
+                refs::references(&r.resource)
+                    .into_iter()
+                    .filter(|t| t.namespace == key.namespace && t.name == key.name)
+                    .map(|t| format!("{} ({})", r.key, t.path))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if referrers.is_empty() {
+            return Ok(());
+        }
+        Err(OpError::Conflict(format!(
+            "{key} is still named by {}; change or delete {} first, or delete it with force",
+            referrers.join(", "),
+            if referrers.len() == 1 { "it" } else { "them" }
+        )))
     }
 
     async fn delete_as(
@@ -623,6 +661,7 @@ impl Ops {
         by: &str,
         op: Option<HistoryOp>,
     ) -> Result<ApplyResponse, OpError> {
+        let targets = required_targets(desired);
         let reads: Vec<Read> = desired
             .iter()
             .flat_map(|d| {
@@ -634,6 +673,7 @@ impl Ops {
                     },
                 ]
             })
+            .chain(targets.keys().map(|k| Read::Key(self.keys.policy(k))))
             .collect();
         for _ in 0..WRITE_ATTEMPTS {
             let current = self.store.read(&reads).await?;
@@ -680,6 +720,25 @@ impl Ops {
                     resource_version: stored_version,
                     diff,
                 });
+            }
+            // Each failover target stays stored until this write is in (guarded): a request
+            // must never fail over to nothing.
+            let mut missing = Vec::new();
+            for (j, (target, naming)) in targets.iter().enumerate() {
+                match current.answers[2 * desired.len() + j].first() {
+                    Some(stored) => plan.guards.push(Guard {
+                        key: self.keys.policy(target),
+                        mod_revision: stored.mod_revision,
+                    }),
+                    None => missing.extend(naming.iter().map(|field| {
+                        format!(
+                            "{field}: names {target}, which does not exist; apply it first, or in the same request"
+                        )
+                    })),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(problems(missing));
             }
             if !conflicts.is_empty() {
                 let message = conflicts
@@ -958,14 +1017,42 @@ fn parse_resources(values: &[Value]) -> Result<Vec<Desired>, OpError> {
     if details.is_empty() {
         return Ok(desired);
     }
+    Err(problems(details))
+}
+
+/// Every problem of a write refused as a whole.
+fn problems(details: Vec<String>) -> OpError {
     let n = details.len();
-    Err(OpError::Invalid {
+    OpError::Invalid {
         message: format!(
             "{n} problem{} found; nothing was stored",
             if n == 1 { "" } else { "s" }
         ),
         details,
-    })
+    }
+}
+
+/// The failover targets `desired` name that it does not apply itself, each with the fields
+/// that name it (`UpstreamPolicy/shop/checkout: spec.fallback.failover[0]`): they must be
+/// stored for the write to go ahead.
+fn required_targets(desired: &[Desired]) -> BTreeMap<ResourceKey, Vec<String>> {
+    let applied: BTreeSet<&ResourceKey> = desired.iter().map(|d| &d.key).collect();
+    let mut targets: BTreeMap<ResourceKey, Vec<String>> = BTreeMap::new();
+    for d in desired {
+        for r in refs::references(&d.resource)
+            .into_iter()
+            .filter(|r| r.required)
+        {
+            let key = ResourceKey::new(Kind::UpstreamPolicy, r.namespace, r.name);
+            if !applied.contains(&key) {
+                targets
+                    .entry(key)
+                    .or_default()
+                    .push(format!("{}: {}", d.key, r.path));
+            }
+        }
+    }
+    targets
 }
 
 /// `Kind/namespace/name` from a document that may not parse, to name it in errors.

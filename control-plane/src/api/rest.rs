@@ -363,6 +363,8 @@ async fn list(
 struct DeleteQuery {
     resource_version: Option<String>,
     by: Option<String>,
+    /// Delete an UpstreamPolicy that other policies still name.
+    force: Option<bool>,
 }
 
 async fn delete(
@@ -389,7 +391,10 @@ async fn delete(
             )))
         })?),
     };
-    Ok(json(&ops.delete(&actor, &key, expected, q.by).await?))
+    let force = q.force.unwrap_or(false);
+    Ok(json(
+        &ops.delete(&actor, &key, expected, q.by, force).await?,
+    ))
 }
 
 async fn history(State(ops): State<Arc<Ops>>, Extension(actor): Caller, p: ResourcePath) -> Answer {

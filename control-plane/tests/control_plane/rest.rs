@@ -326,6 +326,65 @@ async fn invalid_resources_are_refused_with_every_field_path_and_nothing_is_stor
     assert!(etcd.stored_keys(PREFIX).is_empty());
 }
 
+/// References between policies hold: a failover target must exist (stored, or applied in
+/// the same request), and an UpstreamPolicy that others still name — as a failover target or
+/// a dependency — is deleted only with `force`, the refusal naming every referrer and field.
+#[tokio::test]
+async fn failover_targets_must_exist_and_named_upstreams_are_not_deleted_without_force() {
+    let (etcd, cp) = setup().await;
+    let mut checkout = upstream("checkout", "127.0.0.1:1");
+    checkout["spec"]["fallback"] = json!({"failover": ["payments", "ghost.elsewhere"]});
+    let reply = cp
+        .post("/v1/apply", json!({"resources": [checkout.clone()]}))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.json);
+    assert_eq!(
+        reply.json,
+        json!({"error": "invalid", "message": "2 problems found; nothing was stored", "details": [
+            "UpstreamPolicy/default/checkout: spec.fallback.failover[0]: names UpstreamPolicy/default/payments, which does not exist; apply it first, or in the same request",
+            "UpstreamPolicy/default/checkout: spec.fallback.failover[1]: names UpstreamPolicy/elsewhere/ghost, which does not exist; apply it first, or in the same request",
+        ]})
+    );
+    assert!(etcd.stored_keys(PREFIX).is_empty());
+
+    // Applied together with its targets, it is stored.
+    let mut ghost = upstream("ghost", "127.0.0.1:2");
+    ghost["metadata"]["namespace"] = json!("elsewhere");
+    let mut orders = service("default", "orders", 8080);
+    orders["spec"]["dependencies"] = json!({"payments": {"critical": true}});
+    let reply = cp
+        .post(
+            "/v1/apply",
+            json!({"resources": [checkout, upstream("payments", "127.0.0.1:3"), ghost, orders]}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+
+    // Named by checkout's failover and by orders' dependencies: not deleted, and said why.
+    let before = etcd.stored_keys(PREFIX);
+    let reply = cp.delete("/v1/UpstreamPolicy/default/payments").await;
+    assert_eq!(reply.status, 409, "{}", reply.json);
+    assert_eq!(
+        reply.json["message"],
+        "UpstreamPolicy/default/payments is still named by UpstreamPolicy/default/checkout (spec.fallback.failover[0]), ServicePolicy/default/orders (spec.dependencies.payments); change or delete them first, or delete it with force"
+    );
+    assert_eq!(etcd.stored_keys(PREFIX), before, "nothing changed");
+    // A policy nobody names goes as before; a missing one is still not found.
+    assert_eq!(
+        cp.delete("/v1/UpstreamPolicy/default/nothing").await.status,
+        404
+    );
+    // With force it goes.
+    let reply = cp
+        .delete("/v1/UpstreamPolicy/default/payments?force=true")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    assert_eq!(
+        cp.get("/v1/UpstreamPolicy/default/payments").await.status,
+        404
+    );
+}
+
 #[tokio::test]
 async fn resource_version_conflicts_name_the_current_version() {
     let (_etcd, cp) = setup().await;
@@ -631,6 +690,7 @@ async fn the_grpc_operator_api_does_the_same() {
             name: "echo".into(),
             resource_version: v1,
             by: "grpc".into(),
+            force: false,
         })
         .await
         .unwrap()

@@ -212,3 +212,34 @@ fn delete_names_who_and_optionally_the_expected_version() {
     );
     assert_eq!(run.code, Some(1));
 }
+
+#[test]
+fn delete_of_a_named_upstream_is_refused_with_its_referrers_unless_forced() {
+    let refused = "UpstreamPolicy/shop/payments is still named by UpstreamPolicy/shop/checkout (spec.fallback.failover[0]); change or delete it first, or delete it with force";
+    let cp = FakeControlPlane::start(&[
+        (
+            "DELETE /v1/UpstreamPolicy/shop/payments?by=tester",
+            Reply::json(409, json!({"error": "conflict", "message": refused})),
+        ),
+        (
+            "DELETE /v1/UpstreamPolicy/shop/payments?by=tester&force=true",
+            Reply::ok(json!({"id": "UpstreamPolicy/shop/payments", "revision": 12})),
+        ),
+    ]);
+    let delete = |extra: &[&str]| {
+        let mut args = vec![
+            "--server", &cp.url, "delete", "up", "payments", "-n", "shop",
+        ];
+        args.extend_from_slice(extra);
+        meshctl(&args, &[])
+    };
+    let run = delete(&[]);
+    assert_eq!(run.stderr, format!("meshctl: conflict: {refused}\n"));
+    assert_eq!(run.code, Some(1));
+    let run = delete(&["--force"]);
+    assert_eq!(run.stderr, "");
+    assert_eq!(
+        run.stdout,
+        "UpstreamPolicy/shop/payments deleted (revision 12)\n"
+    );
+}

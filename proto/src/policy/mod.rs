@@ -9,6 +9,7 @@ pub mod capability;
 pub mod defaults;
 mod load;
 mod model;
+pub mod refs;
 pub mod units;
 mod validate;
 

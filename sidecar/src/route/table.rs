@@ -446,9 +446,7 @@ fn failover_targets(
     names
         .iter()
         .filter_map(|target| {
-            let (name, ns) = target
-                .split_once('.')
-                .unwrap_or((target.as_str(), &from.namespace));
+            let (name, ns) = bulwark_proto::policy::refs::resolve(target, &from.namespace);
             let found = compiled.get(name).and_then(|by_ns| by_ns.get(ns));
             if found.is_none() {
                 tracing::warn!(upstream = %from.name, failover = %target, "failover target has no UpstreamPolicy; it is skipped");
