@@ -75,6 +75,10 @@ pub enum CliError {
     /// `auth can-i` said no: its output says so, and the exit status is 1.
     #[error("not allowed")]
     Denied(crate::output::Output),
+    /// A command that printed part of its answer before it failed (`version`: the client's,
+    /// then no server).
+    #[error("{1}")]
+    Partial(crate::output::Output, Box<CliError>),
     /// Writing to stdout or stderr failed (a closed pipe, a full disk).
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
@@ -143,6 +147,7 @@ impl CliError {
     /// The process exit status for this failure.
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            CliError::Partial(_, e) => e.exit_code(),
             CliError::Unreachable { .. } => ExitCode::from(2),
             CliError::Invalid(_)
             | CliError::Usage(_)
@@ -158,6 +163,7 @@ impl CliError {
     /// The lines printed on stderr, without trailing newlines.
     pub fn lines(&self) -> Vec<String> {
         match self {
+            CliError::Partial(_, e) => e.lines(),
             CliError::Invalid(problems) => problems.clone(),
             CliError::Refused {
                 request,

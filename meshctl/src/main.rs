@@ -13,17 +13,19 @@ mod events;
 mod get;
 mod history;
 mod inject;
+mod man;
 mod output;
 mod pods;
 mod status;
 mod table;
 mod validate;
+mod version;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::Client;
 use crate::errors::CliError;
@@ -228,6 +230,26 @@ enum Command {
     /// Contexts of the config file: server, CA and credentials, like kubeconfig.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// This client's version and commit, then the control plane's.
+    ///
+    /// Prints `Client: 0.1.0 (1f55482ec448)` and `Server: 0.1.0 (1f55482ec448)`; the
+    /// client's line even when the control plane cannot be asked (then the error, and a
+    /// non-zero exit status).
+    Version {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Print a shell completion script: `source <(meshctl completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (meshctl.1 and one per command, meshctl-apply.1, …) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
     /// Add the Bulwark sidecar to Kubernetes manifests, offline.
     ///
     /// Reads Deployments, StatefulSets, DaemonSets, Jobs, CronJobs and Pods (several
@@ -369,6 +391,19 @@ fn main() -> ExitCode {
         let (out, error) = inject::run(files, &flags);
         return finish(out, error);
     }
+    if let Command::Completion { shell } = &cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "meshctl", &mut script);
+        let mut out = Output::default();
+        out.text(&String::from_utf8_lossy(&script));
+        return finish(out, None);
+    }
+    if let Command::Man { dir } = &cli.command {
+        return match man::write(Cli::command(), dir) {
+            Ok(out) => finish(out, None),
+            Err(e) => finish(Output::default(), Some(e)),
+        };
+    }
     if let Command::Config(command) = &cli.command {
         let result = match command {
             ConfigCommand::SetContext { name } => match &cli.server {
@@ -410,6 +445,7 @@ fn main() -> ExitCode {
             let _ = write_all(&out);
             ExitCode::FAILURE
         }
+        Err(CliError::Partial(out, error)) => finish(out, Some(*error)),
         Err(error) => finish(Output::default(), Some(error)),
     }
 }
@@ -545,6 +581,9 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Config(_) => Err(CliError::Usage("config runs offline".into())),
         Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),
         Command::Inject { .. } => Err(CliError::Usage("inject runs offline".into())),
+        Command::Completion { .. } => Err(CliError::Usage("completion runs offline".into())),
+        Command::Man { .. } => Err(CliError::Usage("man runs offline".into())),
+        Command::Version { output } => version::run(&client, output).await,
     }
 }
 

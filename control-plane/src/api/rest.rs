@@ -58,6 +58,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/rolebindings/{name}"),
     ("get", "/v1/audit"),
     ("get", "/v1/auth/whoami"),
+    ("get", "/v1/version"),
     ("get", "/v1/auth/can-i"),
     ("get", "/openapi.json"),
     ("get", "/health/live"),
@@ -104,6 +105,7 @@ pub fn router_with(ops: Arc<Ops>, max_body: usize) -> Router {
         )
         .route("/v1/audit", get(audit))
         .route("/v1/auth/whoami", get(whoami))
+        .route("/v1/version", get(version))
         .route("/v1/auth/can-i", get(can_i))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -584,6 +586,14 @@ async fn audit(
 
 async fn whoami(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Answer {
     Ok(json(&ops.whoami(&actor)))
+}
+
+/// The control plane's version and the commit it was built from; any authenticated caller.
+async fn version(Extension(_actor): Caller) -> Answer {
+    Ok(json(&serde_json::json!({
+        "version": bulwark_telemetry::VERSION,
+        "revision": bulwark_telemetry::REVISION,
+    })))
 }
 
 async fn can_i(

@@ -549,6 +549,13 @@ async fn the_metrics_name_the_build_and_the_process() {
         .await
         .text();
     bulwark_tests::metrics::assert_build_and_process(&text);
+    // The same version and commit for `meshctl version`.
+    let reply = cp.get("/v1/version").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json,
+        json!({"version": bulwark_telemetry::VERSION, "revision": bulwark_telemetry::REVISION})
+    );
 }
 
 #[tokio::test]

@@ -9,3 +9,4 @@ mod operations;
 mod server;
 mod support;
 mod validate;
+mod version;
