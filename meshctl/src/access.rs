@@ -10,7 +10,7 @@ use crate::api;
 use crate::client::Client;
 use crate::config::{self, Context};
 use crate::errors::CliError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::table::Table;
 
 #[derive(Debug, Deserialize)]
@@ -107,16 +107,18 @@ pub async fn audit(
     client: &Client,
     namespace: Option<&str>,
     limit: u32,
+    format: Format,
 ) -> Result<Output, CliError> {
     let limit = limit.to_string();
     let mut pairs = vec![("limit", limit.as_str())];
     if let Some(ns) = namespace {
         pairs.push(("namespace", ns));
     }
-    let list = client
-        .get::<AuditList>(&format!("/v1/audit{}", api::query(&pairs)))
-        .await?
-        .body;
+    let path = format!("/v1/audit{}", api::query(&pairs));
+    if format.documents() {
+        return client.document(&path, format).await;
+    }
+    let list = client.get::<AuditList>(&path).await?.body;
     let mut out = Output::default();
     if list.items.is_empty() {
         out.note("no audit records");
@@ -162,7 +164,10 @@ struct NamedBinding {
     subjects: Vec<Subject>,
 }
 
-pub async fn list_bindings(client: &Client) -> Result<Output, CliError> {
+pub async fn list_bindings(client: &Client, format: Format) -> Result<Output, CliError> {
+    if format.documents() {
+        return client.document("/v1/rolebindings", format).await;
+    }
     let reply = client.get::<BindingList>("/v1/rolebindings").await?;
     let mut out = Output::default();
     out.stale(reply.stale);

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{Connection, Credential, Server};
 use crate::errors::CliError;
+use crate::output::{Format, Output};
 
 /// A control plane that does not accept a connection in this time is treated as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -71,6 +72,16 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, CliError> {
         self.send(Method::GET, path, None).await
+    }
+
+    /// `-o json|yaml`: the control plane's answer to `GET path`, printed as it came (with the
+    /// stale note on stderr when it may be out of date).
+    pub async fn document(&self, path: &str, format: Format) -> Result<Output, CliError> {
+        let reply = self.get::<serde_json::Value>(path).await?;
+        let mut out = Output::default();
+        out.stale(reply.stale);
+        out.document(format, &reply.body).map_err(CliError::Usage)?;
+        Ok(out)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(

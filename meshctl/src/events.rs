@@ -4,14 +4,18 @@
 use crate::api::{self, Event, Events, Target};
 use crate::client::Client;
 use crate::errors::CliError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::table::Table;
 
 pub async fn run(
     client: &Client,
     service: Option<&Target>,
     limit: u32,
+    format: Format,
 ) -> Result<Output, CliError> {
+    if format.documents() {
+        return client.document(&path(service, limit), format).await;
+    }
     let reply = client.get::<Events>(&path(service, limit)).await?;
     let mut out = Output::default();
     out.stale(reply.stale);
@@ -21,7 +25,7 @@ pub async fn run(
             None => "no events".to_string(),
         });
     } else {
-        out.text(&table(&reply.body.events).render());
+        out.text(&table(&reply.body.events, format == Format::Wide).render());
     }
     Ok(out)
 }
@@ -38,9 +42,14 @@ pub fn path(service: Option<&Target>, limit: u32) -> String {
     format!("/v1/events{}", api::query(&pairs))
 }
 
-/// TIME, SERVICE, KIND, CHANGE (`from -> to`), BY, REASONS, in the server's order.
-pub fn table(events: &[Event]) -> Table {
-    let mut table = Table::new(&["TIME", "SERVICE", "KIND", "CHANGE", "BY", "REASONS"]);
+/// TIME, SERVICE, KIND, CHANGE (`from -> to`), BY, REASONS, in the server's order; `wide`
+/// adds TEXT, the event's one-line account (what an alert says).
+pub fn table(events: &[Event], wide: bool) -> Table {
+    let mut columns = vec!["TIME", "SERVICE", "KIND", "CHANGE", "BY", "REASONS"];
+    if wide {
+        columns.push("TEXT");
+    }
+    let mut table = Table::new(&columns);
     for event in events {
         let change = match (event.from.as_str(), event.to.as_str()) {
             ("", "") => "-".to_string(),
@@ -53,14 +62,18 @@ pub fn table(events: &[Event]) -> Table {
         } else {
             event.reasons.join(", ")
         };
-        table.row(vec![
+        let mut row = vec![
             event.at.clone(),
             event.service.clone(),
             event.kind.clone(),
             change,
             or_dash(&event.by).to_string(),
             or_dash(&reasons).to_string(),
-        ]);
+        ];
+        if wide {
+            row.push(or_dash(&event.text).to_string());
+        }
+        table.row(row);
     }
     table
 }
@@ -93,7 +106,7 @@ mod tests {
         )
         .expect("events parse");
         assert_eq!(
-            table(&events.events).render(),
+            table(&events.events, false).render(),
             "TIME                       SERVICE                  KIND       CHANGE                BY      REASONS\n\
              2026-11-22T10:05:00.000Z   *                        override   NORMAL -> EMERGENCY   alice   payment provider outage\n\
              2026-11-22T10:01:00.000Z   mrg/order-orchestrator   breaker    closed -> open        -       mrg/order-orchestrator midtrans breaker open on 3/4 pods\n\
@@ -109,7 +122,7 @@ mod tests {
         )
         .expect("events parse");
         assert_eq!(
-            table(&events.events).render(),
+            table(&events.events, false).render(),
             "TIME                       SERVICE   KIND    CHANGE        BY   REASONS\n\
              2026-11-22T10:00:00.000Z   mrg/a     level   - -> SEVERE   -    -\n\
              2026-11-22T09:00:00.000Z   mrg/a     level   -             -    -\n"

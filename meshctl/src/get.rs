@@ -8,17 +8,8 @@ use serde_json::Value;
 use crate::api::{self, List};
 use crate::client::Client;
 use crate::errors::CliError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::table::Table;
-
-/// `-o`: how resources are printed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    #[default]
-    Table,
-    Yaml,
-    Json,
-}
 
 /// Which namespaces a list covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +63,12 @@ pub async fn run(client: &Client, query: &Query<'_>) -> Result<Output, CliError>
         }
     };
     match query.format {
-        Format::Table if items.is_empty() => out.note(match query.scope {
+        Format::Table | Format::Wide if items.is_empty() => out.note(match query.scope {
             Scope::Namespace(ns) => format!("no {} resources in namespace {ns}", query.kind),
             Scope::All => format!("no {} resources in any namespace", query.kind),
         }),
-        Format::Table => out.text(&table(query.kind, &items).render()),
+        Format::Table => out.text(&table(query.kind, &items, false).render()),
+        Format::Wide => out.text(&table(query.kind, &items, true).render()),
         Format::Json => {
             let json = if single {
                 serde_json::to_string_pretty(items.first().unwrap_or(&Value::Null))
@@ -111,13 +103,20 @@ fn selector(values: &[String]) -> Result<String, CliError> {
 }
 
 /// NAME, NAMESPACE, VERSION, and for upstreams ENDPOINTS and PROTOCOL.
-pub fn table(kind: Kind, items: &[Value]) -> Table {
+pub fn table(kind: Kind, items: &[Value], wide: bool) -> Table {
     let upstream = kind == Kind::UpstreamPolicy;
-    let mut table = if upstream {
-        Table::new(&["NAME", "NAMESPACE", "VERSION", "ENDPOINTS", "PROTOCOL"])
-    } else {
-        Table::new(&["NAME", "NAMESPACE", "VERSION"])
-    };
+    let mut columns = vec!["NAME", "NAMESPACE", "VERSION"];
+    if upstream {
+        columns.extend(["ENDPOINTS", "PROTOCOL"]);
+    }
+    if wide {
+        columns.extend(if upstream {
+            ["FAILOVER", "LABELS"]
+        } else {
+            ["DEPENDENCIES", "LABELS"]
+        });
+    }
+    let mut table = Table::new(&columns);
     for item in items {
         let text = |pointer: &str| match item.pointer(pointer) {
             Some(Value::String(s)) => s.clone(),
@@ -138,9 +137,41 @@ pub fn table(kind: Kind, items: &[Value]) -> Table {
                 protocol
             });
         }
+        if wide {
+            cells.push(if upstream {
+                joined(item.pointer("/spec/fallback/failover"))
+            } else {
+                joined(item.pointer("/spec/dependencies"))
+            });
+            cells.push(joined(item.pointer("/metadata/labels")));
+        }
         table.row(cells);
     }
     table
+}
+
+/// A list's items, a map's `key=value` pairs (a map of objects: its keys), joined by commas;
+/// `-` for none.
+fn joined(value: Option<&Value>) -> String {
+    let parts: Vec<String> = match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                _ => k.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(",")
+    }
 }
 
 /// The `dns` name, or the `static` addresses joined by commas.
@@ -172,7 +203,7 @@ mod tests {
                    "spec": {"endpoints": {"static": ["10.0.0.1:80", "10.0.0.2:80"]}}}),
         ];
         assert_eq!(
-            table(Kind::UpstreamPolicy, &items).render(),
+            table(Kind::UpstreamPolicy, &items, false).render(),
             "NAME       NAMESPACE   VERSION   ENDPOINTS                 PROTOCOL\n\
              midtrans   payments    41        midtrans.payments:8080    http1\n\
              echo       default     7         10.0.0.1:80,10.0.0.2:80   auto\n"
@@ -183,7 +214,7 @@ mod tests {
     fn service_tables_have_three_columns() {
         let items = [json!({"metadata": {"name": "checkout", "namespace": "payments"}})];
         assert_eq!(
-            table(Kind::ServicePolicy, &items).render(),
+            table(Kind::ServicePolicy, &items, false).render(),
             "NAME       NAMESPACE   VERSION\ncheckout   payments\n"
         );
     }

@@ -8,7 +8,7 @@ use crate::api::{self, ApplyResponse, History, HistoryEntry, RollbackRequest};
 use crate::apply::render_results;
 use crate::client::Client;
 use crate::errors::CliError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::table::Table;
 
 pub async fn history(
@@ -16,8 +16,12 @@ pub async fn history(
     kind: Kind,
     namespace: &str,
     name: &str,
+    format: Format,
 ) -> Result<Output, CliError> {
     let path = format!("{}/history", api::resource_path(kind, namespace, name));
+    if format.documents() {
+        return client.document(&path, format).await;
+    }
     let reply = client.get::<History>(&path).await?;
     let mut out = Output::default();
     out.stale(reply.stale);

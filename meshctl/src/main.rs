@@ -29,8 +29,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::Client;
 use crate::errors::CliError;
-use crate::get::{Format, Query, Scope};
-use crate::output::Output;
+use crate::get::{Query, Scope};
+use crate::output::{Format, Output};
 
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version = bulwark_telemetry::LONG_VERSION, about = "Operate a Bulwark mesh")]
@@ -124,7 +124,12 @@ enum Command {
         force: bool,
     },
     /// List a resource's recorded changes, newest first.
-    History { kind: String, name: String },
+    History {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// Restore a resource as it was at a revision listed by `history`.
     Rollback {
         kind: String,
@@ -155,7 +160,10 @@ enum Command {
     /// judged unhealthy, the pods reporting (and how many are taken out of rotation) and the
     /// reasons. Then, after a blank line, each resource's version, how many pods applied it,
     /// and every pod that refused a snapshot and why.
-    Status,
+    Status {
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// Pods connected to the control plane, with their workload identity.
     ///
     /// Prints NAMESPACE, SERVICE, POD, VERSION (the snapshot it applied), IDENTITY (its
@@ -165,6 +173,8 @@ enum Command {
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Level changes, breaker transitions and overrides, newest first.
     ///
@@ -179,6 +189,8 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 100,
               value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Force a degradation level on a service or the whole mesh until a TTL runs out, or
     /// clear that override.
@@ -226,6 +238,8 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 100,
               value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Contexts of the config file: server, CA and credentials, like kubeconfig.
     #[command(subcommand)]
@@ -288,6 +302,15 @@ enum Command {
     },
 }
 
+/// `-o` of the commands that list things.
+#[derive(Debug, clap::Args)]
+struct OutputFlag {
+    /// Output format: table, wide (every column there is), or the control plane's own
+    /// documents as json or yaml.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
 #[derive(Debug, Subcommand)]
 enum AuthCommand {
     /// The authenticated user, its groups and roles.
@@ -309,7 +332,10 @@ enum AuthCommand {
 #[derive(Debug, Subcommand)]
 enum BindingCommand {
     /// Every role binding you may read.
-    List,
+    List {
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// Give a role to users, groups or service accounts, in -n's namespace or (--cluster)
     /// everywhere; replaces a binding of the same name.
     Set {
@@ -498,23 +524,36 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             let version = resource_version.as_deref();
             delete::run(&client, kind, namespace, &name, version, &by, force).await
         }
-        Command::History { kind, name } => {
-            history::history(&client, api::parse_kind(&kind)?, namespace, &name).await
+        Command::History { kind, name, output } => {
+            let kind = api::parse_kind(&kind)?;
+            history::history(&client, kind, namespace, &name, output.format).await
         }
         Command::Rollback { kind, name, to } => {
             let kind = api::parse_kind(&kind)?;
             history::rollback(&client, kind, namespace, &name, to, &by).await
         }
-        Command::Status => status::run(&client).await,
-        Command::Pods { all_namespaces } => {
-            pods::run(&client, (!all_namespaces).then_some(namespace)).await
+        Command::Status { output } => status::run(&client, output.format).await,
+        Command::Pods {
+            all_namespaces,
+            output,
+        } => {
+            pods::run(
+                &client,
+                (!all_namespaces).then_some(namespace),
+                output.format,
+            )
+            .await
         }
-        Command::Events { service, limit } => {
+        Command::Events {
+            service,
+            limit,
+            output,
+        } => {
             let service = service
                 .as_deref()
                 .map(|s| api::parse_target(s, namespace))
                 .transpose()?;
-            events::run(&client, service.as_ref(), limit).await
+            events::run(&client, service.as_ref(), limit, output.format).await
         }
         Command::Degrade {
             service,
@@ -554,7 +593,9 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
                 Err(CliError::Denied(out))
             }
         }
-        Command::Rolebinding(BindingCommand::List) => access::list_bindings(&client).await,
+        Command::Rolebinding(BindingCommand::List { output }) => {
+            access::list_bindings(&client, output.format).await
+        }
         Command::Rolebinding(BindingCommand::Set {
             name,
             role,
@@ -576,7 +617,11 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Audit {
             limit,
             all_namespaces,
-        } => access::audit(&client, (!all_namespaces).then_some(namespace), limit).await,
+            output,
+        } => {
+            let namespace = (!all_namespaces).then_some(namespace);
+            access::audit(&client, namespace, limit, output.format).await
+        }
         // Handled in `main` before any runtime or server is set up.
         Command::Config(_) => Err(CliError::Usage("config runs offline".into())),
         Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),

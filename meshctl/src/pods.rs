@@ -7,15 +7,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::api::{self, Pod, PodList};
 use crate::client::Client;
 use crate::errors::CliError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::table::Table;
 
 /// `namespace`: `None` for every namespace.
-pub async fn run(client: &Client, namespace: Option<&str>) -> Result<Output, CliError> {
+pub async fn run(
+    client: &Client,
+    namespace: Option<&str>,
+    format: Format,
+) -> Result<Output, CliError> {
     let path = match namespace {
         Some(ns) => format!("/v1/pods{}", api::query(&[("namespace", ns)])),
         None => "/v1/pods".to_string(),
     };
+    if format.documents() {
+        return client.document(&path, format).await;
+    }
     let reply = client.get::<PodList>(&path).await?;
     let mut out = Output::default();
     out.stale(reply.stale);

@@ -7,14 +7,17 @@ use hyper::StatusCode;
 use crate::api::{self, Levels, Override, ResourceStatus, ServiceLevel, Status};
 use crate::client::Client;
 use crate::errors::CliError;
-use crate::output::Output;
+use crate::output::{Format, Output};
 use crate::table::Table;
 
 /// Said when the control plane predates the degradation API: convergence still matters most
 /// during the upgrade that brings it, so status goes on without levels.
 const NO_LEVELS_API: &str = "(no degradation levels: the control plane does not serve /v1/levels)";
 
-pub async fn run(client: &Client) -> Result<Output, CliError> {
+pub async fn run(client: &Client, format: Format) -> Result<Output, CliError> {
+    if format.documents() {
+        return documents(client, format).await;
+    }
     let levels = match client.get::<Levels>("/v1/levels").await {
         Ok(reply) => Some(reply),
         Err(CliError::Refused {
@@ -46,6 +49,28 @@ pub async fn run(client: &Client) -> Result<Output, CliError> {
         sections.push(table(&status.body.resources).render());
     }
     out.text(&sections.join("\n"));
+    Ok(out)
+}
+
+/// `-o json|yaml`: `{"levels": GET /v1/levels (null when not served), "status": GET
+/// /v1/status}`, each as the control plane answered.
+async fn documents(client: &Client, format: Format) -> Result<Output, CliError> {
+    let levels = match client.get::<serde_json::Value>("/v1/levels").await {
+        Ok(reply) => Some(reply),
+        Err(CliError::Refused {
+            status: StatusCode::NOT_FOUND,
+            ..
+        }) => None,
+        Err(e) => return Err(e),
+    };
+    let status = client.get::<serde_json::Value>("/v1/status").await?;
+    let mut out = Output::default();
+    out.stale(status.stale || levels.as_ref().is_some_and(|l| l.stale));
+    let both = serde_json::json!({
+        "levels": levels.map(|l| l.body),
+        "status": status.body,
+    });
+    out.document(format, &both).map_err(CliError::Usage)?;
     Ok(out)
 }
 

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 use crate::errors::CliError;
-use crate::get::Format;
-use crate::output::Output;
+use crate::output::{Format, Output};
 
 /// A version and the commit it was built from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +50,7 @@ pub fn render(
     let mut out = Output::default();
     let both = Both { client, server };
     match format {
-        Format::Table => {
+        Format::Table | Format::Wide => {
             out.line(format_args!(
                 "Client: {} ({})",
                 client.version, client.revision

@@ -6,6 +6,7 @@ mod degradation;
 mod get;
 mod inject;
 mod operations;
+mod output;
 mod server;
 mod support;
 mod validate;
