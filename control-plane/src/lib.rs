@@ -180,6 +180,8 @@ pub async fn run(
     if let Some(webhook) = &config.webhook {
         webhook.inject.validate()?;
     }
+    let metrics = Arc::new(Metrics::new());
+    let observed = metrics.clone();
     let store = Arc::new(
         EtcdStore::connect(
             &config.etcd_endpoints,
@@ -189,7 +191,10 @@ pub async fn run(
                 ..StoreOptions::default()
             },
         )
-        .await?,
+        .await?
+        .with_observer(Arc::new(move |operation, result, took| {
+            observed.etcd_call(operation, result, took);
+        })),
     );
     let index = SharedIndex::new();
     if let Some(identity) = &config.identity {
@@ -237,7 +242,6 @@ pub async fn run(
             .clone()
             .run(store.clone(), keys.clone(), stop.clone()),
     );
-    let metrics = Arc::new(Metrics::new());
     let (leading_tx, leading) = watch::channel(None);
     let election = tokio::spawn(leader::run(
         store.clone(),

@@ -180,6 +180,9 @@ pub struct Metrics {
     registry: Registry,
     /// `process_*`, unprefixed.
     process: Registry,
+    /// Every family registered, with its type: what the metrics reference is held against.
+    #[cfg_attr(not(test), allow(dead_code))]
+    registered: std::collections::BTreeMap<String, String>,
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily,
     connections: Family<ListenerLabels, Gauge>,
@@ -237,7 +240,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("bulwark");
+        let mut registry = bulwark_telemetry::Registrar::with_prefix("bulwark");
         bulwark_telemetry::register_build_info(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -270,7 +273,7 @@ impl Metrics {
             "Connections opened to upstream endpoints, by upstream and protocol",
             upstream_connects.clone(),
         );
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
+        let counter = |registry: &mut bulwark_telemetry::Registrar, name: &str, help: &str| {
             let family = Family::<DurationLabels, Counter>::default();
             registry.register(name, help, family.clone());
             family
@@ -471,8 +474,10 @@ impl Metrics {
             "Inbound requests checked against spec.inbound.authorization, by decision (allowed, denied, dry-run-denied)",
             authorization.clone(),
         );
+        let (registry, registered) = registry.finish();
         Metrics {
             registry,
+            registered,
             process: bulwark_telemetry::process_registry(),
             requests,
             durations,
@@ -1060,4 +1065,17 @@ pub struct TunnelMetrics {
     pub open: Gauge,
     pub sent: Counter,
     pub received: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_reference_lists_every_metric_with_its_type() {
+        let page = include_str!("../../docs/metrics.md");
+        let registered = &Metrics::new().registered;
+        let differences = bulwark_telemetry::reference::differences(registered, page, "Sidecar");
+        assert!(differences.is_empty(), "{}", differences.join("\n"));
+    }
 }

@@ -1,17 +1,23 @@
 //! What every Bulwark binary exports about itself: `bulwark_build_info{version, revision}` and
 //! the process's own metrics under the names every Prometheus client library uses
 //! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, …), read from `/proc` on each
-//! scrape; and the text of a scrape that holds them beside the binary's own metrics.
+//! scrape; and the text of a scrape that holds them beside the binary's own metrics. The
+//! metrics reference page is held against every registry by [`reference`].
+
+pub mod reference;
 
 use std::fmt;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use std::collections::BTreeMap;
+
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// The version this binary was built as (the workspace's).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,9 +34,55 @@ pub const LONG_VERSION: &str = concat!(
     ")"
 );
 
-/// Registers `build_info{version, revision}` (always 1) in `registry`, whose prefix names it
+/// A registry that remembers what was registered in it — every metric's exposed family name
+/// and type, whether or not it has a series yet (a scrape leaves out families without one) —
+/// so that the metrics reference can be held against it.
+#[derive(Debug)]
+pub struct Registrar {
+    registry: Registry,
+    prefix: String,
+    registered: BTreeMap<String, String>,
+}
+
+impl Registrar {
+    /// Metrics named `{prefix}_{name}`.
+    pub fn with_prefix(prefix: &str) -> Registrar {
+        Registrar {
+            registry: Registry::with_prefix(prefix),
+            prefix: prefix.to_string(),
+            registered: BTreeMap::new(),
+        }
+    }
+
+    /// As [`Registry::register`].
+    pub fn register(
+        &mut self,
+        name: impl Into<String>,
+        help: impl Into<String>,
+        metric: impl Metric,
+    ) {
+        let name = name.into();
+        let kind = match metric.metric_type() {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+            MetricType::Info => "info",
+            MetricType::Unknown => "unknown",
+        };
+        self.registered
+            .insert(format!("{}_{name}", self.prefix), kind.to_string());
+        self.registry.register(name, help, metric);
+    }
+
+    /// The registry, and every family registered in it with its type.
+    pub fn finish(self) -> (Registry, BTreeMap<String, String>) {
+        (self.registry, self.registered)
+    }
+}
+
+/// Registers `build_info{version, revision}` (always 1), named with the registrar's prefix
 /// (`bulwark_build_info`).
-pub fn register_build_info(registry: &mut Registry) {
+pub fn register_build_info(registry: &mut Registrar) {
     let info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
     info.get_or_create(&vec![("version", VERSION), ("revision", REVISION)])
         .set(1);
@@ -141,8 +193,13 @@ mod tests {
 
     #[test]
     fn a_scrape_has_the_build_and_the_process() {
-        let mut own = Registry::with_prefix("bulwark");
+        let mut own = Registrar::with_prefix("bulwark");
         register_build_info(&mut own);
+        let (own, registered) = own.finish();
+        assert_eq!(
+            registered.into_iter().collect::<Vec<_>>(),
+            [("bulwark_build_info".to_string(), "gauge".to_string())]
+        );
         let process = process_registry();
         let mut text = String::new();
         encode(&mut text, &[&own, &process]).expect("encodes");

@@ -278,8 +278,26 @@ pub struct EtcdCluster {
 const FAST_ELECTIONS: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
 
 impl EtcdCluster {
-    /// Starts `size` members and waits until each answers.
+    /// Starts `size` members and waits until each answers. A port found free may be taken by
+    /// a neighbour test before a member binds it (then that member exits, and the cluster
+    /// never forms): the whole cluster is started again on other ports.
     pub async fn start(size: usize) -> EtcdCluster {
+        let mut why = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let cluster = EtcdCluster::on_free_ports(size);
+            for member in 0..size {
+                cluster.spawn(member);
+            }
+            match cluster.try_await_all().await {
+                Ok(()) => return cluster,
+                // Dropping it kills every member.
+                Err(e) => why = e,
+            }
+        }
+        panic!("a {size}-member etcd cluster did not form in {START_ATTEMPTS} attempts: {why}");
+    }
+
+    fn on_free_ports(size: usize) -> EtcdCluster {
         let dir = TempDir::new();
         let clients: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
         let peers: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
@@ -289,20 +307,40 @@ impl EtcdCluster {
             .map(|(i, p)| format!("m{i}=http://{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let cluster = EtcdCluster {
+        EtcdCluster {
             members: (0..size).map(|_| Mutex::new(None)).collect(),
             dir,
             clients,
             peers,
             initial,
-        };
-        for member in 0..size {
-            cluster.spawn(member);
         }
-        for member in 0..size {
-            cluster.await_healthy(member).await;
-        }
-        cluster
+    }
+
+    /// Waits until every member answers; why not, when one exits or the cluster stays
+    /// unhealthy for [`ETCD_READY_TIMEOUT`].
+    async fn try_await_all(&self) -> Result<(), String> {
+        let outcome = try_eventually(ETCD_READY_TIMEOUT, || async {
+            for (member, child) in self.members.iter().enumerate() {
+                if let Some(child) = lock(child).as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    return Some(Err(format!("member m{member} exited at start ({status})")));
+                }
+            }
+            let endpoints: Vec<String> =
+                self.clients.iter().map(|c| format!("http://{c}")).collect();
+            // etcdctl blocks: not on the runtime, whose servers must go on answering.
+            let healthy = tokio::task::spawn_blocking(move || {
+                endpoints
+                    .iter()
+                    .all(|e| etcdctl(e, None, &["endpoint", "health"]).is_ok())
+            })
+            .await
+            .unwrap_or(false);
+            healthy.then_some(Ok(()))
+        })
+        .await;
+        outcome.unwrap_or_else(|| Err(format!("not healthy within {ETCD_READY_TIMEOUT:?}")))
     }
 
     fn spawn(&self, member: usize) {

@@ -242,6 +242,8 @@ impl Session {
             }
         };
         let open = self.streams.fetch_add(1, Ordering::Relaxed) + 1;
+        let metrics = self.guard.metrics.clone();
+        metrics.sidecar_stream(&pod.namespace, 1);
         tracing::info!(%pod, last_applied, streams = open, "sidecar connected");
         let stream = self.acks.connect(&pod, last_applied);
         let service = pod.service_key();
@@ -279,6 +281,7 @@ impl Session {
                         _ = self.shutdown.changed() => break "shutting down",
                     }
                     last_sent = snapshot.version;
+                    metrics.snapshot_sent();
                     tracing::debug!(%pod, version = snapshot.version, resources = snapshot.resources.len(), "snapshot sent");
                 }
             }
@@ -295,6 +298,7 @@ impl Session {
                         _ = self.shutdown.changed() => break "shutting down",
                     }
                     tracing::debug!(%pod, services = current.services.len(), "levels sent");
+                    metrics.levels_sent();
                     levels_sent = Some(current);
                 }
             }
@@ -304,8 +308,10 @@ impl Session {
                     Ok(Some(pb::SidecarMessage { message: Some(pb::sidecar_message::Message::Ack(ack)) })) => {
                         if ack.error.is_empty() {
                             tracing::debug!(%pod, version = ack.version, "ACK");
+                            metrics.snapshot_answer("ack");
                         } else {
                             tracing::warn!(%pod, version = ack.version, error = %ack.error, "NACK: the sidecar refused a snapshot");
+                            metrics.snapshot_answer("nack");
                         }
                         self.acks.answer(&pod, stream, ack.version, &ack.error);
                     }
@@ -341,6 +347,7 @@ impl Session {
             }
         };
         self.acks.disconnect(&pod, stream);
+        metrics.sidecar_stream(&pod.namespace, -1);
         let open = self.streams.fetch_sub(1, Ordering::Relaxed) - 1;
         tracing::info!(%pod, reason, streams = open, "sidecar disconnected");
     }

@@ -119,7 +119,37 @@ pub fn router_with(ops: Arc<Ops>, max_body: usize) -> Router {
             bodies_within(max_body, req, next)
         }))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(ops.clone(), observe))
         .with_state(ops)
+}
+
+/// Counts every request in `bulwark_api_requests_total` and times it, by the route template it
+/// matched (never the raw path: the series stay bounded whatever clients send) and method.
+async fn observe(
+    State(ops): State<Arc<Ops>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let rsp = next.run(req).await;
+    ops.metrics
+        .api_request(&route, method, rsp.status().as_u16(), started.elapsed());
+    rsp
 }
 
 /// A body larger than `max` is a JSON 413 naming both sizes — before anything reads it when

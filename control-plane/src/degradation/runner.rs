@@ -128,6 +128,7 @@ impl Levels {
         let Some(work) = self.gather(written, now) else {
             return Ok(true);
         };
+        self.metrics.levels_computed();
         let mut puts: Vec<(String, Vec<u8>, Option<i64>)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
         let mut results = Vec::new();

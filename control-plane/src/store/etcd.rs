@@ -2,6 +2,7 @@
 //! the watch, and the ack lease, each retried across the configured endpoints with bounded
 //! backoff, because etcd-client does not fail over between endpoints by itself.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -59,8 +60,13 @@ struct Endpoint {
 
 /// etcd, reached through one client per endpoint: an operation goes to the endpoint that
 /// answered last and moves to the next one when that endpoint is unavailable.
+/// Told of every etcd call: its operation (`read`, `transaction`, `lease-grant`, …), its result
+/// (`ok`, `unavailable`, `refused`) and how long it took, retries included.
+pub type CallObserver = Arc<dyn Fn(&str, &'static str, Duration) + Send + Sync>;
+
 pub struct EtcdStore {
     endpoints: Vec<Endpoint>,
+    observer: Option<CallObserver>,
     /// Index into `endpoints` of the one to try first.
     current: AtomicUsize,
     /// The endpoints as the operator gave them, for error messages.
@@ -121,10 +127,17 @@ impl EtcdStore {
         }
         Ok(EtcdStore {
             endpoints: clients,
+            observer: None,
             current: AtomicUsize::new(0),
             described: endpoints.join(","),
             options,
         })
+    }
+
+    /// With `observer` told of every call.
+    pub fn with_observer(mut self, observer: CallObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The endpoints, comma-separated, as error messages name them.
@@ -135,7 +148,34 @@ impl EtcdStore {
     /// Runs `call` against the current endpoint, moving to the next endpoint and backing off
     /// while etcd is unavailable, until it succeeds, fails for another reason, or the
     /// operation's time is up.
-    async fn call<T, F, Fut>(&self, operation: &'static str, mut call: F) -> Result<T, StoreError>
+    async fn call<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let result = self.call_retrying(operation, call).await;
+        if let Some(observe) = &self.observer {
+            // `a lease grant` → `lease-grant`.
+            let name = operation
+                .trim_start_matches("an ")
+                .trim_start_matches("a ")
+                .replace(' ', "-");
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(StoreError::Unavailable { .. }) => "unavailable",
+                Err(_) => "refused",
+            };
+            observe(&name, outcome, started.elapsed());
+        }
+        result
+    }
+
+    async fn call_retrying<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut call: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,

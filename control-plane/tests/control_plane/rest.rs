@@ -544,11 +544,65 @@ async fn the_openapi_document_and_health_are_served() {
 #[tokio::test]
 async fn the_metrics_name_the_build_and_the_process() {
     let (_etcd, cp) = setup().await;
+    // Requests the API counts by the route they matched, never by the raw path.
+    assert_eq!(
+        cp.get("/v1/UpstreamPolicy/default/missing").await.status,
+        404
+    );
+    assert_eq!(cp.get("/v1/UpstreamPolicy/default/other").await.status, 404);
+    assert_eq!(cp.get("/no/such/thing").await.status, 404);
     let http = bulwark_tests::client::http1_client(cp.http());
     let text = bulwark_tests::client::get(&http, &cp.url("/metrics"))
         .await
         .text();
     bulwark_tests::metrics::assert_build_and_process(&text);
+    let value = |name, labels: &[(&str, &str)]| bulwark_tests::metrics::value(&text, name, labels);
+    let api = |route, code| {
+        value(
+            "bulwark_api_requests_total",
+            &[("route", route), ("method", "GET"), ("code", code)],
+        )
+    };
+    assert_eq!(
+        api("/v1/{kind}/{namespace}/{name}", "404"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(api("unmatched", "404"), Some(1.0), "{text}");
+    assert_eq!(
+        value(
+            "bulwark_api_request_duration_seconds_count",
+            &[
+                ("route", "/v1/{kind}/{namespace}/{name}"),
+                ("method", "GET")
+            ]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/v1/UpstreamPolicy/default/missing"),
+        "no raw path in a label: {text}"
+    );
+    // The index was loaded from etcd: the calls are counted and timed.
+    for operation in ["listing", "watch"] {
+        assert!(
+            value(
+                "bulwark_etcd_requests_total",
+                &[("operation", operation), ("result", "ok")]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{operation}: {text}"
+        );
+        assert!(
+            value(
+                "bulwark_etcd_request_duration_seconds_count",
+                &[("operation", operation)]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{operation}: {text}"
+        );
+    }
     // The same version and commit for `meshctl version`.
     let reply = cp.get("/v1/version").await;
     assert_eq!(reply.status, 200);

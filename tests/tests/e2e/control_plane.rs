@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bulwark_tests::client::{self, HttpClient};
-use bulwark_tests::{ControlPlane, Etcd, HttpUpstream, Sidecar, eventually, policy};
+use bulwark_tests::{ControlPlane, Etcd, HttpUpstream, Sidecar, eventually, metrics, policy};
 use http::{Method, StatusCode};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -354,4 +354,68 @@ async fn a_snapshot_the_sidecar_cannot_apply_shows_as_a_nack_in_meshctl_status()
         client::get(&http, "http://echo/status/200").await.status,
         StatusCode::OK
     );
+
+    // What the operator sees on the control plane's /metrics: the sidecar connected, the
+    // snapshots sent and both answers, the applies, the level computations.
+    let cp_http = client::http1_client(cp.http());
+    let scrape = || async {
+        client::get(&cp_http, &format!("{}/metrics", cp.http_url()))
+            .await
+            .text()
+    };
+    let text = eventually(WAIT, || async {
+        let text = scrape().await;
+        let computed = metrics::value(&text, "bulwark_level_computations_total", &[]);
+        computed.is_some_and(|n| n >= 1.0).then_some(text)
+    })
+    .await;
+    let value = |name, labels: &[(&str, &str)]| metrics::value(&text, name, labels);
+    assert_eq!(
+        value("bulwark_sidecars_connected", &[("namespace", "shop")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        value("bulwark_snapshots_sent_total", &[]).is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+    assert!(
+        value("bulwark_levels_sent_total", &[]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    for result in ["ack", "nack"] {
+        assert!(
+            value("bulwark_snapshot_answers_total", &[("result", result)])
+                .is_some_and(|n| n >= 1.0),
+            "{result}: {text}"
+        );
+    }
+    assert_eq!(
+        value(
+            "bulwark_api_requests_total",
+            &[("route", "/v1/apply"), ("method", "POST"), ("code", "200")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            "bulwark_etcd_requests_total",
+            &[("operation", "transaction"), ("result", "ok")]
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+    // The sidecar goes away: the gauge follows.
+    drop(sidecar);
+    eventually(WAIT, || async {
+        let text = scrape().await;
+        (metrics::value(
+            &text,
+            "bulwark_sidecars_connected",
+            &[("namespace", "shop")],
+        ) == Some(0.0))
+        .then_some(())
+    })
+    .await;
 }
