@@ -503,7 +503,7 @@ def check_network_policies(objects):
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     if not any(p["spec"]["podSelector"] == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies):
         fail("no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)")
-    expected_ingress = {"bulwark-control-plane": {8080, 8081, 8443}, "bulwark-etcd": {2379, 2380}}
+    expected_ingress = {"bulwark-control-plane": {8080, 8081, 8443, 9090}, "bulwark-etcd": {2379, 2380}}
     for policy in policies:
         selector = policy["spec"]["podSelector"]
         if selector and not selected(objects, policy["metadata"]["namespace"], selector):
@@ -516,6 +516,23 @@ def check_network_policies(objects):
             for rule in policy["spec"].get("ingress", []):
                 if not rule.get("ports"):
                     fail(f"{name(policy)}: an ingress rule without ports opens every port")
+                # The metrics port is for the monitoring namespace alone, and nothing else is.
+                ports = {p["port"] for p in rule.get("ports", [])}
+                monitoring = [{"namespaceSelector": {"matchLabels": {"bulwark.dev/monitoring": "true"}}}]
+                if 9090 in ports and (ports != {9090} or rule.get("from") != monitoring):
+                    fail(f"{name(policy)}: port 9090 (metrics) must be open to namespaces labelled bulwark.dev/monitoring=true alone, in a rule of its own")
+
+
+def check_scrape_annotations(objects):
+    """A pod that asks plain Prometheus to scrape it names one of its container ports."""
+    for owner, template in pod_templates(objects):
+        annotations = template.get("metadata", {}).get("annotations", {})
+        if annotations.get("prometheus.io/scrape") != "true":
+            continue
+        ports = {p.get("containerPort") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        port = annotations.get("prometheus.io/port", "")
+        if not port.isdigit() or int(port) not in ports:
+            fail(f"{name(owner)}: prometheus.io/port {port!r} is not a container port of its pods")
 
 
 def cmd_manifests(path, tls):
@@ -533,6 +550,55 @@ def cmd_manifests(path, tls):
     check_rbac(objects)
     check_webhook(objects, tls)
     check_network_policies(objects)
+    check_scrape_annotations(objects)
+    finish()
+
+
+# --------------------------------------------------------------------------- monitoring
+
+def cmd_monitors(path, base_path, golden_dir):
+    """The Prometheus Operator's objects are custom resources: kubernetes-validate cannot check
+    them. Each must be monitoring.coreos.com/v1 in the namespace bulwark; the ServiceMonitor
+    must select the control plane's Service and name one of its ports; the PodMonitor must
+    select injected pods (their labels in the injector's golden outputs) in every namespace and
+    name the sidecar's health port."""
+    objects = load_all(path)
+    base = load_all(base_path)
+    kinds = sorted(o["kind"] for o in objects)
+    if kinds != ["PodMonitor", "ServiceMonitor"]:
+        fail(f"expected a PodMonitor and a ServiceMonitor, found {kinds}")
+    for obj in objects:
+        if obj.get("apiVersion") != "monitoring.coreos.com/v1":
+            fail(f"{name(obj)}: apiVersion must be monitoring.coreos.com/v1")
+        if obj["metadata"].get("namespace") != "bulwark":
+            fail(f"{name(obj)}: must be in the namespace bulwark")
+    for monitor in (o for o in objects if o["kind"] == "ServiceMonitor"):
+        services = [
+            s for s in base
+            if s["kind"] == "Service" and selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+        ]
+        if not services:
+            fail(f"{name(monitor)}: selects no Service of the base")
+        for endpoint in monitor["spec"].get("endpoints", []):
+            for service in services:
+                if endpoint.get("port") not in {p.get("name") for p in service["spec"]["ports"]}:
+                    fail(f"{name(monitor)}: port {endpoint.get('port')!r} is not a port of {name(service)}")
+    injected = []
+    for path in sorted(os.listdir(golden_dir)):
+        if path.endswith(".out.yaml"):
+            injected.extend(t for _, t in pod_templates(load_all(os.path.join(golden_dir, path))))
+    for monitor in (o for o in objects if o["kind"] == "PodMonitor"):
+        if monitor["spec"].get("namespaceSelector") != {"any": True}:
+            fail(f"{name(monitor)}: sidecars run in every namespace: namespaceSelector must be {{any: true}}")
+        selected_pods = [t for t in injected if selects(monitor["spec"]["selector"], t.get("metadata", {}).get("labels", {}))]
+        if len(selected_pods) != len(injected) or not injected:
+            fail(f"{name(monitor)}: selects {len(selected_pods)} of the {len(injected)} injected pod templates")
+        for endpoint in monitor["spec"].get("podMetricsEndpoints", []):
+            for template in selected_pods:
+                ports = {p.get("name") for c in template["spec"].get("initContainers", []) + template["spec"]["containers"] for p in c.get("ports", [])}
+                if endpoint.get("port") not in ports:
+                    fail(f"{name(monitor)}: port {endpoint.get('port')!r} is not a port of the injected sidecar")
+                    break
     finish()
 
 
@@ -684,6 +750,8 @@ def main(argv):
         cmd_enums(args)
     elif command == "manifests":
         cmd_manifests(args[0], "--tls" in args[1:])
+    elif command == "monitors":
+        cmd_monitors(args[0], args[1], args[2])
     elif command == "dockerfiles":
         cmd_dockerfiles(args[0])
     else:

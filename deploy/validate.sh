@@ -45,7 +45,7 @@ if [ -z "$HADOLINT" ]; then
 fi
 
 step "render the kustomizations"
-for kustomization in base overlays/production; do
+for kustomization in base overlays/production monitoring; do
   out="$WORK/$(basename "$kustomization").yaml"
   check "render $kustomization" "$PY" deploy/validate.py render "deploy/kubernetes/$kustomization" >"$out"
   # Where kubectl carries kustomize, its rendering must be the same as ours.
@@ -63,12 +63,13 @@ done
 step "schemas (kubernetes-validate --strict -k $K8S_VERSION)"
 schemas() {
   # Unknown kinds are only warnings there: a mistyped apiVersion would pass. Only
-  # cert-manager's kinds may be unknown (checked by validate.py instead).
+  # cert-manager's and the Prometheus Operator's kinds may be unknown (checked by validate.py
+  # instead).
   local output status
   output="$("$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" --quiet "$@" 2>&1)"
   status=$?
   [ -n "$output" ] && echo "$output"
-  if echo "$output" | grep "Couldn't find schema" | grep -vq "api version cert-manager.io/v1 "; then
+  if echo "$output" | grep "Couldn't find schema" | grep -v "api version cert-manager.io/v1 " | grep -vq "api version monitoring.coreos.com/v1 "; then
     echo "an object of a kind unknown to Kubernetes $K8S_VERSION (see above)"
     return 1
   fi
@@ -82,6 +83,7 @@ step "enum fields, the webhook, RBAC, references"
 check "enums" "$PY" deploy/validate.py enums "$WORK/base.yaml" "$WORK/production.yaml" inject/tests/injection/golden/*.yaml
 check "manifests: base" "$PY" deploy/validate.py manifests "$WORK/base.yaml"
 check "manifests: production" "$PY" deploy/validate.py manifests "$WORK/production.yaml" --tls
+check "monitors" "$PY" deploy/validate.py monitors "$WORK/monitoring.yaml" "$WORK/base.yaml" inject/tests/injection/golden
 
 step "Dockerfiles"
 check "Dockerfiles: stages, user, cargo command" "$PY" deploy/validate.py dockerfiles .

@@ -55,6 +55,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 const QUORUM_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Operator connections served at once by the REST API.
 const API_MAX_CONNECTIONS: usize = 1024;
+/// Connections the metrics listener holds at once: a few scrapers and probes.
+const METRICS_MAX_CONNECTIONS: usize = 64;
 /// Connections served at once by gRPC: one per sidecar, and operators'.
 const GRPC_MAX_CONNECTIONS: usize = 65_536;
 /// A client must finish its TLS handshake, and send its request headers, within this.
@@ -73,10 +75,13 @@ pub struct Config {
     pub http: SocketAddr,
     /// gRPC listen address (operator API and sidecar streams).
     pub grpc: SocketAddr,
+    /// Listen address of `GET /metrics` and the health probes alone, without authentication
+    /// (plain HTTP); off when `None` (the REST API serves `/metrics` to callers allowed it).
+    pub metrics: Option<SocketAddr>,
     /// This replica's name in ack records and logs.
     pub replica_id: String,
-    /// Where to write `{"http": "ip:port", "grpc": "ip:port"}` (and `"webhook"` when it is on)
-    /// once listening.
+    /// Where to write `{"http": "ip:port", "grpc": "ip:port"}` (and `"webhook"`, `"metrics"`
+    /// when they are on) once listening.
     pub ready_file: Option<PathBuf>,
     /// The most one etcd operation may take, retries included.
     pub etcd_timeout: Duration,
@@ -215,6 +220,15 @@ pub async fn run(
         None => None,
     };
     let webhook_addr = webhook_server.as_ref().map(|(_, addr, _, _)| *addr);
+    let metrics_listener = match config.metrics {
+        Some(addr) => {
+            let listener = bind(addr, "metrics").await?;
+            let bound = local_addr(&listener, addr, "metrics")?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
 
     let sync = tokio::spawn(sync::run(
         store.clone(),
@@ -269,6 +283,20 @@ pub async fn run(
             .with_auth(config.auth.clone(), &config.replica_id)
             .with_write_rate(config.limits.write_rate),
     );
+    let metrics_server = metrics_listener.map(|(listener, _)| {
+        tokio::spawn(serve::serve(
+            listener,
+            serve::Options {
+                what: "metrics",
+                tls: None,
+                max_connections: METRICS_MAX_CONNECTIONS,
+                client_timeout: CLIENT_TIMEOUT,
+                keepalive: None,
+            },
+            api::rest::metrics_router(ops.clone()),
+            stop.clone(),
+        ))
+    });
 
     metrics.set_insecure_dev(matches!(config.listeners, Listeners::InsecureDev));
     let (rest_tls, grpc_tls, enforcement) = listener_tls(&config)?;
@@ -344,24 +372,26 @@ pub async fn run(
         http = %http_addr,
         grpc = %grpc_addr,
         webhook = webhook_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        metrics = metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         etcd = %store.endpoints(),
         prefix = %keys.prefix(),
         replica = %config.replica_id,
         "control plane listening"
     );
     if let Some(path) = &config.ready_file {
-        write_ready_file(path, http_addr, grpc_addr, webhook_addr).map_err(|source| {
-            RunError::ReadyFile {
+        write_ready_file(path, http_addr, grpc_addr, webhook_addr, metrics_addr).map_err(
+            |source| RunError::ReadyFile {
                 path: path.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
     }
 
     // Run until asked to stop, or until a server fails.
     let mut rest = rest;
     let mut grpc_server = grpc_server;
     let mut webhook = webhook;
+    let mut metrics_server = metrics_server;
     let failure = tokio::select! {
         _ = shutdown => None,
         r = &mut rest => Some(RunError::Serve { what: "REST", message: joined(r.map(Ok)) }),
@@ -378,6 +408,9 @@ pub async fn run(
             let _ = webhook.await;
             tracing::debug!("webhook stopped");
         }
+        if let Some(metrics_server) = &mut metrics_server {
+            let _ = metrics_server.await;
+        }
         let _ = ack_writer.await;
         let _ = health_writer.await;
         let _ = levels.await;
@@ -393,6 +426,9 @@ pub async fn run(
         grpc_server.abort();
         if let Some(webhook) = &webhook {
             webhook.abort();
+        }
+        if let Some(metrics_server) = &metrics_server {
+            metrics_server.abort();
         }
     }
     match failure {
@@ -547,10 +583,14 @@ fn write_ready_file(
     http: SocketAddr,
     grpc: SocketAddr,
     webhook: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 ) -> std::io::Result<()> {
     let mut body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
     if let Some(webhook) = webhook {
         body["webhook"] = webhook.to_string().into();
+    }
+    if let Some(metrics) = metrics {
+        body["metrics"] = metrics.to_string().into();
     }
     bulwark_proto::fs::write_atomically(path, body.to_string().as_bytes(), Durability::Renamed)
 }

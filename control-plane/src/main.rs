@@ -59,12 +59,18 @@ struct Args {
     #[arg(long = "grpc", env = "BULWARK_GRPC", default_value = "0.0.0.0:8081")]
     grpc: SocketAddr,
 
+    /// Listen address of GET /metrics and the health probes alone, plain HTTP without
+    /// authentication, for Prometheus (off unless given; the REST API serves /metrics to
+    /// callers allowed it). Let only the monitoring namespace reach it.
+    #[arg(long, env = "BULWARK_METRICS", value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// This replica's name in ack records and logs [default: hostname/pid].
     #[arg(long, env = "BULWARK_REPLICA_ID")]
     replica_id: Option<String>,
 
-    /// Write {"http": "ip:port", "grpc": "ip:port"} here once listening (with "webhook":
-    /// "ip:port" when the webhook is on).
+    /// Write {"http": "ip:port", "grpc": "ip:port"} here once listening (with "webhook" and
+    /// "metrics": "ip:port" when they are on).
     #[arg(long, env = "BULWARK_READY_FILE")]
     ready_file: Option<PathBuf>,
 
@@ -663,6 +669,7 @@ async fn run() -> anyhow::Result<()> {
         etcd_prefix: args.etcd_prefix,
         http: args.http,
         grpc: args.grpc,
+        metrics: args.metrics,
         ready_file: args.ready_file,
         etcd_timeout: args.etcd_timeout,
         ack_lease_ttl: args.ack_lease_ttl,

@@ -105,10 +105,27 @@ pub(crate) fn inject_template(
         .or_insert_with(|| json!({}))
         .as_object_mut()
         .ok_or_else(|| InjectError::malformed(at("metadata"), "must be a mapping"))?;
-    entry(meta, "annotations", &at)?.insert(INJECTED.into(), json!(opts.version));
+    let annotations = entry(meta, "annotations", &at)?;
+    annotations.insert(INJECTED.into(), json!(opts.version));
+    // A Prometheus that discovers pods by annotation scrapes the sidecar's health port, which
+    // serves /metrics (never the admin port). A pod that names its own scrape target keeps it:
+    // these annotations hold one target per pod.
+    if !annotations.contains_key(PROMETHEUS_SCRAPE) {
+        annotations.insert(PROMETHEUS_SCRAPE.into(), json!("true"));
+        annotations.insert(
+            PROMETHEUS_PORT.into(),
+            json!(settings.ports.health.to_string()),
+        );
+        annotations.insert(PROMETHEUS_PATH.into(), json!("/metrics"));
+    }
     entry(meta, "labels", &at)?.insert(SIDECAR_LABEL.into(), json!("true"));
     Ok(())
 }
+
+/// The annotations plain Prometheus discovers scrape targets by.
+const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+const PROMETHEUS_PORT: &str = "prometheus.io/port";
+const PROMETHEUS_PATH: &str = "prometheus.io/path";
 
 /// The pod's service account, and the HTTP paths its app containers are probed on.
 fn pod_facts(spec: &Map<String, Value>) -> PodFacts {

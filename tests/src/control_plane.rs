@@ -32,6 +32,8 @@ struct Ready {
     grpc: SocketAddr,
     #[serde(default)]
     webhook: Option<SocketAddr>,
+    #[serde(default)]
+    metrics: Option<SocketAddr>,
 }
 
 /// A running control-plane replica.
@@ -212,6 +214,11 @@ impl ControlPlane {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The metrics listener's plain-HTTP address, when started with `--metrics`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.ready.metrics
     }
 
     /// The webhook's HTTPS address, when started with `--webhook`.

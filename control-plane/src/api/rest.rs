@@ -639,6 +639,10 @@ async fn metrics(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Respo
     if let Err(e) = ops.authorize(&actor, Verb::Get, Resource::Metrics, Scope::Cluster) {
         return ApiError(e).into_response();
     }
+    scrape(&ops)
+}
+
+fn scrape(ops: &Ops) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -647,6 +651,24 @@ async fn metrics(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Respo
         ops.metrics.render(&ops.index),
     )
         .into_response()
+}
+
+/// The metrics listener (`--metrics`): `GET /metrics` and the health probes, and nothing of the
+/// operator API — for a Prometheus that may reach this port (the manifests let a monitoring
+/// namespace in) without credentials and without any access to the API.
+pub fn metrics_router(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/metrics", get(|State(ops): State<Arc<Ops>>| async move { scrape(&ops) }))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError(OpError::NotFound(format!(
+                "no route for {method} {}: the metrics listener serves GET /metrics and /health/* only (the API is on --http)",
+                uri.path()
+            )))
+            .into_response()
+        })
+        .with_state(ops)
 }
 
 async fn openapi() -> Response {

@@ -123,6 +123,55 @@ fn service(namespace: &str, name: &str) -> Value {
     })
 }
 
+/// `--metrics`: Prometheus scrapes without credentials on a port of its own, which serves
+/// nothing of the API — an attacker who reaches it reads metrics and writes nothing.
+#[tokio::test]
+async fn the_metrics_listener_serves_metrics_without_credentials_and_nothing_of_the_api() {
+    let s = Secured::start(&["--metrics", "127.0.0.1:0"]).await;
+    let addr =
+        s.cp.metrics_addr()
+            .expect("the ready file names the metrics listener");
+    let http = bulwark_tests::client::http1_client(addr);
+    let scrape = bulwark_tests::client::get(&http, &format!("http://{addr}/metrics")).await;
+    assert_eq!(scrape.status, 200);
+    assert_eq!(
+        scrape.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    bulwark_tests::metrics::assert_build_and_process(&scrape.text());
+    let ready = bulwark_tests::client::get(&http, &format!("http://{addr}/health/ready")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    // The API is not there, with or without a token.
+    for (method, route) in [
+        (Method::GET, "/v1/UpstreamPolicy"),
+        (Method::POST, "/v1/apply"),
+        (Method::GET, "/v1/auth/whoami"),
+    ] {
+        let req = bulwark_tests::client::request(method.clone(), &format!("http://{addr}{route}"))
+            .header("authorization", "Bearer vera-token")
+            .header("content-type", "application/json")
+            .body(bulwark_tests::client::full(
+                json!({"resources": [upstream("shop", "a")]}).to_string(),
+            ))
+            .expect("request");
+        let reply = bulwark_tests::client::send(&http, req).await;
+        assert_eq!(reply.status, 404, "{method} {route}");
+        assert_eq!(
+            reply.json()["message"],
+            format!(
+                "no route for {method} {route}: the metrics listener serves GET /metrics and /health/* only (the API is on --http)"
+            )
+        );
+    }
+    assert!(
+        s.etcd.keys("/bulwark/v1/policies").is_empty(),
+        "nothing stored"
+    );
+    // On the API port /metrics still needs a caller allowed it.
+    let (status, _) = s.call(None, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 401);
+}
+
 #[tokio::test]
 async fn no_credential_or_a_bad_one_is_a_401_on_every_route_and_rpc_and_nothing_is_stored() {
     let s = Secured::start(&[]).await;

@@ -188,6 +188,9 @@ fn the_patch_is_minimal_and_escapes_annotation_keys() {
         paths,
         [
             "/metadata/annotations/bulwark.dev~1injected",
+            "/metadata/annotations/prometheus.io~1path",
+            "/metadata/annotations/prometheus.io~1port",
+            "/metadata/annotations/prometheus.io~1scrape",
             "/metadata/labels/bulwark.dev~1sidecar",
             "/spec/initContainers",
             "/spec/volumes",

@@ -715,3 +715,22 @@ fn the_sidecar_gets_the_pods_identity_its_proof_and_the_trust_anchors() {
         "annotation bulwark.dev/inbound-mtls: must be strict, permissive or disable, got \"required\""
     );
 }
+
+/// Plain Prometheus finds the sidecar's /metrics on its health port by annotation (the port
+/// moves with `bulwark.dev/health-port`); a pod that names its own scrape target keeps it.
+#[test]
+fn prometheus_annotations_point_at_the_health_port_unless_the_pod_has_its_own() {
+    let annotations = |obj: &Value| obj["spec"]["template"]["metadata"]["annotations"].clone();
+    let out = injected(&with_annotations(json!({})));
+    assert_eq!(annotations(&out)["prometheus.io/scrape"], "true");
+    assert_eq!(annotations(&out)["prometheus.io/port"], "15021");
+    assert_eq!(annotations(&out)["prometheus.io/path"], "/metrics");
+    let out = injected(&with_annotations(
+        json!({"bulwark.dev/health-port": "15099"}),
+    ));
+    assert_eq!(annotations(&out)["prometheus.io/port"], "15099");
+    let own = json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9102"});
+    let out = injected(&with_annotations(own));
+    assert_eq!(annotations(&out)["prometheus.io/port"], "9102");
+    assert_eq!(annotations(&out).get("prometheus.io/path"), None);
+}
