@@ -1,180 +1,34 @@
-//! Diffs for apply and dry-run: a unified line diff (`diff -u` style, three lines of context)
-//! of two resources' pretty-printed JSON, so an operator sees what an apply changes.
+//! Diffs for apply and dry-run (and `meshctl diff`): a unified line diff (`diff -u` style,
+//! three lines of context) of two resources as YAML, so an operator sees what an apply changes
+//! in the form policies are written in. The diff itself is the `similar` crate's (Myers, with a
+//! deadline so that a pathological pair of documents cannot hold a request).
 
-use std::fmt::Write as _;
+use std::time::Duration;
+
+use similar::{Algorithm, TextDiff};
 
 /// Lines of context around each change.
 const CONTEXT: usize = 3;
-/// Above this many line pairs the diff is not searched for common lines: it shows the old
-/// text removed and the new one added (resources are far smaller in practice).
-const MAX_CELLS: usize = 4_000_000;
+/// The most one diff may take; past it the rest is shown as removed and added.
+const DEADLINE: Duration = Duration::from_millis(200);
 
 /// A unified diff from `old` to `new`; empty when they are equal. `old` is `None` for a
 /// resource that does not exist yet (every line is added).
 pub fn unified(old: Option<(&str, &str)>, new: (&str, &str)) -> String {
     let (old_label, old_text) = old.unwrap_or(("/dev/null", ""));
     let (new_label, new_text) = new;
-    let a: Vec<&str> = old_text.lines().collect();
-    let b: Vec<&str> = new_text.lines().collect();
-    if a == b {
+    if old_text == new_text {
         return String::new();
     }
-    let ops = edit_script(&a, &b);
-    let mut out = format!("--- {old_label}\n+++ {new_label}\n");
-    for hunk in hunks(&ops) {
-        let (a_start, a_len, b_start, b_len) = hunk_range(&ops[hunk.clone()]);
-        let _ = writeln!(
-            out,
-            "@@ -{} +{} @@",
-            range(a_start, a_len),
-            range(b_start, b_len)
-        );
-        for op in &ops[hunk] {
-            let (mark, line) = match op {
-                Op::Same(i, _) => (' ', a[*i]),
-                Op::Removed(i) => ('-', a[*i]),
-                Op::Added(j) => ('+', b[*j]),
-            };
-            let _ = writeln!(out, "{mark}{line}");
-        }
-    }
-    out
-}
-
-/// `start,len` as unified diffs write it (1-based; an empty range names the line before).
-fn range(start: usize, len: usize) -> String {
-    match len {
-        0 => format!("{start},0"),
-        1 => format!("{}", start + 1),
-        _ => format!("{},{len}", start + 1),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    /// Line `.0` of old equals line `.1` of new.
-    Same(usize, usize),
-    Removed(usize),
-    Added(usize),
-}
-
-/// The shortest edit script by longest common subsequence.
-fn edit_script(a: &[&str], b: &[&str]) -> Vec<Op> {
-    // Common head and tail first: edits are usually small and local.
-    let head = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let tail = a[head..]
-        .iter()
-        .rev()
-        .zip(b[head..].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
-    let (am, bm) = (&a[head..a.len() - tail], &b[head..b.len() - tail]);
-    let mut ops: Vec<Op> = (0..head).map(|i| Op::Same(i, i)).collect();
-    let (n, m) = (am.len(), bm.len());
-    if n.saturating_mul(m) > MAX_CELLS {
-        ops.extend((0..n).map(|i| Op::Removed(head + i)));
-        ops.extend((0..m).map(|j| Op::Added(head + j)));
-    } else {
-        // lcs[i][j]: length of the LCS of am[i..] and bm[j..].
-        let width = m + 1;
-        let mut lcs = vec![0u32; (n + 1) * width];
-        for i in (0..n).rev() {
-            for j in (0..m).rev() {
-                lcs[i * width + j] = if am[i] == bm[j] {
-                    lcs[(i + 1) * width + j + 1] + 1
-                } else {
-                    lcs[(i + 1) * width + j].max(lcs[i * width + j + 1])
-                };
-            }
-        }
-        let (mut i, mut j) = (0, 0);
-        while i < n || j < m {
-            if i < n && j < m && am[i] == bm[j] {
-                ops.push(Op::Same(head + i, head + j));
-                i += 1;
-                j += 1;
-            } else if j < m && (i == n || lcs[i * width + j + 1] >= lcs[(i + 1) * width + j]) {
-                ops.push(Op::Added(head + j));
-                j += 1;
-            } else {
-                ops.push(Op::Removed(head + i));
-                i += 1;
-            }
-        }
-        // Removals before additions within a change reads better.
-        reorder_changes(&mut ops);
-    }
-    ops.extend((0..tail).map(|k| Op::Same(a.len() - tail + k, b.len() - tail + k)));
-    ops
-}
-
-/// Within each run of changes, puts the removals first.
-fn reorder_changes(ops: &mut [Op]) {
-    let mut start = 0;
-    while start < ops.len() {
-        if matches!(ops[start], Op::Same(..)) {
-            start += 1;
-            continue;
-        }
-        let end = ops[start..]
-            .iter()
-            .position(|op| matches!(op, Op::Same(..)))
-            .map_or(ops.len(), |p| start + p);
-        ops[start..end].sort_by_key(|op| match op {
-            Op::Removed(i) => (0, *i),
-            Op::Added(j) => (1, *j),
-            Op::Same(..) => (2, 0),
-        });
-        start = end;
-    }
-}
-
-/// Ranges of `ops` forming hunks: changes with up to `CONTEXT` common lines around them;
-/// changes closer than twice that share a hunk.
-fn hunks(ops: &[Op]) -> Vec<std::ops::Range<usize>> {
-    let changes: Vec<usize> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, op)| !matches!(op, Op::Same(..)))
-        .map(|(i, _)| i)
-        .collect();
-    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-    for &c in &changes {
-        let start = c.saturating_sub(CONTEXT);
-        let end = (c + CONTEXT + 1).min(ops.len());
-        match out.last_mut() {
-            Some(last) if start <= last.end => last.end = end,
-            _ => out.push(start..end),
-        }
-    }
-    out
-}
-
-/// (old start, old length, new start, new length) of a hunk, 0-based starts.
-fn hunk_range(ops: &[Op]) -> (usize, usize, usize, usize) {
-    let (mut a_start, mut b_start) = (None, None);
-    let (mut a_len, mut b_len) = (0, 0);
-    for op in ops {
-        match *op {
-            Op::Same(i, j) => {
-                a_start.get_or_insert(i);
-                b_start.get_or_insert(j);
-                a_len += 1;
-                b_len += 1;
-            }
-            Op::Removed(i) => {
-                a_start.get_or_insert(i);
-                a_len += 1;
-            }
-            Op::Added(j) => {
-                b_start.get_or_insert(j);
-                b_len += 1;
-            }
-        }
-    }
-    // A hunk carries context whenever the texts share a line, so a side is empty in a hunk
-    // only when that whole text is empty: it starts at 0 (printed `0,0`).
-    (a_start.unwrap_or(0), a_len, b_start.unwrap_or(0), b_len)
+    TextDiff::configure()
+        .algorithm(Algorithm::Myers)
+        .timeout(DEADLINE)
+        .diff_lines(old_text, new_text)
+        .unified_diff()
+        .context_radius(CONTEXT)
+        .missing_newline_hint(false)
+        .header(old_label, new_label)
+        .to_string()
 }
 
 #[cfg(test)]

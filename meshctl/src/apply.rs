@@ -1,6 +1,7 @@
 //! `meshctl apply`: checks every resource locally with the same validator as `validate`,
 //! then sends them all in one all-or-nothing request and prints one line per result (or, on
-//! a dry run, the server's diff of each resource).
+//! a dry run, the server's diff of each resource). `meshctl diff` is the dry run that prints
+//! only what would change, like `kubectl diff`.
 
 use std::path::PathBuf;
 
@@ -39,6 +40,50 @@ pub async fn run(
         render_results(&reply.body.results, &mut out);
     }
     Ok(out)
+}
+
+/// `meshctl diff -f`: the server's diff of each resource that would change (a dry-run apply:
+/// validated and compared by the control plane, nothing stored), and whether any would.
+pub async fn diff(
+    client: &Client,
+    files: &[PathBuf],
+    namespace: &str,
+    by: &str,
+) -> Result<(Output, bool), CliError> {
+    let report = validate::run(files, namespace);
+    if !report.problems.is_empty() {
+        return Err(CliError::Invalid(report.problems));
+    }
+    let request = ApplyRequest {
+        resources: &report.resources,
+        dry_run: true,
+        by,
+    };
+    let reply = client
+        .post::<_, ApplyResponse>("/v1/apply", &request)
+        .await?;
+    let mut out = Output::default();
+    let changed: Vec<&ApplyResult> = reply
+        .body
+        .results
+        .iter()
+        .filter(|r| r.action != "unchanged")
+        .collect();
+    for result in &changed {
+        out.line(format_args!("{} would be {}", result.id, result.action));
+        match &result.diff {
+            None | Some(Value::Null) => {}
+            Some(Value::String(diff)) => out.text(diff),
+            Some(other) => out.text(&serde_json::to_string_pretty(other).unwrap_or_default()),
+        }
+    }
+    if changed.is_empty() {
+        out.note(format_args!(
+            "no differences: {} resource(s) as stored",
+            reply.body.results.len()
+        ));
+    }
+    Ok((out, !changed.is_empty()))
 }
 
 /// `UpstreamPolicy/payments/midtrans created (version 41)`, one line per result; also the

@@ -75,6 +75,10 @@ pub enum CliError {
     /// `auth can-i` said no: its output says so, and the exit status is 1.
     #[error("not allowed")]
     Denied(crate::output::Output),
+    /// `diff` found differences: its output shows them, and the exit status is 1 (as
+    /// `kubectl diff`'s).
+    #[error("differences found")]
+    Differs(crate::output::Output),
     /// A command that printed part of its answer before it failed (`version`: the client's,
     /// then no server).
     #[error("{1}")]
@@ -156,6 +160,7 @@ impl CliError {
             | CliError::BadAnswer { .. }
             | CliError::Tls { .. }
             | CliError::Denied(_)
+            | CliError::Differs(_)
             | CliError::Output(_) => ExitCode::FAILURE,
         }
     }

@@ -96,6 +96,22 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show what `apply` would change: the control plane's diff of each resource that differs
+    /// from what is stored (YAML lines, `-` stored, `+` the file's), nothing stored.
+    ///
+    /// Exits 0 when nothing would change, 1 when something would (as `kubectl diff`), and
+    /// with the usual errors otherwise.
+    Diff {
+        /// A policy file (YAML or JSON, several documents allowed), a directory whose
+        /// *.yaml, *.yml and *.json files are read in name order, or `-` for standard input.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE_OR_DIR",
+            required = true
+        )]
+        files: Vec<PathBuf>,
+    },
     /// Show one resource or list them.
     Get {
         /// upstreampolicy (upstreampolicies, up) or servicepolicy (servicepolicies, svc).
@@ -467,7 +483,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(out) => finish(out, None),
-        Err(CliError::Denied(out)) => {
+        Err(CliError::Denied(out) | CliError::Differs(out)) => {
             let _ = write_all(&out);
             ExitCode::FAILURE
         }
@@ -494,6 +510,10 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Apply { files, dry_run } => {
             apply::run(&client, &files, namespace, dry_run, &by).await
         }
+        Command::Diff { files } => match apply::diff(&client, &files, namespace, &by).await? {
+            (out, true) => Err(CliError::Differs(out)),
+            (out, false) => Ok(out),
+        },
         Command::Get {
             kind,
             name,

@@ -201,6 +201,13 @@ impl ControlPlane {
     /// Runs the real `meshctl` against this replica and returns its standard output; it must
     /// succeed.
     pub fn meshctl(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.meshctl_run(args);
+        assert_eq!(code, Some(0), "meshctl {args:?}: {stderr}");
+        stdout
+    }
+
+    /// Runs the real `meshctl` against this replica: its exit status, stdout and stderr.
+    pub fn meshctl_run(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let bin = control_plane_bin().with_file_name("meshctl");
         let out = Command::new(&bin)
             .env_remove("RUST_BACKTRACE")
@@ -208,12 +215,11 @@ impl ControlPlane {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-        assert!(
-            out.status.success(),
-            "meshctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The metrics listener's plain-HTTP address, when started with `--metrics`.

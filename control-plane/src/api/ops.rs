@@ -841,7 +841,7 @@ fn compare(key: &ResourceKey, stored: Option<&Entry>, desired: &Resource) -> (Ac
         Some(r) => pretty(r),
         None => serde_json::from_slice::<Value>(&stored.value)
             .ok()
-            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .and_then(|v| serde_saphyr::to_string(&v).ok())
             .unwrap_or_else(|| String::from_utf8_lossy(&stored.value).into_owned()),
     };
     let old_label = format!("{label}@{}", stored.mod_revision);
@@ -851,8 +851,9 @@ fn compare(key: &ResourceKey, stored: Option<&Entry>, desired: &Resource) -> (Ac
     )
 }
 
+/// A resource as YAML, as policies are written.
 fn pretty(resource: &Resource) -> String {
-    serde_json::to_string_pretty(resource).unwrap_or_default()
+    serde_saphyr::to_string(resource).unwrap_or_default()
 }
 
 /// Who a change is recorded as: the authenticated user; only an anonymous caller
@@ -1278,8 +1279,8 @@ mod tests {
             "{diff}"
         );
         assert!(
-            diff.contains("-        \"127.0.0.1:8080\"\n+        \"127.0.0.1:9090\"\n"),
-            "{diff}"
+            diff.contains("     static:\n-    - 127.0.0.1:8080\n+    - 127.0.0.1:9090\n"),
+            "the resources as YAML: {diff}"
         );
     }
 

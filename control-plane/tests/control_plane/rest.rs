@@ -18,7 +18,7 @@ async fn setup() -> (Etcd, ControlPlane) {
 /// The diff of a new `echo` upstream pointing at `addr`.
 fn created_diff(addr: &str) -> String {
     format!(
-        "--- /dev/null\n+++ UpstreamPolicy/default/echo\n@@ -0,0 +1,16 @@\n+{{\n+  \"kind\": \"UpstreamPolicy\",\n+  \"apiVersion\": \"bulwark/v1\",\n+  \"metadata\": {{\n+    \"name\": \"echo\",\n+    \"namespace\": \"default\"\n+  }},\n+  \"spec\": {{\n+    \"endpoints\": {{\n+      \"static\": [\n+        \"{addr}\"\n+      ]\n+    }},\n+    \"protocol\": \"auto\"\n+  }}\n+}}\n"
+        "--- /dev/null\n+++ UpstreamPolicy/default/echo\n@@ -0,0 +1,10 @@\n+kind: UpstreamPolicy\n+apiVersion: bulwark/v1\n+metadata:\n+  name: echo\n+  namespace: default\n+spec:\n+  endpoints:\n+    static:\n+    - {addr}\n+  protocol: auto\n"
     )
 }
 
@@ -81,7 +81,7 @@ async fn apply_get_list_delete_history_rollback() {
         reply.json,
         json!({"results": [{"id": "UpstreamPolicy/default/echo", "action": "updated",
             "resourceVersion": v2,
-            "diff": format!("--- UpstreamPolicy/default/echo@{v1}\n+++ UpstreamPolicy/default/echo\n@@ -8,7 +8,7 @@\n   \"spec\": {{\n     \"endpoints\": {{\n       \"static\": [\n-        \"127.0.0.1:8080\"\n+        \"127.0.0.1:9090\"\n       ]\n     }},\n     \"protocol\": \"auto\"\n")}],
+            "diff": format!("--- UpstreamPolicy/default/echo@{v1}\n+++ UpstreamPolicy/default/echo\n@@ -6,5 +6,5 @@\n spec:\n   endpoints:\n     static:\n-    - 127.0.0.1:8080\n+    - 127.0.0.1:9090\n   protocol: auto\n")}],
             "revision": v2})
     );
 
@@ -383,6 +383,45 @@ async fn failover_targets_must_exist_and_named_upstreams_are_not_deleted_without
         cp.get("/v1/UpstreamPolicy/default/payments").await.status,
         404
     );
+}
+
+/// `meshctl diff -f`, as `kubectl diff`: nothing to say and exit 0 when the file is what is
+/// stored; the control plane's diff of what would change and exit 1 otherwise; nothing stored
+/// either way.
+#[tokio::test]
+async fn meshctl_diff_shows_what_apply_would_change_and_stores_nothing() {
+    let (etcd, cp) = setup().await;
+    let dir = bulwark_tests::TempDir::new();
+    let file = dir.path().join("echo.yaml");
+    let write = |request: &str| {
+        std::fs::write(
+            &file,
+            format!("apiVersion: bulwark/v1\nkind: UpstreamPolicy\nmetadata: {{ name: echo }}\nspec:\n  endpoints: {{ static: [\"127.0.0.1:9000\"] }}\n  timeouts: {{ request: {request} }}\n"),
+        )
+        .expect("write the file");
+    };
+    let path = file.to_str().expect("utf-8 path");
+    write("10s");
+    cp.meshctl(&["apply", "-f", path]);
+    let stored = etcd.stored_keys(PREFIX);
+
+    let (code, stdout, stderr) = cp.meshctl_run(&["diff", "-f", path]);
+    assert_eq!((code, stdout.as_str()), (Some(0), ""), "{stderr}");
+    assert_eq!(stderr, "no differences: 1 resource(s) as stored\n");
+
+    write("25s");
+    let (code, stdout, stderr) = cp.meshctl_run(&["diff", "-f", path]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr, "");
+    assert!(
+        stdout.starts_with("UpstreamPolicy/default/echo would be updated\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("request: 10s"), "{stdout}");
+    assert!(stdout.contains("request: 25s"), "{stdout}");
+    assert_eq!(etcd.stored_keys(PREFIX), stored, "nothing stored");
+    let reply = cp.get("/v1/UpstreamPolicy/default/echo").await;
+    assert_eq!(reply.json["spec"]["timeouts"]["request"], "10s");
 }
 
 #[tokio::test]
