@@ -281,7 +281,11 @@ pub async fn run(
     let ops = Arc::new(
         Ops::new(store.clone(), keys.clone(), index.clone(), metrics.clone())
             .with_auth(config.auth.clone(), &config.replica_id)
-            .with_write_rate(config.limits.write_rate),
+            .with_write_rate(config.limits.write_rate)
+            .with_diagnostics(api::ops::DiagnosticSources {
+                webhook_cert: config.webhook.as_ref().map(|w| w.cert.clone()),
+                identity: config.identity.clone(),
+            }),
     );
     let metrics_server = metrics_listener.map(|(listener, _)| {
         tokio::spawn(serve::serve(

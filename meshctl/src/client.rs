@@ -70,6 +70,11 @@ impl Client {
         })
     }
 
+    /// The server's address, as messages show it.
+    pub fn server(&self) -> &str {
+        &self.server.url
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Reply<T>, CliError> {
         self.send(Method::GET, path, None).await
     }

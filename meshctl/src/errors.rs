@@ -79,6 +79,9 @@ pub enum CliError {
     /// `kubectl diff`'s).
     #[error("differences found")]
     Differs(crate::output::Output),
+    /// `check` found problems: its lines say which.
+    #[error("{0} check(s) failed")]
+    ChecksFailed(usize),
     /// A command that printed part of its answer before it failed (`version`: the client's,
     /// then no server).
     #[error("{1}")]
@@ -161,6 +164,7 @@ impl CliError {
             | CliError::Tls { .. }
             | CliError::Denied(_)
             | CliError::Differs(_)
+            | CliError::ChecksFailed(_)
             | CliError::Output(_) => ExitCode::FAILURE,
         }
     }

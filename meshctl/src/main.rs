@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod apply;
+mod check;
 mod client;
 mod config;
 mod degrade;
@@ -260,6 +261,14 @@ enum Command {
     /// Contexts of the config file: server, CA and credentials, like kubeconfig.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check the mesh, like `linkerd check`: one line per check (✓ or ×, with a hint under
+    /// each failure), non-zero exit status when one failed.
+    ///
+    /// The control plane: it answers and its version, meshctl's version, etcd, an elected
+    /// leader, the webhook's and the identity issuer's certificates (at least 7 days left).
+    /// The data plane: every connected pod on the newest policies, no snapshot refused,
+    /// workload certificates with at least an hour left.
+    Check,
     /// This client's version and commit, then the control plane's.
     ///
     /// Prints `Client: 0.1.0 (1f55482ec448)` and `Server: 0.1.0 (1f55482ec448)`; the
@@ -649,6 +658,7 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Completion { .. } => Err(CliError::Usage("completion runs offline".into())),
         Command::Man { .. } => Err(CliError::Usage("man runs offline".into())),
         Command::Version { output } => version::run(&client, output).await,
+        Command::Check => check::run(&client).await,
     }
 }
 

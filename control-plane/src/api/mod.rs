@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod degradation;
+pub mod diagnostics;
 pub mod discovery;
 pub mod limits;
 pub mod openapi;

@@ -246,6 +246,17 @@ pub struct Ops {
     /// How long a write waits for its change to reach the index, so that a read right after
     /// it on this replica sees it.
     settle: Duration,
+    /// The certificates `diagnostics` reports on.
+    pub(crate) diagnostics: DiagnosticSources,
+}
+
+/// Where the certificates `GET /v1/diagnostics` reports the expiry of come from.
+#[derive(Debug, Clone, Default)]
+pub struct DiagnosticSources {
+    /// The webhook's certificate chain (PEM), when the webhook is on.
+    pub webhook_cert: Option<std::path::PathBuf>,
+    /// The workload identity authority, when it is on.
+    pub identity: Option<Arc<crate::identity::IdentityConfig>>,
 }
 
 impl Ops {
@@ -270,7 +281,14 @@ impl Ops {
             replica: String::new(),
             writes: super::limits::WriteLimiter::default(),
             settle: Duration::from_secs(3),
+            diagnostics: DiagnosticSources::default(),
         }
+    }
+
+    /// Reports on the certificates of `sources` in `diagnostics`.
+    pub fn with_diagnostics(mut self, sources: DiagnosticSources) -> Self {
+        self.diagnostics = sources;
+        self
     }
 
     /// Authenticates with `auth` (the default lets anonymous requests through, as

@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/audit"),
     ("get", "/v1/auth/whoami"),
     ("get", "/v1/version"),
+    ("get", "/v1/diagnostics"),
     ("get", "/v1/auth/can-i"),
     ("get", "/openapi.json"),
     ("get", "/health/live"),
@@ -106,6 +107,7 @@ pub fn router_with(ops: Arc<Ops>, max_body: usize) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/auth/whoami", get(whoami))
         .route("/v1/version", get(version))
+        .route("/v1/diagnostics", get(diagnostics))
         .route("/v1/auth/can-i", get(can_i))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -616,6 +618,10 @@ async fn audit(
 
 async fn whoami(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Answer {
     Ok(json(&ops.whoami(&actor)))
+}
+
+async fn diagnostics(State(ops): State<Arc<Ops>>, Extension(actor): Caller) -> Answer {
+    Ok(json(&ops.diagnostics(&actor).await?))
 }
 
 /// The control plane's version and the commit it was built from; any authenticated caller.

@@ -220,6 +220,7 @@ async fn no_credential_or_a_bad_one_is_a_401_on_every_route_and_rpc_and_nothing_
         (Method::GET, "/v1/auth/whoami", None),
         (Method::GET, "/v1/auth/can-i?verb=get&resource=pods", None),
         (Method::GET, "/v1/version", None),
+        (Method::GET, "/v1/diagnostics", None),
     ];
     for (method, route, body) in routes {
         let reply =

@@ -424,6 +424,61 @@ async fn meshctl_diff_shows_what_apply_would_change_and_stores_nothing() {
     assert_eq!(reply.json["spec"]["timeouts"]["request"], "10s");
 }
 
+/// `meshctl check` on a healthy control plane: every line ✓, exit 0; with etcd gone: the etcd
+/// and leader lines are × with their hints, and the exit status is 1.
+#[tokio::test]
+async fn meshctl_check_passes_when_healthy_and_names_etcd_when_it_is_down() {
+    let (etcd, cp) = setup().await;
+    let leader = bulwark_tests::poll::eventually(std::time::Duration::from_secs(15), || async {
+        let d = cp.get("/v1/diagnostics").await.json;
+        d["leader"]["replica"].as_str().map(str::to_string)
+    })
+    .await;
+    let (code, stdout, stderr) = cp.meshctl_run(&["check"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "✓ the control plane answers at {}: {} ({})",
+                cp.http_url(),
+                bulwark_telemetry::VERSION,
+                bulwark_telemetry::REVISION
+            )
+            .as_str(),
+            "✓ meshctl and the control plane are the same version",
+            lines[2],
+            format!("✓ a leader is elected: {leader}").as_str(),
+            "✓ every connected pod runs the newest policies (0 resources, 0 pods)",
+            "✓ no pod refused a snapshot",
+        ],
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("✓ the control plane reaches etcd (revision "),
+        "{stdout}"
+    );
+
+    etcd.kill();
+    let (code, stdout, stderr) = cp.meshctl_run(&["check"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("× the control plane cannot reach etcd: ")
+            && stdout.contains("    hint: reads are stale and writes fail until it can"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("× no leader known: cannot read the election key: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✓ the control plane answers at "),
+        "{stdout}"
+    );
+    assert!(stderr.ends_with("check(s) failed\n"), "{stderr}");
+}
+
 #[tokio::test]
 async fn resource_version_conflicts_name_the_current_version() {
     let (_etcd, cp) = setup().await;

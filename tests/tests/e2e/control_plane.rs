@@ -355,6 +355,24 @@ async fn a_snapshot_the_sidecar_cannot_apply_shows_as_a_nack_in_meshctl_status()
         StatusCode::OK
     );
 
+    // `meshctl check` names the refusal, the pod behind, and fails.
+    let (code, check, _) = cp.meshctl_run(&["check"]);
+    assert_eq!(code, Some(1), "{check}");
+    assert!(
+        check.contains(&format!(
+            "× shop/orders/orders-7d9f refused ServicePolicy/shop/orders: {reason}"
+        )),
+        "{check}"
+    );
+    assert!(
+        check.contains("× pods are behind on ServicePolicy/shop/orders (0/1)"),
+        "{check}"
+    );
+    assert!(
+        check.contains("✓ the control plane reaches etcd"),
+        "{check}"
+    );
+
     // What the operator sees on the control plane's /metrics: the sidecar connected, the
     // snapshots sent and both answers, the applies, the level computations.
     let cp_http = client::http1_client(cp.http());
