@@ -11,6 +11,7 @@ mod degrade;
 mod delete;
 mod errors;
 mod events;
+mod explain;
 mod get;
 mod history;
 mod inject;
@@ -261,6 +262,16 @@ enum Command {
     /// Contexts of the config file: server, CA and credentials, like kubeconfig.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Describe a policy field or block, like `kubectl explain`: type, default, rules and
+    /// meaning, or a block's description and fields. Offline.
+    ///
+    /// `meshctl explain upstreampolicy.spec.retry`, `meshctl explain up.spec.retry.budget.ratio`,
+    /// `meshctl explain servicepolicy.spec.inbound`; indices are left out
+    /// (`up.spec.routes.match`).
+    Explain {
+        /// KIND[.FIELD.PATH]: upstreampolicy (up) or servicepolicy (svc), then the field.
+        field: String,
+    },
     /// Check the mesh, like `linkerd check`: one line per check (✓ or ×, with a hint under
     /// each failure), non-zero exit status when one failed.
     ///
@@ -441,6 +452,12 @@ fn main() -> ExitCode {
         };
         let (out, error) = inject::run(files, &flags);
         return finish(out, error);
+    }
+    if let Command::Explain { field } = &cli.command {
+        return match explain::run(field) {
+            Ok(out) => finish(out, None),
+            Err(e) => finish(Output::default(), Some(e)),
+        };
     }
     if let Command::Completion { shell } = &cli.command {
         let mut script = Vec::new();
@@ -656,6 +673,7 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),
         Command::Inject { .. } => Err(CliError::Usage("inject runs offline".into())),
         Command::Completion { .. } => Err(CliError::Usage("completion runs offline".into())),
+        Command::Explain { .. } => Err(CliError::Usage("explain runs offline".into())),
         Command::Man { .. } => Err(CliError::Usage("man runs offline".into())),
         Command::Version { output } => version::run(&client, output).await,
         Command::Check => check::run(&client).await,

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use bulwark_proto::policy::{Resource, parse_documents_in, policy_files};
+use bulwark_proto::policy::{Resource, parse_each_in, policy_files};
 
 /// What `meshctl validate` found.
 #[derive(Debug, Default)]
@@ -86,11 +86,20 @@ fn check_file(
         Ok(text) => text,
         Err(e) => return report.problems.push(format!("{name}: cannot read: {e}")),
     };
-    let resources = match parse_documents_in(&text, namespace) {
-        Ok(resources) => resources,
+    // Every document is read: one that does not fit the model does not hide the others.
+    let documents = match parse_each_in(&text, namespace) {
+        Ok(documents) => documents,
         Err(e) => return report.problems.push(format!("{name}: {e}")),
     };
-    if resources.is_empty() {
+    let parsed = documents.len();
+    let mut resources = Vec::with_capacity(parsed);
+    for document in documents {
+        match document {
+            Ok(resource) => resources.push(resource),
+            Err(e) => report.problems.push(format!("{name}: {e}")),
+        }
+    }
+    if parsed == 0 {
         report
             .problems
             .push(format!("{name}: contains no policy resources"));

@@ -76,11 +76,17 @@ spec:
     );
     let unparsable = scratch(
         "meshctl-validate-unparsable.json",
-        r#"[{"apiVersion": "bulwark/v1", "kind": "UpstreamPolicy", "metadata": {"name": "a"}, "spec": {"endpoints": {"dns": "a:80"}}},
- {"apiVersion": "bulwark/v1", "kind": "UpstreamPolicy", "metadata": {"name": "b"}, "spec": {"endpoints": {"dns": "b:80"}, "retries": {}}}]"#,
+        r#"[{"apiVersion": "bulwark/v1", "kind": "UpstreamPolicy", "metadata": {"name": "b"}, "spec": {"endpoints": {"dns": "b:80"}, "retries": {}}},
+ {"apiVersion": "bulwark/v1", "kind": "UpstreamPolicy", "metadata": {"name": "a"}, "spec": {"endpoints": {"dns": "a:80"}}},
+ {"apiVersion": "bulwark/v2", "kind": "UpstreamPolicy", "metadata": {"name": "c"}, "spec": {}}]"#,
     );
     let out = meshctl(&["validate", "-f", &invalid, "-f", &unparsable]);
-    assert_eq!(text(&out.stdout), "ok: UpstreamPolicy/payments/xendit\n");
+    // A document that does not fit the model hides neither the valid one after it nor the
+    // next broken one.
+    assert_eq!(
+        text(&out.stdout),
+        "ok: UpstreamPolicy/payments/xendit\nok: UpstreamPolicy/default/a\n"
+    );
     assert_eq!(
         text(&out.stderr),
         format!(
@@ -88,7 +94,8 @@ spec:
              {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.backoff.multiplier: must be >= 1.0, got 0.5\n\
              {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.retryOn[2]: unknown condition \"4xx\"; expected connect-failure, reset, 5xx, gateway-error, timeout, a status code such as \"429\", or grpc-<code> such as grpc-unavailable\n\
              {invalid}: ServicePolicy/payments/checkout: spec.capabilities.pay: \"xendit\" is not a dependency declared in spec.dependencies\n\
-             {unparsable}: document 2: spec.retries: unknown field `retries`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`\n"
+             {unparsable}: document 1: spec.retries: unknown field `retries`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`\n\
+             {unparsable}: document 3: apiVersion: must be \"bulwark/v1\", got \"bulwark/v2\"\n"
         )
     );
     assert_eq!(out.status.code(), Some(1));

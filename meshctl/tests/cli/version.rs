@@ -114,3 +114,32 @@ fn man_writes_a_page_per_command() {
     assert!(can_i.contains("meshctl auth can\\-i"), "{can_i}");
     assert!(can_i.contains("\\-\\-cluster"), "{can_i}");
 }
+
+#[test]
+fn explain_describes_a_field_offline_and_names_what_a_block_has() {
+    let run = meshctl(&["explain", "upstreampolicy.spec.timeouts.request"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with(
+            "KIND:     UpstreamPolicy\nFIELD:    spec.timeouts.request\nTYPE:     duration\nDEFAULT:  `15s`\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    let run = meshctl(&["explain", "svc.spec.inbound.rateLimit.by"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let run = meshctl(&["explain", "up.spec.timeout"], &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.starts_with(
+            "meshctl: UpstreamPolicy has no field spec.timeout; spec has: endpoints, "
+        ),
+        "{}",
+        run.stderr
+    );
+    let run = meshctl(&["explain", "gateway.spec"], &[]);
+    assert_eq!(
+        run.stderr,
+        "meshctl: unknown kind \"gateway\"; expected upstreampolicy (up) or servicepolicy (svc)\n"
+    );
+}

@@ -70,6 +70,33 @@ pub fn parse_documents_in(text: &str, namespace: &str) -> Result<Vec<Resource>, 
     }
 }
 
+/// Like [`parse_documents_in`], each document on its own: one that does not fit the model is
+/// an error of its own, and the documents after it are still read — so a user sees every
+/// problem of a file at once. Only text that is not YAML (or JSON) at all fails the whole.
+pub fn parse_each_in(
+    text: &str,
+    namespace: &str,
+) -> Result<Vec<Result<Resource, LoadError>>, LoadError> {
+    let docs: Vec<Value> = match text.trim_start().chars().next() {
+        Some('{') | Some('[') => {
+            match serde_json::from_str(text).map_err(|e| LoadError::Json(e.to_string()))? {
+                Value::Array(items) => items,
+                other => vec![other],
+            }
+        }
+        _ => serde_saphyr::from_multiple::<Value>(text)
+            .map_err(|e| LoadError::Yaml(e.to_string()))?
+            .into_iter()
+            .filter(|d| !d.is_null())
+            .collect(),
+    };
+    Ok(docs
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| resource_from_value(i + 1, d, namespace))
+        .collect())
+}
+
 /// Parses a multi-document YAML stream; empty documents are skipped.
 pub fn parse_yaml(text: &str) -> Result<Vec<Resource>, LoadError> {
     yaml_in(text, defaults::NAMESPACE)

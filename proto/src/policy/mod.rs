@@ -15,7 +15,8 @@ mod validate;
 
 pub use capability::CapabilityExpr;
 pub use load::{
-    LoadError, parse_documents, parse_documents_in, parse_json, parse_yaml, policy_files,
+    LoadError, parse_documents, parse_documents_in, parse_each_in, parse_json, parse_yaml,
+    policy_files,
 };
 pub use model::*;
 pub use units::{Condition, Duration, GrpcCode, Percent};
