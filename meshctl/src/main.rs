@@ -15,6 +15,7 @@ mod explain;
 mod get;
 mod history;
 mod inject;
+mod locate;
 mod man;
 mod output;
 mod pods;
@@ -159,7 +160,8 @@ enum Command {
     /// Check policy files offline: parse every resource and validate every field.
     ///
     /// Prints `ok: Kind/namespace/name` for each valid resource; otherwise prints every
-    /// problem as `FILE: Kind/namespace/name: path: message` and exits with status 1.
+    /// problem of every document as `FILE:LINE:COL: Kind/namespace/name: path: message` (the
+    /// field's place in YAML; `FILE:` alone in JSON) and exits with status 1.
     Validate {
         /// A policy file (YAML or JSON, several documents allowed), a directory whose
         /// *.yaml, *.yml and *.json files are read in name order, or `-` for standard input.

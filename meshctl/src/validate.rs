@@ -1,13 +1,16 @@
 //! `meshctl validate` (and the local check before `apply`): reads policy files and
 //! directories, parses and validates every resource with `bulwark-proto` (the same code the
-//! control plane and the sidecar run), and reports each problem prefixed by its file.
+//! control plane and the sidecar run), and reports each problem prefixed by its file and, in
+//! YAML, the line and column of the field (`file:line:col:`, as compilers say it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use bulwark_proto::policy::{Resource, parse_each_in, policy_files};
+use bulwark_proto::policy::{LoadError, Resource, parse_each_in, policy_files};
+
+use crate::locate::locate;
 
 /// What `meshctl validate` found.
 #[derive(Debug, Default)]
@@ -92,11 +95,22 @@ fn check_file(
         Err(e) => return report.problems.push(format!("{name}: {e}")),
     };
     let parsed = documents.len();
+    // `file:line:col` of a field of the n-th document, or `file` when it cannot be placed.
+    let at = |doc: usize, path: &str| match locate(&text, doc, path) {
+        Some((line, column)) => format!("{name}:{line}:{column}"),
+        None => name.clone(),
+    };
     let mut resources = Vec::with_capacity(parsed);
-    for document in documents {
+    for (i, document) in documents.into_iter().enumerate() {
         match document {
-            Ok(resource) => resources.push(resource),
-            Err(e) => report.problems.push(format!("{name}: {e}")),
+            Ok(resource) => resources.push((i + 1, resource)),
+            Err(e) => {
+                let place = match &e {
+                    LoadError::Field { doc, path, .. } => at(*doc, path),
+                    _ => name.clone(),
+                };
+                report.problems.push(format!("{place}: {e}"));
+            }
         }
     }
     if parsed == 0 {
@@ -104,12 +118,13 @@ fn check_file(
             .problems
             .push(format!("{name}: contains no policy resources"));
     }
-    for resource in resources {
+    for (doc, resource) in resources {
         let id = resource.id();
         let mut valid = true;
         if let Some(first) = seen.get(&id) {
             report.problems.push(format!(
-                "{name}: {id}: metadata.name: also defined in {first}"
+                "{}: {id}: metadata.name: also defined in {first}",
+                at(doc, "metadata.name")
             ));
             valid = false;
         }
@@ -117,7 +132,7 @@ fn check_file(
             report.problems.extend(
                 e.errors
                     .iter()
-                    .map(|field| format!("{name}: {id}: {field}")),
+                    .map(|field| format!("{}: {id}: {field}", at(doc, &field.path))),
             );
             valid = false;
         }

@@ -243,9 +243,9 @@ spec:
     assert_eq!(
         run.stderr,
         format!(
-            "{invalid}: UpstreamPolicy/payments/midtrans: spec.timeouts.perTry: must be <= request (5s), got 10s\n\
-             {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.backoff.multiplier: must be >= 1.0, got 0.5\n\
-             {unparsable}: document 1: spec.endpoint: unknown field `endpoint`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`\n"
+            "{invalid}:12:28: UpstreamPolicy/payments/midtrans: spec.timeouts.perTry: must be <= request (5s), got 10s\n\
+             {invalid}:13:23: UpstreamPolicy/payments/midtrans: spec.retry.backoff.multiplier: must be >= 1.0, got 0.5\n\
+             {unparsable}:5:3: document 1: spec.endpoint: unknown field `endpoint`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`\n"
         )
     );
     assert_eq!(run.code, Some(1));

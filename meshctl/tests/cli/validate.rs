@@ -90,10 +90,10 @@ spec:
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{invalid}: UpstreamPolicy/payments/midtrans: spec.timeouts.perTry: must be <= request (5s), got 10s\n\
-             {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.backoff.multiplier: must be >= 1.0, got 0.5\n\
-             {invalid}: UpstreamPolicy/payments/midtrans: spec.retry.retryOn[2]: unknown condition \"4xx\"; expected connect-failure, reset, 5xx, gateway-error, timeout, a status code such as \"429\", or grpc-<code> such as grpc-unavailable\n\
-             {invalid}: ServicePolicy/payments/checkout: spec.capabilities.pay: \"xendit\" is not a dependency declared in spec.dependencies\n\
+            "{invalid}:12:28: UpstreamPolicy/payments/midtrans: spec.timeouts.perTry: must be <= request (5s), got 10s\n\
+             {invalid}:13:23: UpstreamPolicy/payments/midtrans: spec.retry.backoff.multiplier: must be >= 1.0, got 0.5\n\
+             {invalid}:13:76: UpstreamPolicy/payments/midtrans: spec.retry.retryOn[2]: unknown condition \"4xx\"; expected connect-failure, reset, 5xx, gateway-error, timeout, a status code such as \"429\", or grpc-<code> such as grpc-unavailable\n\
+             {invalid}:20:19: ServicePolicy/payments/checkout: spec.capabilities.pay: \"xendit\" is not a dependency declared in spec.dependencies\n\
              {unparsable}: document 1: spec.retries: unknown field `retries`, expected one of `endpoints`, `protocol`, `hostRewrite`, `allowConnect`, `timeouts`, `retry`, `circuitBreaker`, `outlierDetection`, `limits`, `adaptiveConcurrency`, `criticality`, `rateLimit`, `throttling`, `fallback`, `routes`, `tls`, `exportTo`\n\
              {unparsable}: document 3: apiVersion: must be \"bulwark/v1\", got \"bulwark/v2\"\n"
         )
@@ -126,9 +126,9 @@ fn duplicates_missing_files_and_empty_inputs_are_problems() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{copy}: UpstreamPolicy/payments/midtrans: metadata.name: also defined in {payments}\n\
-             {copy}: UpstreamPolicy/payments/xendit: metadata.name: also defined in {payments}\n\
-             {copy}: UpstreamPolicy/payments/nicepay: metadata.name: also defined in {payments}\n\
+            "{copy}:6:13: UpstreamPolicy/payments/midtrans: metadata.name: also defined in {payments}\n\
+             {copy}:35:13: UpstreamPolicy/payments/xendit: metadata.name: also defined in {payments}\n\
+             {copy}:44:13: UpstreamPolicy/payments/nicepay: metadata.name: also defined in {payments}\n\
              {empty}: contains no policy resources\n\
              {missing}: cannot read: No such file or directory (os error 2)\n"
         )

@@ -90,7 +90,7 @@ pub async fn handle(
     let mut completion = Completion {
         direction: target.direction(),
         upstream: None,
-        metrics: Some(shared.unrouted(target.direction())),
+        metrics: None,
         protocol,
         method: parts.method.clone(),
         authority: authority.clone(),
@@ -210,6 +210,10 @@ pub async fn handle(
         }
     };
     completion.status = rsp.status();
+    if completion.metrics.is_none() {
+        // It matched no upstream: counted under `upstream=""`.
+        completion.metrics = Some(shared.unrouted(target.direction()));
+    }
     if grpc {
         completion.grpc_status = rsp.headers().get(GRPC_STATUS).cloned();
     }
