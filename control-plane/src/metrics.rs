@@ -321,10 +321,10 @@ mod tests {
 
     #[test]
     fn the_metrics_reference_lists_every_metric_with_its_type() {
-        let page = include_str!("../../docs/metrics.md");
-        let registered = &Metrics::new().registered;
-        let differences =
-            bulwark_telemetry::reference::differences(registered, page, "Control plane");
-        assert!(differences.is_empty(), "{}", differences.join("\n"));
+        bulwark_telemetry::reference::assert_documented(
+            &Metrics::new().registered,
+            include_str!("../../docs/metrics.md"),
+            "Control plane",
+        );
     }
 }

@@ -68,6 +68,13 @@ pub fn differences(
     out
 }
 
+/// Fails, listing every difference, unless `registered` and `section` of `page` agree: the
+/// test each binary runs against the reference.
+pub fn assert_documented(registered: &BTreeMap<String, String>, page: &str, section: &str) {
+    let differences = differences(registered, page, section);
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
 /// The sample names a PromQL expression uses: `bulwark_…` and `process_…` identifiers.
 pub fn queried(expr: &str) -> Vec<String> {
     let mut names = Vec::new();

@@ -440,6 +440,27 @@ async fn roles_decide_per_namespace_from_the_next_request_and_records_name_the_r
         )
         .await;
     assert_eq!(status, 403, "an editor cannot force levels");
+    // The control plane's own diagnostics are for whoever may read the whole mesh's status;
+    // `force` does not get a delete past the role either.
+    let (status, json) = s
+        .call(Some("pat-token"), Method::GET, "/v1/diagnostics", None)
+        .await;
+    assert_eq!(status, 403, "{json}");
+    assert_eq!(json["error"], "forbidden");
+    let (status, json) = s
+        .call(Some("vera-token"), Method::GET, "/v1/diagnostics", None)
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["etcd"]["reachable"], true, "{json}");
+    let (status, json) = s
+        .call(
+            Some("pat-token"),
+            Method::DELETE,
+            "/v1/ServicePolicy/shop/orders?force=true",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{json}");
     assert_eq!(
         s.stored(),
         [
