@@ -146,6 +146,16 @@ struct Args {
     #[arg(long, env = "BULWARK_INJECT_INBOUND_MTLS", value_name = "MODE")]
     inject_inbound_mtls: Option<String>,
 
+    /// The OpenTelemetry collector (http://HOST:4317, OTLP over gRPC) injected sidecars export
+    /// request spans to [default: none, no spans].
+    #[arg(long, env = "BULWARK_INJECT_OTLP_ENDPOINT", value_name = "URL")]
+    inject_otlp_endpoint: Option<String>,
+
+    /// The share (0 to 1) of the traces injected sidecars start that are sampled, for pods
+    /// that set no bulwark.dev/trace-sampling [default: the sidecar's, 1].
+    #[arg(long, env = "BULWARK_INJECT_TRACE_SAMPLING", value_name = "RATIO")]
+    inject_trace_sampling: Option<String>,
+
     /// The ConfigMap (in each pod's namespace) holding the mesh's trust anchors as roots.pem.
     #[arg(long, env = "BULWARK_TRUST_ANCHORS_CONFIGMAP", default_value = bulwark_inject::DEFAULT_TRUST_ANCHORS)]
     trust_anchors_configmap: String,
@@ -623,6 +633,8 @@ async fn run() -> anyhow::Result<()> {
                 identity: args.inject_identity == Switch::Enabled,
                 trust_anchors: args.trust_anchors_configmap,
                 inbound_mtls: args.inject_inbound_mtls,
+                otlp_endpoint: args.inject_otlp_endpoint,
+                trace_sampling: args.inject_trace_sampling,
                 ..Default::default()
             },
         }),

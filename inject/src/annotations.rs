@@ -64,6 +64,9 @@ pub const IDENTITY: &str = "bulwark.dev/identity";
 /// `strict`, `permissive` or `disable`: whether the pod's callers must use mutual TLS where its
 /// ServicePolicy does not say (`BULWARK_INBOUND_MTLS`; unset: permissive).
 pub const INBOUND_MTLS: &str = "bulwark.dev/inbound-mtls";
+/// The share (0 to 1) of the traces the pod's sidecar starts that are sampled
+/// (`BULWARK_TRACE_SAMPLING`); spans go to the injector's collector, if it has one.
+pub const TRACE_SAMPLING: &str = "bulwark.dev/trace-sampling";
 
 /// Label injection puts on the pod (template) so that NetworkPolicies can select the pods
 /// that carry a sidecar (the control plane admits their gRPC streams).
@@ -91,6 +94,10 @@ pub(crate) struct Settings {
     pub identity: Option<String>,
     /// `bulwark.dev/inbound-mtls`, when the pod sets it.
     pub inbound_mtls: Option<String>,
+    /// The collector request spans go to.
+    pub otlp_endpoint: Option<String>,
+    /// `bulwark.dev/trace-sampling`, else the caller's.
+    pub trace_sampling: Option<String>,
 }
 
 /// The `bulwark-init` container's settings.
@@ -162,6 +169,15 @@ impl Settings {
                     crate::values::check_mtls_mode(mode)
                         .map_err(|problem| bad(INBOUND_MTLS, mode, problem))?;
                     Some(mode.to_string())
+                }
+            },
+            otlp_endpoint: opts.otlp_endpoint.clone(),
+            trace_sampling: match text(TRACE_SAMPLING)? {
+                None => opts.trace_sampling.clone(),
+                Some(ratio) => {
+                    crate::values::check_ratio(ratio)
+                        .map_err(|problem| bad(TRACE_SAMPLING, ratio, problem))?;
+                    Some(ratio.to_string())
                 }
             },
         };

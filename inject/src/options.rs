@@ -41,6 +41,12 @@ pub struct InjectOptions {
     /// The mesh-wide inbound mTLS mode (`strict`, `permissive`, `disable`) for pods that set no
     /// `bulwark.dev/inbound-mtls`; `None`: the sidecar's own default, `permissive`.
     pub inbound_mtls: Option<String>,
+    /// The OpenTelemetry collector sidecars export request spans to (`http://HOST:4317`);
+    /// `None`: no spans.
+    pub otlp_endpoint: Option<String>,
+    /// The share (0 to 1) of the traces a sidecar starts that are sampled, for pods that set no
+    /// `bulwark.dev/trace-sampling`; `None`: the sidecar's default, 1.
+    pub trace_sampling: Option<String>,
 }
 
 /// The trust anchors' ConfigMap unless the caller says otherwise.
@@ -61,6 +67,8 @@ impl Default for InjectOptions {
             identity: true,
             trust_anchors: DEFAULT_TRUST_ANCHORS.to_string(),
             inbound_mtls: None,
+            otlp_endpoint: None,
+            trace_sampling: None,
         }
     }
 }
@@ -103,6 +111,16 @@ impl InjectOptions {
         )?;
         if let Some(mode) = &self.inbound_mtls {
             check("inbound mTLS mode", mode, crate::values::check_mtls_mode)?;
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            check(
+                "OTLP endpoint",
+                endpoint,
+                crate::values::check_otlp_endpoint,
+            )?;
+        }
+        if let Some(ratio) = &self.trace_sampling {
+            check("trace sampling", ratio, crate::values::check_ratio)?;
         }
         for (option, port) in [
             ("admin port", self.ports.admin),

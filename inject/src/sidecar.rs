@@ -108,6 +108,12 @@ pub(crate) fn container(settings: &Settings, service: &ServiceName, pod: &PodFac
     if let Some(mode) = &settings.inbound_mtls {
         env.push(json!({"name": "BULWARK_INBOUND_MTLS", "value": mode}));
     }
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        env.push(json!({"name": "BULWARK_OTLP_ENDPOINT", "value": endpoint}));
+    }
+    if let Some(ratio) = &settings.trace_sampling {
+        env.push(json!({"name": "BULWARK_TRACE_SAMPLING", "value": ratio}));
+    }
     json!({
         "name": SIDECAR_NAME,
         "image": settings.image,

@@ -12,6 +12,8 @@ pub(crate) const IMAGE_PROBLEM: &str = "must be a non-empty image reference with
 pub(crate) const LOG_LEVEL_PROBLEM: &str = "must be one of trace, debug, info, warn, error, off";
 pub(crate) const WORKERS_PROBLEM: &str = "must be a number of worker threads from 1 to 64";
 pub(crate) const LOG_FORMAT_PROBLEM: &str = "must be text or json";
+pub(crate) const OTLP_ENDPOINT_PROBLEM: &str = "must be http://HOST:PORT (OTLP over gRPC)";
+pub(crate) const RATIO_PROBLEM: &str = "must be a number from 0 to 1";
 pub(crate) const PORT_LIST_PROBLEM: &str = "must be port numbers from 1 to 65535, comma-separated";
 pub(crate) const CIDR_LIST_PROBLEM: &str =
     "must be networks such as 10.0.0.0/8 or 2001:db8::/32, comma-separated";
@@ -92,6 +94,24 @@ pub(crate) fn check_log_format(text: &str) -> Result<(), &'static str> {
     match text {
         "text" | "json" => Ok(()),
         _ => Err(LOG_FORMAT_PROBLEM),
+    }
+}
+
+/// An OTLP/gRPC endpoint: `http://HOST:PORT` (the exporter speaks no TLS).
+pub(crate) fn check_otlp_endpoint(text: &str) -> Result<(), &'static str> {
+    let rest = text.strip_prefix("http://").ok_or(OTLP_ENDPOINT_PROBLEM)?;
+    let (host, port) = rest.rsplit_once(':').ok_or(OTLP_ENDPOINT_PROBLEM)?;
+    match (host.is_empty(), port.parse::<u16>()) {
+        (false, Ok(p)) if p > 0 && !host.contains('/') => Ok(()),
+        _ => Err(OTLP_ENDPOINT_PROBLEM),
+    }
+}
+
+/// A ratio from 0 to 1.
+pub(crate) fn check_ratio(text: &str) -> Result<(), &'static str> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(()),
+        _ => Err(RATIO_PROBLEM),
     }
 }
 

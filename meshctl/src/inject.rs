@@ -26,6 +26,10 @@ pub struct Flags<'a> {
     pub identity: bool,
     /// The inbound mTLS mode of pods that set none.
     pub inbound_mtls: Option<&'a str>,
+    /// The collector sidecars export request spans to.
+    pub otlp_endpoint: Option<&'a str>,
+    /// The sampling ratio of pods that set none.
+    pub trace_sampling: Option<&'a str>,
 }
 
 /// Injects every document of `files` (paths, or `-` for standard input), in order.
@@ -40,6 +44,8 @@ pub fn run(files: &[PathBuf], flags: &Flags<'_>) -> (Output, Option<CliError>) {
     opts.capture = flags.capture;
     opts.identity = flags.identity;
     opts.inbound_mtls = flags.inbound_mtls.map(str::to_string);
+    opts.otlp_endpoint = flags.otlp_endpoint.map(str::to_string);
+    opts.trace_sampling = flags.trace_sampling.map(str::to_string);
     if let Some(image) = flags.init_image {
         opts.init_image = image.to_string();
     }

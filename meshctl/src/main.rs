@@ -337,6 +337,13 @@ enum Command {
         /// it sets bulwark.dev/inbound-mtls [default: the sidecar's, permissive].
         #[arg(long, value_name = "MODE")]
         inbound_mtls: Option<String>,
+        /// The OpenTelemetry collector (http://HOST:4317) sidecars export request spans to.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        /// The share (0 to 1) of the traces sidecars start that are sampled, unless a pod sets
+        /// bulwark.dev/trace-sampling [default: the sidecar's, 1].
+        #[arg(long, value_name = "RATIO")]
+        trace_sampling: Option<String>,
     },
 }
 
@@ -442,6 +449,8 @@ fn main() -> ExitCode {
         init_image,
         no_identity,
         inbound_mtls,
+        otlp_endpoint,
+        trace_sampling,
     } = &cli.command
     {
         let flags = inject::Flags {
@@ -451,6 +460,8 @@ fn main() -> ExitCode {
             init_image: init_image.as_deref(),
             identity: !no_identity,
             inbound_mtls: inbound_mtls.as_deref(),
+            otlp_endpoint: otlp_endpoint.as_deref(),
+            trace_sampling: trace_sampling.as_deref(),
         };
         let (out, error) = inject::run(files, &flags);
         return finish(out, error);

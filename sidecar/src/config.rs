@@ -220,6 +220,41 @@ pub struct Config {
     /// Written (JSON with the bound addresses) once every listener is bound.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+
+    /// An OpenTelemetry collector's OTLP/gRPC endpoint (`http://HOST:4317`): a span per
+    /// sampled request and per attempt is exported there. Unset, no span is made (the
+    /// `traceparent` is still passed on).
+    #[arg(long, env = "BULWARK_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of the traces the sidecar starts that are sampled (0 to 1), as its
+    /// `traceparent` tells the next hops; a request that came with a `traceparent` keeps its
+    /// caller's decision.
+    #[arg(long, env = "BULWARK_TRACE_SAMPLING", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub trace_sampling: f64,
+
+    /// How often batched spans are sent to the collector.
+    #[arg(long, env = "BULWARK_OTLP_EXPORT_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub otlp_export_interval: Duration,
+}
+
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(s.to_string()),
+        (Some("https"), _) => Err(format!(
+            "{s:?}: the exporter speaks OTLP/gRPC without TLS (http://HOST:PORT); \
+             run the collector's agent beside the pod or on its node"
+        )),
+        _ => Err(format!("{s:?} is not an http://HOST:PORT URL")),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
+    }
 }
 
 fn parse_mtls_mode(s: &str) -> Result<bulwark_proto::policy::MtlsMode, String> {
@@ -297,6 +332,30 @@ mod tests {
             "orders",
         ]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn tracing_flags_are_checked() {
+        let c = Config::try_parse_from(["sidecar", "--policies", "p.yaml"]).unwrap();
+        assert_eq!((c.otlp_endpoint, c.trace_sampling), (None, 1.0));
+        assert_eq!(parse_ratio("0.25"), Ok(0.25));
+        assert_eq!(
+            parse_ratio("1.5"),
+            Err("\"1.5\" is not a ratio from 0 to 1".into())
+        );
+        assert_eq!(
+            parse_otlp_endpoint("http://collector:4317"),
+            Ok("http://collector:4317".into())
+        );
+        assert_eq!(
+            parse_otlp_endpoint("collector:4317"),
+            Err("\"collector:4317\" is not an http://HOST:PORT URL".into())
+        );
+        assert!(
+            parse_otlp_endpoint("https://collector:4317")
+                .unwrap_err()
+                .contains("without TLS")
+        );
     }
 
     #[test]

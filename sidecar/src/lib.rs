@@ -138,8 +138,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tls: control_plane_tls,
         certified: identity.as_ref().map(|(i, _, _)| i.certified.subscribe()),
     };
+    let exporter = match &config.otlp_endpoint {
+        Some(endpoint) => Some(trace::export::provider(&trace::export::ExportSettings {
+            endpoint: endpoint.clone(),
+            interval: config.otlp_export_interval,
+            service: config
+                .service
+                .clone()
+                .unwrap_or_else(|| "bulwark-sidecar".into()),
+            namespace: config.namespace.clone(),
+            pod: pod.clone(),
+        })?),
+        None => None,
+    };
+    let tracer = match &exporter {
+        Some(provider) => trace::Tracer::exporting(provider, config.trace_sampling),
+        None => trace::Tracer::disabled(config.trace_sampling),
+    };
     let shared = Arc::new(
         Shared::new(local, pod.clone(), deadline_header)
+            .with_tracer(tracer)
             .with_identity(identity.as_ref().map(|(i, _, _)| i.clone()))
             .with_probe_paths(config.probe_paths.clone())
             .with_upstream_idle_timeout(config.upstream_idle_timeout),
@@ -314,6 +332,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = admin_task.await;
     if let Some(task) = health_task {
         let _ = task.await;
+    }
+    if let Some(provider) = exporter {
+        // The last batch goes out on this runtime's tasks: wait for it on another thread.
+        let _ = tokio::task::spawn_blocking(move || trace::export::shutdown(&provider)).await;
     }
     Ok(())
 }

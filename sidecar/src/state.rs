@@ -16,6 +16,7 @@ use crate::identity::Identity;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy_stack::breaker::BreakerEvent;
 use crate::route::{BuildEnv, LocalService, PolicySet, RouteTable};
+use crate::trace::Tracer;
 use crate::upstream::connect::DEFAULT_IDLE_TIMEOUT;
 
 /// State every request and the admin listener read.
@@ -46,6 +47,8 @@ pub struct Shared {
     /// The request metrics of requests that matched no upstream (`upstream=""`), inbound and
     /// outbound.
     pub unrouted: [Arc<UpstreamMetrics>; 2],
+    /// Sampling, and where sampled requests' spans go.
+    pub tracer: Tracer,
 }
 
 impl Shared {
@@ -57,6 +60,12 @@ impl Shared {
     /// Upstream connections unused this long are closed.
     pub fn with_upstream_idle_timeout(mut self, timeout: std::time::Duration) -> Shared {
         self.upstream_idle_timeout = timeout;
+        self
+    }
+
+    /// With request tracing: the sampling ratio, and the exporter when a collector is set.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Shared {
+        self.tracer = tracer;
         self
     }
 
@@ -111,6 +120,7 @@ impl Shared {
             boot_problem: arc_swap::ArcSwapOption::empty(),
             upstream_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             unrouted: ["inbound", "outbound"].map(|d| Arc::new(metrics.unrouted(d))),
+            tracer: Tracer::disabled(1.0),
         };
         if let Some(service) = &shared.local.service {
             // NORMAL until the control plane says otherwise (a file-source sidecar stays so).

@@ -30,6 +30,8 @@ pub struct Seen {
     pub attempt: Option<u32>,
     /// Its `grpc-timeout`, as sent (e.g. `287m`).
     pub grpc_timeout: Option<String>,
+    /// Its `traceparent`, as sent.
+    pub traceparent: Option<String>,
 }
 
 /// What an upstream does with a request it has just counted.
@@ -124,6 +126,7 @@ impl Record {
             key: text(fault::KEY),
             attempt: text("x-bulwark-attempt").and_then(|a| a.trim().parse().ok()),
             grpc_timeout: text("grpc-timeout"),
+            traceparent: text("traceparent"),
         };
         {
             let mut log = lock(&self.seen);

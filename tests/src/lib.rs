@@ -35,6 +35,7 @@ pub mod kube;
 pub mod load;
 pub mod metrics;
 pub mod netns;
+pub mod otlp;
 pub mod pattern;
 pub mod policy;
 pub mod poll;

@@ -734,3 +734,60 @@ fn prometheus_annotations_point_at_the_health_port_unless_the_pod_has_its_own() 
     assert_eq!(annotations(&out)["prometheus.io/port"], "9102");
     assert_eq!(annotations(&out).get("prometheus.io/path"), None);
 }
+
+/// The injector's collector and sampling reach every sidecar; a pod's own sampling wins; bad
+/// values are refused by name, and without a collector no tracing variable is set.
+#[test]
+fn tracing_settings_reach_the_sidecar_and_a_pod_sets_its_own_sampling() {
+    let plain = injected(&with_annotations(json!({})));
+    let names: Vec<_> = sidecar(&plain)["env"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|v| v["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        !names.contains(&"BULWARK_OTLP_ENDPOINT") && !names.contains(&"BULWARK_TRACE_SAMPLING"),
+        "{names:?}"
+    );
+
+    let opts = bulwark_inject::InjectOptions {
+        otlp_endpoint: Some("http://otel-collector.monitoring:4317".into()),
+        trace_sampling: Some("0.01".into()),
+        ..Default::default()
+    };
+    let inject_with = |obj: &Value| match bulwark_inject::inject_object(obj, &opts) {
+        Ok(bulwark_inject::Injected::Injected(out)) => out,
+        other => panic!("expected an injection, got {other:?}"),
+    };
+    let quiet = inject_with(&deployment(json!({"spec": {"containers": [web(&[8080])]}})));
+    let side = sidecar(&quiet);
+    assert_eq!(
+        env(side, "BULWARK_OTLP_ENDPOINT")["value"],
+        "http://otel-collector.monitoring:4317"
+    );
+    assert_eq!(env(side, "BULWARK_TRACE_SAMPLING")["value"], "0.01");
+    let own = inject_with(&deployment(json!({
+        "metadata": {"annotations": {"bulwark.dev/trace-sampling": "0.5"}},
+        "spec": {"containers": [web(&[8080])]},
+    })));
+    assert_eq!(env(sidecar(&own), "BULWARK_TRACE_SAMPLING")["value"], "0.5");
+
+    let bad = deployment(json!({
+        "metadata": {"annotations": {"bulwark.dev/trace-sampling": "10%"}},
+        "spec": {"containers": [web(&[8080])]},
+    }));
+    assert_eq!(
+        refusal(&bad),
+        "annotation bulwark.dev/trace-sampling: must be a number from 0 to 1, got \"10%\""
+    );
+    let wrong = bulwark_inject::InjectOptions {
+        otlp_endpoint: Some("https://otel-collector:4317".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        wrong.validate().map_err(|e| e.to_string()),
+        Err(
+            "invalid OTLP endpoint: must be http://HOST:PORT (OTLP over gRPC), got \"https://otel-collector:4317\""
+                .to_string()
+        )
+    );
+}

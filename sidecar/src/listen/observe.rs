@@ -1,6 +1,7 @@
 //! The end of every proxied request: when its response body ends (or is dropped), one access
 //! log line and the request metrics are recorded, with the gRPC status if trailers carried one.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +21,7 @@ use crate::overload::Refusal;
 use crate::policy_stack::outcome::{ConditionSet, Outcome};
 use crate::priority::Criticality;
 use crate::state::InFlightGuard;
-use crate::trace::RequestIds;
+use crate::trace::{RequestEnd, RequestIds, RequestSpan};
 
 /// What the access log line says about one request.
 pub struct Completion {
@@ -49,6 +50,10 @@ pub struct Completion {
     pub peer_identity: Option<Arc<str>>,
     /// The verified caller of an inbound mTLS request.
     pub caller: Option<Arc<PeerIdentity>>,
+    /// The endpoint the last attempt went to.
+    pub endpoint: Option<SocketAddr>,
+    /// The request's span, when it is traced: ended with the response.
+    pub span: Option<Box<RequestSpan>>,
     /// Keeps the request counted as in flight until its response ends.
     pub in_flight: InFlightGuard,
 }
@@ -86,11 +91,26 @@ impl Completion {
         }
     }
 
-    fn finish(self, outcome: &'static str) {
+    fn finish(mut self, outcome: &'static str) {
         let elapsed = self.started.elapsed();
+        let ending = self.ending(outcome);
         if let Some(m) = &self.metrics {
             let caller = self.caller.as_ref().map(|c| &c.counters);
-            m.record(caller, self.ending(outcome), elapsed);
+            m.record(caller, ending, elapsed);
+        }
+        if let Some(span) = self.span.take() {
+            span.end(RequestEnd {
+                upstream: self.upstream.as_deref(),
+                status: self.status.as_u16(),
+                grpc_status: self.grpc_status.as_ref().and_then(|v| v.to_str().ok()),
+                attempts: self.attempts,
+                failed: ending.classification == Classification::Failure,
+                error: self
+                    .error
+                    .or((outcome == "upstream-error").then_some("upstream-error")),
+                refused: self.refused.map(|(r, _)| r.as_str()),
+                endpoint: self.endpoint,
+            });
         }
         let s = |v: &Option<HeaderValue>| {
             v.as_ref()
@@ -112,6 +132,7 @@ impl Completion {
             attempts = self.attempts,
             request_id = self.ids.request_id.to_str().unwrap_or(""),
             trace_id = self.ids.trace_id(),
+            endpoint = self.endpoint.map(|e| e.to_string()).unwrap_or_default(),
             error = self.error.unwrap_or(""),
             reason = self.refused.map_or("", |(r, _)| r.as_str()),
             criticality = self.refused.map_or("", |(_, c)| c.as_str()),

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bulwark_proto::policy::Protocol;
 use http::uri::Authority;
@@ -26,7 +27,7 @@ use crate::metrics::ProtocolLabel;
 use crate::policy_stack::layer::CallState;
 use crate::route::{RouteRef, RouteTable};
 use crate::state::Shared;
-use crate::trace;
+use crate::trace::{self, RequestAttributes};
 
 /// Which upstream a listener's requests go to.
 #[derive(Debug, Clone)]
@@ -85,7 +86,18 @@ pub async fn handle(
     };
     let authority = request_authority(&parts);
     strip_hop_by_hop(&mut parts.headers);
-    let ids = trace::ensure(&mut parts.headers);
+    let mut ids = trace::ensure(&mut parts.headers, shared.tracer.ratio());
+    let span = shared.tracer.request(
+        &mut ids,
+        &mut parts.headers,
+        SystemTime::now(),
+        RequestAttributes {
+            direction: target.direction(),
+            method: &parts.method,
+            path: parts.uri.path(),
+            authority: authority.as_ref().map_or("", Authority::as_str),
+        },
+    );
 
     let mut completion = Completion {
         direction: target.direction(),
@@ -106,6 +118,8 @@ pub async fn handle(
         refused: None,
         peer_identity: None,
         caller: None,
+        endpoint: None,
+        span: None,
         in_flight: shared.in_flight.start(),
     };
 
@@ -129,7 +143,7 @@ pub async fn handle(
         Some((_, message)) => Err(ProxyError::BadRequest(message)),
         None => admitted.and_then(|()| route(&shared, &table, &target, authority)),
     };
-    let state = CallState::from_client(client);
+    let state = CallState::from_client(client).with_trace(span);
     let prepared = match &upgrade {
         Some(u) => u.prepare(&mut parts),
         None => Ok(()),
@@ -175,6 +189,8 @@ pub async fn handle(
         }
     };
     completion.attempts = state.attempts();
+    completion.endpoint = state.last_endpoint();
+    completion.span = state.into_trace();
 
     let rsp = match result {
         Ok(mut rsp) => {

@@ -14,6 +14,7 @@ use crate::balance::Balancer;
 use crate::body::Body;
 use crate::errors::ProxyError;
 use crate::headers::X_BULWARK_UPSTREAM;
+use crate::trace::TRACEPARENT;
 use crate::upstream::{ConnectSettings, Wire, wire};
 
 /// How an upstream's attempts leave the sidecar.
@@ -77,6 +78,13 @@ impl Call for Balance {
             reason,
         })?;
         state.attempt_started(endpoint.addr);
+        // A traced request's attempt has its own span, the upstream's parent.
+        let span = state
+            .trace()
+            .map(|t| t.attempt(&self.info.name, state.attempts(), endpoint.addr));
+        if let Some(span) = &span {
+            req.headers_mut().insert(TRACEPARENT, span.traceparent());
+        }
         let wire = Wire::for_request(self.protocol, req.version());
         let rewritten;
         let target = if self.host_rewrite {
@@ -102,6 +110,12 @@ impl Call for Balance {
             }
             rsp
         });
+        if let Some(span) = span {
+            match &result {
+                Ok(rsp) => span.end(Some(rsp.status().as_u16()), None),
+                Err(e) => span.end(None, Some(e.kind())),
+            }
+        }
         if let Some(outcome) = classify(&result) {
             let failed = self.failure_on.matches(&outcome);
             if self.balancer.record(endpoint.addr, failed).is_some() {

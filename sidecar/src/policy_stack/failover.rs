@@ -109,6 +109,15 @@ impl<S: Call, T: Target> Call for Failover<S, T> {
                 break;
             };
             tracing::debug!(upstream = %self.info.name, failover = target.name(), "failing over");
+            if let Some(trace) = cx.state.trace() {
+                trace.event(
+                    "failover",
+                    vec![opentelemetry::KeyValue::new(
+                        "bulwark.failover",
+                        target.name().to_string(),
+                    )],
+                );
+            }
             result = target.call(rebuild(body), cx).await;
             if !target.failed(&result) {
                 self.info.metrics.fallback("failover");

@@ -20,6 +20,7 @@ use crate::errors::ProxyError;
 use crate::health::stats::UpstreamStats;
 use crate::metrics::UpstreamMetrics;
 use crate::priority::Criticality;
+use crate::trace::RequestSpan;
 
 pub type Req = Request<Body>;
 pub type Rsp = Response<Body>;
@@ -75,14 +76,17 @@ pub struct AttemptDeadline {
 }
 
 /// What the layers of one request share across its attempts: how many were made and which
-/// endpoints they went to (the last few, so a retry goes elsewhere when it can), and where the
-/// request came from.
+/// endpoints they went to (the last few, so a retry goes elsewhere when it can), where the
+/// request came from, and its span when it is traced.
 #[derive(Debug, Default)]
 pub struct CallState {
     attempts: AtomicU32,
     tried: Mutex<Tried>,
     /// The address of the connection the request came on.
     client: Option<std::net::IpAddr>,
+    /// The request's span: sampled, with a collector configured (boxed: most requests have
+    /// none, and the state lives in every request's future).
+    trace: Option<Box<RequestSpan>>,
 }
 
 /// The endpoints of the last [`TRIED`] attempts, without allocating.
@@ -103,6 +107,30 @@ impl CallState {
             client: Some(client),
             ..CallState::default()
         }
+    }
+
+    /// With the request's span: its attempts' spans go under it, the layers' decisions are its
+    /// events.
+    pub fn with_trace(mut self, trace: Option<Box<RequestSpan>>) -> CallState {
+        self.trace = trace;
+        self
+    }
+
+    /// The request's span, when it is traced.
+    pub fn trace(&self) -> Option<&RequestSpan> {
+        self.trace.as_deref()
+    }
+
+    /// The request's span, to end once its response has.
+    pub fn into_trace(self) -> Option<Box<RequestSpan>> {
+        self.trace
+    }
+
+    /// The endpoint the last attempt went to.
+    pub fn last_endpoint(&self) -> Option<SocketAddr> {
+        let tried = self.tried.lock().ok()?;
+        let last = tried.next.checked_sub(1)? % TRIED;
+        tried.endpoints[last]
     }
 
     /// The address of the connection the request came on.
@@ -160,12 +188,15 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         assert!(!state.retrying() && !state.tried(a));
+        assert_eq!(state.last_endpoint(), None);
         state.attempt_started(a);
         assert!(state.retrying() && state.tried(a) && !state.tried(b));
+        assert_eq!(state.last_endpoint(), Some(a));
         for _ in 0..TRIED {
             state.attempt_started(b);
         }
         assert!(!state.tried(a), "only the last attempts are remembered");
+        assert_eq!(state.last_endpoint(), Some(b));
         assert_eq!(state.attempts(), 1 + TRIED as u32);
     }
 }

@@ -36,6 +36,21 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Response { status, grpc: None } => write!(f, "status {status}"),
+            Outcome::Response {
+                status,
+                grpc: Some(code),
+            } => write!(f, "status {status}, grpc-status {}", code.name()),
+            Outcome::ConnectFailure => f.write_str("connect failure"),
+            Outcome::Reset => f.write_str("reset"),
+            Outcome::Timeout => f.write_str("per-try timeout"),
+        }
+    }
+}
+
 /// What an attempt came to, as far as its response headers (or its error) tell; `None` for
 /// failures that are not the upstream's (deadline, breaker open, bulkhead full).
 pub fn classify(result: &Result<Response<Body>, ProxyError>) -> Option<Outcome> {

@@ -23,5 +23,6 @@ mod resilience_outlier;
 mod resilience_retry;
 mod resilience_routes;
 mod routing;
+mod tracing;
 mod tunnels;
 mod upstreams;

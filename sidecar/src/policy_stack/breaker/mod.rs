@@ -142,6 +142,15 @@ impl<S: Call> Call for CircuitBreaker<S> {
             Ok(a) => a,
             Err(rejected) => {
                 self.info.metrics.breaker_rejections.inc();
+                if let Some(trace) = cx.state.trace() {
+                    trace.event(
+                        "circuit open",
+                        vec![opentelemetry::KeyValue::new(
+                            "bulwark.reason",
+                            rejected.reason.to_string(),
+                        )],
+                    );
+                }
                 return Err(ProxyError::BreakerOpen {
                     upstream: self.info.name.to_string(),
                     reason: rejected.reason,
@@ -149,6 +158,9 @@ impl<S: Call> Call for CircuitBreaker<S> {
             }
         };
         if let Some(t) = admitted.transition {
+            if let Some(trace) = cx.state.trace() {
+                trace.event("circuit half-open", vec![]);
+            }
             self.announce(t);
         }
         let mut guard = AdmissionGuard {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue, Request};
+use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
 use super::layer::{Call, Cx, Req, Rsp, UpstreamInfo};
@@ -61,6 +62,19 @@ enum Stop {
     BodyNotReplayable,
     NoTimeLeft,
     BudgetExhausted,
+}
+
+impl Stop {
+    /// The reason, as a span event says it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Stop::AttemptsExhausted => "attempts exhausted",
+            Stop::NotRetryable => "not retryable",
+            Stop::BodyNotReplayable => "body not replayable",
+            Stop::NoTimeLeft => "no time left",
+            Stop::BudgetExhausted => "retry budget exhausted",
+        }
+    }
 }
 
 impl<S: Call> Call for Retry<S> {
@@ -161,12 +175,35 @@ impl<S: Call> Call for Retry<S> {
                 if matches!(stop, Stop::BudgetExhausted) {
                     metrics.retry_budget_exhausted.inc();
                 }
+                if let Some(trace) = cx.state.trace() {
+                    trace.event(
+                        "not retried",
+                        vec![
+                            KeyValue::new("bulwark.attempt", i64::from(attempt)),
+                            KeyValue::new("bulwark.outcome", outcome.to_string()),
+                            KeyValue::new("bulwark.reason", stop.as_str()),
+                        ],
+                    );
+                }
                 tracing::debug!(upstream = %self.info.name, attempt, ?stop, ?outcome, "not retrying");
                 return result;
             }
             // The failed response is dropped: its connection closes or returns to the pool.
             drop(result);
             metrics.retries.inc();
+            if let Some(trace) = cx.state.trace() {
+                trace.event(
+                    "retry",
+                    vec![
+                        KeyValue::new("bulwark.attempt", i64::from(attempt)),
+                        KeyValue::new("bulwark.outcome", outcome.to_string()),
+                        KeyValue::new(
+                            "bulwark.backoff_ms",
+                            delay.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                        ),
+                    ],
+                );
+            }
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }

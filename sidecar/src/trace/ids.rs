@@ -1,5 +1,7 @@
 //! Request correlation: keeps or creates `x-request-id` and a W3C `traceparent`, so the app and
-//! every upstream see the same ids and logs can be joined across hops.
+//! every upstream see the same ids and logs can be joined across hops. A trace the sidecar
+//! starts is sampled or not by the sampling ratio, and its `traceparent` says which; one that
+//! came with the request keeps the caller's decision.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -11,6 +13,10 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub struct RequestIds {
     pub request_id: HeaderValue,
     pub traceparent: HeaderValue,
+    /// Whether the trace is sampled (the `traceparent`'s flag).
+    pub sampled: bool,
+    /// Whether the `traceparent` came with the request (the caller's span is the parent).
+    pub continued: bool,
 }
 
 impl RequestIds {
@@ -24,12 +30,13 @@ impl RequestIds {
     }
 }
 
-/// Ensures both headers are present and valid; returns them.
+/// Ensures both headers are present and valid; returns them. A trace started here is sampled
+/// with probability `ratio` (0 to 1).
 ///
 /// Both values are unique per request, so they are marked sensitive: HTTP/2 then sends them as
 /// never-indexed literals instead of churning the HPACK dynamic table (every new value evicted
 /// an entry and was compared against the previous ones on each request).
-pub fn ensure(headers: &mut HeaderMap) -> RequestIds {
+pub fn ensure(headers: &mut HeaderMap, ratio: f64) -> RequestIds {
     let id = match headers.get_mut(REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => {
             v.set_sensitive(true);
@@ -43,25 +50,54 @@ pub fn ensure(headers: &mut HeaderMap) -> RequestIds {
             v
         }
     };
-    let traceparent = match headers.get_mut(TRACEPARENT) {
+    let (traceparent, sampled, continued) = match headers.get_mut(TRACEPARENT) {
         Some(v) if valid_traceparent(v.as_bytes()) => {
             v.set_sensitive(true);
-            v.clone()
+            (v.clone(), sampled_flag(v.as_bytes()), true)
         }
         _ => {
-            // 00-<32 hex trace id>-<16 hex parent id>-01
-            let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-            hex(fastrand::u128(1..), &mut buf[3..35]);
-            hex(u128::from(fastrand::u64(1..)), &mut buf[36..52]);
-            let v = unique_value(&buf);
+            let sampled = ratio >= 1.0 || (ratio > 0.0 && fastrand::f64() < ratio);
+            let v = traceparent(fastrand::u128(1..), fastrand::u64(1..), sampled);
             headers.insert(TRACEPARENT, v.clone());
-            v
+            (v, sampled, false)
         }
     };
     RequestIds {
         request_id: id,
         traceparent,
+        sampled,
+        continued,
     }
+}
+
+/// A version 00 `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<flags>`, sensitive.
+pub fn traceparent(trace_id: u128, parent_id: u64, sampled: bool) -> HeaderValue {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(trace_id, &mut buf[3..35]);
+    hex(u128::from(parent_id), &mut buf[36..52]);
+    if sampled {
+        buf[54] = b'1';
+    }
+    unique_value(&buf)
+}
+
+/// The trace id and parent id of a valid `traceparent`.
+pub fn parse_ids(v: &[u8]) -> Option<(u128, u64)> {
+    let text = std::str::from_utf8(v).ok()?;
+    let trace = u128::from_str_radix(text.get(3..35)?, 16).ok()?;
+    let parent = u64::from_str_radix(text.get(36..52)?, 16).ok()?;
+    Some((trace, parent))
+}
+
+/// The sampled bit of a valid `traceparent`'s flags.
+fn sampled_flag(v: &[u8]) -> bool {
+    let low = v.get(54).copied().unwrap_or(b'0');
+    let nibble = match low {
+        b'0'..=b'9' => low - b'0',
+        b'a'..=b'f' => low - b'a' + 10,
+        _ => 0,
+    };
+    nibble & 1 == 1
 }
 
 /// Writes the low `out.len() * 4` bits of `n` as lowercase hex, zero-padded.
@@ -108,7 +144,9 @@ mod tests {
     #[test]
     fn creates_missing_ids() {
         let mut h = HeaderMap::new();
-        let ids = ensure(&mut h);
+        let ids = ensure(&mut h, 1.0);
+        assert!(ids.sampled && !ids.continued);
+        assert!(h[TRACEPARENT].to_str().unwrap().ends_with("-01"));
         let id = ids.request_id.clone();
         assert_eq!(id.len(), 32);
         assert_eq!(h[TRACEPARENT], ids.traceparent);
@@ -119,7 +157,7 @@ mod tests {
         // Unique per request: never indexed by HPACK.
         assert!(h[REQUEST_ID].is_sensitive() && h[TRACEPARENT].is_sensitive());
         let mut other = HeaderMap::new();
-        assert_ne!(ensure(&mut other).request_id, id);
+        assert_ne!(ensure(&mut other, 1.0).request_id, id);
         assert_ne!(other[TRACEPARENT], h[TRACEPARENT]);
     }
 
@@ -142,7 +180,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc"));
         h.insert(TRACEPARENT, HeaderValue::from_static(tp));
-        let ids = ensure(&mut h);
+        let ids = ensure(&mut h, 0.0);
+        assert!(ids.sampled && ids.continued, "the caller's decision stands");
         assert_eq!(ids.request_id, "abc");
         assert_eq!(ids.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(h[TRACEPARENT], tp);
@@ -150,10 +189,45 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert(TRACEPARENT, HeaderValue::from_static("00-zz-00-01"));
-        ensure(&mut h);
+        ensure(&mut h, 1.0);
         assert_ne!(h[TRACEPARENT], "00-zz-00-01");
         assert!(!valid_traceparent(
             b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
         ));
+    }
+
+    #[test]
+    fn a_started_trace_follows_the_ratio_and_a_continued_one_the_caller() {
+        let sampled = |ratio: f64| {
+            (0..1000)
+                .filter(|_| {
+                    let mut h = HeaderMap::new();
+                    let ids = ensure(&mut h, ratio);
+                    let flag = h[TRACEPARENT].to_str().unwrap().ends_with("-01");
+                    assert_eq!(flag, ids.sampled);
+                    ids.sampled
+                })
+                .count()
+        };
+        assert_eq!(sampled(0.0), 0);
+        assert_eq!(sampled(1.0), 1000);
+        let tenth = sampled(0.1);
+        assert!((50..=160).contains(&tenth), "{tenth} of 1000 at 0.1");
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        let ids = ensure(&mut h, 1.0);
+        assert!(!ids.sampled && ids.continued, "not sampled by the caller");
+        assert_eq!(
+            parse_ids(ids.traceparent.as_bytes()),
+            Some((0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7))
+        );
+        assert_eq!(
+            traceparent(0x4bf9, 0xab, true),
+            "00-00000000000000000000000000004bf9-00000000000000ab-01"
+        );
     }
 }
