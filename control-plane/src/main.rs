@@ -152,7 +152,7 @@ struct Args {
     inject_otlp_endpoint: Option<String>,
 
     /// The share (0 to 1) of the traces injected sidecars start that are sampled, for pods
-    /// that set no bulwark.dev/trace-sampling [default: the sidecar's, 1].
+    /// that set no bulwark.dev/trace-sampling [default: the sidecar's, 0.01].
     #[arg(long, env = "BULWARK_INJECT_TRACE_SAMPLING", value_name = "RATIO")]
     inject_trace_sampling: Option<String>,
 

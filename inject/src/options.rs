@@ -45,7 +45,7 @@ pub struct InjectOptions {
     /// `None`: no spans.
     pub otlp_endpoint: Option<String>,
     /// The share (0 to 1) of the traces a sidecar starts that are sampled, for pods that set no
-    /// `bulwark.dev/trace-sampling`; `None`: the sidecar's default, 1.
+    /// `bulwark.dev/trace-sampling`; `None`: the sidecar's default, 0.01.
     pub trace_sampling: Option<String>,
 }
 

@@ -229,8 +229,9 @@ pub struct Config {
 
     /// The share of the traces the sidecar starts that are sampled (0 to 1), as its
     /// `traceparent` tells the next hops; a request that came with a `traceparent` keeps its
-    /// caller's decision.
-    #[arg(long, env = "BULWARK_TRACE_SAMPLING", default_value_t = 1.0, value_parser = parse_ratio)]
+    /// caller's decision. The default, 1%, is Istio's: a span costs about as much as proxying
+    /// the request (docs/benchmarks.md).
+    #[arg(long, env = "BULWARK_TRACE_SAMPLING", default_value_t = 0.01, value_parser = parse_ratio)]
     pub trace_sampling: f64,
 
     /// How often batched spans are sent to the collector.
@@ -337,7 +338,7 @@ mod tests {
     #[test]
     fn tracing_flags_are_checked() {
         let c = Config::try_parse_from(["sidecar", "--policies", "p.yaml"]).unwrap();
-        assert_eq!((c.otlp_endpoint, c.trace_sampling), (None, 1.0));
+        assert_eq!((c.otlp_endpoint, c.trace_sampling), (None, 0.01));
         assert_eq!(parse_ratio("0.25"), Ok(0.25));
         assert_eq!(
             parse_ratio("1.5"),

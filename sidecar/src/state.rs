@@ -120,7 +120,7 @@ impl Shared {
             boot_problem: arc_swap::ArcSwapOption::empty(),
             upstream_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             unrouted: ["inbound", "outbound"].map(|d| Arc::new(metrics.unrouted(d))),
-            tracer: Tracer::disabled(1.0),
+            tracer: Tracer::disabled(0.01),
         };
         if let Some(service) = &shared.local.service {
             // NORMAL until the control plane says otherwise (a file-source sidecar stays so).
