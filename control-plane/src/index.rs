@@ -110,6 +110,8 @@ pub enum Change {
     RoleBindingDeleted {
         name: String,
     },
+    /// An event was recorded (events themselves are read from etcd, not kept here).
+    Event,
 }
 
 /// What a service's pods need: its ServicePolicy and every UpstreamPolicy.
@@ -168,8 +170,11 @@ pub struct Index {
     inputs_tx: watch::Sender<u64>,
     /// Counts changes to `statuses`.
     levels_tx: watch::Sender<u64>,
+    /// Counts events recorded.
+    events_tx: watch::Sender<u64>,
     inputs_changed: bool,
     levels_changed: bool,
+    events_changed: bool,
     /// The trust domain of the identities filled into `tls.mode: mesh` policies.
     trust_domain: String,
     /// Role bindings of the operator API, by name; shared with requests that check them
@@ -206,8 +211,10 @@ impl Index {
             overrides: BTreeMap::new(),
             inputs_tx: watch::channel(0).0,
             levels_tx: watch::channel(0).0,
+            events_tx: watch::channel(0).0,
             inputs_changed: false,
             levels_changed: false,
+            events_changed: false,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             bindings: Arc::default(),
         }
@@ -345,6 +352,11 @@ impl Index {
         self.inputs_tx.subscribe()
     }
 
+    /// Follows events being recorded.
+    pub fn watch_events(&self) -> watch::Receiver<u64> {
+        self.events_tx.subscribe()
+    }
+
     /// Follows changes to the computed statuses.
     pub fn watch_levels(&self) -> watch::Receiver<u64> {
         self.levels_tx.subscribe()
@@ -480,6 +492,7 @@ impl Index {
 
     fn change(&mut self, change: Change) {
         match change {
+            Change::Event => self.events_changed = true,
             Change::Policy(stored) => {
                 self.changed(&stored.key, stored.mod_revision);
                 self.inputs_changed = true;
@@ -578,6 +591,9 @@ impl Index {
         }
         if std::mem::take(&mut self.levels_changed) {
             self.levels_tx.send_modify(|n| *n += 1);
+        }
+        if std::mem::take(&mut self.events_changed) {
+            self.events_tx.send_modify(|n| *n += 1);
         }
         self.state_tx.send_replace(self.state.clone());
     }

@@ -281,6 +281,7 @@ pub async fn run(
     let ops = Arc::new(
         Ops::new(store.clone(), keys.clone(), index.clone(), metrics.clone())
             .with_auth(config.auth.clone(), &config.replica_id)
+            .with_stop(stop.clone())
             .with_write_rate(config.limits.write_rate)
             .with_diagnostics(api::ops::DiagnosticSources {
                 webhook_cert: config.webhook.as_ref().map(|w| w.cert.clone()),

@@ -116,7 +116,8 @@ pub fn decode(keys: &Keys, entry: &Entry) -> Option<Change> {
                 None
             }
         },
-        ParsedKey::Event | ParsedKey::Audit => None,
+        ParsedKey::Event => Some(Change::Event),
+        ParsedKey::Audit => None,
     }
 }
 

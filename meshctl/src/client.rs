@@ -109,6 +109,60 @@ impl Client {
         self.send(Method::DELETE, path, None).await
     }
 
+    /// Follows a watch (`GET /v1/watch/...`): calls `on_line` with each line of the stream as
+    /// it comes, until the server ends it. Only the answer's head is bounded in time.
+    pub async fn watch(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&[u8]) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let server = self.server.url.as_str();
+        let what = format!("GET {path}");
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(self.server.uri(path)?)
+            .header(ACCEPT, HeaderValue::from_static("application/x-ndjson"))
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("meshctl/", env!("CARGO_PKG_VERSION"))),
+            );
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| CliError::Usage(format!("cannot build the request: {e}")))?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| CliError::timed_out(server, REQUEST_TIMEOUT))?
+            .map_err(|e| CliError::from_transport(server, &e, CONNECT_TIMEOUT))?;
+        let (parts, mut body) = response.into_parts();
+        if !parts.status.is_success() {
+            let bytes = tokio::time::timeout(REQUEST_TIMEOUT, body.collect())
+                .await
+                .map_err(|_| CliError::timed_out(server, REQUEST_TIMEOUT))?
+                .map_err(|e| CliError::from_transport(server, &e, CONNECT_TIMEOUT))?
+                .to_bytes();
+            return Err(CliError::from_response(server, &what, parts.status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| CliError::from_transport(server, &e, CONNECT_TIMEOUT))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = line.trim_ascii();
+                if !line.is_empty() {
+                    on_line(line)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         method: Method,

@@ -30,6 +30,23 @@ pub async fn run(
     Ok(out)
 }
 
+/// `events -w`: the last events, oldest first, then each new one, from `GET /v1/watch/events`.
+pub async fn watch(
+    client: &Client,
+    service: Option<&Target>,
+    limit: u32,
+    format: Format,
+) -> Result<Output, CliError> {
+    let path = path(service, limit).replacen("/v1/events", "/v1/watch/events", 1);
+    let wide = format == Format::Wide;
+    crate::watch::run(client, &path, format, |item| {
+        let event: Event = serde_json::from_value(item.clone())
+            .map_err(|e| CliError::bad_answer(client.server(), format!("an event: {e}")))?;
+        Ok(("events", table(&[event], wide)))
+    })
+    .await
+}
+
 /// `/v1/events?service=ns%2Fname&limit=N` (the service filter only when given).
 pub fn path(service: Option<&Target>, limit: u32) -> String {
     let id = service.map(Target::id);

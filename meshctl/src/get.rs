@@ -86,6 +86,27 @@ pub async fn run(client: &Client, query: &Query<'_>) -> Result<Output, CliError>
     Ok(out)
 }
 
+/// `get KIND -w`: the list, then each change, from `GET /v1/watch/{kind}`.
+pub async fn watch(client: &Client, query: &Query<'_>) -> Result<Output, CliError> {
+    let selector = selector(query.selector)?;
+    let mut pairs = Vec::new();
+    if let Scope::Namespace(namespace) = query.scope {
+        pairs.push(("namespace", namespace));
+    }
+    if !selector.is_empty() {
+        pairs.push(("selector", selector.as_str()));
+    }
+    let path = format!("/v1/watch/{}{}", query.kind.as_str(), api::query(&pairs));
+    let wide = query.format == Format::Wide;
+    crate::watch::run(client, &path, query.format, |item| {
+        Ok((
+            "resources",
+            table(query.kind, std::slice::from_ref(item), wide),
+        ))
+    })
+    .await
+}
+
 /// Joins `-l` values into the contract's `k=v,k2=v2`, refusing anything else.
 fn selector(values: &[String]) -> Result<String, CliError> {
     let mut pairs = Vec::new();

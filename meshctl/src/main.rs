@@ -23,6 +23,7 @@ mod status;
 mod table;
 mod validate;
 mod version;
+mod watch;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -129,6 +130,9 @@ enum Command {
         /// Only resources with these labels: `key=value`, repeatable or comma-separated.
         #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE")]
         selector: Vec<String>,
+        /// After the list, print each change as it happens (ADDED, MODIFIED, DELETED).
+        #[arg(short = 'w', long, conflicts_with = "name")]
+        watch: bool,
     },
     /// Delete one resource.
     Delete {
@@ -183,6 +187,9 @@ enum Command {
     Status {
         #[command(flatten)]
         output: OutputFlag,
+        /// Then print each change of a level or a resource's convergence as it happens.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Pods connected to the control plane, with their workload identity.
     ///
@@ -211,6 +218,9 @@ enum Command {
         limit: u32,
         #[command(flatten)]
         output: OutputFlag,
+        /// After the last events (oldest first), print each new one as it is recorded.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Force a degradation level on a service or the whole mesh until a TTL runs out, or
     /// clear that override.
@@ -292,6 +302,13 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Print the JSON Schema of policy documents, for editors.
+    ///
+    /// `meshctl schema > policy.schema.json`, then point the YAML language server (VS Code's
+    /// YAML extension, Neovim, JetBrains IDEs) at it: policies are checked and completed as
+    /// they are written. The repository publishes the same schema as
+    /// schema/policy.schema.json.
+    Schema,
     /// Print a shell completion script: `source <(meshctl completion bash)`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -341,7 +358,7 @@ enum Command {
         #[arg(long, value_name = "URL")]
         otlp_endpoint: Option<String>,
         /// The share (0 to 1) of the traces sidecars start that are sampled, unless a pod sets
-        /// bulwark.dev/trace-sampling [default: the sidecar's, 1].
+        /// bulwark.dev/trace-sampling [default: the sidecar's, 0.01].
         #[arg(long, value_name = "RATIO")]
         trace_sampling: Option<String>,
     },
@@ -472,6 +489,15 @@ fn main() -> ExitCode {
             Err(e) => finish(Output::default(), Some(e)),
         };
     }
+    if let Command::Schema = &cli.command {
+        let schema = bulwark_proto::policy::schema::document();
+        let mut out = Output::default();
+        match serde_json::to_string_pretty(&schema) {
+            Ok(text) => out.text(&format!("{text}\n")),
+            Err(e) => return finish(out, Some(CliError::Usage(format!("the schema: {e}")))),
+        }
+        return finish(out, None);
+    }
     if let Command::Completion { shell } = &cli.command {
         let mut script = Vec::new();
         clap_complete::generate(*shell, &mut Cli::command(), "meshctl", &mut script);
@@ -559,6 +585,7 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             output,
             all_namespaces,
             selector,
+            watch,
         } => {
             let query = Query {
                 kind: api::parse_kind(&kind)?,
@@ -571,7 +598,11 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
                 selector: &selector,
                 format: output,
             };
-            get::run(&client, &query).await
+            if watch {
+                get::watch(&client, &query).await
+            } else {
+                get::run(&client, &query).await
+            }
         }
         Command::Delete {
             kind,
@@ -591,7 +622,13 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             let kind = api::parse_kind(&kind)?;
             history::rollback(&client, kind, namespace, &name, to, &by).await
         }
-        Command::Status { output } => status::run(&client, output.format).await,
+        Command::Status { output, watch } => {
+            if watch {
+                status::watch(&client, output.format).await
+            } else {
+                status::run(&client, output.format).await
+            }
+        }
         Command::Pods {
             all_namespaces,
             output,
@@ -607,12 +644,17 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
             service,
             limit,
             output,
+            watch,
         } => {
             let service = service
                 .as_deref()
                 .map(|s| api::parse_target(s, namespace))
                 .transpose()?;
-            events::run(&client, service.as_ref(), limit, output.format).await
+            if watch {
+                events::watch(&client, service.as_ref(), limit, output.format).await
+            } else {
+                events::run(&client, service.as_ref(), limit, output.format).await
+            }
         }
         Command::Degrade {
             service,
@@ -686,6 +728,7 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Validate { .. } => Err(CliError::Usage("validate runs offline".into())),
         Command::Inject { .. } => Err(CliError::Usage("inject runs offline".into())),
         Command::Completion { .. } => Err(CliError::Usage("completion runs offline".into())),
+        Command::Schema => Err(CliError::Usage("schema runs offline".into())),
         Command::Explain { .. } => Err(CliError::Usage("explain runs offline".into())),
         Command::Man { .. } => Err(CliError::Usage("man runs offline".into())),
         Command::Version { output } => version::run(&client, output).await,

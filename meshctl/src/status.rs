@@ -52,6 +52,27 @@ pub async fn run(client: &Client, format: Format) -> Result<Output, CliError> {
     Ok(out)
 }
 
+/// `status -w`: each service's level and each resource's convergence, then their changes, from
+/// `GET /v1/watch/status` (a row of the levels table or of the convergence table per change).
+pub async fn watch(client: &Client, format: Format) -> Result<Output, CliError> {
+    crate::watch::run(client, "/v1/watch/status", format, |item| {
+        let bad = |e: serde_json::Error| {
+            CliError::bad_answer(client.server(), format!("a watched status: {e}"))
+        };
+        match item.get("kind").and_then(|k| k.as_str()) {
+            Some("ServiceLevel") => {
+                let level: ServiceLevel = serde_json::from_value(item.clone()).map_err(bad)?;
+                Ok(("levels", levels_table(&[level])))
+            }
+            _ => {
+                let resource: ResourceStatus = serde_json::from_value(item.clone()).map_err(bad)?;
+                Ok(("resources", table(&[resource])))
+            }
+        }
+    })
+    .await
+}
+
 /// `-o json|yaml`: `{"levels": GET /v1/levels (null when not served), "status": GET
 /// /v1/status}`, each as the control plane answered.
 async fn documents(client: &Client, format: Format) -> Result<Output, CliError> {

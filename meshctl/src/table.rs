@@ -5,6 +5,21 @@
 /// Columns sit this many spaces apart (as `kubectl` does, so eyes and `awk` know the shape).
 const GAP: usize = 3;
 
+/// Column widths that only grow: a watch prints its rows as they come, each aligned with the
+/// ones before it as far as they allow.
+#[derive(Debug, Default)]
+pub struct Widths {
+    widths: Vec<usize>,
+    header_printed: bool,
+}
+
+impl Widths {
+    /// The next rows come under their header again (another table was printed between).
+    pub fn reprint_header(&mut self) {
+        self.header_printed = false;
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Table {
     header: Vec<String>,
@@ -37,6 +52,44 @@ impl Table {
         if let Some(row) = self.rows.last_mut() {
             row.notes.push(line);
         }
+    }
+
+    /// With a first column `header`, `cell` in every row.
+    pub fn lead(mut self, header: &str, cell: &str) -> Table {
+        self.header.insert(0, header.to_string());
+        for row in &mut self.rows {
+            row.cells.insert(0, cell.to_string());
+        }
+        self
+    }
+
+    /// The rows (and the header, the first time) padded to `widths`, which grow to fit them.
+    pub fn render_growing(&self, widths: &mut Widths) -> String {
+        let header = !widths.header_printed;
+        let lines = std::iter::once(&self.header)
+            .filter(|_| header)
+            .chain(self.rows.iter().map(|r| &r.cells));
+        for cells in lines.clone() {
+            if widths.widths.len() < cells.len() {
+                widths.widths.resize(cells.len(), 0);
+            }
+            for (width, cell) in widths.widths.iter_mut().zip(cells) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        if header {
+            out.push_str(&line(&widths.widths, &self.header));
+            widths.header_printed = true;
+        }
+        for row in &self.rows {
+            out.push_str(&line(&widths.widths, &row.cells));
+            for note in &row.notes {
+                out.push_str(note);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     pub fn render(&self) -> String {
@@ -80,6 +133,25 @@ fn line(widths: &[usize], cells: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn growing_widths_align_rows_printed_one_at_a_time() {
+        let mut widths = Widths::default();
+        let one = |name: &str| {
+            let mut t = Table::new(&["NAME", "VERSION"]);
+            t.row(vec![name.to_string(), "3".to_string()]);
+            t.lead("EVENT", "ADDED")
+        };
+        assert_eq!(
+            one("echo").render_growing(&mut widths),
+            "EVENT   NAME   VERSION\nADDED   echo   3\n"
+        );
+        assert_eq!(one("ab").render_growing(&mut widths), "ADDED   ab     3\n");
+        assert_eq!(
+            one("payments").render_growing(&mut widths),
+            "ADDED   payments   3\n"
+        );
+    }
 
     fn cells(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

@@ -222,6 +222,33 @@ impl ControlPlane {
         )
     }
 
+    /// Starts the real `meshctl` against this replica without waiting for it: for `--watch`,
+    /// whose output is read line by line as it comes.
+    pub fn meshctl_spawn(&self, args: &[&str]) -> Meshctl {
+        let bin = control_plane_bin().with_file_name("meshctl");
+        let mut child = Command::new(&bin)
+            .env_remove("RUST_BACKTRACE")
+            .args(["--server", &self.http_url()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        let stdout = Logs::default();
+        let stderr = Logs::default();
+        if let Some(pipe) = child.stdout.take() {
+            capture(pipe, stdout.clone());
+        }
+        if let Some(pipe) = child.stderr.take() {
+            capture(pipe, stderr.clone());
+        }
+        Meshctl {
+            child: Mutex::new(Some(child)),
+            stdout,
+            stderr,
+        }
+    }
+
     /// The metrics listener's plain-HTTP address, when started with `--metrics`.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.ready.metrics
@@ -403,6 +430,57 @@ impl ControlPlane {
         .expect("the control plane stops after SIGTERM");
         lock(&self.child).take();
         status
+    }
+}
+
+/// A `meshctl` process still running (a watch), and what it printed so far.
+pub struct Meshctl {
+    child: Mutex<Option<Child>>,
+    stdout: Logs,
+    stderr: Logs,
+}
+
+impl Meshctl {
+    /// Its stdout lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        lock(&self.stdout).clone()
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        lock(&self.stderr).join("\n")
+    }
+
+    /// Waits for a stdout line (after the first `skip`) that `matches`, and returns it.
+    pub async fn await_line(&self, skip: usize, matches: impl Fn(&str) -> bool) -> String {
+        let found = try_eventually(PATIENCE, || async {
+            self.lines().into_iter().skip(skip).find(|l| matches(l))
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "meshctl printed no such line; stdout:\n{}\nstderr:\n{}",
+                self.lines().join("\n"),
+                self.stderr()
+            )
+        })
+    }
+
+    /// Waits for it to exit; its status.
+    pub async fn exit(&self) -> ExitStatus {
+        let status = try_eventually(PATIENCE, || async {
+            lock(&self.child).as_mut()?.try_wait().ok().flatten()
+        })
+        .await;
+        status.unwrap_or_else(|| panic!("meshctl did not exit; stderr: {}", self.stderr()))
+    }
+}
+
+impl Drop for Meshctl {
+    fn drop(&mut self) {
+        if let Some(mut child) = lock(&self.child).take() {
+            kill(&mut child);
+        }
     }
 }
 

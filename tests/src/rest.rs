@@ -17,7 +17,10 @@ use crate::poll::PATIENCE;
 pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,
+    /// The body as JSON (`Null` when it is not).
     pub json: Value,
+    /// The body's lines that are JSON values (a watch's events).
+    pub lines: Vec<Value>,
 }
 
 impl Reply {
@@ -169,10 +172,15 @@ pub async fn request_with(
     )
     .await?;
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let lines = bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect();
     Ok(Reply {
         status: status.as_u16(),
         headers,
         json,
+        lines,
     })
 }
 

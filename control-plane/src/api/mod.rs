@@ -13,3 +13,4 @@ pub mod operator;
 pub mod ops;
 pub mod pods;
 pub mod rest;
+pub mod watch;

@@ -248,6 +248,8 @@ pub struct Ops {
     settle: Duration,
     /// The certificates `diagnostics` reports on.
     pub(crate) diagnostics: DiagnosticSources,
+    /// Turns true when the replica shuts down: watches end.
+    pub(crate) stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Where the certificates `GET /v1/diagnostics` reports the expiry of come from.
@@ -282,7 +284,14 @@ impl Ops {
             writes: super::limits::WriteLimiter::default(),
             settle: Duration::from_secs(3),
             diagnostics: DiagnosticSources::default(),
+            stop: None,
         }
+    }
+
+    /// Ends watches when `stop` turns true (the replica shuts down).
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Reports on the certificates of `sources` in `diagnostics`.

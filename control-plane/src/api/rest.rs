@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use super::access::CanIQuery;
 use super::degradation::{self, DegradeRequest};
 use super::ops::{self, OpError, Ops, Served};
+use super::watch;
 use crate::auth::rbac::{Resource, RoleBinding, Scope, Verb};
 use crate::auth::{Actor, AuthError};
 use crate::serve::Peer;
@@ -64,6 +65,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("get", "/health/live"),
     ("get", "/health/ready"),
+    ("get", "/v1/watch/status"),
+    ("get", "/v1/watch/events"),
+    ("get", "/v1/watch/{kind}"),
 ];
 
 /// The largest request body accepted unless configured otherwise.
@@ -109,6 +113,9 @@ pub fn router_with(ops: Arc<Ops>, max_body: usize) -> Router {
         .route("/v1/version", get(version))
         .route("/v1/diagnostics", get(diagnostics))
         .route("/v1/auth/can-i", get(can_i))
+        .route("/v1/watch/status", get(watch_status))
+        .route("/v1/watch/events", get(watch_events))
+        .route("/v1/watch/{kind}", get(watch_list))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
@@ -390,6 +397,188 @@ async fn list(
         q.namespace.as_deref(),
         q.selector.as_deref(),
     )?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WatchListQuery {
+    namespace: Option<String>,
+    selector: Option<String>,
+    timeout_seconds: Option<u64>,
+}
+
+/// A watch's answer: newline-delimited JSON events as they come.
+fn streamed(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Response {
+    use tokio_stream::StreamExt as _;
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|line| Ok::<_, std::convert::Infallible>(Bytes::from(line)));
+    let mut response = Response::new(axum::body::Body::from_stream(lines));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn to_items<T: serde::Serialize>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> String,
+) -> watch::Items {
+    items
+        .into_iter()
+        .map(|item| {
+            let key = key(&item);
+            (key, serde_json::to_value(&item).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// `GET /v1/watch/{kind}`: the listing of `GET /v1/{kind}`, then its changes.
+async fn watch_list(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<WatchListQuery>, QueryRejection>,
+) -> Answer {
+    let kind = ops::parse_kind(&path(p)?)?;
+    let q = query(q)?;
+    let timeout = watch::timeout(q.timeout_seconds)?;
+    let compute = {
+        let ops = ops.clone();
+        move || {
+            let listed = ops
+                .list(&actor, kind, q.namespace.as_deref(), q.selector.as_deref())
+                .map(|served| {
+                    to_items(served.value.items, |r| {
+                        let meta = r.metadata();
+                        format!("{}/{}", meta.namespace, meta.name)
+                    })
+                });
+            std::future::ready(listed)
+        }
+    };
+    let first = compute().await?;
+    let changes = ops.index.lock().watch_state();
+    Ok(streamed(watch::stream(
+        first,
+        true,
+        changes,
+        ops.stop.clone(),
+        timeout,
+        compute,
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WatchQuery {
+    timeout_seconds: Option<u64>,
+}
+
+/// `GET /v1/watch/status`: every resource's convergence, then its changes.
+async fn watch_status(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    q: Result<Query<WatchQuery>, QueryRejection>,
+) -> Answer {
+    let timeout = watch::timeout(query(q)?.timeout_seconds)?;
+    let compute = {
+        let ops = ops.clone();
+        move || std::future::ready(status_items(&ops, &actor))
+    };
+    let first = compute().await?;
+    let changes = ops.index.lock().watch_state();
+    Ok(streamed(watch::stream(
+        first,
+        true,
+        changes,
+        ops.stop.clone(),
+        timeout,
+        compute,
+    )))
+}
+
+/// What `GET /v1/watch/status` follows: each service's level (`kind: ServiceLevel`, what
+/// `meshctl status` shows of it: no per-dependency counts, no computation time, which move
+/// with every report) and each resource's convergence (`kind: ResourceStatus`).
+fn status_items(ops: &Ops, actor: &Actor) -> Result<watch::Items, OpError> {
+    let tagged = |kind: &str, mut value: serde_json::Value| {
+        if let Some(object) = value.as_object_mut() {
+            object.insert("kind".into(), kind.into());
+        }
+        value
+    };
+    let resources = ops.status(actor)?.value.resources;
+    let services = ops.levels(actor, None)?.value.services;
+    let mut items: watch::Items = services
+        .into_iter()
+        .map(|s| {
+            let mut value = serde_json::to_value(&s).unwrap_or_default();
+            if let Some(object) = value.as_object_mut() {
+                object.remove("dependencies");
+                object.remove("computedAt");
+            }
+            (
+                format!("level {}/{}", s.namespace, s.service),
+                tagged("ServiceLevel", value),
+            )
+        })
+        .collect();
+    items.extend(resources.into_iter().map(|r| {
+        let value = serde_json::to_value(&r).unwrap_or_default();
+        (
+            format!("resource {}", r.id),
+            tagged("ResourceStatus", value),
+        )
+    }));
+    Ok(items)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WatchEventsQuery {
+    service: Option<String>,
+    limit: Option<usize>,
+    timeout_seconds: Option<u64>,
+}
+
+/// `GET /v1/watch/events`: the last events (oldest first), then each new one.
+async fn watch_events(
+    State(ops): State<Arc<Ops>>,
+    Extension(actor): Caller,
+    q: Result<Query<WatchEventsQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    let timeout = watch::timeout(q.timeout_seconds)?;
+    let compute = {
+        let ops = ops.clone();
+        move || {
+            let (ops, actor, service) = (ops.clone(), actor.clone(), q.service.clone());
+            async move {
+                let mut events = ops
+                    .events(&actor, service.as_deref(), q.limit)
+                    .await?
+                    .events;
+                // Newest first as listed; a stream tells them in the order they happened.
+                events.reverse();
+                Ok(to_items(events, |e| {
+                    serde_json::to_string(e).unwrap_or_default()
+                }))
+            }
+        }
+    };
+    let first = compute().await?;
+    let changes = ops.index.lock().watch_events();
+    Ok(streamed(watch::stream(
+        first,
+        false,
+        changes,
+        ops.stop.clone(),
+        timeout,
+        compute,
+    )))
 }
 
 #[derive(Debug, Deserialize)]

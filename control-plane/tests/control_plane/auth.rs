@@ -221,6 +221,9 @@ async fn no_credential_or_a_bad_one_is_a_401_on_every_route_and_rpc_and_nothing_
         (Method::GET, "/v1/auth/can-i?verb=get&resource=pods", None),
         (Method::GET, "/v1/version", None),
         (Method::GET, "/v1/diagnostics", None),
+        (Method::GET, "/v1/watch/status", None),
+        (Method::GET, "/v1/watch/events", None),
+        (Method::GET, "/v1/watch/UpstreamPolicy", None),
     ];
     for (method, route, body) in routes {
         let reply =
@@ -452,6 +455,50 @@ async fn roles_decide_per_namespace_from_the_next_request_and_records_name_the_r
         .await;
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["etcd"]["reachable"], true, "{json}");
+    // A watch is a read like any other: pat may not watch shop (refused before anything is
+    // streamed), and a watch of every namespace streams pat only what pat may list.
+    let (status, json) = s
+        .call(
+            Some("pat-token"),
+            Method::GET,
+            "/v1/watch/UpstreamPolicy?namespace=shop&timeoutSeconds=1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{json}");
+    assert_eq!(
+        json["message"],
+        "pat may not list upstreampolicies in namespace shop (holds: editor in payments)"
+    );
+    let reply =
+        s.cp.call_as(
+            &s.cp.access().with_token(Some("pat-token")),
+            Method::GET,
+            "/v1/watch/UpstreamPolicy?timeoutSeconds=1",
+            None,
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/x-ndjson"));
+    let seen: Vec<_> = reply
+        .lines
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["object"]["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(!seen.is_empty(), "the watch streams what exists");
+    assert!(
+        seen.iter().all(|(t, ns)| t == "ADDED" && ns == "payments"),
+        "{seen:?}"
+    );
     let (status, json) = s
         .call(
             Some("pat-token"),

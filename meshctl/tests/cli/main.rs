@@ -7,6 +7,7 @@ mod get;
 mod inject;
 mod operations;
 mod output;
+mod schema;
 mod server;
 mod support;
 mod validate;

@@ -10,6 +10,8 @@ pub mod defaults;
 mod load;
 mod model;
 pub mod refs;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod units;
 mod validate;
 

@@ -400,7 +400,8 @@ impl schemars::JsonSchema for Duration {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "A duration: a number and a unit (ms, s, m, h), e.g. \"250ms\", \"2s\", \"1m30s\"",
+            "description": "A duration: a number and a unit (us, ms, s, m, h), e.g. \"250ms\", \"2s\", \"1m30s\"",
+            "pattern": "^\\s*([0-9.]+(us|µs|ms|s|m|h))+\\s*$",
             "example": "2s"
         })
     }
@@ -416,6 +417,7 @@ impl schemars::JsonSchema for Percent {
         schemars::json_schema!({
             "type": "string",
             "description": "A percentage from 0% to 100%, e.g. \"50%\" or \"12.5%\"",
+            "pattern": "^\\s*[0-9.]+\\s*%\\s*$",
             "example": "50%"
         })
     }

@@ -437,3 +437,120 @@ async fn a_snapshot_the_sidecar_cannot_apply_shows_as_a_nack_in_meshctl_status()
     })
     .await;
 }
+
+/// `--watch` as an operator uses it: `get -w` prints the list and then every change as it
+/// happens, `status -w` the levels and convergence as they move, `events -w` each event as it
+/// is recorded; `-o json` streams the watch events themselves; a watch ends when the control
+/// plane shuts down, and meshctl with it.
+#[tokio::test]
+async fn meshctl_watch_follows_resources_levels_and_events_as_they_change() {
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&etcd.endpoint(), "cp-watch").await;
+    let (a, b) = (HttpUpstream::start().await, HttpUpstream::start().await);
+    let applied = cp
+        .apply(
+            &policy::upstream("echo", a.addr())
+                .namespace("shop")
+                .to_yaml(),
+        )
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
+
+    let get = cp.meshctl_spawn(&["get", "up", "-n", "shop", "-w"]);
+    let json = cp.meshctl_spawn(&["get", "up", "-n", "shop", "-w", "-o", "json"]);
+    let status = cp.meshctl_spawn(&["status", "-w"]);
+    let events = cp.meshctl_spawn(&["events", "-w", "-o", "json"]);
+    let header = get.await_line(0, |l| l.starts_with("EVENT")).await;
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "EVENT",
+            "NAME",
+            "NAMESPACE",
+            "VERSION",
+            "ENDPOINTS",
+            "PROTOCOL"
+        ]
+    );
+    let added = get.await_line(1, |l| l.starts_with("ADDED")).await;
+    assert!(
+        added.contains("echo") && added.contains(&a.addr().to_string()),
+        "{added}"
+    );
+    status
+        .await_line(0, |l| {
+            l.starts_with("ADDED") && l.contains("UpstreamPolicy/shop/echo")
+        })
+        .await;
+
+    // Changed, added, deleted: a line each, as it happens.
+    let before = get.lines().len();
+    cp.apply(
+        &policy::upstream("echo", b.addr())
+            .namespace("shop")
+            .to_yaml(),
+    )
+    .await;
+    let modified = get.await_line(before, |l| l.starts_with("MODIFIED")).await;
+    assert!(modified.contains(&b.addr().to_string()), "{modified}");
+    cp.apply(
+        &policy::upstream("pay", a.addr())
+            .namespace("shop")
+            .to_yaml(),
+    )
+    .await;
+    get.await_line(before, |l| l.starts_with("ADDED") && l.contains("pay"))
+        .await;
+    cp.meshctl(&["delete", "up", "echo", "-n", "shop"]);
+    get.await_line(before, |l| l.starts_with("DELETED") && l.contains("echo"))
+        .await;
+    // The same changes as JSON watch events, one per line.
+    let deleted = json.await_line(0, |l| l.contains("\"DELETED\"")).await;
+    let deleted: serde_json::Value = serde_json::from_str(&deleted).expect("a JSON line");
+    assert_eq!(deleted["object"]["metadata"]["name"], "echo");
+    let kinds: Vec<String> = json
+        .lines()
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("every line is JSON");
+            v["type"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(kinds[..2], ["ADDED", "MODIFIED"], "{kinds:?}");
+
+    // A forced level: recorded as an event, and the service's level row changes.
+    cp.apply(&policy::service("orders", "shop", 8080)).await;
+    status
+        .await_line(0, |l| l.starts_with("ADDED") && l.contains("shop/orders"))
+        .await;
+    cp.meshctl(&[
+        "degrade",
+        "orders",
+        "-n",
+        "shop",
+        "--level",
+        "emergency",
+        "--ttl",
+        "5m",
+        "--reason",
+        "watch test",
+    ]);
+    let event = events.await_line(0, |l| l.contains("watch test")).await;
+    let event: serde_json::Value = serde_json::from_str(&event).expect("a JSON line");
+    assert_eq!(event["type"], "ADDED");
+    assert_eq!(event["object"]["kind"], "override");
+    assert_eq!(event["object"]["to"], "EMERGENCY");
+    status
+        .await_line(0, |l| {
+            l.starts_with("MODIFIED") && l.contains("shop/orders") && l.contains("EMERGENCY")
+        })
+        .await;
+
+    // The control plane stops: every watch ends, and meshctl exits cleanly.
+    let stopped = cp.terminate().await;
+    assert!(stopped.success(), "{stopped:?}");
+    for watch in [&get, &json, &status, &events] {
+        let exit = watch.exit().await;
+        assert!(exit.success(), "{exit:?}: {}", watch.stderr());
+    }
+}
