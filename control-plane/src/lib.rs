@@ -336,6 +336,15 @@ pub async fn run(
         },
     )))
     .add_service(OperatorServer::new(OperatorService::new(ops)));
+    // grpc.health.v1.Health: serving while the index follows etcd (what reads and snapshots
+    // are served from), for gRPC load balancers and probes.
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(api::grpc_health::report(
+        reporter,
+        index.lock().watch_state(),
+        stop.clone(),
+    ));
+    grpc_routes = grpc_routes.add_service(health_service);
     if let Some(identity) = config.identity.clone() {
         grpc_routes = grpc_routes.add_service(IdentityServer::new(IdentityService::new(
             identity,

@@ -7,6 +7,7 @@ pub mod access;
 pub mod degradation;
 pub mod diagnostics;
 pub mod discovery;
+pub mod grpc_health;
 pub mod limits;
 pub mod openapi;
 pub mod operator;

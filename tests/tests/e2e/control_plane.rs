@@ -554,3 +554,46 @@ async fn meshctl_watch_follows_resources_levels_and_events_as_they_change() {
         assert!(exit.success(), "{exit:?}: {}", watch.stderr());
     }
 }
+
+/// `grpc.health.v1.Health` on the gRPC listener, as a gRPC load balancer or probe asks it:
+/// SERVING for the server and each service while the replica follows etcd, NOT_SERVING once
+/// etcd is gone (what it serves may be behind), an unknown service NOT_FOUND.
+#[tokio::test]
+async fn grpc_health_says_serving_while_the_replica_follows_etcd() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let etcd = Etcd::start().await;
+    let cp = ControlPlane::start(&etcd.endpoint(), "cp-health").await;
+    let channel = tonic::transport::Channel::from_shared(cp.grpc_url())
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("connect to the gRPC listener");
+    let mut health = HealthClient::new(channel);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.to_string(),
+    };
+    let status =
+        |reply: tonic::Response<tonic_health::pb::HealthCheckResponse>| reply.into_inner().status;
+    for service in ["", "bulwark.v1.Discovery", "bulwark.v1.Operator"] {
+        let reply = health.check(check(service)).await.expect("an answer");
+        assert_eq!(status(reply), ServingStatus::Serving as i32, "{service:?}");
+    }
+    let unknown = health
+        .check(check("bulwark.v1.Nothing"))
+        .await
+        .expect_err("an unknown service");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    etcd.kill();
+    eventually(WAIT, || {
+        let mut health = health.clone();
+        async move {
+            let reply = health.check(check("")).await.ok()?;
+            (status(reply) == ServingStatus::NotServing as i32).then_some(())
+        }
+    })
+    .await;
+}
