@@ -352,7 +352,11 @@ pub fn parse_target(text: &str, namespace: &str) -> Result<Target, CliError> {
 pub fn degrade_path(target: &Target) -> String {
     match target {
         Target::Service { namespace, name } => {
-            format!("/v1/degrade/{}/{}", encode(namespace, ""), encode(name, ""))
+            format!(
+                "/v1/degrade/{}/{}",
+                encode(namespace, false),
+                encode(name, false)
+            )
         }
         Target::Mesh => "/v1/degrade/mesh".to_string(),
     }
@@ -368,8 +372,8 @@ pub fn resource_path(kind: Kind, namespace: &str, name: &str) -> String {
     format!(
         "{}/{}/{}",
         kind_path(kind),
-        encode(namespace, ""),
-        encode(name, "")
+        encode(namespace, false),
+        encode(name, false)
     )
 }
 
@@ -378,7 +382,7 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
     let joined: Vec<String> = pairs
         .iter()
         // `=` and `,` stay readable in values: selectors are `k=v,k2=v2` in the contract.
-        .map(|(k, v)| format!("{}={}", encode(k, ""), encode(v, "=,")))
+        .map(|(k, v)| format!("{}={}", encode(k, false), encode(v, true)))
         .collect();
     if joined.is_empty() {
         String::new()
@@ -389,21 +393,27 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
 
 /// One path segment, percent-encoded.
 pub fn encode_segment(text: &str) -> String {
-    encode(text, "")
+    encode(text, false)
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters and `keep`.
-fn encode(text: &str, keep: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        let c = char::from(byte);
-        if byte.is_ascii_alphanumeric() || "-._~".contains(c) || keep.contains(c) {
-            out.push(c);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+/// Everything but RFC 3986's unreserved characters (letters, digits, `-._~`).
+const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// [`RESERVED`] but `=` and `,`, for selector values.
+const RESERVED_IN_SELECTOR: &percent_encoding::AsciiSet = &RESERVED.remove(b'=').remove(b',');
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, and in a `selector` value
+/// `=` and `,` too (selectors are `k=v,k2=v2` in the contract: they stay readable).
+fn encode(text: &str, selector: bool) -> String {
+    let set = if selector {
+        RESERVED_IN_SELECTOR
+    } else {
+        RESERVED
+    };
+    percent_encoding::utf8_percent_encode(text, set).to_string()
 }
 
 #[cfg(test)]

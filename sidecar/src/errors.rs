@@ -374,18 +374,14 @@ pub fn grpc_status_response(code: GrpcCode, message: &str, kind: HeaderValue) ->
     rsp
 }
 
+/// What a `grpc-message` percent-encodes besides bytes outside ASCII: control characters
+/// (below 0x20, and DEL) and `%` itself — printable ASCII stays readable (gRPC over HTTP/2).
+const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec asks (printable ASCII except `%`
 /// is kept; everything else becomes `%XX` of its UTF-8 bytes).
 pub fn percent_encode_grpc_message(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for b in message.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE_ESCAPED).to_string()
 }
 
 #[cfg(test)]
