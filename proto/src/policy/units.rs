@@ -109,35 +109,14 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
             "must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units us, ms, s, m, h), got {text:?}"
         )
     };
-    let mut total = 0f64;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_end == 0 {
-            return Err(bad());
-        }
-        let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "us" | "µs" => 0.000_001,
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += value * scale;
-        rest = &rest[unit_end..];
-    }
-    if !total.is_finite() || total > 365.0 * 24.0 * 3600.0 {
+    // jiff's "friendly" format: units from hours down to microseconds (and their long names),
+    // concatenated or spaced, a fraction on the last one.
+    let parsed: jiff::SignedDuration = t.parse().map_err(|_| bad())?;
+    let duration = std::time::Duration::try_from(parsed).map_err(|_| bad())?;
+    if duration > std::time::Duration::from_secs(365 * 24 * 3600) {
         return Err(format!("must be at most one year, got {text:?}"));
     }
-    Ok(std::time::Duration::from_secs_f64(total))
+    Ok(duration)
 }
 
 /// A percentage as written in a policy, e.g. `50%` or `12.5%`.
@@ -401,7 +380,7 @@ impl schemars::JsonSchema for Duration {
         schemars::json_schema!({
             "type": "string",
             "description": "A duration: a number and a unit (us, ms, s, m, h), e.g. \"250ms\", \"2s\", \"1m30s\"",
-            "pattern": "^\\s*([0-9.]+(us|µs|ms|s|m|h))+\\s*$",
+            "pattern": "^\\s*([0-9.]+\\s*(us|µs|ms|s|m|h)\\s*)+$",
             "example": "2s"
         })
     }
@@ -478,7 +457,8 @@ mod tests {
             Err("must be a duration such as \"250ms\", \"10s\" or \"1m30s\" (units us, ms, s, m, h), got \"10\"".into())
         );
         assert!(ms("s").is_err());
-        assert!(ms("10 s").is_err());
+        assert_eq!(ms("10 s"), Ok(10_000));
+        assert_eq!(ms("1m 30s"), Ok(90_000));
         assert!(ms("-1s").is_err());
         assert!(ms("10d").is_err());
         assert_eq!(
