@@ -25,6 +25,8 @@ use crate::priority::{Criticality, Priority};
 pub struct RequestLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     pub protocol: &'static str,
     pub status_class: &'static str,
     /// The gRPC status the response ended with (`OK`, `UNAVAILABLE`, …), from its headers or
@@ -43,12 +45,16 @@ pub struct RequestLabels {
 pub struct DurationLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestDurationLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     pub classification: &'static str,
 }
 
@@ -56,6 +62,8 @@ pub struct RequestDurationLabels {
 pub struct ConnectLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     pub protocol: &'static str,
 }
 
@@ -63,6 +71,8 @@ pub struct ConnectLabels {
 pub struct TransitionLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     pub to: &'static str,
 }
 
@@ -70,6 +80,8 @@ pub struct TransitionLabels {
 pub struct FallbackLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     pub kind: &'static str,
 }
 
@@ -132,6 +144,8 @@ pub struct DirectionLabels {
 pub struct TierLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     pub criticality: &'static str,
 }
 
@@ -139,6 +153,8 @@ pub struct TierLabels {
 pub struct OverloadLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     pub criticality: &'static str,
     pub reason: &'static str,
 }
@@ -147,6 +163,8 @@ pub struct OverloadLabels {
 pub struct RttLabels {
     pub direction: &'static str,
     pub upstream: String,
+    /// The upstream's namespace (empty: matched none).
+    pub namespace: String,
     /// `baseline` (unqueued requests, from the last probe) or `median` (the last interval).
     pub kind: &'static str,
 }
@@ -674,13 +692,19 @@ impl Metrics {
     }
 
     /// Handles for one upstream (or the inbound app) in one direction.
-    pub fn upstream(self: &Arc<Self>, direction: &'static str, upstream: &str) -> UpstreamMetrics {
-        let duration = self.request_durations(direction, upstream);
+    pub fn upstream(
+        self: &Arc<Self>,
+        direction: &'static str,
+        namespace: &str,
+        upstream: &str,
+    ) -> UpstreamMetrics {
+        let duration = self.request_durations(direction, namespace, upstream);
         let connects = |protocol| {
             self.upstream_connects
                 .get_or_create(&ConnectLabels {
                     direction,
                     upstream: upstream.to_string(),
+                    namespace: namespace.to_string(),
                     protocol,
                 })
                 .clone()
@@ -688,6 +712,7 @@ impl Metrics {
         let labels = DurationLabels {
             direction,
             upstream: upstream.to_string(),
+            namespace: namespace.to_string(),
         };
         UpstreamMetrics {
             attempts: self.attempts.get_or_create(&labels).clone(),
@@ -704,6 +729,7 @@ impl Metrics {
             metrics: self.clone(),
             direction,
             upstream: upstream.to_string(),
+            namespace: namespace.to_string(),
             client_id: String::new(),
             server_id: String::new(),
             counters: Default::default(),
@@ -733,21 +759,28 @@ impl Metrics {
             metrics: self.clone(),
             direction,
             upstream: String::new(),
+            namespace: String::new(),
             client_id: String::new(),
             server_id: String::new(),
             counters: Default::default(),
-            duration: self.request_durations(direction, ""),
+            duration: self.request_durations(direction, "", ""),
             rate_limited: Default::default(),
         }
     }
 
     /// The latency histograms of one upstream's requests, by classification.
-    fn request_durations(&self, direction: &'static str, upstream: &str) -> [Histogram; 2] {
+    fn request_durations(
+        &self,
+        direction: &'static str,
+        namespace: &str,
+        upstream: &str,
+    ) -> [Histogram; 2] {
         Classification::ALL.map(|c| {
             self.durations
                 .get_or_create(&RequestDurationLabels {
                     direction,
                     upstream: upstream.to_string(),
+                    namespace: namespace.to_string(),
                     classification: c.as_str(),
                 })
                 .clone()
@@ -873,6 +906,7 @@ pub struct UpstreamMetrics {
     metrics: Arc<Metrics>,
     direction: &'static str,
     upstream: String,
+    namespace: String,
     /// The identities requests to this upstream are between, as far as they are known when it
     /// is built (the caller of an inbound request is known per connection: [`CallerCounters`]).
     client_id: String,
@@ -919,6 +953,7 @@ impl UpstreamMetrics {
             .get_or_create(&TransitionLabels {
                 direction: self.direction,
                 upstream: self.upstream.clone(),
+                namespace: self.namespace.clone(),
                 to: name,
             })
             .inc();
@@ -938,6 +973,7 @@ impl UpstreamMetrics {
                     .get_or_create(&TierLabels {
                         direction: self.direction,
                         upstream: self.upstream.clone(),
+                        namespace: self.namespace.clone(),
                         criticality: criticality.as_str(),
                     })
                     .clone()
@@ -951,12 +987,14 @@ impl UpstreamMetrics {
         let labels = DurationLabels {
             direction: self.direction,
             upstream: self.upstream.clone(),
+            namespace: self.namespace.clone(),
         };
         let rtt = |kind| {
             m.concurrency_rtt
                 .get_or_create(&RttLabels {
                     direction: self.direction,
                     upstream: self.upstream.clone(),
+                    namespace: self.namespace.clone(),
                     kind,
                 })
                 .clone()
@@ -969,6 +1007,7 @@ impl UpstreamMetrics {
                     .get_or_create(&TierLabels {
                         direction: self.direction,
                         upstream: self.upstream.clone(),
+                        namespace: self.namespace.clone(),
                         criticality: c.as_str(),
                     })
                     .clone()
@@ -981,6 +1020,7 @@ impl UpstreamMetrics {
                         .get_or_create(&OverloadLabels {
                             direction: self.direction,
                             upstream: self.upstream.clone(),
+                            namespace: self.namespace.clone(),
                             criticality: c.as_str(),
                             reason: reason.as_str(),
                         })
@@ -997,6 +1037,7 @@ impl UpstreamMetrics {
             .get_or_create(&FallbackLabels {
                 direction: self.direction,
                 upstream: self.upstream.clone(),
+                namespace: self.namespace.clone(),
                 kind,
             })
             .inc();
@@ -1009,6 +1050,7 @@ impl UpstreamMetrics {
             .get_or_create(&FallbackLabels {
                 direction: self.direction,
                 upstream: self.upstream.clone(),
+                namespace: self.namespace.clone(),
                 kind,
             })
             .inc();
@@ -1041,6 +1083,7 @@ impl UpstreamMetrics {
                 .get_or_create(&RequestLabels {
                     direction: self.direction,
                     upstream: self.upstream.clone(),
+                    namespace: self.namespace.clone(),
                     protocol: ending.protocol.as_str(),
                     status_class: STATUS_CLASSES[class],
                     grpc_status: match (ending.protocol, ending.grpc) {

@@ -257,7 +257,7 @@ mod tests {
             "the ejected endpoint gets nothing"
         );
         assert!(metrics.encode().contains(
-            "bulwark_outlier_ejections_total{direction=\"outbound\",upstream=\"pay\"} 1\n"
+            "bulwark_outlier_ejections_total{direction=\"outbound\",upstream=\"pay\",namespace=\"default\"} 1\n"
         ));
     }
 

@@ -651,7 +651,10 @@ mod tests {
             max_queue_wait: Duration::from_secs(1),
             standing_queue_wait: Duration::from_millis(20),
         };
-        Limiter::new(settings, metrics.upstream("outbound", "up").concurrency())
+        Limiter::new(
+            settings,
+            metrics.upstream("outbound", "default", "up").concurrency(),
+        )
     }
 
     fn later() -> Instant {
@@ -960,11 +963,14 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let settings =
             ConcurrencySettings::from_policy(Some(&AdaptiveConcurrency::default())).expect("on");
-        let limiter = Limiter::new(settings, metrics.upstream("inbound", "app").concurrency());
+        let limiter = Limiter::new(
+            settings,
+            metrics.upstream("inbound", "default", "app").concurrency(),
+        );
         let info = Arc::new(UpstreamInfo {
             name: Arc::from("app"),
             namespace: Arc::from("shop"),
-            metrics: Arc::new(metrics.upstream("inbound", "app")),
+            metrics: Arc::new(metrics.upstream("inbound", "default", "app")),
             stats: Default::default(),
         });
         let layer: &'static Concurrency<App> = Box::leak(Box::new(Concurrency::new(

@@ -191,7 +191,7 @@ pub fn info(name: &str) -> (Arc<UpstreamInfo>, Arc<Metrics>) {
     let info = Arc::new(UpstreamInfo {
         name: Arc::from(name),
         namespace: Arc::from("shop"),
-        metrics: Arc::new(metrics.upstream("outbound", name)),
+        metrics: Arc::new(metrics.upstream("outbound", "default", name)),
         stats: Default::default(),
     });
     (info, metrics)

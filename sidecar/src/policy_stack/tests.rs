@@ -71,11 +71,11 @@ async fn retries_wait_the_backoff_and_stop_at_max_attempts() {
     assert_eq!(attempts, ["1", "2", "3", "4"]);
     let text = metrics.encode();
     assert!(
-        text.contains("bulwark_attempts_total{direction=\"outbound\",upstream=\"up\"} 4\n"),
+        text.contains("bulwark_attempts_total{direction=\"outbound\",upstream=\"up\",namespace=\"default\"} 4\n"),
         "{text}"
     );
     assert!(
-        text.contains("bulwark_retries_total{direction=\"outbound\",upstream=\"up\"} 3\n"),
+        text.contains("bulwark_retries_total{direction=\"outbound\",upstream=\"up\",namespace=\"default\"} 3\n"),
         "{text}"
     );
 }
@@ -205,7 +205,7 @@ async fn the_budget_stops_retries_when_spent() {
     let text = metrics.encode();
     assert!(
         text.contains(
-            "bulwark_retry_budget_exhausted_total{direction=\"outbound\",upstream=\"up\"} 2\n"
+            "bulwark_retry_budget_exhausted_total{direction=\"outbound\",upstream=\"up\",namespace=\"default\"} 2\n"
         ),
         "{text}"
     );
@@ -484,7 +484,7 @@ async fn failover_tries_each_target_in_order_with_its_own_authority() {
     assert_eq!(b_call.authority, "b");
     assert_eq!(b_call.body, "charge", "the body is replayed to the target");
     assert!(metrics.encode().contains(
-        "bulwark_fallbacks_total{direction=\"outbound\",upstream=\"up\",kind=\"failover\"} 1\n"
+        "bulwark_fallbacks_total{direction=\"outbound\",upstream=\"up\",namespace=\"default\",kind=\"failover\"} 1\n"
     ));
 }
 
@@ -674,7 +674,7 @@ async fn the_breaker_opens_fails_fast_probes_and_closes() {
     assert_eq!(script.count(), 4);
     assert!(
         metrics.encode().contains(
-            "bulwark_breaker_rejections_total{direction=\"outbound\",upstream=\"up\"} 1\n"
+            "bulwark_breaker_rejections_total{direction=\"outbound\",upstream=\"up\",namespace=\"default\"} 1\n"
         )
     );
 
@@ -692,7 +692,7 @@ async fn the_breaker_opens_fails_fast_probes_and_closes() {
     assert_eq!(states, [BreakerState::HalfOpen, BreakerState::Closed]);
     let text = metrics.encode();
     assert!(
-        text.contains("bulwark_breaker_state{direction=\"outbound\",upstream=\"up\"} 0\n"),
+        text.contains("bulwark_breaker_state{direction=\"outbound\",upstream=\"up\",namespace=\"default\"} 0\n"),
         "{text}"
     );
 }
@@ -779,7 +779,7 @@ async fn the_bulkhead_refuses_past_its_limits_and_holds_slots_until_the_body_end
     );
     assert!(
         metrics.encode().contains(
-            "bulwark_bulkhead_rejections_total{direction=\"outbound\",upstream=\"up\"} 1\n"
+            "bulwark_bulkhead_rejections_total{direction=\"outbound\",upstream=\"up\",namespace=\"default\"} 1\n"
         )
     );
     drop(held);
@@ -996,7 +996,7 @@ async fn low_priority_calls_to_an_emergency_upstream_fail_before_any_attempt() {
     let info = Arc::new(super::layer::UpstreamInfo {
         name: Arc::from("payments"),
         namespace: Arc::from("pay"),
-        metrics: Arc::new(metrics.upstream("outbound", "payments")),
+        metrics: Arc::new(metrics.upstream("outbound", "shop", "payments")),
         stats: Default::default(),
     });
     let degradation = Arc::new(Degradation::default());
@@ -1041,6 +1041,6 @@ async fn low_priority_calls_to_an_emergency_upstream_fail_before_any_attempt() {
     .unwrap();
     assert_eq!(upstream.count(), 2);
     assert!(metrics.encode().contains(
-        "bulwark_emergency_fail_fast_total{direction=\"outbound\",upstream=\"payments\"} 1\n"
+        "bulwark_emergency_fail_fast_total{direction=\"outbound\",upstream=\"payments\",namespace=\"shop\"} 1\n"
     ));
 }

@@ -139,7 +139,7 @@ impl Upstream {
             Some(p) if p.metrics.has_identities(client_id, server_id) => p.metrics.clone(),
             _ => Arc::new(
                 env.metrics
-                    .upstream(side.label(), &name)
+                    .upstream(side.label(), &namespace, &name)
                     .identities(client_id, server_id),
             ),
         };

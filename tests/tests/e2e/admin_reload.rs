@@ -158,6 +158,11 @@ async fn metrics_classify_grpc_statuses_and_count_unrouted_requests() {
                 .protocol("grpc")
                 .spec("retry: { maxAttempts: 1 }")
                 .to_yaml(),
+            // Same name, another namespace: its own series.
+            policy::upstream("echo", healthy.addr())
+                .namespace("shop")
+                .protocol("grpc")
+                .to_yaml(),
         ]))
         .start()
         .await;
@@ -171,6 +176,8 @@ async fn metrics_classify_grpc_statuses_and_count_unrouted_requests() {
         .insert("x-fault-grpc", "5".parse().expect("metadata"));
     let status = echo.unary(missing).await.expect_err("NOT_FOUND");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let mut shop_echo = client::grpc_client_for(sidecar.outbound(), "echo.shop").await;
+    shop_echo.unary(EchoRequest::default()).await.expect("OK");
     let mut broken_client = client::grpc_client_for(sidecar.outbound(), "broken").await;
     for _ in 0..3 {
         let status = broken_client
@@ -186,9 +193,11 @@ async fn metrics_classify_grpc_statuses_and_count_unrouted_requests() {
     );
 
     let grpc = |upstream: &'static str, code: &'static str, classification: &'static str| {
+        let (upstream, namespace) = upstream.split_once('.').unwrap_or((upstream, "default"));
         [
             ("direction", "outbound"),
             ("upstream", upstream),
+            ("namespace", namespace),
             ("protocol", "grpc"),
             ("status_class", "2xx"),
             ("grpc_status", code),
@@ -212,6 +221,7 @@ async fn metrics_classify_grpc_statuses_and_count_unrouted_requests() {
         (grpc("broken", "UNAVAILABLE", "failure"), 3.0),
         (grpc("echo", "OK", "success"), 2.0),
         (grpc("echo", "NOT_FOUND", "success"), 1.0),
+        (grpc("echo.shop", "OK", "success"), 1.0),
     ] {
         assert_eq!(
             metrics::value(&text, "bulwark_requests_total", &labels),

@@ -42,7 +42,8 @@ fn is_traceparent(s: &str) -> bool {
         && parts[1] != "0".repeat(32)
         && is_lower_hex(parts[2], 16)
         && parts[2] != "0".repeat(16)
-        && parts[3] == "01"
+        // Sampled or not: a trace the sidecar starts follows --trace-sampling.
+        && matches!(parts[3], "00" | "01")
 }
 
 #[tokio::test]
