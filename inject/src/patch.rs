@@ -1,6 +1,7 @@
 //! RFC 6902 JSON Patch between a pod as submitted and as injected — what the admission webhook
-//! answers — and the application of such a patch, which tests (and the webhook's tests) use to
-//! check that the patch turns the submitted pod into exactly the injected one.
+//! answers — and the application of such a patch (by the `json-patch` crate), which tests (and
+//! the webhook's tests) use to check that the patch turns the submitted pod into exactly the
+//! injected one.
 //!
 //! The diff recurses into mappings and replaces lists whole: the pod's lists (containers,
 //! volumes) are small, and a whole-list `replace` cannot go wrong when the API server's copy of
@@ -51,72 +52,24 @@ fn child(path: &str, key: &str) -> String {
     format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"))
 }
 
-/// Applies `patch` (`add`, `remove`, `replace` operations) to a copy of `doc`.
+/// Applies `patch` to a copy of `doc`, as the API server does (the `json-patch` crate's RFC
+/// 6902 implementation: our diff only decides which operations to send).
 pub fn apply_patch(doc: &Value, patch: &[Value]) -> Result<Value, PatchError> {
-    let mut doc = doc.clone();
+    let mut operations = Vec::with_capacity(patch.len());
     for (index, op) in patch.iter().enumerate() {
-        let fail = |problem: String| PatchError { index, problem };
-        let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("has no path".into()))?;
-        let value = op.get("value").cloned();
-        if path.is_empty() {
-            // The whole document.
-            match (kind, value) {
-                ("replace" | "add", Some(value)) => doc = value,
-                _ => return Err(fail(format!("cannot {kind} the whole document"))),
-            }
-            continue;
-        }
-        let Some((parent, last)) = path.rsplit_once('/') else {
-            return Err(fail(format!("path {path:?} does not start with /")));
-        };
-        let last = last.replace("~1", "/").replace("~0", "~");
-        let target = doc
-            .pointer_mut(parent)
-            .ok_or_else(|| fail(format!("{parent:?} does not exist")))?;
-        match (kind, target) {
-            ("add" | "replace", Value::Object(map)) => {
-                let value = value.ok_or_else(|| fail("has no value".into()))?;
-                if kind == "replace" && !map.contains_key(&last) {
-                    return Err(fail(format!("{path:?} does not exist")));
-                }
-                map.insert(last, value);
-            }
-            ("remove", Value::Object(map)) => {
-                map.remove(&last)
-                    .ok_or_else(|| fail(format!("{path:?} does not exist")))?;
-            }
-            (_, Value::Array(items)) => apply_to_list(kind, items, &last, value)
-                .map_err(|problem| fail(format!("{path:?}: {problem}")))?,
-            (_, _) => return Err(fail(format!("{kind:?} on {path:?} is not supported"))),
-        }
+        let op: json_patch::PatchOperation =
+            serde_json::from_value(op.clone()).map_err(|e| PatchError {
+                index,
+                problem: e.to_string(),
+            })?;
+        operations.push(op);
     }
+    let mut doc = doc.clone();
+    json_patch::patch(&mut doc, &operations).map_err(|e| PatchError {
+        index: e.operation,
+        problem: format!("{}: {}", e.path, e.kind),
+    })?;
     Ok(doc)
-}
-
-fn apply_to_list(
-    kind: &str,
-    items: &mut Vec<Value>,
-    index: &str,
-    value: Option<Value>,
-) -> Result<(), String> {
-    let position = if index == "-" {
-        items.len()
-    } else {
-        index.parse::<usize>().map_err(|_| "not a list index")?
-    };
-    match (kind, value) {
-        ("add", Some(value)) if position <= items.len() => items.insert(position, value),
-        ("replace", Some(value)) if position < items.len() => items[position] = value,
-        ("remove", _) if position < items.len() => {
-            items.remove(position);
-        }
-        _ => return Err(format!("cannot {kind} item {index}")),
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -168,7 +121,7 @@ mod tests {
             missing,
             Err(PatchError {
                 index: 0,
-                problem: "\"/x\" does not exist".into()
+                problem: "/x: path is invalid".into()
             })
         );
     }
