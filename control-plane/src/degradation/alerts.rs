@@ -8,18 +8,22 @@
 //! service's state as stored in etcd (`levels`).
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_proto::backoff::Backoff;
 use bytes::Bytes;
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -101,6 +105,7 @@ impl AlertWorker {
             }
         };
         let deliveries = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
+        let clock = MonotonicClock;
         let mut limits: HashMap<String, Bucket> = HashMap::new();
         let mut queues: HashMap<String, mpsc::UnboundedSender<(Alert, Delivery)>> = HashMap::new();
         loop {
@@ -111,10 +116,15 @@ impl AlertWorker {
                 },
                 _ = shutdown.changed() => return,
             };
+            let per_minute = delivery.max_per_minute.max(1);
             let bucket = limits
                 .entry(alert.service.clone())
-                .or_insert_with(|| Bucket::new(delivery.max_per_minute));
-            if !bucket.take(delivery.max_per_minute, Instant::now()) {
+                .or_insert_with(|| Bucket::new(per_minute, &clock));
+            if bucket.per_minute != per_minute {
+                // The ServicePolicy's alerts.maxPerMinute changed: a new budget.
+                *bucket = Bucket::new(per_minute, &clock);
+            }
+            if !bucket.take() {
                 self.metrics.alert("rate-limited");
                 tracing::warn!(service = %alert.service, text = %alert.text, "alert rate limit reached; alert dropped");
                 continue;
@@ -206,34 +216,26 @@ async fn deliver(client: &HttpsClient, alert: &Alert, webhook: &str) -> Result<(
     Err(format!("{last} (after {ATTEMPTS} attempts)"))
 }
 
-/// A token bucket of `per_minute` tokens, refilled continuously.
-#[derive(Debug, Clone)]
-struct Bucket {
-    tokens: f64,
-    at: Option<Instant>,
+/// A service's alert budget: `per_minute` alerts at once, then one every `60 s / per_minute`
+/// (governor's GCRA, the same shape as a token bucket refilled continuously).
+struct Bucket<C: Clock = MonotonicClock> {
+    per_minute: u32,
+    limiter: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
 }
 
-impl Bucket {
-    fn new(per_minute: u32) -> Self {
+impl<C: Clock + Clone> Bucket<C> {
+    fn new(per_minute: u32, clock: &C) -> Self {
+        let per_minute = per_minute.max(1);
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
         Bucket {
-            tokens: f64::from(per_minute.max(1)),
-            at: None,
+            per_minute,
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
         }
     }
 
-    fn take(&mut self, per_minute: u32, now: Instant) -> bool {
-        let capacity = f64::from(per_minute.max(1));
-        if let Some(at) = self.at {
-            let refill = now.saturating_duration_since(at).as_secs_f64() * capacity / 60.0;
-            self.tokens = (self.tokens + refill).min(capacity);
-        }
-        self.at = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+    /// Takes one alert's token, if there is one.
+    fn take(&self) -> bool {
+        self.limiter.check().is_ok()
     }
 }
 
@@ -243,13 +245,16 @@ mod tests {
 
     #[test]
     fn the_bucket_allows_a_burst_then_one_per_interval() {
-        let start = Instant::now();
-        let mut bucket = Bucket::new(2);
-        assert!(bucket.take(2, start));
-        assert!(bucket.take(2, start));
-        assert!(!bucket.take(2, start));
-        assert!(!bucket.take(2, start + Duration::from_secs(29)));
-        assert!(bucket.take(2, start + Duration::from_secs(31)));
+        let clock = governor::clock::FakeRelativeClock::default();
+        let bucket = Bucket::new(2, &clock);
+        assert!(bucket.take());
+        assert!(bucket.take());
+        assert!(!bucket.take());
+        clock.advance(Duration::from_secs(29));
+        assert!(!bucket.take());
+        clock.advance(Duration::from_secs(2));
+        assert!(bucket.take());
+        assert!(!bucket.take());
     }
 
     #[test]
