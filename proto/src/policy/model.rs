@@ -96,8 +96,19 @@ fn default_namespace() -> String {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
+    /// A DNS-1123 label: at most 63 lowercase letters, digits or `-`, starting and ending with
+    /// a letter or digit.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
     pub name: String,
+    /// A DNS-1123 label, like the name.
     #[serde(default = "default_namespace")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
     pub namespace: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -106,6 +117,7 @@ pub struct Metadata {
     /// Set by the control plane (the etcd revision of the stored resource); used for
     /// optimistic concurrency on apply. Ignored by the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^[0-9]+$")))]
     pub resource_version: Option<String>,
 }
 
