@@ -109,7 +109,8 @@ pub fn run(files: &[PathBuf], flags: &Flags<'_>) -> (Output, Option<CliError>) {
     (out, None)
 }
 
-fn read(file: &Path) -> std::io::Result<String> {
+/// A file's text, or standard input's for `-`.
+pub fn read(file: &Path) -> std::io::Result<String> {
     if file == Path::new("-") {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text)?;

@@ -7,6 +7,7 @@ mod apply;
 mod check;
 mod client;
 mod config;
+mod convert;
 mod degrade;
 mod delete;
 mod errors;
@@ -284,6 +285,18 @@ enum Command {
         /// KIND[.FIELD.PATH]: upstreampolicy (up) or servicepolicy (svc), then the field.
         field: String,
     },
+    /// Turn Istio DestinationRules and VirtualServices into UpstreamPolicies, offline.
+    ///
+    /// One UpstreamPolicy per host (named by its first label, in the namespace the host names
+    /// or else the resource's): timeouts, retries, connection pool limits, outlier detection
+    /// and TLS carried over as docs/migration.md maps them; every setting without a
+    /// counterpart is named on stderr. The output is valid (checked as `validate` checks):
+    /// `meshctl convert -f istio.yaml > policies.yaml`.
+    Convert {
+        /// Files with Istio resources (several documents allowed), or `-` for standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Check the mesh, like `linkerd check`: one line per check (✓ or ×, with a hint under
     /// each failure), non-zero exit status when one failed.
     ///
@@ -481,6 +494,10 @@ fn main() -> ExitCode {
             trace_sampling: trace_sampling.as_deref(),
         };
         let (out, error) = inject::run(files, &flags);
+        return finish(out, error);
+    }
+    if let Command::Convert { files } = &cli.command {
+        let (out, error) = convert::run(files, &cli.namespace);
         return finish(out, error);
     }
     if let Command::Explain { field } = &cli.command {
@@ -730,6 +747,7 @@ async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Completion { .. } => Err(CliError::Usage("completion runs offline".into())),
         Command::Schema => Err(CliError::Usage("schema runs offline".into())),
         Command::Explain { .. } => Err(CliError::Usage("explain runs offline".into())),
+        Command::Convert { .. } => Err(CliError::Usage("convert runs offline".into())),
         Command::Man { .. } => Err(CliError::Usage("man runs offline".into())),
         Command::Version { output } => version::run(&client, output).await,
         Command::Check => check::run(&client).await,

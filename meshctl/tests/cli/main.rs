@@ -2,6 +2,7 @@
 //! stand-in control plane (`support`) that answers each route as a test says.
 
 mod apply;
+mod convert;
 mod degradation;
 mod get;
 mod inject;
