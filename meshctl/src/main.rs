@@ -459,7 +459,8 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Validate { files } = &cli.command {
-        let report = validate::run(files, &cli.namespace);
+        let mut report = validate::run(files, &cli.namespace);
+        report.check_references();
         let mut out = Output::default();
         for id in &report.valid {
             out.line(format_args!("ok: {id}"));

@@ -8,6 +8,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use bulwark_proto::policy::refs::{Reference, references};
 use bulwark_proto::policy::{LoadError, Resource, parse_each_in, policy_files};
 
 use crate::locate::locate;
@@ -22,6 +23,31 @@ pub struct Report {
     /// One line per problem: `FILE: document N: path: message` when a document does not
     /// parse, `FILE: Kind/namespace/name: path: message` when a resource is invalid.
     pub problems: Vec<String>,
+    /// The UpstreamPolicies each valid resource requires (its failover targets), with where
+    /// it names them (`FILE:LINE:COL`) and its id.
+    pub requires: Vec<(String, String, Reference)>,
+}
+
+impl Report {
+    /// The failover targets none of the files defines, as problems, their resources taken out
+    /// of `valid`: offline, a target must be validated with the policy that names it (apply
+    /// checks against what the control plane stores).
+    pub fn check_references(&mut self) {
+        let defined: BTreeSet<String> = self.resources.iter().map(Resource::id).collect();
+        let mut broken = BTreeSet::new();
+        for (place, id, reference) in &self.requires {
+            if !defined.contains(&reference.target()) {
+                self.problems.push(format!(
+                    "{place}: {id}: {}: names {}, which none of these files defines; validate it \
+                     with the file that does (apply checks it against the control plane)",
+                    reference.path,
+                    reference.target()
+                ));
+                broken.insert(id.clone());
+            }
+        }
+        self.valid.retain(|id| !broken.contains(id));
+    }
 }
 
 /// Validates every resource in `inputs` (files, directories, or `-` for standard input).
@@ -138,6 +164,10 @@ fn check_file(
         }
         seen.entry(id.clone()).or_insert_with(|| name.clone());
         if valid {
+            for reference in references(&resource).into_iter().filter(|r| r.required) {
+                let place = at(doc, &reference.path);
+                report.requires.push((place, id.clone(), reference));
+            }
             report.valid.push(id);
             report.resources.push(resource);
         }

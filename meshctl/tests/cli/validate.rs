@@ -147,3 +147,44 @@ fn validate_needs_a_file() {
         text(&out.stderr)
     );
 }
+
+/// A failover target must be there: offline, among the files validated together (apply then
+/// checks against the control plane). The resource that names a missing one is not `ok`.
+#[test]
+fn a_failover_target_none_of_the_files_defines_is_refused_where_it_is_named() {
+    let checkout = scratch(
+        "meshctl-validate-checkout.yaml",
+        "apiVersion: bulwark/v1\n\
+         kind: UpstreamPolicy\n\
+         metadata: { name: checkout }\n\
+         spec:\n\
+         \x20 endpoints: { dns: \"checkout:80\" }\n\
+         \x20 fallback: { failover: [ghost] }\n",
+    );
+    let out = meshctl(&["validate", "-n", "shop", "-f", &checkout]);
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{checkout}:6:26: UpstreamPolicy/shop/checkout: spec.fallback.failover[0]: names \
+             UpstreamPolicy/shop/ghost, which none of these files defines; validate it with the \
+             file that does (apply checks it against the control plane)\n"
+        )
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    let ghost = scratch(
+        "meshctl-validate-ghost.yaml",
+        "apiVersion: bulwark/v1\n\
+         kind: UpstreamPolicy\n\
+         metadata: { name: ghost }\n\
+         spec: { endpoints: { dns: \"ghost:80\" } }\n",
+    );
+    let out = meshctl(&["validate", "-n", "shop", "-f", &checkout, "-f", &ghost]);
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(
+        text(&out.stdout),
+        "ok: UpstreamPolicy/shop/checkout\nok: UpstreamPolicy/shop/ghost\n"
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
