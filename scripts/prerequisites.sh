@@ -23,6 +23,9 @@ install_prerequisites() {
     python3 -c 'import ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
     # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++).
     command -v c++ >/dev/null 2>&1 || packages+=(g++)
+    # The dashboard's browser tests: Debian's Chromium, driven by playwright-core under Node.js.
+    command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+    command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
   fi
   if [ ${#packages[@]} -gt 0 ]; then
     local sudo=""

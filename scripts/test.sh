@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian/Ubuntu machine: installs what the build and
 # the tests need (protoc for etcd-client's build; etcd, which the control-plane tests start on
-# loopback), builds the binaries the end-to-end tests start, then runs unit, integration,
+# loopback; Chromium and Node.js with playwright-core for the dashboard's browser tests), builds
+# the binaries the end-to-end tests start, then runs unit, integration,
 # end-to-end and chaos tests, validates the deployment manifests, fuzzes the REST API from its
 # OpenAPI document (schemathesis) and runs every fuzz target for a bounded time
 # (BULWARK_FUZZ_SECONDS each, default 20). The capture tests create network
@@ -18,6 +19,9 @@ fi
 # shellcheck source=scripts/prerequisites.sh
 . scripts/prerequisites.sh
 install_prerequisites with-tests
+
+echo "==> the dashboard's browser driver (tests/browser: playwright-core, from its lock file)"
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
 echo "==> building binaries (the end-to-end tests start them)"
 cargo build --workspace --bins --locked

@@ -14,4 +14,5 @@ pub mod operator;
 pub mod ops;
 pub mod pods;
 pub mod rest;
+pub mod ui;
 pub mod watch;

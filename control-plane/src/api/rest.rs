@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use super::access::CanIQuery;
 use super::degradation::{self, DegradeRequest};
 use super::ops::{self, OpError, Ops, Served};
-use super::watch;
+use super::{ui, watch};
 use crate::auth::rbac::{Resource, RoleBinding, Scope, Verb};
 use crate::auth::{Actor, AuthError};
 use crate::serve::Peer;
@@ -80,7 +80,9 @@ pub fn router(ops: Arc<Ops>) -> Router {
 
 /// [`router`] with another body limit.
 pub fn router_with(ops: Arc<Ops>, max_body: usize) -> Router {
-    let open = Router::new()
+    let open = ui::router()
+        .route("/ui/login", post(login))
+        .route("/ui/logout", post(logout))
         .route("/openapi.json", get(openapi))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready));
@@ -208,10 +210,26 @@ async fn authenticate(
     next: axum::middleware::Next,
 ) -> Response {
     let peer = req.extensions().get::<Peer>().cloned();
-    let authorization = req
+    let mut authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
+    // A browser's session (the dashboard): its cookie stands for the bearer token, and a write
+    // made with it must repeat the session's CSRF token.
+    if authorization.is_none()
+        && let Some(token) = ui::cookie(req.headers(), ui::SESSION_COOKIE)
+    {
+        if !ui::csrf_ok(req.method(), req.headers()) {
+            ops.metrics.authentication_failed("csrf");
+            return ApiError(OpError::Forbidden(format!(
+                "a write made with the dashboard's session cookie must repeat its CSRF token in \
+                 the {} header",
+                ui::CSRF_HEADER
+            )))
+            .into_response();
+        }
+        authorization = Some(format!("Bearer {token}").into_bytes());
+    }
     match ops
         .authenticator()
         .authenticate(peer.as_ref(), authorization.as_deref())
@@ -328,6 +346,55 @@ type Answer = Result<Response, ApiError>;
 
 fn json<T: serde::Serialize>(value: &T) -> Response {
     axum::Json(value).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    token: String,
+}
+
+/// `POST /ui/login` `{"token": "..."}`: the dashboard's session. The token is checked as a
+/// bearer token, then comes back in the session cookie with a CSRF token beside it; a token
+/// the API refuses sets nothing.
+async fn login(State(ops): State<Arc<Ops>>, peer: Option<Extension<Peer>>, bytes: Bytes) -> Answer {
+    let login: Login = body(&bytes)?;
+    let token = login.token.trim();
+    let bearer = format!("Bearer {token}");
+    let peer = peer.map(|Extension(p)| p);
+    let user = match ops
+        .authenticator()
+        .authenticate(peer.as_ref(), Some(bearer.as_bytes()))
+        .await
+    {
+        Ok(user) => user,
+        Err(e) => {
+            ops.metrics.authentication_failed("refused");
+            return Err(ApiError(OpError::Unauthenticated(e.to_string())));
+        }
+    };
+    let cookies = ui::session_cookies(token).ok_or_else(|| {
+        ApiError(OpError::invalid(
+            "this token cannot be kept in a cookie; send it in an Authorization header",
+        ))
+    })?;
+    let mut response = json(&serde_json::json!({"user": user.name}));
+    for cookie in cookies {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `POST /ui/logout`: the session's cookies cleared.
+async fn logout() -> Response {
+    let mut response = json(&serde_json::json!({"loggedOut": true}));
+    for cookie in ui::cleared_cookies() {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 /// A read's answer, marked when it may be stale.

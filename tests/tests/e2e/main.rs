@@ -7,6 +7,7 @@ mod bad_input;
 mod capture;
 mod control_plane;
 mod control_plane_trust;
+mod dashboard;
 mod degradation;
 mod http1;
 mod http2_grpc;
