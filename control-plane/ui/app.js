@@ -1,6 +1,7 @@
 // Bulwark dashboard: log in with a token (kept by the browser as an HttpOnly cookie), then the
 // overview of every service, kept live by the control plane's watch of levels
-// (GET /v1/watch/status, newline-delimited JSON): each change updates its own row only.
+// (GET /v1/watch/status, newline-delimited JSON): each change updates its own row only; and
+// the events as they are recorded (GET /v1/watch/events), newest first.
 
 const ORDER = { EMERGENCY: 0, SEVERE: 1, DEGRADED: 2, NORMAL: 3 };
 const services = new Map(); // "namespace/service" → { status, row }
@@ -14,9 +15,12 @@ async function whoami() {
   return res.json();
 }
 
+const MAX_EVENTS = 200;
+
 function show(section) {
   $("login").hidden = section !== "login";
   $("overview").hidden = section !== "overview";
+  $("events").hidden = section !== "overview";
   $("logout").hidden = section !== "overview";
 }
 
@@ -122,13 +126,15 @@ function apply(event) {
   }
 }
 
-async function follow() {
+// Follows the watch at `path`, calling `onEvent` per event and `onBatch` after each read;
+// starts it again when it ends or breaks.
+async function follow(path, live, onEvent, onBatch) {
   for (;;) {
     try {
-      const res = await fetch("/v1/watch/status", { credentials: "same-origin" });
+      const res = await fetch(path, { credentials: "same-origin" });
       if (res.status === 401) { show("login"); return; }
       if (!res.ok) throw new Error(`watch: ${res.status}`);
-      $("live").textContent = "live";
+      live.textContent = "live";
       const reader = res.body.getReader();
       const decoder = new TextDecoder();
       let pending = "";
@@ -142,13 +148,12 @@ async function follow() {
           if (!line.trim()) continue;
           const event = JSON.parse(line);
           if (event.type === "ERROR") throw new Error(event.object.message);
-          apply(event);
+          onEvent(event);
         }
-        namespaces();
-        placeRows();
+        onBatch();
       }
     } catch (e) {
-      $("live").textContent = `reconnecting (${e.message})`;
+      live.textContent = `reconnecting (${e.message})`;
     }
     await new Promise((r) => setTimeout(r, 1000));
   }
@@ -163,10 +168,44 @@ async function start() {
   }
   $("who").textContent = `${me.user} (${(me.roles || []).join(", ") || "no roles"})`;
   show("overview");
-  follow();
+  follow("/v1/watch/status", $("live"), apply, () => { namespaces(); placeRows(); });
+  follow("/v1/watch/events?limit=100", $("events-live"), addEvent, filterEvents);
+}
+
+const seenEvents = new Set();
+
+function addEvent(event) {
+  const e = event.object;
+  if (event.type !== "ADDED" || !e) return;
+  const key = `${e.time}/${e.service}/${e.kind}/${e.from}/${e.to}`;
+  if (seenEvents.has(key)) return; // a restarted watch tells the last ones again
+  seenEvents.add(key);
+  const row = document.createElement("tr");
+  row.dataset.service = e.service;
+  row.dataset.kind = e.kind;
+  const change = e.from || e.to ? `${e.from || "-"} → ${e.to || "-"}` : "—";
+  row.append(
+    cell(e.at),
+    cell(e.service),
+    cell(e.kind),
+    cell(change),
+    cell(e.by || "—"),
+    cell((e.reasons || []).join(", ") || e.text || "—"),
+  );
+  const body = $("event-list").tBodies[0];
+  body.insertBefore(row, body.firstChild);
+  while (body.rows.length > MAX_EVENTS) body.deleteRow(body.rows.length - 1);
+}
+
+function filterEvents() {
+  const filter = $("event-filter").value.trim();
+  for (const row of $("event-list").tBodies[0].rows) {
+    row.hidden = filter !== "" && !row.dataset.service.includes(filter);
+  }
 }
 
 $("login-form").addEventListener("submit", login);
 $("logout").addEventListener("click", logout);
 $("namespace").addEventListener("change", placeRows);
+$("event-filter").addEventListener("input", filterEvents);
 start();

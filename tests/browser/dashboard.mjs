@@ -61,6 +61,17 @@ try {
   });
   await page.screenshot({ path: `${shots}/overview-emergency.png` });
 
+  // The override is recorded as an event: it appears at the top of the events, live; the
+  // service filter hides another service's.
+  const override = `#event-list tbody tr[data-kind="override"][data-service="shop/orders"]`;
+  await page.locator(override).waitFor({ timeout: 20000 });
+  const eventText = await page.textContent(override);
+  const top = await page.$eval("#event-list tbody tr", (tr) => tr.dataset.service);
+  await page.fill("#event-filter", "bank/");
+  const hidden = await page.$eval(override, (tr) => tr.hidden);
+  await page.fill("#event-filter", "");
+  say({ step: "event", text: eventText, top, hiddenByFilter: hidden });
+
   // A write with the session cookie but no CSRF token is refused; with it, it goes through.
   const refused = await page.evaluate(() =>
     fetch("/v1/degrade/shop/orders", { method: "DELETE", credentials: "same-origin" })

@@ -2,7 +2,8 @@
 //! playwright-core from `tests/browser`, installed by `npm ci` in the test command) against the
 //! real control plane with TLS and etcd. A wrong token is refused and leaves no session; the
 //! right one opens the overview with the session in an HttpOnly, Secure, SameSite=Strict
-//! cookie; a level forced through the API shows in the page without a reload; a write made with
+//! cookie; a level forced through the API shows in the page without a reload, and its event at
+//! the top of the live events; a write made with
 //! the cookie but without the CSRF token is refused and changes nothing. Screenshots go to
 //! the test's scratch directory.
 
@@ -155,6 +156,17 @@ async fn the_overview_logs_in_with_a_token_and_follows_levels_live() {
             .is_some_and(|t| t.contains("EMERGENCY (forced)")),
         "{emergency}"
     );
+
+    let event = browser.step("event").await;
+    // Newest first: the override, then the level change it caused, both at the top.
+    assert_eq!(event["top"], "shop/orders", "{event}");
+    assert!(
+        event["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("EMERGENCY") && t.contains("dashboard test")),
+        "{event}"
+    );
+    assert_eq!(event["hiddenByFilter"], true);
 
     let csrf = browser.step("csrf").await;
     assert_eq!(csrf["refused"]["status"], 403, "{csrf}");
