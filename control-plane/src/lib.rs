@@ -266,7 +266,11 @@ pub async fn run(
         stop.clone(),
     ));
     let (alerts, alert_worker) = degradation::alerts::channel(metrics.clone());
-    let alert_worker = tokio::spawn(alert_worker.run(stop.clone()));
+    let alert_events = Arc::new(degradation::events::Recorder::new(
+        store.clone(),
+        keys.clone(),
+    ));
+    let alert_worker = tokio::spawn(alert_worker.with_events(alert_events).run(stop.clone()));
     let levels = tokio::spawn(
         Levels {
             store: store.clone(),

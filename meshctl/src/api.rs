@@ -243,7 +243,8 @@ pub struct Events {
     pub events: Vec<Event>,
 }
 
-/// A level change, breaker transition or override.
+/// A level change, breaker transition, override, policy change (apply, rollback, delete) or
+/// alert sent.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Event {
@@ -251,7 +252,7 @@ pub struct Event {
     pub at: String,
     /// `namespace/service`, or `*` for the mesh-wide override.
     pub service: String,
-    /// `level`, `breaker` or `override`.
+    /// `level`, `breaker`, `override`, `apply`, `rollback`, `delete` or `alert`.
     pub kind: String,
     pub from: String,
     pub to: String,

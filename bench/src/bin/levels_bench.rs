@@ -160,6 +160,7 @@ fn report(open: bool, interval: Duration) -> pb::SidecarMessage {
                 endpoints: 2,
                 ejected: 0,
                 overloaded: 0,
+                p99_micros: 0,
             }],
         })),
     }

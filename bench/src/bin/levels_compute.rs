@@ -86,6 +86,7 @@ fn record(pod: usize, open: Option<usize>, failing: Option<usize>) -> HealthReco
                 endpoints: 3,
                 ejected: 0,
                 overloaded: 0,
+                p99_micros: 0,
             })
             .collect(),
         identity: None,

@@ -304,20 +304,8 @@ impl Ops {
     }
 
     /// Stores an event; the operation it records already happened, so a failure is logged.
-    async fn record_event(&self, event: EventRecord) {
-        let mut lease = self.event_lease.lock().await;
-        let stored = async {
-            let id = lease.get(&self.store).await?;
-            let value = serde_json::to_vec(&event).unwrap_or_default();
-            self.store
-                .put(&events::key(&self.keys, &event), value, Some(id))
-                .await
-        }
-        .await;
-        if let Err(e) = stored {
-            lease.forget();
-            tracing::warn!(error = %e, text = %event.text, "cannot record an event");
-        }
+    pub(crate) async fn record_event(&self, event: EventRecord) {
+        self.events.record(event).await;
     }
 }
 

@@ -21,7 +21,7 @@ use crate::diff;
 use crate::index::{IndexState, SharedIndex};
 use crate::metrics::Metrics;
 use crate::store::keys::{HISTORY_LIMIT, Keys, ResourceKey};
-use crate::store::values::{HistoryOp, HistoryRecord};
+use crate::store::values::{EventRecord, HistoryOp, HistoryRecord};
 use crate::store::{Commit, Entry, EtcdStore, Guard, Read, StoreError, WritePlan};
 use crate::timestamp;
 
@@ -232,8 +232,8 @@ pub struct Ops {
     pub(crate) keys: Keys,
     pub(crate) index: SharedIndex,
     pub(crate) metrics: Arc<Metrics>,
-    /// The lease events recorded by this API are written under.
-    pub(crate) event_lease: tokio::sync::Mutex<EventLease>,
+    /// Where the events this API records (overrides, policy changes) go.
+    pub(crate) events: Arc<crate::degradation::events::Recorder>,
     /// The lease audit records are written under.
     pub(crate) audit_lease: tokio::sync::Mutex<EventLease>,
     /// Who calls.
@@ -268,12 +268,16 @@ impl Ops {
         index: SharedIndex,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let events = Arc::new(crate::degradation::events::Recorder::new(
+            store.clone(),
+            keys.clone(),
+        ));
         Ops {
             store,
             keys,
             index,
             metrics,
-            event_lease: tokio::sync::Mutex::default(),
+            events,
             audit_lease: tokio::sync::Mutex::new(EventLease::lasting(AUDIT_RETENTION)),
             auth: Arc::new(Authenticator::new(crate::auth::AuthConfig {
                 insecure_dev: true,
@@ -510,6 +514,14 @@ impl Ops {
                 Commit::Committed { revision } => {
                     tracing::info!(id = %key, revision, %by, "deleted");
                     self.settle(revision).await;
+                    self.record_event(policy_event(
+                        key,
+                        PolicyChange::Deleted,
+                        stored.mod_revision,
+                        revision,
+                        by,
+                    ))
+                    .await;
                     return Ok(DeleteResponse {
                         id: key.to_string(),
                         revision,
@@ -783,11 +795,24 @@ impl Ops {
             }
             match self.store.commit(&plan).await? {
                 Commit::Committed { revision } => {
-                    for r in results.iter_mut().filter(|r| r.action != Action::Unchanged) {
-                        r.resource_version = revision;
+                    let mut changes = Vec::new();
+                    for (d, r) in desired.iter().zip(results.iter_mut()) {
+                        if r.action == Action::Unchanged {
+                            continue;
+                        }
                         tracing::info!(id = %r.id, action = r.action.as_str(), revision, %by, "applied");
+                        let kind = if op == Some(HistoryOp::RolledBack) {
+                            PolicyChange::RolledBack
+                        } else {
+                            PolicyChange::Applied
+                        };
+                        changes.push(policy_event(&d.key, kind, r.resource_version, revision, by));
+                        r.resource_version = revision;
                     }
                     self.settle(revision).await;
+                    for event in changes {
+                        self.record_event(event).await;
+                    }
                     return Ok(ApplyResponse { results, revision });
                 }
                 Commit::GuardFailed => {
@@ -835,6 +860,69 @@ impl Ops {
             tracing::debug!(revision, "the index has not caught up with a write yet");
         }
     }
+}
+
+/// What a policy event tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyChange {
+    Applied,
+    RolledBack,
+    Deleted,
+}
+
+/// The event of a change of `key` from version `from` (0: it did not exist) to `to`.
+fn policy_event(
+    key: &ResourceKey,
+    change: PolicyChange,
+    from: i64,
+    to: i64,
+    by: &str,
+) -> EventRecord {
+    let (kind, text, after) = match change {
+        PolicyChange::Applied if from == 0 => (
+            "apply",
+            format!("{key} created by {by} (version {to})"),
+            to.to_string(),
+        ),
+        PolicyChange::Applied => (
+            "apply",
+            format!("{key} updated by {by}: version {from} → {to}"),
+            to.to_string(),
+        ),
+        PolicyChange::RolledBack if from == 0 => (
+            "rollback",
+            format!("{key} restored from its history by {by} (version {to})"),
+            to.to_string(),
+        ),
+        PolicyChange::RolledBack => (
+            "rollback",
+            format!("{key} rolled back by {by}: version {from} → {to}"),
+            to.to_string(),
+        ),
+        PolicyChange::Deleted => (
+            "delete",
+            format!("{key} deleted by {by} (was version {from})"),
+            "deleted".to_string(),
+        ),
+    };
+    let mut event = crate::degradation::events::record(
+        crate::timestamp::unix_millis(),
+        format!("{}/{}", key.namespace, key.name),
+        kind,
+        (
+            if from == 0 {
+                String::new()
+            } else {
+                from.to_string()
+            },
+            after,
+        ),
+        Vec::new(),
+        by.to_string(),
+        text,
+    );
+    event.resource = key.to_string();
+    event
 }
 
 /// The history keys to delete so that, with one more entry, at most `limit` remain.

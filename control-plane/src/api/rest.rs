@@ -68,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/watch/status"),
     ("get", "/v1/watch/events"),
     ("get", "/v1/watch/{kind}"),
+    ("get", "/v1/graph/{namespace}/{service}"),
 ];
 
 /// The largest request body accepted unless configured otherwise.
@@ -91,6 +92,7 @@ pub fn router_with(ops: Arc<Ops>, max_body: usize) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/levels", get(levels))
         .route("/v1/levels/{namespace}/{service}", get(level))
+        .route("/v1/graph/{namespace}/{service}", get(graph))
         .route("/v1/events", get(events))
         .route("/v1/pods", get(pods))
         .route("/v1/degrade/mesh", put(degrade_mesh).delete(clear_mesh))
@@ -739,6 +741,13 @@ async fn level(State(ops): State<Arc<Ops>>, Extension(actor): Caller, p: Service
     let (namespace, service) = path(p)?;
     Ok(served(
         ops.level(&actor, &ServiceKey { namespace, service })?,
+    ))
+}
+
+async fn graph(State(ops): State<Arc<Ops>>, Extension(actor): Caller, p: ServicePath) -> Answer {
+    let (namespace, service) = path(p)?;
+    Ok(served(
+        ops.graph(&actor, &ServiceKey { namespace, service })?,
     ))
 }
 

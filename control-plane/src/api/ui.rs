@@ -26,26 +26,40 @@ pub const CSRF_HEADER: &str = "x-bulwark-csrf";
 const SESSION_SECONDS: u32 = 12 * 3600;
 
 const INDEX: &str = include_str!("../../ui/index.html");
-const APP: &str = include_str!("../../ui/app.js");
-const STYLE: &str = include_str!("../../ui/style.css");
+
+/// The app's other files: path under `/ui/`, content type, content.
+const FILES: &[(&str, &str, &str)] = &[
+    ("app.js", JS, include_str!("../../ui/app.js")),
+    ("lib.js", JS, include_str!("../../ui/lib.js")),
+    ("overview.js", JS, include_str!("../../ui/overview.js")),
+    ("service.js", JS, include_str!("../../ui/service.js")),
+    ("policies.js", JS, include_str!("../../ui/policies.js")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../ui/style.css"),
+    ),
+];
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// `/ui`: the app's files (login and logout are API routes, in `rest.rs`). Open routes: the
-/// data comes from the API, which authenticates every call.
+/// data comes from the API, which authenticates every call. The app routes in the URL's
+/// fragment (`/ui/#/services/shop/orders`), so `/ui/` is its only page.
 pub fn router() -> Router<Arc<Ops>> {
-    Router::new()
-        .route("/ui", get(|| async { redirect("/ui/") }))
-        .route(
-            "/ui/",
-            get(|| async { file(INDEX, "text/html; charset=utf-8") }),
-        )
-        .route(
-            "/ui/app.js",
-            get(|| async { file(APP, "text/javascript; charset=utf-8") }),
-        )
-        .route(
-            "/ui/style.css",
-            get(|| async { file(STYLE, "text/css; charset=utf-8") }),
-        )
+    FILES.iter().fold(
+        Router::new()
+            .route("/ui", get(|| async { redirect("/ui/") }))
+            .route(
+                "/ui/",
+                get(|| async { file(INDEX, "text/html; charset=utf-8") }),
+            ),
+        |router, &(name, content_type, body)| {
+            router.route(
+                &format!("/ui/{name}"),
+                get(move || async move { file(body, content_type) }),
+            )
+        },
+    )
 }
 
 fn redirect(to: &'static str) -> Response {

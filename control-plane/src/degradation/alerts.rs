@@ -5,7 +5,9 @@
 //! alerts arrive in the order they were made (one delivery queue per service: a retried alert
 //! holds back the ones after it), while different services are delivered side by side.
 //! Deduplication happens upstream: only the leader makes alerts, one per transition of the
-//! service's state as stored in etcd (`levels`).
+//! service's state as stored in etcd (`levels`). Each delivery, sent or given up, is recorded
+//! as an `alert` event naming the webhook's host only (a webhook's path often holds its
+//! secret).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -25,6 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::degradation::events::{self, Recorder};
 use crate::metrics::Metrics;
 
 const QUEUE: usize = 1024;
@@ -83,18 +86,29 @@ pub fn channel(metrics: Arc<Metrics>) -> (AlertSender, AlertWorker) {
             tx,
             metrics: metrics.clone(),
         },
-        AlertWorker { rx, metrics },
+        AlertWorker {
+            rx,
+            metrics,
+            events: None,
+        },
     )
 }
 
 pub struct AlertWorker {
     rx: mpsc::Receiver<(Alert, Delivery)>,
     metrics: Arc<Metrics>,
+    events: Option<Arc<Recorder>>,
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 impl AlertWorker {
+    /// Records each delivery as an event in `events`.
+    pub fn with_events(mut self, events: Arc<Recorder>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     /// Delivers alerts until `shutdown`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let client = match client() {
@@ -137,6 +151,7 @@ impl AlertWorker {
                     client.clone(),
                     deliveries.clone(),
                     self.metrics.clone(),
+                    self.events.clone(),
                 ));
                 tx
             });
@@ -155,22 +170,55 @@ async fn deliver_in_order(
     client: HttpsClient,
     deliveries: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    events: Option<Arc<Recorder>>,
 ) {
     while let Some((alert, delivery)) = rx.recv().await {
         let Ok(permit) = deliveries.acquire().await else {
             return;
         };
-        match deliver(&client, &alert, &delivery.webhook).await {
+        let result = deliver(&client, &alert, &delivery.webhook).await;
+        drop(permit);
+        let host = webhook_host(&delivery.webhook);
+        let (outcome, text) = match &result {
             Ok(()) => {
                 metrics.alert("sent");
                 tracing::info!(service = %alert.service, webhook = %delivery.webhook, text = %alert.text, "alert sent");
+                ("sent", format!("alert sent to {host}: {}", alert.text))
             }
             Err(e) => {
                 metrics.alert("failed");
                 tracing::warn!(service = %alert.service, webhook = %delivery.webhook, error = %e, "alert not delivered");
+                (
+                    "failed",
+                    format!("alert to {host} not delivered ({e}): {}", alert.text),
+                )
             }
+        };
+        if let Some(events) = &events {
+            events
+                .record(events::record(
+                    crate::timestamp::unix_millis(),
+                    alert.service.clone(),
+                    "alert",
+                    (alert.kind.clone(), outcome.to_string()),
+                    alert.reasons.clone(),
+                    String::new(),
+                    text,
+                ))
+                .await;
         }
-        drop(permit);
+    }
+}
+
+/// The host (and port) of a webhook URL, which is all an event tells of it.
+fn webhook_host(webhook: &str) -> String {
+    let uri = webhook.parse::<hyper::Uri>().ok();
+    match uri.as_ref().and_then(|u| u.authority()) {
+        Some(a) => match a.port_u16() {
+            Some(port) => format!("{}:{port}", a.host()),
+            None => a.host().to_string(),
+        },
+        None => "the webhook".to_string(),
     }
 }
 
@@ -196,7 +244,9 @@ async fn deliver(client: &HttpsClient, alert: &Alert, webhook: &str) -> Result<(
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::USER_AGENT, "bulwark-control-plane")
             .body(Full::new(Bytes::from(body.clone())))
-            .map_err(|e| format!("bad webhook URL {webhook:?}: {e}"))?;
+            // Not the URL itself: its path often holds the webhook's secret, and this error is
+            // recorded in an event.
+            .map_err(|e| format!("the webhook URL is not valid: {e}"))?;
         match tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(request)).await {
             Ok(Ok(response)) if response.status().is_success() => return Ok(()),
             Ok(Ok(response)) => {
@@ -242,6 +292,19 @@ impl<C: Clock + Clone> Bucket<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_name_the_webhooks_host_and_never_its_secret_path() {
+        assert_eq!(
+            webhook_host("https://hooks.slack.com/services/T000/B000/XXXXSECRET"),
+            "hooks.slack.com"
+        );
+        assert_eq!(
+            webhook_host("http://127.0.0.1:9000/hook?token=s"),
+            "127.0.0.1:9000"
+        );
+        assert_eq!(webhook_host("not a url"), "the webhook");
+    }
 
     #[test]
     fn the_bucket_allows_a_burst_then_one_per_interval() {

@@ -206,6 +206,7 @@ fn judge(
     let mut overloaded = 0;
     let mut requests = 0u64;
     let mut failures = 0u64;
+    let mut p99_micros = 0u32;
     for (_, report) in reports {
         let seen = report
             .upstreams
@@ -221,6 +222,7 @@ fn judge(
             }
             requests = requests.saturating_add(u.requests);
             failures = failures.saturating_add(u.failures);
+            p99_micros = p99_micros.max(u.p99_micros);
         }
     }
     let mut why = Vec::new();
@@ -264,6 +266,7 @@ fn judge(
         overloaded_pods: overloaded,
         requests,
         failures,
+        p99_micros,
     }
 }
 

@@ -1,8 +1,10 @@
-//! Events: level changes, breaker transitions and overrides, stored under
+//! Events: level changes, breaker transitions, overrides, policy changes (applies, rollbacks,
+//! deletions) and alerts sent, stored under
 //! `events/{unix ms}-{count}{random}` for a day. Keys sort by time, so the newest are one descending
 //! range read away. Events share leases: one 24-hour lease per hour of writing, so an event
 //! lives between 23 and 24 hours.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -77,6 +79,42 @@ pub fn record(
         reasons,
         by,
         text,
+        resource: String::new(),
+    }
+}
+
+/// Stores events recorded after what they tell happened (an API write, an alert posted): a
+/// failure to store one is logged, and what happened stands.
+#[derive(Debug)]
+pub struct Recorder {
+    store: Arc<EtcdStore>,
+    keys: Keys,
+    lease: tokio::sync::Mutex<EventLease>,
+}
+
+impl Recorder {
+    pub fn new(store: Arc<EtcdStore>, keys: Keys) -> Self {
+        Recorder {
+            store,
+            keys,
+            lease: tokio::sync::Mutex::default(),
+        }
+    }
+
+    pub async fn record(&self, event: EventRecord) {
+        let mut lease = self.lease.lock().await;
+        let stored = async {
+            let id = lease.get(&self.store).await?;
+            let value = serde_json::to_vec(&event).unwrap_or_default();
+            self.store
+                .put(&key(&self.keys, &event), value, Some(id))
+                .await
+        }
+        .await;
+        if let Err(e) = stored {
+            lease.forget();
+            tracing::warn!(error = %e, text = %event.text, "cannot record an event");
+        }
     }
 }
 

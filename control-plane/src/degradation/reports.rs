@@ -211,6 +211,7 @@ mod tests {
                 endpoints: 2,
                 ejected: 5,
                 overloaded: 0,
+                p99_micros: 0,
             }],
             identity: None,
         }

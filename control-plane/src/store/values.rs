@@ -112,6 +112,10 @@ pub struct UpstreamHealth {
     /// was such a count have none).
     #[serde(default)]
     pub overloaded: u64,
+    /// The 99th percentile of the attempts' latencies in microseconds (0: no attempts, or a
+    /// sidecar that does not measure it).
+    #[serde(default)]
+    pub p99_micros: u32,
 }
 
 pub use bulwark_proto::breaker::BreakerState;
@@ -143,6 +147,7 @@ impl HealthRecord {
                     endpoints: u.endpoints,
                     ejected: u.ejected.min(u.endpoints),
                     overloaded: u.overloaded,
+                    p99_micros: u.p99_micros,
                 })
                 .collect(),
             identity: report.identity.as_ref().map(|i| IdentityRecord {
@@ -167,8 +172,8 @@ pub struct OverrideRecord {
     pub mesh: bool,
 }
 
-/// `events/{unix ms:013}-{seq}`: a level change, a breaker transition or an override, kept
-/// for a day (leased).
+/// `events/{unix ms:013}-{seq}`: a level change, a breaker transition, an override, a policy
+/// applied, rolled back or deleted, or an alert sent, kept for a day (leased).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// Unix milliseconds.
@@ -177,7 +182,7 @@ pub struct EventRecord {
     pub at: String,
     /// `namespace/service`, or `*` for the mesh.
     pub service: String,
-    /// `level`, `breaker` or `override`.
+    /// `level`, `breaker`, `override`, `apply`, `rollback`, `delete` or `alert`.
     pub kind: String,
     pub from: String,
     pub to: String,
@@ -187,6 +192,9 @@ pub struct EventRecord {
     pub by: String,
     /// One line, as alerts carry it.
     pub text: String,
+    /// The policy resource a policy event concerns, `Kind/namespace/name`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
 }
 
 /// One dependency as the service's pods see it.
@@ -207,6 +215,9 @@ pub struct DependencyStatus {
     pub overloaded_pods: usize,
     pub requests: u64,
     pub failures: u64,
+    /// The highest p99 latency any pod reported for it, in microseconds (0: no attempts).
+    #[serde(default)]
+    pub p99_micros: u32,
 }
 
 /// A lower level waiting out `lowerAfter`.

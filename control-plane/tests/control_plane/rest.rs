@@ -65,8 +65,8 @@ async fn apply_get_list_delete_history_rollback() {
         json!([{"id": "UpstreamPolicy/default/echo", "action": "unchanged",
             "resourceVersion": v1, "diff": ""}])
     );
-    // The store's revision then: past v1 only by the audit record of the first apply.
-    assert_eq!(reply.json["revision"], json!(v1 + 1));
+    // The store's revision then: past v1 only by the first apply's event and audit record.
+    assert_eq!(reply.json["revision"], json!(v1 + 2));
 
     // Update, naming the version it replaces.
     let mut changed = upstream("echo", "127.0.0.1:9090");
@@ -271,6 +271,51 @@ async fn apply_get_list_delete_history_rollback() {
         keys.iter()
             .any(|k| k.starts_with("/bulwark/v1/history/UpstreamPolicy/default/echo/")),
         "{keys:?}"
+    );
+
+    // Every change is an event (the unchanged apply is none), newest first, naming its
+    // resource.
+    let reply = cp.get("/v1/events?service=default/echo").await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let events: Vec<(Value, Value, Value, Value)> = reply.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["resource"], "UpstreamPolicy/default/echo");
+            (
+                e["kind"].clone(),
+                e["from"].clone(),
+                e["to"].clone(),
+                e["by"].clone(),
+            )
+        })
+        .collect();
+    let v5 = cp.get("/v1/UpstreamPolicy/default/echo").await.json["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = |v: i64| json!(v.to_string());
+    assert_eq!(
+        events[..4],
+        [
+            (json!("rollback"), json!(""), json!(v5), events[0].3.clone()),
+            (json!("delete"), s(v3), json!("deleted"), json!("dave")),
+            (json!("rollback"), s(v2), s(v3), json!("carol")),
+            (json!("apply"), s(v1), s(v2), json!("bob")),
+        ]
+    );
+    assert_eq!(events.len(), 5, "and the creation: {events:?}");
+    assert_eq!(
+        reply.json["events"][1]["text"],
+        format!("UpstreamPolicy/default/echo deleted by dave (was version {v3})")
+    );
+    assert_eq!(
+        reply.json["events"][0]["text"],
+        format!(
+            "UpstreamPolicy/default/echo restored from its history by {} (version {v5})",
+            events[0].3.as_str().unwrap()
+        )
     );
 }
 
@@ -573,7 +618,8 @@ async fn a_multi_resource_apply_is_all_or_nothing() {
             (json!("created"), json!(revision)),
         ]
     );
-    // One transaction; only the elected replica's status of the new ServicePolicy may follow.
+    // One transaction; only the elected replica's status of the new ServicePolicy and the
+    // events of the changes may follow.
     let after: Vec<String> = etcd
         .stored_keys(PREFIX)
         .into_iter()
@@ -582,7 +628,7 @@ async fn a_multi_resource_apply_is_all_or_nothing() {
     assert!(
         after
             .iter()
-            .all(|k| k.contains("/policies/") || k.contains("/history/")),
+            .all(|k| k.contains("/policies/") || k.contains("/history/") || k.contains("/events/")),
         "{after:?}"
     );
 }
@@ -853,18 +899,18 @@ async fn the_grpc_operator_api_does_the_same() {
     assert_eq!(deleted.id, "UpstreamPolicy/default/echo");
     assert!(deleted.revision > v1);
 
-    // The index follows etcd through its watch: past the deletion only by its audit record,
-    // once it has seen that.
+    // The index follows etcd through its watch: past the deletion only by its event and audit
+    // record, once it has seen them.
     let status = bulwark_tests::wait_for("the audit record in the index", || {
         let mut client = client.clone();
         async move {
             let status = client.status(StatusRequest {}).await.ok()?.into_inner();
-            (status.revision > deleted.revision).then_some(status)
+            (status.revision > deleted.revision + 1).then_some(status)
         }
     })
     .await;
     assert!(status.resources.is_empty());
-    assert_eq!(status.revision, deleted.revision + 1);
+    assert_eq!(status.revision, deleted.revision + 2);
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ pub fn build(
                 failures: counts.failures,
                 slow: counts.slow,
                 overloaded: counts.overloaded,
+                p99_micros: counts.p99_micros,
                 breaker: breaker.to_wire() as i32,
                 endpoints: saturating_u32(u.endpoints.endpoints().len()),
                 ejected: saturating_u32(ejected),
@@ -151,9 +152,11 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
     async fn reports_take_each_upstreams_counts() {
         let table = table();
         let payments = table.route("payments").unwrap();
-        payments.stats.record(true, false);
-        payments.stats.record(false, true);
-        payments.stats.record(false, false);
+        payments.stats.record(true, false, Duration::from_millis(5));
+        payments.stats.record(false, true, Duration::from_millis(5));
+        payments
+            .stats
+            .record(false, false, Duration::from_millis(5));
         let app = AppHealth::from_result(Err("GET /health answered 503".into()));
         let report = build(&table, &app, Duration::from_secs(5), 7, Instant::now());
         assert_eq!(report.interval_ms, 5000);
@@ -176,6 +179,7 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
             endpoints: 1,
             ejected: 0,
             overloaded: 0,
+            p99_micros: 0,
         };
         assert_eq!(
             report.upstreams,
@@ -187,6 +191,8 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
                     failures: 1,
                     slow: 1,
                     endpoints: 2,
+                    // 5 ms falls in [4,096, 5,119] µs.
+                    p99_micros: 5119,
                     ..dispatch.clone()
                 },
             ]
@@ -201,7 +207,11 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
     #[tokio::test]
     async fn counters_survive_a_reload_of_the_upstream() {
         let first = table();
-        first.route("payments").unwrap().stats.record(true, false);
+        first
+            .route("payments")
+            .unwrap()
+            .stats
+            .record(true, false, Duration::from_millis(5));
         let local = LocalService {
             namespace: "shop".into(),
             service: None,
@@ -259,7 +269,7 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
         let start = Instant::now();
         let task = tokio::spawn(run(shared.clone(), Duration::from_secs(5), tx, applied_rx));
 
-        stats.record(true, false);
+        stats.record(true, false, Duration::from_millis(5));
         let first = rx.recv().await.unwrap();
         assert_eq!(
             start.elapsed(),
@@ -271,14 +281,14 @@ spec: { endpoints: { static: [\"127.0.0.1:3\"] } }
 
         // Nobody takes the 10 s report off the stream: the 15 s one is skipped, not queued,
         // and its counts go into the next report that fits.
-        stats.record(false, false);
+        stats.record(false, false, Duration::from_millis(5));
         tokio::time::sleep_until(start + Duration::from_secs(16)).await;
         let metrics = shared.metrics.encode();
         assert!(
             metrics.contains("bulwark_health_reports_total{result=\"skipped\"} 1\n"),
             "{metrics}"
         );
-        stats.record(true, false);
+        stats.record(true, false, Duration::from_millis(5));
         assert_eq!(
             payments(rx.recv().await.unwrap()).requests,
             1,

@@ -370,6 +370,34 @@ async fn failing_dependencies_raise_the_level_shed_traffic_and_recovery_lowers_i
         breaker_events,
         "one breaker alert per transition, however many pods saw it"
     );
+    // Each delivered alert is an event too, naming the webhook's host only (a webhook's path
+    // often holds its secret).
+    let sent = eventually(WAIT, || async {
+        let events = cp2
+            .rest(
+                Method::GET,
+                "/v1/events?service=mrg/order-orchestrator&limit=1000",
+                None,
+            )
+            .await;
+        let sent: Vec<Value> = events.json()["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == "alert" && e["to"] == "sent")
+            .cloned()
+            .collect();
+        (sent.len() == alerts.len()).then_some(sent)
+    })
+    .await;
+    let prefix = format!("alert sent to {}: mrg/order-orchestrator", hook.addr());
+    for e in &sent {
+        let text = e["text"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with(&prefix) && !text.contains("/bulwark"),
+            "{text}"
+        );
+    }
     drop(upstreams);
 }
 

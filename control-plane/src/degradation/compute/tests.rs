@@ -50,6 +50,7 @@ fn report(open: &[&str], failing: &[(&str, u64)]) -> HealthRecord {
                 endpoints: 2,
                 ejected: 0,
                 overloaded: 0,
+                p99_micros: 0,
             })
             .collect(),
         identity: None,

@@ -105,6 +105,7 @@ impl<S> CircuitBreaker<S> {
             self.stats.record(
                 self.failure_on.matches(&outcome),
                 is_slow(self.slow_call, elapsed),
+                elapsed,
             );
         }
     }
