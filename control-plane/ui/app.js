@@ -1,41 +1,162 @@
-// Bulwark dashboard: log in with a token (kept by the browser as an HttpOnly cookie), then the
-// overview of every service, kept live by the control plane's watch of levels
-// (GET /v1/watch/status, newline-delimited JSON): each change updates its own row only; and
-// the events as they are recorded (GET /v1/watch/events), newest first.
+// Bulwark dashboard, the shell: log in with a token (kept by the browser as an HttpOnly
+// cookie), follow the control plane's two watches — levels and convergence
+// (GET /v1/watch/status) and events (GET /v1/watch/events) — into one store, and show the page
+// the URL's fragment names. Pages render from the store and hear of each change; none polls.
+//
+//   #/                              overview and events
+//   #/services/{namespace}/{name}   one service: graph, level history, pods, override
+//   #/policies                      every policy with its convergence
+//   #/policies/{Kind}/{ns}/{name}   one policy: convergence, history, diffs, rollback
 
-const ORDER = { EMERGENCY: 0, SEVERE: 1, DEGRADED: 2, NORMAL: 3 };
-const services = new Map(); // "namespace/service" → { status, row }
+import { $, api, follow } from "./lib.js";
+import * as overview from "./overview.js";
+import * as service from "./service.js";
+import * as policies from "./policies.js";
 
-const $ = (id) => document.getElementById(id);
+const MAX_EVENTS = 500;
 
-async function whoami() {
-  const res = await fetch("/v1/auth/whoami", { credentials: "same-origin" });
-  if (res.status === 401) return null;
-  if (!res.ok) throw new Error(`whoami: ${res.status}`);
-  return res.json();
+// What the watches told, and who listens.
+const store = {
+  me: null,
+  levels: new Map(), // "namespace/service" → ServiceLevel
+  convergence: new Map(), // "Kind/namespace/name" → ResourceStatus
+  events: [], // newest first
+  seenEvents: new Set(),
+  listeners: { levels: new Set(), convergence: new Set(), events: new Set() },
+  // Calls `fn(changed)` after each batch of `kind`; returns the unsubscribe.
+  on(kind, fn) {
+    this.listeners[kind].add(fn);
+    return () => this.listeners[kind].delete(fn);
+  },
+  permissions: new Map(),
+  // Whether the user may `verb` `resource` in `namespace`, as the API says (GET
+  // /v1/auth/can-i); what the page offers follows it — the API decides again on every write.
+  async can(verb, resource, namespace = "") {
+    const key = `${verb} ${resource} ${namespace}`;
+    if (!this.permissions.has(key)) {
+      const q = new URLSearchParams({ verb, resource, namespace });
+      this.permissions.set(key, api(`/v1/auth/can-i?${q}`).then((r) => r.status === 200 && r.body.allowed === true));
+    }
+    return this.permissions.get(key);
+  },
+  // Asks before a write, showing exactly what it changes; resolves to true to go on.
+  confirm,
+};
+
+function notify(kind, changed) {
+  if (changed.size === 0 && kind !== "events") return;
+  for (const fn of store.listeners[kind]) fn(changed);
 }
 
-const MAX_EVENTS = 200;
+const pending = { levels: new Set(), convergence: new Set(), events: [] };
 
-function show(section) {
-  $("login").hidden = section !== "login";
-  $("overview").hidden = section !== "overview";
-  $("events").hidden = section !== "overview";
-  $("logout").hidden = section !== "overview";
+function statusEvent(event) {
+  const o = event.object;
+  if (!o) return;
+  if (o.kind === "ServiceLevel") {
+    const key = `${o.namespace}/${o.service}`;
+    if (event.type === "DELETED") store.levels.delete(key);
+    else store.levels.set(key, o);
+    pending.levels.add(key);
+  } else if (o.kind === "ResourceStatus") {
+    if (event.type === "DELETED") store.convergence.delete(o.id);
+    else store.convergence.set(o.id, o);
+    pending.convergence.add(o.id);
+  }
+}
+
+function statusBatch() {
+  const levels = pending.levels;
+  const convergence = pending.convergence;
+  pending.levels = new Set();
+  pending.convergence = new Set();
+  notify("levels", levels);
+  notify("convergence", convergence);
+}
+
+function eventEvent(event) {
+  const e = event.object;
+  if (event.type !== "ADDED" || !e) return;
+  const key = `${e.time}/${e.service}/${e.kind}/${e.from}/${e.to}/${e.text}`;
+  if (store.seenEvents.has(key)) return; // a restarted watch tells the last ones again
+  store.seenEvents.add(key);
+  store.events.unshift(e);
+  pending.events.push(e);
+  if (store.events.length > MAX_EVENTS) {
+    for (const old of store.events.splice(MAX_EVENTS)) {
+      store.seenEvents.delete(`${old.time}/${old.service}/${old.kind}/${old.from}/${old.to}/${old.text}`);
+    }
+  }
+}
+
+function eventBatch() {
+  const added = pending.events;
+  pending.events = [];
+  if (added.length) notify("events", added);
+}
+
+function confirm({ title, summary, body, action }) {
+  const dialog = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-summary").textContent = summary;
+  $("confirm-body").replaceChildren(...(body ? [body] : []));
+  $("confirm-go").textContent = action;
+  dialog.returnValue = "";
+  dialog.showModal();
+  $("confirm-cancel").focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "go"), { once: true });
+  });
+}
+
+const PAGES = ["overview", "service", "policies", "policy"];
+let current = null; // the page's AbortController
+
+function route() {
+  if (!store.me) return;
+  const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
+  let page = "overview";
+  let params = {};
+  if (parts[0] === "services" && parts.length === 3) {
+    page = "service";
+    params = { namespace: parts[1], name: parts[2] };
+  } else if (parts[0] === "policies" && parts.length === 4) {
+    page = "policy";
+    params = { kind: parts[1], namespace: parts[2], name: parts[3] };
+  } else if (parts[0] === "policies") {
+    page = "policies";
+  }
+  current?.abort();
+  current = new AbortController();
+  for (const p of PAGES) $(`page-${p}`).hidden = p !== page;
+  for (const link of document.querySelectorAll("nav a")) {
+    const here = link.dataset.page === (page === "policy" ? "policies" : page === "service" ? "overview" : page);
+    if (here) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const signal = current.signal;
+  if (page === "overview") overview.mount(store, signal);
+  else if (page === "service") service.mount(store, params, signal);
+  else if (page === "policies") policies.mountList(store, signal);
+  else policies.mountPolicy(store, params, signal);
+  // The page's heading takes the focus, so a screen reader announces where the link led.
+  const heading = $(`page-${page}`).querySelector("h2");
+  if (heading && document.activeElement?.closest("nav, main")) heading.focus({ preventScroll: true });
+}
+
+function show(signedIn) {
+  $("login").hidden = signedIn;
+  $("app").hidden = !signedIn;
+  $("logout").hidden = !signedIn;
+  $("nav").hidden = !signedIn;
 }
 
 async function login(event) {
   event.preventDefault();
   $("login-error").textContent = "";
-  const res = await fetch("/ui/login", {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ token: $("token").value }),
-  });
-  if (!res.ok) {
-    const body = await res.json().catch(() => ({}));
-    $("login-error").textContent = body.message || `login failed (${res.status})`;
+  const reply = await api("/ui/login", { method: "POST", body: { token: $("token").value } });
+  if (reply.status !== 200) {
+    $("login-error").textContent = reply.body?.message || `login failed (${reply.status})`;
     return;
   }
   $("token").value = "";
@@ -43,169 +164,49 @@ async function login(event) {
 }
 
 async function logout() {
-  await fetch("/ui/logout", { method: "POST", credentials: "same-origin", headers: { "content-type": "application/json" }, body: "{}" });
+  await api("/ui/logout", { method: "POST", body: {} });
   location.reload();
 }
 
-function cell(text) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  return td;
-}
-
-function render(entry) {
-  const s = entry.status;
-  const row = entry.row || document.createElement("tr");
-  row.dataset.service = `${s.namespace}/${s.service}`;
-  row.dataset.level = s.level;
-  row.replaceChildren();
-  const name = document.createElement("th");
-  name.scope = "row";
-  name.textContent = `${s.namespace}/${s.service}`;
-  const level = document.createElement("td");
-  const badge = document.createElement("span");
-  badge.className = `level level-${s.level}`;
-  badge.textContent = s.override ? `${s.level} (forced)` : s.level;
-  level.append(badge);
-  const off = Object.entries(s.capabilities || {}).filter(([, on]) => !on).map(([c]) => c);
-  const unready = (s.unreadyPods || []).length;
-  row.append(
-    name,
-    level,
-    cell((s.unhealthy || []).join(", ") || "—"),
-    cell(unready ? `${s.reportingPods} (${unready} unready)` : String(s.reportingPods)),
-    cell(off.join(", ") || "—"),
-    cell((s.reasons || []).join("; ") || "—"),
-  );
-  entry.row = row;
-}
-
-function placeRows() {
-  const filter = $("namespace").value;
-  const body = $("services").tBodies[0];
-  const sorted = [...services.values()].sort(
-    (a, b) => (ORDER[a.status.level] ?? 9) - (ORDER[b.status.level] ?? 9) ||
-      `${a.status.namespace}/${a.status.service}`.localeCompare(`${b.status.namespace}/${b.status.service}`),
-  );
-  let previous = null;
-  for (const entry of sorted) {
-    const visible = !filter || entry.status.namespace === filter;
-    entry.row.hidden = !visible;
-    // Moved only when out of place: rows are not rebuilt.
-    const expected = previous ? previous.nextSibling : body.firstChild;
-    if (entry.row !== expected) body.insertBefore(entry.row, expected);
-    previous = entry.row;
-  }
-  $("empty").hidden = services.size > 0;
-}
-
-function namespaces() {
-  const select = $("namespace");
-  const known = new Set([...select.options].map((o) => o.value));
-  for (const { status } of services.values()) {
-    if (!known.has(status.namespace)) {
-      select.append(new Option(status.namespace, status.namespace));
-      known.add(status.namespace);
-    }
-  }
-}
-
-function apply(event) {
-  const o = event.object;
-  if (!o || o.kind !== "ServiceLevel") return;
-  const key = `${o.namespace}/${o.service}`;
-  if (event.type === "DELETED") {
-    const entry = services.get(key);
-    if (entry) entry.row.remove();
-    services.delete(key);
-  } else {
-    const entry = services.get(key) || {};
-    entry.status = o;
-    render(entry);
-    services.set(key, entry);
-  }
-}
-
-// Follows the watch at `path`, calling `onEvent` per event and `onBatch` after each read;
-// starts it again when it ends or breaks.
-async function follow(path, live, onEvent, onBatch) {
-  for (;;) {
-    try {
-      const res = await fetch(path, { credentials: "same-origin" });
-      if (res.status === 401) { show("login"); return; }
-      if (!res.ok) throw new Error(`watch: ${res.status}`);
-      live.textContent = "live";
-      const reader = res.body.getReader();
-      const decoder = new TextDecoder();
-      let pending = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        pending += decoder.decode(value, { stream: true });
-        const lines = pending.split("\n");
-        pending = lines.pop();
-        for (const line of lines) {
-          if (!line.trim()) continue;
-          const event = JSON.parse(line);
-          if (event.type === "ERROR") throw new Error(event.object.message);
-          onEvent(event);
-        }
-        onBatch();
-      }
-    } catch (e) {
-      live.textContent = `reconnecting (${e.message})`;
-    }
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+function signedOut() {
+  store.me = null;
+  show(false);
+  $("token").focus();
 }
 
 async function start() {
-  const me = await whoami();
-  if (!me) {
-    show("login");
-    $("token").focus();
+  const me = await api("/v1/auth/whoami");
+  if (me.status !== 200) {
+    signedOut();
     return;
   }
-  $("who").textContent = `${me.user} (${(me.roles || []).join(", ") || "no roles"})`;
-  show("overview");
-  follow("/v1/watch/status", $("live"), apply, () => { namespaces(); placeRows(); });
-  follow("/v1/watch/events?limit=100", $("events-live"), addEvent, filterEvents);
-}
-
-const seenEvents = new Set();
-
-function addEvent(event) {
-  const e = event.object;
-  if (event.type !== "ADDED" || !e) return;
-  const key = `${e.time}/${e.service}/${e.kind}/${e.from}/${e.to}`;
-  if (seenEvents.has(key)) return; // a restarted watch tells the last ones again
-  seenEvents.add(key);
-  const row = document.createElement("tr");
-  row.dataset.service = e.service;
-  row.dataset.kind = e.kind;
-  const change = e.from || e.to ? `${e.from || "-"} → ${e.to || "-"}` : "—";
-  row.append(
-    cell(e.at),
-    cell(e.service),
-    cell(e.kind),
-    cell(change),
-    cell(e.by || "—"),
-    cell((e.reasons || []).join(", ") || e.text || "—"),
-  );
-  const body = $("event-list").tBodies[0];
-  body.insertBefore(row, body.firstChild);
-  while (body.rows.length > MAX_EVENTS) body.deleteRow(body.rows.length - 1);
-}
-
-function filterEvents() {
-  const filter = $("event-filter").value.trim();
-  for (const row of $("event-list").tBodies[0].rows) {
-    row.hidden = filter !== "" && !row.dataset.service.includes(filter);
-  }
+  store.me = me.body;
+  $("who").textContent = `${me.body.user} (${(me.body.roles || []).join(", ") || "no roles"})`;
+  show(true);
+  const state = (id) => (text) => {
+    $(id).textContent = text;
+  };
+  follow("/v1/watch/status", {
+    onEvent: statusEvent,
+    onBatch: statusBatch,
+    onState: state("live"),
+    onUnauthenticated: signedOut,
+  });
+  follow(`/v1/watch/events?limit=${MAX_EVENTS}`, {
+    onEvent: eventEvent,
+    onBatch: eventBatch,
+    onState: state("events-live"),
+    onUnauthenticated: signedOut,
+  });
+  route();
 }
 
 $("login-form").addEventListener("submit", login);
 $("logout").addEventListener("click", logout);
-$("namespace").addEventListener("change", placeRows);
-$("event-filter").addEventListener("input", filterEvents);
+$("confirm-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  $("confirm").close(e.submitter?.value === "go" ? "go" : "");
+});
+window.addEventListener("hashchange", route);
 start();
+

@@ -8,7 +8,7 @@ import { chromium } from "playwright-core";
 
 const [url, token, shots] = process.argv.slice(2);
 const say = (o) => console.log(JSON.stringify(o));
-const row = (service) => `tr[data-service="${service}"]`;
+const row = (service) => `#services tr[data-service="${service}"]`;
 
 const browser = await chromium.launch({
   executablePath: process.env.BULWARK_CHROMIUM || "/usr/bin/chromium",
@@ -35,7 +35,7 @@ try {
   await page.click("#login-form button");
   await page.locator(row("shop/orders")).waitFor();
   await page.locator("#live", { hasText: "live" }).waitFor();
-  const rows = await page.$$eval("#services tbody tr", (trs) => trs.map((tr) => tr.dataset.service));
+  const rows = await page.$$eval("#services tbody tr[data-service]", (trs) => trs.map((tr) => tr.dataset.service));
   say({
     step: "overview",
     rows,
@@ -56,7 +56,7 @@ try {
   say({
     step: "emergency",
     text: await page.textContent(row("shop/orders")),
-    first: await page.$eval("#services tbody tr", (tr) => tr.dataset.service),
+    first: await page.$eval("#services tbody tr[data-service]", (tr) => tr.dataset.service),
     ms: Date.now() - started,
   });
   await page.screenshot({ path: `${shots}/overview-emergency.png` });
