@@ -206,12 +206,15 @@ async function rollback(p, item) {
   const changed = lines.filter((l) => l.op !== " ").length;
   const go = await p.store.confirm({
     title: `Roll ${p.id} back to revision ${item.revision}?`,
-    summary: `The content of revision ${item.revision} (${item.op} by ${item.by} at ${item.at}) becomes a new version, replacing revision ${latest.revision}; every pod it concerns gets it. ${changed} line${changed === 1 ? "" : "s"} change:`,
+    summary: `The content of revision ${item.revision} (${item.op} by ${item.by} at ${item.at}) becomes a new version, ${latest.op === "deleted" ? `restoring the policy deleted at revision ${latest.revision}` : `replacing revision ${latest.revision}`}; every pod it concerns gets it. ${changed} line${changed === 1 ? "" : "s"} change:`,
     body: diffView(lines, `What the rollback changes: revision ${latest.revision} → the content of ${item.revision}`),
     action: "Roll back",
   });
   if (!go) return;
-  const reply = await api(`/v1/${p.id}/rollback`, { method: "POST", body: { toRevision: item.revision, resourceVersion: latest.revision } });
+  // The version it replaces as a precondition (0: it must still be deleted), so a change made
+  // meanwhile is refused rather than overwritten.
+  const resourceVersion = latest.op === "deleted" ? 0 : latest.revision;
+  const reply = await api(`/v1/${p.id}/rollback`, { method: "POST", body: { toRevision: item.revision, resourceVersion } });
   $("policy-message").textContent = reply.status === 200
     ? `Rolled back to the content of revision ${item.revision}: now version ${reply.body.revision}.`
     : `Not rolled back: ${problem(reply)}`;

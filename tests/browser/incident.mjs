@@ -82,6 +82,9 @@ try {
   say({ step: "await-failure" });
   await op.page.locator("#service-summary .level-DEGRADED").waitFor(LONG);
   await op.page.locator(`${payments}[data-health="unhealthy"]`).waitFor(LONG);
+  // One pod's breaker may open a report before the other's: both, on the edge and in the reason.
+  await op.page.locator('svg.graph g[data-edge="upstream:shop/payments"][data-breaker="2/2"]').waitFor(LONG);
+  await op.page.locator("#service-summary li", { hasText: "breaker open on 2/2 pods" }).waitFor(LONG);
   const wire = op.page.locator('svg.graph g[data-edge="upstream:shop/payments"]');
   say({
     step: "degraded",
