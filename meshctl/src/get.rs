@@ -48,15 +48,7 @@ pub async fn run(client: &Client, query: &Query<'_>) -> Result<Output, CliError>
             (vec![reply.body], true)
         }
         None => {
-            let selector = selector(query.selector)?;
-            let mut pairs = Vec::new();
-            if let Scope::Namespace(namespace) = query.scope {
-                pairs.push(("namespace", namespace));
-            }
-            if !selector.is_empty() {
-                pairs.push(("selector", selector.as_str()));
-            }
-            let path = format!("{}{}", api::kind_path(query.kind), api::query(&pairs));
+            let path = format!("{}{}", api::kind_path(query.kind), list_query(query)?);
             let reply = client.get::<List>(&path).await?;
             out.stale(reply.stale);
             (reply.body.items, false)
@@ -88,15 +80,7 @@ pub async fn run(client: &Client, query: &Query<'_>) -> Result<Output, CliError>
 
 /// `get KIND -w`: the list, then each change, from `GET /v1/watch/{kind}`.
 pub async fn watch(client: &Client, query: &Query<'_>) -> Result<Output, CliError> {
-    let selector = selector(query.selector)?;
-    let mut pairs = Vec::new();
-    if let Scope::Namespace(namespace) = query.scope {
-        pairs.push(("namespace", namespace));
-    }
-    if !selector.is_empty() {
-        pairs.push(("selector", selector.as_str()));
-    }
-    let path = format!("/v1/watch/{}{}", query.kind.as_str(), api::query(&pairs));
+    let path = format!("/v1/watch/{}{}", query.kind.as_str(), list_query(query)?);
     let wide = query.format == Format::Wide;
     crate::watch::run(client, &path, query.format, |item| {
         Ok((
@@ -105,6 +89,19 @@ pub async fn watch(client: &Client, query: &Query<'_>) -> Result<Output, CliErro
         ))
     })
     .await
+}
+
+/// The query string of a list or its watch: `?namespace=…&selector=…`, each when asked for.
+fn list_query(query: &Query<'_>) -> Result<String, CliError> {
+    let selector = selector(query.selector)?;
+    let mut pairs = Vec::new();
+    if let Scope::Namespace(namespace) = query.scope {
+        pairs.push(("namespace", namespace));
+    }
+    if !selector.is_empty() {
+        pairs.push(("selector", selector.as_str()));
+    }
+    Ok(api::query(&pairs))
 }
 
 /// Joins `-l` values into the contract's `k=v,k2=v2`, refusing anything else.

@@ -528,11 +528,29 @@ async fn watch_list(
             std::future::ready(listed)
         }
     };
-    let first = compute().await?;
     let changes = ops.index.lock().watch_state();
+    watched(&ops, timeout, true, changes, compute).await
+}
+
+/// The answer of a watch: refused with the first listing's error, else streamed from it,
+/// `compute` listing again each time `changes` moves. `deletions`: whether an item gone is
+/// told (`DELETED`), or a listing only ever adds (events).
+async fn watched<T, F, Fut>(
+    ops: &Ops,
+    timeout: std::time::Duration,
+    deletions: bool,
+    changes: tokio::sync::watch::Receiver<T>,
+    mut compute: F,
+) -> Answer
+where
+    T: Send + Sync + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<watch::Items, OpError>> + Send,
+{
+    let first = compute().await?;
     Ok(streamed(watch::stream(
         first,
-        true,
+        deletions,
         changes,
         ops.stop.clone(),
         timeout,
@@ -557,16 +575,8 @@ async fn watch_status(
         let ops = ops.clone();
         move || std::future::ready(status_items(&ops, &actor))
     };
-    let first = compute().await?;
     let changes = ops.index.lock().watch_state();
-    Ok(streamed(watch::stream(
-        first,
-        true,
-        changes,
-        ops.stop.clone(),
-        timeout,
-        compute,
-    )))
+    watched(&ops, timeout, true, changes, compute).await
 }
 
 /// What `GET /v1/watch/status` follows: each service's level (`kind: ServiceLevel`, what
@@ -638,16 +648,8 @@ async fn watch_events(
             }
         }
     };
-    let first = compute().await?;
     let changes = ops.index.lock().watch_events();
-    Ok(streamed(watch::stream(
-        first,
-        false,
-        changes,
-        ops.stop.clone(),
-        timeout,
-        compute,
-    )))
+    watched(&ops, timeout, false, changes, compute).await
 }
 
 #[derive(Debug, Deserialize)]
