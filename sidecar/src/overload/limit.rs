@@ -10,8 +10,9 @@
 //! queue: it settles where queueing begins. An interval whose answers already take twice what
 //! is tolerated ends early, once a limit's worth of them (and a quarter of the interval) is in:
 //! a surge that finds the limit high is cut within a round trip or two. The baseline is measured by a **probe**: at
-//! start and then every probe interval (jittered) in which answers take longer than the
-//! baseline tolerates, the limit is briefly the probe concurrency —
+//! start and then, once a probe interval (jittered) has gone by, when answers have taken longer
+//! than the baseline tolerates for several intervals in a row (not merely at the onset of a
+//! surge, which the limit's own cut answers), the limit is briefly the probe concurrency —
 //! a few requests, whatever the configured floor — and the median of those requests' latency is
 //! the new baseline; then the limit returns to where it was before the probe. A floor set high
 //! is therefore never the probe level, and the limit never sticks at it: a baseline that went
@@ -36,6 +37,11 @@ const GROWTH_SMOOTHING: f64 = 0.2;
 
 /// The fewest answers an interval may end early on.
 const EARLY_SAMPLES: usize = 8;
+
+/// Intervals in a row answers must take longer than tolerated before a due probe starts: a
+/// surge that finds the limit high is slow for an interval or two (until the cut lands), a
+/// callee that got slower for good stays slow however far the limit goes down.
+const SLOW_BEFORE_PROBE: u32 = 5;
 
 /// The share of the way the limit's long-run level moves towards the limit per interval: about
 /// ten intervals' memory.
@@ -107,6 +113,8 @@ pub struct AdaptiveLimit {
     found: bool,
     /// The limit's long-run level: smoothed over about ten intervals.
     level: f64,
+    /// Intervals in a row whose median was past what the baseline tolerates.
+    slow_intervals: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +153,7 @@ impl AdaptiveLimit {
             fresh_since: now,
             found: false,
             level: limit,
+            slow_intervals: 0,
             settings,
         }
     }
@@ -207,6 +216,7 @@ impl AdaptiveLimit {
                 if self.window.len() >= self.settings.probe_samples {
                     self.baseline = Some(median(&mut self.window));
                     self.limit = restore;
+                    self.slow_intervals = 0;
                     self.phase = Phase::Learning;
                     self.probes += 1;
                     self.next_probe = now + self.jittered_probe_interval();
@@ -224,9 +234,12 @@ impl AdaptiveLimit {
                     self.start_window(now);
                 }
                 // A probe tells a callee that got slower for good from one that queues: due
-                // only when answers take longer than the baseline tolerates. One that answers
-                // as fast as ever is not probed (a probe queues or sheds what comes meanwhile).
-                if now >= self.next_probe && self.slower_than_tolerated() {
+                // only when answers have taken longer than the baseline tolerates for
+                // [`SLOW_BEFORE_PROBE`] intervals in a row. One that answers as fast as ever is
+                // not probed (a probe queues or sheds what comes meanwhile), nor one whose
+                // slowness the limit is cutting: the onset of a surge, when a probe would hold
+                // the callee to a few requests just as demand peaks.
+                if now >= self.next_probe && self.slow_intervals >= SLOW_BEFORE_PROBE {
                     self.phase = Phase::Probing {
                         restore: self.limit,
                     };
@@ -242,19 +255,25 @@ impl AdaptiveLimit {
     /// is already twice what the limit tolerates (the limit will halve). So a surge that finds
     /// the limit high (as it is after quiet times, when nothing tells it where capacity ends)
     /// is cut within a round trip or two rather than a whole interval later, while the small
-    /// swings of a limit near capacity wait for the interval. Growth always waits for it.
+    /// swings of a limit near capacity wait for the interval. Until the limit has found where
+    /// queueing begins (it starts at `initial`, which knows nothing of the callee), any median
+    /// past what it tolerates ends the interval early: a cold start under a surge queues in the
+    /// callee for one round trip, not for a whole interval. Growth always waits for it.
     fn queueing_already(&mut self, elapsed: Duration) -> bool {
         let Some(baseline) = self.baseline else {
             return false;
         };
+        // Before it is found: past the tolerance, on the answers of three quarters of the
+        // limit (those let in first took the callee's free workers; the later ones queued
+        // behind them, and their answers tell it).
+        let (past, answers) = if self.found {
+            (2.0, self.limit as usize)
+        } else {
+            (1.0, self.limit as usize * 3 / 4)
+        };
         elapsed >= self.settings.update_interval / 4
-            && self.window.len() >= (self.limit as usize).max(EARLY_SAMPLES)
-            && median(&mut self.window) > 2.0 * self.settings.tolerance * baseline
-    }
-
-    /// Whether the last interval's median was past what the baseline tolerates.
-    fn slower_than_tolerated(&self) -> bool {
-        matches!((self.median, self.baseline), (Some(m), Some(b)) if m > self.settings.tolerance * b)
+            && self.window.len() >= answers.max(EARLY_SAMPLES)
+            && median(&mut self.window) > past * self.settings.tolerance * baseline
     }
 
     fn start_window(&mut self, now: Instant) {
@@ -269,6 +288,11 @@ impl AdaptiveLimit {
         };
         let median = median(&mut self.window);
         self.median = Some(median);
+        if median > self.settings.tolerance * baseline {
+            self.slow_intervals = self.slow_intervals.saturating_add(1);
+        } else {
+            self.slow_intervals = 0;
+        }
         let baseline = if median < baseline {
             // Faster than the baseline: requests queue less than when it was measured.
             self.baseline = Some(median);
@@ -565,6 +589,34 @@ mod tests {
     }
 
     #[test]
+    fn a_cold_start_under_a_surge_is_cut_within_a_round_trip_once_past_the_tolerance() {
+        let ms = Duration::from_millis;
+        // Answers at 40 ms against a 20 ms baseline: past the tolerated 25 ms, not past twice
+        // it. Before the limit found the callee's capacity that ends the interval early…
+        let (mut cold, mut now) = after_first_probe();
+        let surge = now;
+        while cold.limit() == 20 {
+            now += ms(1);
+            cold.sample(now, ms(40), 20);
+        }
+        assert!(now - surge < ms(50), "cut after {:?}", now - surge);
+        assert_eq!(cold.limit(), 12, "by the gradient: 20 × 25 / 40 = 12.5");
+        // …once it found it, the same swing waits for the interval.
+        let (mut warm, mut now) = after_first_probe();
+        while !warm.found() {
+            now += ms(5);
+            warm.sample(now, ms(20), 20);
+        }
+        let before = warm.limit();
+        let swing = now;
+        while warm.limit() >= before {
+            now += ms(1);
+            warm.sample(now, ms(40), before);
+        }
+        assert!(now - swing >= ms(100), "cut after {:?}", now - swing);
+    }
+
+    #[test]
     fn a_callee_as_fast_as_its_baseline_is_not_probed_again() {
         let (mut limit, mut now) = after_first_probe();
         // Three probe intervals of answers as fast as the baseline: no probe.
@@ -574,13 +626,28 @@ mod tests {
             limit.sample(now, Duration::from_millis(21), 12);
             assert!(!limit.probing());
         }
-        // Slower than tolerated: the overdue probe comes at the next interval.
+        // A surge's onset: slower than tolerated for an interval or two, then the limit's cut
+        // lands and answers are fast again — no probe, which would hold the callee to a few
+        // requests just as demand peaks.
+        for latency in [40, 40, 21, 21] {
+            let end = now + Duration::from_millis(100);
+            while now < end {
+                now += Duration::from_millis(5);
+                limit.sample(now, Duration::from_millis(latency), 12);
+                assert!(!limit.probing());
+            }
+        }
+        // Slower than tolerated interval after interval: the overdue probe comes after five.
         let slow = now;
         while !limit.probing() {
             now += Duration::from_millis(5);
             limit.sample(now, Duration::from_millis(40), 12);
         }
-        assert!(now - slow <= Duration::from_millis(200), "{:?}", now - slow);
+        let after = now - slow;
+        assert!(
+            after >= Duration::from_millis(400) && after <= Duration::from_millis(700),
+            "{after:?}"
+        );
     }
 
     #[test]
