@@ -288,7 +288,7 @@ fn overloaded(
             "{target} is overloaded: its concurrency limit ({limit}) is reached and the queue of {criticality} requests does not move: more critical ones take every slot"
         ),
         Refusal::QueueWait => format!(
-            "{target} is overloaded: its concurrency limit ({limit}) is reached and the {criticality} requests ahead of this one would keep it waiting about {}, longer than it may wait",
+            "{target} is overloaded: its concurrency limit ({limit}) is reached and the requests waiting ahead of this {criticality} one would keep it waiting about {}, longer than it may wait",
             DurationText(wait)
         ),
         Refusal::QueueTimeout => format!(

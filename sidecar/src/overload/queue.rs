@@ -76,6 +76,14 @@ impl<T> TierQueue<T> {
         Some((tier, waiter))
     }
 
+    /// Takes every waiter of `tier` and of the tiers below it, handing each to `each`.
+    pub fn shed_up_to(&mut self, tier: Criticality, mut each: impl FnMut(T)) {
+        for waiters in &mut self.tiers[..=tier.index()] {
+            self.len -= waiters.len();
+            waiters.drain(..).for_each(&mut each);
+        }
+    }
+
     /// Drops the waiters `gone` says are gone (their callers stopped waiting).
     pub fn forget(&mut self, mut gone: impl FnMut(&T) -> bool) {
         for tier in &mut self.tiers {
@@ -134,5 +142,23 @@ mod tests {
         assert_eq!(q.take_next(), Some((Critical, 1)));
         let mut none = TierQueue::new(0);
         assert_eq!(none.offer(CriticalPlus, 1), Offered::Refused(1));
+    }
+
+    #[test]
+    fn a_tier_and_those_below_it_are_shed_together() {
+        let mut q = TierQueue::new(10);
+        for (tier, id) in [
+            (Sheddable, 1),
+            (Critical, 2),
+            (SheddablePlus, 3),
+            (Sheddable, 4),
+        ] {
+            q.offer(tier, id);
+        }
+        let mut shed = Vec::new();
+        q.shed_up_to(SheddablePlus, |id| shed.push(id));
+        assert_eq!(shed, [1, 4, 3]);
+        assert_eq!((q.len(), q.lengths()), (1, [0, 0, 1, 0]));
+        assert_eq!(q.take_next(), Some((Critical, 2)));
     }
 }

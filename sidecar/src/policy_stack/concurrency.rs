@@ -1,12 +1,18 @@
 //! The adaptive concurrency limit (`adaptiveConcurrency`, or `spec.inbound.adaptiveConcurrency`
 //! for the app): at most as many attempts in flight as the [`AdaptiveLimit`] allows now, learned
 //! from their latency; past it an attempt waits in a bounded queue served most critical first
-//! ([`TierQueue`]) for at most `maxQueueWait` — a burst — or, a sheddable one,
-//! `standingQueueWait` once the queue has not emptied for an update interval (a standing queue
-//! only adds latency), and never past its per-try deadline. A full queue sheds its least critical, most recent waiter for a more
-//! critical newcomer, and refuses a newcomer with none below it; while a tier is refused the
-//! tiers below it get no slot; a sheddable newcomer that would wait longer than it may is
-//! refused at once — 503 / `RESOURCE_EXHAUSTED`, `x-bulwark-error: overloaded`.
+//! ([`TierQueue`]), for at most `maxQueueWait` and never past its per-try deadline. Who may wait
+//! is decided on arrival, so that a refusal comes at once rather than after waiting in vain: a
+//! newcomer predicted to wait longer than it may — `maxQueueWait` in a burst,
+//! `standingQueueWait` once the queue *stands* (has not emptied for an update interval while
+//! more came than got slots: waiting then only adds latency) — is refused; the prediction counts
+//! everyone of its tier or above already waiting, as slots free up less what more critical
+//! arrivals take, and how fast its tier's queue has moved. (A critical newcomer in a burst waits
+//! its turn: the limit is still moving.) A full queue sheds its least critical, most recent
+//! waiter for a more critical newcomer and refuses a newcomer with none below it; while a tier
+//! is refused the tiers below it get no slot and those of them waiting are refused at once, as
+//! are a tier's waiters when its queue stops moving — 503 / `RESOURCE_EXHAUSTED`,
+//! `x-bulwark-error: overloaded`.
 //! A slot is held until the response body ends; its latency sample is taken when the response
 //! headers arrive (what the callee's queueing shows in), from responses and timeouts only: a
 //! refused connection says nothing about how busy the callee is.
@@ -146,6 +152,27 @@ impl State {
             .any(|&at| now.saturating_duration_since(at) < interval)
     }
 
+    /// A request of `tier` is refused at `now`: for an update interval the tiers below it get
+    /// no slot, and those of them already waiting are refused now rather than after waiting
+    /// in vain — as are those of its own tier when its queue does not move (`stalled`).
+    fn shed(&mut self, tier: Criticality, now: Instant, stalled: bool) {
+        self.shed_at[tier.index()] = Some(now);
+        let below = if stalled {
+            Some(tier)
+        } else {
+            Criticality::ALL
+                .into_iter()
+                .take_while(|&t| t < tier)
+                .last()
+        };
+        if let Some(below) = below {
+            self.queue.shed_up_to(below, |w| {
+                // One that stopped waiting no longer hears it.
+                let _ = w.tx.send(Err(Refusal::QueueWait));
+            });
+        }
+    }
+
     /// Brings [`State::busy_since`] and [`State::stood_at`] up to date after the queue changed.
     fn track(&mut self, now: Instant, interval: Duration) {
         let lengths = self.queue.lengths();
@@ -179,6 +206,8 @@ struct Grants {
     came: [u32; 4],
     /// Per tier, (came, got slots) in the last window closed.
     last: [(u32, u32); 4],
+    /// How long the last window closed lasted, in seconds.
+    last_secs: f64,
     waited: [bool; 4],
     since: Instant,
     /// Per tier, the rate and when it was last measured.
@@ -194,6 +223,7 @@ impl Grants {
             counted: [0; 4],
             came: [0; 4],
             last: [(0, 0); 4],
+            last_secs: 0.0,
             waited: [false; 4],
             since: now,
             per_second: [None; 4],
@@ -217,6 +247,23 @@ impl Grants {
         came > got
     }
 
+    /// Requests of the tiers above `tier` arriving per second lately: over the window under way
+    /// (as if at least a tenth of a window long, so that its first request is no surge) and the
+    /// one closed before it, unless that one spanned a lull (it lasted over two windows).
+    fn arriving_above(&self, tier: Criticality, now: Instant) -> f64 {
+        let above = tier.index() + 1;
+        let mut came: u32 = self.came[above..].iter().sum();
+        let mut secs = now
+            .saturating_duration_since(self.since)
+            .max(GRANT_WINDOW / 10)
+            .as_secs_f64();
+        if self.last_secs <= 2.0 * GRANT_WINDOW.as_secs_f64() {
+            came += self.last[above..].iter().map(|&(c, _)| c).sum::<u32>();
+            secs += self.last_secs;
+        }
+        f64::from(came) / secs
+    }
+
     fn queued(&mut self, tier: Criticality) {
         self.waited[tier.index()] = true;
     }
@@ -234,6 +281,7 @@ impl Grants {
             return;
         }
         let secs = elapsed.as_secs_f64();
+        self.last_secs = secs;
         for ((last, came), counted) in self.last.iter_mut().zip(&mut self.came).zip(&self.counted) {
             *last = (*came, *counted);
             *came = 0;
@@ -260,7 +308,8 @@ impl Grants {
 /// A request waiting for a slot: where its slot goes.
 #[derive(Debug)]
 struct Waiter {
-    tx: oneshot::Sender<Slot>,
+    /// A slot, or why none comes.
+    tx: oneshot::Sender<Result<Slot, Refusal>>,
 }
 
 /// A place under the limit, released when dropped (when the response body ends).
@@ -287,7 +336,7 @@ pub enum Entry {
     Refused(Refused),
     /// Queued: the slot comes through `rx`, if it comes before `until`.
     Queued {
-        rx: oneshot::Receiver<Slot>,
+        rx: oneshot::Receiver<Result<Slot, Refusal>>,
         until: Instant,
     },
 }
@@ -351,35 +400,21 @@ impl Limiter {
         }
     }
 
-    /// How long a newcomer of `tier` may wait from `now`: `maxQueueWait`, or `standingQueueWait`
-    /// (at least two slot turnovers) once the queue it joins has stood for an update interval
-    /// (then waiting longer only adds latency: the limit is already full all the time), and
-    /// never past `deadline`.
-    fn wait_until(
-        &self,
-        s: &State,
-        tier: Criticality,
-        now: Instant,
-        deadline: Option<Instant>,
-    ) -> Instant {
+    /// The longest a newcomer may be expected to wait to join the queue: `maxQueueWait`, or
+    /// `standingQueueWait` once the queue it joins stands (then waiting longer only adds
+    /// latency: the limit is already full all the time) — but never less than two slots take
+    /// to free up (the latency over the limit): a newcomer may always wait for the next ones,
+    /// however slow the callee.
+    fn patience(&self, s: &State, standing: bool) -> Duration {
         let settings = &self.settings;
-        let standing = s.standing(tier, now, settings.limit.update_interval);
-        let patience = if standing {
-            // Never less than two slots take to free up (the latency over the limit): a
-            // newcomer may always wait for the next ones, however slow the callee.
-            let turnover = s
-                .limit
-                .median()
-                .map_or(Duration::ZERO, |m| m / s.limit.limit().max(1) as u32);
+        if standing {
             settings
                 .standing_queue_wait
-                .max(turnover * 2)
+                .max(turnover(s) * 2)
                 .min(settings.max_queue_wait)
         } else {
             settings.max_queue_wait
-        };
-        let until = now + patience;
-        deadline.map_or(until, |d| d.min(until))
+        }
     }
 
     /// A slot at once, a refusal at once, or a place in the queue: no waiting here, so that a
@@ -406,23 +441,30 @@ impl Limiter {
                 });
             }
             // Refused at once, rather than after waiting in vain, while more critical requests
-            // are being refused, or (a sheddable one, or a critical one in a standing queue)
-            // when those of its tier ahead of it would take longer than it may wait, judged
-            // from the rate its tier's queue has been moving at (what the tiers above leave
-            // it).
-            let until = self.wait_until(&s, tier, now, deadline);
+            // are being refused, or when it would wait longer than it may — in a standing
+            // queue, or (a sheddable one) in a burst: behind everyone of its tier or above
+            // already waiting, as slots free up less what the more critical requests arriving
+            // take, or behind those of its tier, at the rate its tier's queue has been moving at
+            // (what the tiers above leave it). A critical request in a burst waits its turn: the
+            // limit moves, and its queue with it. Whoever joins then waits for its slot up to
+            // `maxQueueWait`: served, not refused after waiting, unless the queue stops moving.
+            let standing = s.standing(tier, now, interval);
+            let patience = self.patience(&s, standing);
             let wait = if shedding_above {
                 Some(Duration::MAX)
-            } else if tier < Criticality::Critical || s.standing(tier, now, interval) {
-                expected_wait(&s, tier, now)
-                    .filter(|&wait| wait > until.saturating_duration_since(now))
+            } else if standing || tier < Criticality::Critical {
+                predicted_wait(&s, tier, now)
+                    .max(expected_wait(&s, tier, now))
+                    .filter(|&wait| wait > patience)
             } else {
-                // A critical request waits its turn (until its time is up) unless its queue
-                // stands: the rate its tier moves at is a guess, worst while the limit moves.
                 None
             };
+            let max_wait = now + self.settings.max_queue_wait;
+            let until = deadline.map_or(max_wait, |d| d.min(max_wait));
             if let Some(wait) = wait {
-                s.shed_at[tier.index()] = Some(now);
+                s.shed(tier, now, wait == Duration::MAX);
+                s.track(now, interval);
+                self.queued_metrics(&s);
                 return Entry::Refused(Refused {
                     refusal: Refusal::QueueWait,
                     limit,
@@ -444,7 +486,7 @@ impl Limiter {
                     drop(displaced);
                 }
                 Offered::Refused(_) => {
-                    s.shed_at[tier.index()] = Some(now);
+                    s.shed(tier, now, false);
                     s.track(now, interval);
                     return Entry::Refused(Refused {
                         refusal: Refusal::QueueFull,
@@ -463,7 +505,7 @@ impl Limiter {
     pub async fn wait(
         self: &Arc<Self>,
         tier: Criticality,
-        rx: oneshot::Receiver<Slot>,
+        rx: oneshot::Receiver<Result<Slot, Refusal>>,
         wait_until: Instant,
         started: Instant,
     ) -> Result<Slot, Refused> {
@@ -471,7 +513,7 @@ impl Limiter {
         let refused = |refusal| {
             let mut s = self.lock();
             let now = Instant::now();
-            s.shed_at[tier.index()] = Some(now);
+            s.shed(tier, now, false);
             // Its place (closed now) goes at once, so that the queue's length is what waits.
             s.queue.forget(|w| w.tx.is_closed());
             s.track(now, self.settings.limit.update_interval);
@@ -479,11 +521,16 @@ impl Limiter {
             Refused {
                 refusal,
                 limit: s.limit.limit(),
-                wait: started.elapsed(),
+                // Refused while waiting because its queue does not move: it would wait forever.
+                wait: match refusal {
+                    Refusal::QueueWait => Duration::MAX,
+                    _ => started.elapsed(),
+                },
             }
         };
         match result {
-            Ok(Ok(slot)) => Ok(slot),
+            Ok(Ok(Ok(slot))) => Ok(slot),
+            Ok(Ok(Err(refusal))) => Err(refused(refusal)),
             Ok(Err(_)) => Err(refused(Refusal::Displaced)),
             Err(_) => Err(refused(Refusal::QueueTimeout)),
         }
@@ -527,7 +574,7 @@ impl Limiter {
                 limiter: Some(self.clone()),
                 in_flight: s.in_flight,
             };
-            if let Err(mut unused) = tx.send(slot) {
+            if let Err(Ok(mut unused)) = tx.send(Ok(slot)) {
                 // It stopped waiting: the slot goes to the next one (not released through
                 // `Drop`, which would take the lock held here).
                 unused.limiter = None;
@@ -543,6 +590,30 @@ impl Limiter {
             gauge.set(n as i64);
         }
     }
+}
+
+/// How long, at the latency the limit measures, one slot takes to free up.
+fn turnover(s: &State) -> Duration {
+    s.limit
+        .median()
+        .map_or(Duration::ZERO, |m| m / s.limit.limit().max(1) as u32)
+}
+
+/// How long a newcomer of `tier` would wait at `now` for its slot: behind everyone of its tier
+/// or above already waiting, as slots free up (a turnover each) less what the more critical
+/// requests arriving meanwhile take. `None` before the limit has measured a latency;
+/// `Duration::MAX` when those arriving would take every slot.
+fn predicted_wait(s: &State, tier: Criticality, now: Instant) -> Option<Duration> {
+    let turnover = turnover(s);
+    if turnover.is_zero() {
+        return None;
+    }
+    let spare = 1.0 / turnover.as_secs_f64() - s.grants.arriving_above(tier, now);
+    if spare <= 0.0 {
+        return Some(Duration::MAX);
+    }
+    let ahead: usize = s.queue.lengths()[tier.index()..].iter().sum();
+    Some(Duration::try_from_secs_f64((ahead + 1) as f64 / spare).unwrap_or(Duration::MAX))
 }
 
 /// How long a request of `tier` would wait at `now` before it is next of its tier: its tier's
@@ -775,7 +846,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn once_the_queue_has_stood_for_an_interval_newcomers_wait_briefly() {
+    async fn once_the_queue_has_stood_for_an_interval_only_the_next_in_line_join_it() {
         let l = limiter(1, 10);
         probed(&l).await;
         let held = l.acquire(Criticality::Critical, None).await.unwrap();
@@ -785,20 +856,30 @@ mod tests {
         tokio::time::advance(Duration::from_millis(50)).await;
         let second = waiting(&l, Criticality::SheddablePlus);
         tokio::task::yield_now().await;
-        // The queue has not emptied for an update interval (100ms): it stands, and a newcomer
-        // that waits behind it may wait standingQueueWait (here 20ms) only.
+        // The queue has not emptied for an update interval (100ms): it stands. A newcomer
+        // that would wait longer than standingQueueWait (here 20ms) — behind the two waiting,
+        // a slot turnover (10ms at a limit of 1) each, then its own — is refused at once.
         tokio::time::advance(Duration::from_millis(60)).await;
         let began = Instant::now();
         let late = l.acquire(Criticality::Sheddable, None).await.unwrap_err();
-        assert_eq!(late.refusal, Refusal::QueueTimeout);
-        assert_eq!(late.wait, Duration::from_millis(20));
-        assert_eq!(began.elapsed(), Duration::from_millis(20));
+        assert_eq!(late.refusal, Refusal::QueueWait);
+        assert!(late.wait >= Duration::from_millis(30), "{:?}", late.wait);
+        assert_eq!(began.elapsed(), Duration::ZERO);
         // Those that came during the burst keep what they were given.
         drop(held);
         let first = first.await.unwrap().expect("the first waiter is served");
         assert_eq!(l.snapshot(), (1, 1, [0, 1, 0, 0]));
         drop(first);
-        drop(second.await.unwrap().expect("so is the second"));
+        let second = second.await.unwrap().expect("so is the second");
+        // Next in line, a newcomer joins the standing queue and then waits for its slot —
+        // longer than standingQueueWait if it must — rather than being refused after waiting.
+        let began = Instant::now();
+        let next = waiting(&l, Criticality::Sheddable);
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(40)).await;
+        drop(second);
+        drop(next.await.unwrap().expect("served after 40ms"));
+        assert_eq!(began.elapsed(), Duration::from_millis(40));
         // The queue emptied: the next burst may wait long again.
         let held = l.acquire(Criticality::Critical, None).await.unwrap();
         let next = waiting(&l, Criticality::Sheddable);
@@ -814,6 +895,10 @@ mod tests {
         probed(&l).await;
         let held = l.acquire(Criticality::Critical, None).await.unwrap();
         let other = l.acquire(Criticality::Critical, None).await.unwrap();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let waiter = waiting(&l, Criticality::Sheddable);
+        tokio::task::yield_now().await;
+        assert_eq!(l.snapshot(), (2, 2, [1, 0, 0, 0]));
         // A critical request that may not wait (its deadline is now) is refused…
         let now = Instant::now();
         let late = l
@@ -821,8 +906,15 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(late.refusal, Refusal::QueueTimeout);
+        // …so the sheddable one waiting is refused then, rather than after waiting in vain…
+        let gone = waiter.await.unwrap().unwrap_err();
+        assert_eq!(
+            (gone.refusal, gone.wait),
+            (Refusal::QueueWait, Duration::MAX)
+        );
+        assert_eq!(now.elapsed(), Duration::ZERO);
         drop(other);
-        // …so for an update interval a sheddable-plus one neither takes the free slot nor
+        // …and for an update interval a sheddable-plus one neither takes the free slot nor
         // waits: the slot is kept for the next critical request.
         let below = l
             .acquire(Criticality::SheddablePlus, None)
@@ -1057,5 +1149,57 @@ mod tests {
         assert!(slowest <= Duration::from_millis(200), "slowest {slowest:?}");
         let p99 = quantile(&tier.refused, 0.99);
         assert!(p99 <= Duration::from_millis(5), "refused p99 {p99:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_capacity_a_refusal_comes_at_once_not_after_waiting() {
+        // At the app's capacity and at twice it, the mixed tiers: whoever is refused is
+        // refused on arrival — a caller told to go away is told at once — while the app stays
+        // as busy as before and every critical request is served.
+        for rate in [1000, 1500, 2000, 3000] {
+            let (layer, _, route) = app_behind_limit();
+            offer(layer, route, 500, 1, mixed).await;
+            offer(layer, route, rate, 1, mixed).await;
+            let tallies = offer(layer, route, rate, 5, mixed).await;
+            let served: usize = tallies.iter().map(|t| t.served.len()).sum();
+            assert!(
+                served as f64 >= 0.9 * 5000.0,
+                "{rate}/s: goodput {served} of the app's 5,000 in 5 s"
+            );
+            assert_eq!(tallies[Criticality::Critical.index()].ratio(), 1.0);
+            let refused: Vec<Duration> = tallies.iter().flat_map(|t| t.refused.clone()).collect();
+            let waited = refused.iter().filter(|&&d| d > Duration::ZERO).count();
+            assert!(
+                waited * 100 <= refused.len(),
+                "{rate}/s: {waited} of {} refusals came after waiting",
+                refused.len()
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_a_surges_onset_the_tiers_it_sheds_do_not_wait_in_vain() {
+        // Quiet, then at once three and five times what the app can take, the mixed tiers.
+        // The critical and sheddable-plus requests alone are more than it can take, so a
+        // sheddable request that queued at the onset (nothing had told the queue yet) would
+        // wait until maxQueueWait (500ms) for nothing: it is refused as soon as the demand
+        // above it shows. At five times, the critical ones alone are all the app can take: the
+        // sheddable-plus requests that queued are refused once the limit's first update (100ms)
+        // shows how fast slots really free up.
+        for (rate, sheddable_plus_within) in [(3000, 20), (5000, 120)] {
+            let (layer, _, route) = app_behind_limit();
+            offer(layer, route, 500, 1, mixed).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let [sheddable, sheddable_plus, critical, _] =
+                offer(layer, route, rate, 1, mixed).await;
+            assert_eq!(critical.ratio(), 1.0, "{rate}/s");
+            let slowest = quantile(&sheddable.refused, 1.0);
+            assert!(slowest <= Duration::from_millis(5), "{rate}/s: {slowest:?}");
+            let slowest = quantile(&sheddable_plus.refused, 1.0);
+            assert!(
+                slowest <= Duration::from_millis(sheddable_plus_within),
+                "{rate}/s: {slowest:?}"
+            );
+        }
     }
 }
