@@ -38,6 +38,11 @@ impl Latencies {
         self.ns.push(us.saturating_mul(1_000));
     }
 
+    /// Adds `other`'s samples to these.
+    pub fn extend(&mut self, other: &Latencies) {
+        self.ns.extend_from_slice(&other.ns);
+    }
+
     pub fn len(&self) -> usize {
         self.ns.len()
     }

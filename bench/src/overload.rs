@@ -80,6 +80,11 @@ pub struct Point {
     pub deadline_ms: f64,
     /// Per tier, in [`TIERS`] order.
     pub tiers: Vec<TierResult>,
+    /// How long refusals took, every tier's together: what a refused caller waits for its
+    /// answer. (A tier's own tail, from a few hundred refusals at low loads, is its few slowest
+    /// and says more about the machine than the proxy.)
+    #[serde(default)]
+    pub refusal_latency: Option<Percentiles>,
     /// Answers served within the deadline per second, as a share of capacity.
     pub goodput: f64,
     /// The most requests in the app at once (at work or waiting for a worker), when known.
@@ -186,12 +191,20 @@ pub struct Shape {
     pub timeout: Duration,
 }
 
+/// What a run counted.
+#[derive(Debug)]
+pub struct Counted {
+    /// Per tier, in [`TIERS`] order.
+    pub tiers: Vec<TierResult>,
+    /// How long refusals took, every tier's together.
+    pub refusal_latency: Option<Percentiles>,
+    /// Every request, in the order they were due.
+    pub trace: Vec<Traced>,
+}
+
 /// Sends `shape.rate` requests a second for `shape.duration`, tiers by [`tier_of`], and
 /// counts per tier. Must run inside a tokio runtime.
-pub async fn run(
-    caller: Arc<TieredGet>,
-    shape: Shape,
-) -> anyhow::Result<(Vec<TierResult>, Vec<Traced>)> {
+pub async fn run(caller: Arc<TieredGet>, shape: Shape) -> anyhow::Result<Counted> {
     let handle = tokio::runtime::Handle::current();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (in_flight, mut all_done) = mpsc::channel::<()>(1);
@@ -252,6 +265,10 @@ pub async fn run(
         .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     let _ = tokio::time::timeout(shape.timeout + Duration::from_secs(1), all_done.recv()).await;
     let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut refusals = Latencies::default();
+    for t in &tally.tiers {
+        refusals.extend(&t.refusals);
+    }
     let tiers = tally
         .tiers
         .iter_mut()
@@ -264,7 +281,11 @@ pub async fn run(
         .collect();
     let mut trace = std::mem::take(&mut tally.trace);
     trace.sort_by_key(|t| t.at);
-    Ok((tiers, trace))
+    Ok(Counted {
+        tiers,
+        refusal_latency: refusals.percentiles(),
+        trace,
+    })
 }
 
 /// Goodput of `tiers` over `seconds`, as a share of `capacity_rps`.
@@ -288,38 +309,36 @@ fn label(target: &str) -> &str {
         .map_or(target, |(_, l)| l)
 }
 
-fn ms(p: &Option<Percentiles>, f: impl Fn(&Percentiles) -> f64) -> String {
-    p.as_ref()
-        .map_or("—".to_string(), |p| format!("{:.0}", f(p) / 1000.0))
+/// `f(p)` in milliseconds with `decimals` decimals, or a dash.
+fn ms(p: &Option<Percentiles>, decimals: usize, f: impl Fn(&Percentiles) -> f64) -> String {
+    p.as_ref().map_or("—".to_string(), |p| {
+        format!("{:.decimals$}", f(p) / 1000.0)
+    })
 }
 
 /// The report's table: one row per target and load.
 pub fn render(points: &[Point]) -> String {
     let mut out = String::new();
-    out.push_str("| target | offered | goodput | critical | sheddable-plus | sheddable | critical p50 / p99 ms | refusal p99 ms | app concurrency |\n");
+    out.push_str("| target | offered | goodput | critical | sheddable-plus | sheddable | critical p50 / p99 ms | refusal p50 / p99 ms | app concurrency |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (target, _) in TARGETS {
         let mut rows: Vec<&Point> = points.iter().filter(|p| p.target == target).collect();
         rows.sort_by(|a, b| a.load.total_cmp(&b.load));
         for p in rows {
             let tier = |i: usize| p.tiers.get(i).cloned().unwrap_or_default();
-            let refusal_p99 = p
-                .tiers
-                .iter()
-                .filter_map(|t| t.refusal_latency.as_ref().map(|l| l.p99_us))
-                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
             let _ = writeln!(
                 out,
-                "| {} | {}× | {:.0}% | {:.1}% | {:.1}% | {:.1}% | {} / {} | {} | {} |",
+                "| {} | {}× | {:.0}% | {:.1}% | {:.1}% | {:.1}% | {} / {} | {} / {} | {} |",
                 label(&p.target),
                 p.load,
                 p.goodput * 100.0,
                 tier(0).success() * 100.0,
                 tier(1).success() * 100.0,
                 tier(2).success() * 100.0,
-                ms(&tier(0).latency, |l| l.p50_us),
-                ms(&tier(0).latency, |l| l.p99_us),
-                refusal_p99.map_or("—".to_string(), |v| format!("{:.0}", v / 1000.0)),
+                ms(&tier(0).latency, 0, |l| l.p50_us),
+                ms(&tier(0).latency, 0, |l| l.p99_us),
+                ms(&p.refusal_latency, 1, |l| l.p50_us),
+                ms(&p.refusal_latency, 1, |l| l.p99_us),
                 p.app_concurrency.map_or("—".to_string(), |c| c.to_string()),
             );
         }
@@ -466,6 +485,7 @@ mod tests {
             deadline_ms: 1000.0,
             goodput: goodput(&tiers, 1.0, 100.0),
             tiers,
+            refusal_latency: None,
             app_concurrency: Some(8),
         }
     }
@@ -474,7 +494,17 @@ mod tests {
     fn the_table_lists_every_target_by_load_and_the_plot_draws_a_line_each() {
         let points = [
             point("envoy-adaptive", 2.0, [50, 50, 50]),
-            point("bulwark", 2.0, [100, 0, 0]),
+            Point {
+                refusal_latency: Some(Percentiles {
+                    count: 200,
+                    p50_us: 400.0,
+                    p90_us: 600.0,
+                    p99_us: 1260.0,
+                    p999_us: 2000.0,
+                    max_us: 3000.0,
+                }),
+                ..point("bulwark", 2.0, [100, 0, 0])
+            },
             point("bulwark", 0.5, [100, 100, 100]),
         ];
         let table = render(&points);
@@ -482,9 +512,9 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "| Bulwark, adaptiveConcurrency | 0.5× | 300% | 100.0% | 100.0% | 100.0% | — / — | — | 8 |",
-                "| Bulwark, adaptiveConcurrency | 2× | 100% | 100.0% | 0.0% | 0.0% | — / — | — | 8 |",
-                "| Envoy, adaptive_concurrency | 2× | 150% | 50.0% | 50.0% | 50.0% | — / — | — | 8 |",
+                "| Bulwark, adaptiveConcurrency | 0.5× | 300% | 100.0% | 100.0% | 100.0% | — / — | — / — | 8 |",
+                "| Bulwark, adaptiveConcurrency | 2× | 100% | 100.0% | 0.0% | 0.0% | — / — | 0.4 / 1.3 | 8 |",
+                "| Envoy, adaptive_concurrency | 2× | 150% | 50.0% | 50.0% | 50.0% | — / — | — / — | 8 |",
             ]
         );
         let svg = plot(&points);

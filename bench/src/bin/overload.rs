@@ -120,10 +120,10 @@ async fn main() -> anyhow::Result<()> {
             let caller = TieredGet::new(addr, &host, &path, connections)
                 .await
                 .map_err(|e| anyhow::anyhow!("connect to {addr}: {e}"))?;
-            let (tiers, traced) = overload::run(Arc::new(caller), shape).await?;
+            let counted = overload::run(Arc::new(caller), shape).await?;
             if let Some(path) = trace {
                 let mut csv = String::from("at_ms,tier,outcome,ms\n");
-                for t in traced {
+                for t in &counted.trace {
                     csv.push_str(&format!(
                         "{:.1},{},{},{:.2}\n",
                         t.at.as_secs_f64() * 1e3,
@@ -141,8 +141,9 @@ async fn main() -> anyhow::Result<()> {
                 offered_rps: shape.rate,
                 seconds,
                 deadline_ms,
-                goodput: overload::goodput(&tiers, seconds, capacity),
-                tiers,
+                goodput: overload::goodput(&counted.tiers, seconds, capacity),
+                tiers: counted.tiers,
+                refusal_latency: counted.refusal_latency,
                 app_concurrency: app.map(app_concurrency).transpose()?,
             };
             println!("{}", serde_json::to_string(&point)?);
