@@ -14,9 +14,9 @@ use crate::auth::Actor;
 use crate::auth::rbac::{Resource, Scope, Target, Verb};
 use crate::degradation::compute::{Level, ServiceStatus};
 use crate::degradation::events;
-use crate::degradation::runner::unix_ms;
 use crate::store::keys::{OverrideTarget, ResourceKey, ServiceKey};
 use crate::store::values::{EventRecord, OverrideRecord};
+use crate::timestamp::unix_millis;
 
 /// The longest an override may last.
 pub const MAX_OVERRIDE: Duration = Duration::from_secs(24 * 3600);
@@ -229,7 +229,7 @@ impl Ops {
                 )));
             }
         }
-        let now = unix_ms();
+        let now = unix_millis();
         let record = OverrideRecord {
             level: level.to_string(),
             reason: reason.to_string(),
@@ -291,7 +291,7 @@ impl Ops {
         let from = before.map(|o| o.level).unwrap_or_default();
         let text = format!("{target} override cleared by {by}");
         self.record_event(events::record(
-            unix_ms(),
+            unix_millis(),
             target.to_string(),
             "override",
             (from, "cleared".into()),

@@ -22,12 +22,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::acks::AckRecorder;
 use crate::degradation::reports::HealthRecorder;
-use crate::degradation::runner::unix_ms;
 use crate::identity::binding::{self, Enforcement, Refused, Workload};
 use crate::index::{Content, SharedIndex};
 use crate::metrics::Metrics;
 use crate::serve::Peer;
 use crate::store::keys::{PodKey, check_segment};
+use crate::timestamp::unix_millis;
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -326,7 +326,7 @@ impl Session {
                             let _ = tx.send(Err(status)).await;
                             break "its certificate no longer covers its service";
                         }
-                        self.health.report(&pod, &report, unix_ms());
+                        self.health.report(&pod, &report, unix_millis());
                     }
                     Ok(Some(_)) => tracing::debug!(%pod, "ignoring a message that is neither an Ack nor a report"),
                     Ok(None) => break "the sidecar closed the stream",

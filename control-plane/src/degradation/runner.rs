@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bulwark_proto::policy::{Kind, Resource, ServicePolicy, defaults};
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::store::keys::{Keys, OverrideTarget, ServiceKey};
 use crate::store::values::{EventRecord, HealthRecord, OverrideRecord};
 use crate::store::{EtcdStore, StoreError};
+use crate::timestamp::unix_millis;
 
 /// etcd allows 128 operations per transaction.
 const OPS_PER_TXN: usize = 100;
@@ -46,14 +47,6 @@ pub struct Levels {
     pub alerts: AlertSender,
     pub metrics: Arc<Metrics>,
     pub config: LevelsConfig,
-}
-
-/// Unix milliseconds now.
-pub fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 impl Levels {
@@ -124,7 +117,7 @@ impl Levels {
         written: &mut HashMap<ServiceKey, Arc<ServiceStatus>>,
         lease: &mut EventLease,
     ) -> Result<bool, StoreError> {
-        let now = unix_ms();
+        let now = unix_millis();
         let Some(work) = self.gather(written, now) else {
             return Ok(true);
         };

@@ -443,17 +443,17 @@ impl Limiter {
             // Refused at once, rather than after waiting in vain, while more critical requests
             // are being refused, or when it would wait longer than it may — in a standing
             // queue, or (a sheddable one) in a burst: behind everyone of its tier or above
-            // already waiting, as slots free up less what the more critical requests arriving
-            // take, or behind those of its tier, at the rate its tier's queue has been moving at
-            // (what the tiers above leave it). A critical request in a burst waits its turn: the
-            // limit moves, and its queue with it. Whoever joins then waits for its slot up to
-            // `maxQueueWait`: served, not refused after waiting, unless the queue stops moving.
+            // already waiting as slots free up ([`predicted_wait`]), or behind those of its
+            // tier at the rate its tier's queue has been moving at (what the tiers above leave
+            // it). A critical request in a burst waits its turn: the limit moves, and its queue
+            // with it. Whoever joins then waits for its slot up to `maxQueueWait`: served, not
+            // refused after waiting, unless the queue stops moving.
             let standing = s.standing(tier, now, interval);
             let patience = self.patience(&s, standing);
             let wait = if shedding_above {
                 Some(Duration::MAX)
             } else if standing || tier < Criticality::Critical {
-                predicted_wait(&s, tier, now)
+                predicted_wait(&s, tier, now, standing)
                     .max(expected_wait(&s, tier, now))
                     .filter(|&wait| wait > patience)
             } else {
@@ -600,20 +600,25 @@ fn turnover(s: &State) -> Duration {
 }
 
 /// How long a newcomer of `tier` would wait at `now` for its slot: behind everyone of its tier
-/// or above already waiting, as slots free up (a turnover each) less what the more critical
-/// requests arriving meanwhile take. `None` before the limit has measured a latency;
-/// `Duration::MAX` when those arriving would take every slot.
-fn predicted_wait(s: &State, tier: Criticality, now: Instant) -> Option<Duration> {
+/// or above already waiting, a slot each as slots free up (a turnover each) — in a burst, less
+/// what the more critical requests arriving meanwhile take. In a standing queue those are not
+/// taken off: the next ones in line are what keeps a slot that frees up busy, and are served
+/// soon enough while slots free up faster than more critical requests arrive. `None` before the
+/// limit has measured a latency; `Duration::MAX` when more critical requests arrive as fast as
+/// slots free up (its tier's queue does not move).
+fn predicted_wait(s: &State, tier: Criticality, now: Instant, standing: bool) -> Option<Duration> {
     let turnover = turnover(s);
     if turnover.is_zero() {
         return None;
     }
-    let spare = 1.0 / turnover.as_secs_f64() - s.grants.arriving_above(tier, now);
-    if spare <= 0.0 {
+    let slots = 1.0 / turnover.as_secs_f64();
+    let above = s.grants.arriving_above(tier, now);
+    if above >= slots {
         return Some(Duration::MAX);
     }
+    let rate = if standing { slots } else { slots - above };
     let ahead: usize = s.queue.lengths()[tier.index()..].iter().sum();
-    Some(Duration::try_from_secs_f64((ahead + 1) as f64 / spare).unwrap_or(Duration::MAX))
+    Some(Duration::try_from_secs_f64((ahead + 1) as f64 / rate).unwrap_or(Duration::MAX))
 }
 
 /// How long a request of `tier` would wait at `now` before it is next of its tier: its tier's
