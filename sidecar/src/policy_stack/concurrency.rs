@@ -6,12 +6,13 @@
 //! newcomer predicted to wait longer than it may — `maxQueueWait` in a burst,
 //! `standingQueueWait` once the queue *stands* (has not emptied for an update interval while
 //! more came than got slots: waiting then only adds latency) — is refused; the prediction counts
-//! everyone of its tier or above already waiting, as slots free up less what more critical
-//! arrivals take, and how fast its tier's queue has moved. (A critical newcomer in a burst waits
-//! its turn: the limit is still moving.) A full queue sheds its least critical, most recent
-//! waiter for a more critical newcomer and refuses a newcomer with none below it; while a tier
-//! is refused the tiers below it get no slot and those of them waiting are refused at once, as
-//! are a tier's waiters when its queue stops moving — 503 / `RESOURCE_EXHAUSTED`,
+//! everyone of its tier or above already waiting as slots free up (in a burst, less what more
+//! critical arrivals take; in a standing queue the next in line joins while the queue moves at
+//! all, to keep a slot that frees up busy) and how fast its tier's queue has moved. (A critical newcomer in a
+//! burst waits its turn: the limit is still moving.) A full queue sheds its least critical, most
+//! recent waiter for a more critical newcomer and refuses a newcomer with none below it; while a
+//! tier is refused the tiers below it get no slot and those of them waiting are refused at once,
+//! as are a tier's waiters when its queue stops moving — 503 / `RESOURCE_EXHAUSTED`,
 //! `x-bulwark-error: overloaded`.
 //! A slot is held until the response body ends; its latency sample is taken when the response
 //! headers arrive (what the callee's queueing shows in), from responses and timeouts only: a
@@ -119,9 +120,9 @@ impl State {
     /// moment (as a short one does all the time) still stands until it stays empty for an
     /// interval. Not a burst being absorbed, then, but more demand than the limit lets
     /// through — so it must also have had more requests come than get slots in the last grant
-    /// window: a backlog going away is not standing. A probe, which queues requests on purpose, starts no
-    /// standing queue (but does not end one); nor does the queue that builds while the limit
-    /// first looks for the callee's capacity.
+    /// window: a backlog going away is not standing. A probe, which queues requests on purpose,
+    /// starts no standing queue (but does not end one); nor does the queue that builds while
+    /// the limit first looks for the callee's capacity.
     fn standing(&self, tier: Criticality, now: Instant, interval: Duration) -> bool {
         let i = tier.index();
         let ago = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
@@ -1205,6 +1206,48 @@ mod tests {
                 slowest <= Duration::from_millis(sheddable_plus_within),
                 "{rate}/s: {slowest:?}"
             );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_a_standing_queue_the_next_in_line_joins_while_the_queue_moves() {
+        // A limit of 1 at 10ms: a slot frees up every 10ms, 100 a second.
+        let l = limiter(1, 10);
+        probed(&l).await;
+        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1000.0).round() as u64);
+        let mut s = l.lock();
+        let start = Instant::now();
+        let later = start + Duration::from_millis(100);
+        s.grants.since = start;
+        s.grants.last_secs = 1.0;
+        // 60 critical requests a second arrive.
+        s.grants.came[Criticality::Critical.index()] = 6;
+        // In a burst a sheddable-plus newcomer waits for a slot those leave it: 1/(100 - 60) s.
+        assert_eq!(
+            ms(predicted_wait(&s, Criticality::SheddablePlus, later, false)),
+            Some(25)
+        );
+        // In a standing queue, next in line, it waits for the next slot: it joins
+        // (standingQueueWait is 20ms here) and keeps the slot busy when it frees up.
+        assert_eq!(
+            ms(predicted_wait(&s, Criticality::SheddablePlus, later, true)),
+            Some(10)
+        );
+        // Behind a critical waiter, the slot after.
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(
+            s.queue.offer(Criticality::Critical, Waiter { tx }),
+            Offered::Queued
+        ));
+        assert_eq!(
+            ms(predicted_wait(&s, Criticality::SheddablePlus, later, true)),
+            Some(20)
+        );
+        // Critical requests arriving as fast as slots free up: its queue does not move.
+        s.grants.came[Criticality::Critical.index()] = 10;
+        for standing in [false, true] {
+            let wait = predicted_wait(&s, Criticality::SheddablePlus, later, standing);
+            assert_eq!(wait, Some(Duration::MAX));
         }
     }
 }
