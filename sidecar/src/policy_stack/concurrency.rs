@@ -161,10 +161,7 @@ impl State {
         let below = if stalled {
             Some(tier)
         } else {
-            Criticality::ALL
-                .into_iter()
-                .take_while(|&t| t < tier)
-                .last()
+            tier.index().checked_sub(1).map(|i| Criticality::ALL[i])
         };
         if let Some(below) = below {
             self.queue.shed_up_to(below, |w| {
@@ -1159,7 +1156,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn past_capacity_a_refusal_comes_at_once_not_after_waiting() {
-        // At the app's capacity and at twice it, the mixed tiers: whoever is refused is
+        // From the app's capacity to three times it, the mixed tiers: whoever is refused is
         // refused on arrival — a caller told to go away is told at once — while the app stays
         // as busy as before and every critical request is served.
         for rate in [1000, 1500, 2000, 3000] {
