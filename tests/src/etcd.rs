@@ -175,11 +175,18 @@ impl Etcd {
     }
 
     /// The keys an operator's writes leave under `prefix`: everything but the election key the
-    /// replicas hold and the audit log (which records refused writes too).
+    /// replicas hold, the audit log (which records refused writes too) and what the elected
+    /// replica writes on its own schedule — each service's computed `status/` and the `events/`
+    /// feed, which appear whenever its level computation next runs, not when a write is made.
     pub fn stored_keys(&self, prefix: &str) -> Vec<String> {
         self.keys(prefix)
             .into_iter()
-            .filter(|k| !k.ends_with("/leader") && !k.contains("/audit/"))
+            .filter(|k| {
+                !k.ends_with("/leader")
+                    && !k.contains("/audit/")
+                    && !k.contains("/status/")
+                    && !k.contains("/events/")
+            })
             .collect()
     }
 
