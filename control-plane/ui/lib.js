@@ -253,10 +253,17 @@ export function eventRow(e) {
   );
 }
 
-// A table of events (newest first) with the columns of the overview's.
-export function eventsTable(events, caption) {
-  const body = el("tbody", {}, ...events.map(eventRow));
+// A table of the events that `match` (newest first, the overview's columns), put into the
+// element `box`. The function returned takes newly arrived events, puts those that match on
+// top and returns them.
+export function eventList(box, { id, caption, events, match }) {
+  const body = el("tbody", {}, ...events.filter(match).map(eventRow));
   const head = el("tr", {}, ...["Time", "Service", "Kind", "Change", "By", "Reasons"].map((h) => el("th", { scope: "col", textContent: h })));
-  const table = el("table", { className: "events" }, el("caption", { textContent: caption }), el("thead", {}, head), body);
-  return { table, body };
+  const table = el("table", { id, className: "events" }, el("caption", { textContent: caption }), el("thead", {}, head), body);
+  $(box).replaceChildren(table);
+  return (added) => {
+    const mine = added.filter(match);
+    for (const e of [...mine].reverse()) body.insertBefore(eventRow(e), body.firstChild);
+    return mine;
+  };
 }

@@ -4,7 +4,7 @@
 // an earlier version — offered to users whose role allows it, after a confirmation showing the
 // exact diff it applies.
 
-import { $, el, api, problem, debounce, diffLines, diffView, policyText, eventsTable, eventRow } from "./lib.js";
+import { $, el, api, problem, debounce, diffLines, diffView, policyText, eventList } from "./lib.js";
 
 function convergenceText(c) {
   if (!c) return { state: "unknown", text: "no status yet" };
@@ -91,7 +91,12 @@ export function mountPolicy(store, { kind, namespace, name }, signal) {
   for (const box of ["policy-convergence", "policy-history", "policy-diff", "policy-events"]) $(box).replaceChildren();
   convergence(p);
   history(p);
-  events(p);
+  const addEvents = eventList("policy-events", {
+    id: "policy-event-list",
+    caption: `Changes of ${id}, newest first`,
+    events: store.events,
+    match: (e) => e.resource === id,
+  });
   const refreshConvergence = debounce(() => convergence(p), 200);
   const off = store.on("convergence", (changed) => {
     if (!changed.has(id)) return;
@@ -100,11 +105,7 @@ export function mountPolicy(store, { kind, namespace, name }, signal) {
     const c = store.convergence.get(id);
     if (c && p.history[0] && c.resourceVersion !== p.history[0].revision) history(p);
   });
-  const offEvents = store.on("events", (added) => {
-    for (const e of [...added].reverse().filter((e) => e.resource === id)) {
-      p.eventsBody?.insertBefore(eventRow(e), p.eventsBody.firstChild);
-    }
-  });
+  const offEvents = store.on("events", addEvents);
   signal.addEventListener("abort", () => {
     off();
     offEvents();
@@ -219,12 +220,4 @@ async function rollback(p, item) {
     ? `Rolled back to the content of revision ${item.revision}: now version ${reply.body.revision}.`
     : `Not rolled back: ${problem(reply)}`;
   history(p);
-}
-
-function events(p) {
-  const mine = p.store.events.filter((e) => e.resource === p.id);
-  const { table, body } = eventsTable(mine, `Changes of ${p.id}, newest first`);
-  table.id = "policy-event-list";
-  p.eventsBody = body;
-  $("policy-events").replaceChildren(table);
 }

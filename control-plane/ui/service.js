@@ -5,12 +5,12 @@
 // readiness), capabilities and events. Live from the store; the graph and pods are fetched
 // again when the service's level or a neighbour's changes, and the graph's counts every 10 s.
 
-import { $, el, svg, api, problem, badge, clock, relative, debounce, eventsTable, eventRow, LEVELS } from "./lib.js";
+import { $, el, svg, api, problem, badge, clock, relative, debounce, eventList, LEVELS } from "./lib.js";
 
 const HOURS = 6;
 const GRAPH_REFRESH_MS = 10000;
 
-let page = null; // { key, namespace, name, signal, graph, events body, … }
+let page = null; // { key, namespace, name, signal, graph, … }
 
 export function mount(store, { namespace, name }, signal) {
   const key = `${namespace}/${name}`;
@@ -25,7 +25,12 @@ export function mount(store, { namespace, name }, signal) {
   graph(p);
   timeline(p);
   pods(p);
-  events(p);
+  const addEvents = eventList("service-events", {
+    id: "service-event-list",
+    caption: `Events of ${key}, newest first`,
+    events: store.events,
+    match: (e) => e.service === key,
+  });
   const refreshGraph = debounce(() => graph(p), 300);
   const refreshPods = debounce(() => pods(p), 300);
   const offLevels = store.on("levels", (changed) => {
@@ -42,9 +47,7 @@ export function mount(store, { namespace, name }, signal) {
     if (changed.has(`ServicePolicy/${key}`)) refreshPods();
   });
   const offEvents = store.on("events", (added) => {
-    const mine = added.filter((e) => e.service === key);
-    if (!mine.length) return;
-    for (const e of [...mine].reverse()) p.eventsBody?.insertBefore(eventRow(e), p.eventsBody.firstChild);
+    const mine = addEvents(added);
     if (mine.some((e) => e.kind === "level" || e.kind === "override")) timeline(p);
   });
   const timer = setInterval(() => graph(p), GRAPH_REFRESH_MS);
@@ -292,12 +295,4 @@ async function pods(p) {
   box.replaceChildren(rows.length
     ? el("table", { id: "pods" }, el("caption", { textContent: `Pods of ${p.key} connected to the control plane` }), el("thead", {}, head), el("tbody", {}, ...rows))
     : el("p", { textContent: "No pod of this service is connected." }));
-}
-
-function events(p) {
-  const mine = p.store.events.filter((e) => e.service === p.key);
-  const { table, body } = eventsTable(mine, `Events of ${p.key}, newest first`);
-  table.id = "service-event-list";
-  p.eventsBody = body;
-  $("service-events").replaceChildren(table);
 }
