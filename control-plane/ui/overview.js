@@ -66,12 +66,22 @@ function spacer(height) {
 const top = spacer(0);
 const bottom = spacer(0);
 
-// Puts the rows in view in the table, moving only those out of place.
+// Puts the rows in view in the table, moving only those out of place. The view is as tall as
+// its rows, up to its maximum: when placing them changed its height (a thousand rows where
+// there was one), they are placed again for the height it has now.
 function renderWindow() {
   const view = $("services-view");
+  let height = -1;
+  for (let pass = 0; pass < 3 && view.clientHeight !== height; pass++) {
+    height = view.clientHeight;
+    place(view, height || 600);
+  }
+}
+
+function place(view, height) {
   const body = $("services").tBodies[0];
   const first = Math.max(0, Math.floor(view.scrollTop / ROW) - OVERSCAN);
-  const last = Math.min(order.length, first + Math.ceil((view.clientHeight || 600) / ROW) + 2 * OVERSCAN);
+  const last = Math.min(order.length, first + Math.ceil(height / ROW) + 2 * OVERSCAN);
   top.firstChild.style.height = `${first * ROW}px`;
   bottom.firstChild.style.height = `${(order.length - last) * ROW}px`;
   const wanted = [top];

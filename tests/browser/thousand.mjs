@@ -1,5 +1,6 @@
 // The overview with 1,000 services in headless Chromium: how long until all are listed, how
-// many rows the page holds (virtualised: only those in view), and what one level change costs
+// many rows the page holds (virtualised: only those in view, as many again after a filter
+// shrank the view and was cleared), and what one level change costs
 // (rows built, time until it shows). Run by tests/tests/e2e/dashboard.rs, which forces a level
 // after the step "await-force".
 //
@@ -26,6 +27,15 @@ try {
   const rowsInDom = () => page.$$eval("#services tbody tr.svc", (trs) => trs.length);
   say({ step: "loaded", ms: loadedMs, rows: await rowsInDom(), stats: await page.evaluate(() => ({ ...window.bulwarkOverview })) });
   await page.screenshot({ path: `${shots}/overview-1000.png` });
+
+  // Filtered down to one service the view shrinks to one row; cleared, all 1,000 come back at
+  // once and the rows fill the view as tall as it has grown, as many as before.
+  await page.fill("#service-search", "svc-0001");
+  await page.locator("#service-count", { hasText: "1 of 1000 services shown" }).waitFor(LONG);
+  const filtered = await rowsInDom();
+  await page.fill("#service-search", "");
+  await page.locator("#service-count", { hasText: /^1000 services$/ }).waitFor(LONG);
+  say({ step: "refiltered", filtered, rows: await rowsInDom() });
 
   const before = await page.evaluate(() => ({ ...window.bulwarkOverview }));
   say({ step: "await-force" });

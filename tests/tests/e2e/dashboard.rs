@@ -768,6 +768,12 @@ async fn a_thousand_services_render_within_bounds() {
         "no batch takes the page a second: {loaded}"
     );
 
+    let refiltered = browser.step("refiltered").await;
+    assert_eq!(refiltered["filtered"], 1, "{refiltered}");
+    assert_eq!(
+        refiltered["rows"], loaded["rows"],
+        "cleared a filter, the rows fill the view as tall as it has grown: {refiltered}"
+    );
     browser.step("await-force").await;
     let forced = cp
         .call(
